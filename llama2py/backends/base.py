@@ -1,0 +1,84 @@
+"""The one backend interface every implementation (numpy, cpu, cuda) provides.
+
+A backend owns its copy of the weights, its KV cache and its buffers, and never hands device
+arrays to callers: inputs and outputs are host numpy arrays. It runs B sequences (B <= max_batch)
+at one shared position; sequence b always uses KV cache slot b. The generation loop lives in
+llama2py.generate and is written once against this interface.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..checkpoint import Config, Weights
+
+
+class Backend(ABC):
+    name: str = "?"
+
+    def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.config = config
+        self.max_batch = max_batch
+        self.threads = threads
+
+    # -- the model ------------------------------------------------------------------------------
+    @abstractmethod
+    def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        """One position for a batch: tokens (B,) int32 at position pos.
+
+        Writes the KV cache rows at pos for slots 0..B-1; returns logits (B, vocab) float32."""
+
+    @abstractmethod
+    def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
+        """A run of positions at once: tokens (B, T) int32 at positions pos..pos+T-1.
+
+        Matrix-matrix work rather than T single steps; fills the KV cache exactly as T forward()
+        calls would. logits: "last" -> (B, vocab) at the last position, "all" -> (B, T, vocab),
+        "none" -> None (only the cache is wanted)."""
+
+    # -- sampling -------------------------------------------------------------------------------
+    @abstractmethod
+    def set_seeds(self, seeds: Sequence[int]) -> None:
+        """Reset the run-compatible generator of each slot b to seeds[b] (len(seeds) <= max_batch)."""
+
+    @abstractmethod
+    def step(self, tokens: np.ndarray, pos: int, temperature: float, top_p: float,
+             forced: Optional[np.ndarray] = None, want_logprobs: bool = False
+             ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """forward() plus sampling in one call (one extension call / graph replay per token).
+
+        tokens (B,) int32 at position pos. Returns next ids (B,) int32 and, with want_logprobs,
+        log softmax(logits)[next] (B,) float32 of the raw (untempered) logits. Where forced[b] >= 0
+        the next id is forced[b] and slot b's generator is not advanced (prompt tokens)."""
+
+    # -- reporting ------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return self.name
+
+    def memory_bytes(self) -> int:
+        """Bytes this backend holds for weights, cache and buffers (device memory for cuda)."""
+        return 0
+
+    def close(self) -> None:
+        """Release device memory early (optional; garbage collection does it too)."""
+
+
+def check_tokens(backend: Backend, tokens: np.ndarray, pos: int, ndim: int) -> np.ndarray:
+    """Validate a token batch at the Python boundary: shape, batch size, range, position."""
+    t = np.ascontiguousarray(tokens, dtype=np.int32)
+    if t.ndim != ndim:
+        raise ValueError(f"tokens must have {ndim} dimension(s), got shape {t.shape}")
+    B = t.shape[0]
+    T = t.shape[1] if ndim == 2 else 1
+    c = backend.config
+    if not 1 <= B <= backend.max_batch:
+        raise ValueError(f"batch of {B} sequences, this backend was made for 1..{backend.max_batch}")
+    if T < 1 or pos < 0 or pos + T > c.seq_len:
+        raise ValueError(f"positions {pos}..{pos + T - 1} are outside the context 0..{c.seq_len - 1}")
+    if t.size and (t.min() < 0 or t.max() >= c.vocab_size):
+        raise ValueError(f"token ids must be in 0..{c.vocab_size - 1}, got {t.min()}..{t.max()}")
+    return t

@@ -1,0 +1,25 @@
+"""Typed errors with messages a user can act on. Library code raises these; the CLI prints them."""
+
+
+class Llama2pyError(Exception):
+    """Base class: the message says what is wrong and what to do."""
+
+
+class CheckpointError(Llama2pyError):
+    """A checkpoint file is missing, truncated, padded or of an unknown format."""
+
+
+class TokenizerError(Llama2pyError):
+    """A tokenizer file is missing, corrupt, or does not fit the model."""
+
+
+class PromptError(Llama2pyError):
+    """A prompt (or batch of prompts) does not fit the model's context or the batch limit."""
+
+
+class DeviceError(Llama2pyError):
+    """A backend cannot run here: no GPU, no CuPy, not enough memory, extension not built."""
+
+
+class DownloadError(Llama2pyError):
+    """A model could not be fetched or failed its checksum."""

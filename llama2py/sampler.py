@@ -1,0 +1,96 @@
+"""The run-compatible sampler: greedy, temperature, top-p, and llama2.c's xorshift generator.
+
+This is the readable specification (FORMAT.md, "Sampler"); the C++ and CUDA backends carry the
+same algorithm in their kernels and are tested against it. Arithmetic is float32 with sequential
+sums, as in run.c, so that near-ties fall the same way.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+_MASK64 = (1 << 64) - 1
+
+
+def resolve_seed(seed: int | None) -> int:
+    """run's rule: no seed (or 0) means the current time in seconds."""
+    return int(time.time()) if not seed else int(seed) & _MASK64
+
+
+class Rng:
+    """xorshift64* as in run.c: one 64-bit state, 24-bit float coins in [0, 1)."""
+
+    def __init__(self, seed: int):
+        self.state = int(seed) & _MASK64
+
+    def u32(self) -> int:
+        s = self.state
+        s ^= s >> 12
+        s ^= (s << 25) & _MASK64
+        s ^= s >> 27
+        self.state = s
+        return ((s * 0x2545F4914F6CDD1D) & _MASK64) >> 32
+
+    def coin(self) -> float:
+        return np.float32((self.u32() >> 8) / 16777216.0)
+
+
+def seq_sum(x: np.ndarray) -> np.float32:
+    """Sequential float32 sum (numpy's own sum is pairwise, run's is a plain loop)."""
+    return np.cumsum(x, dtype=np.float32)[-1] if x.size else np.float32(0)
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    e = np.exp(x - x.max(), dtype=np.float32)
+    return (e / seq_sum(e)).astype(np.float32)
+
+
+def sample_mult(probs: np.ndarray, coin: np.float32) -> int:
+    cdf = np.cumsum(probs, dtype=np.float32)
+    idx = int(np.searchsorted(cdf, coin, side="right"))  # first index where cdf > coin
+    return min(idx, probs.size - 1)
+
+
+def sample_topp(probs: np.ndarray, top_p: float, coin: np.float32) -> int:
+    n = probs.size
+    cutoff = np.float32((np.float32(1.0) - np.float32(top_p)) / np.float32(n - 1))
+    idx = np.nonzero(probs >= cutoff)[0]
+    # Descending by probability; ties keep index order (run's qsort leaves them unspecified).
+    order = idx[np.argsort(-probs[idx], kind="stable")]
+    p = probs[order]
+    cum = np.cumsum(p, dtype=np.float32)
+    over = np.nonzero(cum > np.float32(top_p))[0]
+    last = int(over[0]) if over.size else p.size - 1
+    r = np.float32(coin * cum[last])
+    pos = int(np.searchsorted(cum[:last + 1], r, side="right"))
+    return int(order[min(pos, last)])
+
+
+@dataclass
+class Sampler:
+    """Samples one token from a logits row; holds its own generator state."""
+    temperature: float = 1.0
+    top_p: float = 0.9
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.rng = Rng(self.seed)
+
+    def sample(self, logits: np.ndarray) -> int:
+        if self.temperature == 0.0:
+            return int(np.argmax(logits))  # first index on ties
+        probs = softmax(np.asarray(logits, np.float32) / np.float32(self.temperature))
+        coin = self.rng.coin()
+        if self.top_p <= 0 or self.top_p >= 1:
+            return sample_mult(probs, coin)
+        return sample_topp(probs, self.top_p, coin)
+
+
+def log_softmax_at(logits: np.ndarray, token: int) -> float:
+    """log p(token) under softmax(logits), in float64 (logprobs are reported, not sampled)."""
+    x = np.asarray(logits, np.float64)
+    m = x.max()
+    return float(x[token] - m - np.log(np.exp(x - m).sum()))
