@@ -15,6 +15,9 @@ import numpy as np
 from ..checkpoint import Config, Weights
 
 
+PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
+
+
 class Backend(ABC):
     name: str = "?"
 
@@ -56,6 +59,11 @@ class Backend(ABC):
         the next id is forced[b] and slot b's generator is not advanced (prompt tokens)."""
 
     # -- reporting ------------------------------------------------------------------------------
+    def profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
+        """Seconds spent per kernel category in one decode step at pos for tokens (B,): keys from
+        PROFILE_KEYS (matmul = the layers' projections; classifier separate). For `bench`."""
+        raise NotImplementedError(f"{self.name} backend has no per-kernel profile")
+
     def describe(self) -> str:
         return self.name
 

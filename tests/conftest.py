@@ -1,0 +1,71 @@
+"""Shared fixtures: the real models (through $LLAMA2PY_MODELS) and random checkpoints in odd shapes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llama2py.checkpoint import Config, load_checkpoint, random_weights, write_checkpoint
+
+MODELS_ENV = "LLAMA2PY_MODELS"
+
+# Shapes the tests sweep: GQA, unshared classifiers, sizes that are not multiples of 8 or 16,
+# short contexts. Each must stay small: the numpy oracle runs them too.
+SHAPES = {
+    "gqa_unshared": Config(dim=40, hidden_dim=70, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97,
+                           seq_len=16, shared_classifier=False),
+    "mha_shared": Config(dim=48, hidden_dim=100, n_layers=3, n_heads=6, n_kv_heads=6, vocab_size=64,
+                         seq_len=32, shared_classifier=True),
+    "odd_tiny": Config(dim=18, hidden_dim=37, n_layers=1, n_heads=3, n_kv_heads=1, vocab_size=53,
+                       seq_len=9, shared_classifier=False),
+    "wide": Config(dim=96, hidden_dim=260, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=300,
+                   seq_len=40, shared_classifier=True),
+}
+
+
+def models_dir() -> Path | None:
+    d = os.environ.get(MODELS_ENV)
+    return Path(d) if d else None
+
+
+def model_file(name: str) -> Path:
+    """Path of a real model file in $LLAMA2PY_MODELS, or skip the test saying why."""
+    d = models_dir()
+    if d is None:
+        pytest.skip(f"${MODELS_ENV} is not set (point it at a folder with {name}; .ci/run sets ../shared/models)")
+    p = d / name
+    if not p.exists():
+        pytest.skip(f"{name} not found in ${MODELS_ENV}={d}")
+    return p
+
+
+@pytest.fixture
+def stories260k():
+    """(checkpoint path, tokenizer path) of karpathy's trained stories260K."""
+    return model_file("stories260K.bin"), model_file("tok512.bin")
+
+
+@pytest.fixture
+def llama_tokenizer():
+    return model_file("tokenizer.bin")
+
+
+@pytest.fixture
+def make_checkpoint(tmp_path):
+    """make_checkpoint(shape_name_or_Config, version=0, seed=0) -> path of a random checkpoint."""
+    def make(shape, version: int = 0, seed: int = 0, group_size=None) -> Path:
+        config = SHAPES[shape] if isinstance(shape, str) else shape
+        name = shape if isinstance(shape, str) else "custom"
+        path = tmp_path / f"{name}_v{version}_s{seed}.bin"
+        write_checkpoint(path, config, random_weights(config, seed), version, group_size)
+        return path
+    return make
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+    """Worst error relative to the reference's scale: max|a - b| / max|b|."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
