@@ -1,2 +1,16 @@
 """llama2py: run llama2.c checkpoints from Python on C++ (CPU) and CUDA kernels."""
 __version__ = "0.1.0"
+
+from .checkpoint import Config, load_checkpoint  # noqa: E402
+from .errors import Llama2pyError  # noqa: E402
+from .tokenizer import Tokenizer  # noqa: E402
+
+
+def __getattr__(name):  # Llama pulls in the backends: import it on first use
+    if name == "Llama":
+        from .model import Llama
+        return Llama
+    raise AttributeError(name)
+
+
+__all__ = ["Config", "Llama", "Llama2pyError", "Tokenizer", "load_checkpoint"]

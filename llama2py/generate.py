@@ -1,0 +1,149 @@
+"""The generation loop of llama2.c's `run`, written once against the backend interface.
+
+`run_loop` reproduces run's loop token for token (prompt tokens forced, then sampling, stop at BOS
+or after `steps` positions) but processes the prompt in one prefill call; `chat_loop` is run's
+chat mode. Both yield decoded pieces as they come; the caller decides where they go.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+
+from .backends.base import Backend
+from .errors import PromptError
+from .tokenizer import BOS, EOS, Tokenizer
+
+
+@dataclass
+class RunStats:
+    """Timing of one run. tok_per_s follows run: positions after the first forward call, over the
+    seconds since that call ended (with no prompt this is exactly run's (pos - 1) / seconds)."""
+    positions: int = 0          # positions fed through the model
+    first_call_positions: int = 0
+    prompt_tokens: int = 0
+    first_call_s: float = 0.0   # the prefill (or the first step) in seconds
+    seconds: float = 0.0        # since the end of the first call
+    tokens: list[int] = field(default_factory=list)  # every token: prompt (with BOS), then generated
+
+    @property
+    def tok_per_s(self) -> float:
+        n = self.positions - self.first_call_positions
+        return n / self.seconds if n > 0 and self.seconds > 0 else 0.0
+
+
+def resolve_steps(steps: int, seq_len: int) -> int:
+    """run's rule: 0 (or more than the context) means the whole context."""
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    return seq_len if steps == 0 or steps > seq_len else steps
+
+
+def check_prompt(prompt_tokens: list[int], seq_len: int) -> None:
+    if len(prompt_tokens) > seq_len:
+        raise PromptError(f"the prompt is {len(prompt_tokens)} tokens but the model's context (seq_len) is "
+                          f"{seq_len}; shorten the prompt")
+
+
+def run_loop(backend: Backend, tokenizer: Tokenizer, prompt_tokens: list[int], steps: int,
+             temperature: float, top_p: float, seed: int, stats: RunStats,
+             prefill: bool = True) -> Iterator[bytes]:
+    """Yield the bytes run would print for each position (possibly b"" for skipped pieces)."""
+    steps = resolve_steps(steps, backend.config.seq_len)
+    check_prompt(prompt_tokens, backend.config.seq_len)
+    if not prompt_tokens:
+        raise PromptError("the prompt must hold at least one token (BOS)")
+    n = len(prompt_tokens)
+    stats.prompt_tokens = n
+    stats.tokens = list(prompt_tokens)
+    backend.set_seeds([seed])
+    token, pos = prompt_tokens[0], 0
+    t_end_first: Optional[float] = None
+    # Positions 0..k-1 of the prompt only need the KV cache: one prefill call instead of k steps.
+    k = min(n - 1, steps) if prefill else 0
+    if k > 0:
+        t0 = time.perf_counter()
+        backend.prefill(np.array([prompt_tokens[:k]], np.int32), 0, logits="none")
+        t_end_first = time.perf_counter()
+        stats.first_call_s = t_end_first - t0
+        stats.first_call_positions = k
+        for i in range(k):
+            yield tokenizer.printable_bytes(prompt_tokens[i], prompt_tokens[i + 1])
+        token, pos = prompt_tokens[k], k
+    tok_arr = np.zeros(1, np.int32)   # (1,)
+    forced = np.full(1, -1, np.int32)  # (1,)
+    while pos < steps:
+        tok_arr[0] = token
+        forced[0] = prompt_tokens[pos + 1] if pos < n - 1 else -1
+        t0 = time.perf_counter()
+        nxt = int(backend.step(tok_arr, pos, temperature, top_p, forced)[0][0])
+        pos += 1
+        if t_end_first is None:
+            t_end_first = time.perf_counter()
+            stats.first_call_s = t_end_first - t0
+            stats.first_call_positions = 1
+        stats.positions = pos
+        if nxt == BOS:
+            break
+        if pos >= n:  # a sampled token, not one of the prompt's
+            stats.tokens.append(nxt)
+        yield tokenizer.printable_bytes(token, nxt)
+        token = nxt
+    stats.positions = max(stats.positions, pos)
+    if t_end_first is not None:
+        stats.seconds = time.perf_counter() - t_end_first
+
+
+def render_chat(user: str, system: str = "") -> str:
+    """The Llama 2 chat template as run applies it."""
+    if system:
+        return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
+    return f"[INST] {user} [/INST]"
+
+
+def chat_loop(backend: Backend, tokenizer: Tokenizer, steps: int, temperature: float, top_p: float,
+              seed: int, read_user: Callable[[str], Optional[str]], system: str = "",
+              first_user: Optional[str] = None) -> Iterator[bytes]:
+    """run's chat mode. read_user(prompt_text) returns a line, or None at end of input (then the
+    chat ends: run would spin forever). Yields bytes to print, including "Assistant: " headers.
+
+    As in run, every position (prompt ones too) samples a token, so the generator advances the
+    same way and a seeded chat matches run's."""
+    steps = resolve_steps(steps, backend.config.seq_len)
+    backend.set_seeds([seed])
+    seq_len = backend.config.seq_len
+    user_turn, pos = True, 0
+    prompt: list[int] = []
+    idx = 0
+    nxt = 0
+    tok_arr = np.zeros(1, np.int32)
+    while pos < steps:
+        if user_turn:
+            if pos == 0 and first_user is not None:
+                user = first_user
+            else:
+                user = read_user("User: ")
+                if user is None:
+                    return
+            prompt = tokenizer.encode(render_chat(user, system if pos == 0 else ""), bos=True)
+            if pos + len(prompt) > seq_len:
+                raise PromptError(f"this turn needs {len(prompt)} tokens but only {seq_len - pos} of the "
+                                  f"context (seq_len {seq_len}) are left")
+            idx, user_turn = 0, False
+            yield b"Assistant: "
+        if idx < len(prompt):
+            token = prompt[idx]
+            idx += 1
+        else:
+            token = nxt
+        if token == EOS:
+            user_turn = True
+        tok_arr[0] = token
+        nxt = int(backend.step(tok_arr, pos, temperature, top_p)[0][0])
+        pos += 1
+        if idx >= len(prompt) and nxt != EOS:
+            yield tokenizer.printable_bytes(token, nxt)
+        if nxt == EOS:
+            yield b"\n"
