@@ -1,0 +1,296 @@
+"""Model download against a local HTTP server on 127.0.0.1: fresh, resumed, Range ignored,
+checksum mismatch, connection lost, unreachable, already present; the default model and the CLI hook."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import socket
+import threading
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from llama2py import download as dl
+from llama2py.errors import DownloadError
+
+DATA = os.urandom(5000 + 123)          # a few KB, not a multiple of anything
+TOKDATA = os.urandom(777)
+# the real small models (conftest's convention), read before the fixtures below override the variable
+REAL_MODELS = os.environ.get("LLAMA2PY_MODELS") or str(Path(__file__).resolve().parents[2]
+                                                        / "shared" / "models")
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves server.files[path]; honours Range unless server.ignore_range; may cut the body short."""
+
+    def log_message(self, *args):      # keep test output quiet
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        srv.requests.append((self.path, self.headers.get("Range")))
+        body = srv.files.get(self.path)
+        if body is None:
+            self.send_error(404)
+            return
+        start = 0
+        rng = self.headers.get("Range")
+        m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        if m and not srv.ignore_range:
+            start = int(m.group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        chunk = body[start:]
+        self.send_header("Content-Length", str(len(chunk)))
+        self.end_headers()
+        if srv.cut_after is not None:   # promise the whole body, send part of it, hang up
+            self.wfile.write(chunk[:srv.cut_after])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(chunk)
+
+
+@pytest.fixture
+def server():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.files = {"/m/test.bin": DATA, "/m/tok.bin": TOKDATA}
+    srv.requests = []
+    srv.ignore_range = False
+    srv.cut_after = None
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}/m"
+    thread = threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """No proxies, no mirror override, models folder in tmp, registry entries for the test bytes."""
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    monkeypatch.delenv(dl.URL_ENV, raising=False)
+    monkeypatch.setenv(dl.MODELS_ENV, str(tmp_path / "models"))
+    monkeypatch.setitem(dl.REGISTRY, "testmodel", dl.KnownFile(
+        "testmodel", "test.bin", "http://127.0.0.1:9/unused/test.bin", len(DATA),
+        hashlib.sha256(DATA).hexdigest(), "checkpoint", "test bytes", tokenizer="testtok"))
+    monkeypatch.setitem(dl.REGISTRY, "testtok", dl.KnownFile(
+        "testtok", "tok.bin", "http://127.0.0.1:9/unused/tok.bin", len(TOKDATA),
+        hashlib.sha256(TOKDATA).hexdigest(), "tokenizer", "test tokenizer bytes"))
+
+
+def url(server, name="test.bin"):
+    return f"{server.base}/{name}"
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()                       # nothing listens there now: connection refused
+    return port
+
+
+def test_fresh_download_checks_sha(server, tmp_path):
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path == tmp_path / "test.bin"
+    assert path.read_bytes() == DATA
+    assert not (tmp_path / "test.bin.part").exists()
+    assert server.requests == [("/m/test.bin", None)]
+
+
+def test_resume_partial_part_with_range(server, tmp_path):
+    (tmp_path / "test.bin.part").write_bytes(DATA[:1234])
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests == [("/m/test.bin", "bytes=1234-")]
+
+
+def test_server_ignoring_range_restarts(server, tmp_path):
+    server.ignore_range = True
+    (tmp_path / "test.bin.part").write_bytes(DATA[:1234])
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path.read_bytes() == DATA            # not the 1234 bytes twice
+    assert server.requests == [("/m/test.bin", "bytes=1234-")]
+
+
+def test_connection_lost_keeps_part_then_resumes(server, tmp_path):
+    server.cut_after = 2000
+    with pytest.raises(DownloadError) as err:
+        dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert "resume" in str(err.value) and str(tmp_path / "test.bin.part") in str(err.value)
+    assert (tmp_path / "test.bin.part").read_bytes() == DATA[:2000]
+    assert not (tmp_path / "test.bin").exists()
+    server.cut_after = None
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests[-1] == ("/m/test.bin", "bytes=2000-")
+
+
+def test_checksum_mismatch_deletes_part(server, tmp_path, monkeypatch):
+    server.files["/m/test.bin"] = bytes(len(DATA))     # right size, wrong bytes
+    with pytest.raises(DownloadError) as err:
+        dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    msg = str(err.value)
+    assert dl.REGISTRY["testmodel"].sha256 in msg                       # expected
+    assert hashlib.sha256(bytes(len(DATA))).hexdigest() in msg           # actual
+    assert not (tmp_path / "test.bin").exists()
+    assert not (tmp_path / "test.bin.part").exists()
+
+
+def test_size_mismatch_without_sha(server, tmp_path, monkeypatch):
+    monkeypatch.setitem(dl.REGISTRY, "testmodel", replace(dl.REGISTRY["testmodel"], sha256=None,
+                                                          size=len(DATA) + 1))
+    with pytest.raises(DownloadError, match="expected 5,124"):
+        dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert not (tmp_path / "test.bin").exists()
+
+
+def test_bad_resumed_part_is_fetched_again_from_start(server, tmp_path):
+    (tmp_path / "test.bin.part").write_bytes(b"x" * 1000)   # not a prefix of DATA
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests == [("/m/test.bin", "bytes=1000-"), ("/m/test.bin", None)]
+
+
+def test_complete_part_is_not_refetched(server, tmp_path):
+    (tmp_path / "test.bin.part").write_bytes(DATA)
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path.read_bytes() == DATA and server.requests == []
+
+
+def test_unreachable_url_names_url_and_destination(tmp_path):
+    bad = f"http://127.0.0.1:{closed_port()}/m/test.bin"
+    with pytest.raises(DownloadError) as err:
+        dl.download("testmodel", tmp_path, url=bad, progress=False)
+    msg = str(err.value)
+    assert bad in msg and str(tmp_path / "test.bin") in msg
+    assert "by hand" in msg
+    assert not (tmp_path / "test.bin").exists()
+
+
+def test_http_404_is_a_download_error(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        dl.download("testmodel", tmp_path, url=url(server, "missing.bin"), progress=False)
+
+
+def test_already_present_is_not_downloaded(server, tmp_path):
+    (tmp_path / "test.bin").write_bytes(DATA)
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path == tmp_path / "test.bin" and server.requests == []
+
+
+def test_corrupt_existing_file_is_replaced_only_by_a_verified_one(server, tmp_path):
+    (tmp_path / "test.bin").write_bytes(b"y" * len(DATA))
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path.read_bytes() == DATA
+
+
+def test_mirror_env_and_filename_lookup(server, tmp_path, monkeypatch):
+    monkeypatch.setenv(dl.URL_ENV, server.base + "/")
+    path = dl.download("TEST.BIN", progress=False)      # a file name, any case; default folder
+    assert path == tmp_path / "models" / "test.bin" and path.read_bytes() == DATA
+
+
+def test_unknown_name():
+    with pytest.raises(DownloadError, match="stories15M"):
+        dl.download("stories7B", progress=False)
+
+
+def test_progress_bar_goes_to_stderr_only(server, tmp_path, capsys):
+    dl.download("testmodel", tmp_path, url=url(server), progress=True)
+    assert capsys.readouterr().out == ""
+
+
+def test_default_models_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv(dl.MODELS_ENV, str(tmp_path / "x"))
+    assert dl.default_models_dir() == tmp_path / "x"
+    monkeypatch.delenv(dl.MODELS_ENV)
+    repo_models = Path(dl.__file__).resolve().parent.parent / "models"
+    expected = repo_models if repo_models.is_dir() else Path.cwd() / "models"
+    assert dl.default_models_dir() == expected
+
+
+def test_ensure_default_model_downloads_then_reuses(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
+    monkeypatch.setenv(dl.URL_ENV, server.base)
+    ckpt, tok = dl.ensure_default_model(tmp_path, progress=False)
+    assert ckpt.read_bytes() == DATA and tok.read_bytes() == TOKDATA
+    n = len(server.requests)
+    assert dl.ensure_default_model(tmp_path, progress=False) == (ckpt, tok)
+    assert len(server.requests) == n
+
+
+def test_ensure_default_model_offline_says_what_to_fetch(tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
+    with pytest.raises(DownloadError) as err:
+        dl.ensure_default_model(tmp_path, allow_download=False)
+    msg = str(err.value)
+    assert dl.REGISTRY["testmodel"].url in msg and str(tmp_path / "test.bin") in msg
+    # and with downloads allowed but no network, the same facts
+    monkeypatch.setenv(dl.URL_ENV, f"http://127.0.0.1:{closed_port()}/m")
+    with pytest.raises(DownloadError) as err:
+        dl.ensure_default_model(tmp_path, progress=False)
+    assert "/m/test.bin" in str(err.value) and str(tmp_path / "test.bin") in str(err.value)
+
+
+def test_cli_hook(server, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="llama2py download")
+    dl.add_arguments(parser)
+    assert "stories110M" in parser.format_help()
+    args = parser.parse_args(["testmodel", "testtok", "--dir", str(tmp_path), "--url", server.base,
+                              "--quiet"])
+    assert dl.run(args) == 0
+    out = capsys.readouterr().out.split()
+    assert out == [str(tmp_path / "test.bin"), str(tmp_path / "tok.bin")]
+    assert (tmp_path / "tok.bin").read_bytes() == TOKDATA
+
+
+def _v0_size(dim, hidden, layers, heads, kv_heads, vocab, seq):
+    kv_dim = dim * kv_heads // heads
+    n = (vocab * dim + layers * (2 * dim + 2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden)
+         + dim + seq * (dim // heads))
+    return 28 + 4 * n
+
+
+def test_registry_is_consistent():
+    shapes = {"stories15M": (288, 768, 6, 6, 6, 32000, 256),
+              "stories42M": (512, 1376, 8, 8, 8, 32000, 1024),
+              "stories110M": (768, 2048, 12, 12, 12, 32000, 1024),
+              "stories260K": (64, 172, 5, 8, 4, 512, 512)}
+    for name, shape in shapes.items():
+        entry = dl.REGISTRY[name]
+        assert entry.size == _v0_size(*shape), name       # the header fixes the file size
+        assert entry.tokenizer in dl.REGISTRY
+    for entry in dl.REGISTRY.values():
+        assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
+        assert entry.url.startswith("https://") or entry.name.startswith("test")
+
+
+def test_registry_matches_shared_copies():
+    """The recorded sizes and checksums of the small files match the copies in $LLAMA2PY_MODELS."""
+    folder = REAL_MODELS
+    checked = 0
+    for name in ("stories260K", "tok512", "tokenizer"):
+        p = Path(folder) / dl.REGISTRY[name].filename
+        if p.is_file():
+            assert dl.verify_file(p, name) is None
+            checked += 1
+    if not checked:
+        pytest.skip(f"no copies of the small models in {folder}")
