@@ -1,0 +1,60 @@
+"""The run-compatible sampler: generator sequence, greedy, multinomial and top-p rules."""
+import numpy as np
+import pytest
+
+from llama2py.sampler import Rng, Sampler, log_softmax_at, sample_mult, sample_topp, softmax
+
+MASK = (1 << 64) - 1
+
+
+def reference_u32(state):
+    """FORMAT.md's generator, step by step."""
+    state ^= state >> 12
+    state ^= (state << 25) & MASK
+    state ^= state >> 27
+    return state, ((state * 0x2545F4914F6CDD1D) & MASK) >> 32
+
+
+@pytest.mark.parametrize("seed", [1, 42, 7, 2**63 + 12345])
+def test_rng_sequence(seed):
+    rng, state = Rng(seed), seed
+    for _ in range(100):
+        state, u = reference_u32(state)
+        assert rng.u32() == u
+    coin = Rng(seed).coin()
+    assert 0 <= coin < 1 and coin == np.float32((reference_u32(seed)[1] >> 8) / 16777216.0)
+
+
+def test_greedy_first_index_on_ties():
+    assert Sampler(0.0).sample(np.array([1, 3, 3, 2], np.float32)) == 1
+
+
+def test_multinomial_walk():
+    p = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    assert [sample_mult(p, np.float32(c)) for c in (0.0, 0.0999, 0.1001, 0.35, 0.61, 0.9999)] == [0, 0, 1, 2, 3, 3]
+
+
+def test_topp_keeps_smallest_nucleus():
+    p = np.array([0.05, 0.5, 0.05, 0.3, 0.1], np.float32)
+    # sorted: 0.5 (1), 0.3 (3), 0.1 (4) ... cumulative exceeds 0.7 at token 3 -> nucleus {1, 3}
+    assert sample_topp(p, 0.7, np.float32(0.0)) == 1
+    assert sample_topp(p, 0.7, np.float32(0.99)) == 3  # r = 0.99 * 0.8 = 0.792 > 0.5
+    assert sample_topp(p, 0.7, np.float32(0.62)) == 1  # r = 0.496 < 0.5
+
+
+def test_topp_cutoff_filter():
+    # probabilities below (1 - top_p) / (n - 1) never enter the nucleus, even when top_p is ~1
+    p = np.array([0.6, 0.3999, 0.0001], np.float32)
+    assert sample_topp(p, 0.999, np.float32(0.999999)) == 1
+
+
+def test_sampler_distribution_matches_softmax():
+    logits = np.array([0.0, 1.0, 2.0, -1.0], np.float32)
+    s = Sampler(1.0, 1.0, seed=3)
+    counts = np.bincount([s.sample(logits) for _ in range(20000)], minlength=4) / 20000
+    assert np.abs(counts - softmax(logits)).max() < 0.02
+
+
+def test_log_softmax_at():
+    x = np.array([1.0, 2.0, 3.0], np.float32)
+    assert log_softmax_at(x, 2) == pytest.approx(np.log(np.exp(3) / np.exp(x.astype(np.float64)).sum()))

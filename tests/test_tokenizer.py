@@ -1,0 +1,84 @@
+"""Tokenizer against FORMAT.md's known encodings and run's decode/print rules."""
+import struct
+
+import pytest
+
+from llama2py.errors import TokenizerError
+from llama2py.tokenizer import Tokenizer
+
+
+def write_tok(path, pieces, scores=None, max_len=None):
+    scores = scores or [0.0] * len(pieces)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<i", max_len or max(len(p) for p in pieces)))
+        for p, s in zip(pieces, scores):
+            f.write(struct.pack("<fi", s, len(p)) + p)
+    return path
+
+
+def byte_vocab():
+    """<unk>, <s>, </s>, then the 256 byte pieces: the start of every llama2.c vocabulary."""
+    return [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [f"<0x{i:02X}>".encode() for i in range(256)]
+
+
+@pytest.mark.parametrize("text,ids", [
+    ("", [1]),
+    ("I believe the meaning of life is", [1, 306, 4658, 278, 6593, 310, 2834, 338]),
+])
+def test_known_encodings(llama_tokenizer, text, ids):
+    assert Tokenizer(llama_tokenizer, 32000).encode(text) == ids
+
+
+def test_roundtrip_and_bos_eos(llama_tokenizer):
+    tok = Tokenizer(llama_tokenizer, 32000)
+    text = "Once upon a time, Lily met a dragon. Ünïcödé ✓ 你好\nnew line"
+    ids = tok.encode(text, bos=True, eos=True)
+    assert ids[0] == 1 and ids[-1] == 2
+    assert tok.decode(ids) == text
+    assert tok.encode(text, bos=False)[0] != 1
+
+
+def test_byte_fallback_and_print_rule(tmp_path):
+    pieces = byte_vocab() + [b" ", b"a", b"b", b"ab", b" ab"]
+    scores = [0.0] * 259 + [1.0, 1.0, 1.0, 2.0, 3.0]
+    tok = Tokenizer(write_tok(tmp_path / "t.bin", pieces, scores), len(pieces))
+    sp, a, b, ab, sab = 259, 260, 261, 262, 263
+    # merges by score: " " + "a" has no piece; "a"+"b" -> "ab", then " "+"ab" -> " ab"
+    assert tok.encode("ab") == [1, sab]
+    # a code point missing from the vocabulary falls back to its UTF-8 bytes (+3)
+    assert tok.encode("é", bos=False) == [sp, 0xC3 + 3, 0xA9 + 3]
+    # decode: the space after BOS is dropped; <0xHH> is the raw byte
+    assert tok.piece_bytes(1, sab) == b"ab" and tok.piece_bytes(a, sab) == b" ab"
+    assert tok.piece_bytes(a, 0x41 + 3) == b"A"
+    # printing skips lone bytes that are neither printable nor whitespace (run's safe_printf)
+    assert tok.printable_bytes(a, 0xC3 + 3) == b""
+    assert tok.printable_bytes(a, 0x0A + 3) == b"\n"
+    assert tok.decode(tok.encode("é")) == "é"  # the dummy-prefix space after BOS is dropped
+
+
+def test_tokenizer_smaller_than_vocab(tmp_path):
+    path = write_tok(tmp_path / "t.bin", byte_vocab())
+    with pytest.raises(TokenizerError, match="ends after 259 tokens but the model's vocabulary has 300"):
+        Tokenizer(path, 300)
+
+
+def test_tokenizer_larger_than_vocab(llama_tokenizer):
+    with pytest.raises(TokenizerError, match="beyond the model's 512 tokens"):
+        Tokenizer(llama_tokenizer, 512)
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "too short"),
+    (struct.pack("<i", -5) + b"x" * 20, "max_token_length"),
+    (struct.pack("<i", 10) + struct.pack("<fi", 0.0, 99) + b"abc", "invalid length"),
+])
+def test_corrupt_tokenizer(tmp_path, content, match):
+    p = tmp_path / "bad.bin"
+    p.write_bytes(content)
+    with pytest.raises(TokenizerError, match=match):
+        Tokenizer(p, 3)
+
+
+def test_missing_tokenizer(tmp_path):
+    with pytest.raises(TokenizerError, match="no such file"):
+        Tokenizer(tmp_path / "nope.bin", 10)
