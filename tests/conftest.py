@@ -69,3 +69,32 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+def require_device(device: str) -> None:
+    """Skip unless `device` can run here. The cpu backend must exist when LLAMA2PY_REQUIRE_CPU=1
+    (CI sets it, so a broken extension build fails instead of skipping)."""
+    if device == "numpy":
+        return
+    if device == "cpu":
+        try:
+            import llama2py._cpu  # noqa: F401
+        except ImportError as e:
+            if os.environ.get("LLAMA2PY_REQUIRE_CPU") == "1":
+                raise
+            pytest.skip(f"C++ extension not built ({e}); run `pip install -e .`")
+        return
+    if device == "cuda":
+        from llama2py.checkpoint import random_weights
+        from llama2py.errors import DeviceError
+        try:
+            from llama2py.backends.cuda import CudaBackend
+            c = SHAPES["odd_tiny"]
+            CudaBackend(c, random_weights(c), 1).close()
+        except (ImportError, DeviceError) as e:
+            pytest.skip(f"cuda backend unusable here: {e}")
+        return
+    raise ValueError(device)
+
+
+HOST_DEVICES = ["numpy", "cpu"]
