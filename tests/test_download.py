@@ -33,6 +33,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
+        if self.path.startswith("/redirect/"):      # like huggingface.co/.../resolve -> CDN
+            self.send_response(302)
+            self.send_header("Location", "/m/" + self.path.split("/", 2)[2])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = srv.files.get(self.path)
         if body is None:
             self.send_error(404)
@@ -120,6 +126,14 @@ def test_resume_partial_part_with_range(server, tmp_path):
     path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
     assert path.read_bytes() == DATA
     assert server.requests == [("/m/test.bin", "bytes=1234-")]
+
+
+def test_resume_through_a_redirect_keeps_range(server, tmp_path):
+    (tmp_path / "test.bin.part").write_bytes(DATA[:99])
+    redirecting = server.base.replace("/m", "/redirect") + "/test.bin"
+    path = dl.download("testmodel", tmp_path, url=redirecting, progress=False)
+    assert path.read_bytes() == DATA
+    assert server.requests == [("/redirect/test.bin", "bytes=99-"), ("/m/test.bin", "bytes=99-")]
 
 
 def test_server_ignoring_range_restarts(server, tmp_path):
@@ -294,3 +308,13 @@ def test_registry_matches_shared_copies():
             checked += 1
     if not checked:
         pytest.skip(f"no copies of the small models in {folder}")
+
+
+def test_range_past_the_end_restarts_then_reports_the_short_file(server, tmp_path):
+    server.files["/m/test.bin"] = DATA[:500]          # the server's file is shorter than published
+    (tmp_path / "test.bin.part").write_bytes(DATA[:1000])
+    with pytest.raises(DownloadError, match="has 500 bytes, expected 5,123"):
+        dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert server.requests[0] == ("/m/test.bin", "bytes=1000-")      # answered 416
+    assert ("/m/test.bin", None) in server.requests
+    assert not (tmp_path / "test.bin.part").exists() and not (tmp_path / "test.bin").exists()
