@@ -1,4 +1,5 @@
-"""The Python API: Llama.load(...) then .run / .stream / .logits (and the batched .generate)."""
+"""The Python API: Llama.load(...) then .run / .stream / .logits, and the batched .generate /
+.text_completion (Meta's Llama 2 semantics, llama2py.batch)."""
 from __future__ import annotations
 
 import codecs
@@ -16,7 +17,7 @@ from .checkpoint import Checkpoint, Config, load_checkpoint
 from .errors import PromptError, TokenizerError
 from .generate import RunStats, check_prompt, run_loop
 from .sampler import resolve_seed
-from .tokenizer import Tokenizer
+from .tokenizer import BOS, Tokenizer
 
 
 @dataclass
@@ -109,6 +110,60 @@ class Llama:
         pieces, stats = self._start(prompt, steps, temperature, top_p, seed)
         text = b"".join(pieces).decode("utf-8", errors="replace")
         return RunResult(text, stats.tokens, stats.tok_per_s, stats)
+
+    # -- batched generation, Meta's Llama 2 generate() / text_completion() (llama2py.batch) -------------
+    def generate(self, prompt_tokens: list[list[int]], max_gen_len: int, temperature: float = 0.6,
+                 top_p: float = 0.9, logprobs: bool = False, echo: bool = False, seed: Optional[int] = None,
+                 stats=None) -> tuple[list[list[int]], Optional[list[list[float]]]]:
+        """Complete a batch of token prompts (each starting with BOS) at shared positions.
+
+        Returns (tokens, logprobs): per sequence the generated tokens (prompt + generated with echo),
+        at most max_gen_len of them, ending before the first EOS/BOS it generated; with logprobs the
+        log-softmax of the raw logits at each returned token (the first prompt token has none: 0.0,
+        as in Meta's code). Sequence b samples with seed + b (seed None or 0: the current time), so
+        it equals that prompt generated alone with seed + b. stats: an optional batch.BatchStats
+        to fill with timings."""
+        from . import batch
+        validate_sampling(temperature, top_p, 0)
+        if max_gen_len < 0:
+            raise ValueError(f"max_gen_len must be >= 0, got {max_gen_len}")
+        prompts = [list(map(int, p)) for p in prompt_tokens]
+        batch.check_batch(prompts, self.backend.max_batch, self.config.seq_len, self.config.vocab_size)
+        base = resolve_seed(seed)
+        seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in range(len(prompts))]
+        return batch.generate(self.backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo,
+                              stats)
+
+    def text_completion(self, prompts: list[str], temperature: float = 0.6, top_p: float = 0.9,
+                        max_gen_len: Optional[int] = None, logprobs: bool = False, echo: bool = False,
+                        seed: Optional[int] = None, stats=None) -> list[dict]:
+        """Complete a batch of text prompts: a dict per prompt with "generation" (text) and, with
+        logprobs, "tokens" (each token's text piece) and "logprobs". max_gen_len None means
+        seq_len - 1 (Meta's default). Prompts are encoded as run does (BOS + dummy-prefix space).
+
+        The generation is decoded following its prompt, so prompt + generation reads as run prints
+        it (a leading space is kept; Meta's sentencepiece decode drops it). With echo it starts with
+        the prompt text. "tokens" are the pieces in the same way, so "".join(tokens) == generation
+        (BOS and EOS pieces are "")."""
+        if isinstance(prompts, str):
+            raise TypeError("text_completion takes a list of prompts; wrap a single prompt in [ ]")
+        if max_gen_len is None:
+            max_gen_len = self.config.seq_len - 1
+        prompt_tokens = [self.tokenizer.encode(p, bos=True) for p in prompts]
+        toks, lps = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats)
+        out = []
+        for prompt, t in zip(prompt_tokens, toks):
+            prev = BOS if echo else prompt[-1]
+            pieces = []
+            for tok in t:
+                pieces.append(self.tokenizer.decode([tok], prev=prev))
+                prev = tok
+            gen = self.tokenizer.decode(t, prev=BOS if echo else prompt[-1])
+            out.append({"generation": gen, "tokens": pieces} if logprobs else {"generation": gen})
+        if logprobs:
+            for d, p in zip(out, lps):
+                d["logprobs"] = p
+        return out
 
     # -- inspection ---------------------------------------------------------------------------------
     def logits(self, token_ids) -> np.ndarray:
