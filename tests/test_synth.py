@@ -1,0 +1,131 @@
+"""`llama2py synth`: file sizes and headers per shape and version, determinism, greedy runs that
+never stop early, and the CLI."""
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from llama2py.backends import create_backend
+from llama2py.checkpoint import Config, load_checkpoint
+from llama2py.cli import main
+from llama2py.synth import SHAPES, file_bytes, shape_config, synth_group_size, write_synthetic
+
+TINY = Config(dim=24, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=67, seq_len=24)
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+@pytest.mark.parametrize("shared", [True, False])
+def test_every_reader_accepts_size_and_header(tmp_path, version, shared):
+    c = Config(**{**TINY.__dict__, "shared_classifier": shared})
+    path = tmp_path / f"t_v{version}.bin"
+    seen = []
+    n = write_synthetic(path, c, version, seed=1, progress=seen.append)
+    assert n == path.stat().st_size == file_bytes(c, version)
+    assert sum(seen) + (28 if version == 0 else 256) == n
+    ck = load_checkpoint(path)
+    assert ck.version == version and ck.config == c
+    head = path.read_bytes()[:41]
+    if version == 0:
+        assert struct.unpack_from("<7i", head) == (24, 40, 2, 4, 2, 67 if shared else -67, 24)
+    else:
+        assert struct.unpack_from("<Ii7iB", head) == (0x616B3432, version, 24, 40, 2, 4, 2, 67, 24, int(shared))
+    w = ck.weights
+    assert np.isfinite(w.wq).all() and w.wq.std() > 0
+    if shared:
+        assert np.abs(w.token_embedding[1]).max() < 0.1 * np.abs(w.token_embedding[2]).max()
+    else:
+        assert not np.any(w.wcls[1])
+
+
+def test_same_weights_in_every_version_and_same_seed_same_bytes(tmp_path):
+    a, b, c, d = (tmp_path / n for n in ("a.bin", "b.bin", "c.bin", "d.bin"))
+    write_synthetic(a, TINY, 0, seed=5)
+    write_synthetic(b, TINY, 0, seed=5)
+    write_synthetic(c, TINY, 1, seed=5)
+    write_synthetic(d, TINY, 0, seed=6)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != d.read_bytes()
+    wa, wc = load_checkpoint(a).weights, load_checkpoint(c).weights
+    for name, arr in wa.tensors().items():
+        np.testing.assert_array_equal(arr, wc.tensors()[name])
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_named_shapes_sizes(name):
+    c = shape_config(name)
+    assert (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len) == SHAPES[name]
+    # v0 of stories15M is the famous 60,816,028-byte file
+    if name == "stories15M":
+        assert file_bytes(c, 0) == 60_816_028
+    gs = synth_group_size(c)
+    assert c.dim % gs == 0 and c.hidden_dim % gs == 0
+
+
+def test_chunked_tensors_cross_chunk_boundaries(tmp_path, monkeypatch):
+    """Tensors larger than one chunk are split into row chunks; readers still accept the file."""
+    import llama2py.synth as synth
+    monkeypatch.setattr(synth, "CHUNK_FLOATS", 100)
+    for v in (0, 2):
+        p = tmp_path / f"c{v}.bin"
+        write_synthetic(p, TINY, v, seed=2)
+        assert load_checkpoint(p).file_bytes == file_bytes(TINY, v)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_greedy_run_generates_every_step(tmp_path, shared):
+    """run stops at BOS: a synthetic model must never pick it, so speed runs do all their steps."""
+    c = Config(dim=64, hidden_dim=172, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=160,
+               shared_classifier=shared)
+    path = tmp_path / "g.bin"
+    write_synthetic(path, c, 0, seed=0)
+    ck = load_checkpoint(path)
+    be = create_backend("numpy", ck.config, ck.weights, max_batch=2)
+    tok = np.array([1, 1], np.int32)
+    for pos in range(c.seq_len):
+        tok, _ = be.step(tok, pos, 0.0, 0.0)
+        assert not np.any(tok == 1), f"greedy run picked BOS at position {pos}"
+
+
+def test_greedy_llama_run_with_tokenizer(tmp_path):
+    from conftest import model_file
+    from llama2py.model import Llama
+    tok = model_file("tok512.bin")
+    path = tmp_path / "s.bin"
+    write_synthetic(path, Config(64, 172, 2, 8, 4, 512, 96), 0, seed=4)
+    r = Llama.load(path, tokenizer=tok, device="numpy").run("", steps=96, temperature=0.0)
+    assert r.stats.positions == 96
+    assert len(r.tokens) == 97 and 1 not in r.tokens[1:]  # BOS, then one token per position
+
+
+def test_cli_writes_shape_and_free_fields(tmp_path, capsys):
+    out = tmp_path / "x.bin"
+    assert main(["synth", "--shape", "stories260K", "--layers", "1", "--seq-len", "32", "--version", "2",
+                 "--seed", "3", "--no-progress", str(out)]) == 0
+    ck = load_checkpoint(out)
+    assert (ck.version, ck.config.n_layers, ck.config.seq_len, ck.config.dim) == (2, 1, 32, 64)
+    assert "wrote" in capsys.readouterr().out
+    free = tmp_path / "f.bin"
+    assert main(["synth", "--dim", "16", "--hidden", "24", "--layers", "1", "--heads", "2", "--kv-heads", "1",
+                 "--vocab", "40", "--seq-len", "8", "--unshared-classifier", str(free)]) == 0
+    assert load_checkpoint(free).config == Config(16, 24, 1, 2, 1, 40, 8, shared_classifier=False)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "llama2py", "synth", "--dim", "16", str(tmp_path / "y.bin")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "--hidden" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", "--heads", "5",
+                        str(tmp_path / "y.bin")], capture_output=True, text=True)
+    assert r.returncode == 1 and "multiple of n_heads" in r.stderr
+
+
+def test_progress_bar_on_stderr(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", "--layers", "1",
+                        str(tmp_path / "p.bin")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "100%" in r.stderr and "wrote" in r.stdout
