@@ -1,6 +1,7 @@
 """Command line: `python -m llama2py [CHECKPOINT] [run's flags]` and the subcommands.
 
     llama2py [CHECKPOINT] [-t T] [-p P] [-s SEED] [-n STEPS] [-i PROMPT] [-z TOKENIZER] [-m MODE] [-y SYS]
+    llama2py [CHECKPOINT] --prompts-file FILE | --num-samples N [--max-batch M] [run's flags]
     llama2py info FILE          llama2py download NAME
     llama2py synth ...          llama2py bench CHECKPOINT ...
 
@@ -32,6 +33,8 @@ examples:
   llama2py models/stories15M.bin -t 0 -n 64  # greedy, 64 positions
   llama2py stories260K.bin -z tok512.bin -t 0.8 -p 0.95 -s 7 -i "Once upon a time, Lily"
   llama2py model.bin -m chat -y "You are a helpful assistant."
+  llama2py model.bin --prompts-file prompts.txt -t 0.8 -s 7   # one story per line, batched
+  llama2py model.bin --num-samples 8 -i "Once upon a time" -s 42  # 8 stories, seeds 42..49
 """
 
 
@@ -84,6 +87,14 @@ def run_parser() -> argparse.ArgumentParser:
                    help="tokenizer file (default: tok{vocab}.bin or tokenizer.bin beside the checkpoint or in models/)")
     p.add_argument("-m", dest="mode", choices=("generate", "chat"), default="generate", help="mode (default generate)")
     p.add_argument("-y", dest="system", default=None, help="system prompt in chat mode")
+    p.add_argument("--prompts-file", dest="prompts_file", default=None, metavar="FILE",
+                   help="batched generation: one prompt per line (blank lines skipped), each told as run "
+                   "would with -n positions; story i uses seed+i")
+    p.add_argument("--num-samples", dest="num_samples", type=_int_min(1, "--num-samples"), default=None,
+                   metavar="N", help="batched generation: N stories of the prompt (-i), or of each line of "
+                   "--prompts-file, with seeds seed, seed+1, ...")
+    p.add_argument("--max-batch", dest="max_batch", type=_int_min(1, "--max-batch"), default=None, metavar="M",
+                   help="with --prompts-file/--num-samples: at most M sequences at once (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "numpy"), default="auto",
                    help="backend: auto = cuda when usable, else cpu (default auto)")
     p.add_argument("--threads", type=_int_min(1, "--threads"), default=None,
@@ -93,14 +104,19 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args):
+def _load(args, max_batch_size=1):
+    """Load the model; max_batch_size may be a function of the checkpoint's Config."""
     from .model import Llama
     checkpoint, tokenizer = args.checkpoint, args.tokenizer
     if checkpoint is None:
         from .download import ensure_default_model
         checkpoint, default_tok = ensure_default_model(progress=sys.stderr.isatty())
         tokenizer = tokenizer or default_tok
-    model = Llama.load(checkpoint, tokenizer=tokenizer, device=args.device, threads=args.threads)
+    if callable(max_batch_size):
+        from .checkpoint import load_checkpoint
+        max_batch_size = max_batch_size(load_checkpoint(checkpoint).config)
+    model = Llama.load(checkpoint, tokenizer=tokenizer, device=args.device, threads=args.threads,
+                       max_batch_size=max_batch_size)
     for note in model.notes:
         print(f"llama2py: {note}", file=sys.stderr)
     return model
@@ -109,6 +125,10 @@ def _load(args):
 def cmd_run(args) -> int:
     from .generate import RunStats, chat_loop
     from .sampler import resolve_seed
+    if args.prompts_file is not None or args.num_samples is not None:
+        return cmd_batch(args)
+    if args.max_batch is not None:
+        raise ValueError("--max-batch only applies with --prompts-file or --num-samples")
     model = _load(args)
     out = sys.stdout.buffer
     if args.mode == "chat":
@@ -137,6 +157,96 @@ def cmd_run(args) -> int:
     out.flush()
     if stats.positions > 1:
         print(f"achieved tok/s: {stats.tok_per_s:f}", file=sys.stderr)
+    return 0
+
+
+# -- batched generation (--prompts-file / --num-samples) --------------------------------------------
+BATCH_KV_LIMIT = 8 << 30  # refuse one batch whose KV cache would exceed this (bytes): use --max-batch
+
+
+def read_prompts_file(path: str) -> list[str]:
+    """One prompt per line (trailing newline and CR stripped, blank lines skipped)."""
+    from .errors import PromptError
+    try:
+        data = open(path, "rb").read()
+    except OSError as e:
+        raise PromptError(f"--prompts-file {path}: cannot read it ({e.strerror or e})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PromptError(f"--prompts-file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8")
+    prompts = [line.rstrip("\r") for line in text.split("\n")]
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise PromptError(f"--prompts-file {path}: no prompts in it (one prompt per line)")
+    return prompts
+
+
+def cmd_batch(args) -> int:
+    """Stories for many prompts (and/or seeds) at once, each equal to run's story for its prompt and
+    seed (up to an EOS, where a batched story ends), printed under a header, then tok/s on stderr."""
+    from .batch import BatchStats, check_batch, run_batch
+    from .errors import PromptError
+    from .generate import resolve_steps
+    from .sampler import resolve_seed
+    if args.mode == "chat":
+        raise ValueError("--prompts-file/--num-samples generate stories; they do not work with -m chat")
+    if args.prompts_file is not None:
+        if args.prompt is not None:
+            raise ValueError("give prompts either with -i or with --prompts-file, not both")
+        texts = read_prompts_file(args.prompts_file)
+    else:
+        texts = [args.prompt or ""]
+    n_samples = args.num_samples or 1
+    seqs = [(i, j, t) for i, t in enumerate(texts) for j in range(n_samples)]  # (prompt #, sample #, text)
+    limit = min(args.max_batch or len(seqs), len(seqs))
+
+    def batch_size(config) -> int:
+        kv = 2 * config.n_layers * config.seq_len * config.kv_dim * 4  # KV-cache bytes per sequence
+        if limit * kv > BATCH_KV_LIMIT:
+            fit = max(1, BATCH_KV_LIMIT // kv)
+            raise PromptError(f"{limit} sequences at once need {limit * kv / 2**30:.1f} GiB of KV cache for this "
+                              f"model; pass --max-batch {fit} (or less) to run them in batches")
+        return limit
+    model = _load(args, max_batch_size=batch_size)
+    c = model.config
+    steps = resolve_steps(args.steps, c.seq_len)
+    prompts = [model.tokenizer.encode(t, bos=True) for _, _, t in seqs]
+    for (i, _, _), p in zip(seqs, prompts):
+        if len(p) > c.seq_len:
+            raise PromptError(f"prompt {i + 1} is {len(p)} tokens but the model's context (seq_len) is "
+                              f"{c.seq_len}; shorten it")
+    chunks = [list(range(a, min(a + limit, len(seqs)))) for a in range(0, len(seqs), limit)]
+    for idx in chunks:  # every error before the first story
+        check_batch([prompts[b] for b in idx], model.backend.max_batch, c.seq_len, c.vocab_size)
+    base = resolve_seed(args.seed)
+    out = sys.stdout.buffer
+    tok = model.tokenizer
+    total_tokens, total_s, per_seq = 0, 0.0, []
+    for idx in chunks:
+        seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in idx]
+        stats = BatchStats()
+        # run feeds positions 0..steps-1, so a story holds tokens 0..steps (prompt included)
+        res = run_batch(model.backend, [prompts[b] for b in idx], [steps + 1] * len(idx), args.temperature,
+                        args.top_p, seeds, stats=stats)
+        for r, b in enumerate(idx):
+            i, j, _ = seqs[b]
+            if args.prompts_file is not None:
+                head = f"--- prompt {i + 1}" + (f", sample {j + 1}" if n_samples > 1 else "")
+            else:
+                head = f"--- sample {j + 1}"
+            out.write(f"{head} (seed {seeds[r]}) ---\n".encode())
+            t = res.tokens[r]
+            out.write(b"".join(tok.printable_bytes(t[q], t[q + 1]) for q in range(len(t) - 1)) + b"\n")
+            per_seq.append((head[4:], stats.seq_tok_per_s(r), stats.generated[r]))
+        out.flush()
+        total_tokens += stats.total_generated
+        total_s += stats.decode_s
+    agg = total_tokens / total_s if total_s > 0 else 0.0
+    print(f"achieved tok/s: {agg:f} (aggregate over {len(seqs)} sequences, batches of up to {limit})",
+          file=sys.stderr)
+    for name, rate, n in per_seq:
+        print(f"  {name}: {rate:f} tok/s ({n} tokens)", file=sys.stderr)
     return 0
 
 
