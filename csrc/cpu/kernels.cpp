@@ -1,0 +1,328 @@
+// CPU kernels: see kernels.h for the conventions (orphaned work-sharing, fixed accumulation order).
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include <omp.h>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define L2P_AVX2 1
+#endif
+
+namespace l2p {
+
+// ---- an 8-lane float vector: AVX2+FMA when compiled for it, plain C++ otherwise ----------------
+// Both variants accumulate in the same structure (8 lanes, fixed reduction), so results only
+// differ between builds by FMA rounding, never between GEMV and GEMM of one build.
+#ifdef L2P_AVX2
+using V8 = __m256;
+static inline V8 v_zero() { return _mm256_setzero_ps(); }
+static inline V8 v_load(const float* p) { return _mm256_loadu_ps(p); }
+static inline __m256i v_mask(int n) {  // lanes 0..n-1 on, n in 1..7
+    static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - n));
+}
+static inline V8 v_load_n(const float* p, __m256i mask) { return _mm256_maskload_ps(p, mask); }
+static inline V8 v_fma(V8 a, V8 b, V8 c) { return _mm256_fmadd_ps(a, b, c); }
+static inline float v_sum(V8 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // (0+4, 1+5, 2+6, 3+7)
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                          // (04+26, 15+37)
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+using Mask = __m256i;
+#else
+struct V8 { float v[8]; };
+static inline V8 v_zero() { V8 r; for (int i = 0; i < 8; ++i) r.v[i] = 0.f; return r; }
+static inline V8 v_load(const float* p) { V8 r; std::memcpy(r.v, p, sizeof r.v); return r; }
+using Mask = int;
+static inline Mask v_mask(int n) { return n; }
+static inline V8 v_load_n(const float* p, Mask n) { V8 r = v_zero(); for (int i = 0; i < n; ++i) r.v[i] = p[i]; return r; }
+static inline V8 v_fma(V8 a, V8 b, V8 c) { for (int i = 0; i < 8; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+static inline float v_sum(V8 v) {
+    float s0 = v.v[0] + v.v[4], s1 = v.v[1] + v.v[5], s2 = v.v[2] + v.v[6], s3 = v.v[3] + v.v[7];
+    float t0 = s0 + s2, t1 = s1 + s3;
+    return t0 + t1;
+}
+#endif
+
+static inline float dot(const float* a, const float* b, int n) {
+    V8 acc = v_zero();
+    int k = 0;
+    for (; k + 8 <= n; k += 8) acc = v_fma(v_load(a + k), v_load(b + k), acc);
+    if (k < n) {
+        Mask m = v_mask(n - k);
+        acc = v_fma(v_load_n(a + k, m), v_load_n(b + k, m), acc);
+    }
+    return v_sum(acc);
+}
+
+// R weight rows x C activation rows, each output one 8-lane accumulator (the fixed order above).
+// y[c * ldy + r] = dot(w + r * n, x + c * ldx)
+template <int R, int C>
+static inline void tile(const float* w, const float* x, long ldx, float* y, long ldy, int n) {
+    V8 acc[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r][c] = v_zero();
+    int k = 0;
+    for (; k + 8 <= n; k += 8) {
+        V8 xv[C];
+        for (int c = 0; c < C; ++c) xv[c] = v_load(x + c * ldx + k);
+        for (int r = 0; r < R; ++r) {
+            V8 wv = v_load(w + (long)r * n + k);
+            for (int c = 0; c < C; ++c) acc[r][c] = v_fma(wv, xv[c], acc[r][c]);
+        }
+    }
+    if (k < n) {
+        Mask m = v_mask(n - k);
+        V8 xv[C];
+        for (int c = 0; c < C; ++c) xv[c] = v_load_n(x + c * ldx + k, m);
+        for (int r = 0; r < R; ++r) {
+            V8 wv = v_load_n(w + (long)r * n + k, m);
+            for (int c = 0; c < C; ++c) acc[r][c] = v_fma(wv, xv[c], acc[r][c]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) y[c * ldy + r] = v_sum(acc[r][c]);
+}
+
+// Dispatch a runtime tile size to the templates.
+template <int C>
+static inline void tile_r(int R, const float* w, const float* x, long ldx, float* y, long ldy, int n) {
+    switch (R) {
+        case 8: tile<8, C>(w, x, ldx, y, ldy, n); break;
+        case 7: tile<7, C>(w, x, ldx, y, ldy, n); break;
+        case 6: tile<6, C>(w, x, ldx, y, ldy, n); break;
+        case 5: tile<5, C>(w, x, ldx, y, ldy, n); break;
+        case 4: tile<4, C>(w, x, ldx, y, ldy, n); break;
+        case 3: tile<3, C>(w, x, ldx, y, ldy, n); break;
+        case 2: tile<2, C>(w, x, ldx, y, ldy, n); break;
+        case 1: tile<1, C>(w, x, ldx, y, ldy, n); break;
+        default: break;
+    }
+}
+
+static constexpr int ROW_BLOCK = 8;  // weight rows per work item: 8 GEMV chains, fits L1 for GEMM
+
+// One block of <= 8 weight rows against all activation rows.
+static inline void block(const float* w, int nr, const float* x, long ldx, int rows, float* y, long ldy, int n) {
+    if (rows == 1) {  // GEMV: 8 independent accumulators stream 8 weight rows
+        tile_r<1>(nr, w, x, ldx, y, ldy, n);
+        return;
+    }
+    // GEMM: the block's rows stay in L1 while every activation row passes; 4x3 register tiles.
+    int c = 0;
+    for (; c + 3 <= rows; c += 3) {
+        for (int r = 0; r < nr; r += 4)
+            tile_r<3>(std::min(4, nr - r), w + (long)r * n, x + c * ldx, ldx, y + c * ldy + r, ldy, n);
+    }
+    const int left = rows - c;
+    for (int r = 0; r < nr && left; r += 4) {
+        if (left == 2) tile_r<2>(std::min(4, nr - r), w + (long)r * n, x + c * ldx, ldx, y + c * ldy + r, ldy, n);
+        else tile_r<1>(std::min(4, nr - r), w + (long)r * n, x + c * ldx, ldx, y + c * ldy + r, ldy, n);
+    }
+}
+
+void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n) {
+    int start[8];
+    int total = 0;
+    for (int j = 0; j < njobs; ++j) {
+        start[j] = total;
+        total += (jobs[j].d + ROW_BLOCK - 1) / ROW_BLOCK;
+    }
+#pragma omp for schedule(static)
+    for (int b = 0; b < total; ++b) {
+        int j = njobs - 1;
+        while (start[j] > b) --j;
+        const MatJob& job = jobs[j];
+        const int r0 = (b - start[j]) * ROW_BLOCK;
+        const int nr = std::min(ROW_BLOCK, job.d - r0);
+        block(job.w + (long)r0 * n, nr, x, ldx, rows, job.out + r0, job.ldo, n);
+    }
+}
+
+void matmul(float* out, long ldo, const float* x, long ldx, int rows, const float* w, int d, int n) {
+    MatJob job{w, d, out, ldo};
+    matmul_jobs(&job, 1, x, ldx, rows, n);
+}
+
+// ---- per-row kernels ---------------------------------------------------------------------------------
+void rmsnorm(float* out, const float* x, const float* w, int rows, int n) {
+#pragma omp for schedule(static)
+    for (int r = 0; r < rows; ++r) {
+        const float* xr = x + (long)r * n;
+        float* o = out + (long)r * n;
+        float ss = dot(xr, xr, n);
+        ss = ss / n + 1e-5f;
+        const float s = 1.0f / std::sqrt(ss);
+        for (int i = 0; i < n; ++i) o[i] = w[i] * (s * xr[i]);
+    }
+}
+
+void rope(float* x, int rows, int n_heads, int head_size, const int* positions, const float* cos_sin) {
+    const int half = head_size / 2;
+    const int dim = n_heads * head_size;
+#pragma omp for schedule(static)
+    for (int r = 0; r < rows; ++r) {
+        const float* cs = cos_sin + (long)positions[r] * half * 2;  // (half, 2)
+        float* xr = x + (long)r * dim;
+        for (int h = 0; h < n_heads; ++h) {
+            float* v = xr + h * head_size;
+            for (int i = 0; i < half; ++i) {
+                const float c = cs[2 * i], s = cs[2 * i + 1];
+                const float a = v[2 * i], b = v[2 * i + 1];
+                v[2 * i] = a * c - b * s;
+                v[2 * i + 1] = a * s + b * c;
+            }
+        }
+    }
+}
+
+void rope_table(float* out, int seq_len, int head_size) {
+    const int half = head_size / 2;
+    for (int p = 0; p < seq_len; ++p)
+        for (int i = 0; i < half; ++i) {
+            const float freq = 1.0f / powf(10000.0f, (float)(2 * i) / (float)head_size);
+            const float val = (float)p * freq;
+            out[((long)p * half + i) * 2] = cosf(val);
+            out[((long)p * half + i) * 2 + 1] = sinf(val);
+        }
+}
+
+void swiglu(float* h, const float* g, int rows, int n) {
+    const long total = (long)rows * n;
+#pragma omp for schedule(static)
+    for (long i = 0; i < total; ++i) {
+        const float z = h[i];
+        h[i] = z / (1.0f + expf(-z)) * g[i];
+    }
+}
+
+void residual(float* x, const float* y, int rows, int n) {
+    const long total = (long)rows * n;
+#pragma omp for schedule(static)
+    for (long i = 0; i < total; ++i) x[i] += y[i];
+}
+
+// ---- attention ---------------------------------------------------------------------------------------
+void attention(float* out, const float* q, const float* k_cache, const float* v_cache, const int* seq,
+               const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
+               float* scratch) {
+    const int dim = n_heads * head_size;
+    const int kv_dim = n_kv_heads * head_size;
+    const int kv_mul = n_heads / n_kv_heads;
+    const float scale = 1.0f / std::sqrt((float)head_size);
+    const int work = rows * n_heads;
+#pragma omp for schedule(static)
+    for (int it = 0; it < work; ++it) {
+        const int r = it / n_heads, h = it % n_heads;
+        const int pos = positions[r];
+        const long slot = (long)seq[r] * seq_len * kv_dim;
+        const float* qh = q + (long)r * dim + h * head_size;
+        const long koff = (long)(h / kv_mul) * head_size;
+        float* att = scratch + (long)omp_get_thread_num() * seq_len;  // (pos + 1,) scores
+        float mx = -INFINITY;
+        for (int t = 0; t <= pos; ++t) {
+            const float s = dot(qh, k_cache + slot + (long)t * kv_dim + koff, head_size) * scale;
+            att[t] = s;
+            mx = std::max(mx, s);
+        }
+        float sum = 0.f;
+        for (int t = 0; t <= pos; ++t) {
+            att[t] = expf(att[t] - mx);
+            sum += att[t];
+        }
+        const float inv = 1.0f / sum;
+        float* o = out + (long)r * dim + h * head_size;
+        for (int i = 0; i < head_size; ++i) o[i] = 0.f;
+        for (int t = 0; t <= pos; ++t) {
+            const float a = att[t] * inv;
+            const float* v = v_cache + slot + (long)t * kv_dim + koff;
+            for (int i = 0; i < head_size; ++i) o[i] += a * v[i];
+        }
+    }
+}
+
+// ---- sampling ----------------------------------------------------------------------------------------
+uint32_t rng_u32(uint64_t* state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+float rng_coin(uint64_t* state) { return (float)(rng_u32(state) >> 8) / 16777216.0f; }
+
+int argmax(const float* x, int n) {
+    int best = 0;
+    float mx = x[0];
+    for (int i = 1; i < n; ++i)
+        if (x[i] > mx) { mx = x[i]; best = i; }
+    return best;
+}
+
+void softmax(float* probs, const float* x, int n) {
+    float mx = x[0];
+    for (int i = 1; i < n; ++i) mx = std::max(mx, x[i]);
+    float sum = 0.f;
+    for (int i = 0; i < n; ++i) {
+        probs[i] = expf(x[i] - mx);
+        sum += probs[i];
+    }
+    for (int i = 0; i < n; ++i) probs[i] /= sum;
+}
+
+int sample_mult(const float* probs, int n, float coin) {
+    float cdf = 0.f;
+    for (int i = 0; i < n; ++i) {
+        cdf += probs[i];
+        if (coin < cdf) return i;
+    }
+    return n - 1;
+}
+
+int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, float* cand) {
+    const float cutoff = (1.0f - top_p) / (float)(n - 1);
+    int m = 0;
+    for (int i = 0; i < n; ++i)
+        if (probs[i] >= cutoff) idx[m++] = i;
+    if (m == 0) return argmax(probs, n);  // only possible for top_p < 1/n; keep it defined
+    // descending probability, ties in index order
+    std::sort(idx, idx + m, [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
+    float cum = 0.f;
+    int last = m - 1;
+    for (int i = 0; i < m; ++i) {
+        cum += probs[idx[i]];
+        cand[i] = cum;
+        if (cum > top_p) { last = i; break; }
+    }
+    const float r = coin * cand[last];
+    for (int i = 0; i <= last; ++i)
+        if (r < cand[i]) return idx[i];
+    return idx[last];
+}
+
+int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state,
+           float* probs, int* idx, float* cand) {
+    if (temperature == 0.0) return argmax(logits, n);
+    const float t = (float)temperature;
+    for (int i = 0; i < n; ++i) probs[i] = logits[i] / t;
+    softmax(probs, probs, n);
+    const float coin = rng_coin(state);
+    if (top_p <= 0.0 || top_p >= 1.0) return sample_mult(probs, n, coin);
+    return sample_topp(probs, n, (float)top_p, coin, idx, cand);
+}
+
+double log_softmax_at(const float* x, int n, int token) {
+    double mx = x[0];
+    for (int i = 1; i < n; ++i) mx = std::max(mx, (double)x[i]);
+    double s = 0.0;
+    for (int i = 0; i < n; ++i) s += std::exp((double)x[i] - mx);
+    return (double)x[token] - mx - std::log(s);
+}
+
+}  // namespace l2p

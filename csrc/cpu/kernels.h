@@ -1,0 +1,80 @@
+// CPU kernels of llama2py: raw-pointer building blocks shared by the standalone kernel functions
+// (exposed to Python for tests) and by the Model's forward pass.
+//
+// Threading convention: every function here that splits work does so with an *orphaned*
+// `#pragma omp for` (no `parallel`). Called from inside a `#pragma omp parallel` region, all threads
+// of the team must call it and share the work; called outside one, it simply runs on one thread.
+// Work-sharing loops end with the implied barrier, so consecutive calls are ordered.
+//
+// Numerics: every dot product of a matrix-vector (GEMV) and matrix-matrix (GEMM) product is
+// accumulated in the same order (8 lanes over k in steps of 8, a zero-masked tail, then a fixed
+// horizontal sum), whatever the tiling. A batch row, a prefill row and a single decode step are
+// therefore bitwise equal.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace l2p {
+
+// ---- matrix products -----------------------------------------------------------------------------
+// One product: out[r * ldo + j] = sum_k x[r * ldx + k] * w[j * n + k]
+//   w   (d, n) row-major weights (the (out, in) layout of llama2.c)
+//   x   (rows, n) activations, row stride ldx
+//   out (rows, d) outputs, row stride ldo
+struct MatJob {
+    const float* w;
+    int d;        // output features (rows of w)
+    float* out;
+    long ldo;     // row stride of out
+};
+
+// Run up to a few products that share the same input rows in one work-sharing loop
+// (q/k/v, or w1/w3): fewer barriers per layer.
+void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n);
+
+// Convenience: one product.
+void matmul(float* out, long ldo, const float* x, long ldx, int rows, const float* w, int d, int n);
+
+// ---- elementwise / per-row kernels (rows split across threads) -------------------------------------
+// out (rows, n) = w (n,) * x / sqrt(mean(x^2) + 1e-5), per row. out may alias x.
+void rmsnorm(float* out, const float* x, const float* w, int rows, int n);
+// x (rows, n_heads * head_size) rotated in place; row r at position positions[r];
+// cos_sin (seq_len, head_size/2, 2) table of (cos, sin).
+void rope(float* x, int rows, int n_heads, int head_size, const int* positions, const float* cos_sin);
+// h (rows, n) = silu(h) * g
+void swiglu(float* h, const float* g, int rows, int n);
+// x (rows, n) += y
+void residual(float* x, const float* y, int rows, int n);
+
+// ---- attention ------------------------------------------------------------------------------------
+// For each row r = (b, t) and query head h:
+//   q       (rows, n_heads * head_size), row r belongs to sequence seq[r] at position positions[r]
+//   k_cache (n_slots, seq_len, kv_dim) of one layer; v_cache the same
+//   out     (rows, n_heads * head_size)
+//   scratch (n_threads, seq_len) per-thread scores
+void attention(float* out, const float* q, const float* k_cache, const float* v_cache, const int* seq,
+               const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
+               float* scratch);
+
+// ---- sampling ------------------------------------------------------------------------------------
+// run.c's xorshift64* generator: one draw, coin in [0, 1) with 24 bits.
+uint32_t rng_u32(uint64_t* state);
+float rng_coin(uint64_t* state);
+int argmax(const float* x, int n);  // first index of the maximum
+// probs (n,) = softmax(x): float32, subtract the max, sequential sum (as run.c). probs may alias x.
+void softmax(float* probs, const float* x, int n);
+int sample_mult(const float* probs, int n, float coin);
+// nucleus sampling exactly as run.c; idx (n,) and cand (n,) are scratch
+int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, float* cand);
+// One full sampling decision for a logits row (temperature 0 -> argmax, else temper, softmax,
+// one coin, multinomial or top-p). probs (n,), idx (n,), cand (n,) are scratch.
+int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state,
+           float* probs, int* idx, float* cand);
+// log softmax(x)[token] in double precision
+double log_softmax_at(const float* x, int n, int token);
+
+// (seq_len, head_size/2, 2) RoPE table as run.c computes it: freq = 1 / 10000^(j / head_size)
+void rope_table(float* out, int seq_len, int head_size);
+
+}  // namespace l2p

@@ -1,0 +1,222 @@
+// The CPU forward pass (FORMAT.md, "Forward pass"), one OpenMP parallel region per chunk.
+#include "model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include <omp.h>
+
+#include "kernels.h"
+
+namespace l2p {
+
+ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads)
+    : c_(c), w_(w), max_batch_(max_batch),
+      n_threads_(n_threads > 0 ? n_threads : omp_get_max_threads()),
+      cap_(std::max(max_batch, PREFILL_ROWS)) {
+    const long kv = c.kv_dim();
+    const long cache = (long)c.n_layers * max_batch * c.seq_len * kv;
+    key_cache_.assign(cache, 0.f);
+    value_cache_.assign(cache, 0.f);
+    rope_.resize((long)c.seq_len * c.head_size());
+    rope_table(rope_.data(), c.seq_len, c.head_size());
+    x_.resize((long)cap_ * c.dim);
+    xb_.resize((long)cap_ * c.dim);
+    q_.resize((long)cap_ * c.dim);
+    k_.resize(cap_ * kv);
+    v_.resize(cap_ * kv);
+    att_.resize((long)cap_ * c.dim);
+    tmp_.resize((long)cap_ * c.dim);
+    hb_.resize((long)cap_ * c.hidden_dim);
+    hb2_.resize((long)cap_ * c.hidden_dim);
+    scores_.resize((long)n_threads_ * c.seq_len);
+    tok_.resize(cap_);
+    seq_.resize(cap_);
+    posv_.resize(cap_);
+    logits_.resize((long)max_batch * c.vocab_size);
+    probs_.resize((long)max_batch * c.vocab_size);
+    cand_.resize((long)max_batch * c.vocab_size);
+    idx_.resize((long)max_batch * c.vocab_size);
+    rng_.assign(max_batch, 0);
+}
+
+size_t ModelCore::buffer_bytes() const {
+    size_t f = key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() + xb_.size() + q_.size() +
+               k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() + hb2_.size() + scores_.size() +
+               logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
+    size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
+    return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t);
+}
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+// Per-category timing inside a parallel region: all threads call mark(); only when profiling does
+// it add a barrier, and the master thread books the time since the previous mark.
+struct Profiler {
+    double* acc;
+    Clock::time_point last;
+    void mark(int cat) {
+        if (!acc) return;
+#pragma omp barrier
+#pragma omp master
+        {
+            const auto now = Clock::now();
+            acc[cat] += std::chrono::duration<double>(now - last).count();
+            last = now;
+        }
+#pragma omp barrier
+    }
+};
+}  // namespace
+
+void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mode, float* out, double* prof) {
+    // Chunks of Tc positions for all B sequences: B * Tc <= cap_ rows.
+    const int Tc = std::max(1, std::min(T, cap_ / B));
+    for (int t0 = 0; t0 < T; t0 += Tc) {
+        const int n = std::min(Tc, T - t0);
+        for (int b = 0; b < B; ++b)
+            for (int t = 0; t < n; ++t) {
+                const int r = b * n + t;
+                tok_[r] = tokens[(long)b * T + t0 + t];
+                seq_[r] = b;
+                posv_[r] = pos + t0 + t;
+            }
+        const bool last_chunk = t0 + n == T;
+        LogitsMode m = mode == LOGITS_ALL ? LOGITS_ALL : (mode == LOGITS_LAST && last_chunk ? LOGITS_LAST : LOGITS_NONE);
+        run_chunk(B, n, T, t0, pos + t0, m, out, prof);
+    }
+}
+
+// Rows r = b * Tc + t (b < B, t < Tc) at positions pos0 + t.
+void ModelCore::run_chunk(int B, int Tc, int T, int t0, int pos0, LogitsMode mode, float* out, double* prof) {
+    const ModelConfig& c = c_;
+    const int rows = B * Tc;
+    const int dim = c.dim, hid = c.hidden_dim, hs = c.head_size(), kv = c.kv_dim(), V = c.vocab_size;
+    const long cache_layer = (long)max_batch_ * c.seq_len * kv;
+    (void)pos0;
+
+    float* cls_out = nullptr;  // where the classifier writes, row stride V
+    const float* cls_in = nullptr;
+    long cls_ldx = dim;
+    int cls_rows = 0;
+    if (mode == LOGITS_LAST) {  // row (b, Tc - 1) of each sequence
+        cls_out = out;
+        cls_in = x_.data() + (long)(Tc - 1) * dim;
+        cls_ldx = (long)Tc * dim;
+        cls_rows = B;
+    } else if (mode == LOGITS_ALL) {
+        cls_in = x_.data();
+        cls_rows = rows;
+        if (Tc == T) {
+            cls_out = out;  // rows b * T + t are exactly out's (B, T) rows
+        } else {
+            if (logits_all_.size() < (size_t)cap_ * V) logits_all_.resize((size_t)cap_ * V);
+            cls_out = logits_all_.data();
+        }
+    }
+
+#pragma omp parallel num_threads(n_threads_)
+    {
+        Profiler P{prof, Clock::now()};
+        // embedding
+#pragma omp for schedule(static)
+        for (int r = 0; r < rows; ++r)
+            std::memcpy(x_.data() + (long)r * dim, w_.token_embedding + (long)tok_[r] * dim, dim * sizeof(float));
+        P.mark(P_EMBEDDING);
+
+        for (int l = 0; l < c.n_layers; ++l) {
+            rmsnorm(xb_.data(), x_.data(), w_.rms_att + (long)l * dim, rows, dim);
+            P.mark(P_RMSNORM);
+            const MatJob qkv[3] = {
+                {w_.wq + (long)l * dim * dim, dim, q_.data(), dim},
+                {w_.wk + (long)l * kv * dim, kv, k_.data(), kv},
+                {w_.wv + (long)l * kv * dim, kv, v_.data(), kv},
+            };
+            matmul_jobs(qkv, 3, xb_.data(), dim, rows, dim);
+            P.mark(P_MATMUL);
+            // RoPE on q and k, then k and v into the cache at (l, slot, position)
+            float* kc = key_cache_.data() + l * cache_layer;
+            float* vc = value_cache_.data() + l * cache_layer;
+#pragma omp for schedule(static)
+            for (int r = 0; r < rows; ++r) {
+                const int p = posv_[r];
+                const float* cs = rope_.data() + (long)p * hs;  // (hs/2, 2)
+                for (int which = 0; which < 2; ++which) {
+                    float* vec = which == 0 ? q_.data() + (long)r * dim : k_.data() + (long)r * kv;
+                    const int n = which == 0 ? dim : kv;
+                    for (int i = 0; i < n; i += 2) {
+                        const int j = (i % hs) / 2;
+                        const float co = cs[2 * j], si = cs[2 * j + 1];
+                        const float a = vec[i], b = vec[i + 1];
+                        vec[i] = a * co - b * si;
+                        vec[i + 1] = a * si + b * co;
+                    }
+                }
+                const long at = ((long)seq_[r] * c.seq_len + p) * kv;
+                std::memcpy(kc + at, k_.data() + (long)r * kv, kv * sizeof(float));
+                std::memcpy(vc + at, v_.data() + (long)r * kv, kv * sizeof(float));
+            }
+            P.mark(P_ROPE);
+            attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads,
+                      hs, c.seq_len, scores_.data());
+            P.mark(P_ATTENTION);
+            matmul(tmp_.data(), dim, att_.data(), dim, rows, w_.wo + (long)l * dim * dim, dim, dim);
+            P.mark(P_MATMUL);
+            residual(x_.data(), tmp_.data(), rows, dim);
+            P.mark(P_RESIDUAL);
+
+            rmsnorm(xb_.data(), x_.data(), w_.rms_ffn + (long)l * dim, rows, dim);
+            P.mark(P_RMSNORM);
+            const MatJob up[2] = {
+                {w_.w1 + (long)l * hid * dim, hid, hb_.data(), hid},
+                {w_.w3 + (long)l * hid * dim, hid, hb2_.data(), hid},
+            };
+            matmul_jobs(up, 2, xb_.data(), dim, rows, dim);
+            P.mark(P_MATMUL);
+            swiglu(hb_.data(), hb2_.data(), rows, hid);
+            P.mark(P_SWIGLU);
+            matmul(tmp_.data(), dim, hb_.data(), hid, rows, w_.w2 + (long)l * dim * hid, dim, hid);
+            P.mark(P_MATMUL);
+            residual(x_.data(), tmp_.data(), rows, dim);
+            P.mark(P_RESIDUAL);
+        }
+        if (mode != LOGITS_NONE) {
+            // The final norm only matters for rows that get logits, but prefill "none" skips it all.
+            rmsnorm(x_.data(), x_.data(), w_.rms_final, rows, dim);
+            P.mark(P_RMSNORM);
+            matmul(cls_out, V, cls_in, cls_ldx, cls_rows, w_.wcls, V, dim);
+            P.mark(P_CLASSIFIER);
+        }
+    }
+    if (mode == LOGITS_ALL && cls_out != out) {
+        for (int b = 0; b < B; ++b)
+            std::memcpy(out + ((long)b * T + t0) * V, cls_out + (long)b * Tc * V, (size_t)Tc * V * sizeof(float));
+    }
+}
+
+void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature,
+                     double top_p, const int* forced, double* prof) {
+    forward(tokens, B, 1, pos, LOGITS_LAST, logits_.data(), prof);
+    const auto t0 = Clock::now();
+    const int V = c_.vocab_size;
+    auto one = [&](int b) {
+        const float* lg = logits_.data() + (long)b * V;
+        int id;
+        if (forced && forced[b] >= 0) id = forced[b];
+        else id = sample(lg, V, temperature, top_p, &rng_[b], probs_.data() + (long)b * V,
+                         idx_.data() + (long)b * V, cand_.data() + (long)b * V);
+        next[b] = id;
+        if (logprobs) logprobs[b] = (float)log_softmax_at(lg, V, id);
+    };
+    if (B == 1) {
+        one(0);
+    } else {
+#pragma omp parallel for num_threads(n_threads_) schedule(static)
+        for (int b = 0; b < B; ++b) one(b);
+    }
+    if (prof) prof[P_SAMPLING] += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+}  // namespace l2p

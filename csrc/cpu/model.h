@@ -1,0 +1,96 @@
+// The CPU model: borrowed weight pointers, an owned KV cache and buffers, and the forward pass
+// (decode, batched decode and chunked prefill) plus on-host sampling. Pure C++: the pybind11
+// module validates arrays and keeps the weight arrays alive.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace l2p {
+
+struct ModelConfig {
+    int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
+    int head_size() const { return dim / n_heads; }
+    int kv_dim() const { return dim / n_heads * n_kv_heads; }
+};
+
+// Borrowed (never copied) float32 C-contiguous weights; shapes as in llama2py.checkpoint.Weights.
+struct WeightPtrs {
+    const float* token_embedding;  // (vocab, dim)
+    const float* rms_att;          // (n_layers, dim)
+    const float* wq;               // (n_layers, dim, dim)
+    const float* wk;               // (n_layers, kv_dim, dim)
+    const float* wv;               // (n_layers, kv_dim, dim)
+    const float* wo;               // (n_layers, dim, dim)
+    const float* rms_ffn;          // (n_layers, dim)
+    const float* w1;               // (n_layers, hidden_dim, dim)
+    const float* w2;               // (n_layers, dim, hidden_dim)
+    const float* w3;               // (n_layers, hidden_dim, dim)
+    const float* rms_final;        // (dim,)
+    const float* wcls;             // (vocab, dim)
+};
+
+// Profile categories, in the order of llama2py.backends.base.PROFILE_KEYS.
+enum Prof { P_EMBEDDING, P_RMSNORM, P_MATMUL, P_ROPE, P_ATTENTION, P_SWIGLU, P_RESIDUAL, P_CLASSIFIER,
+            P_SAMPLING, P_COUNT };
+
+enum LogitsMode { LOGITS_NONE = 0, LOGITS_LAST = 1, LOGITS_ALL = 2 };
+
+class ModelCore {
+public:
+    // Rows (sequence, position) processed together per prefill chunk: enough to reuse each weight
+    // row from cache many times, small enough to keep the activation buffers small.
+    static constexpr int PREFILL_ROWS = 64;
+
+    ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads);
+
+    // tokens (B, T) row-major at positions pos..pos+T-1 for slots 0..B-1 (caller validated).
+    // LOGITS_LAST: out (B, vocab); LOGITS_ALL: out (B, T, vocab); LOGITS_NONE: out unused.
+    // prof (P_COUNT,) seconds added per category when non-null (needs extra barriers).
+    void forward(const int* tokens, int B, int T, int pos, LogitsMode mode, float* out, double* prof);
+
+    // One decode step: forward at pos, then sampling per slot. next (B,), logprobs (B,) or null,
+    // forced (B,) or null (>= 0: that id, generator untouched). Logits stay in logits_ (B, vocab).
+    void step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature,
+              double top_p, const int* forced, double* prof);
+
+    void set_seed(int slot, uint64_t seed) { rng_[slot] = seed; }
+    uint64_t rng_state(int slot) const { return rng_[slot]; }
+    const float* logits() const { return logits_.data(); }
+    int threads() const { return n_threads_; }
+    int max_batch() const { return max_batch_; }
+    const ModelConfig& config() const { return c_; }
+    size_t buffer_bytes() const;  // KV cache + buffers owned here (weights are borrowed)
+
+private:
+    void run_chunk(int B, int Tc, int T, int t0, int pos, LogitsMode mode, float* out, double* prof);
+
+    ModelConfig c_;
+    WeightPtrs w_;
+    int max_batch_, n_threads_, cap_;       // cap_ = rows the buffers hold = max(max_batch, PREFILL_ROWS)
+    std::vector<float> key_cache_;          // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> value_cache_;        // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> rope_;               // (seq_len, head_size/2, 2) cos, sin
+    std::vector<float> x_;                  // (cap, dim) residual stream
+    std::vector<float> xb_;                 // (cap, dim) normed input of a block
+    std::vector<float> q_;                  // (cap, dim) queries
+    std::vector<float> k_;                  // (cap, kv_dim) new keys (before they go to the cache)
+    std::vector<float> v_;                  // (cap, kv_dim) new values
+    std::vector<float> att_;                // (cap, dim) attention output, heads concatenated
+    std::vector<float> tmp_;                // (cap, dim) projection output before the residual add
+    std::vector<float> hb_;                 // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
+    std::vector<float> hb2_;                // (cap, hidden_dim) w3 x
+    std::vector<float> scores_;             // (n_threads, seq_len) attention scores per thread
+    std::vector<int> tok_;                  // (cap,) token of each row
+    std::vector<int> seq_;                  // (cap,) KV slot of each row
+    std::vector<int> posv_;                 // (cap,) position of each row
+    std::vector<float> logits_;             // (max_batch, vocab) logits of the last step
+    std::vector<float> logits_all_;         // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
+    std::vector<float> probs_;              // (max_batch, vocab) sampling scratch
+    std::vector<float> cand_;               // (max_batch, vocab) top-p running sums
+    std::vector<int> idx_;                  // (max_batch, vocab) top-p candidate ids
+    std::vector<uint64_t> rng_;             // (max_batch,) xorshift64* states
+};
+
+}  // namespace l2p

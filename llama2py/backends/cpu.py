@@ -1,0 +1,113 @@
+"""The cpu backend: the C++ extension llama2py._cpu (OpenMP, AVX2/FMA when built for it).
+
+The C++ Model borrows the weight arrays (memory-mapped views stay memory-mapped: nothing is
+copied), owns the KV cache (n_layers, max_batch, seq_len, kv_dim) and its buffers, and does all
+the work of a step, sampling included, in one extension call with the GIL released. Prefill runs
+matrix-matrix products over chunks of (sequence, position) rows; every dot product is summed in
+the same order as a single decode step, so batch rows and prefill logits are bitwise equal to
+one-sequence decode steps.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..checkpoint import Config, Weights
+from ..errors import DeviceError
+from .base import PROFILE_KEYS, Backend, check_tokens
+
+_MASK64 = (1 << 64) - 1
+
+
+def _load_extension():
+    try:
+        from .. import _cpu
+    except ImportError as e:
+        raise DeviceError("the cpu backend's C++ extension llama2py._cpu is not built or does not load "
+                          f"({e}); build it with `pip install -e .` in the llama2py source folder "
+                          "(needs a C++17 compiler with OpenMP), or use device='numpy'") from e
+    return _cpu
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    """The array itself when it already is C-contiguous float32 (memmaps included), else a copy."""
+    if a.dtype == np.float32 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+
+    def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
+        super().__init__(config, weights, max_batch, threads)
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None for OpenMP's default), got {threads}")
+        ext = _load_extension()
+        self._ext = ext
+        c = config
+        w = {k: _f32(v) for k, v in weights.tensors().items()}
+        self._weights_bytes = weights.nbytes(c.shared_classifier)
+        self._model = ext.Model(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
+                                c.seq_len, max_batch, threads or 0, w["token_embedding"], w["rms_att"],
+                                w["wq"], w["wk"], w["wv"], w["wo"], w["rms_ffn"], w["w1"], w["w2"], w["w3"],
+                                w["rms_final"], w["wcls"])
+        # Reusable outputs of step(); callers get copies.
+        self._next = np.empty(max_batch, np.int32)       # (max_batch,)
+        self._logprobs = np.empty(max_batch, np.float32)  # (max_batch,)
+
+    # -- the model ------------------------------------------------------------------------------
+    def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        t = check_tokens(self, tokens, pos, 1)
+        out = np.empty((t.shape[0], self.config.vocab_size), np.float32)
+        self._model.forward(out, t, pos)
+        return out
+
+    def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
+        if logits not in ("last", "all", "none"):
+            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        t = check_tokens(self, tokens, pos, 2)
+        B, T = t.shape
+        V = self.config.vocab_size
+        out = None
+        if logits == "last":
+            out = np.empty((B, V), np.float32)
+        elif logits == "all":
+            out = np.empty((B, T, V), np.float32)
+        self._model.prefill(out, t, pos, logits)
+        return out
+
+    # -- sampling -------------------------------------------------------------------------------
+    def set_seeds(self, seeds: Sequence[int]) -> None:
+        if len(seeds) > self.max_batch:
+            raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
+        self._model.set_seeds(np.array([int(s) & _MASK64 for s in seeds], dtype=np.uint64))
+
+    def step(self, tokens, pos, temperature, top_p, forced=None, want_logprobs=False):
+        t = check_tokens(self, tokens, pos, 1)
+        B = t.shape[0]
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        f = None
+        if forced is not None:
+            f = np.ascontiguousarray(forced, dtype=np.int32)
+            if f.shape != (B,):
+                raise ValueError(f"forced must have shape ({B},), got {f.shape}")
+        nxt = self._next[:B]
+        lp = self._logprobs[:B] if want_logprobs else None
+        self._model.step(nxt, lp, t, pos, float(temperature), float(top_p), f)
+        return nxt.copy(), (lp.copy() if want_logprobs else None)
+
+    # -- reporting ------------------------------------------------------------------------------
+    def profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
+        t = check_tokens(self, tokens, pos, 1)
+        times = np.zeros(len(PROFILE_KEYS), np.float64)
+        self._model.profile(times, t, pos)
+        return dict(zip(PROFILE_KEYS, (float(x) for x in times)))
+
+    def memory_bytes(self) -> int:
+        return self._weights_bytes + self._model.buffer_bytes
+
+    def describe(self) -> str:
+        return f"cpu (C++ {self._ext.simd}, {self._model.threads} OpenMP threads)"

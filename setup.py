@@ -1,0 +1,71 @@
+"""Build of the C++ extension llama2py._cpu and packaging of the CUDA sources.
+
+Project metadata lives in pyproject.toml; this file only adds what needs code:
+- the pybind11 extension from csrc/cpu/*.cpp: C++17, -O3, OpenMP, and -march=native unless the
+  environment sets LLAMA2PY_PORTABLE=1 (for wheels that must run on other CPUs);
+- csrc/cuda/*.cu copied into the package as llama2py/cuda_src/*.cu for regular (non-editable)
+  installs; CuPy compiles them at run time. An editable install finds them in csrc/cuda directly.
+"""
+import glob
+import os
+import shutil
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cpu_flags():
+    portable = os.environ.get("LLAMA2PY_PORTABLE", "") not in ("", "0")
+    if sys.platform == "win32":
+        return ["/O2", "/openmp", "/std:c++17"], []
+    compile_args = ["-O3", "-fopenmp", "-fno-math-errno"]
+    if not portable:
+        compile_args.append("-march=native")
+    return compile_args, ["-fopenmp"]
+
+
+compile_args, link_args = _cpu_flags()
+
+ext_modules = [
+    Pybind11Extension(
+        "llama2py._cpu",
+        sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "cpu", "*.cpp"))),
+        include_dirs=[os.path.join("csrc", "cpu")],
+        depends=sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "cpu", "*.h"))),
+        cxx_std=17,
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    ),
+]
+
+
+class build_py_with_cuda_sources(build_py):
+    """Ship csrc/cuda/*.cu inside the package (llama2py/cuda_src/) for non-editable installs."""
+
+    def run(self):
+        super().run()
+        sources = sorted(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
+        if not sources or getattr(self, "editable_mode", False):
+            return
+        dest = os.path.join(self.build_lib, "llama2py", "cuda_src")
+        os.makedirs(dest, exist_ok=True)
+        for src in sources:
+            shutil.copy2(src, os.path.join(dest, os.path.basename(src)))
+
+    def get_outputs(self, include_bytecode=1):
+        outputs = list(super().get_outputs(include_bytecode))
+        if not getattr(self, "editable_mode", False):
+            dest = os.path.join(self.build_lib, "llama2py", "cuda_src")
+            outputs += [os.path.join(dest, os.path.basename(p))
+                        for p in glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))]
+        return outputs
+
+
+setup(
+    ext_modules=ext_modules,
+    cmdclass={"build_ext": build_ext, "build_py": build_py_with_cuda_sources},
+)
