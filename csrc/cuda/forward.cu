@@ -1,0 +1,428 @@
+// llama2py CUDA kernels: the transformer forward pass (../../../shared/FORMAT.md, "Forward pass").
+//
+// Compiled at run time by NVRTC through CuPy (llama2py/backends/cuda.py); self-contained (no
+// includes) so that nvcc can compile-check it too. float32 throughout.
+//
+// Layout (row-major, as the checkpoint): activations x (M, dim) with M = B * T rows, row m being
+// sequence b = m / T at position pos + m % T; weights (out, in); the KV cache of one layer is
+// (max_batch, seq_len, kv_dim). Positions are read from device memory (pos_ptr), never from launch
+// arguments, so that a captured CUDA graph can be replayed at every position.
+//
+// Fusion: every matrix product takes an epilogue that consumes output pairs (n, n + 1):
+//   EpStore   out = W x                     (classifier, profiling)
+//   EpAdd     out += W x                    (residual adds after wo and w2)
+//   EpQKV     RoPE on the (q, k) pairs, q to its buffer, k and v straight into the KV cache
+//   EpSwiglu  the ffn input weights are stored interleaved (row 2i = w1[i], row 2i+1 = w3[i]),
+//             so the pair is (w1 x, w3 x)[i] and the epilogue writes silu(a) * b
+// The GEMV kernels (M <= 4) also fuse the rmsnorm in front of them.
+
+#define WARP_FULL 0xffffffffu
+#define NEG_INF __int_as_float(0xff800000)
+#define RMS_EPS 1e-5f
+
+// ------------------------------------------------------------------------------------------------
+// reductions (deterministic: fixed shuffle trees, fixed order across warps)
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(WARP_FULL, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(WARP_FULL, v, o));
+    return v;
+}
+
+// All threads of the block call these; sh holds >= 33 floats. blockDim.x is a multiple of 32.
+static __device__ float block_sum(float v, float* sh) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float t = lane < nw ? sh[lane] : 0.f;
+        t = warp_sum(t);
+        if (lane == 0) sh[32] = t;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+static __device__ float block_max(float v, float* sh) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        float t = lane < nw ? sh[lane] : NEG_INF;
+        t = warp_max(t);
+        if (lane == 0) sh[32] = t;
+    }
+    __syncthreads();
+    return sh[32];
+}
+
+// ------------------------------------------------------------------------------------------------
+// epilogues: called with output row m, an even column n and the values of columns n and n + 1
+// (has1 is false when n + 1 is past the last column of an odd-width output).
+struct EpStore {
+    float* out;
+    int ldo;
+    __device__ __forceinline__ void operator()(int m, int n, float v0, float v1, bool has1) const {
+        float* o = out + (size_t)m * ldo + n;
+        o[0] = v0;
+        if (has1) o[1] = v1;
+    }
+};
+
+struct EpAdd {
+    float* out;
+    int ldo;
+    __device__ __forceinline__ void operator()(int m, int n, float v0, float v1, bool has1) const {
+        float* o = out + (size_t)m * ldo + n;
+        o[0] += v0;
+        if (has1) o[1] += v1;
+    }
+};
+
+struct EpSwiglu {
+    float* out;   // (M, hidden)
+    int hidden;
+    __device__ __forceinline__ void operator()(int m, int n, float g, float u, bool) const {
+        out[(size_t)m * hidden + (n >> 1)] = (g / (1.0f + expf(-g))) * u;
+    }
+};
+
+struct EpQKV {
+    float* q;             // (M, dim)
+    float* kc;            // this layer's key cache (max_batch, seq_len, kv_dim)
+    float* vc;            // this layer's value cache
+    const float* rcos;    // (seq_len, head_size / 2)
+    const float* rsin;
+    int pos, T, seq_len, dim, kv_dim, hs;
+    __device__ __forceinline__ void operator()(int m, int n, float a, float b, bool) const {
+        const int bi = m / T, p = pos + m % T;
+        if (n < dim + kv_dim) {
+            const size_t r = (size_t)p * (hs >> 1) + ((n % hs) >> 1);
+            const float c = rcos[r], s = rsin[r];
+            const float a2 = a * c - b * s, b2 = a * s + b * c;
+            float* o = n < dim ? q + (size_t)m * dim + n
+                               : kc + ((size_t)bi * seq_len + p) * kv_dim + (n - dim);
+            o[0] = a2;
+            o[1] = b2;
+        } else {
+            float* o = vc + ((size_t)bi * seq_len + p) * kv_dim + (n - dim - kv_dim);
+            o[0] = a;
+            o[1] = b;
+        }
+    }
+};
+
+// ------------------------------------------------------------------------------------------------
+// GEMV for M <= GV_MAXB rows: out[m, n] = W[n, :] . xn[m, :], with xn = rmsnorm(x, rmsw) when
+// use_rms, else x. The block stages xn in shared memory (M * K floats, dynamic), each warp
+// computes output rows (n, n + 1) for all M inputs with 16-byte weight loads, grid-stride.
+#define GV_NT 256
+#define GV_MAXB 4
+
+template <class Ep>
+static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, const float* __restrict__ rmsw,
+                                                 int use_rms, const float* __restrict__ W, int N, int K, int M,
+                                                 const Ep& ep) {
+    extern __shared__ float4 gv_smem4[];
+    float* xs = reinterpret_cast<float*>(gv_smem4);
+    float* red = xs + (size_t)M * K;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = GV_NT / 32;
+
+    for (int b = 0; b < M; b++) {
+        const float* xr = x + (size_t)b * K;
+        if (use_rms) {
+            float ss = 0.f;
+            for (int k = tid; k < K; k += GV_NT) ss += xr[k] * xr[k];
+            ss = block_sum(ss, red);
+            const float s = sqrtf(ss / (float)K + RMS_EPS);
+            for (int k = tid; k < K; k += GV_NT) xs[(size_t)b * K + k] = rmsw[k] * (xr[k] / s);
+        } else {
+            for (int k = tid; k < K; k += GV_NT) xs[(size_t)b * K + k] = xr[k];
+        }
+    }
+    __syncthreads();
+
+    const bool vec = (K & 3) == 0;
+    for (int n = (blockIdx.x * nw + warp) * 2; n < N; n += gridDim.x * nw * 2) {
+        const bool has1 = n + 1 < N;
+        const float* w0 = W + (size_t)n * K;
+        const float* w1 = has1 ? w0 + K : w0;
+        float a0[GV_MAXB], a1[GV_MAXB];
+#pragma unroll
+        for (int b = 0; b < GV_MAXB; b++) a0[b] = a1[b] = 0.f;
+        if (vec) {
+            const int K4 = K >> 2;
+            const float4* w04 = reinterpret_cast<const float4*>(w0);
+            const float4* w14 = reinterpret_cast<const float4*>(w1);
+            const float4* xs4 = reinterpret_cast<const float4*>(xs);
+#pragma unroll 2
+            for (int k = lane; k < K4; k += 32) {
+                const float4 u = __ldg(w04 + k), v = __ldg(w14 + k);
+#pragma unroll
+                for (int b = 0; b < GV_MAXB; b++) {
+                    if (b < M) {
+                        const float4 xv = xs4[(size_t)b * K4 + k];
+                        a0[b] += u.x * xv.x + u.y * xv.y + u.z * xv.z + u.w * xv.w;
+                        a1[b] += v.x * xv.x + v.y * xv.y + v.z * xv.z + v.w * xv.w;
+                    }
+                }
+            }
+        } else {
+            for (int k = lane; k < K; k += 32) {
+                const float u = __ldg(w0 + k), v = __ldg(w1 + k);
+#pragma unroll
+                for (int b = 0; b < GV_MAXB; b++) {
+                    if (b < M) {
+                        const float xv = xs[(size_t)b * K + k];
+                        a0[b] += u * xv;
+                        a1[b] += v * xv;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < GV_MAXB; b++) {
+            if (b < M) {
+                const float s0 = warp_sum(a0[b]), s1 = warp_sum(a1[b]);
+                if (lane == 0) ep(b, n, s0, s1, has1);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(GV_NT)
+gemv_store(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out, int ldo) {
+    gemv_body(x, rmsw, use_rms, W, N, K, M, EpStore{out, ldo});
+}
+
+extern "C" __global__ void __launch_bounds__(GV_NT)
+gemv_add(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out, int ldo) {
+    gemv_body(x, rmsw, use_rms, W, N, K, M, EpAdd{out, ldo});
+}
+
+extern "C" __global__ void __launch_bounds__(GV_NT)
+gemv_swiglu(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out,
+            int hidden) {
+    gemv_body(x, rmsw, use_rms, W, N, K, M, EpSwiglu{out, hidden});
+}
+
+extern "C" __global__ void __launch_bounds__(GV_NT)
+gemv_qkv(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* q, float* kc,
+         float* vc, const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,
+         int kv_dim, int hs) {
+    gemv_body(x, rmsw, use_rms, W, N, K, M, EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tiled GEMM for many rows (batches, prefill): C[m, n] = A[m, :] . W[n, :] (both K-contiguous).
+// BM x BN tile per block of 256 threads, TM x TN outputs per thread, BK = 16 deep shared tiles
+// stored k-major so that the inner loop reads contiguous rows. Bounds-checked (zero-filled) loads.
+#define GM_BK 16
+
+template <int BM, int BN, int TM, int TN, class Ep>
+static __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const float* __restrict__ W, int M,
+                                                 int N, int K, const Ep& ep) {
+    constexpr int NT = (BM / TM) * (BN / TN);
+    __shared__ __align__(16) float As[GM_BK][BM + 4];
+    __shared__ __align__(16) float Ws[GM_BK][BN + 4];
+    const int tid = threadIdx.x;
+    const int tx = tid % (BN / TN), ty = tid / (BN / TN);
+    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+    float acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; i++)
+#pragma unroll
+        for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
+
+    for (int k0 = 0; k0 < K; k0 += GM_BK) {
+#pragma unroll
+        for (int e = tid; e < BM * GM_BK; e += NT) {
+            const int r = e / GM_BK, kk = e % GM_BK, gm = m0 + r, gk = k0 + kk;
+            As[kk][r] = (gm < M && gk < K) ? __ldg(A + (size_t)gm * K + gk) : 0.f;
+        }
+#pragma unroll
+        for (int e = tid; e < BN * GM_BK; e += NT) {
+            const int r = e / GM_BK, kk = e % GM_BK, gn = n0 + r, gk = k0 + kk;
+            Ws[kk][r] = (gn < N && gk < K) ? __ldg(W + (size_t)gn * K + gk) : 0.f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GM_BK; kk++) {
+            float a[TM], w[TN];
+#pragma unroll
+            for (int i = 0; i < TM; i++) a[i] = As[kk][ty * TM + i];
+#pragma unroll
+            for (int j = 0; j < TN; j++) w[j] = Ws[kk][tx * TN + j];
+#pragma unroll
+            for (int i = 0; i < TM; i++)
+#pragma unroll
+                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < TM; i++) {
+        const int m = m0 + ty * TM + i;
+        if (m >= M) continue;
+#pragma unroll
+        for (int j = 0; j < TN; j += 2) {
+            const int n = n0 + tx * TN + j;
+            if (n < N) ep(m, n, acc[i][j], acc[i][j + 1], n + 1 < N);
+        }
+    }
+}
+
+#define GEMM_ENTRIES(SUF, BM, BN, TM, TN)                                                                        \
+    extern "C" __global__ void __launch_bounds__(256)                                                           \
+        gemm_store##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {             \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpStore{out, ldo});                                            \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256)                                                           \
+        gemm_add##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {               \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpAdd{out, ldo});                                              \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256)                                                           \
+        gemm_swiglu##SUF(const float* A, const float* W, int M, int N, int K, float* out, int hidden) {         \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpSwiglu{out, hidden});                                        \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(256)                                                           \
+        gemm_qkv##SUF(const float* A, const float* W, int M, int N, int K, float* q, float* kc, float* vc,      \
+                      const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,    \
+                      int kv_dim, int hs) {                                                                     \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K,                                                                \
+                                  EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});          \
+    }
+
+GEMM_ENTRIES(_64, 64, 64, 4, 4)
+GEMM_ENTRIES(_128, 128, 128, 8, 8)
+
+// ------------------------------------------------------------------------------------------------
+// Unfused pieces: the paths for many rows (rmsnorm before the GEMM) and the profiler (every
+// category launched on its own).
+
+// out[m] = rmsnorm(x[m], w), one block per row
+extern "C" __global__ void __launch_bounds__(256)
+rmsnorm_rows(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int K) {
+    __shared__ float red[33];
+    const float* xr = x + (size_t)blockIdx.x * K;
+    float ss = 0.f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) ss += xr[k] * xr[k];
+    ss = block_sum(ss, red);
+    const float s = sqrtf(ss / (float)K + RMS_EPS);
+    float* o = out + (size_t)blockIdx.x * K;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) o[k] = w[k] * (xr[k] / s);
+}
+
+// x[m] = emb[tokens[m]], one block per row
+extern "C" __global__ void __launch_bounds__(256)
+embed(const int* __restrict__ tokens, const float* __restrict__ emb, float* __restrict__ x, int dim) {
+    const float* e = emb + (size_t)tokens[blockIdx.x] * dim;
+    float* o = x + (size_t)blockIdx.x * dim;
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) o[d] = e[d];
+}
+
+// RoPE + cache store from a stored (M, dim + 2 kv_dim) q|k|v product
+extern "C" __global__ void __launch_bounds__(256)
+apply_qkv(const float* __restrict__ src, int M, int N, float* q, float* kc, float* vc, const float* rcos,
+          const float* rsin, const int* pos_ptr, int T, int seq_len, int dim, int kv_dim, int hs) {
+    const EpQKV ep{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs};
+    const int half = N >> 1;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)M * half;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int m = (int)(i / half), n = (int)(i % half) * 2;
+        ep(m, n, src[(size_t)m * N + n], src[(size_t)m * N + n + 1], true);
+    }
+}
+
+// SwiGLU from a stored (M, 2 hidden) interleaved product
+extern "C" __global__ void __launch_bounds__(256)
+apply_swiglu(const float* __restrict__ src, int M, int N, float* out, int hidden) {
+    const EpSwiglu ep{out, hidden};
+    const int half = N >> 1;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)M * half;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int m = (int)(i / half), n = (int)(i % half) * 2;
+        ep(m, n, src[(size_t)m * N + n], src[(size_t)m * N + n + 1], true);
+    }
+}
+
+// out[m, n] += src[m, n] (the residual add)
+extern "C" __global__ void __launch_bounds__(256)
+apply_add(const float* __restrict__ src, int M, int N, float* out, int ldo) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)M * N;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int m = (int)(i / N), n = (int)(i % N);
+        out[(size_t)m * ldo + n] += src[i];
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Attention over the KV cache, one block per (query head, row). Row m is sequence b = m / T at
+// position p = pos + m % T and attends to cache positions 0..p of its kv head h / kv_mul (GQA).
+// Scores: one warp per cached position (lanes over the head's dims); softmax over the block;
+// weighted sum of values: thread groups of head_size threads split the positions, then reduce.
+// Dynamic shared memory: (seq_len + head_size + ATT_NT + 33) floats. Needs head_size <= ATT_NT.
+#define ATT_NT 256
+
+extern "C" __global__ void __launch_bounds__(ATT_NT)
+attention(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
+          float* __restrict__ out, int T, const int* pos_ptr, int seq_len, int kv_mul, int hs, int kv_dim,
+          int dim) {
+    extern __shared__ float att_sm[];
+    float* sc = att_sm;              // seq_len
+    float* qs = sc + seq_len;        // hs
+    float* part = qs + hs;           // ATT_NT
+    float* red = part + ATT_NT;      // 33
+    const int h = blockIdx.x, m = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int nw = ATT_NT / 32;
+    const int b = m / T, p = *pos_ptr + m % T;
+    const int kvh = h / kv_mul;
+    const float* qh = q + (size_t)m * dim + h * hs;
+    for (int d = tid; d < hs; d += ATT_NT) qs[d] = qh[d];
+    __syncthreads();
+
+    const float* kb = kc + (size_t)b * seq_len * kv_dim + kvh * hs;
+    const float* vb = vc + (size_t)b * seq_len * kv_dim + kvh * hs;
+    const float scale = sqrtf((float)hs);
+    for (int s = warp; s <= p; s += nw) {
+        const float* kr = kb + (size_t)s * kv_dim;
+        float a = 0.f;
+        for (int d = lane; d < hs; d += 32) a += qs[d] * kr[d];
+        a = warp_sum(a);
+        if (lane == 0) sc[s] = a / scale;
+    }
+    __syncthreads();
+    float mx = NEG_INF;
+    for (int s = tid; s <= p; s += ATT_NT) mx = fmaxf(mx, sc[s]);
+    mx = block_max(mx, red);
+    float sum = 0.f;
+    for (int s = tid; s <= p; s += ATT_NT) {
+        const float e = expf(sc[s] - mx);
+        sc[s] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, red);  // its barriers also publish sc
+
+    const int G = ATT_NT / hs, g = tid / hs, d = tid % hs;
+    float acc = 0.f;
+    if (g < G) {
+#pragma unroll 4
+        for (int s = g; s <= p; s += G) acc += sc[s] * vb[(size_t)s * kv_dim + d];
+    }
+    part[tid] = acc;
+    __syncthreads();
+    if (tid < hs) {
+        float t = 0.f;
+        for (int gg = 0; gg < G; gg++) t += part[gg * hs + tid];
+        out[(size_t)m * dim + h * hs + tid] = t / sum;
+    }
+}
