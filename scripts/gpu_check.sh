@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU check, for a machine with an NVIDIA GPU, CuPy, numpy, pybind11 and pytest but no network:
+# build the package, run the cuda tests (tests/test_cuda.py) and the speed benchmark
+# (scripts/gpu_bench.py), and end with a short table that names the GPU.
+#
+#   bash scripts/gpu_check.sh            # logs under $OUT (default /tmp/gpu_check)
+#
+# The real stories260K model and tok512 tokenizer come from $LLAMA2PY_MODELS, by default the
+# git-ignored folder .gpu_models/ in the repository (copy them there from ../shared/models).
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu_check}"
+mkdir -p "$OUT"
+export LLAMA2PY_MODELS="${LLAMA2PY_MODELS:-$PWD/.gpu_models}"
+PY="${PYTHON:-python3}"
+T_TESTS="${GPU_CHECK_TEST_TIMEOUT:-170}"
+T_BENCH="${GPU_CHECK_BENCH_TIMEOUT:-100}"
+
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tee "$OUT/gpu.txt"
+$PY -c "import sys, numpy, cupy; print('python', sys.version.split()[0], 'numpy', numpy.__version__, 'cupy', cupy.__version__)"
+ls "$LLAMA2PY_MODELS" 2>&1 | head
+
+echo "== build (background: the cpu backend's C++ extension; the cuda kernels compile at run time)"
+( $PY -m pip install --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 \
+  || $PY setup.py build_ext --inplace >> "$OUT/build.log" 2>&1; echo "build rc=$?" >> "$OUT/build.log" ) &
+BUILD_PID=$!
+
+echo "== tests/test_cuda.py"
+t0=$(date +%s)
+LLAMA2PY_CUDA_REPORT="$OUT/cuda_errors.txt" timeout "$T_TESTS" $PY -m pytest -q -ra -p no:cacheprovider \
+    tests/test_cuda.py > "$OUT/tests.log" 2>&1
+TEST_RC=$?
+echo "tests rc=$TEST_RC in $(( $(date +%s) - t0 )) s"
+grep -E "FAILED|ERROR|Error|assert|passed|failed|SKIPPED" "$OUT/tests.log" | tail -n 40
+[ -f "$OUT/cuda_errors.txt" ] && { echo "-- worst relative errors vs numpy"; cat "$OUT/cuda_errors.txt"; }
+
+wait "$BUILD_PID"
+tail -n 3 "$OUT/build.log"
+
+echo "== benchmark"
+t0=$(date +%s)
+timeout "$T_BENCH" $PY scripts/gpu_bench.py --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+BENCH_RC=$?
+echo "bench rc=$BENCH_RC in $(( $(date +%s) - t0 )) s"
+grep -v '^{' "$OUT/bench.log" | tail -n 20
+echo "tests rc=$TEST_RC bench rc=$BENCH_RC"
+exit $(( TEST_RC != 0 || BENCH_RC != 0 ))
