@@ -9,6 +9,7 @@ one-sequence decode steps.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ _MASK64 = (1 << 64) - 1
 
 def _load_extension():
     try:
-        from .. import _cpu
+        _cpu = importlib.import_module("llama2py._cpu")
     except ImportError as e:
         raise DeviceError("the cpu backend's C++ extension llama2py._cpu is not built or does not load "
                           f"({e}); build it with `pip install -e .` in the llama2py source folder "

@@ -1,0 +1,372 @@
+"""The cpu backend (C++ extension llama2py._cpu) against the numpy oracle.
+
+Kernels one by one against numpy references, whole forward/prefill/step against NumpyBackend
+(relative error <= 1e-5, sampled ids equal for the same seeds), the bitwise batch/prefill equalities
+the GEMM's accumulation order promises, argument checking, and the stories260K reference text.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SHAPES, rel_err
+from llama2py.backends import numpy_backend as nbk
+from llama2py.backends.base import PROFILE_KEYS
+from llama2py.backends.numpy_backend import NumpyBackend
+from llama2py.checkpoint import load_checkpoint
+from llama2py.errors import DeviceError
+from llama2py.sampler import Rng, Sampler, log_softmax_at, softmax
+
+_cpu = pytest.importorskip("llama2py._cpu", reason="C++ extension not built (pip install -e .)")
+from llama2py.backends.cpu import CpuBackend  # noqa: E402
+
+TOL = 1e-5
+SHAPE_NAMES = list(SHAPES)
+
+
+def _rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ---- kernels -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("d,n,rows", [(1, 1, 1), (7, 13, 1), (37, 70, 1), (64, 96, 5), (300, 96, 7), (33, 260, 12),
+                                      (9, 8, 3), (100, 17, 2)])
+def test_matmul_matches_numpy(d, n, rows):
+    rng = np.random.default_rng(d * 1000 + n)
+    w = _rand(rng, d, n)
+    x = _rand(rng, rows, n)
+    out = np.empty((rows, d), np.float32)
+    _cpu.matmul(out, x, w)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert rel_err(out, ref) <= TOL, f"worst relative error {rel_err(out, ref):.3g}"
+    # GEMV (one row) gives bitwise the GEMM's row: one accumulation order for both
+    for r in range(rows):
+        one = np.empty(d, np.float32)
+        _cpu.matmul(one, x[r], w)
+        assert np.array_equal(one, out[r]), f"row {r}: GEMV and GEMM differ"
+
+
+@pytest.mark.parametrize("rows,n", [(1, 18), (3, 40), (5, 97)])
+def test_rmsnorm_matches_numpy(rows, n):
+    rng = np.random.default_rng(n)
+    x, w = _rand(rng, rows, n), _rand(rng, n)
+    out = np.empty_like(x)
+    _cpu.rmsnorm(out, x, w)
+    ref = nbk.rmsnorm(x, w)
+    assert rel_err(out, ref) <= TOL, f"worst relative error {rel_err(out, ref):.3g}"
+
+
+@pytest.mark.parametrize("n_heads,head_size", [(3, 6), (4, 10), (6, 8)])
+def test_rope_matches_numpy(n_heads, head_size):
+    rng = np.random.default_rng(head_size)
+    positions = np.array([0, 1, 5, 17, 255], np.int32)
+    x = _rand(rng, len(positions), n_heads * head_size)
+    ref = nbk.rope(x.reshape(1, len(positions), n_heads, head_size), positions, head_size).reshape(x.shape)
+    _cpu.rope(x, positions, head_size)
+    assert rel_err(x, ref) <= TOL, f"worst relative error {rel_err(x, ref):.3g}"
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_size", [(4, 2, 10), (6, 6, 8), (3, 1, 6)])
+def test_attention_matches_numpy(n_heads, n_kv_heads, head_size):
+    rng = np.random.default_rng(n_heads * 10 + n_kv_heads)
+    slots_n, seq_len, kv_dim = 3, 12, n_kv_heads * head_size
+    kc, vc = _rand(rng, slots_n, seq_len, kv_dim), _rand(rng, slots_n, seq_len, kv_dim)
+    slots = np.array([0, 2, 1, 2], np.int32)
+    positions = np.array([0, 11, 4, 7], np.int32)
+    q = _rand(rng, len(slots), n_heads * head_size)
+    out = np.empty_like(q)
+    _cpu.attention(out, q, kc, vc, slots, positions, n_heads, n_kv_heads)
+    ref = np.empty_like(q)
+    kv_mul = n_heads // n_kv_heads
+    for r, (s, p) in enumerate(zip(slots, positions)):
+        for h in range(n_heads):
+            g = h // kv_mul
+            K = kc[s, :p + 1, g * head_size:(g + 1) * head_size].astype(np.float64)
+            V = vc[s, :p + 1, g * head_size:(g + 1) * head_size].astype(np.float64)
+            sc = K @ q[r, h * head_size:(h + 1) * head_size] / np.sqrt(head_size)
+            a = np.exp(sc - sc.max())
+            ref[r, h * head_size:(h + 1) * head_size] = (a / a.sum()) @ V
+    assert rel_err(out, ref) <= TOL, f"worst relative error {rel_err(out, ref):.3g}"
+
+
+def test_swiglu_softmax_argmax_logsoftmax():
+    rng = np.random.default_rng(3)
+    h, g = _rand(rng, 3, 37, scale=3), _rand(rng, 3, 37)
+    ref = nbk.silu(h) * g
+    _cpu.swiglu(h, g)
+    assert rel_err(h, ref) <= TOL
+    x = _rand(rng, 53, scale=4)
+    p = np.empty_like(x)
+    _cpu.softmax(p, x)
+    assert rel_err(p, softmax(x)) <= TOL
+    x[[5, 40]] = x.max() + 1  # ties: the first index wins
+    assert _cpu.argmax(x) == 5 == int(np.argmax(x))
+    for tok in (0, 5, 52):
+        assert abs(_cpu.log_softmax_at(x, tok) - log_softmax_at(x, tok)) <= 1e-6
+
+
+def test_rng_matches_run_generator():
+    for seed in (1, 42, 2**63 + 12345):
+        state = np.array([seed], np.uint64)
+        out = np.empty(100, np.uint32)
+        _cpu.rng_u32(out, state)
+        ref = Rng(seed)
+        assert out.tolist() == [ref.u32() for _ in range(100)]
+        assert int(state[0]) == ref.state
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 0.9), (1.0, 0.0), (1.0, 1.0), (0.8, 0.9), (1.3, 0.5), (0.5, 0.99)])
+def test_sample_matches_sampler(temperature, top_p):
+    rng = np.random.default_rng(int(temperature * 10 + top_p * 100))
+    sampler = Sampler(temperature, top_p, seed=1234)
+    state = np.array([1234], np.uint64)
+    for i in range(200):
+        logits = _rand(rng, 97 if i % 2 else 512, scale=2.0 + i % 5)
+        got = _cpu.sample(logits, temperature, top_p, state)
+        want = sampler.sample(logits)
+        assert got == want, f"draw {i}: cpu sampled {got}, spec sampler {want}"
+    assert int(state[0]) == sampler.rng.state
+
+
+def test_kernels_reject_bad_arguments():
+    w = np.zeros((4, 8), np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        _cpu.matmul(np.empty(5, np.float32), np.zeros(8, np.float32), w)
+    with pytest.raises(ValueError, match="shape"):
+        _cpu.matmul(np.empty(4, np.float32), np.zeros(7, np.float32), w)
+    with pytest.raises(ValueError, match="float32"):
+        _cpu.matmul(np.empty(4, np.float32), np.zeros(8, np.float64), w)
+    with pytest.raises(ValueError, match="contiguous"):
+        _cpu.matmul(np.empty(4, np.float32), np.zeros(16, np.float32)[::2], w)
+    with pytest.raises(ValueError, match="read-only"):
+        out = np.empty(4, np.float32)
+        out.flags.writeable = False
+        _cpu.matmul(out, np.zeros(8, np.float32), w)
+    with pytest.raises(ValueError):
+        _cpu.rmsnorm(np.empty((2, 8), np.float32), np.zeros((2, 8), np.float32), np.zeros(7, np.float32))
+    with pytest.raises(ValueError):
+        _cpu.rope(np.zeros((2, 12), np.float32), np.zeros(2, np.int32), 5)
+    with pytest.raises(ValueError, match="outside"):
+        kc = np.zeros((1, 4, 8), np.float32)
+        _cpu.attention(np.empty((1, 8), np.float32), np.zeros((1, 8), np.float32), kc, kc,
+                       np.zeros(1, np.int32), np.array([4], np.int32), 1, 1)
+    with pytest.raises(ValueError):
+        _cpu.softmax(np.empty(0, np.float32), np.empty(0, np.float32))
+    with pytest.raises(TypeError):
+        _cpu.matmul("out", np.zeros(8, np.float32), w)
+
+
+# ---- the backend against NumpyBackend -------------------------------------------------------------
+def _backends(make_checkpoint, shape, version=0, max_batch=3, threads=None):
+    ck = load_checkpoint(make_checkpoint(shape, version))
+    return ck, NumpyBackend(ck.config, ck.weights, max_batch), CpuBackend(ck.config, ck.weights, max_batch, threads)
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+@pytest.mark.parametrize("shape", SHAPE_NAMES)
+def test_forward_matches_numpy(make_checkpoint, shape, version):
+    ck, nb, cb = _backends(make_checkpoint, shape, version)
+    c = ck.config
+    tokens = np.random.default_rng(7).integers(0, c.vocab_size, (3, c.seq_len)).astype(np.int32)
+    worst = 0.0
+    # every position for v0; the other formats only change how weights load, so a few positions
+    for pos in range(c.seq_len if version == 0 else min(c.seq_len, 6)):
+        B = 1 + pos % 3
+        worst = max(worst, rel_err(cb.forward(tokens[:B, pos], pos), nb.forward(tokens[:B, pos], pos)))
+    assert worst <= TOL, f"{shape} v{version}: worst relative error {worst:.3g}"
+
+
+@pytest.mark.parametrize("shape", SHAPE_NAMES)
+def test_prefill_matches_numpy_and_single_steps(make_checkpoint, shape):
+    ck, nb, cb = _backends(make_checkpoint, shape)
+    c = ck.config
+    B, T = 3, c.seq_len - 2
+    tokens = np.random.default_rng(11).integers(0, c.vocab_size, (B, c.seq_len)).astype(np.int32)
+    got = cb.prefill(tokens[:, :T], 0, "all")
+    want = nb.prefill(tokens[:, :T], 0, "all")
+    assert got.shape == (B, T, c.vocab_size)
+    assert rel_err(got, want) <= TOL, f"{shape}: worst relative error {rel_err(got, want):.3g}"
+    # continuing after a prefill sees the cache it filled
+    assert rel_err(cb.forward(tokens[:, T], T), nb.forward(tokens[:, T], T)) <= TOL
+    # bitwise: prefill rows == one-sequence decode steps (one accumulation order for GEMM and GEMV)
+    single = CpuBackend(c, ck.weights, 1)
+    for b in range(B):
+        for pos in range(T):
+            row = single.forward(tokens[b:b + 1, pos], pos)[0]
+            assert np.array_equal(row, got[b, pos]), f"{shape}: seq {b} pos {pos} differs from a single step"
+
+
+@pytest.mark.parametrize("shape", ["gqa_unshared", "wide"])
+def test_prefill_modes_and_pieces(make_checkpoint, shape):
+    ck, nb, cb = _backends(make_checkpoint, shape)
+    c = ck.config
+    tokens = np.random.default_rng(5).integers(0, c.vocab_size, (2, c.seq_len)).astype(np.int32)
+    a, b = 5, c.seq_len - 3
+    assert cb.prefill(tokens[:, :a], 0, "none") is None
+    last = cb.prefill(tokens[:, a:b], a, "last")
+    nb.prefill(tokens[:, :a], 0, "none")
+    want = nb.prefill(tokens[:, a:b], a, "last")
+    assert last.shape == (2, c.vocab_size)
+    assert rel_err(last, want) <= TOL, f"worst relative error {rel_err(last, want):.3g}"
+    again = CpuBackend(c, ck.weights, 2).prefill(tokens[:, :b], 0, "all")
+    assert np.array_equal(again[:, -1], last)
+    with pytest.raises(ValueError):
+        cb.prefill(tokens[:, :2], 0, "some")
+
+
+@pytest.mark.parametrize("shape", SHAPE_NAMES)
+def test_batch_rows_equal_single_sequences(make_checkpoint, shape):
+    ck = load_checkpoint(make_checkpoint(shape))
+    c = ck.config
+    B = 4
+    batch = CpuBackend(c, ck.weights, B)
+    singles = [CpuBackend(c, ck.weights, 1) for _ in range(B)]
+    tokens = np.random.default_rng(2).integers(0, c.vocab_size, (B, c.seq_len)).astype(np.int32)
+    for pos in range(c.seq_len):
+        got = batch.forward(tokens[:, pos], pos)
+        for b in range(B):
+            assert np.array_equal(got[b], singles[b].forward(tokens[b:b + 1, pos], pos)[0]), \
+                f"{shape}: batch row {b} at pos {pos} differs from the sequence alone"
+
+
+def test_threads_do_not_change_results(make_checkpoint):
+    ck = load_checkpoint(make_checkpoint("wide"))
+    c = ck.config
+    tokens = np.random.default_rng(3).integers(0, c.vocab_size, (2, 12)).astype(np.int32)
+    outs = [CpuBackend(c, ck.weights, 2, threads=t).prefill(tokens, 0, "all") for t in (1, 2, 3)]
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+@pytest.mark.parametrize("temperature,top_p", [(0.0, 0.9), (1.0, 0.0), (0.8, 0.9), (1.2, 0.6)])
+@pytest.mark.parametrize("shape", ["gqa_unshared", "wide"])
+def test_step_samples_like_numpy(make_checkpoint, shape, temperature, top_p):
+    ck, nb, cb = _backends(make_checkpoint, shape, max_batch=3)
+    c = ck.config
+    seeds = [42, 7, 2**40 + 3]
+    nb.set_seeds(seeds)
+    cb.set_seeds(seeds)
+    prompt = np.random.default_rng(9).integers(0, c.vocab_size, (3, 4)).astype(np.int32)
+    tok_n = tok_c = prompt[:, 0]
+    worst_lp = 0.0
+    for pos in range(c.seq_len - 1):
+        forced = prompt[:, pos + 1] if pos + 1 < prompt.shape[1] else None
+        if forced is not None and pos == 1:
+            forced = forced.copy()
+            forced[1] = -1  # slot 1 samples while the others are forced
+        nn, lpn = nb.step(tok_n, pos, temperature, top_p, forced, want_logprobs=True)
+        nc, lpc = cb.step(tok_c, pos, temperature, top_p, forced, want_logprobs=True)
+        assert nc.dtype == np.int32 and nc.shape == (3,) and lpc.dtype == np.float32
+        assert nc.tolist() == nn.tolist(), f"pos {pos}: cpu sampled {nc.tolist()}, numpy {nn.tolist()}"
+        if forced is not None:
+            assert [int(nc[b]) for b in range(3) if forced[b] >= 0] == [int(f) for f in forced if f >= 0]
+        worst_lp = max(worst_lp, float(np.abs(lpc - lpn).max()))
+        tok_n, tok_c = nn, nc
+    assert worst_lp <= 1e-4, f"worst logprob difference {worst_lp:.3g}"
+    nxt, lp = cb.step(tok_c[:2], 0, temperature, top_p)
+    assert lp is None and nxt.shape == (2,)
+
+
+def test_step_forced_tokens_do_not_advance_generator(make_checkpoint):
+    ck, _, cb = _backends(make_checkpoint, "mha_shared", max_batch=2)
+    ref = CpuBackend(ck.config, ck.weights, 2)
+    cb.set_seeds([5, 6])
+    ref.set_seeds([5, 6])
+    t = np.array([3, 4], np.int32)
+    cb.step(t, 0, 1.0, 0.9, forced=np.array([10, 11], np.int32))
+    a, _ = cb.step(t, 1, 1.0, 0.9)
+    ref.step(t, 0, 1.0, 0.9, forced=np.array([10, 11], np.int32))  # same cache contents
+    b, _ = ref.step(t, 1, 1.0, 0.9)
+    assert a.tolist() == b.tolist()
+    assert cb._model.rng_state(0) == ref._model.rng_state(0)
+    fresh = Rng(5)
+    fresh.u32()
+    assert cb._model.rng_state(0) == fresh.state  # exactly one draw: the unforced step
+
+
+def test_backend_rejects_bad_input(make_checkpoint):
+    ck, _, cb = _backends(make_checkpoint, "odd_tiny", max_batch=2)
+    c = ck.config
+    with pytest.raises(ValueError):
+        cb.forward(np.zeros(3, np.int32), 0)  # batch over max_batch
+    with pytest.raises(ValueError):
+        cb.forward(np.array([c.vocab_size], np.int32), 0)
+    with pytest.raises(ValueError):
+        cb.forward(np.array([-1], np.int32), 0)
+    with pytest.raises(ValueError):
+        cb.forward(np.zeros(1, np.int32), c.seq_len)
+    with pytest.raises(ValueError):
+        cb.prefill(np.zeros((1, c.seq_len + 1), np.int32), 0)
+    with pytest.raises(ValueError):
+        cb.prefill(np.zeros(4, np.int32), 0)
+    with pytest.raises(ValueError):
+        cb.step(np.zeros(2, np.int32), 0, 0.0, 0.9, forced=np.zeros(3, np.int32))
+    with pytest.raises(ValueError):
+        cb.set_seeds([1, 2, 3])
+    # the extension checks on its own too, whatever the Python layer lets through
+    m = cb._model
+    with pytest.raises(ValueError):
+        m.forward(np.empty((1, c.vocab_size), np.float32), np.array([c.vocab_size], np.int32), 0)
+    with pytest.raises(ValueError):
+        m.forward(np.empty((1, c.vocab_size + 1), np.float32), np.zeros(1, np.int32), 0)
+    with pytest.raises(ValueError):
+        m.forward(np.empty((1, c.vocab_size), np.float32), np.zeros(1, np.int64), 0)
+    with pytest.raises(ValueError):
+        m.step(np.empty(1, np.int32), None, np.zeros(1, np.int32), 0, 0.0, 0.9, np.array([c.vocab_size], np.int32))
+    with pytest.raises(ValueError):
+        m.prefill(None, np.zeros((1, 2), np.int32), 0, "all")
+    w = ck.weights
+    with pytest.raises(ValueError, match="wq"):
+        _cpu.Model(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len, 1, 0,
+                   w.token_embedding, w.rms_att, w.wk, w.wk, w.wv, w.wo, w.rms_ffn, w.w1, w.w2, w.w3,
+                   w.rms_final, w.wcls)
+    with pytest.raises(ValueError):
+        CpuBackend(c, w, 1, threads=0)
+
+
+def test_weights_are_borrowed_and_reporting(make_checkpoint):
+    ck = load_checkpoint(make_checkpoint("wide", 1))
+    c = ck.config
+    cb = CpuBackend(c, ck.weights, 2, threads=2)
+    assert isinstance(ck.weights.wq, np.memmap) or isinstance(ck.weights.wq.base, np.memmap)
+    cache = 2 * c.n_layers * 2 * c.seq_len * c.kv_dim * 4
+    assert cb.memory_bytes() >= ck.weights.nbytes(c.shared_classifier) + cache
+    assert "cpu" in cb.describe() and "2" in cb.describe()
+    prof = cb.profile(np.array([1, 2], np.int32), 3)
+    assert set(prof) == set(PROFILE_KEYS) and all(v >= 0 for v in prof.values())
+    assert prof["matmul"] > 0 and prof["classifier"] > 0
+
+
+def test_missing_extension_raises_device_error(monkeypatch, make_checkpoint):
+    import sys
+    ck = load_checkpoint(make_checkpoint("odd_tiny"))
+    monkeypatch.setitem(sys.modules, "llama2py._cpu", None)  # import fails as if never built
+    with pytest.raises(DeviceError, match="pip install -e"):
+        CpuBackend(ck.config, ck.weights)
+
+
+# ---- the real model -----------------------------------------------------------------------------
+REFERENCE_260K = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she "
+    "saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to "
+    "the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't "
+    "find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to "
+    "do.\"\nLily didn't want to help her mom, so she"
+)
+
+
+def test_stories260k_greedy_reference_text(stories260k):
+    from llama2py.tokenizer import Tokenizer
+    model_path, tok_path = stories260k
+    ck = load_checkpoint(model_path)
+    tok = Tokenizer(tok_path, ck.config.vocab_size)
+    cb = CpuBackend(ck.config, ck.weights, 1, threads=2)
+    prompt = tok.encode("")
+    token, out = prompt[0], bytearray()
+    for pos in range(200):  # run's loop: feed 200 positions, print each next token, stop at BOS
+        forced = np.array([prompt[pos + 1] if pos + 1 < len(prompt) else -1], np.int32)
+        nxt = int(cb.step(np.array([token], np.int32), pos, 0.0, 0.9, forced)[0][0])
+        if nxt == 1:
+            break
+        out += tok.printable_bytes(token, nxt)
+        token = nxt
+    assert out.decode("utf-8") == REFERENCE_260K
