@@ -148,7 +148,8 @@ def run_batch(backend: Backend, prompt_tokens: Sequence[Sequence[int]], ends: Se
     lp = np.zeros((B, L), np.float64) if logprobs else None
     stats = stats if stats is not None else BatchStats()
     stats.batch_size, stats.prompt_lens = B, [int(n) for n in lens]
-    stats.generated, stats.finish_s = [0] * B, [0.0] * B
+    generated = np.zeros(B, np.int64)
+    finish_s = np.zeros(B, np.float64)
     stop_set = np.array(sorted(set(int(t) for t in stop_tokens)), np.int32)
 
     backend.set_seeds([int(s) for s in seeds])
@@ -192,17 +193,16 @@ def run_batch(backend: Backend, prompt_tokens: Sequence[Sequence[int]], ends: Se
         if logprobs:
             lp[:Bp][live, nxt_idx] = lps[live]
         sampled = live & ~in_prompt
-        for b in np.nonzero(sampled)[0]:
-            stats.generated[b] += 1
+        generated[:Bp] += sampled
         hit = sampled & np.isin(nxt, stop_set)
         stopped[:Bp] |= hit
         cut[:Bp] = np.where(hit, nxt_idx, cut[:Bp])
         finished = live & (hit | (nxt_idx + 1 >= end[:Bp]))
-        for b in np.nonzero(finished)[0]:
-            stats.finish_s[b] = now
+        finish_s[:Bp][finished] = now
         done[:Bp] |= finished
         pos += 1
     stats.decode_s = time.perf_counter() - t1
+    stats.generated, stats.finish_s = generated.tolist(), finish_s.tolist()
 
     out_tokens = [tokens[b, :cut[b]].tolist() for b in range(B)]
     out_lp = [lp[b, :cut[b]].tolist() for b in range(B)] if logprobs else None
