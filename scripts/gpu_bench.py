@@ -53,7 +53,7 @@ def bench(make, name: str, shape: str, batch: int, steps: int, repeats: int, res
         row = {"backend": name, "shape": shape, "batch": batch, "steps": steps, "tok_s": tok_s,
                "us_per_step": 1e6 * batch / tok_s, "runs": runs, "load_s": load_s,
                "describe": backend.describe()}
-        if name == "cuda":
+        if name.startswith("cuda"):
             prof = backend.profile(np.ones(batch, np.int32), steps // 2)
             row["profile_us"] = {k: round(v * 1e6, 1) for k, v in prof.items()}
             row["memory_mib"] = backend.memory_bytes() / 2**20
@@ -71,14 +71,17 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--big-batch", type=int, default=256)
     ap.add_argument("--no-cpu", action="store_true", help="skip the cpu backend comparison")
+    ap.add_argument("--variants", default="v2,v1", help="cuda kernel generations to time (first = default)")
     args = ap.parse_args()
 
     from llama2py.backends.cuda import CudaBackend
     results: list = []
-    cuda = lambda c, w, b: CudaBackend(c, w, b)  # noqa: E731
-    bench(cuda, "cuda", "stories15M", 1, args.steps, args.repeats, results)
-    bench(cuda, "cuda", "stories110M", 1, args.steps, args.repeats, results)
-    bench(cuda, "cuda", "stories15M", args.big_batch, args.steps, args.repeats, results)
+    for i, v in enumerate(args.variants.split(",")):
+        cuda = lambda c, w, b, v=v: CudaBackend(c, w, b, variant=v)  # noqa: E731
+        name = "cuda" if i == 0 else f"cuda-{v}"
+        bench(cuda, name, "stories15M", 1, args.steps, args.repeats, results)
+        bench(cuda, name, "stories110M", 1, args.steps, args.repeats, results)
+        bench(cuda, name, "stories15M", args.big_batch, args.steps, args.repeats, results)
     if not args.no_cpu:
         def cpu(c, w, b):
             from llama2py.backends.cpu import CpuBackend
@@ -95,15 +98,15 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(json.dumps({"gpu": gpu, "results": results}, indent=1))
     print(f"\nGPU: {gpu}")
-    print(f"{'backend':8} {'shape':12} {'batch':>5} {'tok/s':>12} {'us/step':>9}")
+    print(f"{'backend':10} {'shape':12} {'batch':>5} {'tok/s':>12} {'us/step':>9}")
     for r in results:
         if "error" in r:
-            print(f"{r['backend']:8} {r['shape']:12} {r['batch']:>5} ERROR {r['error'][:80]}")
+            print(f"{r['backend']:10} {r['shape']:12} {r['batch']:>5} ERROR {r['error'][:80]}")
         else:
-            print(f"{r['backend']:8} {r['shape']:12} {r['batch']:>5} {r['tok_s']:>12,.0f} {r['us_per_step']:>9.1f}")
+            print(f"{r['backend']:10} {r['shape']:12} {r['batch']:>5} {r['tok_s']:>12,.0f} {r['us_per_step']:>9.1f}")
     for r in results:
         if "profile_us" in r:
-            print(f"profile {r['shape']} B={r['batch']} (us, unfused launches): " +
+            print(f"profile {r['backend']} {r['shape']} B={r['batch']} (us, unfused launches): " +
                   " ".join(f"{k}={v}" for k, v in r["profile_us"].items()))
     return 0
 

@@ -61,9 +61,9 @@ def _report_worst():
         Path(out).write_text("\n".join(lines) + "\n")
 
 
-def cuda(config: Config, weights, max_batch: int = 1):
+def cuda(config: Config, weights, max_batch: int = 1, variant=None):
     from llama2py.backends.cuda import CudaBackend
-    return CudaBackend(config, weights, max_batch)
+    return CudaBackend(config, weights, max_batch, variant=variant)
 
 
 # -- always: the sources compile, and the no-GPU paths are clean errors --------------------------------
@@ -110,18 +110,19 @@ def test_auto_falls_back_without_cuda(monkeypatch):
 
 # -- on a GPU: logits against the numpy spec ----------------------------------------------------
 @needs_gpu
+@pytest.mark.parametrize("variant", ["v2", "v1"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("batch", [1, 3, 7])
-def test_forward_matches_numpy(shape, batch):
+def test_forward_matches_numpy(shape, batch, variant):
     c = SHAPES[shape]
     w = random_weights(c, seed=1)
-    ref, dev = NumpyBackend(c, w, batch), cuda(c, w, batch)
+    ref, dev = NumpyBackend(c, w, batch), cuda(c, w, batch, variant)
     rng = np.random.default_rng(2)
     for pos in range(c.seq_len):
         t = rng.integers(0, c.vocab_size, batch).astype(np.int32)
         a, b = dev.forward(t, pos), ref.forward(t, pos)
         err = rel_err(a, b)
-        _record(f"forward {shape} B={batch}", err)
+        _record(f"forward {variant} {shape} B={batch}", err)
         assert a.shape == (batch, c.vocab_size) and np.isfinite(a).all()
         assert err < TOL, f"pos {pos}: {err:.2e}"
 
@@ -149,6 +150,26 @@ def test_prefill_matches_numpy(shape, batch):
     p = c.seq_len - 1
     a, b = dev.forward(toks[:, p], p), ref.forward(toks[:, p], p)
     _record(f"prefill->forward {shape} B={batch}", rel_err(a, b))
+    assert rel_err(a, b) < TOL
+
+
+@needs_gpu
+@pytest.mark.parametrize("tile", ["gemm2_%s_32", "gemm2_%s_64", "gemm2_%s_128", "gemm_%s_64", "gemm_%s_128"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_every_gemm_tile_matches_numpy(shape, tile):
+    """The host picks tiles by size; force each one so that all are checked on small shapes."""
+    c = SHAPES[shape]
+    w = random_weights(c, seed=14)
+    B = 6
+    ref, dev = NumpyBackend(c, w, B), cuda(c, w, B)
+    dev._tiles = ((int(tile.rsplit("_", 1)[1]), tile),)
+    toks = np.random.default_rng(15).integers(0, c.vocab_size, (B, c.seq_len)).astype(np.int32)
+    T1 = c.seq_len - 1
+    a, b = dev.prefill(toks[:, :T1], 0, "all"), ref.prefill(toks[:, :T1], 0, "all")
+    _record(f"tile {tile % 'x'} prefill {shape}", rel_err(a, b))
+    assert rel_err(a, b) < TOL
+    a, b = dev.forward(toks[:, T1], T1), ref.forward(toks[:, T1], T1)
+    _record(f"tile {tile % 'x'} forward {shape}", rel_err(a, b))
     assert rel_err(a, b) < TOL
 
 

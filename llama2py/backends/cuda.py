@@ -19,6 +19,7 @@ Design (../shared/DESIGN.md, "GPU"):
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -36,6 +37,10 @@ SNT = 1024             # sampler threads per block
 SMEM_DEFAULT = 48 * 1024
 PREFILL_ROWS = 512     # rows (batch * positions) of one prefill chunk
 CPU_HINT = "run with --device cpu"
+# Kernel generations: "v2" (default) = prefetching GEMV, thread-per-position attention, double-buffered
+# GEMM with a 32x32 tile for narrow outputs; "v1" = the first versions, kept for A/B timing on one card
+# (LLAMA2PY_CUDA_VARIANT=v1 or CudaBackend(..., variant="v1")).
+VARIANTS = ("v2", "v1")
 
 _KERNELS: dict = {}    # (device id, sources hash) -> {name: RawKernel}
 
@@ -87,8 +92,16 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None,
-                 device_id: int = 0):
+                 device_id: int = 0, variant: Optional[str] = None):
         super().__init__(config, weights, max_batch, threads)
+        self.variant = variant or os.environ.get("LLAMA2PY_CUDA_VARIANT") or VARIANTS[0]
+        if self.variant not in VARIANTS:
+            raise DeviceError(f"unknown cuda kernel variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        v2 = self.variant == "v2"
+        self._gv = "gemv2_" if v2 else "gemv_"
+        self._att = "attention2" if v2 else "attention"
+        self._tiles = ((128, "gemm2_%s_128"), (64, "gemm2_%s_64"), (32, "gemm2_%s_32")) if v2 else \
+            ((128, "gemm_%s_128"), (64, "gemm_%s_64"))
         cp = import_cupy()
         self.cp = cp
         c = config
@@ -114,10 +127,10 @@ class CudaBackend(Backend):
                 f"{_mib(est['kv_cache'])}, buffers {_mib(est['buffers'])}) but only {_mib(free)} of "
                 f"{_mib(total)} is free; use a smaller batch, or {CPU_HINT}")
         self.k = self._load_kernels()
-        att_smem = 4 * (c.seq_len + c.head_size + ATT_NT + 33)
-        if att_smem > SMEM_DEFAULT:
+        self._att_smem = 4 * (c.seq_len + c.head_size + 4 * ATT_NT + 40)
+        if self._att_smem > SMEM_DEFAULT:
             try:
-                self.k["attention"].max_dynamic_shared_size_bytes = att_smem
+                self.k[self._att].max_dynamic_shared_size_bytes = self._att_smem
             except Exception as e:
                 raise DeviceError(f"a context of {c.seq_len} positions is too long for the attention kernel on "
                                   f"{self.gpu_name} ({e}); {CPU_HINT}") from None
@@ -145,9 +158,11 @@ class CudaBackend(Backend):
         if key in _KERNELS:
             return _KERNELS[key]
         names = {
-            "forward.cu": ["gemv_store", "gemv_add", "gemv_swiglu", "gemv_qkv", "rmsnorm_rows", "embed",
-                           "apply_qkv", "apply_swiglu", "apply_add", "attention"]
-                          + [f"gemm_{e}_{t}" for e in ("store", "add", "swiglu", "qkv") for t in (64, 128)],
+            "forward.cu": [f"{g}_{e}" for g in ("gemv", "gemv2") for e in ("store", "add", "swiglu", "qkv")]
+                          + ["rmsnorm_rows", "embed", "apply_qkv", "apply_swiglu", "apply_add", "attention",
+                             "attention2", "spin"]
+                          + [f"gemm_{e}_{t}" for e in ("store", "add", "swiglu", "qkv") for t in (64, 128)]
+                          + [f"gemm2_{e}_{t}" for e in ("store", "add", "swiglu", "qkv") for t in (32, 64, 128)],
             "sample.cu": ["sample"],
         }
         kernels = {}
@@ -210,7 +225,8 @@ class CudaBackend(Backend):
 
     # -- reporting ------------------------------------------------------------------------------
     def describe(self) -> str:
-        return f"cuda ({self.gpu_name}, CuPy {self.cp.__version__})"
+        v = "" if self.variant == VARIANTS[0] else f", kernels {self.variant}"
+        return f"cuda ({self.gpu_name}, CuPy {self.cp.__version__}{v})"
 
     def memory_bytes(self) -> int:
         arrays = [getattr(self, n, None) for n in (
@@ -261,17 +277,18 @@ class CudaBackend(Backend):
         return (max(1, min(-(-N // (2 * (GV_NT // 32))), self.n_sm * 8)),)
 
     def _gemm(self, kind: str, A, W, M: int, N: int, K: int, *ep) -> None:
-        big = M >= 128 and (-(-M // 128)) * (-(-N // 128)) >= 2 * self.n_sm
-        t = 128 if big else 64
-        self.k[f"gemm_{kind}_{t}"]((-(-N // t), -(-M // t)), (256,), (A, W, np.int32(M), np.int32(N), np.int32(K)) + ep)
+        """The largest tile that still gives every multiprocessor a block (twice for 128x128)."""
+        for t, name in self._tiles:
+            if (-(-M // t)) * (-(-N // t)) >= (2 if t == 128 else 1) * self.n_sm:
+                break
+        self.k[name % kind]((-(-N // t), -(-M // t)), (256,), (A, W, np.int32(M), np.int32(N), np.int32(K)) + ep)
 
     def _attention(self, l: int, M: int, T: int) -> None:
         c = self.config
-        smem = 4 * (c.seq_len + c.head_size + ATT_NT + 33)
-        self.k["attention"]((c.n_heads, M), (ATT_NT,),
+        self.k[self._att]((c.n_heads, M), (ATT_NT,),
                             (self.q, self.kc[l], self.vc[l], self.att, np.int32(T), self.pos_d, np.int32(c.seq_len),
                              np.int32(c.kv_mul), np.int32(c.head_size), np.int32(c.kv_dim), np.int32(c.dim)),
-                            shared_mem=smem)
+                            shared_mem=self._att_smem)
 
     def _qkv_ep(self, l: int, T: int) -> tuple:
         c = self.config
@@ -283,15 +300,15 @@ class CudaBackend(Backend):
         c, k, i32 = self.config, self.k, np.int32
         D, H = c.dim, c.hidden_dim
         if self._small(M):
-            gv = lambda name, N, K, x, rmsw, use, W, *ep: k[name](  # noqa: E731
+            gv = lambda name, N, K, x, rmsw, use, W, *ep: k[self._gv + name](  # noqa: E731
                 self._gv_grid(N), (GV_NT,), (x, rmsw, i32(use), W, i32(N), i32(K), i32(M)) + ep,
                 shared_mem=4 * M * K + 4 * 33)
             for l in range(c.n_layers):
-                gv("gemv_qkv", self.n_qkv, D, self.x, self.rms_att[l], 1, self.wqkv[l], *self._qkv_ep(l, T))
+                gv("qkv", self.n_qkv, D, self.x, self.rms_att[l], 1, self.wqkv[l], *self._qkv_ep(l, T))
                 self._attention(l, M, T)
-                gv("gemv_add", D, D, self.att, self.rms_final, 0, self.wo[l], self.x, i32(D))
-                gv("gemv_swiglu", 2 * H, D, self.x, self.rms_ffn[l], 1, self.w13[l], self.hb, i32(H))
-                gv("gemv_add", D, H, self.hb, self.rms_final, 0, self.w2[l], self.x, i32(D))
+                gv("add", D, D, self.att, self.rms_final, 0, self.wo[l], self.x, i32(D))
+                gv("swiglu", 2 * H, D, self.x, self.rms_ffn[l], 1, self.w13[l], self.hb, i32(H))
+                gv("add", D, H, self.hb, self.rms_final, 0, self.w2[l], self.x, i32(D))
         else:
             for l in range(c.n_layers):
                 k["rmsnorm_rows"]((M,), (256,), (self.x, self.rms_att[l], self.xb, i32(D)))
@@ -306,7 +323,7 @@ class CudaBackend(Backend):
         """logits[:M] = wcls . rmsnorm(x[:M], rms_final)."""
         c, i32 = self.config, np.int32
         if self._small(M):
-            self.k["gemv_store"](self._gv_grid(c.vocab_size), (GV_NT,),
+            self.k[self._gv + "store"](self._gv_grid(c.vocab_size), (GV_NT,),
                                  (x, self.rms_final, i32(1), self.wcls, i32(c.vocab_size), i32(c.dim), i32(M),
                                   self.logits, i32(c.vocab_size)), shared_mem=4 * M * c.dim + 4 * 33)
         else:
@@ -451,7 +468,7 @@ class CudaBackend(Backend):
 
             def mm(x, W, N, K, out, ldo):
                 if small:
-                    k["gemv_store"](self._gv_grid(N), (GV_NT,), (x, self.rms_final, i32(0), W, i32(N), i32(K), i32(B),
+                    k[self._gv + "store"](self._gv_grid(N), (GV_NT,), (x, self.rms_final, i32(0), W, i32(N), i32(K), i32(B),
                                                                   out, i32(ldo)), shared_mem=4 * B * K + 4 * 33)
                 else:
                     self._gemm("store", x, W, B, N, K, out, i32(ldo))
@@ -481,8 +498,11 @@ class CudaBackend(Backend):
                 ("classifier", lambda: mm(self.xb, self.wcls, c.vocab_size, D, self.logits, c.vocab_size)),
                 ("sampling", lambda: self._sample(B, advance=False)),
             ]
+            clock_khz = int(self.cp.cuda.runtime.getDeviceProperties(self.device.id).get("clockRate", 2_000_000))
+            spin = np.int64(clock_khz * 30)  # ~30 ms: long enough to queue every launch behind it
             for rep in range(2):
                 events = []
+                k["spin"]((1,), (32,), (spin,))
                 for key, launch in steps:
                     e0, e1 = cp.cuda.Event(), cp.cuda.Event()
                     e0.record(self.stream)
