@@ -336,6 +336,19 @@ def test_weights_are_borrowed_and_reporting(make_checkpoint):
     assert prof["matmul"] > 0 and prof["classifier"] > 0
 
 
+@pytest.mark.parametrize("shape", ["gqa_unshared", "odd_tiny"])
+def test_profiled_path_equals_fused_path(make_checkpoint, shape):
+    # profile() runs the forward pass as separate timed kernels; step() runs the fused one
+    ck = load_checkpoint(make_checkpoint(shape))
+    c = ck.config
+    a, b = CpuBackend(c, ck.weights, 2), CpuBackend(c, ck.weights, 2)
+    tokens = np.random.default_rng(4).integers(0, c.vocab_size, (2, c.seq_len)).astype(np.int32)
+    for pos in range(c.seq_len):
+        a.profile(tokens[:, pos], pos)
+        b.step(tokens[:, pos], pos, 0.0, 0.9)
+        assert np.array_equal(a._model.last_logits(), b._model.last_logits()), f"pos {pos}"
+
+
 def test_missing_extension_raises_device_error(monkeypatch, make_checkpoint):
     import sys
     ck = load_checkpoint(make_checkpoint("odd_tiny"))

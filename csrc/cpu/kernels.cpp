@@ -63,13 +63,20 @@ static inline float dot(const float* a, const float* b, int n) {
 
 // R weight rows x C activation rows, each output one 8-lane accumulator (the fixed order above).
 // y[c * ldy + r] = dot(w + r * n, x + c * ldx)
-template <int R, int C>
-static inline void tile(const float* w, const float* x, long ldx, float* y, long ldy, int n) {
+// With PF, also prefetch (non-temporal hint) the same k range of the R rows at `pf`: used for
+// weights streamed once per token (the classifier) so they displace less of the cached layers.
+template <int R, int C, bool PF = false>
+static inline void tile(const float* w, const float* x, long ldx, float* y, long ldy, int n,
+                        const float* pf = nullptr) {
     V8 acc[R][C];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r][c] = v_zero();
     int k = 0;
     for (; k + 8 <= n; k += 8) {
+#ifdef L2P_AVX2
+        if (PF && (k & 15) == 0)
+            for (int r = 0; r < R; ++r) _mm_prefetch((const char*)(pf + (long)r * n + k), _MM_HINT_NTA);
+#endif
         V8 xv[C];
         for (int c = 0; c < C; ++c) xv[c] = v_load(x + c * ldx + k);
         for (int r = 0; r < R; ++r) {
@@ -109,9 +116,11 @@ static inline void tile_r(int R, const float* w, const float* x, long ldx, float
 static constexpr int ROW_BLOCK = 8;  // weight rows per work item: 8 GEMV chains, fits L1 for GEMM
 
 // One block of <= 8 weight rows against all activation rows.
-static inline void block(const float* w, int nr, const float* x, long ldx, int rows, float* y, long ldy, int n) {
+static inline void block(const float* w, int nr, const float* x, long ldx, int rows, float* y, long ldy, int n,
+                         const float* pf) {
     if (rows == 1) {  // GEMV: 8 independent accumulators stream 8 weight rows
-        tile_r<1>(nr, w, x, ldx, y, ldy, n);
+        if (pf && nr == 8) tile<8, 1, true>(w, x, ldx, y, ldy, n, pf);
+        else tile_r<1>(nr, w, x, ldx, y, ldy, n);
         return;
     }
     // GEMM: the block's rows stay in L1 while every activation row passes; 4x3 register tiles.
@@ -141,45 +150,37 @@ void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int ro
         const MatJob& job = jobs[j];
         const int r0 = (b - start[j]) * ROW_BLOCK;
         const int nr = std::min(ROW_BLOCK, job.d - r0);
-        block(job.w + (long)r0 * n, nr, x, ldx, rows, job.out + r0, job.ldo, n);
+        // prefetch the next block's rows when streaming (only if it has a full block)
+        const float* pf = job.stream && r0 + 2 * ROW_BLOCK <= job.d ? job.w + (long)(r0 + ROW_BLOCK) * n : nullptr;
+        block(job.w + (long)r0 * n, nr, x, ldx, rows, job.out + r0, job.ldo, n, pf);
+        if (job.w_gate) block(job.w_gate + (long)r0 * n, nr, x, ldx, rows, job.out_gate + r0, job.ldo, n, nullptr);
+        if (job.epi) job.epi->run(r0, nr);
     }
 }
 
-void matmul(float* out, long ldo, const float* x, long ldx, int rows, const float* w, int d, int n) {
-    MatJob job{w, d, out, ldo};
+void matmul(float* out, long ldo, const float* x, long ldx, int rows, const float* w, int d, int n, bool stream) {
+    MatJob job{w, d, out, ldo, stream};
     matmul_jobs(&job, 1, x, ldx, rows, n);
 }
 
 // ---- per-row kernels ---------------------------------------------------------------------------------
+void rmsnorm_row(float* o, const float* xr, const float* w, int n) {
+    float ss = dot(xr, xr, n);
+    ss = ss / n + 1e-5f;
+    const float s = 1.0f / std::sqrt(ss);
+    for (int i = 0; i < n; ++i) o[i] = w[i] * (s * xr[i]);
+}
+
 void rmsnorm(float* out, const float* x, const float* w, int rows, int n) {
 #pragma omp for schedule(static)
-    for (int r = 0; r < rows; ++r) {
-        const float* xr = x + (long)r * n;
-        float* o = out + (long)r * n;
-        float ss = dot(xr, xr, n);
-        ss = ss / n + 1e-5f;
-        const float s = 1.0f / std::sqrt(ss);
-        for (int i = 0; i < n; ++i) o[i] = w[i] * (s * xr[i]);
-    }
+    for (int r = 0; r < rows; ++r) rmsnorm_row(out + (long)r * n, x + (long)r * n, w, n);
 }
 
 void rope(float* x, int rows, int n_heads, int head_size, const int* positions, const float* cos_sin) {
-    const int half = head_size / 2;
     const int dim = n_heads * head_size;
 #pragma omp for schedule(static)
-    for (int r = 0; r < rows; ++r) {
-        const float* cs = cos_sin + (long)positions[r] * half * 2;  // (half, 2)
-        float* xr = x + (long)r * dim;
-        for (int h = 0; h < n_heads; ++h) {
-            float* v = xr + h * head_size;
-            for (int i = 0; i < half; ++i) {
-                const float c = cs[2 * i], s = cs[2 * i + 1];
-                const float a = v[2 * i], b = v[2 * i + 1];
-                v[2 * i] = a * c - b * s;
-                v[2 * i + 1] = a * s + b * c;
-            }
-        }
-    }
+    for (int r = 0; r < rows; ++r)
+        rope_span(x + (long)r * dim, 0, dim, head_size, cos_sin + (long)positions[r] * head_size);
 }
 
 void rope_table(float* out, int seq_len, int head_size) {
@@ -196,10 +197,7 @@ void rope_table(float* out, int seq_len, int head_size) {
 void swiglu(float* h, const float* g, int rows, int n) {
     const long total = (long)rows * n;
 #pragma omp for schedule(static)
-    for (long i = 0; i < total; ++i) {
-        const float z = h[i];
-        h[i] = z / (1.0f + expf(-z)) * g[i];
-    }
+    for (long i = 0; i < total; ++i) h[i] = silu_mul(h[i], g[i]);
 }
 
 void residual(float* x, const float* y, int rows, int n) {

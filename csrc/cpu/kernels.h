@@ -12,6 +12,7 @@
 // therefore bitwise equal.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -22,11 +23,22 @@ namespace l2p {
 //   w   (d, n) row-major weights (the (out, in) layout of llama2.c)
 //   x   (rows, n) activations, row stride ldx
 //   out (rows, d) outputs, row stride ldo
+// Work fused into a product: called by the thread that computed output features [r0, r0 + nr)
+// for every activation row, right after computing them (RoPE, cache stores, residual, SwiGLU).
+struct Epilogue {
+    virtual void run(int r0, int nr) const = 0;
+    virtual ~Epilogue() = default;
+};
+
 struct MatJob {
     const float* w;
     int d;        // output features (rows of w)
     float* out;
     long ldo;     // row stride of out
+    bool stream = false;            // weights read once per token (classifier): non-temporal prefetch
+    const float* w_gate = nullptr;  // optional second (d, n) matrix, same block, into out_gate (w3 next to w1)
+    float* out_gate = nullptr;
+    const Epilogue* epi = nullptr;
 };
 
 // Run up to a few products that share the same input rows in one work-sharing loop
@@ -34,11 +46,28 @@ struct MatJob {
 void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n);
 
 // Convenience: one product.
-void matmul(float* out, long ldo, const float* x, long ldx, int rows, const float* w, int d, int n);
+void matmul(float* out, long ldo, const float* x, long ldx, int rows, const float* w, int d, int n,
+            bool stream = false);
+
+// ---- shared elementwise helpers (the fused and the separate kernels use the same arithmetic) -----
+// Rotate the pairs of v[i0..i1) (i0 even) whose index inside a head is i % head_size;
+// cs (head_size/2, 2) = (cos, sin) of the row's position.
+inline void rope_span(float* v, int i0, int i1, int head_size, const float* cs) {
+    for (int i = i0; i < i1; i += 2) {
+        const int j = (i % head_size) / 2;
+        const float co = cs[2 * j], si = cs[2 * j + 1];
+        const float a = v[i], b = v[i + 1];
+        v[i] = a * co - b * si;
+        v[i + 1] = a * si + b * co;
+    }
+}
+inline float silu_mul(float z, float g) { return z / (1.0f + expf(-z)) * g; }
 
 // ---- elementwise / per-row kernels (rows split across threads) -------------------------------------
 // out (rows, n) = w (n,) * x / sqrt(mean(x^2) + 1e-5), per row. out may alias x.
 void rmsnorm(float* out, const float* x, const float* w, int rows, int n);
+// One row on the calling thread only (no work sharing). o may alias x.
+void rmsnorm_row(float* o, const float* x, const float* w, int n);
 // x (rows, n_heads * head_size) rotated in place; row r at position positions[r];
 // cos_sin (seq_len, head_size/2, 2) table of (cos, sin).
 void rope(float* x, int rows, int n_heads, int head_size, const int* positions, const float* cos_sin);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include <omp.h>
@@ -15,6 +16,8 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     : c_(c), w_(w), max_batch_(max_batch),
       n_threads_(n_threads > 0 ? n_threads : omp_get_max_threads()),
       cap_(std::max(max_batch, PREFILL_ROWS)) {
+    const char* e = getenv("L2P_NTA");
+    stream_cls_ = e && e[0] == '1';
     const long kv = c.kv_dim();
     const long cache = (long)c.n_layers * max_batch * c.seq_len * kv;
     key_cache_.assign(cache, 0.f);
@@ -23,6 +26,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     rope_table(rope_.data(), c.seq_len, c.head_size());
     x_.resize((long)cap_ * c.dim);
     xb_.resize((long)cap_ * c.dim);
+    xbt_.resize((long)n_threads_ * cap_ * c.dim);
     q_.resize((long)cap_ * c.dim);
     k_.resize(cap_ * kv);
     v_.resize(cap_ * kv);
@@ -42,7 +46,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
 }
 
 size_t ModelCore::buffer_bytes() const {
-    size_t f = key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() + xb_.size() + q_.size() +
+    size_t f = key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() + xb_.size() + xbt_.size() + q_.size() +
                k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() + hb2_.size() + scores_.size() +
                logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
     size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
@@ -85,37 +89,159 @@ void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mod
             }
         const bool last_chunk = t0 + n == T;
         LogitsMode m = mode == LOGITS_ALL ? LOGITS_ALL : (mode == LOGITS_LAST && last_chunk ? LOGITS_LAST : LOGITS_NONE);
-        run_chunk(B, n, T, t0, pos + t0, m, out, prof);
+        if (prof) run_chunk_profiled(B, n, T, t0, m, out, prof);
+        else run_chunk(B, n, T, t0, m, out);
     }
 }
 
-// Rows r = b * Tc + t (b < B, t < Tc) at positions pos0 + t.
-void ModelCore::run_chunk(int B, int Tc, int T, int t0, int pos0, LogitsMode mode, float* out, double* prof) {
+
+ModelCore::Cls ModelCore::classifier_io(int B, int Tc, int T, LogitsMode mode, float* out) {
+    Cls cls{nullptr, x_.data(), (long)c_.dim, 0};
+    if (mode == LOGITS_LAST) {  // row (b, Tc - 1) of each sequence
+        cls.out = out;
+        cls.in = x_.data() + (long)(Tc - 1) * c_.dim;
+        cls.ldx = (long)Tc * c_.dim;
+        cls.rows = B;
+    } else if (mode == LOGITS_ALL) {
+        cls.rows = B * Tc;
+        if (Tc == T) {
+            cls.out = out;  // rows b * T + t are exactly out's (B, T) rows
+        } else {
+            const size_t need = (size_t)cap_ * c_.vocab_size;
+            if (logits_all_.size() < need) logits_all_.resize(need);
+            cls.out = logits_all_.data();
+        }
+    }
+    return cls;
+}
+
+void ModelCore::copy_all_logits(const Cls& cls, int B, int Tc, int T, int t0, float* out) {
+    const long V = c_.vocab_size;
+    if (cls.out && cls.out != out && cls.rows == B * Tc)
+        for (int b = 0; b < B; ++b)
+            std::memcpy(out + ((long)b * T + t0) * V, cls.out + (long)b * Tc * V, (size_t)Tc * V * sizeof(float));
+}
+
+namespace {
+// Fused epilogues (same arithmetic as the separate kernels of the profiled path).
+// RoPE on the block's features of every row; for keys and values also the store into the cache.
+struct RopeStore : Epilogue {
+    float* vec;            // (rows, n) q or k or v
+    int n, rows, hs, seq_len;
+    bool rotate;
+    float* cache;          // (max_batch, seq_len, n) this layer's k or v cache, or null
+    const int *seq, *pos;  // (rows,)
+    const float* rope;     // (seq_len, hs/2, 2)
+    RopeStore(float* vec, int n, int rows, int hs, int seq_len, bool rotate, float* cache, const int* seq,
+              const int* pos, const float* rope)
+        : vec(vec), n(n), rows(rows), hs(hs), seq_len(seq_len), rotate(rotate), cache(cache), seq(seq), pos(pos),
+          rope(rope) {}
+    void run(int r0, int nr) const override {
+        for (int r = 0; r < rows; ++r) {
+            float* v = vec + (long)r * n;
+            if (rotate) rope_span(v, r0, r0 + nr, hs, rope + (long)pos[r] * hs);
+            if (cache) std::memcpy(cache + ((long)seq[r] * seq_len + pos[r]) * n + r0, v + r0, nr * sizeof(float));
+        }
+    }
+};
+// x[:, block] += y[:, block]
+struct Residual : Epilogue {
+    float* x;
+    const float* y;
+    int n, rows;
+    Residual(float* x, const float* y, int n, int rows) : x(x), y(y), n(n), rows(rows) {}
+    void run(int r0, int nr) const override {
+        for (int r = 0; r < rows; ++r)
+            for (int i = r0; i < r0 + nr; ++i) x[(long)r * n + i] += y[(long)r * n + i];
+    }
+};
+// h[:, block] = silu(h) * g
+struct SwiGLU : Epilogue {
+    float* h;
+    const float* g;
+    int n, rows;
+    SwiGLU(float* h, const float* g, int n, int rows) : h(h), g(g), n(n), rows(rows) {}
+    void run(int r0, int nr) const override {
+        for (int r = 0; r < rows; ++r)
+            for (int i = r0; i < r0 + nr; ++i) h[(long)r * n + i] = silu_mul(h[(long)r * n + i], g[(long)r * n + i]);
+    }
+};
+}  // namespace
+
+// The decode/prefill path: 5 barriers per layer. The norms are computed redundantly by every thread
+// into its own buffer (no barrier); RoPE, the cache stores, the residual adds and SwiGLU run as
+// epilogues of the products that produce their inputs.
+void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out) {
     const ModelConfig& c = c_;
     const int rows = B * Tc;
     const int dim = c.dim, hid = c.hidden_dim, hs = c.head_size(), kv = c.kv_dim(), V = c.vocab_size;
     const long cache_layer = (long)max_batch_ * c.seq_len * kv;
-    (void)pos0;
+    const Cls cls = classifier_io(B, Tc, T, mode, out);
 
-    float* cls_out = nullptr;  // where the classifier writes, row stride V
-    const float* cls_in = nullptr;
-    long cls_ldx = dim;
-    int cls_rows = 0;
-    if (mode == LOGITS_LAST) {  // row (b, Tc - 1) of each sequence
-        cls_out = out;
-        cls_in = x_.data() + (long)(Tc - 1) * dim;
-        cls_ldx = (long)Tc * dim;
-        cls_rows = B;
-    } else if (mode == LOGITS_ALL) {
-        cls_in = x_.data();
-        cls_rows = rows;
-        if (Tc == T) {
-            cls_out = out;  // rows b * T + t are exactly out's (B, T) rows
-        } else {
-            if (logits_all_.size() < (size_t)cap_ * V) logits_all_.resize((size_t)cap_ * V);
-            cls_out = logits_all_.data();
+#pragma omp parallel num_threads(n_threads_)
+    {
+        float* xb = xbt_.data() + (long)omp_get_thread_num() * cap_ * dim;  // (cap, dim) this thread's normed x
+#pragma omp for schedule(static)
+        for (int r = 0; r < rows; ++r)
+            std::memcpy(x_.data() + (long)r * dim, w_.token_embedding + (long)tok_[r] * dim, dim * sizeof(float));
+
+        for (int l = 0; l < c.n_layers; ++l) {
+            float* kc = key_cache_.data() + l * cache_layer;
+            float* vc = value_cache_.data() + l * cache_layer;
+            for (int r = 0; r < rows; ++r)
+                rmsnorm_row(xb + (long)r * dim, x_.data() + (long)r * dim, w_.rms_att + (long)l * dim, dim);
+            const RopeStore eq{q_.data(), dim, rows, hs, c.seq_len, true, nullptr, seq_.data(), posv_.data(), rope_.data()};
+            const RopeStore ek{k_.data(), kv, rows, hs, c.seq_len, true, kc, seq_.data(), posv_.data(), rope_.data()};
+            const RopeStore ev{v_.data(), kv, rows, hs, c.seq_len, false, vc, seq_.data(), posv_.data(), rope_.data()};
+            MatJob qkv[3] = {
+                {w_.wq + (long)l * dim * dim, dim, q_.data(), dim},
+                {w_.wk + (long)l * kv * dim, kv, k_.data(), kv},
+                {w_.wv + (long)l * kv * dim, kv, v_.data(), kv},
+            };
+            qkv[0].epi = &eq;
+            qkv[1].epi = &ek;
+            qkv[2].epi = &ev;
+            matmul_jobs(qkv, 3, xb, dim, rows, dim);
+            attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads,
+                      hs, c.seq_len, scores_.data());
+            const Residual ro{x_.data(), tmp_.data(), dim, rows};
+            MatJob o{w_.wo + (long)l * dim * dim, dim, tmp_.data(), dim};
+            o.epi = &ro;
+            matmul_jobs(&o, 1, att_.data(), dim, rows, dim);
+
+            for (int r = 0; r < rows; ++r)
+                rmsnorm_row(xb + (long)r * dim, x_.data() + (long)r * dim, w_.rms_ffn + (long)l * dim, dim);
+            const SwiGLU sw{hb_.data(), hb2_.data(), hid, rows};
+            MatJob up{w_.w1 + (long)l * hid * dim, hid, hb_.data(), hid};
+            up.w_gate = w_.w3 + (long)l * hid * dim;
+            up.out_gate = hb2_.data();
+            up.epi = &sw;
+            matmul_jobs(&up, 1, xb, dim, rows, dim);
+            const Residual rd{x_.data(), tmp_.data(), dim, rows};
+            MatJob down{w_.w2 + (long)l * dim * hid, dim, tmp_.data(), dim};
+            down.epi = &rd;
+            matmul_jobs(&down, 1, hb_.data(), hid, rows, hid);
+        }
+        if (mode != LOGITS_NONE) {
+            // every thread normalizes the rows the classifier reads, into its own buffer
+            for (int i = 0; i < cls.rows; ++i) {
+                const long off = (cls.in - x_.data()) + i * cls.ldx;
+                rmsnorm_row(xb + off, x_.data() + off, w_.rms_final, dim);
+            }
+            matmul(cls.out, V, xb + (cls.in - x_.data()), cls.ldx, cls.rows, w_.wcls, V, dim, stream_cls_);
         }
     }
+    copy_all_logits(cls, B, Tc, T, t0, out);
+}
+
+// The same forward pass as separate kernels with a barrier and a timer after each: for profile().
+void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof) {
+    const ModelConfig& c = c_;
+    const int rows = B * Tc;
+    const int dim = c.dim, hid = c.hidden_dim, hs = c.head_size(), kv = c.kv_dim(), V = c.vocab_size;
+    const long cache_layer = (long)max_batch_ * c.seq_len * kv;
+
+    const Cls cls = classifier_io(B, Tc, T, mode, out);
 
 #pragma omp parallel num_threads(n_threads_)
     {
@@ -143,17 +269,8 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, int pos0, LogitsMode mod
             for (int r = 0; r < rows; ++r) {
                 const int p = posv_[r];
                 const float* cs = rope_.data() + (long)p * hs;  // (hs/2, 2)
-                for (int which = 0; which < 2; ++which) {
-                    float* vec = which == 0 ? q_.data() + (long)r * dim : k_.data() + (long)r * kv;
-                    const int n = which == 0 ? dim : kv;
-                    for (int i = 0; i < n; i += 2) {
-                        const int j = (i % hs) / 2;
-                        const float co = cs[2 * j], si = cs[2 * j + 1];
-                        const float a = vec[i], b = vec[i + 1];
-                        vec[i] = a * co - b * si;
-                        vec[i + 1] = a * si + b * co;
-                    }
-                }
+                rope_span(q_.data() + (long)r * dim, 0, dim, hs, cs);
+                rope_span(k_.data() + (long)r * kv, 0, kv, hs, cs);
                 const long at = ((long)seq_[r] * c.seq_len + p) * kv;
                 std::memcpy(kc + at, k_.data() + (long)r * kv, kv * sizeof(float));
                 std::memcpy(vc + at, v_.data() + (long)r * kv, kv * sizeof(float));
@@ -186,14 +303,11 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, int pos0, LogitsMode mod
             // The final norm only matters for rows that get logits, but prefill "none" skips it all.
             rmsnorm(x_.data(), x_.data(), w_.rms_final, rows, dim);
             P.mark(P_RMSNORM);
-            matmul(cls_out, V, cls_in, cls_ldx, cls_rows, w_.wcls, V, dim);
+            matmul(cls.out, V, cls.in, cls.ldx, cls.rows, w_.wcls, V, dim, stream_cls_);
             P.mark(P_CLASSIFIER);
         }
     }
-    if (mode == LOGITS_ALL && cls_out != out) {
-        for (int b = 0; b < B; ++b)
-            std::memcpy(out + ((long)b * T + t0) * V, cls_out + (long)b * Tc * V, (size_t)Tc * V * sizeof(float));
-    }
+    copy_all_logits(cls, B, Tc, T, t0, out);
 }
 
 void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature,

@@ -64,16 +64,28 @@ public:
     size_t buffer_bytes() const;  // KV cache + buffers owned here (weights are borrowed)
 
 private:
-    void run_chunk(int B, int Tc, int T, int t0, int pos, LogitsMode mode, float* out, double* prof);
+    // Rows r = b * Tc + t (b < B, t < Tc): tok_, seq_, posv_ filled by forward().
+    void run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out);
+    void run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof);
+    struct Cls {           // the classifier's rows for a chunk
+        float* out;        // (rows, vocab) destination, null for LOGITS_NONE
+        const float* in;   // first input row inside x_
+        long ldx;          // input row stride
+        int rows;
+    };
+    Cls classifier_io(int B, int Tc, int T, LogitsMode mode, float* out);
+    void copy_all_logits(const Cls& cls, int B, int Tc, int T, int t0, float* out);
 
     ModelConfig c_;
     WeightPtrs w_;
+    bool stream_cls_ = false;
     int max_batch_, n_threads_, cap_;       // cap_ = rows the buffers hold = max(max_batch, PREFILL_ROWS)
     std::vector<float> key_cache_;          // (n_layers, max_batch, seq_len, kv_dim)
     std::vector<float> value_cache_;        // (n_layers, max_batch, seq_len, kv_dim)
     std::vector<float> rope_;               // (seq_len, head_size/2, 2) cos, sin
     std::vector<float> x_;                  // (cap, dim) residual stream
-    std::vector<float> xb_;                 // (cap, dim) normed input of a block
+    std::vector<float> xb_;                 // (cap, dim) normed input of a block (profiled path)
+    std::vector<float> xbt_;                // (n_threads, cap, dim) per-thread normed input (fused path)
     std::vector<float> q_;                  // (cap, dim) queries
     std::vector<float> k_;                  // (cap, kv_dim) new keys (before they go to the cache)
     std::vector<float> v_;                  // (cap, kv_dim) new values
