@@ -308,3 +308,123 @@ def test_seeded_sampling_equals_numpy(stories260k, prompt, temperature, top_p, s
     assert got.text == want.text and len(got.text) > 50
     if prompt:
         assert got.text.startswith(prompt)
+
+
+# -- everywhere: the host code against the kernels' signatures, with a fake CuPy --------------------
+def _kernel_signatures() -> dict[str, list[str]]:
+    """extern "C" kernel name -> parameter declarations, parsed from csrc/cuda (macros expanded)."""
+    import re
+    sigs = {}
+    for path in CU_FILES:
+        src = path.read_text()
+        for m in re.finditer(r'extern "C" __global__ void(?: __launch_bounds__\(\w+\))?\s+(\w+)\(([^)]*)\)', src):
+            sigs[m.group(1)] = [a.strip() for a in m.group(2).split(",")]
+        for macro in re.findall(r"^#define (\w+_ENTRIES)\(", src, re.M):
+            body = src.split(f"#define {macro}(", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+            for suf in re.findall(rf"^{macro}\((_\d+),", src, re.M):
+                for m in re.finditer(r"(\w+)##SUF\(([^)]*)\)", body):
+                    sigs[m.group(1) + suf] = [a.strip() for a in m.group(2).split(",")]
+    return sigs
+
+
+def _fake_cupy(sigs: dict, launches: list):
+    import types
+
+    class ndarray(np.ndarray):
+        @property
+        def data(self):
+            return types.SimpleNamespace(ptr=self.ctypes.data)
+
+        def set(self, a, stream=None):
+            self[...] = a
+
+        def get(self, stream=None):
+            return np.asarray(self).copy()
+
+    wrap = lambda a: np.asarray(a).view(ndarray)  # noqa: E731
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            sig = sigs[self.name]
+            assert len(sig) == len(args), f"{self.name}: {len(args)} arguments for {len(sig)} parameters"
+            for p, a in zip(sig, args):
+                want = ndarray if "*" in p else np.int64 if p.startswith("long long") else \
+                    np.int32 if p.startswith("int") else np.float32
+                assert isinstance(a, want), f"{self.name}: {p} given {type(a).__name__}"
+            assert all(isinstance(g, int) and g >= 1 for g in grid + block), (self.name, grid, block)
+            assert shared_mem <= 48 * 1024, (self.name, shared_mem)
+            launches.append(self.name)
+
+    class Module:
+        def __init__(self, code, options=()):
+            pass
+
+        def get_function(self, name):
+            assert name in sigs, name
+            return Kernel(name)
+
+    class Ctx:
+        id, ptr = 0, 0
+
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            pass
+
+        use = synchronize = lambda self: None
+        record = lambda self, stream=None: None  # noqa: E731
+
+        def begin_capture(self):
+            launches.append("<capture>")
+
+        def end_capture(self):
+            return types.SimpleNamespace(launch=lambda stream=None: launches.append("<replay>"))
+
+    rt = types.SimpleNamespace(
+        getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Fake", "multiProcessorCount": 132},
+        memGetInfo=lambda: (8 << 30, 8 << 30), memcpyAsync=lambda *a: None, memcpyHostToDevice=1,
+        memcpyDeviceToHost=2)
+    cp = types.ModuleType("cupy")
+    cp.__version__ = "fake"
+    cp.ndarray = ndarray
+    cp.asarray = lambda a: wrap(np.array(a))
+    cp.empty = cp.zeros = lambda shape, dtype=np.float32: wrap(np.zeros(shape, dtype))
+    cp.full = lambda shape, v, dtype=None: wrap(np.full(shape, v, dtype))
+    cp.RawModule = Module
+    cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
+    cp.cuda = types.SimpleNamespace(
+        runtime=rt, Stream=Ctx, Device=Ctx, Event=Ctx, get_elapsed_time=lambda a, b: 0.001,
+        alloc_pinned_memory=lambda n: bytearray(n), memory=types.SimpleNamespace(OutOfMemoryError=MemoryError))
+    return cp
+
+
+@pytest.mark.parametrize("variant", ["v2", "v1"])
+def test_every_launch_matches_its_kernel_signature(monkeypatch, variant):
+    """Without a GPU: run forward/prefill/step/profile through a fake CuPy whose kernels check each
+    launch's argument count and types (pointer = array, int = np.int32, ...) against csrc/cuda."""
+    from llama2py.backends import cuda as cuda_mod
+    sigs = _kernel_signatures()
+    assert {"sample", "attention2", "gemv2_qkv", "gemm2_qkv_32", "gemm_store_128"} <= set(sigs)
+    launches: list = []
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(sigs, launches))
+    monkeypatch.setattr(cuda_mod, "_KERNELS", {})
+    for shape in ("gqa_unshared", "odd_tiny"):
+        c = SHAPES[shape]
+        for B in (1, 3, 7):
+            be = cuda_mod.CudaBackend(c, random_weights(c), B, variant=variant)
+            be.set_seeds(list(range(B)))
+            be.forward(np.ones(B, np.int32), 0)
+            be.prefill(np.ones((B, c.seq_len - 1), np.int32), 0, "all")
+            be.prefill(np.ones((B, 3), np.int32), 0, "last")
+            launches.clear()
+            be.step(np.ones(B, np.int32), 1, 0.0, 0.9)
+            assert launches[0] == "<capture>" and launches[-1] == "<replay>" and "sample" in launches
+            be.step(np.ones(B, np.int32), 2, 1.0, 0.9, forced=np.full(B, 3, np.int32), want_logprobs=True)
+            assert set(be.profile(np.ones(B, np.int32), 2)) == set(PROFILE_KEYS)
