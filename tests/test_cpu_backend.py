@@ -30,7 +30,7 @@ def _rand(rng, *shape, scale=1.0):
 
 # ---- kernels -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("d,n,rows", [(1, 1, 1), (7, 13, 1), (37, 70, 1), (64, 96, 5), (300, 96, 7), (33, 260, 12),
-                                      (9, 8, 3), (100, 17, 2)])
+                                      (9, 8, 3), (100, 17, 2), (4300, 1001, 3)])  # the last: > 16 MiB, streamed
 def test_matmul_matches_numpy(d, n, rows):
     rng = np.random.default_rng(d * 1000 + n)
     w = _rand(rng, d, n)

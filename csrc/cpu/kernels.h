@@ -35,7 +35,6 @@ struct MatJob {
     int d;        // output features (rows of w)
     float* out;
     long ldo;     // row stride of out
-    bool stream = false;            // weights read once per token (classifier): non-temporal prefetch
     const float* w_gate = nullptr;  // optional second (d, n) matrix, same block, into out_gate (w3 next to w1)
     float* out_gate = nullptr;
     const Epilogue* epi = nullptr;
@@ -43,11 +42,16 @@ struct MatJob {
 
 // Run up to a few products that share the same input rows in one work-sharing loop
 // (q/k/v, or w1/w3): fewer barriers per layer.
-void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n);
+// stream: the weights come from DRAM rather than cache (models much larger than the caches);
+// picks the GEMV access pattern that streams best. Results are bitwise the same either way.
+void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n, bool stream = false);
 
 // Convenience: one product.
 void matmul(float* out, long ldo, const float* x, long ldx, int rows, const float* w, int d, int n,
             bool stream = false);
+
+// Weights larger than this (bytes) are treated as streamed from DRAM.
+constexpr long STREAM_BYTES = 16L << 20;
 
 // ---- shared elementwise helpers (the fused and the separate kernels use the same arithmetic) -----
 // Rotate the pairs of v[i0..i1) (i0 even) whose index inside a head is i % head_size;

@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <cstring>
 
 #include <omp.h>
@@ -16,8 +15,11 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     : c_(c), w_(w), max_batch_(max_batch),
       n_threads_(n_threads > 0 ? n_threads : omp_get_max_threads()),
       cap_(std::max(max_batch, PREFILL_ROWS)) {
-    const char* e = getenv("L2P_NTA");
-    stream_cls_ = e && e[0] == '1';
+    {
+        const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim();
+        const long bytes = 4 * ((long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D);
+        stream_ = bytes > STREAM_BYTES;
+    }
     const long kv = c.kv_dim();
     const long cache = (long)c.n_layers * max_batch * c.seq_len * kv;
     key_cache_.assign(cache, 0.f);
@@ -43,6 +45,8 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     cand_.resize((long)max_batch * c.vocab_size);
     idx_.resize((long)max_batch * c.vocab_size);
     rng_.assign(max_batch, 0);
+    part_.resize((long)n_threads_ * max_batch);
+    best_.resize(max_batch);
 }
 
 size_t ModelCore::buffer_bytes() const {
@@ -168,6 +172,24 @@ struct SwiGLU : Epilogue {
 };
 }  // namespace
 
+// Per-thread running argmax over the classifier blocks this thread computed (first index on ties
+// inside a thread: blocks come in increasing order).
+struct Argmax : Epilogue {
+    const float* logits;  // (rows, V)
+    int V, rows;
+    ModelCore::Best* part;  // (rows,) this thread's partial results
+    Argmax(const float* logits, int V, int rows, ModelCore::Best* part) : logits(logits), V(V), rows(rows), part(part) {}
+    void run(int r0, int nr) const override {
+        for (int r = 0; r < rows; ++r) {
+            const float* lg = logits + (long)r * V;
+            ModelCore::Best b = part[r];
+            for (int i = r0; i < r0 + nr; ++i)
+                if (b.i < 0 || lg[i] > b.v) b = {lg[i], i};
+            part[r] = b;
+        }
+    }
+};
+
 // The decode/prefill path: 5 barriers per layer. The norms are computed redundantly by every thread
 // into its own buffer (no barrier); RoPE, the cache stores, the residual adds and SwiGLU run as
 // epilogues of the products that produce their inputs.
@@ -201,13 +223,13 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
             qkv[0].epi = &eq;
             qkv[1].epi = &ek;
             qkv[2].epi = &ev;
-            matmul_jobs(qkv, 3, xb, dim, rows, dim);
+            matmul_jobs(qkv, 3, xb, dim, rows, dim, stream_);
             attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads,
                       hs, c.seq_len, scores_.data());
             const Residual ro{x_.data(), tmp_.data(), dim, rows};
             MatJob o{w_.wo + (long)l * dim * dim, dim, tmp_.data(), dim};
             o.epi = &ro;
-            matmul_jobs(&o, 1, att_.data(), dim, rows, dim);
+            matmul_jobs(&o, 1, att_.data(), dim, rows, dim, stream_);
 
             for (int r = 0; r < rows; ++r)
                 rmsnorm_row(xb + (long)r * dim, x_.data() + (long)r * dim, w_.rms_ffn + (long)l * dim, dim);
@@ -216,11 +238,11 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
             up.w_gate = w_.w3 + (long)l * hid * dim;
             up.out_gate = hb2_.data();
             up.epi = &sw;
-            matmul_jobs(&up, 1, xb, dim, rows, dim);
+            matmul_jobs(&up, 1, xb, dim, rows, dim, stream_);
             const Residual rd{x_.data(), tmp_.data(), dim, rows};
             MatJob down{w_.w2 + (long)l * dim * hid, dim, tmp_.data(), dim};
             down.epi = &rd;
-            matmul_jobs(&down, 1, hb_.data(), hid, rows, hid);
+            matmul_jobs(&down, 1, hb_.data(), hid, rows, hid, stream_);
         }
         if (mode != LOGITS_NONE) {
             // every thread normalizes the rows the classifier reads, into its own buffer
@@ -228,14 +250,32 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
                 const long off = (cls.in - x_.data()) + i * cls.ldx;
                 rmsnorm_row(xb + off, x_.data() + off, w_.rms_final, dim);
             }
-            matmul(cls.out, V, xb + (cls.in - x_.data()), cls.ldx, cls.rows, w_.wcls, V, dim, stream_cls_);
+            MatJob cj{w_.wcls, V, cls.out, V};
+            const Argmax am(cls.out, V, cls.rows, part_.data() + (long)omp_get_thread_num() * max_batch_);
+            if (mode == LOGITS_LAST) {
+                for (int b = 0; b < cls.rows; ++b) part_[(long)omp_get_thread_num() * max_batch_ + b] = {0.f, -1};
+                cj.epi = &am;  // greedy decoding's argmax rides along, split like the rows
+            }
+            matmul_jobs(&cj, 1, xb + (cls.in - x_.data()), cls.ldx, cls.rows, dim, stream_);
         }
     }
     copy_all_logits(cls, B, Tc, T, t0, out);
+    argmax_ready_ = mode == LOGITS_LAST;
+    if (argmax_ready_) {  // combine the threads' partial maxima: larger value, then smaller index
+        for (int b = 0; b < cls.rows; ++b) {
+            Best best{0.f, -1};
+            for (int t = 0; t < n_threads_; ++t) {
+                const Best& p = part_[(long)t * max_batch_ + b];
+                if (p.i >= 0 && (best.i < 0 || p.v > best.v || (p.v == best.v && p.i < best.i))) best = p;
+            }
+            best_[b] = best.i;
+        }
+    }
 }
 
 // The same forward pass as separate kernels with a barrier and a timer after each: for profile().
 void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof) {
+    argmax_ready_ = false;
     const ModelConfig& c = c_;
     const int rows = B * Tc;
     const int dim = c.dim, hid = c.hidden_dim, hs = c.head_size(), kv = c.kv_dim(), V = c.vocab_size;
@@ -260,7 +300,7 @@ void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode
                 {w_.wk + (long)l * kv * dim, kv, k_.data(), kv},
                 {w_.wv + (long)l * kv * dim, kv, v_.data(), kv},
             };
-            matmul_jobs(qkv, 3, xb_.data(), dim, rows, dim);
+            matmul_jobs(qkv, 3, xb_.data(), dim, rows, dim, stream_);
             P.mark(P_MATMUL);
             // RoPE on q and k, then k and v into the cache at (l, slot, position)
             float* kc = key_cache_.data() + l * cache_layer;
@@ -279,7 +319,7 @@ void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode
             attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads,
                       hs, c.seq_len, scores_.data());
             P.mark(P_ATTENTION);
-            matmul(tmp_.data(), dim, att_.data(), dim, rows, w_.wo + (long)l * dim * dim, dim, dim);
+            matmul(tmp_.data(), dim, att_.data(), dim, rows, w_.wo + (long)l * dim * dim, dim, dim, stream_);
             P.mark(P_MATMUL);
             residual(x_.data(), tmp_.data(), rows, dim);
             P.mark(P_RESIDUAL);
@@ -290,11 +330,11 @@ void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode
                 {w_.w1 + (long)l * hid * dim, hid, hb_.data(), hid},
                 {w_.w3 + (long)l * hid * dim, hid, hb2_.data(), hid},
             };
-            matmul_jobs(up, 2, xb_.data(), dim, rows, dim);
+            matmul_jobs(up, 2, xb_.data(), dim, rows, dim, stream_);
             P.mark(P_MATMUL);
             swiglu(hb_.data(), hb2_.data(), rows, hid);
             P.mark(P_SWIGLU);
-            matmul(tmp_.data(), dim, hb_.data(), hid, rows, w_.w2 + (long)l * dim * hid, dim, hid);
+            matmul(tmp_.data(), dim, hb_.data(), hid, rows, w_.w2 + (long)l * dim * hid, dim, hid, stream_);
             P.mark(P_MATMUL);
             residual(x_.data(), tmp_.data(), rows, dim);
             P.mark(P_RESIDUAL);
@@ -303,7 +343,7 @@ void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode
             // The final norm only matters for rows that get logits, but prefill "none" skips it all.
             rmsnorm(x_.data(), x_.data(), w_.rms_final, rows, dim);
             P.mark(P_RMSNORM);
-            matmul(cls.out, V, cls.in, cls.ldx, cls.rows, w_.wcls, V, dim, stream_cls_);
+            matmul(cls.out, V, cls.in, cls.ldx, cls.rows, w_.wcls, V, dim, stream_);
             P.mark(P_CLASSIFIER);
         }
     }
@@ -319,6 +359,7 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
         const float* lg = logits_.data() + (long)b * V;
         int id;
         if (forced && forced[b] >= 0) id = forced[b];
+        else if (temperature == 0.0 && argmax_ready_) id = best_[b];
         else id = sample(lg, V, temperature, top_p, &rng_[b], probs_.data() + (long)b * V,
                          idx_.data() + (long)b * V, cand_.data() + (long)b * V);
         next[b] = id;

@@ -55,6 +55,8 @@ public:
     void step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature,
               double top_p, const int* forced, double* prof);
 
+    struct Best { float v; int i; };  // an argmax candidate (i < 0: none yet)
+
     void set_seed(int slot, uint64_t seed) { rng_[slot] = seed; }
     uint64_t rng_state(int slot) const { return rng_[slot]; }
     const float* logits() const { return logits_.data(); }
@@ -78,7 +80,7 @@ private:
 
     ModelConfig c_;
     WeightPtrs w_;
-    bool stream_cls_ = false;
+    bool stream_ = false;                   // weights too big for the caches: streaming GEMV
     int max_batch_, n_threads_, cap_;       // cap_ = rows the buffers hold = max(max_batch, PREFILL_ROWS)
     std::vector<float> key_cache_;          // (n_layers, max_batch, seq_len, kv_dim)
     std::vector<float> value_cache_;        // (n_layers, max_batch, seq_len, kv_dim)
@@ -103,6 +105,9 @@ private:
     std::vector<float> cand_;               // (max_batch, vocab) top-p running sums
     std::vector<int> idx_;                  // (max_batch, vocab) top-p candidate ids
     std::vector<uint64_t> rng_;             // (max_batch,) xorshift64* states
+    std::vector<Best> part_;                // (n_threads, max_batch) per-thread argmax of the classifier rows
+    std::vector<int> best_;                 // (max_batch,) argmax of the last LOGITS_LAST chunk
+    bool argmax_ready_ = false;             // best_ belongs to logits_ of the last forward
 };
 
 }  // namespace l2p

@@ -244,8 +244,9 @@ void k_matmul(py::array out, py::array x, py::array w) {
     const float* xp = cst<float>(x);
     const float* wp = cst<float>(w);
     py::gil_scoped_release nogil;
+    const bool stream = d * n * 4 > l2p::STREAM_BYTES;
 #pragma omp parallel
-    l2p::matmul(o, d, xp, n, (int)rows, wp, (int)d, (int)n);
+    l2p::matmul(o, d, xp, n, (int)rows, wp, (int)d, (int)n, stream);
 }
 
 void k_rmsnorm(py::array out, py::array x, py::array w) {
