@@ -145,19 +145,28 @@ static inline void block(const float* w, int nr, const float* x, long ldx, int r
 }
 
 void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n, bool stream) {
+    // GEMM blocks of 16 weight rows: whole 64-byte lines of each output row per block
+    const int rb = rows > 1 ? 2 * ROW_BLOCK : ROW_BLOCK;
     int start[8];
     int total = 0;
     for (int j = 0; j < njobs; ++j) {
         start[j] = total;
-        total += (jobs[j].d + ROW_BLOCK - 1) / ROW_BLOCK;
+        total += (jobs[j].d + rb - 1) / rb;
     }
 #pragma omp for schedule(static)
     for (int b = 0; b < total; ++b) {
         int j = njobs - 1;
         while (start[j] > b) --j;
         const MatJob& job = jobs[j];
-        const int r0 = (b - start[j]) * ROW_BLOCK;
-        const int nr = std::min(ROW_BLOCK, job.d - r0);
+        const int r0 = (b - start[j]) * rb;
+        const int nr = std::min(rb, job.d - r0);
+#ifdef L2P_AVX2
+        if (stream && rows > 1 && r0 + rb < job.d) {  // GEMM from DRAM: fetch the next block meanwhile
+            const char* p = (const char*)(job.w + (long)(r0 + rb) * n);
+            const long bytes = (long)std::min(rb, job.d - r0 - rb) * n * 4;
+            for (long o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+        }
+#endif
         block(job.w + (long)r0 * n, nr, x, ldx, rows, job.out + r0, job.ldo, n, stream);
         if (job.w_gate) block(job.w_gate + (long)r0 * n, nr, x, ldx, rows, job.out_gate + r0, job.ldo, n, stream);
         if (job.epi) job.epi->run(r0, nr);
@@ -231,6 +240,13 @@ void attention(float* out, const float* q, const float* k_cache, const float* v_
         float* att = scratch + (long)omp_get_thread_num() * seq_len;  // (pos + 1,) scores
         float mx = -INFINITY;
         for (int t = 0; t <= pos; ++t) {
+#ifdef L2P_AVX2
+            // positions are kv_dim apart: too far for the hardware prefetcher to follow a head's slice
+            for (int i = 0; i < head_size; i += 16) {
+                _mm_prefetch((const char*)(k_cache + slot + (long)(t + 8) * kv_dim + koff + i), _MM_HINT_T0);
+                _mm_prefetch((const char*)(v_cache + slot + (long)t * kv_dim + koff + i), _MM_HINT_T0);
+            }
+#endif
             const float s = dot(qh, k_cache + slot + (long)t * kv_dim + koff, head_size) * scale;
             att[t] = s;
             mx = std::max(mx, s);
