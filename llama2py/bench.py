@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import __version__
+from .argtypes import int_at_least
 from .backends import create_backend
 from .backends.base import PROFILE_KEYS
 from .checkpoint import Config, load_checkpoint
@@ -507,18 +508,6 @@ def _device_list(s: str) -> list[str]:
     return list(dict.fromkeys(vals))
 
 
-def _pos_int(name: str):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {s}")
-        return v
-    return parse
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = ("Measure load time, prefill and decode tokens/s, peak memory, a per-kernel breakdown "
                      "of one decode step and the effective weight bandwidth, per backend and batch size. "
@@ -529,11 +518,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated backends: cpu, cuda, numpy (default: cpu, plus cuda when usable)")
     p.add_argument("--batch", type=_int_list("--batch"), default=[1, 8, 64],
                    help="comma-separated batch sizes (default 1,8,64)")
-    p.add_argument("--steps", type=_pos_int("--steps"), default=64, help="decode steps per run (default 64)")
-    p.add_argument("--prompt-len", type=_pos_int("--prompt-len"), default=None,
+    p.add_argument("--steps", type=int_at_least(1, "--steps"), default=64, help="decode steps per run (default 64)")
+    p.add_argument("--prompt-len", type=int_at_least(1, "--prompt-len"), default=None,
                    help="prefill positions per sequence (default min(seq_len/2, 128))")
-    p.add_argument("--threads", type=_pos_int("--threads"), default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--repeat", type=_pos_int("--repeat"), default=3,
+    p.add_argument("--threads", type=int_at_least(1, "--threads"), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--repeat", type=int_at_least(1, "--repeat"), default=3,
                    help="timed runs per measurement after a warm-up; medians are reported (default 3)")
     p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON to this file")
     p.add_argument("--plot", default=None, help="also write a PNG bar chart of decode tok/s (needs matplotlib)")

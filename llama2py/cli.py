@@ -15,6 +15,7 @@ import sys
 from typing import Optional
 
 from . import __version__
+from .argtypes import float_in, int_at_least
 from .errors import Llama2pyError
 
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
@@ -44,43 +45,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _float_range(lo: float, hi: Optional[float], name: str):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}")
-        if not (v >= lo and (hi is None or v <= hi)):
-            raise argparse.ArgumentTypeError(
-                f"{name} must be in [{lo}, {hi}], got {s}" if hi is not None else f"{name} must be >= {lo}, got {s}")
-        return v
-    return parse
-
-
-def _int_min(lo: int, name: str):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {lo}, got {s}")
-        return v
-    return parse
-
-
 def run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="llama2py", description="Run llama2.c checkpoints: the same story as llama2.c's run, "
                 "on C++ (cpu) or CUDA kernels.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", nargs="?", help="llama2.c .bin checkpoint (default: models/stories15M.bin, "
                    "downloaded on first use)")
-    p.add_argument("-t", dest="temperature", type=_float_range(0.0, None, "-t temperature"), default=1.0,
+    p.add_argument("-t", dest="temperature", type=float_in(0.0, None, "-t temperature"), default=1.0,
                    help="temperature, 0 = greedy (default 1.0)")
-    p.add_argument("-p", dest="top_p", type=_float_range(0.0, 1.0, "-p top_p"), default=0.9,
+    p.add_argument("-p", dest="top_p", type=float_in(0.0, 1.0, "-p top_p"), default=0.9,
                    help="top-p (nucleus) sampling in [0,1]; 0 or 1 = off (default 0.9)")
-    p.add_argument("-s", dest="seed", type=_int_min(0, "-s seed"), default=0,
+    p.add_argument("-s", dest="seed", type=int_at_least(0, "-s seed"), default=0,
                    help="random seed (default: the current time)")
-    p.add_argument("-n", dest="steps", type=_int_min(0, "-n steps"), default=256,
+    p.add_argument("-n", dest="steps", type=int_at_least(0, "-n steps"), default=256,
                    help="positions to run, 0 = the whole context (default 256)")
     p.add_argument("-i", dest="prompt", default=None, help="input prompt")
     p.add_argument("-z", dest="tokenizer", default=None,
@@ -90,14 +66,14 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts-file", dest="prompts_file", default=None, metavar="FILE",
                    help="batched generation: one prompt per line (blank lines skipped), each told as run "
                    "would with -n positions; story i uses seed+i")
-    p.add_argument("--num-samples", dest="num_samples", type=_int_min(1, "--num-samples"), default=None,
+    p.add_argument("--num-samples", dest="num_samples", type=int_at_least(1, "--num-samples"), default=None,
                    metavar="N", help="batched generation: N stories of the prompt (-i), or of each line of "
                    "--prompts-file, with seeds seed, seed+1, ...")
-    p.add_argument("--max-batch", dest="max_batch", type=_int_min(1, "--max-batch"), default=None, metavar="M",
+    p.add_argument("--max-batch", dest="max_batch", type=int_at_least(1, "--max-batch"), default=None, metavar="M",
                    help="with --prompts-file/--num-samples: at most M sequences at once (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "numpy"), default="auto",
                    help="backend: auto = cuda when usable, else cpu (default auto)")
-    p.add_argument("--threads", type=_int_min(1, "--threads"), default=None,
+    p.add_argument("--threads", type=int_at_least(1, "--threads"), default=None,
                    help="CPU threads (default: all cores)")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--version", action="version", version=f"llama2py {__version__}")

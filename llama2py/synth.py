@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
+from .argtypes import int_at_least
 from .checkpoint import HEADER_BYTES, Config, header_bytes, quantize_q80, weight_shapes
 
 BOS = 1
@@ -175,18 +176,6 @@ def write_synthetic(path: str | os.PathLike, config: Config, version: int = 0, s
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
-def _positive(name: str):
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {s}")
-        return v
-    return parse
-
-
 FREE_FIELDS = (("dim", "dim"), ("hidden", "hidden_dim"), ("layers", "n_layers"), ("heads", "n_heads"),
                ("kv_heads", "n_kv_heads"), ("vocab", "vocab_size"), ("seq_len", "seq_len"))
 
@@ -198,14 +187,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", choices=tuple(SHAPES), default=None,
                    help="start from this model's shape (otherwise give every field below)")
     for flag, field in FREE_FIELDS:
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=_positive(f"--{flag}"), default=None,
+        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int_at_least(1, f"--{flag}"), default=None,
                        help=field)
     p.add_argument("--unshared-classifier", action="store_true",
                    help="store a separate classifier instead of reusing the token embedding")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     p.add_argument("--version", type=int, choices=(0, 1, 2), default=0,
                    help="file format: 0 legacy fp32 (default), 1 fp32, 2 Q8_0")
-    p.add_argument("--group-size", type=_positive("--group-size"), default=None,
+    p.add_argument("--group-size", type=int_at_least(1, "--group-size"), default=None,
                    help="v2 group size (default: 64 halved until it divides dim and hidden)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

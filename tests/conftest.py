@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llama2py.checkpoint import Config, load_checkpoint, random_weights, write_checkpoint
+from llama2py.checkpoint import Config, random_weights, write_checkpoint
 
 MODELS_ENV = "LLAMA2PY_MODELS"
 

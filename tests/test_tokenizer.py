@@ -42,7 +42,7 @@ def test_byte_fallback_and_print_rule(tmp_path):
     pieces = byte_vocab() + [b" ", b"a", b"b", b"ab", b" ab"]
     scores = [0.0] * 259 + [1.0, 1.0, 1.0, 2.0, 3.0]
     tok = Tokenizer(write_tok(tmp_path / "t.bin", pieces, scores), len(pieces))
-    sp, a, b, ab, sab = 259, 260, 261, 262, 263
+    sp, a, sab = 259, 260, 263
     # merges by score: " " + "a" has no piece; "a"+"b" -> "ab", then " "+"ab" -> " ab"
     assert tok.encode("ab") == [1, sab]
     # a code point missing from the vocabulary falls back to its UTF-8 bytes (+3)

@@ -1,7 +1,6 @@
 """Backends behind one interface (base.Backend): numpy (the spec), cpu (C++), cuda (CuPy)."""
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 from ..checkpoint import Config, Weights
