@@ -71,17 +71,13 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--big-batch", type=int, default=256)
     ap.add_argument("--no-cpu", action="store_true", help="skip the cpu backend comparison")
-    ap.add_argument("--variants", default="v2,v1", help="cuda kernel generations to time (first = default)")
     args = ap.parse_args()
 
     from llama2py.backends.cuda import CudaBackend
     results: list = []
-    for i, v in enumerate(args.variants.split(",")):
-        cuda = lambda c, w, b, v=v: CudaBackend(c, w, b, variant=v)  # noqa: E731
-        name = "cuda" if i == 0 else f"cuda-{v}"
-        bench(cuda, name, "stories15M", 1, args.steps, args.repeats, results)
-        bench(cuda, name, "stories110M", 1, args.steps, args.repeats, results)
-        bench(cuda, name, "stories15M", args.big_batch, args.steps, args.repeats, results)
+    bench(CudaBackend, "cuda", "stories15M", 1, args.steps, args.repeats, results)
+    bench(CudaBackend, "cuda", "stories110M", 1, args.steps, args.repeats, results)
+    bench(CudaBackend, "cuda", "stories15M", args.big_batch, args.steps, args.repeats, results)
     if not args.no_cpu:
         def cpu(c, w, b):
             from llama2py.backends.cpu import CpuBackend

@@ -61,9 +61,9 @@ def _report_worst():
         Path(out).write_text("\n".join(lines) + "\n")
 
 
-def cuda(config: Config, weights, max_batch: int = 1, variant=None):
+def cuda(config: Config, weights, max_batch: int = 1):
     from llama2py.backends.cuda import CudaBackend
-    return CudaBackend(config, weights, max_batch, variant=variant)
+    return CudaBackend(config, weights, max_batch)
 
 
 # -- always: the sources compile, and the no-GPU paths are clean errors --------------------------------
@@ -110,19 +110,18 @@ def test_auto_falls_back_without_cuda(monkeypatch):
 
 # -- on a GPU: logits against the numpy spec ----------------------------------------------------
 @needs_gpu
-@pytest.mark.parametrize("variant", ["v2", "v1"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 @pytest.mark.parametrize("batch", [1, 3, 7])
-def test_forward_matches_numpy(shape, batch, variant):
+def test_forward_matches_numpy(shape, batch):
     c = SHAPES[shape]
     w = random_weights(c, seed=1)
-    ref, dev = NumpyBackend(c, w, batch), cuda(c, w, batch, variant)
+    ref, dev = NumpyBackend(c, w, batch), cuda(c, w, batch)
     rng = np.random.default_rng(2)
     for pos in range(c.seq_len):
         t = rng.integers(0, c.vocab_size, batch).astype(np.int32)
         a, b = dev.forward(t, pos), ref.forward(t, pos)
         err = rel_err(a, b)
-        _record(f"forward {variant} {shape} B={batch}", err)
+        _record(f"forward {shape} B={batch}", err)
         assert a.shape == (batch, c.vocab_size) and np.isfinite(a).all()
         assert err < TOL, f"pos {pos}: {err:.2e}"
 
@@ -154,7 +153,7 @@ def test_prefill_matches_numpy(shape, batch):
 
 
 @needs_gpu
-@pytest.mark.parametrize("tile", ["gemm2_%s_32", "gemm2_%s_64", "gemm2_%s_128", "gemm_%s_64", "gemm_%s_128"])
+@pytest.mark.parametrize("tile", ["gemm_%s_32", "gemm_%s_64", "gemm_%s_128"])
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_every_gemm_tile_matches_numpy(shape, tile):
     """The host picks tiles by size; force each one so that all are checked on small shapes."""
@@ -317,7 +316,7 @@ def _kernel_signatures() -> dict[str, list[str]]:
     sigs = {}
     for path in CU_FILES:
         src = path.read_text()
-        for m in re.finditer(r'extern "C" __global__ void(?: __launch_bounds__\(\w+\))?\s+(\w+)\(([^)]*)\)', src):
+        for m in re.finditer(r'extern "C" __global__ void(?: __launch_bounds__\(\w+\))?\s+(?!__launch_bounds__)(\w+)\(([^)]*)\)', src):
             sigs[m.group(1)] = [a.strip() for a in m.group(2).split(",")]
         for macro in re.findall(r"^#define (\w+_ENTRIES)\(", src, re.M):
             body = src.split(f"#define {macro}(", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
@@ -405,26 +404,37 @@ def _fake_cupy(sigs: dict, launches: list):
     return cp
 
 
-@pytest.mark.parametrize("variant", ["v2", "v1"])
-def test_every_launch_matches_its_kernel_signature(monkeypatch, variant):
+def test_every_launch_matches_its_kernel_signature(monkeypatch):
     """Without a GPU: run forward/prefill/step/profile through a fake CuPy whose kernels check each
-    launch's argument count and types (pointer = array, int = np.int32, ...) against csrc/cuda."""
+    launch's argument count and types (pointer = array, int = np.int32, ...) against csrc/cuda, at
+    batches on the GEMV path (<= 4 rows) and the GEMM path (> 4 rows, prefill), with every GEMM tile
+    forced in turn; every kernel in csrc/cuda must be launched (no orphans, none left unchecked)."""
     from llama2py.backends import cuda as cuda_mod
     sigs = _kernel_signatures()
-    assert {"sample", "attention2", "gemv2_qkv", "gemm2_qkv_32", "gemm_store_128"} <= set(sigs)
+    assert {"sample", "attention", "gemv_qkv", "gemm_qkv_32", "gemm_store_128", "spin"} <= set(sigs)
     launches: list = []
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(sigs, launches))
     monkeypatch.setattr(cuda_mod, "_KERNELS", {})
     for shape in ("gqa_unshared", "odd_tiny"):
         c = SHAPES[shape]
         for B in (1, 3, 7):
-            be = cuda_mod.CudaBackend(c, random_weights(c), B, variant=variant)
+            be = cuda_mod.CudaBackend(c, random_weights(c), B)
+            assert be._small(B) == (B <= 4)
             be.set_seeds(list(range(B)))
             be.forward(np.ones(B, np.int32), 0)
             be.prefill(np.ones((B, c.seq_len - 1), np.int32), 0, "all")
             be.prefill(np.ones((B, 3), np.int32), 0, "last")
-            launches.clear()
+            n = len(launches)
             be.step(np.ones(B, np.int32), 1, 0.0, 0.9)
-            assert launches[0] == "<capture>" and launches[-1] == "<replay>" and "sample" in launches
+            step = launches[n:]
+            assert step[0] == "<capture>" and step[-1] == "<replay>" and "sample" in step
+            assert any(x.startswith("gemv_" if B <= 4 else "gemm_") for x in step), step
             be.step(np.ones(B, np.int32), 2, 1.0, 0.9, forced=np.full(B, 3, np.int32), want_logprobs=True)
             assert set(be.profile(np.ones(B, np.int32), 2)) == set(PROFILE_KEYS)
+            for t, name in cuda_mod.TILES:
+                be._tiles = ((t, name),)
+                n = len(launches)
+                be.prefill(np.ones((B, 5), np.int32), 0, "all")  # >= 5 rows: the GEMM path
+                assert {name % e for e in cuda_mod.EPILOGUES} <= set(launches[n:]), name
+    launched = set(launches) - {"<capture>", "<replay>"}
+    assert launched == set(sigs), f"never launched: {sorted(set(sigs) - launched)}"

@@ -123,15 +123,21 @@ struct EpQKV {
 
 // ------------------------------------------------------------------------------------------------
 // GEMV for M <= GV_MAXB rows: out[m, n] = W[n, :] . xn[m, :], with xn = rmsnorm(x, rmsw) when
-// use_rms, else x. The block stages xn in shared memory (M * K floats, dynamic), each warp
-// computes output rows (n, n + 1) for all M inputs with 16-byte weight loads, grid-stride.
+// use_rms, else x. The block stages xn in shared memory (M * K floats, dynamic); each warp computes
+// output rows (n, n + 1) for all M inputs, grid-stride. Each lane keeps GV_PF 16-byte loads per
+// weight row in flight (both rows of its pair: 2 * GV_PF), and the first chunk of the warp's first
+// row pair is issued before the block stages (and normalizes) x, so that the weight latency
+// overlaps the rmsnorm: enough bytes in flight to stream the weights at full bandwidth even when
+// there are few blocks (N = dim). Widths K that are not a multiple of 4 take a scalar loop.
 #define GV_NT 256
 #define GV_MAXB 4
+#define GV_PF 8
 
+// The scalar path (K % 4 != 0): one 4-byte load per weight row per lane and step.
 template <class Ep>
-static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, const float* __restrict__ rmsw,
-                                                 int use_rms, const float* __restrict__ W, int N, int K, int M,
-                                                 const Ep& ep) {
+static __device__ __forceinline__ void gemv_scalar_body(const float* __restrict__ x, const float* __restrict__ rmsw,
+                                                        int use_rms, const float* __restrict__ W, int N, int K,
+                                                        int M, const Ep& ep) {
     extern __shared__ float4 gv_smem4[];
     float* xs = reinterpret_cast<float*>(gv_smem4);
     float* red = xs + (size_t)M * K;
@@ -151,7 +157,6 @@ static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, co
     }
     __syncthreads();
 
-    const bool vec = (K & 3) == 0;
     for (int n = (blockIdx.x * nw + warp) * 2; n < N; n += gridDim.x * nw * 2) {
         const bool has1 = n + 1 < N;
         const float* w0 = W + (size_t)n * K;
@@ -159,36 +164,97 @@ static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, co
         float a0[GV_MAXB], a1[GV_MAXB];
 #pragma unroll
         for (int b = 0; b < GV_MAXB; b++) a0[b] = a1[b] = 0.f;
-        if (vec) {
-            const int K4 = K >> 2;
-            const float4* w04 = reinterpret_cast<const float4*>(w0);
-            const float4* w14 = reinterpret_cast<const float4*>(w1);
-            const float4* xs4 = reinterpret_cast<const float4*>(xs);
-#pragma unroll 2
-            for (int k = lane; k < K4; k += 32) {
-                const float4 u = __ldg(w04 + k), v = __ldg(w14 + k);
+        for (int k = lane; k < K; k += 32) {
+            const float u = __ldg(w0 + k), v = __ldg(w1 + k);
 #pragma unroll
-                for (int b = 0; b < GV_MAXB; b++) {
-                    if (b < M) {
-                        const float4 xv = xs4[(size_t)b * K4 + k];
-                        a0[b] += u.x * xv.x + u.y * xv.y + u.z * xv.z + u.w * xv.w;
-                        a1[b] += v.x * xv.x + v.y * xv.y + v.z * xv.z + v.w * xv.w;
-                    }
+            for (int b = 0; b < GV_MAXB; b++) {
+                if (b < M) {
+                    const float xv = xs[(size_t)b * K + k];
+                    a0[b] += u * xv;
+                    a1[b] += v * xv;
                 }
             }
-        } else {
-            for (int k = lane; k < K; k += 32) {
-                const float u = __ldg(w0 + k), v = __ldg(w1 + k);
+        }
 #pragma unroll
-                for (int b = 0; b < GV_MAXB; b++) {
-                    if (b < M) {
-                        const float xv = xs[(size_t)b * K + k];
-                        a0[b] += u * xv;
-                        a1[b] += v * xv;
+        for (int b = 0; b < GV_MAXB; b++) {
+            if (b < M) {
+                const float s0 = warp_sum(a0[b]), s1 = warp_sum(a1[b]);
+                if (lane == 0) ep(b, n, s0, s1, has1);
+            }
+        }
+    }
+}
+
+static __device__ __forceinline__ void gv_load(const float* __restrict__ W, int n, int N, int K4, int kb, int lane,
+                                                float4* u, float4* v) {
+    const float4* w0 = reinterpret_cast<const float4*>(W + (size_t)n * (K4 * 4));
+    const float4* w1 = n + 1 < N ? w0 + K4 : w0;
+#pragma unroll
+    for (int i = 0; i < GV_PF; i++) {
+        const int k = kb + lane + 32 * i;
+        if (k < K4) {
+            u[i] = __ldg(w0 + k);
+            v[i] = __ldg(w1 + k);
+        }
+    }
+}
+
+template <class Ep>
+static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, const float* __restrict__ rmsw,
+                                                 int use_rms, const float* __restrict__ W, int N, int K, int M,
+                                                 const Ep& ep) {
+    if ((K & 3) != 0) {
+        gemv_scalar_body(x, rmsw, use_rms, W, N, K, M, ep);
+        return;
+    }
+    extern __shared__ float4 gv_smem4[];
+    float* xs = reinterpret_cast<float*>(gv_smem4);
+    float* red = xs + (size_t)M * K;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = GV_NT / 32;
+    const int K4 = K >> 2, stride = gridDim.x * nw * 2;
+    int n = (blockIdx.x * nw + warp) * 2;
+    float4 u[GV_PF], v[GV_PF];
+    if (n < N) gv_load(W, n, N, K4, 0, lane, u, v);
+
+    for (int b = 0; b < M; b++) {
+        const float* xr = x + (size_t)b * K;
+        if (use_rms) {
+            float ss = 0.f;
+            for (int k = tid; k < K; k += GV_NT) ss += xr[k] * xr[k];
+            ss = block_sum(ss, red);
+            const float s = sqrtf(ss / (float)K + RMS_EPS);
+            for (int k = tid; k < K; k += GV_NT) xs[(size_t)b * K + k] = rmsw[k] * (xr[k] / s);
+        } else {
+            for (int k = tid; k < K; k += GV_NT) xs[(size_t)b * K + k] = xr[k];
+        }
+    }
+    __syncthreads();
+
+    const float4* xs4 = reinterpret_cast<const float4*>(xs);
+    bool first = true;
+    for (; n < N; n += stride) {
+        const bool has1 = n + 1 < N;
+        float a0[GV_MAXB], a1[GV_MAXB];
+#pragma unroll
+        for (int b = 0; b < GV_MAXB; b++) a0[b] = a1[b] = 0.f;
+        for (int kb = 0; kb < K4; kb += 32 * GV_PF) {
+            if (!first || kb > 0) gv_load(W, n, N, K4, kb, lane, u, v);
+#pragma unroll
+            for (int i = 0; i < GV_PF; i++) {
+                const int k = kb + lane + 32 * i;
+                if (k < K4) {
+#pragma unroll
+                    for (int b = 0; b < GV_MAXB; b++) {
+                        if (b < M) {
+                            const float4 xv = xs4[(size_t)b * K4 + k];
+                            a0[b] += u[i].x * xv.x + u[i].y * xv.y + u[i].z * xv.z + u[i].w * xv.w;
+                            a1[b] += v[i].x * xv.x + v[i].y * xv.y + v[i].z * xv.z + v[i].w * xv.w;
+                        }
                     }
                 }
             }
         }
+        first = false;
 #pragma unroll
         for (int b = 0; b < GV_MAXB; b++) {
             if (b < M) {
@@ -222,206 +288,18 @@ gemv_qkv(const float* x, const float* rmsw, int use_rms, const float* W, int N, 
     gemv_body(x, rmsw, use_rms, W, N, K, M, EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});
 }
 
-// GEMV, version 2 (the default): the same contract as gemv_body, but each lane keeps GV_PF
-// 16-byte loads per weight row in flight (both rows of its pair: 2 * GV_PF), and the first chunk
-// of the warp's first row pair is issued before the block stages (and normalizes) x, so that the
-// weight latency overlaps the rmsnorm. Enough bytes in flight to stream the weights at full
-// bandwidth even when there are few blocks (N = dim), which version 1 did not have.
-#define GV_PF 8
-
-static __device__ __forceinline__ void gv2_load(const float* __restrict__ W, int n, int N, int K4, int kb, int lane,
-                                                float4* u, float4* v) {
-    const float4* w0 = reinterpret_cast<const float4*>(W + (size_t)n * (K4 * 4));
-    const float4* w1 = n + 1 < N ? w0 + K4 : w0;
-#pragma unroll
-    for (int i = 0; i < GV_PF; i++) {
-        const int k = kb + lane + 32 * i;
-        if (k < K4) {
-            u[i] = __ldg(w0 + k);
-            v[i] = __ldg(w1 + k);
-        }
-    }
-}
-
-template <class Ep>
-static __device__ __forceinline__ void gemv2_body(const float* __restrict__ x, const float* __restrict__ rmsw,
-                                                  int use_rms, const float* __restrict__ W, int N, int K, int M,
-                                                  const Ep& ep) {
-    if ((K & 3) != 0) {  // odd widths: the scalar loop of version 1
-        gemv_body(x, rmsw, use_rms, W, N, K, M, ep);
-        return;
-    }
-    extern __shared__ float4 gv_smem4[];
-    float* xs = reinterpret_cast<float*>(gv_smem4);
-    float* red = xs + (size_t)M * K;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = GV_NT / 32;
-    const int K4 = K >> 2, stride = gridDim.x * nw * 2;
-    int n = (blockIdx.x * nw + warp) * 2;
-    float4 u[GV_PF], v[GV_PF];
-    if (n < N) gv2_load(W, n, N, K4, 0, lane, u, v);
-
-    for (int b = 0; b < M; b++) {
-        const float* xr = x + (size_t)b * K;
-        if (use_rms) {
-            float ss = 0.f;
-            for (int k = tid; k < K; k += GV_NT) ss += xr[k] * xr[k];
-            ss = block_sum(ss, red);
-            const float s = sqrtf(ss / (float)K + RMS_EPS);
-            for (int k = tid; k < K; k += GV_NT) xs[(size_t)b * K + k] = rmsw[k] * (xr[k] / s);
-        } else {
-            for (int k = tid; k < K; k += GV_NT) xs[(size_t)b * K + k] = xr[k];
-        }
-    }
-    __syncthreads();
-
-    const float4* xs4 = reinterpret_cast<const float4*>(xs);
-    bool first = true;
-    for (; n < N; n += stride) {
-        const bool has1 = n + 1 < N;
-        float a0[GV_MAXB], a1[GV_MAXB];
-#pragma unroll
-        for (int b = 0; b < GV_MAXB; b++) a0[b] = a1[b] = 0.f;
-        for (int kb = 0; kb < K4; kb += 32 * GV_PF) {
-            if (!first || kb > 0) gv2_load(W, n, N, K4, kb, lane, u, v);
-#pragma unroll
-            for (int i = 0; i < GV_PF; i++) {
-                const int k = kb + lane + 32 * i;
-                if (k < K4) {
-#pragma unroll
-                    for (int b = 0; b < GV_MAXB; b++) {
-                        if (b < M) {
-                            const float4 xv = xs4[(size_t)b * K4 + k];
-                            a0[b] += u[i].x * xv.x + u[i].y * xv.y + u[i].z * xv.z + u[i].w * xv.w;
-                            a1[b] += v[i].x * xv.x + v[i].y * xv.y + v[i].z * xv.z + v[i].w * xv.w;
-                        }
-                    }
-                }
-            }
-        }
-        first = false;
-#pragma unroll
-        for (int b = 0; b < GV_MAXB; b++) {
-            if (b < M) {
-                const float s0 = warp_sum(a0[b]), s1 = warp_sum(a1[b]);
-                if (lane == 0) ep(b, n, s0, s1, has1);
-            }
-        }
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(GV_NT)
-gemv2_store(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out, int ldo) {
-    gemv2_body(x, rmsw, use_rms, W, N, K, M, EpStore{out, ldo});
-}
-
-extern "C" __global__ void __launch_bounds__(GV_NT)
-gemv2_add(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out, int ldo) {
-    gemv2_body(x, rmsw, use_rms, W, N, K, M, EpAdd{out, ldo});
-}
-
-extern "C" __global__ void __launch_bounds__(GV_NT)
-gemv2_swiglu(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out,
-             int hidden) {
-    gemv2_body(x, rmsw, use_rms, W, N, K, M, EpSwiglu{out, hidden});
-}
-
-extern "C" __global__ void __launch_bounds__(GV_NT)
-gemv2_qkv(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* q, float* kc,
-          float* vc, const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,
-          int kv_dim, int hs) {
-    gemv2_body(x, rmsw, use_rms, W, N, K, M, EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});
-}
-
 // ------------------------------------------------------------------------------------------------
 // Tiled GEMM for many rows (batches, prefill): C[m, n] = A[m, :] . W[n, :] (both K-contiguous).
 // BM x BN tile per block of 256 threads, TM x TN outputs per thread, BK = 16 deep shared tiles
-// stored k-major so that the inner loop reads contiguous rows. Bounds-checked (zero-filled) loads.
+// stored k-major so that the inner loop reads contiguous rows. Bounds-checked (zero-filled) loads,
+// register double buffering (the next k tile's global loads are in flight while the current one is
+// multiplied). The host picks the 32 x 32 tile (2 x 2 per thread) when bigger tiles would leave
+// most multiprocessors idle (a batch of 256 rows times dim = 288 outputs is only 20 tiles of 64 x 64).
 #define GM_BK 16
 
 template <int BM, int BN, int TM, int TN, class Ep>
 static __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const float* __restrict__ W, int M,
                                                  int N, int K, const Ep& ep) {
-    constexpr int NT = (BM / TM) * (BN / TN);
-    __shared__ __align__(16) float As[GM_BK][BM + 4];
-    __shared__ __align__(16) float Ws[GM_BK][BN + 4];
-    const int tid = threadIdx.x;
-    const int tx = tid % (BN / TN), ty = tid / (BN / TN);
-    const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
-    float acc[TM][TN];
-#pragma unroll
-    for (int i = 0; i < TM; i++)
-#pragma unroll
-        for (int j = 0; j < TN; j++) acc[i][j] = 0.f;
-
-    for (int k0 = 0; k0 < K; k0 += GM_BK) {
-#pragma unroll
-        for (int e = tid; e < BM * GM_BK; e += NT) {
-            const int r = e / GM_BK, kk = e % GM_BK, gm = m0 + r, gk = k0 + kk;
-            As[kk][r] = (gm < M && gk < K) ? __ldg(A + (size_t)gm * K + gk) : 0.f;
-        }
-#pragma unroll
-        for (int e = tid; e < BN * GM_BK; e += NT) {
-            const int r = e / GM_BK, kk = e % GM_BK, gn = n0 + r, gk = k0 + kk;
-            Ws[kk][r] = (gn < N && gk < K) ? __ldg(W + (size_t)gn * K + gk) : 0.f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < GM_BK; kk++) {
-            float a[TM], w[TN];
-#pragma unroll
-            for (int i = 0; i < TM; i++) a[i] = As[kk][ty * TM + i];
-#pragma unroll
-            for (int j = 0; j < TN; j++) w[j] = Ws[kk][tx * TN + j];
-#pragma unroll
-            for (int i = 0; i < TM; i++)
-#pragma unroll
-                for (int j = 0; j < TN; j++) acc[i][j] = fmaf(a[i], w[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int i = 0; i < TM; i++) {
-        const int m = m0 + ty * TM + i;
-        if (m >= M) continue;
-#pragma unroll
-        for (int j = 0; j < TN; j += 2) {
-            const int n = n0 + tx * TN + j;
-            if (n < N) ep(m, n, acc[i][j], acc[i][j + 1], n + 1 < N);
-        }
-    }
-}
-
-#define GEMM_ENTRIES(SUF, BM, BN, TM, TN)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
-        gemm_store##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {             \
-        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpStore{out, ldo});                                            \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
-        gemm_add##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {               \
-        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpAdd{out, ldo});                                              \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
-        gemm_swiglu##SUF(const float* A, const float* W, int M, int N, int K, float* out, int hidden) {         \
-        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpSwiglu{out, hidden});                                        \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
-        gemm_qkv##SUF(const float* A, const float* W, int M, int N, int K, float* q, float* kc, float* vc,      \
-                      const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,    \
-                      int kv_dim, int hs) {                                                                     \
-        gemm_body<BM, BN, TM, TN>(A, W, M, N, K,                                                                \
-                                  EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});          \
-    }
-
-GEMM_ENTRIES(_64, 64, 64, 4, 4)
-GEMM_ENTRIES(_128, 128, 128, 8, 8)
-
-// GEMM, version 2 (the default): as gemm_body, plus register double buffering (the next k tile's
-// global loads are in flight while the current one is multiplied) and a 32 x 32 tile (2 x 2 per
-// thread) that the host picks when bigger tiles would leave most multiprocessors idle (a batch of
-// 256 rows times dim = 288 outputs is only 20 tiles of 64 x 64).
-template <int BM, int BN, int TM, int TN, class Ep>
-static __device__ __forceinline__ void gemm2_body(const float* __restrict__ A, const float* __restrict__ W, int M,
-                                                  int N, int K, const Ep& ep) {
     constexpr int NT = (BM / TM) * (BN / TN);
     constexpr int LA = BM * GM_BK / NT, LW = BN * GM_BK / NT;
     __shared__ __align__(16) float As[GM_BK][BM + 4];
@@ -496,30 +374,30 @@ static __device__ __forceinline__ void gemm2_body(const float* __restrict__ A, c
     }
 }
 
-#define GEMM2_ENTRIES(SUF, BM, BN, TM, TN)                                                                       \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
-        gemm2_store##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {            \
-        gemm2_body<BM, BN, TM, TN>(A, W, M, N, K, EpStore{out, ldo});                                           \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
-        gemm2_add##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {              \
-        gemm2_body<BM, BN, TM, TN>(A, W, M, N, K, EpAdd{out, ldo});                                             \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
-        gemm2_swiglu##SUF(const float* A, const float* W, int M, int N, int K, float* out, int hidden) {        \
-        gemm2_body<BM, BN, TM, TN>(A, W, M, N, K, EpSwiglu{out, hidden});                                       \
-    }                                                                                                           \
-    extern "C" __global__ void __launch_bounds__(256)                                                           \
-        gemm2_qkv##SUF(const float* A, const float* W, int M, int N, int K, float* q, float* kc, float* vc,     \
-                       const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,   \
-                       int kv_dim, int hs) {                                                                    \
-        gemm2_body<BM, BN, TM, TN>(A, W, M, N, K,                                                               \
-                                   EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});         \
+#define GEMM_ENTRIES(SUF, BM, BN, TM, TN)                                                                        \
+    extern "C" __global__ void __launch_bounds__(256)                                                            \
+        gemm_store##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {              \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpStore{out, ldo});                                             \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                            \
+        gemm_add##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {                \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpAdd{out, ldo});                                               \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                            \
+        gemm_swiglu##SUF(const float* A, const float* W, int M, int N, int K, float* out, int hidden) {          \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpSwiglu{out, hidden});                                         \
+    }                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256)                                                            \
+        gemm_qkv##SUF(const float* A, const float* W, int M, int N, int K, float* q, float* kc, float* vc,       \
+                      const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,     \
+                      int kv_dim, int hs) {                                                                      \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K,                                                                 \
+                                  EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});         \
     }
 
-GEMM2_ENTRIES(_32, 32, 32, 2, 2)
-GEMM2_ENTRIES(_64, 64, 64, 4, 4)
-GEMM2_ENTRIES(_128, 128, 128, 8, 8)
+GEMM_ENTRIES(_32, 32, 32, 2, 2)
+GEMM_ENTRIES(_64, 64, 64, 4, 4)
+GEMM_ENTRIES(_128, 128, 128, 8, 8)
 
 // ------------------------------------------------------------------------------------------------
 // Unfused pieces: the paths for many rows (rmsnorm before the GEMM) and the profiler (every
@@ -584,82 +462,23 @@ apply_add(const float* __restrict__ src, int M, int N, float* out, int ldo) {
 // ------------------------------------------------------------------------------------------------
 // Attention over the KV cache, one block per (query head, row). Row m is sequence b = m / T at
 // position p = pos + m % T and attends to cache positions 0..p of its kv head h / kv_mul (GQA).
-// Scores: one warp per cached position (lanes over the head's dims); softmax over the block;
-// weighted sum of values: thread groups of head_size threads split the positions, then reduce.
-// Dynamic shared memory: (seq_len + head_size + ATT_NT + 33) floats. Needs head_size <= ATT_NT.
+// Scores: one thread per cached position (its key row read as 16-byte loads, q broadcast from
+// shared memory); softmax over the block; weighted sum of values: 16-byte value loads split over
+// ATT_NT / (head_size / 4) position groups, then reduced. Needs head_size <= ATT_NT, and
+// head_size % 4 == 0 for the vector path (the scalar path covers the rest).
+// Dynamic shared memory: (round4(head_size) + 4 * ATT_NT + 36 + seq_len) floats.
 #define ATT_NT 256
 
 extern "C" __global__ void __launch_bounds__(ATT_NT)
 attention(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
           float* __restrict__ out, int T, const int* pos_ptr, int seq_len, int kv_mul, int hs, int kv_dim,
           int dim) {
-    extern __shared__ float att_sm[];
-    float* sc = att_sm;              // seq_len
-    float* qs = sc + seq_len;        // hs
-    float* part = qs + hs;           // ATT_NT
-    float* red = part + ATT_NT;      // 33
-    const int h = blockIdx.x, m = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int nw = ATT_NT / 32;
-    const int b = m / T, p = *pos_ptr + m % T;
-    const int kvh = h / kv_mul;
-    const float* qh = q + (size_t)m * dim + h * hs;
-    for (int d = tid; d < hs; d += ATT_NT) qs[d] = qh[d];
-    __syncthreads();
-
-    const float* kb = kc + (size_t)b * seq_len * kv_dim + kvh * hs;
-    const float* vb = vc + (size_t)b * seq_len * kv_dim + kvh * hs;
-    const float scale = sqrtf((float)hs);
-    for (int s = warp; s <= p; s += nw) {
-        const float* kr = kb + (size_t)s * kv_dim;
-        float a = 0.f;
-        for (int d = lane; d < hs; d += 32) a += qs[d] * kr[d];
-        a = warp_sum(a);
-        if (lane == 0) sc[s] = a / scale;
-    }
-    __syncthreads();
-    float mx = NEG_INF;
-    for (int s = tid; s <= p; s += ATT_NT) mx = fmaxf(mx, sc[s]);
-    mx = block_max(mx, red);
-    float sum = 0.f;
-    for (int s = tid; s <= p; s += ATT_NT) {
-        const float e = expf(sc[s] - mx);
-        sc[s] = e;
-        sum += e;
-    }
-    sum = block_sum(sum, red);  // its barriers also publish sc
-
-    const int G = ATT_NT / hs, g = tid / hs, d = tid % hs;
-    float acc = 0.f;
-    if (g < G) {
-#pragma unroll 4
-        for (int s = g; s <= p; s += G) acc += sc[s] * vb[(size_t)s * kv_dim + d];
-    }
-    part[tid] = acc;
-    __syncthreads();
-    if (tid < hs) {
-        float t = 0.f;
-        for (int gg = 0; gg < G; gg++) t += part[gg * hs + tid];
-        out[(size_t)m * dim + h * hs + tid] = t / sum;
-    }
-}
-
-// Attention, version 2 (the default): the same contract as `attention`, with one thread per cached
-// position for the scores (its key row read as 16-byte loads, q broadcast from shared memory)
-// instead of one warp per position, and 16-byte value loads split over ATT_NT / (head_size / 4)
-// position groups. Version 1 walked the positions eight at a time with a shuffle reduction each,
-// which left a batch-1 step waiting on ~p/8 dependent rounds per layer. Needs head_size % 4 == 0
-// for the vector path (the scalar path covers the rest).
-// Dynamic shared memory: (round4(head_size) + 4 * ATT_NT + 36 + seq_len) floats.
-extern "C" __global__ void __launch_bounds__(ATT_NT)
-attention2(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
-           float* __restrict__ out, int T, const int* pos_ptr, int seq_len, int kv_mul, int hs, int kv_dim,
-           int dim) {
-    extern __shared__ float4 att2_sm4[];
+    extern __shared__ float4 att_sm4[];
     const int hs4 = (hs + 3) & ~3;
-    float* qs = reinterpret_cast<float*>(att2_sm4);   // hs4
-    float* part = qs + hs4;                           // 4 * ATT_NT
-    float* red = part + 4 * ATT_NT;                   // 36
-    float* sc = red + 36;                             // seq_len
+    float* qs = reinterpret_cast<float*>(att_sm4);  // hs4
+    float* part = qs + hs4;                          // 4 * ATT_NT
+    float* red = part + 4 * ATT_NT;                  // 36
+    float* sc = red + 36;                            // seq_len
     const int h = blockIdx.x, m = blockIdx.y, tid = threadIdx.x;
     const int b = m / T, p = *pos_ptr + m % T;
     const int kvh = h / kv_mul;

@@ -19,7 +19,6 @@ Design (../shared/DESIGN.md, "GPU"):
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -37,10 +36,9 @@ SNT = 1024             # sampler threads per block
 SMEM_DEFAULT = 48 * 1024
 PREFILL_ROWS = 512     # rows (batch * positions) of one prefill chunk
 CPU_HINT = "run with --device cpu"
-# Kernel generations: "v2" (default) = prefetching GEMV, thread-per-position attention, double-buffered
-# GEMM with a 32x32 tile for narrow outputs; "v1" = the first versions, kept for A/B timing on one card
-# (LLAMA2PY_CUDA_VARIANT=v1 or CudaBackend(..., variant="v1")).
-VARIANTS = ("v2", "v1")
+# GEMM tiles (csrc/cuda/forward.cu, GEMM_ENTRIES), largest first; %s is the epilogue
+EPILOGUES = ("store", "add", "swiglu", "qkv")
+TILES = ((128, "gemm_%s_128"), (64, "gemm_%s_64"), (32, "gemm_%s_32"))
 
 _KERNELS: dict = {}    # (device id, sources hash) -> {name: RawKernel}
 
@@ -92,16 +90,9 @@ class CudaBackend(Backend):
     name = "cuda"
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None,
-                 device_id: int = 0, variant: Optional[str] = None):
+                 device_id: int = 0):
         super().__init__(config, weights, max_batch, threads)
-        self.variant = variant or os.environ.get("LLAMA2PY_CUDA_VARIANT") or VARIANTS[0]
-        if self.variant not in VARIANTS:
-            raise DeviceError(f"unknown cuda kernel variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-        v2 = self.variant == "v2"
-        self._gv = "gemv2_" if v2 else "gemv_"
-        self._att = "attention2" if v2 else "attention"
-        self._tiles = ((128, "gemm2_%s_128"), (64, "gemm2_%s_64"), (32, "gemm2_%s_32")) if v2 else \
-            ((128, "gemm_%s_128"), (64, "gemm_%s_64"))
+        self._tiles = TILES  # the tests force one tile at a time here
         cp = import_cupy()
         self.cp = cp
         c = config
@@ -130,7 +121,7 @@ class CudaBackend(Backend):
         self._att_smem = 4 * (c.seq_len + c.head_size + 4 * ATT_NT + 40)
         if self._att_smem > SMEM_DEFAULT:
             try:
-                self.k[self._att].max_dynamic_shared_size_bytes = self._att_smem
+                self.k["attention"].max_dynamic_shared_size_bytes = self._att_smem
             except Exception as e:
                 raise DeviceError(f"a context of {c.seq_len} positions is too long for the attention kernel on "
                                   f"{self.gpu_name} ({e}); {CPU_HINT}") from None
@@ -158,11 +149,9 @@ class CudaBackend(Backend):
         if key in _KERNELS:
             return _KERNELS[key]
         names = {
-            "forward.cu": [f"{g}_{e}" for g in ("gemv", "gemv2") for e in ("store", "add", "swiglu", "qkv")]
-                          + ["rmsnorm_rows", "embed", "apply_qkv", "apply_swiglu", "apply_add", "attention",
-                             "attention2", "spin"]
-                          + [f"gemm_{e}_{t}" for e in ("store", "add", "swiglu", "qkv") for t in (64, 128)]
-                          + [f"gemm2_{e}_{t}" for e in ("store", "add", "swiglu", "qkv") for t in (32, 64, 128)],
+            "forward.cu": [f"gemv_{e}" for e in EPILOGUES]
+                          + [name % e for _, name in TILES for e in EPILOGUES]
+                          + ["rmsnorm_rows", "embed", "apply_qkv", "apply_swiglu", "apply_add", "attention", "spin"],
             "sample.cu": ["sample"],
         }
         kernels = {}
@@ -225,8 +214,7 @@ class CudaBackend(Backend):
 
     # -- reporting ------------------------------------------------------------------------------
     def describe(self) -> str:
-        v = "" if self.variant == VARIANTS[0] else f", kernels {self.variant}"
-        return f"cuda ({self.gpu_name}, CuPy {self.cp.__version__}{v})"
+        return f"cuda ({self.gpu_name}, CuPy {self.cp.__version__})"
 
     def memory_bytes(self) -> int:
         arrays = [getattr(self, n, None) for n in (
@@ -285,7 +273,7 @@ class CudaBackend(Backend):
 
     def _attention(self, l: int, M: int, T: int) -> None:
         c = self.config
-        self.k[self._att]((c.n_heads, M), (ATT_NT,),
+        self.k["attention"]((c.n_heads, M), (ATT_NT,),
                             (self.q, self.kc[l], self.vc[l], self.att, np.int32(T), self.pos_d, np.int32(c.seq_len),
                              np.int32(c.kv_mul), np.int32(c.head_size), np.int32(c.kv_dim), np.int32(c.dim)),
                             shared_mem=self._att_smem)
@@ -300,7 +288,7 @@ class CudaBackend(Backend):
         c, k, i32 = self.config, self.k, np.int32
         D, H = c.dim, c.hidden_dim
         if self._small(M):
-            gv = lambda name, N, K, x, rmsw, use, W, *ep: k[self._gv + name](  # noqa: E731
+            gv = lambda name, N, K, x, rmsw, use, W, *ep: k["gemv_" + name](  # noqa: E731
                 self._gv_grid(N), (GV_NT,), (x, rmsw, i32(use), W, i32(N), i32(K), i32(M)) + ep,
                 shared_mem=4 * M * K + 4 * 33)
             for l in range(c.n_layers):
@@ -323,7 +311,7 @@ class CudaBackend(Backend):
         """logits[:M] = wcls . rmsnorm(x[:M], rms_final)."""
         c, i32 = self.config, np.int32
         if self._small(M):
-            self.k[self._gv + "store"](self._gv_grid(c.vocab_size), (GV_NT,),
+            self.k["gemv_store"](self._gv_grid(c.vocab_size), (GV_NT,),
                                  (x, self.rms_final, i32(1), self.wcls, i32(c.vocab_size), i32(c.dim), i32(M),
                                   self.logits, i32(c.vocab_size)), shared_mem=4 * M * c.dim + 4 * 33)
         else:
@@ -468,8 +456,8 @@ class CudaBackend(Backend):
 
             def mm(x, W, N, K, out, ldo):
                 if small:
-                    k[self._gv + "store"](self._gv_grid(N), (GV_NT,), (x, self.rms_final, i32(0), W, i32(N), i32(K), i32(B),
-                                                                  out, i32(ldo)), shared_mem=4 * B * K + 4 * 33)
+                    k["gemv_store"](self._gv_grid(N), (GV_NT,), (x, self.rms_final, i32(0), W, i32(N), i32(K), i32(B),
+                                                            out, i32(ldo)), shared_mem=4 * B * K + 4 * 33)
                 else:
                     self._gemm("store", x, W, B, N, K, out, i32(ldo))
 
