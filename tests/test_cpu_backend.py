@@ -128,6 +128,21 @@ def test_sample_matches_sampler(temperature, top_p):
     assert int(state[0]) == sampler.rng.state
 
 
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_sample_topp_flat_with_ties_matches_sampler(top_p):
+    """Flat distributions over a 32000 vocabulary (thousands of top-p candidates: the radix-sorted
+    path) with many exactly tied logits: same ids as the spec sampler (ties in index order)."""
+    rng = np.random.default_rng(7)
+    sampler = Sampler(1.0, top_p, seed=99)
+    state = np.array([99], np.uint64)
+    for i in range(20):
+        logits = np.round(rng.normal(0.0, 0.3 + 0.1 * i, 32000), 1 + i % 3).astype(np.float32)
+        got = _cpu.sample(logits, 1.0, top_p, state)
+        want = sampler.sample(logits)
+        assert got == want, f"draw {i}: cpu sampled {got}, spec sampler {want}"
+    assert int(state[0]) == sampler.rng.state
+
+
 def test_kernels_reject_bad_arguments():
     w = np.zeros((4, 8), np.float32)
     with pytest.raises(ValueError, match="shape"):

@@ -312,7 +312,34 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
         if (probs[i] >= cutoff) idx[m++] = i;
     if (m == 0) return argmax(probs, n);  // only possible for top_p < 1/n; keep it defined
     // descending probability, ties in index order
-    std::sort(idx, idx + m, [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
+    if (m <= 256) {
+        std::sort(idx, idx + m, [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
+    } else {
+        // Many candidates (flat distributions): the same order by a stable LSD radix sort of the
+        // probabilities' bits (non-negative floats order like their bit patterns; complemented for
+        // descending order; stability keeps ties in index order). idx arrives in index order.
+        // cand (n floats) doubles as the second buffer of ids: the sort is done before cand is used.
+        static_assert(sizeof(float) == sizeof(int), "cand doubles as an int buffer");
+        int* buf = reinterpret_cast<int*>(cand);
+        int* src = idx;
+        int* dst = buf;
+        for (int shift = 0; shift < 32; shift += 8) {
+            int count[257] = {0};
+            for (int i = 0; i < m; ++i) {
+                uint32_t key;
+                std::memcpy(&key, probs + src[i], 4);
+                ++count[((~key) >> shift & 0xff) + 1];
+            }
+            for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+            for (int i = 0; i < m; ++i) {
+                uint32_t key;
+                std::memcpy(&key, probs + src[i], 4);
+                dst[count[(~key) >> shift & 0xff]++] = src[i];
+            }
+            std::swap(src, dst);
+        }
+        // 4 passes: the sorted ids are back in idx
+    }
     float cum = 0.f;
     int last = m - 1;
     for (int i = 0; i < m; ++i) {
