@@ -222,48 +222,70 @@ void residual(float* x, const float* y, int rows, int n) {
 }
 
 // ---- attention ---------------------------------------------------------------------------------------
+// Heads [h0, h1) of one row at position pos, over one slot's cache (kc, vc: (seq_len, kv_dim)).
+// Positions run in the outer loop and heads in the inner one, so each position's K and V rows are
+// read whole and in address order (one sequential stream per slot for the hardware prefetcher).
+// Every output element gets the same operations in the same order as one head at a time: scores
+// by dot(), max, exp and sum over t in order, then o[i] += (att[t] * inv) * v[i] over t in order.
+static void attend(float* out, const float* q, const float* kc, const float* vc, int pos, int h0, int h1,
+                   int head_size, int kv_dim, int kv_mul, int seq_len, float* att) {
+    const float scale = 1.0f / std::sqrt((float)head_size);
+    const int nh = h1 - h0;
+    const long lo = (long)(h0 / kv_mul) * head_size, hi = (long)((h1 - 1) / kv_mul + 1) * head_size;
+    for (int t = 0; t <= pos; ++t) {
+        const float* k = kc + (long)t * kv_dim;
+#ifdef L2P_AVX2
+        for (long i = lo; i < hi; i += 16) {
+            _mm_prefetch((const char*)(k + 8L * kv_dim + i), _MM_HINT_T0);
+            _mm_prefetch((const char*)(vc + (long)t * kv_dim + i), _MM_HINT_T0);
+        }
+#endif
+        for (int h = h0; h < h1; ++h)
+            att[(long)(h - h0) * seq_len + t] = dot(q + (long)h * head_size, k + (long)(h / kv_mul) * head_size, head_size) * scale;
+    }
+    float inv[64];
+    for (int j = 0; j < nh; ++j) {
+        float* a = att + (long)j * seq_len;
+        float mx = -INFINITY;
+        for (int t = 0; t <= pos; ++t) mx = std::max(mx, a[t]);
+        float sum = 0.f;
+        for (int t = 0; t <= pos; ++t) {
+            a[t] = expf(a[t] - mx);
+            sum += a[t];
+        }
+        inv[j] = 1.0f / sum;
+    }
+    float* o = out + (long)h0 * head_size;
+    for (int i = 0; i < nh * head_size; ++i) o[i] = 0.f;
+    for (int t = 0; t <= pos; ++t) {
+        const float* v = vc + (long)t * kv_dim;
+        for (int h = h0; h < h1; ++h) {
+            const float a = att[(long)(h - h0) * seq_len + t] * inv[h - h0];
+            const float* vh = v + (long)(h / kv_mul) * head_size;
+            float* oh = out + (long)h * head_size;
+            for (int i = 0; i < head_size; ++i) oh[i] += a * vh[i];
+        }
+    }
+}
+
 void attention(float* out, const float* q, const float* k_cache, const float* v_cache, const int* seq,
                const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
                float* scratch) {
     const int dim = n_heads * head_size;
     const int kv_dim = n_kv_heads * head_size;
     const int kv_mul = n_heads / n_kv_heads;
-    const float scale = 1.0f / std::sqrt((float)head_size);
-    const int work = rows * n_heads;
+    float* att = scratch + (long)omp_get_thread_num() * n_heads * seq_len;
+    // Enough rows for every thread: one row (all heads, whole K/V rows) per work item; else one
+    // (row, group of heads) per item. Same arithmetic per element either way. Groups of at most 64.
+    const int per = rows >= 4 * omp_get_num_threads() && n_heads <= 64 ? n_heads : 1;
+    const int groups = n_heads / per;
+    const int work = rows * groups;
 #pragma omp for schedule(static)
     for (int it = 0; it < work; ++it) {
-        const int r = it / n_heads, h = it % n_heads;
-        const int pos = positions[r];
+        const int r = it / groups, h0 = (it % groups) * per;
         const long slot = (long)seq[r] * seq_len * kv_dim;
-        const float* qh = q + (long)r * dim + h * head_size;
-        const long koff = (long)(h / kv_mul) * head_size;
-        float* att = scratch + (long)omp_get_thread_num() * seq_len;  // (pos + 1,) scores
-        float mx = -INFINITY;
-        for (int t = 0; t <= pos; ++t) {
-#ifdef L2P_AVX2
-            // positions are kv_dim apart: too far for the hardware prefetcher to follow a head's slice
-            for (int i = 0; i < head_size; i += 16) {
-                _mm_prefetch((const char*)(k_cache + slot + (long)(t + 8) * kv_dim + koff + i), _MM_HINT_T0);
-                _mm_prefetch((const char*)(v_cache + slot + (long)t * kv_dim + koff + i), _MM_HINT_T0);
-            }
-#endif
-            const float s = dot(qh, k_cache + slot + (long)t * kv_dim + koff, head_size) * scale;
-            att[t] = s;
-            mx = std::max(mx, s);
-        }
-        float sum = 0.f;
-        for (int t = 0; t <= pos; ++t) {
-            att[t] = expf(att[t] - mx);
-            sum += att[t];
-        }
-        const float inv = 1.0f / sum;
-        float* o = out + (long)r * dim + h * head_size;
-        for (int i = 0; i < head_size; ++i) o[i] = 0.f;
-        for (int t = 0; t <= pos; ++t) {
-            const float a = att[t] * inv;
-            const float* v = v_cache + slot + (long)t * kv_dim + koff;
-            for (int i = 0; i < head_size; ++i) o[i] += a * v[i];
-        }
+        attend(out + (long)r * dim, q + (long)r * dim, k_cache + slot, v_cache + slot, positions[r], h0, h0 + per,
+               head_size, kv_dim, kv_mul, seq_len, att);
     }
 }
 

@@ -85,7 +85,7 @@ void residual(float* x, const float* y, int rows, int n);
 //   q       (rows, n_heads * head_size), row r belongs to sequence seq[r] at position positions[r]
 //   k_cache (n_slots, seq_len, kv_dim) of one layer; v_cache the same
 //   out     (rows, n_heads * head_size)
-//   scratch (n_threads, seq_len) per-thread scores
+//   scratch (n_threads, n_heads, seq_len) per-thread scores
 void attention(float* out, const float* q, const float* k_cache, const float* v_cache, const int* seq,
                const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
                float* scratch);

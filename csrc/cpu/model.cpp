@@ -36,7 +36,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     tmp_.resize((long)cap_ * c.dim);
     hb_.resize((long)cap_ * c.hidden_dim);
     hb2_.resize((long)cap_ * c.hidden_dim);
-    scores_.resize((long)n_threads_ * c.seq_len);
+    scores_.resize((long)n_threads_ * c.n_heads * c.seq_len);
     tok_.resize(cap_);
     seq_.resize(cap_);
     posv_.resize(cap_);

@@ -95,7 +95,7 @@ private:
     std::vector<float> tmp_;                // (cap, dim) projection output before the residual add
     std::vector<float> hb_;                 // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
     std::vector<float> hb2_;                // (cap, hidden_dim) w3 x
-    std::vector<float> scores_;             // (n_threads, seq_len) attention scores per thread
+    std::vector<float> scores_;             // (n_threads, n_heads, seq_len) attention scores per thread
     std::vector<int> tok_;                  // (cap,) token of each row
     std::vector<int> seq_;                  // (cap,) KV slot of each row
     std::vector<int> posv_;                 // (cap,) position of each row

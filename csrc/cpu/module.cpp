@@ -300,7 +300,7 @@ void k_attention(py::array out, py::array q, py::array k_cache, py::array v_cach
     for (long r = 0; r < qs[0]; ++r)
         if (sp[r] < 0 || sp[r] >= ks[0] || pp[r] < 0 || pp[r] >= ks[1])
             throw std::invalid_argument("slot or position outside the cache");
-    std::vector<float> scratch((long)omp_get_max_threads() * ks[1]);
+    std::vector<float> scratch((long)omp_get_max_threads() * n_heads * ks[1]);
     float* o = mut<float>(out);
     const float *qp = cst<float>(q), *kp = cst<float>(k_cache), *vp = cst<float>(v_cache);
     py::gil_scoped_release nogil;
