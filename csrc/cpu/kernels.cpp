@@ -34,6 +34,26 @@ static inline float v_sum(V8 v) {
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
 }
+// v_sum of several accumulators at once, bitwise equal to v_sum of each: every output gets the same
+// adds on the same operands ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), only gathered by shuffles.
+// fold(a, b): [a0+a4 .. a3+a7 | b0+b4 .. b3+b7]
+static inline __m256 v_fold(V8 a, V8 b) {
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+// pair(p, q): per 128-bit lane [p.s0+p.s2, p.s1+p.s3, q.s0+q.s2, q.s1+q.s3]
+static inline __m256 v_pair(__m256 p, __m256 q) {
+    return _mm256_add_ps(_mm256_shuffle_ps(p, q, 0x44), _mm256_shuffle_ps(p, q, 0xEE));
+}
+static inline __m128 v_sum4(V8 a0, V8 a1, V8 a2, V8 a3) {
+    const __m256 x = v_pair(v_fold(a0, a2), v_fold(a1, a3));  // [t0 t1 of a0, a1 | of a2, a3]
+    const __m128 lo = _mm256_castps256_ps128(x), hi = _mm256_extractf128_ps(x, 1);
+    return _mm_add_ps(_mm_shuffle_ps(lo, hi, 0x88), _mm_shuffle_ps(lo, hi, 0xDD));
+}
+static inline __m256 v_sum8(const V8* a) {
+    const __m256 x = v_pair(v_fold(a[0], a[4]), v_fold(a[1], a[5]));  // a0, a1 | a4, a5
+    const __m256 y = v_pair(v_fold(a[2], a[6]), v_fold(a[3], a[7]));  // a2, a3 | a6, a7
+    return _mm256_add_ps(_mm256_shuffle_ps(x, y, 0x88), _mm256_shuffle_ps(x, y, 0xDD));
+}
 using Mask = __m256i;
 #else
 struct V8 { float v[8]; };
@@ -86,8 +106,24 @@ static inline void tile(const float* w, const float* x, long ldx, float* y, long
             for (int c = 0; c < C; ++c) acc[r][c] = v_fma(wv, xv[c], acc[r][c]);
         }
     }
+#ifdef L2P_AVX2
+    // reduce and store 8 or 4 contiguous outputs at a time (same bits as v_sum each)
+    for (int c = 0; c < C; ++c) {
+        int r = 0;
+        if (R >= 8) {
+            V8 col[8];
+            for (int i = 0; i < 8; ++i) col[i] = acc[i][c];
+            _mm256_storeu_ps(y + c * ldy, v_sum8(col));
+            r = 8;
+        }
+        for (; r + 4 <= R; r += 4)
+            _mm_storeu_ps(y + c * ldy + r, v_sum4(acc[r][c], acc[r + 1][c], acc[r + 2][c], acc[r + 3][c]));
+        for (; r < R; ++r) y[c * ldy + r] = v_sum(acc[r][c]);
+    }
+#else
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) y[c * ldy + r] = v_sum(acc[r][c]);
+#endif
 }
 
 // Dispatch a runtime tile size to the templates.
