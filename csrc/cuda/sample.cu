@@ -196,12 +196,78 @@ static __device__ __forceinline__ int chunk_count_eq(const float* p, int lo, int
     return c;
 }
 
+// A thread's contiguous chunk [lo, hi) of the probabilities (thread t owns the t-th chunk, so
+// chunks are in index order). MemChunk reads it from global memory on every pass; RegChunk holds it
+// in registers (V <= RC * SNT, e.g. 32768 with 1024 threads): the nucleus search makes ~70 passes
+// over the chunk, and registers spare each pass the global reads. Both add in the same order, so
+// they give the same bits.
+struct MemChunk {
+    const float* p;
+    int lo, hi;
+    __device__ __forceinline__ float mass(float cutoff, unsigned int u) const { return chunk_mass(p, lo, hi, cutoff, u); }
+    __device__ __forceinline__ int count_eq(float cutoff, unsigned int u) const {
+        return chunk_count_eq(p, lo, hi, cutoff, u);
+    }
+    __device__ __forceinline__ float min_cand(float cutoff) const {
+        float mn = POS_INF;
+        for (int i = lo; i < hi; i++)
+            if (p[i] >= cutoff) mn = fminf(mn, p[i]);
+        return mn;
+    }
+    // offset in the chunk of its k-th (k >= 1) candidate with bits u, or -1
+    __device__ __forceinline__ int find(float cutoff, unsigned int u, int k) const {
+        int j = 0;
+        for (int i = lo; i < hi; i++) {
+            const float v = p[i];
+            if (v >= cutoff && (unsigned int)__float_as_int(v) == u && ++j == k) return i - lo;
+        }
+        return -1;
+    }
+};
+
+#define RC 32
+struct RegChunk {
+    float v[RC];  // (RC,) this thread's probabilities; v[j] for j >= n is never read
+    int n;
+    __device__ __forceinline__ float mass(float cutoff, unsigned int u) const {
+        float a = 0.f;
+#pragma unroll
+        for (int j = 0; j < RC; j++)
+            if (j < n && v[j] >= cutoff && (unsigned int)__float_as_int(v[j]) >= u) a += v[j];
+        return a;
+    }
+    __device__ __forceinline__ int count_eq(float cutoff, unsigned int u) const {
+        int c = 0;
+#pragma unroll
+        for (int j = 0; j < RC; j++) c += (j < n && v[j] >= cutoff && (unsigned int)__float_as_int(v[j]) == u) ? 1 : 0;
+        return c;
+    }
+    __device__ __forceinline__ float min_cand(float cutoff) const {
+        float mn = POS_INF;
+#pragma unroll
+        for (int j = 0; j < RC; j++)
+            if (j < n && v[j] >= cutoff) mn = fminf(mn, v[j]);
+        return mn;
+    }
+    __device__ __forceinline__ int find(float cutoff, unsigned int u, int k) const {
+        int c = 0, at = -1;
+#pragma unroll
+        for (int j = 0; j < RC; j++) {
+            const bool hit = j < n && v[j] >= cutoff && (unsigned int)__float_as_int(v[j]) == u;
+            c += hit ? 1 : 0;
+            if (hit && c == k && at < 0) at = j;
+        }
+        return at;
+    }
+};
+
 // Largest u with mass(u) > target, searched bit by bit (mass is nonincreasing in u); 0 if none.
-static __device__ unsigned int search_mass(const float* p, int lo, int hi, float cutoff, float target, float* shf) {
+template <class Ch>
+static __device__ unsigned int search_mass(const Ch& ch, float cutoff, float target, float* shf) {
     unsigned int u = 0;
     for (int bit = 30; bit >= 0; bit--) {
         const unsigned int c = u | (1u << bit);
-        if (s_block_sum(chunk_mass(p, lo, hi, cutoff, c), shf) > target) u = c;
+        if (s_block_sum(ch.mass(cutoff, c), shf) > target) u = c;
     }
     return u;
 }
@@ -219,6 +285,49 @@ static __device__ __forceinline__ int tie_rank(float G, unsigned int u, int cnt,
     if (k > cnt) k = cnt;
     *run = r;
     return k;
+}
+
+// Nucleus (top-p) sampling over the block's chunks; every thread returns the same token.
+template <class Ch>
+static __device__ int nucleus(const Ch& ch, int lo, int V, float top_p, float coin, float* shf, int* shi) {
+    const float cutoff = (1.0f - top_p) / (float)(V - 1);
+    const float total = s_block_sum(ch.mass(cutoff, 0u), shf);
+    unsigned int u_last;
+    int k_last;
+    float cum_last;
+    if (!(total > top_p)) {
+        // no cut: the nucleus is every candidate; its last is the smallest (last index)
+        const float mn = s_block_min(ch.min_cand(cutoff), shf);
+        u_last = (unsigned int)__float_as_int(mn);
+        k_last = s_block_sum_int(ch.count_eq(cutoff, u_last), shi);
+        cum_last = total;
+    } else {
+        u_last = search_mass(ch, cutoff, top_p, shf);
+        const float G = s_block_sum(ch.mass(cutoff, u_last + 1u), shf);
+        const int cnt = s_block_sum_int(ch.count_eq(cutoff, u_last), shi);
+        k_last = tie_rank(G, u_last, cnt, top_p, &cum_last);
+    }
+    const float r = coin * cum_last;
+    unsigned int u2 = search_mass(ch, cutoff, r, shf);
+    const float G2 = s_block_sum(ch.mass(cutoff, u2 + 1u), shf);
+    const int cnt2 = s_block_sum_int(ch.count_eq(cutoff, u2), shi);
+    float run2;
+    int k2 = tie_rank(G2, u2, cnt2, r, &run2);
+    // never past the nucleus' last element (rounding), never an empty group
+    if (cnt2 < 1 || u2 < u_last || (u2 == u_last && k2 > k_last)) {
+        u2 = u_last;
+        k2 = k_last;
+    }
+    // the k2-th index (in index order) whose probability has bits u2
+    const int c = ch.count_eq(cutoff, u2);
+    const int pre = s_block_excl_scan<int>(c, shi);
+    int found = BIG_INT;
+    if (k2 > pre && k2 <= pre + c) {
+        const int off = ch.find(cutoff, u2, k2 - pre);
+        if (off >= 0) found = lo + off;
+    }
+    found = s_block_min_int(found, shi);
+    return found == BIG_INT ? V - 1 : found;
 }
 
 extern "C" __global__ void __launch_bounds__(SNT)
@@ -271,50 +380,15 @@ sample(const float* __restrict__ logits, int V, const float* __restrict__ fparam
             cand = s_block_min_int(cand, shi);
             tok = cand == BIG_INT ? V - 1 : cand;
         } else {
-            const float cutoff = (1.0f - top_p) / (float)(V - 1);
-            const float total = s_block_sum(chunk_mass(p, lo, hi, cutoff, 0u), shf);
-            unsigned int u_last;
-            int k_last;
-            float cum_last;
-            if (!(total > top_p)) {
-                // no cut: the nucleus is every candidate; its last is the smallest (last index)
-                float mn = POS_INF;
-                for (int i = lo; i < hi; i++)
-                    if (p[i] >= cutoff) mn = fminf(mn, p[i]);
-                mn = s_block_min(mn, shf);
-                u_last = (unsigned int)__float_as_int(mn);
-                k_last = s_block_sum_int(chunk_count_eq(p, lo, hi, cutoff, u_last), shi);
-                cum_last = total;
+            if (hi - lo <= RC) {
+                RegChunk ch;
+                ch.n = hi - lo;
+#pragma unroll
+                for (int j = 0; j < RC; j++) ch.v[j] = j < ch.n ? p[lo + j] : 0.f;
+                tok = nucleus(ch, lo, V, top_p, coin, shf, shi);
             } else {
-                u_last = search_mass(p, lo, hi, cutoff, top_p, shf);
-                const float G = s_block_sum(chunk_mass(p, lo, hi, cutoff, u_last + 1u), shf);
-                const int cnt = s_block_sum_int(chunk_count_eq(p, lo, hi, cutoff, u_last), shi);
-                k_last = tie_rank(G, u_last, cnt, top_p, &cum_last);
+                tok = nucleus(MemChunk{p, lo, hi}, lo, V, top_p, coin, shf, shi);
             }
-            const float r = coin * cum_last;
-            unsigned int u2 = search_mass(p, lo, hi, cutoff, r, shf);
-            const float G2 = s_block_sum(chunk_mass(p, lo, hi, cutoff, u2 + 1u), shf);
-            const int cnt2 = s_block_sum_int(chunk_count_eq(p, lo, hi, cutoff, u2), shi);
-            float run2;
-            int k2 = tie_rank(G2, u2, cnt2, r, &run2);
-            // never past the nucleus' last element (rounding), never an empty group
-            if (cnt2 < 1 || u2 < u_last || (u2 == u_last && k2 > k_last)) {
-                u2 = u_last;
-                k2 = k_last;
-            }
-            // the k2-th index (in index order) whose probability has bits u2
-            const int c = chunk_count_eq(p, lo, hi, cutoff, u2);
-            const int pre = s_block_excl_scan<int>(c, shi);
-            int found = BIG_INT;
-            if (k2 > pre && k2 <= pre + c) {
-                int j = pre;
-                for (int i = lo; i < hi; i++) {
-                    const float v = p[i];
-                    if (v >= cutoff && (unsigned int)__float_as_int(v) == u2 && ++j == k2) { found = i; break; }
-                }
-            }
-            found = s_block_min_int(found, shi);
-            tok = found == BIG_INT ? V - 1 : found;
         }
     }
     float lp = 0.f;
