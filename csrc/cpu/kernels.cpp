@@ -91,9 +91,19 @@ static inline void tile(const float* w, const float* x, long ldx, float* y, long
     int k = 0;
     for (; k + 8 <= n; k += 8) {
         V8 xv[C];
-        for (int c = 0; c < C; ++c) xv[c] = v_load(x + c * ldx + k);
+        for (int c = 0; c < C; ++c) {
+            xv[c] = v_load(x + c * ldx + k);
+#ifdef L2P_AVX2
+            // keep each loaded vector in a register: otherwise GCC folds a reload into every FMA
+            // (R*C + R loads per step instead of R + C: load-bound on Zen 3)
+            if (R > 1) asm("" : "+x"(xv[c]));
+#endif
+        }
         for (int r = 0; r < R; ++r) {
             V8 wv = v_load(w + (long)r * n + k);
+#ifdef L2P_AVX2
+            if (C > 1) asm("" : "+x"(wv));
+#endif
             for (int c = 0; c < C; ++c) acc[r][c] = v_fma(wv, xv[c], acc[r][c]);
         }
     }
