@@ -158,7 +158,7 @@ static constexpr int ROW_BLOCK = 8;  // weight rows per work item: 8 GEMV chains
 static constexpr long PREFETCH_AHEAD = 16384;  // bytes ahead of the row being read (streaming GEMV)
 
 static inline void block(const float* w, int nr, const float* x, long ldx, int rows, float* y, long ldy, int n,
-                         bool stream) {
+                         bool stream, const char* pf = nullptr, long pf_bytes = 0) {
     if (rows == 1 && !stream) {  // GEMV, weights in cache: 8 rows at once, 8 independent FMA chains
         tile_r<1>(nr, w, x, ldx, y, ldy, n);
         return;
@@ -178,8 +178,16 @@ static inline void block(const float* w, int nr, const float* x, long ldx, int r
         return;
     }
     // GEMM: the block's rows stay in L1 while every activation row passes; 4x3 register tiles.
+    // pf: the next block to read (streaming GEMM), prefetched a share per activation triple so
+    // the misses spread over the block's compute instead of queueing up at its start.
+    const long pf_step = pf_bytes ? ((pf_bytes / ((rows + 2) / 3) + 63) & ~63L) : 0;
+    long pf_done = 0;
     int c = 0;
     for (; c + 3 <= rows; c += 3) {
+#ifdef L2P_AVX2
+        for (long e = std::min(pf_bytes, pf_done + pf_step); pf_done < e; pf_done += 64)
+            _mm_prefetch(pf + pf_done, _MM_HINT_T0);
+#endif
         for (int r = 0; r < nr; r += 4)
             tile_r<3>(std::min(4, nr - r), w + (long)r * n, x + c * ldx, ldx, y + c * ldy + r, ldy, n);
     }
@@ -206,15 +214,18 @@ void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int ro
         const MatJob& job = jobs[j];
         const int r0 = (b - start[j]) * rb;
         const int nr = std::min(rb, job.d - r0);
-#ifdef L2P_AVX2
-        if (stream && rows > 1 && r0 + rb < job.d) {  // GEMM from DRAM: fetch the next block meanwhile
-            const char* p = (const char*)(job.w + (long)(r0 + rb) * n);
-            const long bytes = (long)std::min(rb, job.d - r0 - rb) * n * 4;
-            for (long o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+        const char* pf = nullptr;
+        const char* pfg = nullptr;
+        long pf_bytes = 0;
+        if (stream && rows > 1 && r0 + rb < job.d) {  // GEMM from DRAM: fetch a later block meanwhile
+            const long off = (long)(r0 + rb) * n;
+            pf = (const char*)(job.w + off);
+            if (job.w_gate) pfg = (const char*)(job.w_gate + off);
+            pf_bytes = (long)std::min(rb, job.d - r0 - rb) * n * 4;
         }
-#endif
-        block(job.w + (long)r0 * n, nr, x, ldx, rows, job.out + r0, job.ldo, n, stream);
-        if (job.w_gate) block(job.w_gate + (long)r0 * n, nr, x, ldx, rows, job.out_gate + r0, job.ldo, n, stream);
+        block(job.w + (long)r0 * n, nr, x, ldx, rows, job.out + r0, job.ldo, n, stream, pf, pf_bytes);
+        if (job.w_gate)
+            block(job.w_gate + (long)r0 * n, nr, x, ldx, rows, job.out_gate + r0, job.ldo, n, stream, pfg, pfg ? pf_bytes : 0);
         if (job.epi) job.epi->run(r0, nr);
     }
 }
