@@ -199,8 +199,11 @@ static inline void block(const float* w, int nr, const float* x, long ldx, int r
 }
 
 void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n, bool stream) {
-    // GEMM blocks of 16 weight rows: whole 64-byte lines of each output row per block
-    const int rb = rows > 1 ? 2 * ROW_BLOCK : ROW_BLOCK;
+    // GEMM: decode batches (<= 64 rows) take blocks of 4 weight rows (one register tile): the
+    // activations stay cached and the small block streams in behind its prefetch (measured at
+    // batch 32, 2 threads: 4 rows 13.3 ms/step, 8 rows 14.0, 16 rows 14.9); longer prefill chunks
+    // keep blocks of 16 (whole 64-byte lines of each output row, fewer passes over x).
+    const int rb = rows == 1 ? ROW_BLOCK : rows <= 64 ? 4 : 2 * ROW_BLOCK;
     int start[8];
     int total = 0;
     for (int j = 0; j < njobs; ++j) {
