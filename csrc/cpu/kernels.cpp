@@ -281,6 +281,62 @@ void residual(float* x, const float* y, int rows, int n) {
     for (long i = 0; i < total; ++i) x[i] += y[i];
 }
 
+
+// ---- exp for softmax: a[i] = exp(a[i] - mx) ------------------------------------------------------
+// Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial, scale by 2^n), within
+// 2 ulp of libm's expf, but 8 lanes at a time: libm's scalar expf was most of a sampled step's
+// softmax over 32000 logits. Vector and scalar tail do the same operations (FMA included), so a
+// value's result does not depend on its place in the row. Inputs below -87.3 (exp < 1.2e-38)
+// are clamped there: a probability that small never changes a sampling decision.
+#ifdef L2P_AVX2
+static inline float exp_scalar(float x) {
+    x = std::min(std::max(x, -87.3f), 88.3f);
+    const float fx = std::floor(std::fma(x, 1.44269504088896341f, 0.5f));
+    x = std::fma(-fx, 0.693359375f, x);
+    x = std::fma(-fx, -2.12194440e-4f, x);
+    const float z = x * x;
+    float y = 1.9875691500e-4f;
+    y = std::fma(y, x, 1.3981999507e-3f);
+    y = std::fma(y, x, 8.3334519073e-3f);
+    y = std::fma(y, x, 4.1665795894e-2f);
+    y = std::fma(y, x, 1.6666665459e-1f);
+    y = std::fma(y, x, 5.0000001201e-1f);
+    y = std::fma(y, z, x) + 1.0f;
+    int32_t bits = ((int32_t)fx + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, 4);
+    return y * scale;
+}
+
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, z, x), _mm256_set1_ps(1.0f));
+    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+}
+
+static void exp_sub(float* a, int n, float mx) {
+    const __m256 m = _mm256_set1_ps(mx);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(a + i, exp8(_mm256_sub_ps(_mm256_loadu_ps(a + i), m)));
+    for (; i < n; ++i) a[i] = exp_scalar(a[i] - mx);
+}
+#else
+static void exp_sub(float* a, int n, float mx) {
+    for (int i = 0; i < n; ++i) a[i] = expf(a[i] - mx);
+}
+#endif
+
 // ---- attention ---------------------------------------------------------------------------------------
 // Heads [h0, h1) of one row at position pos, over one slot's cache (kc, vc: (seq_len, kv_dim)).
 // Positions run in the outer loop and heads in the inner one, so each position's K and V rows are
@@ -309,10 +365,8 @@ static void attend(float* out, const float* q, const float* kc, const float* vc,
         float mx = -INFINITY;
         for (int t = 0; t <= pos; ++t) mx = std::max(mx, a[t]);
         float sum = 0.f;
-        for (int t = 0; t <= pos; ++t) {
-            a[t] = expf(a[t] - mx);
-            sum += a[t];
-        }
+        exp_sub(a, pos + 1, mx);
+        for (int t = 0; t <= pos; ++t) sum += a[t];  // sequential, as run
         inv[j] = 1.0f / sum;
     }
     float* o = out + (long)h0 * head_size;
@@ -371,10 +425,9 @@ void softmax(float* probs, const float* x, int n) {
     float mx = x[0];
     for (int i = 1; i < n; ++i) mx = std::max(mx, x[i]);
     float sum = 0.f;
-    for (int i = 0; i < n; ++i) {
-        probs[i] = expf(x[i] - mx);
-        sum += probs[i];
-    }
+    if (probs != x) std::memcpy(probs, x, sizeof(float) * n);
+    exp_sub(probs, n, mx);
+    for (int i = 0; i < n; ++i) sum += probs[i];  // sequential float32, as run
     for (int i = 0; i < n; ++i) probs[i] /= sum;
 }
 
