@@ -111,7 +111,7 @@ def test_auto_falls_back_without_cuda(monkeypatch):
 # -- on a GPU: logits against the numpy spec ----------------------------------------------------
 @needs_gpu
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("batch", [1, 3, 7])
+@pytest.mark.parametrize("batch", [1, 3, 7, 11])
 def test_forward_matches_numpy(shape, batch):
     c = SHAPES[shape]
     w = random_weights(c, seed=1)
@@ -407,7 +407,7 @@ def _fake_cupy(sigs: dict, launches: list):
 def test_every_launch_matches_its_kernel_signature(monkeypatch):
     """Without a GPU: run forward/prefill/step/profile through a fake CuPy whose kernels check each
     launch's argument count and types (pointer = array, int = np.int32, ...) against csrc/cuda, at
-    batches on the GEMV path (<= 4 rows) and the GEMM path (> 4 rows, prefill), with every GEMM tile
+    batches on the GEMV path (<= GV_MAXB rows) and the GEMM path (more rows, prefill), with every GEMM tile
     forced in turn; every kernel in csrc/cuda must be launched (no orphans, none left unchecked)."""
     from llama2py.backends import cuda as cuda_mod
     sigs = _kernel_signatures()
@@ -417,9 +417,9 @@ def test_every_launch_matches_its_kernel_signature(monkeypatch):
     monkeypatch.setattr(cuda_mod, "_KERNELS", {})
     for shape in ("gqa_unshared", "odd_tiny"):
         c = SHAPES[shape]
-        for B in (1, 3, 7):
+        for B in (1, 3, 7, 11):
             be = cuda_mod.CudaBackend(c, random_weights(c), B)
-            assert be._small(B) == (B <= 4)
+            assert be._small(B) == (B <= cuda_mod.GV_MAXB)
             be.set_seeds(list(range(B)))
             be.forward(np.ones(B, np.int32), 0)
             be.prefill(np.ones((B, c.seq_len - 1), np.int32), 0, "all")
@@ -428,13 +428,13 @@ def test_every_launch_matches_its_kernel_signature(monkeypatch):
             be.step(np.ones(B, np.int32), 1, 0.0, 0.9)
             step = launches[n:]
             assert step[0] == "<capture>" and step[-1] == "<replay>" and "sample" in step
-            assert any(x.startswith("gemv_" if B <= 4 else "gemm_") for x in step), step
+            assert any(x.startswith("gemv_" if B <= cuda_mod.GV_MAXB else "gemm_") for x in step), step
             be.step(np.ones(B, np.int32), 2, 1.0, 0.9, forced=np.full(B, 3, np.int32), want_logprobs=True)
             assert set(be.profile(np.ones(B, np.int32), 2)) == set(PROFILE_KEYS)
             for t, name in cuda_mod.TILES:
                 be._tiles = ((t, name),)
                 n = len(launches)
-                be.prefill(np.ones((B, 5), np.int32), 0, "all")  # >= 5 rows: the GEMM path
+                be.prefill(np.ones((B, cuda_mod.GV_MAXB + 1), np.int32), 0, "all")  # more rows than GEMV takes
                 assert {name % e for e in cuda_mod.EPILOGUES} <= set(launches[n:]), name
     launched = set(launches) - {"<capture>", "<replay>"}
     assert launched == set(sigs), f"never launched: {sorted(set(sigs) - launched)}"
