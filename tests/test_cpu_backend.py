@@ -398,3 +398,35 @@ def test_stories260k_greedy_reference_text(stories260k):
         out += tok.printable_bytes(token, nxt)
         token = nxt
     assert out.decode("utf-8") == REFERENCE_260K
+
+
+@pytest.mark.parametrize("env", [{"OMP_THREAD_LIMIT": "1"}, {"OMP_DYNAMIC": "true"}])
+def test_greedy_argmax_with_a_smaller_thread_team(env, tmp_path):
+    """OpenMP may run fewer threads than asked; the fused classifier argmax must not pick up a slot
+    of a thread that never ran (all logits negative here, so a stale {0, token 0} would win)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = tmp_path / "argmax.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from conftest import SHAPES\n"
+        "from llama2py.checkpoint import random_weights\n"
+        "from llama2py.backends.cpu import CpuBackend\n"
+        "from llama2py.backends.numpy_backend import NumpyBackend\n"
+        "c = SHAPES['gqa_unshared']\n"
+        "w = random_weights(c, 3)\n"
+        "w.rms_final = np.zeros(c.dim, np.float32); w.rms_final[0] = 1  # logits = wcls[:, 0] * x0\n"
+        "w.wcls = np.ones_like(w.wcls)\n"
+        "s = np.sign(NumpyBackend(c, w).forward(np.array([5], np.int32), 0)[0, 0])\n"
+        "w.wcls = (-s * (np.abs(random_weights(c, 4).wcls) + 1)).astype(np.float32)  # every logit < 0\n"
+        "t = np.array([5], np.int32)\n"
+        "want = int(np.argmax(NumpyBackend(c, w).forward(t, 0)[0]))\n"
+        "got = int(CpuBackend(c, w, 1, threads=4).step(t, 0, 0.0, 0.9)[0][0])\n"
+        "assert want != 0 and got == want, (got, want)\n"
+        "assert NumpyBackend(c, w).forward(t, 0).max() < 0\n")
+    here = Path(__file__).resolve().parent
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=f"{here}{os.pathsep}{here.parent}", **env))
+    assert r.returncode == 0, r.stderr.decode()[-2000:]

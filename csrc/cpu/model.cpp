@@ -199,6 +199,9 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
     const int dim = c.dim, hid = c.hidden_dim, hs = c.head_size(), kv = c.kv_dim(), V = c.vocab_size;
     const long cache_layer = (long)max_batch_ * c.seq_len * kv;
     const Cls cls = classifier_io(B, Tc, T, mode, out);
+    // OpenMP may run a smaller team than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC): slots of threads that
+    // never ran must not look like candidates when the partial argmaxes are combined.
+    std::fill(part_.begin(), part_.end(), Best{0.f, -1});
 
 #pragma omp parallel num_threads(n_threads_)
     {

@@ -78,6 +78,13 @@ void check_tokens(const int* t, long n, int vocab) {
 
 // The Python-facing model: checks arguments, keeps the borrowed weight arrays alive, and calls
 // ModelCore without the GIL.
+// The caller's own ndarray (never a converted temporary, whose buffer would die at the end of
+// its scope while the kernel still uses the pointer with the GIL released); the caller owns it.
+static py::array as_ndarray(const py::object& o, const char* name) {
+    if (!py::isinstance<py::array>(o)) throw std::invalid_argument(std::string(name) + " must be a numpy array");
+    return py::reinterpret_borrow<py::array>(o);
+}
+
 class Model {
 public:
     Model(int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int seq_len,
@@ -133,7 +140,7 @@ public:
             m = l2p::LOGITS_NONE;
         } else if (mode == "last" || mode == "all") {
             if (logits.is_none()) throw std::invalid_argument("prefill: logits output array required for mode " + mode);
-            py::array a = logits.cast<py::array>();
+            py::array a = as_ndarray(logits, "logits");
             if (mode == "last") { check<float>(a, "logits", {B, V}, true); m = l2p::LOGITS_LAST; }
             else { check<float>(a, "logits", {B, T, V}, true); m = l2p::LOGITS_ALL; }
             out = mut<float>(a);
@@ -154,13 +161,13 @@ public:
         check<int32_t>(next, "next", {B}, true);
         float* lp = nullptr;
         if (!logprobs.is_none()) {
-            py::array a = logprobs.cast<py::array>();
+            py::array a = as_ndarray(logprobs, "logprobs");
             check<float>(a, "logprobs", {B}, true);
             lp = mut<float>(a);
         }
         const int* f = nullptr;
         if (!forced.is_none()) {
-            py::array a = forced.cast<py::array>();
+            py::array a = as_ndarray(forced, "forced");
             check<int32_t>(a, "forced", {B}, false);
             f = cst<int32_t>(a);
             for (int b = 0; b < B; ++b)
