@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional
 
@@ -98,6 +99,11 @@ def _load(args, max_batch_size=1):
     return model
 
 
+def _prompt_bytes(prompt: Optional[str]) -> bytes:
+    """-i as the bytes the shell passed (run takes argv bytes: invalid UTF-8 is no error)."""
+    return os.fsencode(prompt) if prompt else b""
+
+
 def cmd_run(args) -> int:
     from .generate import RunStats, chat_loop
     from .sampler import resolve_seed
@@ -125,7 +131,7 @@ def cmd_run(args) -> int:
         out.flush()
         return 0
     stats = RunStats()
-    for b in model.stream_bytes(args.prompt or "", args.steps, args.temperature, args.top_p, args.seed, stats):
+    for b in model.stream_bytes(_prompt_bytes(args.prompt), args.steps, args.temperature, args.top_p, args.seed, stats):
         if b:
             out.write(b)
             out.flush()
@@ -172,7 +178,7 @@ def cmd_batch(args) -> int:
             raise ValueError("give prompts either with -i or with --prompts-file, not both")
         texts = read_prompts_file(args.prompts_file)
     else:
-        texts = [args.prompt or ""]
+        texts = [_prompt_bytes(args.prompt)]
     n_samples = args.num_samples or 1
     seqs = [(i, j, t) for i, t in enumerate(texts) for j in range(n_samples)]  # (prompt #, sample #, text)
     limit = min(args.max_batch or len(seqs), len(seqs))

@@ -31,7 +31,10 @@ class RunStats:
     @property
     def tok_per_s(self) -> float:
         n = self.positions - self.first_call_positions
-        return n / self.seconds if n > 0 and self.seconds > 0 else 0.0
+        if n > 0 and self.seconds > 0:
+            return n / self.seconds
+        # every position went through the prefill call (steps <= prompt length - 1): its own rate
+        return self.first_call_positions / self.first_call_s if self.first_call_s > 0 else 0.0
 
 
 def resolve_steps(steps: int, seq_len: int) -> int:
@@ -129,8 +132,10 @@ def chat_loop(backend: Backend, tokenizer: Tokenizer, steps: int, temperature: f
                     return
             prompt = tokenizer.encode(render_chat(user, system if pos == 0 else ""), bos=True)
             if pos + len(prompt) > seq_len:
-                raise PromptError(f"this turn needs {len(prompt)} tokens but only {seq_len - pos} of the "
-                                  f"context (seq_len {seq_len}) are left")
+                if pos == 0:
+                    raise PromptError(f"the first turn needs {len(prompt)} tokens but the model's context "
+                                      f"(seq_len) is {seq_len}; shorten it")
+                return  # the context is full: the chat ends, as run's does at `steps`
             idx, user_turn = 0, False
             yield b"Assistant: "
         if idx < len(prompt):

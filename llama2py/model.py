@@ -80,7 +80,7 @@ class Llama:
         return cls(ck, tok, backend, time.perf_counter() - t0, notes)
 
     # -- run's semantics --------------------------------------------------------------------------
-    def _start(self, prompt: str, steps: int, temperature: float, top_p: float, seed: Optional[int],
+    def _start(self, prompt: str | bytes, steps: int, temperature: float, top_p: float, seed: Optional[int],
                stats: Optional[RunStats] = None):
         """Validate eagerly (so errors surface before any output), then return the piece iterator."""
         validate_sampling(temperature, top_p, steps)
@@ -91,7 +91,7 @@ class Llama:
                           resolve_seed(seed), stats)
         return pieces, stats
 
-    def stream_bytes(self, prompt: str = "", steps: int = 256, temperature: float = 1.0, top_p: float = 0.9,
+    def stream_bytes(self, prompt: str | bytes = "", steps: int = 256, temperature: float = 1.0, top_p: float = 0.9,
                      seed: Optional[int] = None, stats: Optional[RunStats] = None) -> Iterator[bytes]:
         """The raw bytes run prints, piece by piece (the CLI writes these as they come)."""
         pieces, _ = self._start(prompt, steps, temperature, top_p, seed, stats)

@@ -16,7 +16,8 @@ _MASK64 = (1 << 64) - 1
 
 def resolve_seed(seed: int | None) -> int:
     """run's rule: no seed (or 0) means the current time in seconds."""
-    return int(time.time()) if not seed else int(seed) & _MASK64
+    s = int(seed or 0) & _MASK64  # a state of 0 would stay 0 (every coin 0.0): treat it as no seed
+    return s if s else int(time.time())
 
 
 class Rng:

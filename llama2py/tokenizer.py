@@ -25,6 +25,8 @@ class Tokenizer:
         if not self.path.exists():
             raise TokenizerError(f"tokenizer {path}: no such file (pass -z PATH; stories15M/42M/110M use "
                                  "the Llama 2 tokenizer.bin: `llama2py download tokenizer`)")
+        if self.path.is_dir():
+            raise TokenizerError(f"tokenizer {path}: is a directory, expected a llama2.c tokenizer file (-z)")
         data = self.path.read_bytes()
         if len(data) < 4:
             raise TokenizerError(f"tokenizer {path}: {len(data)} bytes, too short to be a tokenizer file")
@@ -60,12 +62,6 @@ class Tokenizer:
         self._ids: dict[bytes, int] = {}
         for i, p in enumerate(pieces):
             self._ids.setdefault(p, i)
-        # A piece of the form <0xHH> decodes to the raw byte HH.
-        self._decoded: list[bytes] = []
-        for p in pieces:
-            m = _BYTE_PIECE.match(p)
-            self._decoded.append(bytes([int(m.group(1), 16)]) if m else p)
-
     # ------------------------------------------------------------------------------------------
     def encode(self, text: str | bytes, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of text as `run` encodes it: BOS, a dummy-prefix space, code points, merges."""

@@ -162,3 +162,39 @@ def test_error_foreign_file(tmp_path):
     bad = tmp_path / "foreign.bin"
     bad.write_bytes(b"<html>not a model</html>" * 10)
     assert_clean_error(cli(bad), "checkpoint")
+
+
+def test_error_tokenizer_is_a_directory(stories260k, tmp_path):
+    assert_clean_error(cli(stories260k[0], "-z", tmp_path), "is a directory")
+
+
+def test_error_absurd_thread_count(stories260k):
+    assert_clean_error(cli(*stories260k[:1], "-z", stories260k[1], "-n", "4", "--device", "cpu", "--threads", "100000"),
+                       "threads=100000 is far more than")
+
+
+def test_prompt_bytes_that_are_not_utf8(stories260k):
+    """run takes argv bytes; so does -i (the invalid bytes fall back to byte tokens, unprinted)."""
+    require_device("cpu")
+    ck, tok = stories260k
+    r = subprocess.run([sys.executable, "-m", "llama2py", str(ck), "-z", str(tok), "-t", "0", "-n", "30",
+                        "--device", "cpu", "-i", os.fsdecode(b"\xff\xfeLily")], capture_output=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout.startswith(b"Lily and Anna")
+
+
+def test_tok_per_s_when_the_prefill_covers_every_position(stories260k):
+    from llama2py import Llama
+    m = Llama.load(stories260k[0], tokenizer=stories260k[1], device="numpy")
+    res = m.run("Once upon a time", steps=3, temperature=0.0)
+    assert res.stats.positions == 3 and res.tok_per_s > 0
+
+
+def test_chat_ends_when_the_context_is_full(tmp_path, stories260k):
+    c = Config(dim=16, hidden_dim=24, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=512, seq_len=32)
+    p = tmp_path / "small.bin"
+    write_checkpoint(p, c, random_weights(c))
+    r = cli(p, "-z", stories260k[1], "-m", "chat", "-y", "", "-t", "0", "-n", "0", "--device", "numpy",
+            stdin=b"hi\n" + b"tell me a long story please\n" * 20)
+    assert r.returncode == 0, r.stderr.decode()

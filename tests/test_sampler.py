@@ -42,10 +42,37 @@ def test_topp_keeps_smallest_nucleus():
     assert sample_topp(p, 0.7, np.float32(0.62)) == 1  # r = 0.496 < 0.5
 
 
-def test_topp_cutoff_filter():
-    # probabilities below (1 - top_p) / (n - 1) never enter the nucleus, even when top_p is ~1
-    p = np.array([0.6, 0.3999, 0.0001], np.float32)
-    assert sample_topp(p, 0.999, np.float32(0.999999)) == 1
+def topp_by_definition(p, top_p, coin):
+    """Nucleus sampling straight from its definition: every token, sorted, no cutoff shortcut."""
+    order = sorted(range(p.size), key=lambda i: (-p[i], i))
+    cum, last = np.float32(0), len(order) - 1
+    for k, i in enumerate(order):
+        cum = np.float32(cum + p[i])
+        if cum > np.float32(top_p):
+            last = k
+            break
+    r, cdf = np.float32(coin * cum), np.float32(0)
+    for i in order[:last + 1]:
+        cdf = np.float32(cdf + p[i])
+        if r < cdf:
+            return i
+    return order[last]
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_topp_equals_its_definition(top_p):
+    """run's cutoff (1 - top_p) / (n - 1) only skips tokens that can never be in the nucleus."""
+    rng = np.random.default_rng(int(top_p * 100))
+    for trial in range(300):
+        logits = rng.standard_normal(50).astype(np.float32) * rng.uniform(0.1, 8)
+        p = softmax(logits)
+        coin = np.float32(rng.random())
+        assert sample_topp(p, top_p, coin) == topp_by_definition(p, top_p, coin), trial
+
+
+def test_seed_that_masks_to_zero_is_no_seed():
+    from llama2py.sampler import resolve_seed
+    assert resolve_seed(2**64) != 0 and resolve_seed(0) != 0 and resolve_seed(5) == 5
 
 
 def test_sampler_distribution_matches_softmax():

@@ -10,6 +10,7 @@ one-sequence decode steps.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -45,6 +46,11 @@ class CpuBackend(Backend):
         super().__init__(config, weights, max_batch, threads)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1 (or None for OpenMP's default), got {threads}")
+        cores = os.cpu_count() or 1
+        if threads is not None and threads > max(64, 4 * cores):
+            # each thread gets its own buffers; absurd counts would exhaust memory, not speed anything up
+            raise ValueError(f"threads={threads} is far more than the {cores} cores here; "
+                             f"use at most {max(64, 4 * cores)} (the default uses every core)")
         ext = _load_extension()
         self._ext = ext
         c = config

@@ -97,15 +97,15 @@ class NumpyBackend(Backend):
         return self._logits(self._block(t[:, None], pos)[:, 0])
 
     def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
+        if logits not in ("last", "all", "none"):
+            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
         t = check_tokens(self, tokens, pos, 2)
         x = self._block(t, pos)
         if logits == "none":
             return None
         if logits == "all":
             return self._logits(x)
-        if logits == "last":
-            return self._logits(x[:, -1])
-        raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        return self._logits(x[:, -1])
 
     # -- sampling with the spec sampler ---------------------------------------------------------
     def set_seeds(self, seeds: Sequence[int]) -> None:
