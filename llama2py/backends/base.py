@@ -4,6 +4,9 @@ A backend owns its copy of the weights, its KV cache and its buffers, and never 
 arrays to callers: inputs and outputs are host numpy arrays. It runs B sequences (B <= max_batch)
 at one shared position; sequence b always uses KV cache slot b. The generation loop lives in
 llama2py.generate and is written once against this interface.
+
+A backend holds one generation's state (KV cache, generators, buffers): it is not thread-safe.
+Use one model per thread (each Llama.load has its own backend); batch sequences instead of threads.
 """
 from __future__ import annotations
 
