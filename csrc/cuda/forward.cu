@@ -133,16 +133,10 @@ struct EpQKV {
 #define GV_MAXB 4
 #define GV_PF 8
 
-// The scalar path (K % 4 != 0): one 4-byte load per weight row per lane and step.
-template <class Ep>
-static __device__ __forceinline__ void gemv_scalar_body(const float* __restrict__ x, const float* __restrict__ rmsw,
-                                                        int use_rms, const float* __restrict__ W, int N, int K,
-                                                        int M, const Ep& ep) {
-    extern __shared__ float4 gv_smem4[];
-    float* xs = reinterpret_cast<float*>(gv_smem4);
-    float* red = xs + (size_t)M * K;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = GV_NT / 32;
-
+// xs (M, K) in shared memory <- the M rows of x, through rmsnorm(., rmsw) when use_rms.
+static __device__ __forceinline__ void gv_stage_x(const float* __restrict__ x, const float* __restrict__ rmsw,
+                                                  int use_rms, int K, int M, float* xs, float* red) {
+    const int tid = threadIdx.x;
     for (int b = 0; b < M; b++) {
         const float* xr = x + (size_t)b * K;
         if (use_rms) {
@@ -156,6 +150,19 @@ static __device__ __forceinline__ void gemv_scalar_body(const float* __restrict_
         }
     }
     __syncthreads();
+}
+
+// The scalar path (K % 4 != 0): one 4-byte load per weight row per lane and step.
+template <class Ep>
+static __device__ __forceinline__ void gemv_scalar_body(const float* __restrict__ x, const float* __restrict__ rmsw,
+                                                        int use_rms, const float* __restrict__ W, int N, int K,
+                                                        int M, const Ep& ep) {
+    extern __shared__ float4 gv_smem4[];
+    float* xs = reinterpret_cast<float*>(gv_smem4);
+    float* red = xs + (size_t)M * K;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nw = GV_NT / 32;
+
+    gv_stage_x(x, rmsw, use_rms, K, M, xs, red);
 
     for (int n = (blockIdx.x * nw + warp) * 2; n < N; n += gridDim.x * nw * 2) {
         const bool has1 = n + 1 < N;
@@ -216,19 +223,7 @@ static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, co
     float4 u[GV_PF], v[GV_PF];
     if (n < N) gv_load(W, n, N, K4, 0, lane, u, v);
 
-    for (int b = 0; b < M; b++) {
-        const float* xr = x + (size_t)b * K;
-        if (use_rms) {
-            float ss = 0.f;
-            for (int k = tid; k < K; k += GV_NT) ss += xr[k] * xr[k];
-            ss = block_sum(ss, red);
-            const float s = sqrtf(ss / (float)K + RMS_EPS);
-            for (int k = tid; k < K; k += GV_NT) xs[(size_t)b * K + k] = rmsw[k] * (xr[k] / s);
-        } else {
-            for (int k = tid; k < K; k += GV_NT) xs[(size_t)b * K + k] = xr[k];
-        }
-    }
-    __syncthreads();
+    gv_stage_x(x, rmsw, use_rms, K, M, xs, red);
 
     const float4* xs4 = reinterpret_cast<const float4*>(xs);
     bool first = true;

@@ -93,3 +93,10 @@ def check_tokens(backend: Backend, tokens: np.ndarray, pos: int, ndim: int) -> n
     if t.size and (t.min() < 0 or t.max() >= c.vocab_size):
         raise ValueError(f"token ids must be in 0..{c.vocab_size - 1}, got {t.min()}..{t.max()}")
     return t
+
+
+def check_prefill(backend: Backend, tokens: np.ndarray, pos: int, logits: str) -> np.ndarray:
+    """Validate prefill's arguments before any work: the logits mode, then the token block (B, T)."""
+    if logits not in ("last", "all", "none"):
+        raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+    return check_tokens(backend, tokens, pos, 2)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..errors import DeviceError
-from .base import PROFILE_KEYS, Backend, check_tokens
+from .base import PROFILE_KEYS, Backend, check_prefill, check_tokens
 
 _MASK64 = (1 << 64) - 1
 
@@ -72,9 +72,7 @@ class CpuBackend(Backend):
         return out
 
     def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
-        if logits not in ("last", "all", "none"):
-            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
-        t = check_tokens(self, tokens, pos, 2)
+        t = check_prefill(self, tokens, pos, logits)
         B, T = t.shape
         V = self.config.vocab_size
         out = None

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..errors import DeviceError
-from .base import PROFILE_KEYS, Backend, check_tokens
+from .base import PROFILE_KEYS, Backend, check_prefill, check_tokens
 
 SOURCES = ("forward.cu", "sample.cu")
 GV_MAXB = 4            # csrc/cuda/forward.cu: rows a GEMV kernel handles
@@ -346,9 +346,7 @@ class CudaBackend(Backend):
         return out
 
     def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
-        if logits not in ("last", "all", "none"):
-            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
-        t = check_tokens(self, tokens, pos, 2)
+        t = check_prefill(self, tokens, pos, logits)
         B, T = t.shape
         c = self.config
         chunk = max(1, self.max_rows // B)

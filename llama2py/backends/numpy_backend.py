@@ -10,7 +10,7 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..sampler import Rng, Sampler, log_softmax_at
-from .base import Backend, check_tokens
+from .base import Backend, check_prefill, check_tokens
 
 EPS = np.float32(1e-5)
 
@@ -97,9 +97,7 @@ class NumpyBackend(Backend):
         return self._logits(self._block(t[:, None], pos)[:, 0])
 
     def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
-        if logits not in ("last", "all", "none"):
-            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
-        t = check_tokens(self, tokens, pos, 2)
+        t = check_prefill(self, tokens, pos, logits)
         x = self._block(t, pos)
         if logits == "none":
             return None
