@@ -46,6 +46,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def greedy_decode_tok_s(backend, batch: int, steps: int) -> float:
+    """Aggregate tok/s of a greedy decode of `steps` positions for `batch` sequences from position 0,
+    counted like run's figure: positions after the first over the seconds since it ended."""
+    tok, _ = backend.step(np.ones(batch, np.int32), 0, 0.0, 0.9)
+    t0 = time.perf_counter()
+    for pos in range(1, steps):
+        tok, _ = backend.step(tok, pos, 0.0, 0.9)
+    return batch * (steps - 1) / (time.perf_counter() - t0)
+
+
 def cuda_status() -> tuple[bool, str]:
     """(usable, reason): CuPy importable and at least one GPU visible."""
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,18 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llama2py.backends import create_backend  # noqa: E402
 from llama2py.batch import BatchStats, run_batch  # noqa: E402
+from llama2py.bench import cpu_model  # noqa: E402
 from llama2py.checkpoint import load_checkpoint  # noqa: E402
 from llama2py.synth import shape_config, write_synthetic  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def one_run(backend, batch: int, prompt_len: int, gen: int, temperature: float, top_p: float,

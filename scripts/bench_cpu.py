@@ -18,20 +18,10 @@ import numpy as np
 
 from llama2py.checkpoint import Config, load_checkpoint, random_weights, write_checkpoint
 from llama2py.backends.cpu import CpuBackend
+from llama2py.bench import greedy_decode_tok_s
 
 STORIES15M = Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000,
                     seq_len=256, shared_classifier=True)
-
-
-def decode_tok_s(backend: CpuBackend, batch: int, steps: int) -> float:
-    """Greedy decode of `steps` positions for `batch` sequences; aggregate tok/s after step 1
-    (as run's figure: positions - 1 over the time since the end of the first step)."""
-    tokens = np.ones(batch, np.int32)
-    nxt, _ = backend.step(tokens, 0, 0.0, 0.9)
-    t0 = time.perf_counter()
-    for pos in range(1, steps):
-        nxt, _ = backend.step(nxt, pos, 0.0, 0.9)
-    return batch * (steps - 1) / (time.perf_counter() - t0)
 
 
 def prefill_tok_s(backend: CpuBackend, batch: int, T: int) -> float:
@@ -61,8 +51,8 @@ def main() -> None:
     rows = {"decode batch 1": [], f"decode batch {args.batch}": [], "prefill 1 x 128": [],
             f"prefill {args.batch} x 8": []}
     for _ in range(args.repeats):  # alternate configurations
-        rows["decode batch 1"].append(decode_tok_s(b1, 1, steps))
-        rows[f"decode batch {args.batch}"].append(decode_tok_s(bN, args.batch, steps))
+        rows["decode batch 1"].append(greedy_decode_tok_s(b1, 1, steps))
+        rows[f"decode batch {args.batch}"].append(greedy_decode_tok_s(bN, args.batch, steps))
         rows["prefill 1 x 128"].append(prefill_tok_s(b1, 1, min(128, c.seq_len)))
         rows[f"prefill {args.batch} x 8"].append(prefill_tok_s(bN, args.batch, min(8, c.seq_len)))
 

@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from llama2py.bench import greedy_decode_tok_s  # noqa: E402
 from llama2py.checkpoint import Config, random_weights  # noqa: E402
 
 SHAPES = {
@@ -31,24 +32,14 @@ SHAPES = {
 }
 
 
-def decode(backend, batch: int, steps: int) -> float:
-    """Aggregate tok/s of a greedy decode of `steps` positions for `batch` sequences."""
-    tok = np.ones(batch, np.int32)
-    tok, _ = backend.step(tok, 0, 0.0, 0.9)
-    t0 = time.perf_counter()
-    for pos in range(1, steps):
-        tok, _ = backend.step(tok, pos, 0.0, 0.9)
-    return batch * (steps - 1) / (time.perf_counter() - t0)
-
-
 def bench(make, name: str, shape: str, batch: int, steps: int, repeats: int, results: list) -> None:
     c = SHAPES[shape]
     try:
         t0 = time.perf_counter()
         backend = make(c, random_weights(c, seed=0), batch)
         load_s = time.perf_counter() - t0
-        decode(backend, batch, min(steps, 8))  # warm-up: compile, capture
-        runs = [decode(backend, batch, steps) for _ in range(repeats)]
+        greedy_decode_tok_s(backend, batch, min(steps, 8))  # warm-up: compile, capture
+        runs = [greedy_decode_tok_s(backend, batch, steps) for _ in range(repeats)]
         tok_s = statistics.median(runs)
         row = {"backend": name, "shape": shape, "batch": batch, "steps": steps, "tok_s": tok_s,
                "us_per_step": 1e6 * batch / tok_s, "runs": runs, "load_s": load_s,
