@@ -419,11 +419,9 @@ embed(const int* __restrict__ tokens, const float* __restrict__ emb, float* __re
     for (int d = threadIdx.x; d < dim; d += blockDim.x) o[d] = e[d];
 }
 
-// RoPE + cache store from a stored (M, dim + 2 kv_dim) q|k|v product
-extern "C" __global__ void __launch_bounds__(256)
-apply_qkv(const float* __restrict__ src, int M, int N, float* q, float* kc, float* vc, const float* rcos,
-          const float* rsin, const int* pos_ptr, int T, int seq_len, int dim, int kv_dim, int hs) {
-    const EpQKV ep{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs};
+// An epilogue over the adjacent column pairs (n, n + 1) of a stored (M, N) product, grid-stride.
+template <class Ep>
+static __device__ __forceinline__ void apply_pairs(const float* __restrict__ src, int M, int N, const Ep& ep) {
     const int half = N >> 1;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)M * half;
          i += (size_t)gridDim.x * blockDim.x) {
@@ -432,16 +430,17 @@ apply_qkv(const float* __restrict__ src, int M, int N, float* q, float* kc, floa
     }
 }
 
+// RoPE + cache store from a stored (M, dim + 2 kv_dim) q|k|v product
+extern "C" __global__ void __launch_bounds__(256)
+apply_qkv(const float* __restrict__ src, int M, int N, float* q, float* kc, float* vc, const float* rcos,
+          const float* rsin, const int* pos_ptr, int T, int seq_len, int dim, int kv_dim, int hs) {
+    apply_pairs(src, M, N, EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});
+}
+
 // SwiGLU from a stored (M, 2 hidden) interleaved product
 extern "C" __global__ void __launch_bounds__(256)
 apply_swiglu(const float* __restrict__ src, int M, int N, float* out, int hidden) {
-    const EpSwiglu ep{out, hidden};
-    const int half = N >> 1;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)M * half;
-         i += (size_t)gridDim.x * blockDim.x) {
-        const int m = (int)(i / half), n = (int)(i % half) * 2;
-        ep(m, n, src[(size_t)m * N + n], src[(size_t)m * N + n + 1], true);
-    }
+    apply_pairs(src, M, N, EpSwiglu{out, hidden});
 }
 
 // out[m, n] += src[m, n] (the residual add)

@@ -24,81 +24,42 @@
 #define POS_INF __int_as_float(0x7f800000)
 #define BIG_INT 0x7fffffff
 
-static __device__ __forceinline__ float s_warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(WARP_FULL, v, o);
-    return v;
-}
-
-static __device__ float s_block_sum(float v, float* sh) {
+// Block-wide reduction (SNT / 32 == 32 warps): a fixed butterfly inside each warp, then the same
+// over the warps' results, so the same inputs always give the same bits. sh needs 33 slots.
+template <class T, class Op>
+static __device__ T s_block_reduce(T v, T* sh, Op op) {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    v = s_warp_sum(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(WARP_FULL, v, o));
     __syncthreads();
     if (lane == 0) sh[w] = v;
     __syncthreads();
     if (w == 0) {
-        float t = sh[lane];  // SNT / 32 == 32 warps
-        t = s_warp_sum(t);
+        T t = sh[lane];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) t = op(t, __shfl_xor_sync(WARP_FULL, t, o));
         if (lane == 0) sh[32] = t;
     }
     __syncthreads();
     return sh[32];
 }
 
-static __device__ float s_block_max(float v, float* sh) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(WARP_FULL, v, o));
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        float t = sh[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t = fmaxf(t, __shfl_xor_sync(WARP_FULL, t, o));
-        if (lane == 0) sh[32] = t;
-    }
-    __syncthreads();
-    return sh[32];
-}
+struct OpAdd {
+    template <class T>
+    __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+};
+struct OpMaxF {
+    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct OpMinI {
+    __device__ __forceinline__ int operator()(int a, int b) const { return min(a, b); }
+};
 
-static __device__ float s_block_min(float v, float* sh) {
-    return -s_block_max(-v, sh);
-}
-
-static __device__ int s_block_min_int(int v, int* sh) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(WARP_FULL, v, o));
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        int t = sh[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t = min(t, __shfl_xor_sync(WARP_FULL, t, o));
-        if (lane == 0) sh[32] = t;
-    }
-    __syncthreads();
-    return sh[32];
-}
-
-static __device__ int s_block_sum_int(int v, int* sh) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(WARP_FULL, v, o);
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        int t = sh[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(WARP_FULL, t, o);
-        if (lane == 0) sh[32] = t;
-    }
-    __syncthreads();
-    return sh[32];
-}
+static __device__ float s_block_sum(float v, float* sh) { return s_block_reduce(v, sh, OpAdd{}); }
+static __device__ int s_block_sum_int(int v, int* sh) { return s_block_reduce(v, sh, OpAdd{}); }
+static __device__ float s_block_max(float v, float* sh) { return s_block_reduce(v, sh, OpMaxF{}); }
+static __device__ float s_block_min(float v, float* sh) { return -s_block_max(-v, sh); }
+static __device__ int s_block_min_int(int v, int* sh) { return s_block_reduce(v, sh, OpMinI{}); }
 
 // Exclusive prefix over threads in thread order (thread t owns the t-th contiguous chunk).
 template <class V>
