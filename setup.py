@@ -6,6 +6,7 @@ Project metadata lives in pyproject.toml; this file only adds what needs code:
 - csrc/cuda/*.cu copied into the package as llama2py/cuda_src/*.cu for regular (non-editable)
   installs; CuPy compiles them at run time. An editable install finds them in csrc/cuda directly.
 """
+
 import glob
 import os
 import shutil
@@ -62,8 +63,9 @@ class build_py_with_cuda_sources(build_py):
         outputs = list(super().get_outputs(include_bytecode))
         if not getattr(self, "editable_mode", False):
             dest = os.path.join(self.build_lib, "llama2py", "cuda_src")
-            outputs += [os.path.join(dest, os.path.basename(p))
-                        for p in glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))]
+            outputs += [
+                os.path.join(dest, os.path.basename(p)) for p in glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))
+            ]
         return outputs
 
 

@@ -1,4 +1,5 @@
 """llama2py: run llama2.c checkpoints from Python on C++ (CPU) and CUDA kernels."""
+
 __version__ = "0.1.0"
 
 from .checkpoint import Config, load_checkpoint  # noqa: E402
@@ -9,6 +10,7 @@ from .tokenizer import Tokenizer  # noqa: E402
 def __getattr__(name):  # Llama pulls in the backends: import it on first use
     if name == "Llama":
         from .model import Llama
+
         return Llama
     raise AttributeError(name)
 

@@ -1,4 +1,5 @@
 """argparse value types shared by the CLI and its subcommands: range errors name the flag."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,7 @@ def int_at_least(lo: int, name: str):
         if v < lo:
             raise argparse.ArgumentTypeError(f"{name} must be >= {lo}, got {s}")
         return v
+
     return parse
 
 
@@ -25,6 +27,8 @@ def float_in(lo: float, hi: Optional[float], name: str):
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}")
         if not (v >= lo and (hi is None or v <= hi)):
             raise argparse.ArgumentTypeError(
-                f"{name} must be in [{lo}, {hi}], got {s}" if hi is not None else f"{name} must be >= {lo}, got {s}")
+                f"{name} must be in [{lo}, {hi}], got {s}" if hi is not None else f"{name} must be >= {lo}, got {s}"
+            )
         return v
+
     return parse

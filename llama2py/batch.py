@@ -21,11 +21,13 @@ same loop:
 
 Nothing here prints or exits; errors are llama2py.errors.PromptError or ValueError.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -47,12 +49,13 @@ class BatchStats:
     decode_s counts from the end of the prefill (the start of the step loop) to the end of the
     loop. `generated[b]` is the number of tokens sequence b sampled (its stop token included: it
     cost a step too); `finish_s[b]` is when, within the decode phase, it was done."""
+
     batch_size: int = 0
     prompt_lens: list[int] = field(default_factory=list)
     prefill_positions: int = 0
     prefill_s: float = 0.0
-    steps: int = 0              # backend.step calls
-    step_rows: int = 0          # sum of the batch sizes those calls ran (after trimming)
+    steps: int = 0  # backend.step calls
+    step_rows: int = 0  # sum of the batch sizes those calls ran (after trimming)
     decode_s: float = 0.0
     generated: list[int] = field(default_factory=list)
     finish_s: list[float] = field(default_factory=list)
@@ -75,10 +78,11 @@ class BatchStats:
 @dataclass
 class BatchResult:
     """Per sequence, the kept tokens from position 0 (prompt included) and their log-probs."""
+
     tokens: list[list[int]]
     logprobs: Optional[list[list[float]]]
     prompt_lens: list[int]
-    stopped: list[bool]         # True where generation ended at a stop token
+    stopped: list[bool]  # True where generation ended at a stop token
     stats: BatchStats
 
 
@@ -88,14 +92,17 @@ def check_batch(prompt_tokens: Sequence[Sequence[int]], max_batch: int, seq_len:
     if n == 0:
         raise PromptError("no prompts given: a batch needs at least one prompt")
     if n > max_batch:
-        raise PromptError(f"a batch of {n} prompts, but the model was loaded with max_batch_size={max_batch}; "
-                          f"load it with max_batch_size={n} (or more), or split the prompts")
+        raise PromptError(
+            f"a batch of {n} prompts, but the model was loaded with max_batch_size={max_batch}; "
+            f"load it with max_batch_size={n} (or more), or split the prompts"
+        )
     for b, p in enumerate(prompt_tokens):
         if len(p) == 0:
             raise PromptError(f"prompt {b} is empty: every prompt needs at least one token (BOS, 1)")
         if len(p) > seq_len:
-            raise PromptError(f"prompt {b} is {len(p)} tokens but the model's context (seq_len) is {seq_len}; "
-                              "shorten it")
+            raise PromptError(
+                f"prompt {b} is {len(p)} tokens but the model's context (seq_len) is {seq_len}; shorten it"
+            )
         lo, hi = min(p), max(p)
         if lo < 0 or hi >= vocab_size:
             raise PromptError(f"prompt {b} holds token ids {lo}..{hi}, outside the vocabulary 0..{vocab_size - 1}")
@@ -122,10 +129,18 @@ def _bucket(n: int, cap: int) -> int:
     return min(p, cap)
 
 
-def run_batch(backend: Backend, prompt_tokens: Sequence[Sequence[int]], ends: Sequence[int],
-              temperature: float, top_p: float, seeds: Sequence[int], logprobs: bool = False,
-              prompt_logprobs: bool = False, stop_tokens: Sequence[int] = STOP_TOKENS,
-              stats: Optional[BatchStats] = None) -> BatchResult:
+def run_batch(
+    backend: Backend,
+    prompt_tokens: Sequence[Sequence[int]],
+    ends: Sequence[int],
+    temperature: float,
+    top_p: float,
+    seeds: Sequence[int],
+    logprobs: bool = False,
+    prompt_logprobs: bool = False,
+    stop_tokens: Sequence[int] = STOP_TOKENS,
+    stats: Optional[BatchStats] = None,
+) -> BatchResult:
     """The batched loop. Sequence b keeps token indices 0..ends[b]-1 at most (cut earlier at a
     generated stop token); positions ends[b]-1 and later are never fed for it. ends[b] may be up to
     seq_len + 1 (the last position's logits give one more token, as `run` does).
@@ -142,9 +157,9 @@ def run_batch(backend: Backend, prompt_tokens: Sequence[Sequence[int]], ends: Se
     if end.min() < 1 or end.max() > c.seq_len + 1:
         raise ValueError(f"ends must be in 1..{c.seq_len + 1}, got {end.min()}..{end.max()}")
     L = int(max(end.max(), lens.max()))
-    tokens = np.zeros((B, L), np.int32)                 # (B, L); 0 is a valid id for unused cells
+    tokens = np.zeros((B, L), np.int32)  # (B, L); 0 is a valid id for unused cells
     for b, p in enumerate(prompt_tokens):
-        tokens[b, :len(p)] = p
+        tokens[b, : len(p)] = p
     lp = np.zeros((B, L), np.float64) if logprobs else None
     stats = stats if stats is not None else BatchStats()
     stats.batch_size, stats.prompt_lens = B, [int(n) for n in lens]
@@ -163,16 +178,16 @@ def run_batch(backend: Backend, prompt_tokens: Sequence[Sequence[int]], ends: Se
             chunk = max(1, _ALL_LOGITS_BYTES // (B * c.vocab_size * 4))
             for a in range(0, k, chunk):
                 e = min(k, a + chunk)
-                out = backend.prefill(tokens[:, a:e], a, logits="all")   # (B, e-a, vocab)
-                lp[:, a + 1:e + 1] = _log_softmax_rows(out, tokens[:, a + 1:e + 1])
+                out = backend.prefill(tokens[:, a:e], a, logits="all")  # (B, e-a, vocab)
+                lp[:, a + 1 : e + 1] = _log_softmax_rows(out, tokens[:, a + 1 : e + 1])
         else:
             backend.prefill(tokens[:, :k], 0, logits="none")
     t1 = time.perf_counter()
     stats.prefill_positions, stats.prefill_s = max(k, 0), t1 - t0
 
     stopped = np.zeros(B, bool)
-    cut = end.copy()                                   # exclusive end of the kept tokens
-    done = end <= k + 1                                # nothing left to produce
+    cut = end.copy()  # exclusive end of the kept tokens
+    done = end <= k + 1  # nothing left to produce
     forced = np.full(B, -1, np.int32)
     pos = k
     while pos < L - 1 and not done.all():
@@ -183,7 +198,7 @@ def run_batch(backend: Backend, prompt_tokens: Sequence[Sequence[int]], ends: Se
         f[:] = -1
         in_prompt = nxt_idx < lens[:Bp]
         f[in_prompt] = tokens[:Bp][in_prompt, nxt_idx]
-        f[done[:Bp]] = 0                               # finished slots: no sampling, no generator draw
+        f[done[:Bp]] = 0  # finished slots: no sampling, no generator draw
         nxt, lps = backend.step(tokens[:Bp, pos], pos, temperature, top_p, f, want_logprobs=logprobs)
         now = time.perf_counter() - t1
         stats.steps += 1
@@ -204,15 +219,22 @@ def run_batch(backend: Backend, prompt_tokens: Sequence[Sequence[int]], ends: Se
     stats.decode_s = time.perf_counter() - t1
     stats.generated, stats.finish_s = generated.tolist(), finish_s.tolist()
 
-    out_tokens = [tokens[b, :cut[b]].tolist() for b in range(B)]
-    out_lp = [lp[b, :cut[b]].tolist() for b in range(B)] if logprobs else None
+    out_tokens = [tokens[b, : cut[b]].tolist() for b in range(B)]
+    out_lp = [lp[b, : cut[b]].tolist() for b in range(B)] if logprobs else None
     return BatchResult(out_tokens, out_lp, [int(n) for n in lens], stopped.tolist(), stats)
 
 
-def generate(backend: Backend, prompt_tokens: Sequence[Sequence[int]], max_gen_len: int,
-             temperature: float, top_p: float, seeds: Sequence[int], logprobs: bool = False,
-             echo: bool = False, stats: Optional[BatchStats] = None
-             ) -> tuple[list[list[int]], Optional[list[list[float]]]]:
+def generate(
+    backend: Backend,
+    prompt_tokens: Sequence[Sequence[int]],
+    max_gen_len: int,
+    temperature: float,
+    top_p: float,
+    seeds: Sequence[int],
+    logprobs: bool = False,
+    echo: bool = False,
+    stats: Optional[BatchStats] = None,
+) -> tuple[list[list[int]], Optional[list[list[float]]]]:
     """Meta's generate(): returns (tokens, logprobs) per sequence, the generated tokens only (or,
     with echo, prompt + generated), cut at max_gen_len and before the stop token."""
     if max_gen_len < 0:
@@ -222,8 +244,9 @@ def generate(backend: Backend, prompt_tokens: Sequence[Sequence[int]], max_gen_l
     lens = [len(p) for p in prompt_tokens]
     tl = total_len(lens, max_gen_len, c.seq_len)
     ends = [min(n + max_gen_len, tl) for n in lens]
-    res = run_batch(backend, prompt_tokens, ends, temperature, top_p, seeds, logprobs,
-                    prompt_logprobs=echo, stats=stats)
+    res = run_batch(
+        backend, prompt_tokens, ends, temperature, top_p, seeds, logprobs, prompt_logprobs=echo, stats=stats
+    )
     starts = [0 if echo else n for n in lens]
     toks = [t[s:] for t, s in zip(res.tokens, starts)]
     lps = [p[s:] for p, s in zip(res.logprobs, starts)] if logprobs else None

@@ -4,6 +4,7 @@ effective weight bandwidth, per backend and batch size; optionally against llama
 docs/PERFORMANCE.md documents the method and every JSON field. The functions here measure and
 return data; only run() prints (the report is the command's output).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,6 +73,7 @@ def cuda_status() -> tuple[bool, str]:
 def gpu_name() -> Optional[str]:
     try:
         import cupy
+
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"]
         return name.decode() if isinstance(name, bytes) else str(name)
@@ -137,6 +139,7 @@ def peak_rss() -> Optional[int]:
         return hwm
     try:
         import resource
+
         r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return r if sys.platform == "darwin" else r * 1024
     except Exception:
@@ -156,10 +159,15 @@ def weight_bytes(config: Config) -> int:
 def estimate_bytes(config: Config, batch: int, prompt_len: int) -> int:
     """Rough host memory a backend needs: weights, KV cache and the largest activations."""
     c = config
-    weights = 4 * (c.n_layers * (c.dim * (2 * c.dim + 2 * c.kv_dim) + 3 * c.dim * c.hidden_dim + 2 * c.dim)
-                   + c.dim + c.vocab_size * c.dim * (1 if c.shared_classifier else 2))
+    weights = 4 * (
+        c.n_layers * (c.dim * (2 * c.dim + 2 * c.kv_dim) + 3 * c.dim * c.hidden_dim + 2 * c.dim)
+        + c.dim
+        + c.vocab_size * c.dim * (1 if c.shared_classifier else 2)
+    )
     kv = 2 * 4 * c.n_layers * batch * c.seq_len * c.kv_dim
-    act = 4 * batch * prompt_len * (3 * c.hidden_dim + 6 * c.dim + 3 * c.n_heads * prompt_len) + 8 * batch * c.vocab_size
+    act = (
+        4 * batch * prompt_len * (3 * c.hidden_dim + 6 * c.dim + 3 * c.n_heads * prompt_len) + 8 * batch * c.vocab_size
+    )
     return weights + kv + act
 
 
@@ -178,17 +186,41 @@ def _median(xs: list[float]) -> Optional[float]:
 
 def _row(device: str, batch: Optional[int], status: str, reason: Optional[str] = None) -> dict:
     return {
-        "device": device, "batch": batch, "status": status, "reason": reason, "backend": None,
-        "load_s": None, "prefill_tokens": None, "prefill_s": None, "prefill_tok_s": None,
-        "decode_steps": None, "decode_s": None, "decode_tok_s": None, "decode_tok_s_runs": [],
-        "decode_steps_per_s": None, "weight_bytes": None, "weight_bandwidth_gb_s": None,
-        "peak_rss_bytes": None, "backend_memory_bytes": None, "device_memory_bytes": None,
-        "profile": None, "profile_total_s": None, "profile_note": None,
+        "device": device,
+        "batch": batch,
+        "status": status,
+        "reason": reason,
+        "backend": None,
+        "load_s": None,
+        "prefill_tokens": None,
+        "prefill_s": None,
+        "prefill_tok_s": None,
+        "decode_steps": None,
+        "decode_s": None,
+        "decode_tok_s": None,
+        "decode_tok_s_runs": [],
+        "decode_steps_per_s": None,
+        "weight_bytes": None,
+        "weight_bandwidth_gb_s": None,
+        "peak_rss_bytes": None,
+        "backend_memory_bytes": None,
+        "device_memory_bytes": None,
+        "profile": None,
+        "profile_total_s": None,
+        "profile_note": None,
     }
 
 
-def bench_one(path: str | os.PathLike, device: str, batch: int, steps: int, prompt_len: int, repeat: int,
-              threads: Optional[int], make_backend: Optional[Callable] = None) -> dict:
+def bench_one(
+    path: str | os.PathLike,
+    device: str,
+    batch: int,
+    steps: int,
+    prompt_len: int,
+    repeat: int,
+    threads: Optional[int],
+    make_backend: Optional[Callable] = None,
+) -> dict:
     """Measure one (device, batch). Raises what the backend raises (the caller turns it into a row)."""
     make_backend = make_backend or create_backend
     row = _row(device, batch, "ok")
@@ -203,8 +235,11 @@ def bench_one(path: str | os.PathLike, device: str, batch: int, steps: int, prom
         row["backend"] = backend.describe()
         rng = np.random.default_rng(0)
         # never BOS (1): any other id is as good a prompt as a real one for timing
-        prompt = rng.integers(3, c.vocab_size, size=(batch, prompt_len), dtype=np.int32) if c.vocab_size > 3 \
+        prompt = (
+            rng.integers(3, c.vocab_size, size=(batch, prompt_len), dtype=np.int32)
+            if c.vocab_size > 3
             else np.zeros((batch, prompt_len), np.int32)
+        )
 
         def one_run(n_steps: int) -> tuple[float, float]:
             t = time.perf_counter()
@@ -254,15 +289,23 @@ def bench_one(path: str | os.PathLike, device: str, batch: int, steps: int, prom
             row["device_memory_bytes"] = backend.memory_bytes()
     finally:
         backend.close()
-        del backend
+        backend = None  # drop the weights and buffers before the next row
         gc.collect()
     return row
 
 
-def bench(path: str | os.PathLike, devices: list[str], batches: list[int], steps: int,
-          prompt_len: Optional[int] = None, repeat: int = 3, threads: Optional[int] = None,
-          progress: Optional[Callable[[str], None]] = None, raise_errors: bool = False,
-          make_backend: Optional[Callable] = None) -> dict:
+def bench(
+    path: str | os.PathLike,
+    devices: list[str],
+    batches: list[int],
+    steps: int,
+    prompt_len: Optional[int] = None,
+    repeat: int = 3,
+    threads: Optional[int] = None,
+    progress: Optional[Callable[[str], None]] = None,
+    raise_errors: bool = False,
+    make_backend: Optional[Callable] = None,
+) -> dict:
     """The whole report as a dict (the JSON document). Unusable devices and batches that do not
     fit become rows with status and reason; nothing here prints. make_backend: create_backend's
     signature (tests inject backends)."""
@@ -274,15 +317,31 @@ def bench(path: str | os.PathLike, devices: list[str], batches: list[int], steps
         "schema": SCHEMA,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "checkpoint": {
-            "path": str(path), "version": ck.version, "config": {
-                "dim": c.dim, "hidden_dim": c.hidden_dim, "n_layers": c.n_layers, "n_heads": c.n_heads,
-                "n_kv_heads": c.n_kv_heads, "vocab_size": c.vocab_size, "seq_len": c.seq_len,
-                "shared_classifier": c.shared_classifier},
-            "parameters": ck.n_params, "file_bytes": ck.file_bytes, "weight_bytes": weight_bytes(c),
+            "path": str(path),
+            "version": ck.version,
+            "config": {
+                "dim": c.dim,
+                "hidden_dim": c.hidden_dim,
+                "n_layers": c.n_layers,
+                "n_heads": c.n_heads,
+                "n_kv_heads": c.n_kv_heads,
+                "vocab_size": c.vocab_size,
+                "seq_len": c.seq_len,
+                "shared_classifier": c.shared_classifier,
+            },
+            "parameters": ck.n_params,
+            "file_bytes": ck.file_bytes,
+            "weight_bytes": weight_bytes(c),
         },
         "host": host_info(threads),
-        "settings": {"devices": devices, "batches": batches, "prompt_len": p_len, "steps": steps,
-                     "repeat": repeat, "threads": threads},
+        "settings": {
+            "devices": devices,
+            "batches": batches,
+            "prompt_len": p_len,
+            "steps": steps,
+            "repeat": repeat,
+            "threads": threads,
+        },
         "results": [],
         "vs_run": None,
     }
@@ -296,8 +355,14 @@ def bench(path: str | os.PathLike, devices: list[str], batches: list[int], steps
                 progress(f"{device} batch {batch}")
             need, avail = estimate_bytes(c, batch, p_len), mem_available()
             if device != "cuda" and avail is not None and need > 0.9 * avail:
-                report["results"].append(_row(device, batch, "skipped",
-                                              f"needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"))
+                report["results"].append(
+                    _row(
+                        device,
+                        batch,
+                        "skipped",
+                        f"needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available",
+                    )
+                )
                 continue
             try:
                 row = bench_one(path, device, batch, steps, p_len, repeat, threads, make_backend)
@@ -333,8 +398,9 @@ def bench(path: str | os.PathLike, devices: list[str], batches: list[int], steps
 _ACHIEVED = re.compile(r"achieved tok/s:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)")
 
 
-def run_binary_once(binary: str, checkpoint: str, tokenizer: str, steps: int,
-                    threads: Optional[int], timeout: float = 600.0) -> float:
+def run_binary_once(
+    binary: str, checkpoint: str, tokenizer: str, steps: int, threads: Optional[int], timeout: float = 600.0
+) -> float:
     """Run llama2.c's `run` greedily and return its `achieved tok/s`."""
     env = dict(os.environ)
     if threads is not None:
@@ -352,17 +418,27 @@ def run_binary_once(binary: str, checkpoint: str, tokenizer: str, steps: int,
     m = _ACHIEVED.search(out)
     if r.returncode != 0 or not m:
         tail = out.strip()[-300:]
-        raise Llama2pyError(f"--vs-run: `{' '.join(cmd)}` exited {r.returncode} without an "
-                            f"'achieved tok/s' line; its output ends: {tail!r}")
+        raise Llama2pyError(
+            f"--vs-run: `{' '.join(cmd)}` exited {r.returncode} without an "
+            f"'achieved tok/s' line; its output ends: {tail!r}"
+        )
     return float(m.group(1))
 
 
-def vs_run(binary: str, checkpoint: str, tokenizer: Optional[str], steps: int, repeat: int,
-           threads: Optional[int], device: str = "cpu",
-           progress: Optional[Callable[[str], None]] = None) -> dict:
+def vs_run(
+    binary: str,
+    checkpoint: str,
+    tokenizer: Optional[str],
+    steps: int,
+    repeat: int,
+    threads: Optional[int],
+    device: str = "cpu",
+    progress: Optional[Callable[[str], None]] = None,
+) -> dict:
     """Alternate llama2.c's run and llama2py's greedy run (Llama.run, batch 1) `repeat` times after
     one warm-up each; both report run's own tok/s figure. Returns medians and the ratio."""
     from .model import Llama, find_tokenizer
+
     ck_path = Path(checkpoint)
     if tokenizer is None:
         tokenizer = str(find_tokenizer(ck_path, load_checkpoint(ck_path).config.vocab_size))
@@ -379,11 +455,17 @@ def vs_run(binary: str, checkpoint: str, tokenizer: Optional[str], steps: int, r
         ours.append(model.run("", steps=steps, temperature=0.0).tok_per_s)
     rm, om = _median(run_s), _median(ours)
     return {
-        "binary": str(binary), "tokenizer": str(tokenizer), "device": model.device, "steps": steps,
-        "threads": threads, "repeat": repeat,
+        "binary": str(binary),
+        "tokenizer": str(tokenizer),
+        "device": model.device,
+        "steps": steps,
+        "threads": threads,
+        "repeat": repeat,
         "command": f"{binary} {checkpoint} -t 0 -n {steps} -z {tokenizer}",
-        "run_tok_s_runs": run_s, "llama2py_tok_s_runs": ours,
-        "run_tok_s": rm, "llama2py_tok_s": om,
+        "run_tok_s_runs": run_s,
+        "llama2py_tok_s_runs": ours,
+        "run_tok_s": rm,
+        "llama2py_tok_s": om,
         "ratio": (om / rm) if rm else None,
     }
 
@@ -413,8 +495,17 @@ def render(report: dict) -> str:
         f"median of {s['repeat']} after a warm-up",
         "",
     ]
-    head = ("device", "batch", "load s", "prefill tok/s", "decode tok/s", "steps/s", "weights GB/s",
-            "peak RSS MiB", "dev MiB")
+    head = (
+        "device",
+        "batch",
+        "load s",
+        "prefill tok/s",
+        "decode tok/s",
+        "steps/s",
+        "weights GB/s",
+        "peak RSS MiB",
+        "dev MiB",
+    )
     rows = []
     notes = []
     for r in report["results"]:
@@ -422,9 +513,19 @@ def render(report: dict) -> str:
             rows.append((r["device"], "-" if r["batch"] is None else str(r["batch"]), r["status"]))
             notes.append(f"{r['device']}" + (f" batch {r['batch']}" if r["batch"] else "") + f": {r['reason']}")
             continue
-        rows.append((r["device"], str(r["batch"]), _fmt(r["load_s"], ".2f"), _fmt(r["prefill_tok_s"]),
-                     _fmt(r["decode_tok_s"]), _fmt(r["decode_steps_per_s"]), _fmt(r["weight_bandwidth_gb_s"], ".2f"),
-                     _mib(r["peak_rss_bytes"]), _mib(r["device_memory_bytes"])))
+        rows.append(
+            (
+                r["device"],
+                str(r["batch"]),
+                _fmt(r["load_s"], ".2f"),
+                _fmt(r["prefill_tok_s"]),
+                _fmt(r["decode_tok_s"]),
+                _fmt(r["decode_steps_per_s"]),
+                _fmt(r["weight_bandwidth_gb_s"], ".2f"),
+                _mib(r["peak_rss_bytes"]),
+                _mib(r["device_memory_bytes"]),
+            )
+        )
     widths = [max(len(head[i]), *(len(x[i]) for x in rows if len(x) > i)) for i in range(len(head))]
     lines.append("  ".join(t.rjust(w) if i > 1 else t.ljust(w) for i, (t, w) in enumerate(zip(head, widths))))
     for x in rows:
@@ -448,11 +549,15 @@ def render(report: dict) -> str:
         lines += ["", "one decode step, kernel by kernel:"] + prof_lines
     v = report.get("vs_run")
     if v:
-        lines += ["", f"vs llama2.c run ({v['command']}; alternating, median of {v['repeat']}):",
-                  f"  run       {v['run_tok_s']:.1f} tok/s   runs: " + ", ".join(f"{x:.1f}" for x in v["run_tok_s_runs"]),
-                  f"  llama2py  {v['llama2py_tok_s']:.1f} tok/s   runs: "
-                  + ", ".join(f"{x:.1f}" for x in v["llama2py_tok_s_runs"]) + f"   ({v['device']} backend, batch 1)",
-                  f"  ratio llama2py / run: {_fmt(v['ratio'], '.2f')}"]
+        lines += [
+            "",
+            f"vs llama2.c run ({v['command']}; alternating, median of {v['repeat']}):",
+            f"  run       {v['run_tok_s']:.1f} tok/s   runs: " + ", ".join(f"{x:.1f}" for x in v["run_tok_s_runs"]),
+            f"  llama2py  {v['llama2py_tok_s']:.1f} tok/s   runs: "
+            + ", ".join(f"{x:.1f}" for x in v["llama2py_tok_s_runs"])
+            + f"   ({v['device']} backend, batch 1)",
+            f"  ratio llama2py / run: {_fmt(v['ratio'], '.2f')}",
+        ]
     return "\n".join(lines)
 
 
@@ -467,8 +572,10 @@ def plot(report: dict, out: str | os.PathLike) -> None:
     """A PNG bar chart of decode tok/s by device (bars) and batch size (groups)."""
     check_matplotlib()
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     ok = [r for r in report["results"] if r["status"] == "ok"]
     devices = list(dict.fromkeys(r["device"] for r in report["results"]))
     batches = report["settings"]["batches"]
@@ -507,6 +614,7 @@ def _int_list(name: str, lo: int = 1):
         if not vals or any(v < lo for v in vals):
             raise argparse.ArgumentTypeError(f"{name} values must be >= {lo}, got {s!r}")
         return vals
+
     return parse
 
 
@@ -519,29 +627,58 @@ def _device_list(s: str) -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Measure load time, prefill and decode tokens/s, peak memory, a per-kernel breakdown "
-                     "of one decode step and the effective weight bandwidth, per backend and batch size. "
-                     "Use a synthetic checkpoint (`llama2py synth --shape stories15M`) when the real one is "
-                     "not at hand: random weights cost the same arithmetic.")
+    p.description = (
+        "Measure load time, prefill and decode tokens/s, peak memory, a per-kernel breakdown "
+        "of one decode step and the effective weight bandwidth, per backend and batch size. "
+        "Use a synthetic checkpoint (`llama2py synth --shape stories15M`) when the real one is "
+        "not at hand: random weights cost the same arithmetic."
+    )
     p.add_argument("checkpoint", help="llama2.c .bin checkpoint")
-    p.add_argument("--device", type=_device_list, default=None,
-                   help="comma-separated backends: cpu, cuda, numpy (default: cpu, plus cuda when usable)")
-    p.add_argument("--batch", type=_int_list("--batch"), default=[1, 8, 64],
-                   help="comma-separated batch sizes (default 1,8,64)")
+    p.add_argument(
+        "--device",
+        type=_device_list,
+        default=None,
+        help="comma-separated backends: cpu, cuda, numpy (default: cpu, plus cuda when usable)",
+    )
+    p.add_argument(
+        "--batch", type=_int_list("--batch"), default=[1, 8, 64], help="comma-separated batch sizes (default 1,8,64)"
+    )
     p.add_argument("--steps", type=int_at_least(1, "--steps"), default=64, help="decode steps per run (default 64)")
-    p.add_argument("--prompt-len", type=int_at_least(1, "--prompt-len"), default=None,
-                   help="prefill positions per sequence (default min(seq_len/2, 128))")
-    p.add_argument("--threads", type=int_at_least(1, "--threads"), default=None, help="CPU threads (default: all cores)")
-    p.add_argument("--repeat", type=int_at_least(1, "--repeat"), default=3,
-                   help="timed runs per measurement after a warm-up; medians are reported (default 3)")
+    p.add_argument(
+        "--prompt-len",
+        type=int_at_least(1, "--prompt-len"),
+        default=None,
+        help="prefill positions per sequence (default min(seq_len/2, 128))",
+    )
+    p.add_argument(
+        "--threads", type=int_at_least(1, "--threads"), default=None, help="CPU threads (default: all cores)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int_at_least(1, "--repeat"),
+        default=3,
+        help="timed runs per measurement after a warm-up; medians are reported (default 3)",
+    )
     p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON to this file")
     p.add_argument("--plot", default=None, help="also write a PNG bar chart of decode tok/s (needs matplotlib)")
-    p.add_argument("--vs-run", default=None, metavar="PATH",
-                   help="llama2.c's compiled `run`: time it and llama2py's batch-1 greedy run alternately")
-    p.add_argument("--vs-device", choices=("cpu", "cuda", "numpy"), default="cpu",
-                   help="llama2py backend for --vs-run (default cpu)")
-    p.add_argument("-z", "--tokenizer", default=None,
-                   help="tokenizer for --vs-run (default: the one found beside the checkpoint or in models/)")
+    p.add_argument(
+        "--vs-run",
+        default=None,
+        metavar="PATH",
+        help="llama2.c's compiled `run`: time it and llama2py's batch-1 greedy run alternately",
+    )
+    p.add_argument(
+        "--vs-device",
+        choices=("cpu", "cuda", "numpy"),
+        default="cpu",
+        help="llama2py backend for --vs-run (default cpu)",
+    )
+    p.add_argument(
+        "-z",
+        "--tokenizer",
+        default=None,
+        help="tokenizer for --vs-run (default: the one found beside the checkpoint or in models/)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
 
@@ -554,11 +691,28 @@ def run(args) -> int:
         if not args.quiet:
             print(f"bench: {msg} ...", file=sys.stderr, flush=True)
 
-    report = bench(args.checkpoint, devices, args.batch, args.steps, args.prompt_len, args.repeat, args.threads,
-                   progress=progress, raise_errors=getattr(args, "debug", False))
+    report = bench(
+        args.checkpoint,
+        devices,
+        args.batch,
+        args.steps,
+        args.prompt_len,
+        args.repeat,
+        args.threads,
+        progress=progress,
+        raise_errors=getattr(args, "debug", False),
+    )
     if args.vs_run:
-        report["vs_run"] = vs_run(args.vs_run, args.checkpoint, args.tokenizer, report["settings"]["steps"],
-                                  args.repeat, args.threads, args.vs_device, progress)
+        report["vs_run"] = vs_run(
+            args.vs_run,
+            args.checkpoint,
+            args.tokenizer,
+            report["settings"]["steps"],
+            args.repeat,
+            args.threads,
+            args.vs_device,
+            progress,
+        )
     print(render(report))
     if args.json_out:
         with open(args.json_out, "w") as f:

@@ -3,6 +3,7 @@
 Every shape comes from the header and the file size is checked against it, so a truncated,
 padded or foreign file is refused before any weight is touched.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,24 +53,33 @@ class Config:
         for name in names:
             value = getattr(self, name)
             if value <= 0:
-                raise CheckpointError(f"{where}: header field {name} = {value} must be positive; "
-                                      "this is not a llama2.c checkpoint or it is damaged")
-        if self.dim > _MAX_DIM or self.hidden_dim > 8 * _MAX_DIM or self.n_layers > 4096 \
-                or self.vocab_size > _MAX_VOCAB or self.seq_len > _MAX_SEQ:
-            raise CheckpointError(f"{where}: header {self.describe()} is implausibly large; "
-                                  "this is not a llama2.c checkpoint")
+                raise CheckpointError(
+                    f"{where}: header field {name} = {value} must be positive; "
+                    "this is not a llama2.c checkpoint or it is damaged"
+                )
+        if (
+            self.dim > _MAX_DIM
+            or self.hidden_dim > 8 * _MAX_DIM
+            or self.n_layers > 4096
+            or self.vocab_size > _MAX_VOCAB
+            or self.seq_len > _MAX_SEQ
+        ):
+            raise CheckpointError(
+                f"{where}: header {self.describe()} is implausibly large; this is not a llama2.c checkpoint"
+            )
         if self.dim % self.n_heads:
             raise CheckpointError(f"{where}: dim {self.dim} is not a multiple of n_heads {self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise CheckpointError(f"{where}: n_heads {self.n_heads} is not a multiple of "
-                                  f"n_kv_heads {self.n_kv_heads}")
+            raise CheckpointError(f"{where}: n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if self.head_size % 2:
             raise CheckpointError(f"{where}: head size {self.head_size} is odd; RoPE needs pairs")
 
     def describe(self) -> str:
-        return (f"dim={self.dim} hidden_dim={self.hidden_dim} n_layers={self.n_layers} "
-                f"n_heads={self.n_heads} n_kv_heads={self.n_kv_heads} vocab_size={self.vocab_size} "
-                f"seq_len={self.seq_len} shared_classifier={self.shared_classifier}")
+        return (
+            f"dim={self.dim} hidden_dim={self.hidden_dim} n_layers={self.n_layers} "
+            f"n_heads={self.n_heads} n_kv_heads={self.n_kv_heads} vocab_size={self.vocab_size} "
+            f"seq_len={self.seq_len} shared_classifier={self.shared_classifier}"
+        )
 
 
 # Weight tensors in their canonical (layer-stacked, row-major (out, in)) shapes.
@@ -94,18 +104,19 @@ def weight_shapes(c: Config) -> dict[str, tuple[int, ...]]:
 @dataclass
 class Weights:
     """Float32 weights, usually views into a memory-mapped file (never copied on load)."""
+
     token_embedding: np.ndarray  # (vocab, dim)
-    rms_att: np.ndarray          # (n_layers, dim)
-    wq: np.ndarray               # (n_layers, dim, dim)
-    wk: np.ndarray               # (n_layers, kv_dim, dim)
-    wv: np.ndarray               # (n_layers, kv_dim, dim)
-    wo: np.ndarray               # (n_layers, dim, dim)
-    rms_ffn: np.ndarray          # (n_layers, dim)
-    w1: np.ndarray               # (n_layers, hidden_dim, dim)
-    w2: np.ndarray               # (n_layers, dim, hidden_dim)
-    w3: np.ndarray               # (n_layers, hidden_dim, dim)
-    rms_final: np.ndarray        # (dim,)
-    wcls: np.ndarray             # (vocab, dim); the same array as token_embedding when shared
+    rms_att: np.ndarray  # (n_layers, dim)
+    wq: np.ndarray  # (n_layers, dim, dim)
+    wk: np.ndarray  # (n_layers, kv_dim, dim)
+    wv: np.ndarray  # (n_layers, kv_dim, dim)
+    wo: np.ndarray  # (n_layers, dim, dim)
+    rms_ffn: np.ndarray  # (n_layers, dim)
+    w1: np.ndarray  # (n_layers, hidden_dim, dim)
+    w2: np.ndarray  # (n_layers, dim, hidden_dim)
+    w3: np.ndarray  # (n_layers, hidden_dim, dim)
+    rms_final: np.ndarray  # (dim,)
+    wcls: np.ndarray  # (vocab, dim); the same array as token_embedding when shared
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -133,7 +144,11 @@ class Checkpoint:
 
     def describe(self) -> str:
         c = self.config
-        fmt = {0: "llama2.c v0 (legacy fp32)", 1: "llama2.c v1 (fp32)", 2: f"llama2.c v2 (Q8_0, group {self.group_size})"}
+        fmt = {
+            0: "llama2.c v0 (legacy fp32)",
+            1: "llama2.c v1 (fp32)",
+            2: f"llama2.c v2 (Q8_0, group {self.group_size})",
+        }
         lines = [
             f"file:        {self.path}",
             f"format:      {fmt[self.version]}",
@@ -184,8 +199,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a llama2.c checkpoint of version 0, 1 or 2; raise CheckpointError on anything odd."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: no such file "
-                              "(run `llama2py download stories15M` or pass the path of a llama2.c .bin)")
+        raise CheckpointError(
+            f"checkpoint {path}: no such file (run `llama2py download stories15M` or pass the path of a llama2.c .bin)"
+        )
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path}: is a directory, expected a llama2.c .bin file")
     size = path.stat().st_size
@@ -199,8 +215,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             raise CheckpointError(f"checkpoint {path}: truncated header ({size} bytes)")
         version = struct.unpack_from("<i", head, 4)[0]
         if version not in (1, 2):
-            raise CheckpointError(f"checkpoint {path}: llama2.c magic with unknown version {version} "
-                                  "(llama2py reads versions 0, 1 and 2)")
+            raise CheckpointError(
+                f"checkpoint {path}: llama2.c magic with unknown version {version} (llama2py reads versions 0, 1 and 2)"
+            )
         dims = _read_header_ints(head, 8, 7)
         shared = head[36] == 1
         config = Config(*dims, shared_classifier=shared)
@@ -210,8 +227,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return _load_v2(path, config, size, struct.unpack_from("<i", head, 37)[0])
     dims = _read_header_ints(head, 0, 7)
     if dims[5] == 0 or any(d <= 0 for i, d in enumerate(dims) if i != 5):
-        raise CheckpointError(f"checkpoint {path}: not a llama2.c checkpoint (no version magic, and the "
-                              f"legacy header {dims} has non-positive sizes)")
+        raise CheckpointError(
+            f"checkpoint {path}: not a llama2.c checkpoint (no version magic, and the "
+            f"legacy header {dims} has non-positive sizes)"
+        )
     config = Config(*dims[:5], abs(dims[5]), dims[6], shared_classifier=dims[5] > 0)
     config.validate(f"checkpoint {path}")
     return _load_v0(path, config, size)
@@ -219,13 +238,15 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def _size_error(path: Path, version: int, config: Config, expected: int, size: int) -> CheckpointError:
     what = "truncated" if size < expected else "has trailing bytes (padded or not this format)"
-    return CheckpointError(f"checkpoint {path}: {what}: a v{version} file with {config.describe()} "
-                           f"must be exactly {expected:,} bytes, found {size:,}")
+    return CheckpointError(
+        f"checkpoint {path}: {what}: a v{version} file with {config.describe()} "
+        f"must be exactly {expected:,} bytes, found {size:,}"
+    )
 
 
 def _carve(mm: np.ndarray, offset: int, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
     n = int(np.prod(shape))
-    return mm[offset:offset + n].reshape(shape), offset + n
+    return mm[offset : offset + n].reshape(shape), offset + n
 
 
 def _load_v0(path: Path, config: Config, size: int) -> Checkpoint:
@@ -270,7 +291,7 @@ def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
     arrays: dict[str, np.ndarray] = {}
     for name in ("rms_att", "rms_ffn", "rms_final"):
         n = int(np.prod(shapes[name]))
-        arrays[name] = raw[off:off + 4 * n].view("<f4").reshape(shapes[name])
+        arrays[name] = raw[off : off + 4 * n].view("<f4").reshape(shapes[name])
         off += 4 * n
     # Dequantize to float32 (Q8_0: value = int8 * scale of its group of gs consecutive values).
     names = list(_Q_ORDER) + ([] if config.shared_classifier else ["wcls"])
@@ -279,9 +300,9 @@ def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
         parts = []
         per = int(np.prod(shape)) // _layers(name, config)
         for _ in range(_layers(name, config)):
-            q = raw[off:off + per].view(np.int8)
+            q = raw[off : off + per].view(np.int8)
             off += per
-            s = raw[off:off + 4 * (per // gs)].view("<f4")
+            s = raw[off : off + 4 * (per // gs)].view("<f4")
             off += 4 * (per // gs)
             parts.append((q.reshape(-1, gs).astype(np.float32) * s[:, None]).reshape(-1))
         arrays[name] = np.concatenate(parts).reshape(shape)
@@ -292,6 +313,7 @@ def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
 
 # ----------------------------------------------------------------------------------------------
 # Writing (tests, `llama2py synth`, conversions)
+
 
 def quantize_q80(w: np.ndarray, gs: int) -> tuple[np.ndarray, np.ndarray]:
     """Q8_0 as llama2.c's exporter does it: per group of gs values, scale = max|w| / 127."""
@@ -314,16 +336,32 @@ def header_bytes(config: Config, version: int, group_size: Optional[int] = None)
     if version == 0:
         vocab = c.vocab_size if c.shared_classifier else -c.vocab_size
         return struct.pack("<7i", c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, vocab, c.seq_len)
-    head = struct.pack("<Ii7iB", MAGIC, version, c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
-                       c.vocab_size, c.seq_len, int(c.shared_classifier))
+    head = struct.pack(
+        "<Ii7iB",
+        MAGIC,
+        version,
+        c.dim,
+        c.hidden_dim,
+        c.n_layers,
+        c.n_heads,
+        c.n_kv_heads,
+        c.vocab_size,
+        c.seq_len,
+        int(c.shared_classifier),
+    )
     if version == 2:
         head += struct.pack("<i", group_size)
     return head + b"\0" * (HEADER_BYTES - len(head))
 
 
-def write_checkpoint(path: str | os.PathLike, config: Config, weights: Weights, version: int = 0,
-                     group_size: Optional[int] = None,
-                     progress: Optional[Callable[[int], None]] = None) -> int:
+def write_checkpoint(
+    path: str | os.PathLike,
+    config: Config,
+    weights: Weights,
+    version: int = 0,
+    group_size: Optional[int] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> int:
     """Write weights in llama2.c format `version`; return the bytes written.
 
     `progress(n)` is called with the byte count of each chunk written (for a progress bar)."""
@@ -347,7 +385,7 @@ def write_checkpoint(path: str | os.PathLike, config: Config, weights: Weights, 
         flat = data.reshape(-1)
         step = 1 << 22
         for i in range(0, flat.size, step):
-            chunk = flat[i:i + step].tobytes()
+            chunk = flat[i : i + step].tobytes()
             f.write(chunk)
             written += len(chunk)
             if progress:
@@ -358,7 +396,19 @@ def write_checkpoint(path: str | os.PathLike, config: Config, weights: Weights, 
         f.write(head)
         written += len(head)
         if version == 0:
-            for name in ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final"):
+            for name in (
+                "token_embedding",
+                "rms_att",
+                "wq",
+                "wk",
+                "wv",
+                "wo",
+                "rms_ffn",
+                "w1",
+                "w2",
+                "w3",
+                "rms_final",
+            ):
                 put(f, t[name])
             put(f, np.zeros(config.seq_len * config.head_size, np.float32))  # obsolete RoPE tables
             if not config.shared_classifier:
@@ -374,7 +424,7 @@ def write_checkpoint(path: str | os.PathLike, config: Config, weights: Weights, 
             names = list(_Q_ORDER) + ([] if config.shared_classifier else ["wcls"])
             for name in names:
                 arr = t[name]
-                for part in ([arr] if _layers(name, config) == 1 else list(arr)):
+                for part in [arr] if _layers(name, config) == 1 else list(arr):
                     q, s = quantize_q80(part, group_size)
                     put(f, q)
                     put(f, s)
@@ -396,7 +446,7 @@ def random_weights(config: Config, seed: int = 0, scale: Optional[float] = None)
         else:
             fan_in = shape[-1]
             s = scale if scale is not None else (1.0 if name == "token_embedding" else 1.0 / np.sqrt(fan_in))
-            arrays[name] = (rng.standard_normal(shape, dtype=np.float32) * np.float32(s))
+            arrays[name] = rng.standard_normal(shape, dtype=np.float32) * np.float32(s)
     if config.shared_classifier:
         arrays["wcls"] = arrays["token_embedding"]
     return Weights(**arrays)

@@ -7,6 +7,7 @@
 
 Errors print one line on stderr and exit non-zero; --debug shows the traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,35 +48,84 @@ class _Parser(argparse.ArgumentParser):
 
 
 def run_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="llama2py", description="Run llama2.c checkpoints: the same story as llama2.c's run, "
-                "on C++ (cpu) or CUDA kernels.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", nargs="?", help="llama2.c .bin checkpoint (default: models/stories15M.bin, "
-                   "downloaded on first use)")
-    p.add_argument("-t", dest="temperature", type=float_in(0.0, None, "-t temperature"), default=1.0,
-                   help="temperature, 0 = greedy (default 1.0)")
-    p.add_argument("-p", dest="top_p", type=float_in(0.0, 1.0, "-p top_p"), default=0.9,
-                   help="top-p (nucleus) sampling in [0,1]; 0 or 1 = off (default 0.9)")
-    p.add_argument("-s", dest="seed", type=int_at_least(0, "-s seed"), default=0,
-                   help="random seed (default: the current time)")
-    p.add_argument("-n", dest="steps", type=int_at_least(0, "-n steps"), default=256,
-                   help="positions to run, 0 = the whole context (default 256)")
+    p = _Parser(
+        prog="llama2py",
+        description="Run llama2.c checkpoints: the same story as llama2.c's run, on C++ (cpu) or CUDA kernels.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="llama2.c .bin checkpoint (default: models/stories15M.bin, downloaded on first use)",
+    )
+    p.add_argument(
+        "-t",
+        dest="temperature",
+        type=float_in(0.0, None, "-t temperature"),
+        default=1.0,
+        help="temperature, 0 = greedy (default 1.0)",
+    )
+    p.add_argument(
+        "-p",
+        dest="top_p",
+        type=float_in(0.0, 1.0, "-p top_p"),
+        default=0.9,
+        help="top-p (nucleus) sampling in [0,1]; 0 or 1 = off (default 0.9)",
+    )
+    p.add_argument(
+        "-s", dest="seed", type=int_at_least(0, "-s seed"), default=0, help="random seed (default: the current time)"
+    )
+    p.add_argument(
+        "-n",
+        dest="steps",
+        type=int_at_least(0, "-n steps"),
+        default=256,
+        help="positions to run, 0 = the whole context (default 256)",
+    )
     p.add_argument("-i", dest="prompt", default=None, help="input prompt")
-    p.add_argument("-z", dest="tokenizer", default=None,
-                   help="tokenizer file (default: tok{vocab}.bin or tokenizer.bin beside the checkpoint or in models/)")
+    p.add_argument(
+        "-z",
+        dest="tokenizer",
+        default=None,
+        help="tokenizer file (default: tok{vocab}.bin or tokenizer.bin beside the checkpoint or in models/)",
+    )
     p.add_argument("-m", dest="mode", choices=("generate", "chat"), default="generate", help="mode (default generate)")
     p.add_argument("-y", dest="system", default=None, help="system prompt in chat mode")
-    p.add_argument("--prompts-file", dest="prompts_file", default=None, metavar="FILE",
-                   help="batched generation: one prompt per line (blank lines skipped), each told as run "
-                   "would with -n positions; story i uses seed+i")
-    p.add_argument("--num-samples", dest="num_samples", type=int_at_least(1, "--num-samples"), default=None,
-                   metavar="N", help="batched generation: N stories of the prompt (-i), or of each line of "
-                   "--prompts-file, with seeds seed, seed+1, ...")
-    p.add_argument("--max-batch", dest="max_batch", type=int_at_least(1, "--max-batch"), default=None, metavar="M",
-                   help="with --prompts-file/--num-samples: at most M sequences at once (default: all)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda", "numpy"), default="auto",
-                   help="backend: auto = cuda when usable, else cpu (default auto)")
-    p.add_argument("--threads", type=int_at_least(1, "--threads"), default=None,
-                   help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--prompts-file",
+        dest="prompts_file",
+        default=None,
+        metavar="FILE",
+        help="batched generation: one prompt per line (blank lines skipped), each told as run "
+        "would with -n positions; story i uses seed+i",
+    )
+    p.add_argument(
+        "--num-samples",
+        dest="num_samples",
+        type=int_at_least(1, "--num-samples"),
+        default=None,
+        metavar="N",
+        help="batched generation: N stories of the prompt (-i), or of each line of "
+        "--prompts-file, with seeds seed, seed+1, ...",
+    )
+    p.add_argument(
+        "--max-batch",
+        dest="max_batch",
+        type=int_at_least(1, "--max-batch"),
+        default=None,
+        metavar="M",
+        help="with --prompts-file/--num-samples: at most M sequences at once (default: all)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda", "numpy"),
+        default="auto",
+        help="backend: auto = cuda when usable, else cpu (default auto)",
+    )
+    p.add_argument(
+        "--threads", type=int_at_least(1, "--threads"), default=None, help="CPU threads (default: all cores)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--version", action="version", version=f"llama2py {__version__}")
     return p
@@ -84,16 +134,20 @@ def run_parser() -> argparse.ArgumentParser:
 def _load(args, max_batch_size=1):
     """Load the model; max_batch_size may be a function of the checkpoint's Config."""
     from .model import Llama
+
     checkpoint, tokenizer = args.checkpoint, args.tokenizer
     if checkpoint is None:
         from .download import ensure_default_model
+
         checkpoint, default_tok = ensure_default_model(progress=sys.stderr.isatty())
         tokenizer = tokenizer or default_tok
     if callable(max_batch_size):
         from .checkpoint import load_checkpoint
+
         max_batch_size = max_batch_size(load_checkpoint(checkpoint).config)
-    model = Llama.load(checkpoint, tokenizer=tokenizer, device=args.device, threads=args.threads,
-                       max_batch_size=max_batch_size)
+    model = Llama.load(
+        checkpoint, tokenizer=tokenizer, device=args.device, threads=args.threads, max_batch_size=max_batch_size
+    )
     for note in model.notes:
         print(f"llama2py: {note}", file=sys.stderr)
     return model
@@ -107,6 +161,7 @@ def _prompt_bytes(prompt: Optional[str]) -> bytes:
 def cmd_run(args) -> int:
     from .generate import RunStats, chat_loop
     from .sampler import resolve_seed
+
     if args.prompts_file is not None or args.num_samples is not None:
         return cmd_batch(args)
     if args.max_batch is not None:
@@ -114,16 +169,27 @@ def cmd_run(args) -> int:
     model = _load(args)
     out = sys.stdout.buffer
     if args.mode == "chat":
+
         def read_user(prompt_text: str) -> Optional[str]:
             out.write(prompt_text.encode())
             out.flush()
             line = sys.stdin.readline()
             return None if line == "" else line.rstrip("\n")
+
         system = args.system
         if system is None:
             system = read_user("Enter system prompt (optional): ") or ""
-        pieces = chat_loop(model.backend, model.tokenizer, args.steps, args.temperature, args.top_p,
-                           resolve_seed(args.seed), read_user, system, args.prompt)
+        pieces = chat_loop(
+            model.backend,
+            model.tokenizer,
+            args.steps,
+            args.temperature,
+            args.top_p,
+            resolve_seed(args.seed),
+            read_user,
+            system,
+            args.prompt,
+        )
         for b in pieces:
             out.write(b)
             out.flush()
@@ -149,6 +215,7 @@ BATCH_KV_LIMIT = 8 << 30  # refuse one batch whose KV cache would exceed this (b
 def read_prompts_file(path: str) -> list[str]:
     """One prompt per line (trailing newline and CR stripped, blank lines skipped)."""
     from .errors import PromptError
+
     try:
         data = open(path, "rb").read()
     except OSError as e:
@@ -171,6 +238,7 @@ def cmd_batch(args) -> int:
     from .errors import PromptError
     from .generate import resolve_steps
     from .sampler import resolve_seed
+
     if args.mode == "chat":
         raise ValueError("--prompts-file/--num-samples generate stories; they do not work with -m chat")
     if args.prompts_file is not None:
@@ -187,17 +255,21 @@ def cmd_batch(args) -> int:
         kv = 2 * config.n_layers * config.seq_len * config.kv_dim * 4  # KV-cache bytes per sequence
         if limit * kv > BATCH_KV_LIMIT:
             fit = max(1, BATCH_KV_LIMIT // kv)
-            raise PromptError(f"{limit} sequences at once need {limit * kv / 2**30:.1f} GiB of KV cache for this "
-                              f"model; pass --max-batch {fit} (or less) to run them in batches")
+            raise PromptError(
+                f"{limit} sequences at once need {limit * kv / 2**30:.1f} GiB of KV cache for this "
+                f"model; pass --max-batch {fit} (or less) to run them in batches"
+            )
         return limit
+
     model = _load(args, max_batch_size=batch_size)
     c = model.config
     steps = resolve_steps(args.steps, c.seq_len)
     prompts = [model.tokenizer.encode(t, bos=True) for _, _, t in seqs]
     for (i, _, _), p in zip(seqs, prompts):
         if len(p) > c.seq_len:
-            raise PromptError(f"prompt {i + 1} is {len(p)} tokens but the model's context (seq_len) is "
-                              f"{c.seq_len}; shorten it")
+            raise PromptError(
+                f"prompt {i + 1} is {len(p)} tokens but the model's context (seq_len) is {c.seq_len}; shorten it"
+            )
     chunks = [list(range(a, min(a + limit, len(seqs)))) for a in range(0, len(seqs), limit)]
     for idx in chunks:  # every error before the first story
         check_batch([prompts[b] for b in idx], model.backend.max_batch, c.seq_len, c.vocab_size)
@@ -209,8 +281,15 @@ def cmd_batch(args) -> int:
         seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in idx]
         stats = BatchStats()
         # run feeds positions 0..steps-1, so a story holds tokens 0..steps (prompt included)
-        res = run_batch(model.backend, [prompts[b] for b in idx], [steps + 1] * len(idx), args.temperature,
-                        args.top_p, seeds, stats=stats)
+        res = run_batch(
+            model.backend,
+            [prompts[b] for b in idx],
+            [steps + 1] * len(idx),
+            args.temperature,
+            args.top_p,
+            seeds,
+            stats=stats,
+        )
         for r, b in enumerate(idx):
             i, j, _ = seqs[b]
             if args.prompts_file is not None:
@@ -225,8 +304,7 @@ def cmd_batch(args) -> int:
         total_tokens += stats.total_generated
         total_s += stats.decode_s
     agg = total_tokens / total_s if total_s > 0 else 0.0
-    print(f"achieved tok/s: {agg:f} (aggregate over {len(seqs)} sequences, batches of up to {limit})",
-          file=sys.stderr)
+    print(f"achieved tok/s: {agg:f} (aggregate over {len(seqs)} sequences, batches of up to {limit})", file=sys.stderr)
     for name, rate, n in per_seq:
         print(f"  {name}: {rate:f} tok/s ({n} tokens)", file=sys.stderr)
     return 0
@@ -239,6 +317,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from .checkpoint import load_checkpoint
+
     print(load_checkpoint(args.file).describe())
     return 0
 

@@ -14,6 +14,7 @@ Environment:
     LLAMA2PY_MODELS     the models folder (default: models/ of a source checkout, else ./models)
     LLAMA2PY_MODEL_URL  base URL of a mirror that holds the files by name (NAME.bin appended)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,13 +24,23 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 from .errors import DownloadError
 
 __all__ = [
-    "KnownFile", "REGISTRY", "DEFAULT_MODEL", "lookup", "default_models_dir", "resolve_url",
-    "download", "ensure_default_model", "verify_file", "add_arguments", "run", "epilog",
+    "KnownFile",
+    "REGISTRY",
+    "DEFAULT_MODEL",
+    "lookup",
+    "default_models_dir",
+    "resolve_url",
+    "download",
+    "ensure_default_model",
+    "verify_file",
+    "add_arguments",
+    "run",
+    "epilog",
 ]
 
 MODELS_ENV = "LLAMA2PY_MODELS"
@@ -38,8 +49,8 @@ URL_ENV = "LLAMA2PY_MODEL_URL"
 _TINYLLAMAS = "https://huggingface.co/karpathy/tinyllamas/resolve/main"
 _LLAMA2C = "https://raw.githubusercontent.com/karpathy/llama2.c/master"
 
-CHUNK = 1 << 20          # bytes read per socket read while streaming
-TIMEOUT_S = 30.0         # socket timeout (per read, not for the whole download)
+CHUNK = 1 << 20  # bytes read per socket read while streaming
+TIMEOUT_S = 30.0  # socket timeout (per read, not for the whole download)
 
 
 @dataclass(frozen=True)
@@ -49,12 +60,13 @@ class KnownFile:
     size and sha256 are the published file's; sha256 None means no trustworthy checksum was
     found and only the size is verified (see models/README.md).
     """
-    name: str                       # registry key: "stories15M", "tokenizer", ...
-    filename: str                   # file name in the models folder
-    url: str                        # published address
-    size: Optional[int]             # bytes
-    sha256: Optional[str]           # lowercase hex, or None: size-only check
-    kind: str                       # "checkpoint" or "tokenizer"
+
+    name: str  # registry key: "stories15M", "tokenizer", ...
+    filename: str  # file name in the models folder
+    url: str  # published address
+    size: Optional[int]  # bytes
+    sha256: Optional[str]  # lowercase hex, or None: size-only check
+    kind: str  # "checkpoint" or "tokenizer"
     description: str
     tokenizer: Optional[str] = None  # checkpoints: registry key of the tokenizer they need
 
@@ -62,29 +74,66 @@ class KnownFile:
 # Sizes and checksums: models/README.md says where each one comes from. The checkpoint sizes also
 # follow from their headers (FORMAT.md), which tests/test_download.py re-derives.
 REGISTRY = {
-    e.name: e for e in (
-        KnownFile("stories15M", "stories15M.bin", f"{_TINYLLAMAS}/stories15M.bin", 60_816_028,
-                  "cd590644d963867a2b6e5a1107f51fad663c41d79c149fbecbbb1f95fa81f49a", "checkpoint",
-                  "TinyStories 15M: dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, seq 256",
-                  tokenizer="tokenizer"),
-        KnownFile("stories42M", "stories42M.bin", f"{_TINYLLAMAS}/stories42M.bin", 167_020_572,
-                  "9f65a1000e17d0bc167dd6332e0ce5119a0222a3d920cead5bce413bfab2ee7b", "checkpoint",
-                  "TinyStories 42M: dim 512, hidden 1376, 8 layers, 8 heads, vocab 32000, seq 1024",
-                  tokenizer="tokenizer"),
-        KnownFile("stories110M", "stories110M.bin", f"{_TINYLLAMAS}/stories110M.bin", 438_381_596,
-                  "515267168726a1ed1317a64a408492e6af3b67c1f71c5bd98c01d9d721803a24", "checkpoint",
-                  "TinyStories 110M: dim 768, hidden 2048, 12 layers, 12 heads, vocab 32000, "
-                  "seq 1024", tokenizer="tokenizer"),
-        KnownFile("stories260K", "stories260K.bin", f"{_TINYLLAMAS}/stories260K/stories260K.bin",
-                  1_056_540, "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696",
-                  "checkpoint", "TinyStories 260K: dim 64, hidden 172, 5 layers, 8 heads, 4 kv heads, "
-                  "vocab 512, seq 512", tokenizer="tok512"),
-        KnownFile("tokenizer", "tokenizer.bin", f"{_LLAMA2C}/tokenizer.bin", 433_869,
-                  "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361", "tokenizer",
-                  "Llama 2 sentencepiece vocabulary (32000), for stories15M/42M/110M"),
-        KnownFile("tok512", "tok512.bin", f"{_TINYLLAMAS}/stories260K/tok512.bin", 6_227,
-                  "037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312", "tokenizer",
-                  "512-token vocabulary of stories260K"),
+    e.name: e
+    for e in (
+        KnownFile(
+            "stories15M",
+            "stories15M.bin",
+            f"{_TINYLLAMAS}/stories15M.bin",
+            60_816_028,
+            "cd590644d963867a2b6e5a1107f51fad663c41d79c149fbecbbb1f95fa81f49a",
+            "checkpoint",
+            "TinyStories 15M: dim 288, hidden 768, 6 layers, 6 heads, vocab 32000, seq 256",
+            tokenizer="tokenizer",
+        ),
+        KnownFile(
+            "stories42M",
+            "stories42M.bin",
+            f"{_TINYLLAMAS}/stories42M.bin",
+            167_020_572,
+            "9f65a1000e17d0bc167dd6332e0ce5119a0222a3d920cead5bce413bfab2ee7b",
+            "checkpoint",
+            "TinyStories 42M: dim 512, hidden 1376, 8 layers, 8 heads, vocab 32000, seq 1024",
+            tokenizer="tokenizer",
+        ),
+        KnownFile(
+            "stories110M",
+            "stories110M.bin",
+            f"{_TINYLLAMAS}/stories110M.bin",
+            438_381_596,
+            "515267168726a1ed1317a64a408492e6af3b67c1f71c5bd98c01d9d721803a24",
+            "checkpoint",
+            "TinyStories 110M: dim 768, hidden 2048, 12 layers, 12 heads, vocab 32000, seq 1024",
+            tokenizer="tokenizer",
+        ),
+        KnownFile(
+            "stories260K",
+            "stories260K.bin",
+            f"{_TINYLLAMAS}/stories260K/stories260K.bin",
+            1_056_540,
+            "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696",
+            "checkpoint",
+            "TinyStories 260K: dim 64, hidden 172, 5 layers, 8 heads, 4 kv heads, vocab 512, seq 512",
+            tokenizer="tok512",
+        ),
+        KnownFile(
+            "tokenizer",
+            "tokenizer.bin",
+            f"{_LLAMA2C}/tokenizer.bin",
+            433_869,
+            "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361",
+            "tokenizer",
+            "Llama 2 sentencepiece vocabulary (32000), for stories15M/42M/110M",
+        ),
+        KnownFile(
+            "tok512",
+            "tok512.bin",
+            f"{_TINYLLAMAS}/stories260K/tok512.bin",
+            6_227,
+            "037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312",
+            "tokenizer",
+            "512-token vocabulary of stories260K",
+        ),
     )
 }
 
@@ -101,7 +150,8 @@ def lookup(name: Union[str, KnownFile]) -> KnownFile:
             return entry
     raise DownloadError(
         f"unknown model {name!r}: the known names are {', '.join(REGISTRY)} "
-        f"(for any other checkpoint, download it yourself and pass its path)")
+        f"(for any other checkpoint, download it yourself and pass its path)"
+    )
 
 
 def default_models_dir() -> Path:
@@ -175,8 +225,17 @@ class _Progress:
             self._plain = sys.stderr.isatty()
             self._draw()
             return
-        self._bar = tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                         desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=desc,
+            file=sys.stderr,
+            leave=True,
+            dynamic_ncols=True,
+        )
 
     def _draw(self, end: str = "") -> None:
         mib = self.done / 2**20
@@ -204,22 +263,22 @@ class _Progress:
 def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool) -> None:
     """Stream url into part, resuming what part already holds. Verifies nothing."""
     offset = part.stat().st_size if part.exists() else 0
-    if entry.size is not None and offset > entry.size:   # not a prefix of this file: start over
+    if entry.size is not None and offset > entry.size:  # not a prefix of this file: start over
         part.unlink()
         offset = 0
     if entry.size is not None and offset == entry.size:  # complete already; verify decides
         return
 
     from . import __version__
+
     headers = {"User-Agent": f"llama2py/{__version__}"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     failed = f"could not download {entry.filename} from {url}"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                          timeout=TIMEOUT_S)
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
-        if e.code == 416 and offset:                     # range past the end: part is stale
+        if e.code == 416 and offset:  # range past the end: part is stale
             part.unlink()
             return _fetch(entry, url, dest, part, progress)
         raise DownloadError(f"{failed} (HTTP {e.code} {e.reason}). {_by_hand_sentence(entry, dest)}") from e
@@ -234,9 +293,10 @@ def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool) -
             if start is not None and start != offset:
                 raise DownloadError(
                     f"{failed}: asked for bytes from {offset:,} and the server sent them from "
-                    f"{start:,}. Delete {part} and try again, or {_by_hand(entry, dest)}")
+                    f"{start:,}. Delete {part} and try again, or {_by_hand(entry, dest)}"
+                )
             mode = "ab"
-        else:                                            # 200: the server ignored Range, start over
+        else:  # 200: the server ignored Range, start over
             offset = 0
             mode = "wb"
         length = response.headers.get("Content-Length")
@@ -247,8 +307,8 @@ def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool) -
                 out = open(part, mode)
             except OSError as e:
                 raise DownloadError(
-                    f"cannot write {part} ({e.strerror or e}): choose a writable folder with "
-                    f"${MODELS_ENV} or --dir") from e
+                    f"cannot write {part} ({e.strerror or e}): choose a writable folder with ${MODELS_ENV} or --dir"
+                ) from e
             with out:
                 expected = int(length) if length and length.isdigit() else None
                 received = 0
@@ -258,14 +318,16 @@ def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool) -
                         # http.client returns b"" rather than raising when the server hangs up
                         # before Content-Length bytes: treat that as the lost connection it is.
                         if not block and expected is not None and received < expected:
-                            raise ConnectionError(f"the server closed the connection after "
-                                                  f"{received:,} of {expected:,} bytes")
-                    except Exception as e:   # socket timeouts, resets, IncompleteRead
+                            raise ConnectionError(
+                                f"the server closed the connection after {received:,} of {expected:,} bytes"
+                            )
+                    except Exception as e:  # socket timeouts, resets, IncompleteRead
                         out.flush()
                         kept = part.stat().st_size if part.exists() else 0
                         raise DownloadError(
                             f"{failed} (connection lost, {kept:,} bytes kept: {e}). Run the "
-                            f"download again to resume from {part}, or {_by_hand(entry, dest)}") from e
+                            f"download again to resume from {part}, or {_by_hand(entry, dest)}"
+                        ) from e
                     if not block:
                         break
                     received += len(block)
@@ -286,8 +348,12 @@ def _content_range_start(value: Optional[str]) -> Optional[int]:
     return int(first) if first.isdigit() else None
 
 
-def download(name: Union[str, KnownFile], dest_dir: Union[str, Path, None] = None,
-             url: Optional[str] = None, progress: bool = True) -> Path:
+def download(
+    name: Union[str, KnownFile],
+    dest_dir: Union[str, Path, None] = None,
+    url: Optional[str] = None,
+    progress: bool = True,
+) -> Path:
     """Fetch a known file into dest_dir (default_models_dir()) and return its path.
 
     An existing file that matches the published size and sha256 is returned as is. Otherwise the
@@ -308,8 +374,8 @@ def download(name: Union[str, KnownFile], dest_dir: Union[str, Path, None] = Non
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(
-            f"cannot create the models folder {folder} ({e.strerror or e}): choose another with "
-            f"${MODELS_ENV} or --dir") from e
+            f"cannot create the models folder {folder} ({e.strerror or e}): choose another with ${MODELS_ENV} or --dir"
+        ) from e
 
     for attempt in (1, 2):
         resumed = part.exists() and part.stat().st_size > 0
@@ -321,7 +387,8 @@ def download(name: Union[str, KnownFile], dest_dir: Union[str, Path, None] = Non
         if not (resumed and attempt == 1):
             raise DownloadError(
                 f"{entry.filename} downloaded from {src} failed its check: {problem}. The partial "
-                f"file was deleted; try again, or fetch it by hand and put it at {dest}")
+                f"file was deleted; try again, or fetch it by hand and put it at {dest}"
+            )
     try:
         os.replace(part, dest)
     except OSError as e:
@@ -335,8 +402,9 @@ def _present(entry: KnownFile, path: Path) -> bool:
     return path.is_file() and (entry.size is None or path.stat().st_size == entry.size)
 
 
-def ensure_default_model(models_dir: Union[str, Path, None] = None, allow_download: bool = True,
-                         progress: bool = True) -> Tuple[Path, Path]:
+def ensure_default_model(
+    models_dir: Union[str, Path, None] = None, allow_download: bool = True, progress: bool = True
+) -> tuple[Path, Path]:
     """(checkpoint, tokenizer) paths of the default model (stories15M + tokenizer.bin).
 
     Files already in models_dir (default_models_dir()) with the right size are used as they are;
@@ -353,13 +421,15 @@ def ensure_default_model(models_dir: Union[str, Path, None] = None, allow_downlo
                 raise DownloadError(
                     f"no checkpoint was given and the default {entry.filename} is not at {path}. "
                     f"Download it from {resolve_url(entry)} and put it there, run "
-                    f"`llama2py download {model.name}`, or pass a checkpoint path")
+                    f"`llama2py download {model.name}`, or pass a checkpoint path"
+                )
             path = download(entry, folder, progress=progress)
         paths.append(path)
     return paths[0], paths[1]
 
 
 # ---- command line: `llama2py download NAME...` (cli.py builds the parser and calls these) ----
+
 
 def _human(size: Optional[int]) -> str:
     if size is None:
@@ -381,13 +451,18 @@ def epilog() -> str:
 def add_arguments(parser) -> None:
     """Add NAME..., --dir, --url and --quiet to an argparse (sub)parser."""
     import argparse
-    parser.add_argument("names", nargs="+", metavar="NAME",
-                        help=f"what to fetch: {', '.join(REGISTRY)}, or all")
-    parser.add_argument("--dir", metavar="DIR", default=None,
-                        help="folder to put the files in (default: the models folder)")
-    parser.add_argument("--url", metavar="URL", default=None,
-                        help="fetch from URL instead of the published address; with several "
-                             "NAMEs or a URL ending in /, URL is a base the file name is appended to")
+
+    parser.add_argument("names", nargs="+", metavar="NAME", help=f"what to fetch: {', '.join(REGISTRY)}, or all")
+    parser.add_argument(
+        "--dir", metavar="DIR", default=None, help="folder to put the files in (default: the models folder)"
+    )
+    parser.add_argument(
+        "--url",
+        metavar="URL",
+        default=None,
+        help="fetch from URL instead of the published address; with several "
+        "NAMEs or a URL ending in /, URL is a base the file name is appended to",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     if parser.epilog is None:
         parser.epilog = epilog()
@@ -398,7 +473,7 @@ def run(args) -> int:
     """Download each NAME and print its path. DownloadError propagates for the CLI to print."""
     names = []
     for n in args.names:
-        for key in (REGISTRY if n.strip().lower() == "all" else [lookup(n).name]):
+        for key in REGISTRY if n.strip().lower() == "all" else [lookup(n).name]:
             if key not in names:
                 names.append(key)
     url = getattr(args, "url", None)
@@ -406,7 +481,6 @@ def run(args) -> int:
     for key in names:
         entry = REGISTRY[key]
         src = (url.rstrip("/") + "/" + entry.filename) if base else url
-        path = download(entry, getattr(args, "dir", None), url=src,
-                        progress=not getattr(args, "quiet", False))
+        path = download(entry, getattr(args, "dir", None), url=src, progress=not getattr(args, "quiet", False))
         print(path)
     return 0

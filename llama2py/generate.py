@@ -4,11 +4,13 @@
 or after `steps` positions) but processes the prompt in one prefill call; `chat_loop` is run's
 chat mode. Both yield decoded pieces as they come; the caller decides where they go.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -21,11 +23,12 @@ from .tokenizer import BOS, EOS, Tokenizer
 class RunStats:
     """Timing of one run. tok_per_s follows run: positions after the first forward call, over the
     seconds since that call ended (with no prompt this is exactly run's (pos - 1) / seconds)."""
-    positions: int = 0          # positions fed through the model
+
+    positions: int = 0  # positions fed through the model
     first_call_positions: int = 0
     prompt_tokens: int = 0
-    first_call_s: float = 0.0   # the prefill (or the first step) in seconds
-    seconds: float = 0.0        # since the end of the first call
+    first_call_s: float = 0.0  # the prefill (or the first step) in seconds
+    seconds: float = 0.0  # since the end of the first call
     tokens: list[int] = field(default_factory=list)  # every token: prompt (with BOS), then generated
 
     @property
@@ -46,13 +49,23 @@ def resolve_steps(steps: int, seq_len: int) -> int:
 
 def check_prompt(prompt_tokens: list[int], seq_len: int) -> None:
     if len(prompt_tokens) > seq_len:
-        raise PromptError(f"the prompt is {len(prompt_tokens)} tokens but the model's context (seq_len) is "
-                          f"{seq_len}; shorten the prompt")
+        raise PromptError(
+            f"the prompt is {len(prompt_tokens)} tokens but the model's context (seq_len) is "
+            f"{seq_len}; shorten the prompt"
+        )
 
 
-def run_loop(backend: Backend, tokenizer: Tokenizer, prompt_tokens: list[int], steps: int,
-             temperature: float, top_p: float, seed: int, stats: RunStats,
-             prefill: bool = True) -> Iterator[bytes]:
+def run_loop(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    prompt_tokens: list[int],
+    steps: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    stats: RunStats,
+    prefill: bool = True,
+) -> Iterator[bytes]:
     """Yield the bytes run would print for each position (possibly b"" for skipped pieces)."""
     steps = resolve_steps(steps, backend.config.seq_len)
     check_prompt(prompt_tokens, backend.config.seq_len)
@@ -75,7 +88,7 @@ def run_loop(backend: Backend, tokenizer: Tokenizer, prompt_tokens: list[int], s
         for i in range(k):
             yield tokenizer.printable_bytes(prompt_tokens[i], prompt_tokens[i + 1])
         token, pos = prompt_tokens[k], k
-    tok_arr = np.zeros(1, np.int32)   # (1,)
+    tok_arr = np.zeros(1, np.int32)  # (1,)
     forced = np.full(1, -1, np.int32)  # (1,)
     while pos < steps:
         tok_arr[0] = token
@@ -106,9 +119,17 @@ def render_chat(user: str, system: str = "") -> str:
     return f"[INST] {user} [/INST]"
 
 
-def chat_loop(backend: Backend, tokenizer: Tokenizer, steps: int, temperature: float, top_p: float,
-              seed: int, read_user: Callable[[str], Optional[str]], system: str = "",
-              first_user: Optional[str] = None) -> Iterator[bytes]:
+def chat_loop(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    steps: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    read_user: Callable[[str], Optional[str]],
+    system: str = "",
+    first_user: Optional[str] = None,
+) -> Iterator[bytes]:
     """run's chat mode. read_user(prompt_text) returns a line, or None at end of input (then the
     chat ends: run would spin forever). Yields bytes to print, including "Assistant: " headers.
 
@@ -133,8 +154,10 @@ def chat_loop(backend: Backend, tokenizer: Tokenizer, steps: int, temperature: f
             prompt = tokenizer.encode(render_chat(user, system if pos == 0 else ""), bos=True)
             if pos + len(prompt) > seq_len:
                 if pos == 0:
-                    raise PromptError(f"the first turn needs {len(prompt)} tokens but the model's context "
-                                      f"(seq_len) is {seq_len}; shorten it")
+                    raise PromptError(
+                        f"the first turn needs {len(prompt)} tokens but the model's context "
+                        f"(seq_len) is {seq_len}; shorten it"
+                    )
                 return  # the context is full: the chat ends, as run's does at `steps`
             idx, user_turn = 0, False
             yield b"Assistant: "

@@ -1,13 +1,15 @@
 """The Python API: Llama.load(...) then .run / .stream / .logits, and the batched .generate /
 .text_completion (Meta's Llama 2 semantics, llama2py.batch)."""
+
 from __future__ import annotations
 
 import codecs
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -22,9 +24,9 @@ from .tokenizer import BOS, Tokenizer
 
 @dataclass
 class RunResult:
-    text: str              # what run prints (without the final newline)
-    tokens: list[int]      # prompt tokens (with BOS) followed by the generated ones
-    tok_per_s: float       # run's figure: positions after the first call / seconds since then
+    text: str  # what run prints (without the final newline)
+    tokens: list[int]  # prompt tokens (with BOS) followed by the generated ones
+    tok_per_s: float  # run's figure: positions after the first call / seconds since then
     stats: RunStats
 
 
@@ -32,14 +34,17 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
     """The tokenizer to use when none is given: tok{vocab}.bin or tokenizer.bin beside the
     checkpoint, then in the models folder (llama2.c's naming)."""
     from .download import default_models_dir  # local import: download is optional machinery
+
     names = ([f"tok{vocab_size}.bin"] if vocab_size != 32000 else []) + ["tokenizer.bin"]
     folders = [checkpoint.parent, default_models_dir()]
     for folder in folders:
         for name in names:
             if (folder / name).exists():
                 return folder / name
-    raise TokenizerError(f"no tokenizer given and none of {', '.join(names)} found beside {checkpoint} or in "
-                         f"{folders[-1]}; pass one with -z (the Llama 2 tokenizer.bin: `llama2py download tokenizer`)")
+    raise TokenizerError(
+        f"no tokenizer given and none of {', '.join(names)} found beside {checkpoint} or in "
+        f"{folders[-1]}; pass one with -z (the Llama 2 tokenizer.bin: `llama2py download tokenizer`)"
+    )
 
 
 def validate_sampling(temperature: float, top_p: float, steps: int) -> None:
@@ -54,8 +59,9 @@ def validate_sampling(temperature: float, top_p: float, steps: int) -> None:
 class Llama:
     """A loaded checkpoint, its tokenizer and a backend ready to run it."""
 
-    def __init__(self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: Backend, load_seconds: float,
-                 notes: list[str]):
+    def __init__(
+        self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: Backend, load_seconds: float, notes: list[str]
+    ):
         self.checkpoint = checkpoint
         self.config: Config = checkpoint.config
         self.tokenizer = tokenizer
@@ -65,8 +71,14 @@ class Llama:
         self.notes = notes  # e.g. why device="auto" fell back to the cpu
 
     @classmethod
-    def load(cls, checkpoint: str | os.PathLike, tokenizer: Optional[str | os.PathLike] = None,
-             device: str = "cpu", threads: Optional[int] = None, max_batch_size: int = 1) -> "Llama":
+    def load(
+        cls,
+        checkpoint: str | os.PathLike,
+        tokenizer: Optional[str | os.PathLike] = None,
+        device: str = "cpu",
+        threads: Optional[int] = None,
+        max_batch_size: int = 1,
+    ) -> Llama:
         t0 = time.perf_counter()
         ck = load_checkpoint(checkpoint)
         tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(ck.path, ck.config.vocab_size)
@@ -80,41 +92,74 @@ class Llama:
         return cls(ck, tok, backend, time.perf_counter() - t0, notes)
 
     # -- run's semantics --------------------------------------------------------------------------
-    def _start(self, prompt: str | bytes, steps: int, temperature: float, top_p: float, seed: Optional[int],
-               stats: Optional[RunStats] = None):
+    def _start(
+        self,
+        prompt: str | bytes,
+        steps: int,
+        temperature: float,
+        top_p: float,
+        seed: Optional[int],
+        stats: Optional[RunStats] = None,
+    ):
         """Validate eagerly (so errors surface before any output), then return the piece iterator."""
         validate_sampling(temperature, top_p, steps)
         tokens = self.tokenizer.encode(prompt, bos=True)
         check_prompt(tokens, self.config.seq_len)
         stats = stats if stats is not None else RunStats()
-        pieces = run_loop(self.backend, self.tokenizer, tokens, steps, temperature, top_p,
-                          resolve_seed(seed), stats)
+        pieces = run_loop(self.backend, self.tokenizer, tokens, steps, temperature, top_p, resolve_seed(seed), stats)
         return pieces, stats
 
-    def stream_bytes(self, prompt: str | bytes = "", steps: int = 256, temperature: float = 1.0, top_p: float = 0.9,
-                     seed: Optional[int] = None, stats: Optional[RunStats] = None) -> Iterator[bytes]:
+    def stream_bytes(
+        self,
+        prompt: str | bytes = "",
+        steps: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 0.9,
+        seed: Optional[int] = None,
+        stats: Optional[RunStats] = None,
+    ) -> Iterator[bytes]:
         """The raw bytes run prints, piece by piece (the CLI writes these as they come)."""
         pieces, _ = self._start(prompt, steps, temperature, top_p, seed, stats)
         return pieces
 
-    def stream(self, prompt: str = "", steps: int = 256, temperature: float = 1.0, top_p: float = 0.9,
-               seed: Optional[int] = None) -> Iterator[str]:
+    def stream(
+        self,
+        prompt: str = "",
+        steps: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 0.9,
+        seed: Optional[int] = None,
+    ) -> Iterator[str]:
         """Yield the story as text pieces while it is generated (whole UTF-8 characters only).
         Bad arguments raise here, before anything is generated."""
         pieces, _ = self._start(prompt, steps, temperature, top_p, seed)
         return _utf8_pieces(pieces)
 
-    def run(self, prompt: str = "", steps: int = 256, temperature: float = 1.0, top_p: float = 0.9,
-            seed: Optional[int] = None) -> RunResult:
+    def run(
+        self,
+        prompt: str = "",
+        steps: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 0.9,
+        seed: Optional[int] = None,
+    ) -> RunResult:
         """Tell a story as llama2.c's run would: returns its text, token ids and tok/s."""
         pieces, stats = self._start(prompt, steps, temperature, top_p, seed)
         text = b"".join(pieces).decode("utf-8", errors="replace")
         return RunResult(text, stats.tokens, stats.tok_per_s, stats)
 
     # -- batched generation, Meta's Llama 2 generate() / text_completion() (llama2py.batch) -------------
-    def generate(self, prompt_tokens: list[list[int]], max_gen_len: int, temperature: float = 0.6,
-                 top_p: float = 0.9, logprobs: bool = False, echo: bool = False, seed: Optional[int] = None,
-                 stats=None) -> tuple[list[list[int]], Optional[list[list[float]]]]:
+    def generate(
+        self,
+        prompt_tokens: list[list[int]],
+        max_gen_len: int,
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        logprobs: bool = False,
+        echo: bool = False,
+        seed: Optional[int] = None,
+        stats=None,
+    ) -> tuple[list[list[int]], Optional[list[list[float]]]]:
         """Complete a batch of token prompts (each starting with BOS) at shared positions.
 
         Returns (tokens, logprobs): per sequence the generated tokens (prompt + generated with echo),
@@ -124,6 +169,7 @@ class Llama:
         it equals that prompt generated alone with seed + b. stats: an optional batch.BatchStats
         to fill with timings."""
         from . import batch
+
         validate_sampling(temperature, top_p, 0)
         if max_gen_len < 0:
             raise ValueError(f"max_gen_len must be >= 0, got {max_gen_len}")
@@ -131,12 +177,19 @@ class Llama:
         batch.check_batch(prompts, self.backend.max_batch, self.config.seq_len, self.config.vocab_size)
         base = resolve_seed(seed)
         seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in range(len(prompts))]
-        return batch.generate(self.backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo,
-                              stats)
+        return batch.generate(self.backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo, stats)
 
-    def text_completion(self, prompts: list[str], temperature: float = 0.6, top_p: float = 0.9,
-                        max_gen_len: Optional[int] = None, logprobs: bool = False, echo: bool = False,
-                        seed: Optional[int] = None, stats=None) -> list[dict]:
+    def text_completion(
+        self,
+        prompts: list[str],
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        max_gen_len: Optional[int] = None,
+        logprobs: bool = False,
+        echo: bool = False,
+        seed: Optional[int] = None,
+        stats=None,
+    ) -> list[dict]:
         """Complete a batch of text prompts: a dict per prompt with "generation" (text) and, with
         logprobs, "tokens" (each token's text piece) and "logprobs". max_gen_len None means
         seq_len - 1 (Meta's default). Prompts are encoded as run does (BOS + dummy-prefix space).

@@ -4,6 +4,7 @@ This is the readable specification (FORMAT.md, "Sampler"); the C++ and CUDA back
 same algorithm in their kernels and are tested against it. Arithmetic is float32 with sequential
 sums, as in run.c, so that near-ties fall the same way.
 """
+
 from __future__ import annotations
 
 import time
@@ -66,13 +67,14 @@ def sample_topp(probs: np.ndarray, top_p: float, coin: np.float32) -> int:
     over = np.nonzero(cum > np.float32(top_p))[0]
     last = int(over[0]) if over.size else p.size - 1
     r = np.float32(coin * cum[last])
-    pos = int(np.searchsorted(cum[:last + 1], r, side="right"))
+    pos = int(np.searchsorted(cum[: last + 1], r, side="right"))
     return int(order[min(pos, last)])
 
 
 @dataclass
 class Sampler:
     """Samples one token from a logits row; holds its own generator state."""
+
     temperature: float = 1.0
     top_p: float = 0.9
     seed: int = 0

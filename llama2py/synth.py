@@ -13,12 +13,14 @@ row of BOS is made tiny: with a shared classifier the BOS embedding row is scale
 (it stays a usable, non-zero input embedding), with a separate classifier its BOS row is zero.
 Either way BOS's logit is ~0 while the maximum over the other vocab_size - 1 logits is well above.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 import os
-from typing import Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -38,8 +40,12 @@ SHAPES: dict[str, tuple[int, int, int, int, int, int, int]] = {
 }
 
 # A fixed id per tensor for seeding (never reorder: it would change every synthetic file).
-_TENSOR_ID = {name: i for i, name in enumerate(
-    ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final", "wcls"))}
+_TENSOR_ID = {
+    name: i
+    for i, name in enumerate(
+        ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final", "wcls")
+    )
+}
 _LAYERED = ("rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3")
 _V0_ORDER = ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final")
 _V1_ORDER = ("rms_att", "rms_ffn", "rms_final", "token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
@@ -65,7 +71,7 @@ def _parts(config: Config, name: str) -> list[tuple[int, tuple[int, ...]]]:
     """(layer, shape) of each separately generated part of a tensor (layer -1: not per layer)."""
     shape = weight_shapes(config)[name]
     if name in _LAYERED:
-        return [(l, shape[1:]) for l in range(config.n_layers)]
+        return [(layer, shape[1:]) for layer in range(config.n_layers)]
     return [(-1, shape)]
 
 
@@ -78,7 +84,7 @@ def _part_chunks(config: Config, name: str, layer: int, shape: tuple[int, ...], 
         n = min(per, rows - r0)
         rng = np.random.default_rng([seed, tid, layer + 1, ci])
         if name.startswith("rms"):
-            a = (np.float32(1.0) + np.float32(0.1) * rng.standard_normal((n, row_len), dtype=np.float32))
+            a = np.float32(1.0) + np.float32(0.1) * rng.standard_normal((n, row_len), dtype=np.float32)
         else:
             a = rng.standard_normal((n, row_len), dtype=np.float32)
             if name != "token_embedding":  # keep activations O(1) at any depth
@@ -108,9 +114,14 @@ def file_bytes(config: Config, version: int = 0, group_size: Optional[int] = Non
     return n
 
 
-def write_synthetic(path: str | os.PathLike, config: Config, version: int = 0, seed: int = 0,
-                    group_size: Optional[int] = None,
-                    progress: Optional[Callable[[int], None]] = None) -> int:
+def write_synthetic(
+    path: str | os.PathLike,
+    config: Config,
+    version: int = 0,
+    seed: int = 0,
+    group_size: Optional[int] = None,
+    progress: Optional[Callable[[int], None]] = None,
+) -> int:
     """Write a random-weight checkpoint; return the bytes written. progress(n) after each chunk.
 
     Memory: one chunk of CHUNK_FLOATS floats at a time (v2: one layer's int8 values of a tensor,
@@ -123,8 +134,7 @@ def write_synthetic(path: str | os.PathLike, config: Config, version: int = 0, s
     if version == 2:
         group_size = group_size or synth_group_size(config)
         if group_size <= 0 or config.dim % group_size or config.hidden_dim % group_size:
-            raise ValueError(f"group size {group_size} must divide dim {config.dim} and hidden_dim "
-                             f"{config.hidden_dim}")
+            raise ValueError(f"group size {group_size} must divide dim {config.dim} and hidden_dim {config.hidden_dim}")
     written = 0
 
     def put(f, data: np.ndarray) -> None:
@@ -176,26 +186,48 @@ def write_synthetic(path: str | os.PathLike, config: Config, version: int = 0, s
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
-FREE_FIELDS = (("dim", "dim"), ("hidden", "hidden_dim"), ("layers", "n_layers"), ("heads", "n_heads"),
-               ("kv_heads", "n_kv_heads"), ("vocab", "vocab_size"), ("seq_len", "seq_len"))
+FREE_FIELDS = (
+    ("dim", "dim"),
+    ("hidden", "hidden_dim"),
+    ("layers", "n_layers"),
+    ("heads", "n_heads"),
+    ("kv_heads", "n_kv_heads"),
+    ("vocab", "vocab_size"),
+    ("seq_len", "seq_len"),
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = ("Write a seeded random-weight llama2.c checkpoint: a named shape, or a free one "
-                     "(--shape fills the fields you do not give). Greedy runs of it never stop early.")
+    p.description = (
+        "Write a seeded random-weight llama2.c checkpoint: a named shape, or a free one "
+        "(--shape fills the fields you do not give). Greedy runs of it never stop early."
+    )
     p.add_argument("out", help="output .bin path")
-    p.add_argument("--shape", choices=tuple(SHAPES), default=None,
-                   help="start from this model's shape (otherwise give every field below)")
+    p.add_argument(
+        "--shape",
+        choices=tuple(SHAPES),
+        default=None,
+        help="start from this model's shape (otherwise give every field below)",
+    )
     for flag, field in FREE_FIELDS:
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=int_at_least(1, f"--{flag}"), default=None,
-                       help=field)
-    p.add_argument("--unshared-classifier", action="store_true",
-                   help="store a separate classifier instead of reusing the token embedding")
+        p.add_argument(
+            f"--{flag.replace('_', '-')}", dest=flag, type=int_at_least(1, f"--{flag}"), default=None, help=field
+        )
+    p.add_argument(
+        "--unshared-classifier",
+        action="store_true",
+        help="store a separate classifier instead of reusing the token embedding",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
-    p.add_argument("--version", type=int, choices=(0, 1, 2), default=0,
-                   help="file format: 0 legacy fp32 (default), 1 fp32, 2 Q8_0")
-    p.add_argument("--group-size", type=int_at_least(1, "--group-size"), default=None,
-                   help="v2 group size (default: 64 halved until it divides dim and hidden)")
+    p.add_argument(
+        "--version", type=int, choices=(0, 1, 2), default=0, help="file format: 0 legacy fp32 (default), 1 fp32, 2 Q8_0"
+    )
+    p.add_argument(
+        "--group-size",
+        type=int_at_least(1, "--group-size"),
+        default=None,
+        help="v2 group size (default: 64 halved until it divides dim and hidden)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -209,8 +241,9 @@ def config_from_args(args) -> Config:
         elif field not in values:
             missing.append(f"--{flag.replace('_', '-')}")
     if missing:
-        raise ValueError(f"no --shape given, so these are needed: {' '.join(missing)} "
-                         f"(or pick --shape {'|'.join(SHAPES)})")
+        raise ValueError(
+            f"no --shape given, so these are needed: {' '.join(missing)} (or pick --shape {'|'.join(SHAPES)})"
+        )
     config = Config(**values, shared_classifier=not args.unshared_classifier)
     config.validate("synth")
     return config
@@ -223,8 +256,16 @@ def run(args) -> int:
 
     config = config_from_args(args)
     total = file_bytes(config, args.version, args.group_size)
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-              desc=os.path.basename(args.out), disable=args.no_progress, leave=True) as bar:
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        desc=os.path.basename(args.out),
+        disable=args.no_progress,
+        leave=True,
+    ) as bar:
         n = write_synthetic(args.out, config, args.version, args.seed, args.group_size, bar.update)
     print(f"wrote {args.out}: {n:,} bytes, llama2.c v{args.version}, {config.describe()}, seed {args.seed}")
     return 0

@@ -1,4 +1,5 @@
 """llama2.c's tokenizer.bin: byte-pair encoding by merge score, exactly as `run` does it."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,10 @@ class Tokenizer:
         if vocab_size <= 0:
             raise TokenizerError(f"tokenizer {path}: vocab_size must be positive, got {vocab_size}")
         if not self.path.exists():
-            raise TokenizerError(f"tokenizer {path}: no such file (pass -z PATH; stories15M/42M/110M use "
-                                 "the Llama 2 tokenizer.bin: `llama2py download tokenizer`)")
+            raise TokenizerError(
+                f"tokenizer {path}: no such file (pass -z PATH; stories15M/42M/110M use "
+                "the Llama 2 tokenizer.bin: `llama2py download tokenizer`)"
+            )
         if self.path.is_dir():
             raise TokenizerError(f"tokenizer {path}: is a directory, expected a llama2.c tokenizer file (-z)")
         data = self.path.read_bytes()
@@ -32,8 +35,10 @@ class Tokenizer:
             raise TokenizerError(f"tokenizer {path}: {len(data)} bytes, too short to be a tokenizer file")
         self.max_token_length = struct.unpack_from("<i", data, 0)[0]
         if not 0 < self.max_token_length <= 1 << 16:
-            raise TokenizerError(f"tokenizer {path}: max_token_length {self.max_token_length} is not "
-                                 "plausible; this is not a llama2.c tokenizer file")
+            raise TokenizerError(
+                f"tokenizer {path}: max_token_length {self.max_token_length} is not "
+                "plausible; this is not a llama2.c tokenizer file"
+            )
         pieces: list[bytes] = []
         scores: list[float] = []
         off = 4
@@ -41,19 +46,23 @@ class Tokenizer:
             if off + 8 > len(data):
                 raise TokenizerError(
                     f"tokenizer {path}: ends after {i} tokens but the model's vocabulary has {vocab_size}; "
-                    "this tokenizer does not belong to this model (pass the right one with -z)")
+                    "this tokenizer does not belong to this model (pass the right one with -z)"
+                )
             score, length = struct.unpack_from("<fi", data, off)
             off += 8
             if length < 0 or length > self.max_token_length or off + length > len(data):
-                raise TokenizerError(f"tokenizer {path}: token {i} has an invalid length {length}; "
-                                     "the file is corrupt or not a llama2.c tokenizer")
-            pieces.append(data[off:off + length])
+                raise TokenizerError(
+                    f"tokenizer {path}: token {i} has an invalid length {length}; "
+                    "the file is corrupt or not a llama2.c tokenizer"
+                )
+            pieces.append(data[off : off + length])
             scores.append(score)
             off += length
         if off != len(data):
             raise TokenizerError(
                 f"tokenizer {path}: has {len(data) - off} bytes beyond the model's {vocab_size} tokens; "
-                "it belongs to a model with a larger vocabulary (pass the matching tokenizer with -z)")
+                "it belongs to a model with a larger vocabulary (pass the matching tokenizer with -z)"
+            )
         self.vocab_size = vocab_size
         self.pieces = pieces  # token id -> raw bytes
         self.scores = scores
@@ -62,6 +71,7 @@ class Tokenizer:
         self._ids: dict[bytes, int] = {}
         for i, p in enumerate(pieces):
             self._ids.setdefault(p, i)
+
     # ------------------------------------------------------------------------------------------
     def encode(self, text: str | bytes, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of text as `run` encodes it: BOS, a dummy-prefix space, code points, merges."""
@@ -104,7 +114,7 @@ class Tokenizer:
                     best_score, best_id, best_i = scores[tid], tid, i
             if best_i < 0:
                 return
-            tokens[best_i:best_i + 2] = [best_id]
+            tokens[best_i : best_i + 2] = [best_id]
 
     # ------------------------------------------------------------------------------------------
     def piece_bytes(self, prev: int, token: int) -> bytes:

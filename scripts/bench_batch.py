@@ -12,6 +12,7 @@ each round because these machines are shared and noisy.
 
 aggregate tok/s = tokens decoded by all sequences / seconds of the decode loop (prefill excluded).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,21 @@ from llama2py.checkpoint import load_checkpoint  # noqa: E402
 from llama2py.synth import shape_config, write_synthetic  # noqa: E402
 
 
-def one_run(backend, batch: int, prompt_len: int, gen: int, temperature: float, top_p: float,
-            seed: int) -> BatchStats:
+def one_run(backend, batch: int, prompt_len: int, gen: int, temperature: float, top_p: float, seed: int) -> BatchStats:
     rng = np.random.default_rng(seed)
     vocab = backend.config.vocab_size
     prompts = [[1] + rng.integers(3, vocab, prompt_len - 1).tolist() for _ in range(batch)]
     stats = BatchStats()
-    run_batch(backend, prompts, [prompt_len + gen] * batch, temperature, top_p,
-              [seed + b for b in range(batch)], stop_tokens=(), stats=stats)
+    run_batch(
+        backend,
+        prompts,
+        [prompt_len + gen] * batch,
+        temperature,
+        top_p,
+        [seed + b for b in range(batch)],
+        stop_tokens=(),
+        stats=stats,
+    )
     return stats
 
 
@@ -54,13 +62,19 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs per batch size; the median is reported")
     ap.add_argument("-t", dest="temperature", type=float, default=1.0, help="temperature (default 1.0, as run)")
     ap.add_argument("-p", dest="top_p", type=float, default=0.9, help="top-p (default 0.9, as run)")
-    ap.add_argument("--checkpoint", default="/tmp/llama2py_bench_stories15M.bin",
-                    help="random stories15M-shaped checkpoint (written when missing)")
+    ap.add_argument(
+        "--checkpoint",
+        default="/tmp/llama2py_bench_stories15M.bin",
+        help="random stories15M-shaped checkpoint (written when missing)",
+    )
     ap.add_argument("--json", default=None, help="also write the results here as JSON")
     args = ap.parse_args(argv)
 
-    batches = ([int(b) for b in args.batches.split(",")] if args.batches
-               else [1, 8, 32] + ([256] if args.device == "cuda" else []))
+    batches = (
+        [int(b) for b in args.batches.split(",")]
+        if args.batches
+        else [1, 8, 32] + ([256] if args.device == "cuda" else [])
+    )
     path = Path(args.checkpoint)
     if not path.exists():
         tmp = path.with_name(path.name + f".{os.getpid()}.part")
@@ -82,22 +96,43 @@ def main(argv=None) -> int:
         agg = statistics.median(s.tok_per_s for s in runs[b])
         per_seq = statistics.median(statistics.median(s.seq_tok_per_s(i) for i in range(b)) for s in runs[b])
         prefill = statistics.median(b * s.prefill_positions / s.prefill_s for s in runs[b] if s.prefill_s > 0)
-        rows.append({"batch": b, "aggregate_tok_s": agg, "per_sequence_tok_s": per_seq,
-                     "prefill_tok_s": prefill, "all_runs_tok_s": [s.tok_per_s for s in runs[b]]})
+        rows.append(
+            {
+                "batch": b,
+                "aggregate_tok_s": agg,
+                "per_sequence_tok_s": per_seq,
+                "prefill_tok_s": prefill,
+                "all_runs_tok_s": [s.tok_per_s for s in runs[b]],
+            }
+        )
     base = rows[0]["aggregate_tok_s"] if rows[0]["batch"] == 1 else None
-    where = (f"{cpu_model()}, {args.threads} threads" if args.device != "cuda" else desc)
-    print(f"# bench_batch: {desc}; {where}; stories15M shape (random weights), prompt {args.prompt_len}, "
-          f"{args.gen} decoded tokens per sequence, -t {args.temperature} -p {args.top_p}, "
-          f"median of {args.repeats}")
+    where = f"{cpu_model()}, {args.threads} threads" if args.device != "cuda" else desc
+    print(
+        f"# bench_batch: {desc}; {where}; stories15M shape (random weights), prompt {args.prompt_len}, "
+        f"{args.gen} decoded tokens per sequence, -t {args.temperature} -p {args.top_p}, "
+        f"median of {args.repeats}"
+    )
     print(f"{'batch':>6} {'aggregate tok/s':>16} {'per-seq tok/s':>14} {'vs batch 1':>11} {'prefill tok/s':>14}")
     for row in rows:
         ratio = f"{row['aggregate_tok_s'] / base:.2f}x" if base else "-"
-        print(f"{row['batch']:>6} {row['aggregate_tok_s']:>16.1f} {row['per_sequence_tok_s']:>14.1f} {ratio:>11} "
-              f"{row['prefill_tok_s']:>14.1f}")
+        print(
+            f"{row['batch']:>6} {row['aggregate_tok_s']:>16.1f} {row['per_sequence_tok_s']:>14.1f} {ratio:>11} "
+            f"{row['prefill_tok_s']:>14.1f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": desc, "machine": where, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                       "gen": args.gen, "prompt_len": args.prompt_len, "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "device": desc,
+                    "machine": where,
+                    "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "gen": args.gen,
+                    "prompt_len": args.prompt_len,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
     return 0
 
 

@@ -7,6 +7,7 @@ between configurations because these machines are shared and noisy.
 
     python scripts/bench_cpu.py --threads 2 --batch 32 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,13 @@ import time
 
 import numpy as np
 
-from llama2py.checkpoint import Config, load_checkpoint, random_weights, write_checkpoint
 from llama2py.backends.cpu import CpuBackend
 from llama2py.bench import greedy_decode_tok_s
+from llama2py.checkpoint import Config, load_checkpoint, random_weights, write_checkpoint
 
-STORIES15M = Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000,
-                    seq_len=256, shared_classifier=True)
+STORIES15M = Config(
+    dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256, shared_classifier=True
+)
 
 
 def prefill_tok_s(backend: CpuBackend, batch: int, T: int) -> float:
@@ -48,8 +50,12 @@ def main() -> None:
     steps = min(args.steps, c.seq_len)
     b1 = CpuBackend(c, ck.weights, 1, args.threads)
     bN = CpuBackend(c, ck.weights, args.batch, args.threads)
-    rows = {"decode batch 1": [], f"decode batch {args.batch}": [], "prefill 1 x 128": [],
-            f"prefill {args.batch} x 8": []}
+    rows = {
+        "decode batch 1": [],
+        f"decode batch {args.batch}": [],
+        "prefill 1 x 128": [],
+        f"prefill {args.batch} x 8": [],
+    }
     for _ in range(args.repeats):  # alternate configurations
         rows["decode batch 1"].append(greedy_decode_tok_s(b1, 1, steps))
         rows[f"decode batch {args.batch}"].append(greedy_decode_tok_s(bN, args.batch, steps))

@@ -8,6 +8,7 @@ CUDA-graph capture stay out of the figures) and timed --repeats times; the media
 
     python scripts/gpu_bench.py --out bench.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,26 @@ from llama2py.bench import greedy_decode_tok_s  # noqa: E402
 from llama2py.checkpoint import Config, random_weights  # noqa: E402
 
 SHAPES = {
-    "stories15M": Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000,
-                         seq_len=256, shared_classifier=True),
-    "stories110M": Config(dim=768, hidden_dim=2048, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000,
-                          seq_len=1024, shared_classifier=True),
+    "stories15M": Config(
+        dim=288,
+        hidden_dim=768,
+        n_layers=6,
+        n_heads=6,
+        n_kv_heads=6,
+        vocab_size=32000,
+        seq_len=256,
+        shared_classifier=True,
+    ),
+    "stories110M": Config(
+        dim=768,
+        hidden_dim=2048,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=12,
+        vocab_size=32000,
+        seq_len=1024,
+        shared_classifier=True,
+    ),
 }
 
 
@@ -41,9 +58,17 @@ def bench(make, name: str, shape: str, batch: int, steps: int, repeats: int, res
         greedy_decode_tok_s(backend, batch, min(steps, 8))  # warm-up: compile, capture
         runs = [greedy_decode_tok_s(backend, batch, steps) for _ in range(repeats)]
         tok_s = statistics.median(runs)
-        row = {"backend": name, "shape": shape, "batch": batch, "steps": steps, "tok_s": tok_s,
-               "us_per_step": 1e6 * batch / tok_s, "runs": runs, "load_s": load_s,
-               "describe": backend.describe()}
+        row = {
+            "backend": name,
+            "shape": shape,
+            "batch": batch,
+            "steps": steps,
+            "tok_s": tok_s,
+            "us_per_step": 1e6 * batch / tok_s,
+            "runs": runs,
+            "load_s": load_s,
+            "describe": backend.describe(),
+        }
         if name.startswith("cuda"):
             prof = backend.profile(np.ones(batch, np.int32), steps // 2)
             row["profile_us"] = {k: round(v * 1e6, 1) for k, v in prof.items()}
@@ -65,19 +90,24 @@ def main() -> int:
     args = ap.parse_args()
 
     from llama2py.backends.cuda import CudaBackend
+
     results: list = []
     bench(CudaBackend, "cuda", "stories15M", 1, args.steps, args.repeats, results)
     bench(CudaBackend, "cuda", "stories110M", 1, args.steps, args.repeats, results)
     bench(CudaBackend, "cuda", "stories15M", args.big_batch, args.steps, args.repeats, results)
     if not args.no_cpu:
+
         def cpu(c, w, b):
             from llama2py.backends.cpu import CpuBackend
+
             return CpuBackend(c, w, b)
+
         bench(cpu, "cpu", "stories15M", 1, args.steps, 1, results)
 
     gpu = "?"
     try:
         import cupy
+
         gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"]
         gpu = gpu.decode() if isinstance(gpu, bytes) else str(gpu)
     except Exception:
@@ -93,8 +123,10 @@ def main() -> int:
             print(f"{r['backend']:10} {r['shape']:12} {r['batch']:>5} {r['tok_s']:>12,.0f} {r['us_per_step']:>9.1f}")
     for r in results:
         if "profile_us" in r:
-            print(f"profile {r['backend']} {r['shape']} B={r['batch']} (us, unfused launches): " +
-                  " ".join(f"{k}={v}" for k, v in r["profile_us"].items()))
+            print(
+                f"profile {r['backend']} {r['shape']} B={r['batch']} (us, unfused launches): "
+                + " ".join(f"{k}={v}" for k, v in r["profile_us"].items())
+            )
     return 0
 
 

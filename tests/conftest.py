@@ -1,4 +1,5 @@
 """Shared fixtures: the real models (through $LLAMA2PY_MODELS) and random checkpoints in odd shapes."""
+
 from __future__ import annotations
 
 import os
@@ -14,14 +15,18 @@ MODELS_ENV = "LLAMA2PY_MODELS"
 # Shapes the tests sweep: GQA, unshared classifiers, sizes that are not multiples of 8 or 16,
 # short contexts. Each must stay small: the numpy oracle runs them too.
 SHAPES = {
-    "gqa_unshared": Config(dim=40, hidden_dim=70, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97,
-                           seq_len=16, shared_classifier=False),
-    "mha_shared": Config(dim=48, hidden_dim=100, n_layers=3, n_heads=6, n_kv_heads=6, vocab_size=64,
-                         seq_len=32, shared_classifier=True),
-    "odd_tiny": Config(dim=18, hidden_dim=37, n_layers=1, n_heads=3, n_kv_heads=1, vocab_size=53,
-                       seq_len=9, shared_classifier=False),
-    "wide": Config(dim=96, hidden_dim=260, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=300,
-                   seq_len=40, shared_classifier=True),
+    "gqa_unshared": Config(
+        dim=40, hidden_dim=70, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=97, seq_len=16, shared_classifier=False
+    ),
+    "mha_shared": Config(
+        dim=48, hidden_dim=100, n_layers=3, n_heads=6, n_kv_heads=6, vocab_size=64, seq_len=32, shared_classifier=True
+    ),
+    "odd_tiny": Config(
+        dim=18, hidden_dim=37, n_layers=1, n_heads=3, n_kv_heads=1, vocab_size=53, seq_len=9, shared_classifier=False
+    ),
+    "wide": Config(
+        dim=96, hidden_dim=260, n_layers=2, n_heads=4, n_kv_heads=4, vocab_size=300, seq_len=40, shared_classifier=True
+    ),
 }
 
 
@@ -55,12 +60,14 @@ def llama_tokenizer():
 @pytest.fixture
 def make_checkpoint(tmp_path):
     """make_checkpoint(shape_name_or_Config, version=0, seed=0) -> path of a random checkpoint."""
+
     def make(shape, version: int = 0, seed: int = 0, group_size=None) -> Path:
         config = SHAPES[shape] if isinstance(shape, str) else shape
         name = shape if isinstance(shape, str) else "custom"
         path = tmp_path / f"{name}_v{version}_s{seed}.bin"
         write_checkpoint(path, config, random_weights(config, seed), version, group_size)
         return path
+
     return make
 
 
@@ -87,8 +94,10 @@ def require_device(device: str) -> None:
     if device == "cuda":
         from llama2py.checkpoint import random_weights
         from llama2py.errors import DeviceError
+
         try:
             from llama2py.backends.cuda import CudaBackend
+
             c = SHAPES["odd_tiny"]
             CudaBackend(c, random_weights(c), 1).close()
         except (ImportError, DeviceError) as e:

@@ -4,6 +4,7 @@ The oracle is an independent, one-token-at-a-time loop over the numpy spec (forw
 sequence b of a batch must equal its prompt generated alone with seed + b, must equal `run` for
 B = 1, and its log-probs must be the log-softmax of the spec's logits at the returned tokens.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHAPES, require_device
+
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.batch import BatchStats, run_batch
 from llama2py.checkpoint import Config, load_checkpoint, random_weights, write_checkpoint
@@ -52,8 +53,9 @@ def load(device: str, ck: Path, max_batch: int) -> Llama:
         pytest.skip(f"{device}: {e}")
 
 
-def oracle(ck: Path, prompt: list[int], end: int, temperature: float, top_p: float, seed: int,
-           stop=(EOS, BOS)) -> tuple[list[int], list[float]]:
+def oracle(
+    ck: Path, prompt: list[int], end: int, temperature: float, top_p: float, seed: int, stop=(EOS, BOS)
+) -> tuple[list[int], list[float]]:
     """The spec, one position at a time: tokens 0..end-1 at most (prompt forced, then sampled,
     cut before a sampled stop token) and the log-prob of each (0.0 for the first)."""
     c = load_checkpoint(ck)
@@ -87,8 +89,9 @@ def meta_end(lens: list[int], max_gen_len: int, seq_len: int) -> list[int]:
 def eos_checkpoint(tmp_path):
     """A random model whose classifier makes EOS likely, so sampled sequences stop at different
     steps (and BOS rarely)."""
-    c = Config(dim=32, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40, seq_len=48,
-               shared_classifier=False)
+    c = Config(
+        dim=32, hidden_dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40, seq_len=48, shared_classifier=False
+    )
     w = random_weights(c, seed=3)
     w.wcls[EOS] *= 1.5
     path = tmp_path / "eosy.bin"
@@ -126,8 +129,8 @@ def test_b1_greedy_equals_run(device, make_checkpoint):
         prompt = m.tokenizer.encode(text, bos=True)
         gen, _ = m.generate([prompt], 20, temperature=0.0)
         r = m.run(text, steps=len(prompt) + 19, temperature=0.0)
-        ran = r.tokens[len(prompt):]
-        ran = ran[:ran.index(EOS)] if EOS in ran else ran  # run stops at BOS only; generate at EOS too
+        ran = r.tokens[len(prompt) :]
+        ran = ran[: ran.index(EOS)] if EOS in ran else ran  # run stops at BOS only; generate at EOS too
         assert gen[0] == ran
 
 
@@ -148,12 +151,11 @@ def test_seeded_sampling_equals_alone_with_seed_plus_b(device, temperature, top_
         want, _ = oracle(ck, p, ends[b], temperature, top_p, seed + b)
         assert p + toks[b] == want, f"sequence {b} vs spec"
     # B = 1 is run's sampling for the same seed
-    r = m.run("t7 t8", steps=len(m.tokenizer.encode("t7 t8")) + 11, temperature=temperature, top_p=top_p,
-              seed=seed)
+    r = m.run("t7 t8", steps=len(m.tokenizer.encode("t7 t8")) + 11, temperature=temperature, top_p=top_p, seed=seed)
     p = m.tokenizer.encode("t7 t8", bos=True)
     gen, _ = m.generate([p], 12, temperature, top_p, seed=seed)
-    ran = r.tokens[len(p):]
-    assert gen[0] == (ran[:ran.index(EOS)] if EOS in ran else ran)
+    ran = r.tokens[len(p) :]
+    assert gen[0] == (ran[: ran.index(EOS)] if EOS in ran else ran)
 
 
 # -- log-probabilities and echo -------------------------------------------------------------------
@@ -170,14 +172,14 @@ def test_logprobs_are_log_softmax_of_spec_logits(device, echo, make_checkpoint):
     for b, p in enumerate(prompts):
         full = toks[b] if echo else p + toks[b]
         if echo:
-            assert toks[b][:len(p)] == p, "echo returns the prompt first"
+            assert toks[b][: len(p)] == p, "echo returns the prompt first"
             assert lps[b][0] == 0.0, "the first prompt token has no log-prob (Meta: 0.0)"
         assert len(lps[b]) == len(toks[b])
         logits = spec.logits(full[:-1]) if len(full) > 1 else np.zeros((0, c.vocab_size))
         want = [log_softmax_at(logits[i - 1], full[i]) for i in range(1, len(full))]
         got = lps[b][1:] if echo else lps[b]
         if not echo:
-            want = want[len(p) - 1:]
+            want = want[len(p) - 1 :]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -193,7 +195,7 @@ def test_echo_returns_prompt_and_prompt_logprobs(device, make_checkpoint):
     ends = meta_end(lens, 5, c.seq_len)
     for b, p in enumerate(prompts):
         assert toks[b] == p + plain[b]
-        np.testing.assert_allclose(lps[b][len(p):], plps[b], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(lps[b][len(p) :], plps[b], rtol=1e-5, atol=1e-6)
         want_t, want_lp = oracle(ck, p, ends[b], 0.0, 0.9, 1)
         assert toks[b] == want_t
         np.testing.assert_allclose(lps[b], want_lp, rtol=1e-4, atol=1e-4)
@@ -213,9 +215,9 @@ def test_each_sequence_stops_at_its_own_eos(device, eos_checkpoint):
     for b, p in enumerate(prompts):
         # the uncut stream of the same generator: the cut must fall right before its first stop token
         stream, _ = oracle(ck, p, ends[b], 1.0, 1.0, 11 + b, stop=())
-        gen = stream[len(p):]
+        gen = stream[len(p) :]
         stops = [i for i, t in enumerate(gen) if t in (EOS, BOS)]
-        assert toks[b] == gen[:stops[0]] if stops else gen
+        assert toks[b] == gen[: stops[0]] if stops else gen
         assert EOS not in toks[b] and BOS not in toks[b]
         assert len(lps[b]) == len(toks[b])
         n_short += len(toks[b]) < max_gen_len
@@ -324,8 +326,9 @@ def test_text_completion_stories260k(device, stories260k):
 
 def cli(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "llama2py", *map(str, args)], capture_output=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "llama2py", *map(str, args)], capture_output=True, env=env, timeout=300
+    )
 
 
 def one_line_error(r, fragment):
@@ -357,8 +360,11 @@ def test_cli_prompts_file_and_num_samples(device, stories260k, tmp_path):
     r = cli(ck, "-z", tok, "--device", device, "--prompts-file", pf, "-t", "0.8", "-s", "7", "-n", "60")
     assert r.returncode == 0, r.stderr.decode()
     stories = split_stories(r.stdout)
-    assert [h for h, _ in stories] == ["--- prompt 1 (seed 7) ---", "--- prompt 2 (seed 8) ---",
-                                       "--- prompt 3 (seed 9) ---"]
+    assert [h for h, _ in stories] == [
+        "--- prompt 1 (seed 7) ---",
+        "--- prompt 2 (seed 8) ---",
+        "--- prompt 3 (seed 9) ---",
+    ]
     m = Llama.load(ck, tok, device=device)  # run's story alone (the API prints what the CLI prints)
     for (h, body), (prompt, seed) in zip(stories, [("Once upon a time", 7), ("Lily went to", 8), ("The dog", 9)]):
         assert body == m.run(prompt, 60, 0.8, 0.9, seed).text + "\n", h

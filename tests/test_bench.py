@@ -1,5 +1,6 @@
 """`llama2py bench`: the table and the documented JSON on a tiny synthetic checkpoint, the plot,
 rows for unusable devices and batches, and --vs-run against a fake llama2.c `run`."""
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,30 @@ from llama2py.synth import write_synthetic
 
 TINY = Config(dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=32)
 
-ROW_FIELDS = {"device", "batch", "status", "reason", "backend", "load_s", "prefill_tokens", "prefill_s",
-              "prefill_tok_s", "decode_steps", "decode_s", "decode_tok_s", "decode_tok_s_runs",
-              "decode_steps_per_s", "weight_bytes", "weight_bandwidth_gb_s", "peak_rss_bytes",
-              "backend_memory_bytes", "device_memory_bytes", "profile", "profile_total_s", "profile_note"}
+ROW_FIELDS = {
+    "device",
+    "batch",
+    "status",
+    "reason",
+    "backend",
+    "load_s",
+    "prefill_tokens",
+    "prefill_s",
+    "prefill_tok_s",
+    "decode_steps",
+    "decode_s",
+    "decode_tok_s",
+    "decode_tok_s_runs",
+    "decode_steps_per_s",
+    "weight_bytes",
+    "weight_bandwidth_gb_s",
+    "peak_rss_bytes",
+    "backend_memory_bytes",
+    "device_memory_bytes",
+    "profile",
+    "profile_total_s",
+    "profile_note",
+}
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 
 
@@ -45,8 +66,23 @@ def _tokenizer(path: Path, vocab: int) -> Path:
 
 def test_table_and_documented_json(tiny, tmp_path, capsys):
     out = tmp_path / "b.json"
-    rc = main(["bench", str(tiny), "--device", "numpy", "--batch", "1,3", "--steps", "4", "--repeat", "2",
-               "--json", str(out), "--quiet"])
+    rc = main(
+        [
+            "bench",
+            str(tiny),
+            "--device",
+            "numpy",
+            "--batch",
+            "1,3",
+            "--steps",
+            "4",
+            "--repeat",
+            "2",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert re.search(r"^numpy\s+1\s", text, re.M) and re.search(r"^numpy\s+3\s", text, re.M)
@@ -84,8 +120,11 @@ def test_profile_breakdown_shares(tiny):
             return {"matmul": 0.003, "attention": 0.001}
 
     def make(device, config, weights, max_batch=1, threads=None):
-        return Profiled(config, weights, max_batch, threads) if device == "numpy" else \
-            create_backend(device, config, weights, max_batch, threads)
+        return (
+            Profiled(config, weights, max_batch, threads)
+            if device == "numpy"
+            else create_backend(device, config, weights, max_batch, threads)
+        )
 
     rep = bench.bench(tiny, ["numpy"], [1], steps=3, repeat=1, make_backend=make)
     prof = rep["results"][0]["profile"]
@@ -115,8 +154,10 @@ def test_unusable_device_is_a_row(tiny, capsys, monkeypatch):
 def test_cli_real_unusable_device_does_not_crash(tiny, capsys):
     if bench.cuda_status()[0]:
         pytest.skip("cuda is usable on this machine")
-    assert main(["bench", str(tiny), "--device", "cuda,numpy", "--batch", "1", "--steps", "2", "--repeat", "1",
-                 "--quiet"]) == 0
+    assert (
+        main(["bench", str(tiny), "--device", "cuda,numpy", "--batch", "1", "--steps", "2", "--repeat", "1", "--quiet"])
+        == 0
+    )
     assert re.search(r"^cuda\s+-\s+unavailable", capsys.readouterr().out, re.M)
 
 
@@ -137,14 +178,33 @@ def test_lengths_fit_the_context():
 def test_plot_is_png(tiny, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib is an optional extra (pip install matplotlib)")
     png = tmp_path / "b.png"
-    assert main(["bench", str(tiny), "--device", "numpy", "--batch", "1,2", "--steps", "2", "--repeat", "1",
-                 "--plot", str(png), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(tiny),
+                "--device",
+                "numpy",
+                "--batch",
+                "1,2",
+                "--steps",
+                "2",
+                "--repeat",
+                "1",
+                "--plot",
+                str(png),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
 
 def test_plot_without_matplotlib_says_how(tiny, monkeypatch, capsys):
     import builtins
+
     real = builtins.__import__
 
     def fake(name, *a, **k):
@@ -160,8 +220,10 @@ def test_plot_without_matplotlib_says_how(tiny, monkeypatch, capsys):
 def _fake_run(tmp_path: Path, rate: str = "123.0") -> tuple[Path, Path]:
     log = tmp_path / "run_args.txt"
     script = tmp_path / "run"
-    script.write_text(f"#!/bin/sh\necho \"$@\" >> {log}\necho 'Once upon a time, there was a fake run.'\n"
-                      f"echo 'achieved tok/s: {rate}' >&2\n")
+    script.write_text(
+        f"#!/bin/sh\necho \"$@\" >> {log}\necho 'Once upon a time, there was a fake run.'\n"
+        f"echo 'achieved tok/s: {rate}' >&2\n"
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     return script, log
 
@@ -170,9 +232,32 @@ def test_vs_run_with_fake_binary(tiny, tmp_path, capsys):
     script, log = _fake_run(tmp_path)
     tok = _tokenizer(tmp_path / "tok64.bin", 64)
     out = tmp_path / "v.json"
-    assert main(["bench", str(tiny), "--device", "numpy", "--batch", "1", "--steps", "6", "--repeat", "3",
-                 "--vs-run", str(script), "--vs-device", "numpy", "-z", str(tok), "--json", str(out),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(tiny),
+                "--device",
+                "numpy",
+                "--batch",
+                "1",
+                "--steps",
+                "6",
+                "--repeat",
+                "3",
+                "--vs-run",
+                str(script),
+                "--vs-device",
+                "numpy",
+                "-z",
+                str(tok),
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "vs llama2.c run" in text and "123.0 tok/s" in text and "ratio llama2py / run" in text
     v = json.loads(out.read_text())["vs_run"]
@@ -197,8 +282,30 @@ def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
     bad.write_text("#!/bin/sh\necho nope >&2\nexit 3\n")
     bad.chmod(0o755)
     for binary, msg in ((bad, "exited 3"), (tmp_path / "missing", "no such program")):
-        assert main(["bench", str(tiny), "--device", "numpy", "--batch", "1", "--steps", "2", "--repeat", "1",
-                     "--vs-run", str(binary), "--vs-device", "numpy", "-z", str(tok), "--quiet"]) == 1
+        assert (
+            main(
+                [
+                    "bench",
+                    str(tiny),
+                    "--device",
+                    "numpy",
+                    "--batch",
+                    "1",
+                    "--steps",
+                    "2",
+                    "--repeat",
+                    "1",
+                    "--vs-run",
+                    str(binary),
+                    "--vs-device",
+                    "numpy",
+                    "-z",
+                    str(tok),
+                    "--quiet",
+                ]
+            )
+            == 1
+        )
         assert msg in capsys.readouterr().err
 
 

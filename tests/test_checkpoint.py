@@ -1,13 +1,13 @@
 """Checkpoint formats v0/v1/v2: round trips, identical logits across versions, every damaged file refused."""
+
 import struct
 
 import numpy as np
 import pytest
-
 from conftest import SHAPES, rel_err
+
 from llama2py.backends.numpy_backend import NumpyBackend
-from llama2py.checkpoint import (Config, load_checkpoint, quantize_q80, random_weights, weight_shapes,
-                                 write_checkpoint)
+from llama2py.checkpoint import Config, load_checkpoint, quantize_q80, random_weights, weight_shapes, write_checkpoint
 from llama2py.errors import CheckpointError
 
 
@@ -96,13 +96,16 @@ def test_unknown_version(make_checkpoint, tmp_path):
         load_checkpoint(_bad(tmp_path, bytes(data)))
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"", "too short"),
-    (b"PK\x03\x04" + b"\0" * 100, "not a llama2.c checkpoint"),
-    (b"\x89PNG\r\n\x1a\n" + b"\xff" * 100, "not a llama2.c checkpoint|implausibly large|positive"),
-    (struct.pack("<7i", 30, 10, 1, 4, 4, 10, 8) + b"\0" * 64, "not a multiple of n_heads"),
-    (struct.pack("<7i", 8, 10, 1, 2, 3, 10, 8) + b"\0" * 64, "not a multiple of n_kv_heads"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "too short"),
+        (b"PK\x03\x04" + b"\0" * 100, "not a llama2.c checkpoint"),
+        (b"\x89PNG\r\n\x1a\n" + b"\xff" * 100, "not a llama2.c checkpoint|implausibly large|positive"),
+        (struct.pack("<7i", 30, 10, 1, 4, 4, 10, 8) + b"\0" * 64, "not a multiple of n_heads"),
+        (struct.pack("<7i", 8, 10, 1, 2, 3, 10, 8) + b"\0" * 64, "not a multiple of n_kv_heads"),
+    ],
+)
 def test_foreign_files(tmp_path, data, match):
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(_bad(tmp_path, data))

@@ -4,12 +4,13 @@ Kernels one by one against numpy references, whole forward/prefill/step against 
 (relative error <= 1e-5, sampled ids equal for the same seeds), the bitwise batch/prefill equalities
 the GEMM's accumulation order promises, argument checking, and the stories260K reference text.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import SHAPES, rel_err
+
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.base import PROFILE_KEYS
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -29,8 +30,20 @@ def _rand(rng, *shape, scale=1.0):
 
 
 # ---- kernels -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("d,n,rows", [(1, 1, 1), (7, 13, 1), (37, 70, 1), (64, 96, 5), (300, 96, 7), (33, 260, 12),
-                                      (9, 8, 3), (100, 17, 2), (4300, 1001, 3)])  # the last: > 16 MiB, streamed
+@pytest.mark.parametrize(
+    "d,n,rows",
+    [
+        (1, 1, 1),
+        (7, 13, 1),
+        (37, 70, 1),
+        (64, 96, 5),
+        (300, 96, 7),
+        (33, 260, 12),
+        (9, 8, 3),
+        (100, 17, 2),
+        (4300, 1001, 3),
+    ],
+)  # the last: > 16 MiB, streamed
 def test_matmul_matches_numpy(d, n, rows):
     rng = np.random.default_rng(d * 1000 + n)
     w = _rand(rng, d, n)
@@ -81,11 +94,11 @@ def test_attention_matches_numpy(n_heads, n_kv_heads, head_size):
     for r, (s, p) in enumerate(zip(slots, positions)):
         for h in range(n_heads):
             g = h // kv_mul
-            K = kc[s, :p + 1, g * head_size:(g + 1) * head_size].astype(np.float64)
-            V = vc[s, :p + 1, g * head_size:(g + 1) * head_size].astype(np.float64)
-            sc = K @ q[r, h * head_size:(h + 1) * head_size] / np.sqrt(head_size)
+            K = kc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
+            V = vc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
+            sc = K @ q[r, h * head_size : (h + 1) * head_size] / np.sqrt(head_size)
             a = np.exp(sc - sc.max())
-            ref[r, h * head_size:(h + 1) * head_size] = (a / a.sum()) @ V
+            ref[r, h * head_size : (h + 1) * head_size] = (a / a.sum()) @ V
     assert rel_err(out, ref) <= TOL, f"worst relative error {rel_err(out, ref):.3g}"
 
 
@@ -163,8 +176,16 @@ def test_kernels_reject_bad_arguments():
         _cpu.rope(np.zeros((2, 12), np.float32), np.zeros(2, np.int32), 5)
     with pytest.raises(ValueError, match="outside"):
         kc = np.zeros((1, 4, 8), np.float32)
-        _cpu.attention(np.empty((1, 8), np.float32), np.zeros((1, 8), np.float32), kc, kc,
-                       np.zeros(1, np.int32), np.array([4], np.int32), 1, 1)
+        _cpu.attention(
+            np.empty((1, 8), np.float32),
+            np.zeros((1, 8), np.float32),
+            kc,
+            kc,
+            np.zeros(1, np.int32),
+            np.array([4], np.int32),
+            1,
+            1,
+        )
     with pytest.raises(ValueError):
         _cpu.softmax(np.empty(0, np.float32), np.empty(0, np.float32))
     with pytest.raises(TypeError):
@@ -207,7 +228,7 @@ def test_prefill_matches_numpy_and_single_steps(make_checkpoint, shape):
     single = CpuBackend(c, ck.weights, 1)
     for b in range(B):
         for pos in range(T):
-            row = single.forward(tokens[b:b + 1, pos], pos)[0]
+            row = single.forward(tokens[b : b + 1, pos], pos)[0]
             assert np.array_equal(row, got[b, pos]), f"{shape}: seq {b} pos {pos} differs from a single step"
 
 
@@ -240,8 +261,9 @@ def test_batch_rows_equal_single_sequences(make_checkpoint, shape):
     for pos in range(c.seq_len):
         got = batch.forward(tokens[:, pos], pos)
         for b in range(B):
-            assert np.array_equal(got[b], singles[b].forward(tokens[b:b + 1, pos], pos)[0]), \
+            assert np.array_equal(got[b], singles[b].forward(tokens[b : b + 1, pos], pos)[0]), (
                 f"{shape}: batch row {b} at pos {pos} differs from the sequence alone"
+            )
 
 
 def test_threads_do_not_change_results(make_checkpoint):
@@ -331,9 +353,29 @@ def test_backend_rejects_bad_input(make_checkpoint):
         m.prefill(None, np.zeros((1, 2), np.int32), 0, "all")
     w = ck.weights
     with pytest.raises(ValueError, match="wq"):
-        _cpu.Model(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len, 1, 0,
-                   w.token_embedding, w.rms_att, w.wk, w.wk, w.wv, w.wo, w.rms_ffn, w.w1, w.w2, w.w3,
-                   w.rms_final, w.wcls)
+        _cpu.Model(
+            c.dim,
+            c.hidden_dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.vocab_size,
+            c.seq_len,
+            1,
+            0,
+            w.token_embedding,
+            w.rms_att,
+            w.wk,
+            w.wk,
+            w.wv,
+            w.wo,
+            w.rms_ffn,
+            w.w1,
+            w.w2,
+            w.w3,
+            w.rms_final,
+            w.wcls,
+        )
     with pytest.raises(ValueError):
         CpuBackend(c, w, 1, threads=0)
 
@@ -366,6 +408,7 @@ def test_profiled_path_equals_fused_path(make_checkpoint, shape):
 
 def test_missing_extension_raises_device_error(monkeypatch, make_checkpoint):
     import sys
+
     ck = load_checkpoint(make_checkpoint("odd_tiny"))
     monkeypatch.setitem(sys.modules, "llama2py._cpu", None)  # import fails as if never built
     with pytest.raises(DeviceError, match="pip install -e"):
@@ -384,6 +427,7 @@ REFERENCE_260K = (
 
 def test_stories260k_greedy_reference_text(stories260k):
     from llama2py.tokenizer import Tokenizer
+
     model_path, tok_path = stories260k
     ck = load_checkpoint(model_path)
     tok = Tokenizer(tok_path, ck.config.vocab_size)
@@ -408,6 +452,7 @@ def test_greedy_argmax_with_a_smaller_thread_team(env, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     script = tmp_path / "argmax.py"
     script.write_text(
         "import numpy as np\n"
@@ -425,8 +470,13 @@ def test_greedy_argmax_with_a_smaller_thread_team(env, tmp_path):
         "want = int(np.argmax(NumpyBackend(c, w).forward(t, 0)[0]))\n"
         "got = int(CpuBackend(c, w, 1, threads=4).step(t, 0, 0.0, 0.9)[0][0])\n"
         "assert want != 0 and got == want, (got, want)\n"
-        "assert NumpyBackend(c, w).forward(t, 0).max() < 0\n")
+        "assert NumpyBackend(c, w).forward(t, 0).max() < 0\n"
+    )
     here = Path(__file__).resolve().parent
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=f"{here}{os.pathsep}{here.parent}", **env))
+    r = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=f"{here}{os.pathsep}{here.parent}", **env),
+    )
     assert r.returncode == 0, r.stderr.decode()[-2000:]

@@ -3,6 +3,7 @@
 Without a GPU only the compile check (nvcc, when it is on PATH) and the error paths run; every
 other test skips saying why. scripts/gpu_check.sh runs the whole file on a GPU machine.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHAPES, rel_err
+
 from llama2py.backends.base import PROFILE_KEYS
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.checkpoint import Config, random_weights
@@ -34,6 +35,7 @@ def _gpu_reason() -> str | None:
     """None when a cuda backend can be made here, else why not."""
     try:
         from llama2py.backends.cuda import CudaBackend
+
         c = SHAPES["odd_tiny"]
         CudaBackend(c, random_weights(c), 1).close()
     except (ImportError, DeviceError) as e:
@@ -63,6 +65,7 @@ def _report_worst():
 
 def cuda(config: Config, weights, max_batch: int = 1):
     from llama2py.backends.cuda import CudaBackend
+
     return CudaBackend(config, weights, max_batch)
 
 
@@ -71,8 +74,11 @@ def cuda(config: Config, weights, max_batch: int = 1):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("src", CU_FILES, ids=[p.name for p in CU_FILES])
 def test_sources_compile_with_nvcc(src, arch, tmp_path):
-    r = subprocess.run(["nvcc", f"-arch={arch}", "-std=c++17", "-Werror", "all-warnings", "-c", str(src),
-                        "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
+    r = subprocess.run(
+        ["nvcc", f"-arch={arch}", "-std=c++17", "-Werror", "all-warnings", "-c", str(src), "-o", str(tmp_path / "k.o")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -82,6 +88,7 @@ def test_sources_exist():
 
 def test_no_cupy_is_a_device_error(monkeypatch):
     from llama2py.backends.cuda import CudaBackend
+
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
     c = SHAPES["odd_tiny"]
     with pytest.raises(DeviceError, match="CuPy.*--device cpu"):
@@ -91,6 +98,7 @@ def test_no_cupy_is_a_device_error(monkeypatch):
 @pytest.mark.skipif(_REASON is None, reason="a GPU is usable here")
 def test_no_gpu_is_a_device_error():
     from llama2py.backends.cuda import CudaBackend
+
     c = SHAPES["odd_tiny"]
     with pytest.raises(DeviceError, match="--device cpu"):
         CudaBackend(c, random_weights(c))
@@ -98,6 +106,7 @@ def test_no_gpu_is_a_device_error():
 
 def test_auto_falls_back_without_cuda(monkeypatch):
     from llama2py.backends import create_backend
+
     monkeypatch.setitem(sys.modules, "cupy", None)
     c = SHAPES["odd_tiny"]
     notes: list[str] = []
@@ -141,7 +150,7 @@ def test_prefill_matches_numpy(shape, batch):
     _record(f"prefill all {shape} B={batch}", rel_err(a, b))
     assert rel_err(a, b) < TOL
     T2 = c.seq_len - T1 - 1
-    a, b = dev.prefill(toks[:, T1:T1 + T2], T1, "last"), ref.prefill(toks[:, T1:T1 + T2], T1, "last")
+    a, b = dev.prefill(toks[:, T1 : T1 + T2], T1, "last"), ref.prefill(toks[:, T1 : T1 + T2], T1, "last")
     _record(f"prefill last {shape} B={batch}", rel_err(a, b))
     assert a.shape == (batch, c.vocab_size) and rel_err(a, b) < TOL
     assert dev.prefill(toks[:, :1], 0, "none") is None and ref.prefill(toks[:, :1], 0, "none") is None
@@ -174,8 +183,16 @@ def test_every_gemm_tile_matches_numpy(shape, tile):
 
 @needs_gpu
 def test_prefill_longer_than_one_chunk():
-    c = Config(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=100, seq_len=1100,
-               shared_classifier=False)
+    c = Config(
+        dim=64,
+        hidden_dim=96,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=100,
+        seq_len=1100,
+        shared_classifier=False,
+    )
     w = random_weights(c, seed=5)
     ref, dev = NumpyBackend(c, w, 1), cuda(c, w, 1)
     toks = np.random.default_rng(6).integers(0, c.vocab_size, (1, 1090)).astype(np.int32)
@@ -284,6 +301,7 @@ def test_too_large_is_a_device_error_before_allocating():
 # -- on a GPU, end to end on the real stories260K ------------------------------------------------
 def _llama(stories260k, device):
     from llama2py.model import Llama
+
     ck, tok = stories260k
     return Llama.load(ck, tok, device=device)
 
@@ -295,11 +313,14 @@ def test_reference_story_greedy(stories260k):
 
 
 @needs_gpu
-@pytest.mark.parametrize("prompt,temperature,top_p,seed,steps", [
-    ("", 1.0, 0.9, 42, 256),
-    ("Once upon a time, Lily", 0.8, 0.95, 7, 256),
-    ("", 1.0, 0.0, 5, 100),
-])
+@pytest.mark.parametrize(
+    "prompt,temperature,top_p,seed,steps",
+    [
+        ("", 1.0, 0.9, 42, 256),
+        ("Once upon a time, Lily", 0.8, 0.95, 7, 256),
+        ("", 1.0, 0.0, 5, 100),
+    ],
+)
 def test_seeded_sampling_equals_numpy(stories260k, prompt, temperature, top_p, seed, steps):
     got = _llama(stories260k, "cuda").run(prompt, steps, temperature, top_p, seed)
     want = _llama(stories260k, "numpy").run(prompt, steps, temperature, top_p, seed)
@@ -313,10 +334,13 @@ def test_seeded_sampling_equals_numpy(stories260k, prompt, temperature, top_p, s
 def _kernel_signatures() -> dict[str, list[str]]:
     """extern "C" kernel name -> parameter declarations, parsed from csrc/cuda (macros expanded)."""
     import re
+
     sigs = {}
     for path in CU_FILES:
         src = path.read_text()
-        for m in re.finditer(r'extern "C" __global__ void(?: __launch_bounds__\(\w+\))?\s+(?!__launch_bounds__)(\w+)\(([^)]*)\)', src):
+        for m in re.finditer(
+            r'extern "C" __global__ void(?: __launch_bounds__\(\w+\))?\s+(?!__launch_bounds__)(\w+)\(([^)]*)\)', src
+        ):
             sigs[m.group(1)] = [a.strip() for a in m.group(2).split(",")]
         for macro in re.findall(r"^#define (\w+_ENTRIES)\(", src, re.M):
             body = src.split(f"#define {macro}(", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
@@ -350,8 +374,15 @@ def _fake_cupy(sigs: dict, launches: list):
             sig = sigs[self.name]
             assert len(sig) == len(args), f"{self.name}: {len(args)} arguments for {len(sig)} parameters"
             for p, a in zip(sig, args):
-                want = ndarray if "*" in p else np.int64 if p.startswith("long long") else \
-                    np.int32 if p.startswith("int") else np.float32
+                want = (
+                    ndarray
+                    if "*" in p
+                    else np.int64
+                    if p.startswith("long long")
+                    else np.int32
+                    if p.startswith("int")
+                    else np.float32
+                )
                 assert isinstance(a, want), f"{self.name}: {p} given {type(a).__name__}"
             assert all(isinstance(g, int) and g >= 1 for g in grid + block), (self.name, grid, block)
             assert shared_mem <= 48 * 1024, (self.name, shared_mem)
@@ -387,9 +418,13 @@ def _fake_cupy(sigs: dict, launches: list):
             return types.SimpleNamespace(launch=lambda stream=None: launches.append("<replay>"))
 
     rt = types.SimpleNamespace(
-        getDeviceCount=lambda: 1, getDeviceProperties=lambda i: {"name": b"Fake", "multiProcessorCount": 132},
-        memGetInfo=lambda: (8 << 30, 8 << 30), memcpyAsync=lambda *a: None, memcpyHostToDevice=1,
-        memcpyDeviceToHost=2)
+        getDeviceCount=lambda: 1,
+        getDeviceProperties=lambda i: {"name": b"Fake", "multiProcessorCount": 132},
+        memGetInfo=lambda: (8 << 30, 8 << 30),
+        memcpyAsync=lambda *a: None,
+        memcpyHostToDevice=1,
+        memcpyDeviceToHost=2,
+    )
     cp = types.ModuleType("cupy")
     cp.__version__ = "fake"
     cp.ndarray = ndarray
@@ -399,8 +434,14 @@ def _fake_cupy(sigs: dict, launches: list):
     cp.RawModule = Module
     cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
     cp.cuda = types.SimpleNamespace(
-        runtime=rt, Stream=Ctx, Device=Ctx, Event=Ctx, get_elapsed_time=lambda a, b: 0.001,
-        alloc_pinned_memory=lambda n: bytearray(n), memory=types.SimpleNamespace(OutOfMemoryError=MemoryError))
+        runtime=rt,
+        Stream=Ctx,
+        Device=Ctx,
+        Event=Ctx,
+        get_elapsed_time=lambda a, b: 0.001,
+        alloc_pinned_memory=lambda n: bytearray(n),
+        memory=types.SimpleNamespace(OutOfMemoryError=MemoryError),
+    )
     return cp
 
 
@@ -410,6 +451,7 @@ def test_every_launch_matches_its_kernel_signature(monkeypatch):
     batches on the GEMV path (<= GV_MAXB rows) and the GEMM path (more rows, prefill), with every GEMM tile
     forced in turn; every kernel in csrc/cuda must be launched (no orphans, none left unchecked)."""
     from llama2py.backends import cuda as cuda_mod
+
     sigs = _kernel_signatures()
     assert {"sample", "attention", "gemv_qkv", "gemm_qkv_32", "gemm_store_128", "spin"} <= set(sigs)
     launches: list = []

@@ -1,5 +1,6 @@
 """Model download against a local HTTP server on 127.0.0.1: fresh, resumed, Range ignored,
 checksum mismatch, connection lost, unreachable, already present; the default model and the CLI hook."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,23 +18,22 @@ import pytest
 from llama2py import download as dl
 from llama2py.errors import DownloadError
 
-DATA = os.urandom(5000 + 123)          # a few KB, not a multiple of anything
+DATA = os.urandom(5000 + 123)  # a few KB, not a multiple of anything
 TOKDATA = os.urandom(777)
 # the real small models (conftest's convention), read before the fixtures below override the variable
-REAL_MODELS = os.environ.get("LLAMA2PY_MODELS") or str(Path(__file__).resolve().parents[2]
-                                                        / "shared" / "models")
+REAL_MODELS = os.environ.get("LLAMA2PY_MODELS") or str(Path(__file__).resolve().parents[2] / "shared" / "models")
 
 
 class Handler(BaseHTTPRequestHandler):
     """Serves server.files[path]; honours Range unless server.ignore_range; may cut the body short."""
 
-    def log_message(self, *args):      # keep test output quiet
+    def log_message(self, *args):  # keep test output quiet
         pass
 
     def do_GET(self):
         srv = self.server
         srv.requests.append((self.path, self.headers.get("Range")))
-        if self.path.startswith("/redirect/"):      # like huggingface.co/.../resolve -> CDN
+        if self.path.startswith("/redirect/"):  # like huggingface.co/.../resolve -> CDN
             self.send_response(302)
             self.send_header("Location", "/m/" + self.path.split("/", 2)[2])
             self.send_header("Content-Length", "0")
@@ -61,8 +61,8 @@ class Handler(BaseHTTPRequestHandler):
         chunk = body[start:]
         self.send_header("Content-Length", str(len(chunk)))
         self.end_headers()
-        if srv.cut_after is not None:   # promise the whole body, send part of it, hang up
-            self.wfile.write(chunk[:srv.cut_after])
+        if srv.cut_after is not None:  # promise the whole body, send part of it, hang up
+            self.wfile.write(chunk[: srv.cut_after])
             self.wfile.flush()
             self.close_connection = True
             return
@@ -93,12 +93,33 @@ def isolated(monkeypatch, tmp_path):
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.delenv(dl.URL_ENV, raising=False)
     monkeypatch.setenv(dl.MODELS_ENV, str(tmp_path / "models"))
-    monkeypatch.setitem(dl.REGISTRY, "testmodel", dl.KnownFile(
-        "testmodel", "test.bin", "http://127.0.0.1:9/unused/test.bin", len(DATA),
-        hashlib.sha256(DATA).hexdigest(), "checkpoint", "test bytes", tokenizer="testtok"))
-    monkeypatch.setitem(dl.REGISTRY, "testtok", dl.KnownFile(
-        "testtok", "tok.bin", "http://127.0.0.1:9/unused/tok.bin", len(TOKDATA),
-        hashlib.sha256(TOKDATA).hexdigest(), "tokenizer", "test tokenizer bytes"))
+    monkeypatch.setitem(
+        dl.REGISTRY,
+        "testmodel",
+        dl.KnownFile(
+            "testmodel",
+            "test.bin",
+            "http://127.0.0.1:9/unused/test.bin",
+            len(DATA),
+            hashlib.sha256(DATA).hexdigest(),
+            "checkpoint",
+            "test bytes",
+            tokenizer="testtok",
+        ),
+    )
+    monkeypatch.setitem(
+        dl.REGISTRY,
+        "testtok",
+        dl.KnownFile(
+            "testtok",
+            "tok.bin",
+            "http://127.0.0.1:9/unused/tok.bin",
+            len(TOKDATA),
+            hashlib.sha256(TOKDATA).hexdigest(),
+            "tokenizer",
+            "test tokenizer bytes",
+        ),
+    )
 
 
 def url(server, name="test.bin"):
@@ -109,7 +130,7 @@ def closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-    s.close()                       # nothing listens there now: connection refused
+    s.close()  # nothing listens there now: connection refused
     return port
 
 
@@ -140,7 +161,7 @@ def test_server_ignoring_range_restarts(server, tmp_path):
     server.ignore_range = True
     (tmp_path / "test.bin.part").write_bytes(DATA[:1234])
     path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
-    assert path.read_bytes() == DATA            # not the 1234 bytes twice
+    assert path.read_bytes() == DATA  # not the 1234 bytes twice
     assert server.requests == [("/m/test.bin", "bytes=1234-")]
 
 
@@ -158,26 +179,25 @@ def test_connection_lost_keeps_part_then_resumes(server, tmp_path):
 
 
 def test_checksum_mismatch_deletes_part(server, tmp_path, monkeypatch):
-    server.files["/m/test.bin"] = bytes(len(DATA))     # right size, wrong bytes
+    server.files["/m/test.bin"] = bytes(len(DATA))  # right size, wrong bytes
     with pytest.raises(DownloadError) as err:
         dl.download("testmodel", tmp_path, url=url(server), progress=False)
     msg = str(err.value)
-    assert dl.REGISTRY["testmodel"].sha256 in msg                       # expected
-    assert hashlib.sha256(bytes(len(DATA))).hexdigest() in msg           # actual
+    assert dl.REGISTRY["testmodel"].sha256 in msg  # expected
+    assert hashlib.sha256(bytes(len(DATA))).hexdigest() in msg  # actual
     assert not (tmp_path / "test.bin").exists()
     assert not (tmp_path / "test.bin.part").exists()
 
 
 def test_size_mismatch_without_sha(server, tmp_path, monkeypatch):
-    monkeypatch.setitem(dl.REGISTRY, "testmodel", replace(dl.REGISTRY["testmodel"], sha256=None,
-                                                          size=len(DATA) + 1))
+    monkeypatch.setitem(dl.REGISTRY, "testmodel", replace(dl.REGISTRY["testmodel"], sha256=None, size=len(DATA) + 1))
     with pytest.raises(DownloadError, match="expected 5,124"):
         dl.download("testmodel", tmp_path, url=url(server), progress=False)
     assert not (tmp_path / "test.bin").exists()
 
 
 def test_bad_resumed_part_is_fetched_again_from_start(server, tmp_path):
-    (tmp_path / "test.bin.part").write_bytes(b"x" * 1000)   # not a prefix of DATA
+    (tmp_path / "test.bin.part").write_bytes(b"x" * 1000)  # not a prefix of DATA
     path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
     assert path.read_bytes() == DATA
     assert server.requests == [("/m/test.bin", "bytes=1000-"), ("/m/test.bin", None)]
@@ -218,7 +238,7 @@ def test_corrupt_existing_file_is_replaced_only_by_a_verified_one(server, tmp_pa
 
 def test_mirror_env_and_filename_lookup(server, tmp_path, monkeypatch):
     monkeypatch.setenv(dl.URL_ENV, server.base + "/")
-    path = dl.download("TEST.BIN", progress=False)      # a file name, any case; default folder
+    path = dl.download("TEST.BIN", progress=False)  # a file name, any case; default folder
     assert path == tmp_path / "models" / "test.bin" and path.read_bytes() == DATA
 
 
@@ -268,8 +288,7 @@ def test_cli_hook(server, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="llama2py download")
     dl.add_arguments(parser)
     assert "stories110M" in parser.format_help()
-    args = parser.parse_args(["testmodel", "testtok", "--dir", str(tmp_path), "--url", server.base,
-                              "--quiet"])
+    args = parser.parse_args(["testmodel", "testtok", "--dir", str(tmp_path), "--url", server.base, "--quiet"])
     assert dl.run(args) == 0
     out = capsys.readouterr().out.split()
     assert out == [str(tmp_path / "test.bin"), str(tmp_path / "tok.bin")]
@@ -278,19 +297,25 @@ def test_cli_hook(server, tmp_path, capsys):
 
 def _v0_size(dim, hidden, layers, heads, kv_heads, vocab, seq):
     kv_dim = dim * kv_heads // heads
-    n = (vocab * dim + layers * (2 * dim + 2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden)
-         + dim + seq * (dim // heads))
+    n = (
+        vocab * dim
+        + layers * (2 * dim + 2 * dim * dim + 2 * dim * kv_dim + 3 * dim * hidden)
+        + dim
+        + seq * (dim // heads)
+    )
     return 28 + 4 * n
 
 
 def test_registry_is_consistent():
-    shapes = {"stories15M": (288, 768, 6, 6, 6, 32000, 256),
-              "stories42M": (512, 1376, 8, 8, 8, 32000, 1024),
-              "stories110M": (768, 2048, 12, 12, 12, 32000, 1024),
-              "stories260K": (64, 172, 5, 8, 4, 512, 512)}
+    shapes = {
+        "stories15M": (288, 768, 6, 6, 6, 32000, 256),
+        "stories42M": (512, 1376, 8, 8, 8, 32000, 1024),
+        "stories110M": (768, 2048, 12, 12, 12, 32000, 1024),
+        "stories260K": (64, 172, 5, 8, 4, 512, 512),
+    }
     for name, shape in shapes.items():
         entry = dl.REGISTRY[name]
-        assert entry.size == _v0_size(*shape), name       # the header fixes the file size
+        assert entry.size == _v0_size(*shape), name  # the header fixes the file size
         assert entry.tokenizer in dl.REGISTRY
     for entry in dl.REGISTRY.values():
         assert entry.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", entry.sha256)
@@ -311,10 +336,10 @@ def test_registry_matches_shared_copies():
 
 
 def test_range_past_the_end_restarts_then_reports_the_short_file(server, tmp_path):
-    server.files["/m/test.bin"] = DATA[:500]          # the server's file is shorter than published
+    server.files["/m/test.bin"] = DATA[:500]  # the server's file is shorter than published
     (tmp_path / "test.bin.part").write_bytes(DATA[:1000])
     with pytest.raises(DownloadError, match="has 500 bytes, expected 5,123"):
         dl.download("testmodel", tmp_path, url=url(server), progress=False)
-    assert server.requests[0] == ("/m/test.bin", "bytes=1000-")      # answered 416
+    assert server.requests[0] == ("/m/test.bin", "bytes=1000-")  # answered 416
     assert ("/m/test.bin", None) in server.requests
     assert not (tmp_path / "test.bin.part").exists() and not (tmp_path / "test.bin").exists()

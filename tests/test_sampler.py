@@ -1,4 +1,5 @@
 """The run-compatible sampler: generator sequence, greedy, multinomial and top-p rules."""
+
 import numpy as np
 import pytest
 
@@ -52,7 +53,7 @@ def topp_by_definition(p, top_p, coin):
             last = k
             break
     r, cdf = np.float32(coin * cum), np.float32(0)
-    for i in order[:last + 1]:
+    for i in order[: last + 1]:
         cdf = np.float32(cdf + p[i])
         if r < cdf:
             return i
@@ -72,6 +73,7 @@ def test_topp_equals_its_definition(top_p):
 
 def test_seed_that_masks_to_zero_is_no_seed():
     from llama2py.sampler import resolve_seed
+
     assert resolve_seed(2**64) != 0 and resolve_seed(0) != 0 and resolve_seed(5) == 5
 
 

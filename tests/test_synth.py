@@ -1,5 +1,6 @@
 """`llama2py synth`: file sizes and headers per shape and version, determinism, greedy runs that
 never stop early, and the CLI."""
+
 from __future__ import annotations
 
 import struct
@@ -68,6 +69,7 @@ def test_named_shapes_sizes(name):
 def test_chunked_tensors_cross_chunk_boundaries(tmp_path, monkeypatch):
     """Tensors larger than one chunk are split into row chunks; readers still accept the file."""
     import llama2py.synth as synth
+
     monkeypatch.setattr(synth, "CHUNK_FLOATS", 100)
     for v in (0, 2):
         p = tmp_path / f"c{v}.bin"
@@ -78,8 +80,16 @@ def test_chunked_tensors_cross_chunk_boundaries(tmp_path, monkeypatch):
 @pytest.mark.parametrize("shared", [True, False])
 def test_greedy_run_generates_every_step(tmp_path, shared):
     """run stops at BOS: a synthetic model must never pick it, so speed runs do all their steps."""
-    c = Config(dim=64, hidden_dim=172, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=160,
-               shared_classifier=shared)
+    c = Config(
+        dim=64,
+        hidden_dim=172,
+        n_layers=2,
+        n_heads=8,
+        n_kv_heads=4,
+        vocab_size=512,
+        seq_len=160,
+        shared_classifier=shared,
+    )
     path = tmp_path / "g.bin"
     write_synthetic(path, c, 0, seed=0)
     ck = load_checkpoint(path)
@@ -92,7 +102,9 @@ def test_greedy_run_generates_every_step(tmp_path, shared):
 
 def test_greedy_llama_run_with_tokenizer(tmp_path):
     from conftest import model_file
+
     from llama2py.model import Llama
+
     tok = model_file("tok512.bin")
     path = tmp_path / "s.bin"
     write_synthetic(path, Config(64, 172, 2, 8, 4, 512, 96), 0, seed=4)
@@ -103,29 +115,78 @@ def test_greedy_llama_run_with_tokenizer(tmp_path):
 
 def test_cli_writes_shape_and_free_fields(tmp_path, capsys):
     out = tmp_path / "x.bin"
-    assert main(["synth", "--shape", "stories260K", "--layers", "1", "--seq-len", "32", "--version", "2",
-                 "--seed", "3", "--no-progress", str(out)]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--shape",
+                "stories260K",
+                "--layers",
+                "1",
+                "--seq-len",
+                "32",
+                "--version",
+                "2",
+                "--seed",
+                "3",
+                "--no-progress",
+                str(out),
+            ]
+        )
+        == 0
+    )
     ck = load_checkpoint(out)
     assert (ck.version, ck.config.n_layers, ck.config.seq_len, ck.config.dim) == (2, 1, 32, 64)
     assert "wrote" in capsys.readouterr().out
     free = tmp_path / "f.bin"
-    assert main(["synth", "--dim", "16", "--hidden", "24", "--layers", "1", "--heads", "2", "--kv-heads", "1",
-                 "--vocab", "40", "--seq-len", "8", "--unshared-classifier", str(free)]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--dim",
+                "16",
+                "--hidden",
+                "24",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--kv-heads",
+                "1",
+                "--vocab",
+                "40",
+                "--seq-len",
+                "8",
+                "--unshared-classifier",
+                str(free),
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(free).config == Config(16, 24, 1, 2, 1, 40, 8, shared_classifier=False)
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "llama2py", "synth", "--dim", "16", str(tmp_path / "y.bin")],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llama2py", "synth", "--dim", "16", str(tmp_path / "y.bin")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1
     assert "--hidden" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", "--heads", "5",
-                        str(tmp_path / "y.bin")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", "--heads", "5", str(tmp_path / "y.bin")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "multiple of n_heads" in r.stderr
 
 
 def test_progress_bar_on_stderr(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", "--layers", "1",
-                        str(tmp_path / "p.bin")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", "--layers", "1", str(tmp_path / "p.bin")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "100%" in r.stderr and "wrote" in r.stdout

@@ -1,4 +1,5 @@
 """Tokenizer against FORMAT.md's known encodings and run's decode/print rules."""
+
 import struct
 
 import pytest
@@ -21,10 +22,13 @@ def byte_vocab():
     return [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [f"<0x{i:02X}>".encode() for i in range(256)]
 
 
-@pytest.mark.parametrize("text,ids", [
-    ("", [1]),
-    ("I believe the meaning of life is", [1, 306, 4658, 278, 6593, 310, 2834, 338]),
-])
+@pytest.mark.parametrize(
+    "text,ids",
+    [
+        ("", [1]),
+        ("I believe the meaning of life is", [1, 306, 4658, 278, 6593, 310, 2834, 338]),
+    ],
+)
 def test_known_encodings(llama_tokenizer, text, ids):
     assert Tokenizer(llama_tokenizer, 32000).encode(text) == ids
 
@@ -67,11 +71,14 @@ def test_tokenizer_larger_than_vocab(llama_tokenizer):
         Tokenizer(llama_tokenizer, 512)
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"", "too short"),
-    (struct.pack("<i", -5) + b"x" * 20, "max_token_length"),
-    (struct.pack("<i", 10) + struct.pack("<fi", 0.0, 99) + b"abc", "invalid length"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "too short"),
+        (struct.pack("<i", -5) + b"x" * 20, "max_token_length"),
+        (struct.pack("<i", 10) + struct.pack("<fi", 0.0, 99) + b"abc", "invalid length"),
+    ],
+)
 def test_corrupt_tokenizer(tmp_path, content, match):
     p = tmp_path / "bad.bin"
     p.write_bytes(content)

@@ -1,12 +1,12 @@
 // CPU kernels: see kernels.h for the conventions (orphaned work-sharing, fixed accumulation order).
 #include "kernels.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
-
-#include <omp.h>
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -20,17 +20,25 @@ namespace l2p {
 // differ between builds by FMA rounding, never between GEMV and GEMM of one build.
 #ifdef L2P_AVX2
 using V8 = __m256;
-static inline V8 v_zero() { return _mm256_setzero_ps(); }
-static inline V8 v_load(const float* p) { return _mm256_loadu_ps(p); }
+static inline V8 v_zero() {
+    return _mm256_setzero_ps();
+}
+static inline V8 v_load(const float* p) {
+    return _mm256_loadu_ps(p);
+}
 static inline __m256i v_mask(int n) {  // lanes 0..n-1 on, n in 1..7
     static const int32_t m[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + 8 - n));
 }
-static inline V8 v_load_n(const float* p, __m256i mask) { return _mm256_maskload_ps(p, mask); }
-static inline V8 v_fma(V8 a, V8 b, V8 c) { return _mm256_fmadd_ps(a, b, c); }
+static inline V8 v_load_n(const float* p, __m256i mask) {
+    return _mm256_maskload_ps(p, mask);
+}
+static inline V8 v_fma(V8 a, V8 b, V8 c) {
+    return _mm256_fmadd_ps(a, b, c);
+}
 static inline float v_sum(V8 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // (0+4, 1+5, 2+6, 3+7)
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                          // (04+26, 15+37)
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));                                         // (04+26, 15+37)
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
 }
@@ -56,13 +64,32 @@ static inline __m256 v_sum8(const V8* a) {
 }
 using Mask = __m256i;
 #else
-struct V8 { float v[8]; };
-static inline V8 v_zero() { V8 r; for (int i = 0; i < 8; ++i) r.v[i] = 0.f; return r; }
-static inline V8 v_load(const float* p) { V8 r; std::memcpy(r.v, p, sizeof r.v); return r; }
+struct V8 {
+    float v[8];
+};
+static inline V8 v_zero() {
+    V8 r;
+    for (int i = 0; i < 8; ++i) r.v[i] = 0.f;
+    return r;
+}
+static inline V8 v_load(const float* p) {
+    V8 r;
+    std::memcpy(r.v, p, sizeof r.v);
+    return r;
+}
 using Mask = int;
-static inline Mask v_mask(int n) { return n; }
-static inline V8 v_load_n(const float* p, Mask n) { V8 r = v_zero(); for (int i = 0; i < n; ++i) r.v[i] = p[i]; return r; }
-static inline V8 v_fma(V8 a, V8 b, V8 c) { for (int i = 0; i < 8; ++i) c.v[i] += a.v[i] * b.v[i]; return c; }
+static inline Mask v_mask(int n) {
+    return n;
+}
+static inline V8 v_load_n(const float* p, Mask n) {
+    V8 r = v_zero();
+    for (int i = 0; i < n; ++i) r.v[i] = p[i];
+    return r;
+}
+static inline V8 v_fma(V8 a, V8 b, V8 c) {
+    for (int i = 0; i < 8; ++i) c.v[i] += a.v[i] * b.v[i];
+    return c;
+}
 static inline float v_sum(V8 v) {
     float s0 = v.v[0] + v.v[4], s1 = v.v[1] + v.v[5], s2 = v.v[2] + v.v[6], s3 = v.v[3] + v.v[7];
     float t0 = s0 + s2, t1 = s1 + s3;
@@ -140,15 +167,32 @@ static inline void tile(const float* w, const float* x, long ldx, float* y, long
 template <int C>
 static inline void tile_r(int R, const float* w, const float* x, long ldx, float* y, long ldy, int n) {
     switch (R) {
-        case 8: tile<8, C>(w, x, ldx, y, ldy, n); break;
-        case 7: tile<7, C>(w, x, ldx, y, ldy, n); break;
-        case 6: tile<6, C>(w, x, ldx, y, ldy, n); break;
-        case 5: tile<5, C>(w, x, ldx, y, ldy, n); break;
-        case 4: tile<4, C>(w, x, ldx, y, ldy, n); break;
-        case 3: tile<3, C>(w, x, ldx, y, ldy, n); break;
-        case 2: tile<2, C>(w, x, ldx, y, ldy, n); break;
-        case 1: tile<1, C>(w, x, ldx, y, ldy, n); break;
-        default: break;
+        case 8:
+            tile<8, C>(w, x, ldx, y, ldy, n);
+            break;
+        case 7:
+            tile<7, C>(w, x, ldx, y, ldy, n);
+            break;
+        case 6:
+            tile<6, C>(w, x, ldx, y, ldy, n);
+            break;
+        case 5:
+            tile<5, C>(w, x, ldx, y, ldy, n);
+            break;
+        case 4:
+            tile<4, C>(w, x, ldx, y, ldy, n);
+            break;
+        case 3:
+            tile<3, C>(w, x, ldx, y, ldy, n);
+            break;
+        case 2:
+            tile<2, C>(w, x, ldx, y, ldy, n);
+            break;
+        case 1:
+            tile<1, C>(w, x, ldx, y, ldy, n);
+            break;
+        default:
+            break;
     }
 }
 
@@ -193,8 +237,10 @@ static inline void block(const float* w, int nr, const float* x, long ldx, int r
     }
     const int left = rows - c;
     for (int r = 0; r < nr && left; r += 4) {
-        if (left == 2) tile_r<2>(std::min(4, nr - r), w + (long)r * n, x + c * ldx, ldx, y + c * ldy + r, ldy, n);
-        else tile_r<1>(std::min(4, nr - r), w + (long)r * n, x + c * ldx, ldx, y + c * ldy + r, ldy, n);
+        if (left == 2)
+            tile_r<2>(std::min(4, nr - r), w + (long)r * n, x + c * ldx, ldx, y + c * ldy + r, ldy, n);
+        else
+            tile_r<1>(std::min(4, nr - r), w + (long)r * n, x + c * ldx, ldx, y + c * ldy + r, ldy, n);
     }
 }
 
@@ -228,7 +274,8 @@ void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int ro
         }
         block(job.w + (long)r0 * n, nr, x, ldx, rows, job.out + r0, job.ldo, n, stream, pf, pf_bytes);
         if (job.w_gate)
-            block(job.w_gate + (long)r0 * n, nr, x, ldx, rows, job.out_gate + r0, job.ldo, n, stream, pfg, pfg ? pf_bytes : 0);
+            block(job.w_gate + (long)r0 * n, nr, x, ldx, rows, job.out_gate + r0, job.ldo, n, stream, pfg,
+                  pfg ? pf_bytes : 0);
         if (job.epi) job.epi->run(r0, nr);
     }
 }
@@ -280,7 +327,6 @@ void residual(float* x, const float* y, int rows, int n) {
 #pragma omp for schedule(static)
     for (long i = 0; i < total; ++i) x[i] += y[i];
 }
-
 
 // ---- exp for softmax: a[i] = exp(a[i] - mx) ------------------------------------------------------
 // Cephes' expf (range reduction by ln 2 in two parts, degree-6 polynomial, scale by 2^n), within
@@ -343,8 +389,8 @@ static void exp_sub(float* a, int n, float mx) {
 // read whole and in address order (one sequential stream per slot for the hardware prefetcher).
 // Every output element gets the same operations in the same order as one head at a time: scores
 // by dot(), max, exp and sum over t in order, then o[i] += (att[t] * inv) * v[i] over t in order.
-static void attend(float* out, const float* q, const float* kc, const float* vc, int pos, int h0, int h1,
-                   int head_size, int kv_dim, int kv_mul, int seq_len, float* att) {
+static void attend(float* out, const float* q, const float* kc, const float* vc, int pos, int h0, int h1, int head_size,
+                   int kv_dim, int kv_mul, int seq_len, float* att) {
     const float scale = 1.0f / std::sqrt((float)head_size);
     const int nh = h1 - h0;
     const long lo = (long)(h0 / kv_mul) * head_size, hi = (long)((h1 - 1) / kv_mul + 1) * head_size;
@@ -357,7 +403,8 @@ static void attend(float* out, const float* q, const float* kc, const float* vc,
         }
 #endif
         for (int h = h0; h < h1; ++h)
-            att[(long)(h - h0) * seq_len + t] = dot(q + (long)h * head_size, k + (long)(h / kv_mul) * head_size, head_size) * scale;
+            att[(long)(h - h0) * seq_len + t] =
+                dot(q + (long)h * head_size, k + (long)(h / kv_mul) * head_size, head_size) * scale;
     }
     float inv[64];
     for (int j = 0; j < nh; ++j) {
@@ -411,13 +458,18 @@ uint32_t rng_u32(uint64_t* state) {
     return (uint32_t)((*state * 0x2545F4914F6CDD1DULL) >> 32);
 }
 
-float rng_coin(uint64_t* state) { return (float)(rng_u32(state) >> 8) / 16777216.0f; }
+float rng_coin(uint64_t* state) {
+    return (float)(rng_u32(state) >> 8) / 16777216.0f;
+}
 
 int argmax(const float* x, int n) {
     int best = 0;
     float mx = x[0];
     for (int i = 1; i < n; ++i)
-        if (x[i] > mx) { mx = x[i]; best = i; }
+        if (x[i] > mx) {
+            mx = x[i];
+            best = i;
+        }
     return best;
 }
 
@@ -448,7 +500,8 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
     if (m == 0) return argmax(probs, n);  // only possible for top_p < 1/n; keep it defined
     // descending probability, ties in index order
     if (m <= 256) {
-        std::sort(idx, idx + m, [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
+        std::sort(idx, idx + m,
+                  [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
     } else {
         // Many candidates (flat distributions): the same order by a stable LSD radix sort of the
         // probabilities' bits (non-negative floats order like their bit patterns; complemented for
@@ -480,7 +533,10 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
     for (int i = 0; i < m; ++i) {
         cum += probs[idx[i]];
         cand[i] = cum;
-        if (cum > top_p) { last = i; break; }
+        if (cum > top_p) {
+            last = i;
+            break;
+        }
     }
     const float r = coin * cand[last];
     for (int i = 0; i <= last; ++i)
@@ -488,8 +544,8 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
     return idx[last];
 }
 
-int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state,
-           float* probs, int* idx, float* cand) {
+int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state, float* probs, int* idx,
+           float* cand) {
     if (temperature == 0.0) return argmax(logits, n);
     const float t = (float)temperature;
     for (int i = 0; i < n; ++i) probs[i] = logits[i] / t;

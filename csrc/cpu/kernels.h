@@ -32,9 +32,9 @@ struct Epilogue {
 
 struct MatJob {
     const float* w;
-    int d;        // output features (rows of w)
+    int d;  // output features (rows of w)
     float* out;
-    long ldo;     // row stride of out
+    long ldo;                       // row stride of out
     const float* w_gate = nullptr;  // optional second (d, n) matrix, same block, into out_gate (w3 next to w1)
     float* out_gate = nullptr;
     const Epilogue* epi = nullptr;
@@ -65,7 +65,9 @@ inline void rope_span(float* v, int i0, int i1, int head_size, const float* cs) 
         v[i + 1] = a * si + b * co;
     }
 }
-inline float silu_mul(float z, float g) { return z / (1.0f + expf(-z)) * g; }
+inline float silu_mul(float z, float g) {
+    return z / (1.0f + expf(-z)) * g;
+}
 
 // ---- elementwise / per-row kernels (rows split across threads) -------------------------------------
 // out (rows, n) = w (n,) * x / sqrt(mean(x^2) + 1e-5), per row. out may alias x.
@@ -87,8 +89,7 @@ void residual(float* x, const float* y, int rows, int n);
 //   out     (rows, n_heads * head_size)
 //   scratch (n_threads, n_heads, seq_len) per-thread scores
 void attention(float* out, const float* q, const float* k_cache, const float* v_cache, const int* seq,
-               const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
-               float* scratch);
+               const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len, float* scratch);
 
 // ---- sampling ------------------------------------------------------------------------------------
 // run.c's xorshift64* generator: one draw, coin in [0, 1) with 24 bits.
@@ -102,8 +103,8 @@ int sample_mult(const float* probs, int n, float coin);
 int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, float* cand);
 // One full sampling decision for a logits row (temperature 0 -> argmax, else temper, softmax,
 // one coin, multinomial or top-p). probs (n,), idx (n,), cand (n,) are scratch.
-int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state,
-           float* probs, int* idx, float* cand);
+int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state, float* probs, int* idx,
+           float* cand);
 // log softmax(x)[token] in double precision
 double log_softmax_at(const float* x, int n, int token);
 

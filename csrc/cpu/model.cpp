@@ -1,18 +1,20 @@
 // The CPU forward pass (FORMAT.md, "Forward pass"), one OpenMP parallel region per chunk.
 #include "model.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-
-#include <omp.h>
 
 #include "kernels.h"
 
 namespace l2p {
 
 ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads)
-    : c_(c), w_(w), max_batch_(max_batch),
+    : c_(c),
+      w_(w),
+      max_batch_(max_batch),
       n_threads_(n_threads > 0 ? n_threads : omp_get_max_threads()),
       cap_(std::max(max_batch, PREFILL_ROWS)) {
     {
@@ -50,9 +52,9 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
 }
 
 size_t ModelCore::buffer_bytes() const {
-    size_t f = key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() + xb_.size() + xbt_.size() + q_.size() +
-               k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() + hb2_.size() + scores_.size() +
-               logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
+    size_t f = key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() + xb_.size() + xbt_.size() +
+               q_.size() + k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() + hb2_.size() +
+               scores_.size() + logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
     size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
     return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t);
 }
@@ -92,12 +94,14 @@ void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mod
                 posv_[r] = pos + t0 + t;
             }
         const bool last_chunk = t0 + n == T;
-        LogitsMode m = mode == LOGITS_ALL ? LOGITS_ALL : (mode == LOGITS_LAST && last_chunk ? LOGITS_LAST : LOGITS_NONE);
-        if (prof) run_chunk_profiled(B, n, T, t0, m, out, prof);
-        else run_chunk(B, n, T, t0, m, out);
+        LogitsMode m =
+            mode == LOGITS_ALL ? LOGITS_ALL : (mode == LOGITS_LAST && last_chunk ? LOGITS_LAST : LOGITS_NONE);
+        if (prof)
+            run_chunk_profiled(B, n, T, t0, m, out, prof);
+        else
+            run_chunk(B, n, T, t0, m, out);
     }
 }
-
 
 ModelCore::Cls ModelCore::classifier_io(int B, int Tc, int T, LogitsMode mode, float* out) {
     Cls cls{nullptr, x_.data(), (long)c_.dim, 0};
@@ -130,7 +134,7 @@ namespace {
 // Fused epilogues (same arithmetic as the separate kernels of the profiled path).
 // RoPE on the block's features of every row; for keys and values also the store into the cache.
 struct RopeStore : Epilogue {
-    float* vec;            // (rows, n) q or k or v
+    float* vec;  // (rows, n) q or k or v
     int n, rows, hs, seq_len;
     bool rotate;
     float* cache;          // (max_batch, seq_len, n) this layer's k or v cache, or null
@@ -138,7 +142,15 @@ struct RopeStore : Epilogue {
     const float* rope;     // (seq_len, hs/2, 2)
     RopeStore(float* vec, int n, int rows, int hs, int seq_len, bool rotate, float* cache, const int* seq,
               const int* pos, const float* rope)
-        : vec(vec), n(n), rows(rows), hs(hs), seq_len(seq_len), rotate(rotate), cache(cache), seq(seq), pos(pos),
+        : vec(vec),
+          n(n),
+          rows(rows),
+          hs(hs),
+          seq_len(seq_len),
+          rotate(rotate),
+          cache(cache),
+          seq(seq),
+          pos(pos),
           rope(rope) {}
     void run(int r0, int nr) const override {
         for (int r = 0; r < rows; ++r) {
@@ -178,7 +190,8 @@ struct Argmax : Epilogue {
     const float* logits;  // (rows, V)
     int V, rows;
     ModelCore::Best* part;  // (rows,) this thread's partial results
-    Argmax(const float* logits, int V, int rows, ModelCore::Best* part) : logits(logits), V(V), rows(rows), part(part) {}
+    Argmax(const float* logits, int V, int rows, ModelCore::Best* part)
+        : logits(logits), V(V), rows(rows), part(part) {}
     void run(int r0, int nr) const override {
         for (int r = 0; r < rows; ++r) {
             const float* lg = logits + (long)r * V;
@@ -215,7 +228,8 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
             float* vc = value_cache_.data() + l * cache_layer;
             for (int r = 0; r < rows; ++r)
                 rmsnorm_row(xb + (long)r * dim, x_.data() + (long)r * dim, w_.rms_att + (long)l * dim, dim);
-            const RopeStore eq{q_.data(), dim, rows, hs, c.seq_len, true, nullptr, seq_.data(), posv_.data(), rope_.data()};
+            const RopeStore eq{q_.data(), dim,     rows,        hs,           c.seq_len,
+                               true,      nullptr, seq_.data(), posv_.data(), rope_.data()};
             const RopeStore ek{k_.data(), kv, rows, hs, c.seq_len, true, kc, seq_.data(), posv_.data(), rope_.data()};
             const RopeStore ev{v_.data(), kv, rows, hs, c.seq_len, false, vc, seq_.data(), posv_.data(), rope_.data()};
             MatJob qkv[3] = {
@@ -227,8 +241,8 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
             qkv[1].epi = &ek;
             qkv[2].epi = &ev;
             matmul_jobs(qkv, 3, xb, dim, rows, dim, stream_);
-            attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads,
-                      hs, c.seq_len, scores_.data());
+            attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads, hs,
+                      c.seq_len, scores_.data());
             const Residual ro{x_.data(), tmp_.data(), dim, rows};
             MatJob o{w_.wo + (long)l * dim * dim, dim, tmp_.data(), dim};
             o.epi = &ro;
@@ -319,8 +333,8 @@ void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode
                 std::memcpy(vc + at, v_.data() + (long)r * kv, kv * sizeof(float));
             }
             P.mark(P_ROPE);
-            attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads,
-                      hs, c.seq_len, scores_.data());
+            attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads, hs,
+                      c.seq_len, scores_.data());
             P.mark(P_ATTENTION);
             matmul(tmp_.data(), dim, att_.data(), dim, rows, w_.wo + (long)l * dim * dim, dim, dim, stream_);
             P.mark(P_MATMUL);
@@ -353,18 +367,21 @@ void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode
     copy_all_logits(cls, B, Tc, T, t0, out);
 }
 
-void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature,
-                     double top_p, const int* forced, double* prof) {
+void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature, double top_p,
+                     const int* forced, double* prof) {
     forward(tokens, B, 1, pos, LOGITS_LAST, logits_.data(), prof);
     const auto t0 = Clock::now();
     const int V = c_.vocab_size;
     auto one = [&](int b) {
         const float* lg = logits_.data() + (long)b * V;
         int id;
-        if (forced && forced[b] >= 0) id = forced[b];
-        else if (temperature == 0.0 && argmax_ready_) id = best_[b];
-        else id = sample(lg, V, temperature, top_p, &rng_[b], probs_.data() + (long)b * V,
-                         idx_.data() + (long)b * V, cand_.data() + (long)b * V);
+        if (forced && forced[b] >= 0)
+            id = forced[b];
+        else if (temperature == 0.0 && argmax_ready_)
+            id = best_[b];
+        else
+            id = sample(lg, V, temperature, top_p, &rng_[b], probs_.data() + (long)b * V, idx_.data() + (long)b * V,
+                        cand_.data() + (long)b * V);
         next[b] = id;
         if (logprobs) logprobs[b] = (float)log_softmax_at(lg, V, id);
     };

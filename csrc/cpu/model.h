@@ -32,8 +32,18 @@ struct WeightPtrs {
 };
 
 // Profile categories, in the order of llama2py.backends.base.PROFILE_KEYS.
-enum Prof { P_EMBEDDING, P_RMSNORM, P_MATMUL, P_ROPE, P_ATTENTION, P_SWIGLU, P_RESIDUAL, P_CLASSIFIER,
-            P_SAMPLING, P_COUNT };
+enum Prof {
+    P_EMBEDDING,
+    P_RMSNORM,
+    P_MATMUL,
+    P_ROPE,
+    P_ATTENTION,
+    P_SWIGLU,
+    P_RESIDUAL,
+    P_CLASSIFIER,
+    P_SAMPLING,
+    P_COUNT
+};
 
 enum LogitsMode { LOGITS_NONE = 0, LOGITS_LAST = 1, LOGITS_ALL = 2 };
 
@@ -52,10 +62,13 @@ public:
 
     // One decode step: forward at pos, then sampling per slot. next (B,), logprobs (B,) or null,
     // forced (B,) or null (>= 0: that id, generator untouched). Logits stay in logits_ (B, vocab).
-    void step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature,
-              double top_p, const int* forced, double* prof);
+    void step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature, double top_p,
+              const int* forced, double* prof);
 
-    struct Best { float v; int i; };  // an argmax candidate (i < 0: none yet)
+    struct Best {
+        float v;
+        int i;
+    };  // an argmax candidate (i < 0: none yet)
 
     void set_seed(int slot, uint64_t seed) { rng_[slot] = seed; }
     uint64_t rng_state(int slot) const { return rng_[slot]; }
@@ -69,10 +82,10 @@ private:
     // Rows r = b * Tc + t (b < B, t < Tc): tok_, seq_, posv_ filled by forward().
     void run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out);
     void run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof);
-    struct Cls {           // the classifier's rows for a chunk
-        float* out;        // (rows, vocab) destination, null for LOGITS_NONE
-        const float* in;   // first input row inside x_
-        long ldx;          // input row stride
+    struct Cls {          // the classifier's rows for a chunk
+        float* out;       // (rows, vocab) destination, null for LOGITS_NONE
+        const float* in;  // first input row inside x_
+        long ldx;         // input row stride
         int rows;
     };
     Cls classifier_io(int B, int Tc, int T, LogitsMode mode, float* out);
@@ -80,34 +93,34 @@ private:
 
     ModelConfig c_;
     WeightPtrs w_;
-    bool stream_ = false;                   // weights too big for the caches: streaming GEMV
-    int max_batch_, n_threads_, cap_;       // cap_ = rows the buffers hold = max(max_batch, PREFILL_ROWS)
-    std::vector<float> key_cache_;          // (n_layers, max_batch, seq_len, kv_dim)
-    std::vector<float> value_cache_;        // (n_layers, max_batch, seq_len, kv_dim)
-    std::vector<float> rope_;               // (seq_len, head_size/2, 2) cos, sin
-    std::vector<float> x_;                  // (cap, dim) residual stream
-    std::vector<float> xb_;                 // (cap, dim) normed input of a block (profiled path)
-    std::vector<float> xbt_;                // (n_threads, cap, dim) per-thread normed input (fused path)
-    std::vector<float> q_;                  // (cap, dim) queries
-    std::vector<float> k_;                  // (cap, kv_dim) new keys (before they go to the cache)
-    std::vector<float> v_;                  // (cap, kv_dim) new values
-    std::vector<float> att_;                // (cap, dim) attention output, heads concatenated
-    std::vector<float> tmp_;                // (cap, dim) projection output before the residual add
-    std::vector<float> hb_;                 // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
-    std::vector<float> hb2_;                // (cap, hidden_dim) w3 x
-    std::vector<float> scores_;             // (n_threads, n_heads, seq_len) attention scores per thread
-    std::vector<int> tok_;                  // (cap,) token of each row
-    std::vector<int> seq_;                  // (cap,) KV slot of each row
-    std::vector<int> posv_;                 // (cap,) position of each row
-    std::vector<float> logits_;             // (max_batch, vocab) logits of the last step
-    std::vector<float> logits_all_;         // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
-    std::vector<float> probs_;              // (max_batch, vocab) sampling scratch
-    std::vector<float> cand_;               // (max_batch, vocab) top-p running sums
-    std::vector<int> idx_;                  // (max_batch, vocab) top-p candidate ids
-    std::vector<uint64_t> rng_;             // (max_batch,) xorshift64* states
-    std::vector<Best> part_;                // (n_threads, max_batch) per-thread argmax of the classifier rows
-    std::vector<int> best_;                 // (max_batch,) argmax of the last LOGITS_LAST chunk
-    bool argmax_ready_ = false;             // best_ belongs to logits_ of the last forward
+    bool stream_ = false;              // weights too big for the caches: streaming GEMV
+    int max_batch_, n_threads_, cap_;  // cap_ = rows the buffers hold = max(max_batch, PREFILL_ROWS)
+    std::vector<float> key_cache_;     // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> value_cache_;   // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> rope_;          // (seq_len, head_size/2, 2) cos, sin
+    std::vector<float> x_;             // (cap, dim) residual stream
+    std::vector<float> xb_;            // (cap, dim) normed input of a block (profiled path)
+    std::vector<float> xbt_;           // (n_threads, cap, dim) per-thread normed input (fused path)
+    std::vector<float> q_;             // (cap, dim) queries
+    std::vector<float> k_;             // (cap, kv_dim) new keys (before they go to the cache)
+    std::vector<float> v_;             // (cap, kv_dim) new values
+    std::vector<float> att_;           // (cap, dim) attention output, heads concatenated
+    std::vector<float> tmp_;           // (cap, dim) projection output before the residual add
+    std::vector<float> hb_;            // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
+    std::vector<float> hb2_;           // (cap, hidden_dim) w3 x
+    std::vector<float> scores_;        // (n_threads, n_heads, seq_len) attention scores per thread
+    std::vector<int> tok_;             // (cap,) token of each row
+    std::vector<int> seq_;             // (cap,) KV slot of each row
+    std::vector<int> posv_;            // (cap,) position of each row
+    std::vector<float> logits_;        // (max_batch, vocab) logits of the last step
+    std::vector<float> logits_all_;    // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
+    std::vector<float> probs_;         // (max_batch, vocab) sampling scratch
+    std::vector<float> cand_;          // (max_batch, vocab) top-p running sums
+    std::vector<int> idx_;             // (max_batch, vocab) top-p candidate ids
+    std::vector<uint64_t> rng_;        // (max_batch,) xorshift64* states
+    std::vector<Best> part_;           // (n_threads, max_batch) per-thread argmax of the classifier rows
+    std::vector<int> best_;            // (max_batch,) argmax of the last LOGITS_LAST chunk
+    bool argmax_ready_ = false;        // best_ belongs to logits_ of the last forward
 };
 
 }  // namespace l2p

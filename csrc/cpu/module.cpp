@@ -1,6 +1,7 @@
 // pybind11 module llama2py._cpu: argument checking at the boundary, then the C++ kernels with the GIL
 // released. Outputs come first in every signature. Shape or dtype mistakes raise ValueError
 // (std::invalid_argument); nothing prints or exits.
+#include <omp.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -12,8 +13,6 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <omp.h>
 
 #include "kernels.h"
 #include "model.h"
@@ -44,16 +43,17 @@ std::string shape_str(const std::vector<long>& shape) {
 // Check dtype, C-contiguity, shape (-1 = any) and writability; return the checked shape.
 template <typename T>
 std::vector<long> check(const py::array& a, const char* name, std::vector<long> shape, bool writable) {
-    const char* tname = std::is_same<T, float>::value ? "float32" : std::is_same<T, int32_t>::value ? "int32"
-                      : std::is_same<T, double>::value ? "float64" : "uint64";
-    if (!py::dtype::of<T>().is(a.dtype()) && !(a.dtype().kind() == py::dtype::of<T>().kind() &&
-                                               a.dtype().itemsize() == (py::ssize_t)sizeof(T)))
+    const char* tname = std::is_same<T, float>::value     ? "float32"
+                        : std::is_same<T, int32_t>::value ? "int32"
+                        : std::is_same<T, double>::value  ? "float64"
+                                                          : "uint64";
+    if (!py::dtype::of<T>().is(a.dtype()) &&
+        !(a.dtype().kind() == py::dtype::of<T>().kind() && a.dtype().itemsize() == (py::ssize_t)sizeof(T)))
         throw std::invalid_argument(std::string(name) + ": expected a " + tname + " array, got dtype " +
                                     std::string(py::str(a.dtype())));
     if (!(a.flags() & py::array::c_style))
         throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array");
-    if (writable && !a.writeable())
-        throw std::invalid_argument(std::string(name) + ": output array is read-only");
+    if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": output array is read-only");
     bool ok = a.ndim() == (py::ssize_t)shape.size();
     for (size_t i = 0; ok && i < shape.size(); ++i) {
         if (shape[i] < 0) shape[i] = a.shape(i);
@@ -66,14 +66,19 @@ std::vector<long> check(const py::array& a, const char* name, std::vector<long> 
 }
 
 template <typename T>
-T* mut(py::array& a) { return static_cast<T*>(a.mutable_data()); }
+T* mut(py::array& a) {
+    return static_cast<T*>(a.mutable_data());
+}
 template <typename T>
-const T* cst(const py::array& a) { return static_cast<const T*>(a.data()); }
+const T* cst(const py::array& a) {
+    return static_cast<const T*>(a.data());
+}
 
 void check_tokens(const int* t, long n, int vocab) {
     for (long i = 0; i < n; ++i)
         if (t[i] < 0 || t[i] >= vocab)
-            throw std::invalid_argument("token id " + std::to_string(t[i]) + " outside 0.." + std::to_string(vocab - 1));
+            throw std::invalid_argument("token id " + std::to_string(t[i]) + " outside 0.." +
+                                        std::to_string(vocab - 1));
 }
 
 // The Python-facing model: checks arguments, keeps the borrowed weight arrays alive, and calls
@@ -89,8 +94,8 @@ class Model {
 public:
     Model(int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int seq_len,
           int max_batch, int threads, py::array token_embedding, py::array rms_att, py::array wq, py::array wk,
-          py::array wv, py::array wo, py::array rms_ffn, py::array w1, py::array w2, py::array w3,
-          py::array rms_final, py::array wcls) {
+          py::array wv, py::array wo, py::array rms_ffn, py::array w1, py::array w2, py::array w3, py::array rms_final,
+          py::array wcls) {
         if (dim <= 0 || hidden_dim <= 0 || n_layers <= 0 || n_heads <= 0 || n_kv_heads <= 0 || vocab_size <= 0 ||
             seq_len <= 0 || dim % n_heads || n_heads % n_kv_heads || (dim / n_heads) % 2)
             throw std::invalid_argument("inconsistent model config");
@@ -111,9 +116,18 @@ public:
         check<float>(rms_final, "rms_final", {D}, false);
         check<float>(wcls, "wcls", {V, D}, false);
         keep_ = {token_embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls};
-        WeightPtrs w{cst<float>(token_embedding), cst<float>(rms_att), cst<float>(wq), cst<float>(wk),
-                     cst<float>(wv), cst<float>(wo), cst<float>(rms_ffn), cst<float>(w1), cst<float>(w2),
-                     cst<float>(w3), cst<float>(rms_final), cst<float>(wcls)};
+        WeightPtrs w{cst<float>(token_embedding),
+                     cst<float>(rms_att),
+                     cst<float>(wq),
+                     cst<float>(wk),
+                     cst<float>(wv),
+                     cst<float>(wo),
+                     cst<float>(rms_ffn),
+                     cst<float>(w1),
+                     cst<float>(w2),
+                     cst<float>(w3),
+                     cst<float>(rms_final),
+                     cst<float>(wcls)};
         core_ = std::make_unique<ModelCore>(c, w, max_batch, threads);
     }
 
@@ -141,8 +155,13 @@ public:
         } else if (mode == "last" || mode == "all") {
             if (logits.is_none()) throw std::invalid_argument("prefill: logits output array required for mode " + mode);
             py::array a = as_ndarray(logits, "logits");
-            if (mode == "last") { check<float>(a, "logits", {B, V}, true); m = l2p::LOGITS_LAST; }
-            else { check<float>(a, "logits", {B, T, V}, true); m = l2p::LOGITS_ALL; }
+            if (mode == "last") {
+                check<float>(a, "logits", {B, V}, true);
+                m = l2p::LOGITS_LAST;
+            } else {
+                check<float>(a, "logits", {B, T, V}, true);
+                m = l2p::LOGITS_ALL;
+            }
             out = mut<float>(a);
         } else {
             throw std::invalid_argument("prefill: mode must be 'last', 'all' or 'none', got '" + mode + "'");
@@ -195,7 +214,8 @@ public:
     void set_seeds(py::array seeds) {
         auto s = check<uint64_t>(seeds, "seeds", {-1}, false);
         if (s[0] > core_->max_batch())
-            throw std::invalid_argument(std::to_string(s[0]) + " seeds for max_batch " + std::to_string(core_->max_batch()));
+            throw std::invalid_argument(std::to_string(s[0]) + " seeds for max_batch " +
+                                        std::to_string(core_->max_batch()));
         const uint64_t* p = cst<uint64_t>(seeds);
         for (long b = 0; b < s[0]; ++b) core_->set_seed((int)b, p[b]);
     }
@@ -222,8 +242,8 @@ private:
         std::vector<long> shape(ndim, -1);
         shape = check<int32_t>(tokens, "tokens", shape, false);
         if (shape[0] < 1 || shape[0] > core_->max_batch())
-            throw std::invalid_argument("batch of " + std::to_string(shape[0]) + " sequences, the model was made for 1.." +
-                                        std::to_string(core_->max_batch()));
+            throw std::invalid_argument("batch of " + std::to_string(shape[0]) +
+                                        " sequences, the model was made for 1.." + std::to_string(core_->max_batch()));
         if (ndim == 2 && shape[1] < 1) throw std::invalid_argument("tokens: empty run of positions");
         long n = 1;
         for (long s : shape) n *= s;
@@ -236,7 +256,7 @@ private:
                                         " outside the context 0.." + std::to_string(core_->config().seq_len - 1));
     }
 
-    std::vector<py::array> keep_;      // the borrowed weight arrays (memmap views stay valid)
+    std::vector<py::array> keep_;  // the borrowed weight arrays (memmap views stay valid)
     std::unique_ptr<ModelCore> core_;
 };
 
@@ -245,8 +265,14 @@ void k_matmul(py::array out, py::array x, py::array w) {
     auto ws = check<float>(w, "w", {-1, -1}, false);
     const long d = ws[0], n = ws[1];
     long rows;
-    if (x.ndim() == 1) { check<float>(x, "x", {n}, false); check<float>(out, "out", {d}, true); rows = 1; }
-    else { rows = check<float>(x, "x", {-1, n}, false)[0]; check<float>(out, "out", {rows, d}, true); }
+    if (x.ndim() == 1) {
+        check<float>(x, "x", {n}, false);
+        check<float>(out, "out", {d}, true);
+        rows = 1;
+    } else {
+        rows = check<float>(x, "x", {-1, n}, false)[0];
+        check<float>(out, "out", {rows, d}, true);
+    }
     float* o = mut<float>(out);
     const float* xp = cst<float>(x);
     const float* wp = cst<float>(w);
@@ -291,8 +317,8 @@ void k_rope(py::array x, py::array positions, int head_size) {
 }
 
 // out (rows, n_heads*hs) <- q (rows, n_heads*hs), caches (n_slots, seq_len, kv_dim), rows r -> (slot[r], pos[r])
-void k_attention(py::array out, py::array q, py::array k_cache, py::array v_cache, py::array slots,
-                 py::array positions, int n_heads, int n_kv_heads) {
+void k_attention(py::array out, py::array q, py::array k_cache, py::array v_cache, py::array slots, py::array positions,
+                 int n_heads, int n_kv_heads) {
     auto qs = check<float>(q, "q", {-1, -1}, false);
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || qs[1] % n_heads)
         throw std::invalid_argument("inconsistent head counts");
@@ -377,7 +403,8 @@ PYBIND11_MODULE(_cpu, m) {
     m.def("max_threads", []() { return omp_get_max_threads(); }, "OpenMP's default thread count");
     m.def("matmul", &k_matmul, py::arg("out"), py::arg("x"), py::arg("w"),
           "out (d,) or (rows, d) = x (n,) or (rows, n) @ w (d, n).T");
-    m.def("rmsnorm", &k_rmsnorm, py::arg("out"), py::arg("x"), py::arg("w"), "out = w * x / sqrt(mean(x^2) + 1e-5) per row");
+    m.def("rmsnorm", &k_rmsnorm, py::arg("out"), py::arg("x"), py::arg("w"),
+          "out = w * x / sqrt(mean(x^2) + 1e-5) per row");
     m.def("rope", &k_rope, py::arg("x"), py::arg("positions"), py::arg("head_size"),
           "rotate x (rows, n_heads*head_size) in place, row r at positions[r]");
     m.def("attention", &k_attention, py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
@@ -395,9 +422,8 @@ PYBIND11_MODULE(_cpu, m) {
                       py::array, py::array, py::array, py::array, py::array, py::array, py::array, py::array>(),
              py::arg("dim"), py::arg("hidden_dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads"),
              py::arg("vocab_size"), py::arg("seq_len"), py::arg("max_batch"), py::arg("threads"),
-             py::arg("token_embedding"), py::arg("rms_att"), py::arg("wq"), py::arg("wk"), py::arg("wv"),
-             py::arg("wo"), py::arg("rms_ffn"), py::arg("w1"), py::arg("w2"), py::arg("w3"), py::arg("rms_final"),
-             py::arg("wcls"))
+             py::arg("token_embedding"), py::arg("rms_att"), py::arg("wq"), py::arg("wk"), py::arg("wv"), py::arg("wo"),
+             py::arg("rms_ffn"), py::arg("w1"), py::arg("w2"), py::arg("w3"), py::arg("rms_final"), py::arg("wcls"))
         .def("forward", &Model::forward, py::arg("logits"), py::arg("tokens"), py::arg("pos"))
         .def("prefill", &Model::prefill, py::arg("logits"), py::arg("tokens"), py::arg("pos"), py::arg("mode"))
         .def("step", &Model::step, py::arg("next"), py::arg("logprobs"), py::arg("tokens"), py::arg("pos"),

@@ -89,7 +89,7 @@ struct EpAdd {
 };
 
 struct EpSwiglu {
-    float* out;   // (M, hidden)
+    float* out;  // (M, hidden)
     int hidden;
     __device__ __forceinline__ void operator()(int m, int n, float g, float u, bool) const {
         out[(size_t)m * hidden + (n >> 1)] = (g / (1.0f + expf(-g))) * u;
@@ -97,10 +97,10 @@ struct EpSwiglu {
 };
 
 struct EpQKV {
-    float* q;             // (M, dim)
-    float* kc;            // this layer's key cache (max_batch, seq_len, kv_dim)
-    float* vc;            // this layer's value cache
-    const float* rcos;    // (seq_len, head_size / 2)
+    float* q;           // (M, dim)
+    float* kc;          // this layer's key cache (max_batch, seq_len, kv_dim)
+    float* vc;          // this layer's value cache
+    const float* rcos;  // (seq_len, head_size / 2)
     const float* rsin;
     int pos, T, seq_len, dim, kv_dim, hs;
     __device__ __forceinline__ void operator()(int m, int n, float a, float b, bool) const {
@@ -109,8 +109,7 @@ struct EpQKV {
             const size_t r = (size_t)p * (hs >> 1) + ((n % hs) >> 1);
             const float c = rcos[r], s = rsin[r];
             const float a2 = a * c - b * s, b2 = a * s + b * c;
-            float* o = n < dim ? q + (size_t)m * dim + n
-                               : kc + ((size_t)bi * seq_len + p) * kv_dim + (n - dim);
+            float* o = n < dim ? q + (size_t)m * dim + n : kc + ((size_t)bi * seq_len + p) * kv_dim + (n - dim);
             o[0] = a2;
             o[1] = b2;
         } else {
@@ -155,8 +154,8 @@ static __device__ __forceinline__ void gv_stage_x(const float* __restrict__ x, c
 // The scalar path (K % 4 != 0): one 4-byte load per weight row per lane and step.
 template <class Ep>
 static __device__ __forceinline__ void gemv_scalar_body(const float* __restrict__ x, const float* __restrict__ rmsw,
-                                                        int use_rms, const float* __restrict__ W, int N, int K,
-                                                        int M, const Ep& ep) {
+                                                        int use_rms, const float* __restrict__ W, int N, int K, int M,
+                                                        const Ep& ep) {
     extern __shared__ float4 gv_smem4[];
     float* xs = reinterpret_cast<float*>(gv_smem4);
     float* red = xs + (size_t)M * K;
@@ -193,7 +192,7 @@ static __device__ __forceinline__ void gemv_scalar_body(const float* __restrict_
 }
 
 static __device__ __forceinline__ void gv_load(const float* __restrict__ W, int n, int N, int K4, int kb, int lane,
-                                                float4* u, float4* v) {
+                                               float4* u, float4* v) {
     const float4* w0 = reinterpret_cast<const float4*>(W + (size_t)n * (K4 * 4));
     const float4* w1 = n + 1 < N ? w0 + K4 : w0;
 #pragma unroll
@@ -261,25 +260,26 @@ static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, co
 }
 
 extern "C" __global__ void __launch_bounds__(GV_NT)
-gemv_store(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out, int ldo) {
+    gemv_store(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out,
+               int ldo) {
     gemv_body(x, rmsw, use_rms, W, N, K, M, EpStore{out, ldo});
 }
 
 extern "C" __global__ void __launch_bounds__(GV_NT)
-gemv_add(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out, int ldo) {
+    gemv_add(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out, int ldo) {
     gemv_body(x, rmsw, use_rms, W, N, K, M, EpAdd{out, ldo});
 }
 
 extern "C" __global__ void __launch_bounds__(GV_NT)
-gemv_swiglu(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out,
-            int hidden) {
+    gemv_swiglu(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* out,
+                int hidden) {
     gemv_body(x, rmsw, use_rms, W, N, K, M, EpSwiglu{out, hidden});
 }
 
 extern "C" __global__ void __launch_bounds__(GV_NT)
-gemv_qkv(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* q, float* kc,
-         float* vc, const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,
-         int kv_dim, int hs) {
+    gemv_qkv(const float* x, const float* rmsw, int use_rms, const float* W, int N, int K, int M, float* q, float* kc,
+             float* vc, const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,
+             int kv_dim, int hs) {
     gemv_body(x, rmsw, use_rms, W, N, K, M, EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});
 }
 
@@ -293,8 +293,8 @@ gemv_qkv(const float* x, const float* rmsw, int use_rms, const float* W, int N, 
 #define GM_BK 16
 
 template <int BM, int BN, int TM, int TN, class Ep>
-static __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const float* __restrict__ W, int M,
-                                                 int N, int K, const Ep& ep) {
+static __device__ __forceinline__ void gemm_body(const float* __restrict__ A, const float* __restrict__ W, int M, int N,
+                                                 int K, const Ep& ep) {
     constexpr int NT = (BM / TM) * (BN / TN);
     constexpr int LA = BM * GM_BK / NT, LW = BN * GM_BK / NT;
     __shared__ __align__(16) float As[GM_BK][BM + 4];
@@ -369,25 +369,23 @@ static __device__ __forceinline__ void gemm_body(const float* __restrict__ A, co
     }
 }
 
-#define GEMM_ENTRIES(SUF, BM, BN, TM, TN)                                                                        \
-    extern "C" __global__ void __launch_bounds__(256)                                                            \
-        gemm_store##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {              \
-        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpStore{out, ldo});                                             \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(256)                                                            \
-        gemm_add##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {                \
-        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpAdd{out, ldo});                                               \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(256)                                                            \
-        gemm_swiglu##SUF(const float* A, const float* W, int M, int N, int K, float* out, int hidden) {          \
-        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpSwiglu{out, hidden});                                         \
-    }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(256)                                                            \
-        gemm_qkv##SUF(const float* A, const float* W, int M, int N, int K, float* q, float* kc, float* vc,       \
-                      const float* rcos, const float* rsin, const int* pos_ptr, int T, int seq_len, int dim,     \
-                      int kv_dim, int hs) {                                                                      \
-        gemm_body<BM, BN, TM, TN>(A, W, M, N, K,                                                                 \
-                                  EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});         \
+#define GEMM_ENTRIES(SUF, BM, BN, TM, TN)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256)                                                                  \
+        gemm_store##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {                    \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpStore{out, ldo});                                                   \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                                                  \
+        gemm_add##SUF(const float* A, const float* W, int M, int N, int K, float* out, int ldo) {                      \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpAdd{out, ldo});                                                     \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256)                                                                  \
+        gemm_swiglu##SUF(const float* A, const float* W, int M, int N, int K, float* out, int hidden) {                \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpSwiglu{out, hidden});                                               \
+    }                                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) gemm_qkv##SUF(                                                   \
+        const float* A, const float* W, int M, int N, int K, float* q, float* kc, float* vc, const float* rcos,        \
+        const float* rsin, const int* pos_ptr, int T, int seq_len, int dim, int kv_dim, int hs) {                      \
+        gemm_body<BM, BN, TM, TN>(A, W, M, N, K, EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs}); \
     }
 
 GEMM_ENTRIES(_32, 32, 32, 2, 2)
@@ -400,7 +398,7 @@ GEMM_ENTRIES(_128, 128, 128, 8, 8)
 
 // out[m] = rmsnorm(x[m], w), one block per row
 extern "C" __global__ void __launch_bounds__(256)
-rmsnorm_rows(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int K) {
+    rmsnorm_rows(const float* __restrict__ x, const float* __restrict__ w, float* __restrict__ out, int K) {
     __shared__ float red[33];
     const float* xr = x + (size_t)blockIdx.x * K;
     float ss = 0.f;
@@ -413,7 +411,7 @@ rmsnorm_rows(const float* __restrict__ x, const float* __restrict__ w, float* __
 
 // x[m] = emb[tokens[m]], one block per row
 extern "C" __global__ void __launch_bounds__(256)
-embed(const int* __restrict__ tokens, const float* __restrict__ emb, float* __restrict__ x, int dim) {
+    embed(const int* __restrict__ tokens, const float* __restrict__ emb, float* __restrict__ x, int dim) {
     const float* e = emb + (size_t)tokens[blockIdx.x] * dim;
     float* o = x + (size_t)blockIdx.x * dim;
     for (int d = threadIdx.x; d < dim; d += blockDim.x) o[d] = e[d];
@@ -432,20 +430,20 @@ static __device__ __forceinline__ void apply_pairs(const float* __restrict__ src
 
 // RoPE + cache store from a stored (M, dim + 2 kv_dim) q|k|v product
 extern "C" __global__ void __launch_bounds__(256)
-apply_qkv(const float* __restrict__ src, int M, int N, float* q, float* kc, float* vc, const float* rcos,
-          const float* rsin, const int* pos_ptr, int T, int seq_len, int dim, int kv_dim, int hs) {
+    apply_qkv(const float* __restrict__ src, int M, int N, float* q, float* kc, float* vc, const float* rcos,
+              const float* rsin, const int* pos_ptr, int T, int seq_len, int dim, int kv_dim, int hs) {
     apply_pairs(src, M, N, EpQKV{q, kc, vc, rcos, rsin, *pos_ptr, T, seq_len, dim, kv_dim, hs});
 }
 
 // SwiGLU from a stored (M, 2 hidden) interleaved product
 extern "C" __global__ void __launch_bounds__(256)
-apply_swiglu(const float* __restrict__ src, int M, int N, float* out, int hidden) {
+    apply_swiglu(const float* __restrict__ src, int M, int N, float* out, int hidden) {
     apply_pairs(src, M, N, EpSwiglu{out, hidden});
 }
 
 // out[m, n] += src[m, n] (the residual add)
 extern "C" __global__ void __launch_bounds__(256)
-apply_add(const float* __restrict__ src, int M, int N, float* out, int ldo) {
+    apply_add(const float* __restrict__ src, int M, int N, float* out, int ldo) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (size_t)M * N;
          i += (size_t)gridDim.x * blockDim.x) {
         const int m = (int)(i / N), n = (int)(i % N);
@@ -464,15 +462,15 @@ apply_add(const float* __restrict__ src, int M, int N, float* out, int ldo) {
 #define ATT_NT 256
 
 extern "C" __global__ void __launch_bounds__(ATT_NT)
-attention(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
-          float* __restrict__ out, int T, const int* pos_ptr, int seq_len, int kv_mul, int hs, int kv_dim,
-          int dim) {
+    attention(const float* __restrict__ q, const float* __restrict__ kc, const float* __restrict__ vc,
+              float* __restrict__ out, int T, const int* pos_ptr, int seq_len, int kv_mul, int hs, int kv_dim,
+              int dim) {
     extern __shared__ float4 att_sm4[];
     const int hs4 = (hs + 3) & ~3;
     float* qs = reinterpret_cast<float*>(att_sm4);  // hs4
-    float* part = qs + hs4;                          // 4 * ATT_NT
-    float* red = part + 4 * ATT_NT;                  // 36
-    float* sc = red + 36;                            // seq_len
+    float* part = qs + hs4;                         // 4 * ATT_NT
+    float* red = part + 4 * ATT_NT;                 // 36
+    float* sc = red + 36;                           // seq_len
     const int h = blockIdx.x, m = blockIdx.y, tid = threadIdx.x;
     const int b = m / T, p = *pos_ptr + m % T;
     const int kvh = h / kv_mul;

@@ -46,7 +46,9 @@ static __device__ T s_block_reduce(T v, T* sh, Op op) {
 
 struct OpAdd {
     template <class T>
-    __device__ __forceinline__ T operator()(T a, T b) const { return a + b; }
+    __device__ __forceinline__ T operator()(T a, T b) const {
+        return a + b;
+    }
 };
 struct OpMaxF {
     __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
@@ -55,11 +57,21 @@ struct OpMinI {
     __device__ __forceinline__ int operator()(int a, int b) const { return min(a, b); }
 };
 
-static __device__ float s_block_sum(float v, float* sh) { return s_block_reduce(v, sh, OpAdd{}); }
-static __device__ int s_block_sum_int(int v, int* sh) { return s_block_reduce(v, sh, OpAdd{}); }
-static __device__ float s_block_max(float v, float* sh) { return s_block_reduce(v, sh, OpMaxF{}); }
-static __device__ float s_block_min(float v, float* sh) { return -s_block_max(-v, sh); }
-static __device__ int s_block_min_int(int v, int* sh) { return s_block_reduce(v, sh, OpMinI{}); }
+static __device__ float s_block_sum(float v, float* sh) {
+    return s_block_reduce(v, sh, OpAdd{});
+}
+static __device__ int s_block_sum_int(int v, int* sh) {
+    return s_block_reduce(v, sh, OpAdd{});
+}
+static __device__ float s_block_max(float v, float* sh) {
+    return s_block_reduce(v, sh, OpMaxF{});
+}
+static __device__ float s_block_min(float v, float* sh) {
+    return -s_block_max(-v, sh);
+}
+static __device__ int s_block_min_int(int v, int* sh) {
+    return s_block_reduce(v, sh, OpMinI{});
+}
 
 // Exclusive prefix over threads in thread order (thread t owns the t-th contiguous chunk).
 template <class V>
@@ -111,16 +123,25 @@ static __device__ int block_argmax(const float* __restrict__ row, int V, float* 
     int bi = BIG_INT;
     for (int i = tid; i < V; i += SNT) {
         const float v = row[i];
-        if (v > best) { best = v; bi = i; }
+        if (v > best) {
+            best = v;
+            bi = i;
+        }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float ov = __shfl_xor_sync(WARP_FULL, best, o);
         const int oi = __shfl_xor_sync(WARP_FULL, bi, o);
-        if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+        if (ov > best || (ov == best && oi < bi)) {
+            best = ov;
+            bi = oi;
+        }
     }
     __syncthreads();
-    if (lane == 0) { shf[w] = best; shi[w] = bi; }
+    if (lane == 0) {
+        shf[w] = best;
+        shi[w] = bi;
+    }
     __syncthreads();
     if (w == 0) {
         best = shf[lane];
@@ -129,7 +150,10 @@ static __device__ int block_argmax(const float* __restrict__ row, int V, float* 
         for (int o = 16; o > 0; o >>= 1) {
             const float ov = __shfl_xor_sync(WARP_FULL, best, o);
             const int oi = __shfl_xor_sync(WARP_FULL, bi, o);
-            if (ov > best || (ov == best && oi < bi)) { best = ov; bi = oi; }
+            if (ov > best || (ov == best && oi < bi)) {
+                best = ov;
+                bi = oi;
+            }
         }
         if (lane == 0) shi[32] = bi;
     }
@@ -165,7 +189,9 @@ static __device__ __forceinline__ int chunk_count_eq(const float* p, int lo, int
 struct MemChunk {
     const float* p;
     int lo, hi;
-    __device__ __forceinline__ float mass(float cutoff, unsigned int u) const { return chunk_mass(p, lo, hi, cutoff, u); }
+    __device__ __forceinline__ float mass(float cutoff, unsigned int u) const {
+        return chunk_mass(p, lo, hi, cutoff, u);
+    }
     __device__ __forceinline__ int count_eq(float cutoff, unsigned int u) const {
         return chunk_count_eq(p, lo, hi, cutoff, u);
     }
@@ -292,9 +318,9 @@ static __device__ int nucleus(const Ch& ch, int lo, int V, float top_p, float co
 }
 
 extern "C" __global__ void __launch_bounds__(SNT)
-sample(const float* __restrict__ logits, int V, const float* __restrict__ fparams, const int* __restrict__ iparams,
-       const int* __restrict__ forced, unsigned long long* rng, int* out_tok, float* out_lp, float* scratch,
-       int* pos_ptr, int advance_pos) {
+    sample(const float* __restrict__ logits, int V, const float* __restrict__ fparams, const int* __restrict__ iparams,
+           const int* __restrict__ forced, unsigned long long* rng, int* out_tok, float* out_lp, float* scratch,
+           int* pos_ptr, int advance_pos) {
     __shared__ float shf[33];
     __shared__ int shi[33];
     __shared__ float s_coin;
@@ -336,7 +362,10 @@ sample(const float* __restrict__ logits, int V, const float* __restrict__ fparam
             int cand = BIG_INT;
             for (int i = lo; i < hi; i++) {
                 run += p[i];
-                if (run > coin) { cand = i; break; }
+                if (run > coin) {
+                    cand = i;
+                    break;
+                }
             }
             cand = s_block_min_int(cand, shi);
             tok = cand == BIG_INT ? V - 1 : cand;

@@ -1,4 +1,5 @@
 """Backends behind one interface (base.Backend): numpy (the spec), cpu (C++), cuda (CuPy)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -10,18 +11,26 @@ from .base import Backend
 DEVICES = ("auto", "cpu", "cuda", "numpy")
 
 
-def create_backend(device: str, config: Config, weights: Weights, max_batch: int = 1,
-                   threads: Optional[int] = None, notes: Optional[list] = None) -> Backend:
+def create_backend(
+    device: str,
+    config: Config,
+    weights: Weights,
+    max_batch: int = 1,
+    threads: Optional[int] = None,
+    notes: Optional[list] = None,
+) -> Backend:
     """Make the backend for `device`. With "auto": cuda when usable, else cpu; the reason for a
     fallback is appended to `notes` (the CLI prints it on stderr; the library never prints)."""
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if device == "numpy":
         from .numpy_backend import NumpyBackend
+
         return NumpyBackend(config, weights, max_batch, threads)
     if device in ("cuda", "auto"):
         try:
             from .cuda import CudaBackend
+
             return CudaBackend(config, weights, max_batch, threads)
         except (DeviceError, ImportError) as e:
             if device == "cuda":
@@ -29,4 +38,5 @@ def create_backend(device: str, config: Config, weights: Weights, max_batch: int
             if notes is not None:
                 notes.append(f"cuda not usable ({e}); using the cpu backend")
     from .cpu import CpuBackend
+
     return CpuBackend(config, weights, max_batch, threads)

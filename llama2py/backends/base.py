@@ -8,15 +8,16 @@ llama2py.generate and is written once against this interface.
 A backend holds one generation's state (KV cache, generators, buffers): it is not thread-safe.
 Use one model per thread (each Llama.load has its own backend); batch sequences instead of threads.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
 from ..checkpoint import Config, Weights
-
 
 PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
 
@@ -52,9 +53,15 @@ class Backend(ABC):
         """Reset the run-compatible generator of each slot b to seeds[b] (len(seeds) <= max_batch)."""
 
     @abstractmethod
-    def step(self, tokens: np.ndarray, pos: int, temperature: float, top_p: float,
-             forced: Optional[np.ndarray] = None, want_logprobs: bool = False
-             ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def step(
+        self,
+        tokens: np.ndarray,
+        pos: int,
+        temperature: float,
+        top_p: float,
+        forced: Optional[np.ndarray] = None,
+        want_logprobs: bool = False,
+    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
         """forward() plus sampling in one call (one extension call / graph replay per token).
 
         tokens (B,) int32 at position pos. Returns next ids (B,) int32 and, with want_logprobs,

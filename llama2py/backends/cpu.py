@@ -7,11 +7,13 @@ matrix-matrix products over chunks of (sequence, position) rows; every dot produ
 the same order as a single decode step, so batch rows and prefill logits are bitwise equal to
 one-sequence decode steps.
 """
+
 from __future__ import annotations
 
 import importlib
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -26,9 +28,11 @@ def _load_extension():
     try:
         _cpu = importlib.import_module("llama2py._cpu")
     except ImportError as e:
-        raise DeviceError("the cpu backend's C++ extension llama2py._cpu is not built or does not load "
-                          f"({e}); build it with `pip install -e .` in the llama2py source folder "
-                          "(needs a C++17 compiler with OpenMP), or use device='numpy'") from e
+        raise DeviceError(
+            "the cpu backend's C++ extension llama2py._cpu is not built or does not load "
+            f"({e}); build it with `pip install -e .` in the llama2py source folder "
+            "(needs a C++17 compiler with OpenMP), or use device='numpy'"
+        ) from e
     return _cpu
 
 
@@ -49,19 +53,40 @@ class CpuBackend(Backend):
         cores = os.cpu_count() or 1
         if threads is not None and threads > max(64, 4 * cores):
             # each thread gets its own buffers; absurd counts would exhaust memory, not speed anything up
-            raise ValueError(f"threads={threads} is far more than the {cores} cores here; "
-                             f"use at most {max(64, 4 * cores)} (the default uses every core)")
+            raise ValueError(
+                f"threads={threads} is far more than the {cores} cores here; "
+                f"use at most {max(64, 4 * cores)} (the default uses every core)"
+            )
         ext = _load_extension()
         self._ext = ext
         c = config
         w = {k: _f32(v) for k, v in weights.tensors().items()}
         self._weights_bytes = weights.nbytes(c.shared_classifier)
-        self._model = ext.Model(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size,
-                                c.seq_len, max_batch, threads or 0, w["token_embedding"], w["rms_att"],
-                                w["wq"], w["wk"], w["wv"], w["wo"], w["rms_ffn"], w["w1"], w["w2"], w["w3"],
-                                w["rms_final"], w["wcls"])
+        self._model = ext.Model(
+            c.dim,
+            c.hidden_dim,
+            c.n_layers,
+            c.n_heads,
+            c.n_kv_heads,
+            c.vocab_size,
+            c.seq_len,
+            max_batch,
+            threads or 0,
+            w["token_embedding"],
+            w["rms_att"],
+            w["wq"],
+            w["wk"],
+            w["wv"],
+            w["wo"],
+            w["rms_ffn"],
+            w["w1"],
+            w["w2"],
+            w["w3"],
+            w["rms_final"],
+            w["wcls"],
+        )
         # Reusable outputs of step(); callers get copies.
-        self._next = np.empty(max_batch, np.int32)       # (max_batch,)
+        self._next = np.empty(max_batch, np.int32)  # (max_batch,)
         self._logprobs = np.empty(max_batch, np.float32)  # (max_batch,)
 
     # -- the model ------------------------------------------------------------------------------

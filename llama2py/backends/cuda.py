@@ -16,11 +16,13 @@ Design (../shared/DESIGN.md, "GPU"):
   costs one graph replay and one small device-to-host copy of the sampled ids. Host-side mirrors
   of what is on the device skip every upload that is not needed.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -29,18 +31,18 @@ from ..errors import DeviceError
 from .base import PROFILE_KEYS, Backend, check_prefill, check_tokens
 
 SOURCES = ("forward.cu", "sample.cu")
-GV_MAXB = 4            # csrc/cuda/forward.cu: rows a GEMV kernel handles
+GV_MAXB = 4  # csrc/cuda/forward.cu: rows a GEMV kernel handles
 GV_NT = 256
-ATT_NT = 256           # attention threads per block; head_size must not exceed it
-SNT = 1024             # sampler threads per block
+ATT_NT = 256  # attention threads per block; head_size must not exceed it
+SNT = 1024  # sampler threads per block
 SMEM_DEFAULT = 48 * 1024
-PREFILL_ROWS = 512     # rows (batch * positions) of one prefill chunk
+PREFILL_ROWS = 512  # rows (batch * positions) of one prefill chunk
 CPU_HINT = "run with --device cpu"
 # GEMM tiles (csrc/cuda/forward.cu, GEMM_ENTRIES), largest first; %s is the epilogue
 EPILOGUES = ("store", "add", "swiglu", "qkv")
 TILES = ((128, "gemm_%s_128"), (64, "gemm_%s_64"), (32, "gemm_%s_32"))
 
-_KERNELS: dict = {}    # (device id, sources hash) -> {name: RawKernel}
+_KERNELS: dict = {}  # (device id, sources hash) -> {name: RawKernel}
 
 
 def source_dir() -> Path:
@@ -49,8 +51,10 @@ def source_dir() -> Path:
     for d in (pkg / "cuda_src", pkg.parent / "csrc" / "cuda"):
         if all((d / s).is_file() for s in SOURCES):
             return d
-    raise DeviceError(f"the CUDA kernel sources ({', '.join(SOURCES)}) were not found in {pkg / 'cuda_src'} "
-                      f"or {pkg.parent / 'csrc' / 'cuda'}; reinstall llama2py or {CPU_HINT}")
+    raise DeviceError(
+        f"the CUDA kernel sources ({', '.join(SOURCES)}) were not found in {pkg / 'cuda_src'} "
+        f"or {pkg.parent / 'csrc' / 'cuda'}; reinstall llama2py or {CPU_HINT}"
+    )
 
 
 def import_cupy():
@@ -58,8 +62,10 @@ def import_cupy():
     try:
         import cupy
     except Exception as e:  # ImportError, or a broken install failing at import
-        raise DeviceError(f"the cuda backend needs CuPy, which could not be imported ({e}); install the one "
-                          f"for your CUDA (pip install cupy-cuda12x or cupy-cuda13x) or {CPU_HINT}") from None
+        raise DeviceError(
+            f"the cuda backend needs CuPy, which could not be imported ({e}); install the one "
+            f"for your CUDA (pip install cupy-cuda12x or cupy-cuda13x) or {CPU_HINT}"
+        ) from None
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:
@@ -89,16 +95,16 @@ def _mib(n: int) -> str:
 class CudaBackend(Backend):
     name = "cuda"
 
-    def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None,
-                 device_id: int = 0):
+    def __init__(
+        self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None, device_id: int = 0
+    ):
         super().__init__(config, weights, max_batch, threads)
         self._tiles = TILES  # the tests force one tile at a time here
         cp = import_cupy()
         self.cp = cp
         c = config
         if c.head_size > ATT_NT:
-            raise DeviceError(f"head size {c.head_size} is larger than the cuda kernels support ({ATT_NT}); "
-                              f"{CPU_HINT}")
+            raise DeviceError(f"head size {c.head_size} is larger than the cuda kernels support ({ATT_NT}); {CPU_HINT}")
         try:
             self.device = cp.cuda.Device(device_id)
             self.device.use()
@@ -116,25 +122,29 @@ class CudaBackend(Backend):
                 f"not enough GPU memory on {self.gpu_name}: this model with max_batch={max_batch} and "
                 f"seq_len={c.seq_len} needs about {_mib(need)} (weights {_mib(est['weights'])}, KV cache "
                 f"{_mib(est['kv_cache'])}, buffers {_mib(est['buffers'])}) but only {_mib(free)} of "
-                f"{_mib(total)} is free; use a smaller batch, or {CPU_HINT}")
+                f"{_mib(total)} is free; use a smaller batch, or {CPU_HINT}"
+            )
         self.k = self._load_kernels()
         self._att_smem = 4 * (c.seq_len + c.head_size + 4 * ATT_NT + 40)
         if self._att_smem > SMEM_DEFAULT:
             try:
                 self.k["attention"].max_dynamic_shared_size_bytes = self._att_smem
             except Exception as e:
-                raise DeviceError(f"a context of {c.seq_len} positions is too long for the attention kernel on "
-                                  f"{self.gpu_name} ({e}); {CPU_HINT}") from None
+                raise DeviceError(
+                    f"a context of {c.seq_len} positions is too long for the attention kernel on "
+                    f"{self.gpu_name} ({e}); {CPU_HINT}"
+                ) from None
         self.stream = cp.cuda.Stream(non_blocking=True)
         try:
             self._allocate(weights)
         except cp.cuda.memory.OutOfMemoryError as e:
             self.close()
-            raise DeviceError(f"out of GPU memory on {self.gpu_name} while loading the model ({e}); "
-                              f"use a smaller batch or {CPU_HINT}") from None
+            raise DeviceError(
+                f"out of GPU memory on {self.gpu_name} while loading the model ({e}); use a smaller batch or {CPU_HINT}"
+            ) from None
         self._graphs: dict[int, object] = {}
         # host mirrors of small device state, so that unchanged inputs are not uploaded again
-        self._dev_tok = np.full(max_batch, -1, np.int64)   # -1: unknown
+        self._dev_tok = np.full(max_batch, -1, np.int64)  # -1: unknown
         self._dev_pos: Optional[int] = None
         self._dev_fparams: Optional[tuple] = None
         self._dev_lp: Optional[int] = None
@@ -150,8 +160,8 @@ class CudaBackend(Backend):
             return _KERNELS[key]
         names = {
             "forward.cu": [f"gemv_{e}" for e in EPILOGUES]
-                          + [name % e for _, name in TILES for e in EPILOGUES]
-                          + ["rmsnorm_rows", "embed", "apply_qkv", "apply_swiglu", "apply_add", "attention", "spin"],
+            + [name % e for _, name in TILES for e in EPILOGUES]
+            + ["rmsnorm_rows", "embed", "apply_qkv", "apply_swiglu", "apply_add", "attention", "spin"],
             "sample.cu": ["sample"],
         }
         kernels = {}
@@ -177,12 +187,14 @@ class CudaBackend(Backend):
         self.n_qkv = D + 2 * KV
         self.wqkv = cp.empty((L, self.n_qkv, D), f32)
         self.w13 = cp.empty((L, 2 * H, D), f32)
-        for l in range(L):
-            self.wqkv[l].set(np.ascontiguousarray(np.concatenate([w.wq[l], w.wk[l], w.wv[l]], axis=0), dtype=f32))
+        for layer in range(L):
+            self.wqkv[layer].set(
+                np.ascontiguousarray(np.concatenate([w.wq[layer], w.wk[layer], w.wv[layer]], axis=0), dtype=f32)
+            )
             t = np.empty((2 * H, D), f32)
-            t[0::2] = w.w1[l]
-            t[1::2] = w.w3[l]
-            self.w13[l].set(t)
+            t[0::2] = w.w1[layer]
+            t[1::2] = w.w3[layer]
+            self.w13[layer].set(t)
         # RoPE tables, float32 exactly as the numpy spec computes them
         hs = c.head_size
         j = np.arange(0, hs, 2, dtype=f32)
@@ -217,10 +229,38 @@ class CudaBackend(Backend):
         return f"cuda ({self.gpu_name}, CuPy {self.cp.__version__})"
 
     def memory_bytes(self) -> int:
-        arrays = [getattr(self, n, None) for n in (
-            "emb", "rms_att", "rms_ffn", "rms_final", "wo", "w2", "wqkv", "w13", "rcos", "rsin", "kc", "vc", "x",
-            "xb", "q", "att", "hb", "tmp", "logits", "scratch", "tokens_d", "pos_d", "forced_d", "rng_d",
-            "fparams_d", "iparams_d", "lp_d")]
+        arrays = [
+            getattr(self, n, None)
+            for n in (
+                "emb",
+                "rms_att",
+                "rms_ffn",
+                "rms_final",
+                "wo",
+                "w2",
+                "wqkv",
+                "w13",
+                "rcos",
+                "rsin",
+                "kc",
+                "vc",
+                "x",
+                "xb",
+                "q",
+                "att",
+                "hb",
+                "tmp",
+                "logits",
+                "scratch",
+                "tokens_d",
+                "pos_d",
+                "forced_d",
+                "rng_d",
+                "fparams_d",
+                "iparams_d",
+                "lp_d",
+            )
+        ]
         total = sum(a.nbytes for a in arrays if a is not None)
         if not self.config.shared_classifier and getattr(self, "wcls", None) is not None:
             total += self.wcls.nbytes
@@ -236,8 +276,9 @@ class CudaBackend(Backend):
     # -- uploads --------------------------------------------------------------------------------
     def _h2d(self, dst, host: np.ndarray) -> None:
         host = np.ascontiguousarray(host, dtype=dst.dtype)
-        self.cp.cuda.runtime.memcpyAsync(dst.data.ptr, host.ctypes.data, host.nbytes,
-                                         self.cp.cuda.runtime.memcpyHostToDevice, self.stream.ptr)
+        self.cp.cuda.runtime.memcpyAsync(
+            dst.data.ptr, host.ctypes.data, host.nbytes, self.cp.cuda.runtime.memcpyHostToDevice, self.stream.ptr
+        )
         self.stream.synchronize()  # host may be pageable and temporary
 
     def _set_pos(self, pos: int) -> None:
@@ -266,22 +307,47 @@ class CudaBackend(Backend):
 
     def _gemm(self, kind: str, A, W, M: int, N: int, K: int, *ep) -> None:
         """The largest tile that still gives every multiprocessor a block (twice for 128x128)."""
-        for t, name in self._tiles:
+        for t, name in self._tiles:  # noqa: B007 (the chosen tile is used after the loop)
             if (-(-M // t)) * (-(-N // t)) >= (2 if t == 128 else 1) * self.n_sm:
                 break
         self.k[name % kind]((-(-N // t), -(-M // t)), (256,), (A, W, np.int32(M), np.int32(N), np.int32(K)) + ep)
 
-    def _attention(self, l: int, M: int, T: int) -> None:
+    def _attention(self, layer: int, M: int, T: int) -> None:
         c = self.config
-        self.k["attention"]((c.n_heads, M), (ATT_NT,),
-                            (self.q, self.kc[l], self.vc[l], self.att, np.int32(T), self.pos_d, np.int32(c.seq_len),
-                             np.int32(c.kv_mul), np.int32(c.head_size), np.int32(c.kv_dim), np.int32(c.dim)),
-                            shared_mem=self._att_smem)
+        self.k["attention"](
+            (c.n_heads, M),
+            (ATT_NT,),
+            (
+                self.q,
+                self.kc[layer],
+                self.vc[layer],
+                self.att,
+                np.int32(T),
+                self.pos_d,
+                np.int32(c.seq_len),
+                np.int32(c.kv_mul),
+                np.int32(c.head_size),
+                np.int32(c.kv_dim),
+                np.int32(c.dim),
+            ),
+            shared_mem=self._att_smem,
+        )
 
-    def _qkv_ep(self, l: int, T: int) -> tuple:
+    def _qkv_ep(self, layer: int, T: int) -> tuple:
         c = self.config
-        return (self.q, self.kc[l], self.vc[l], self.rcos, self.rsin, self.pos_d, np.int32(T), np.int32(c.seq_len),
-                np.int32(c.dim), np.int32(c.kv_dim), np.int32(c.head_size))
+        return (
+            self.q,
+            self.kc[layer],
+            self.vc[layer],
+            self.rcos,
+            self.rsin,
+            self.pos_d,
+            np.int32(T),
+            np.int32(c.seq_len),
+            np.int32(c.dim),
+            np.int32(c.kv_dim),
+            np.int32(c.head_size),
+        )
 
     def _layers(self, M: int, T: int) -> None:
         """All layers for M = B * T rows of x (tokens already embedded), positions from pos_d."""
@@ -289,31 +355,47 @@ class CudaBackend(Backend):
         D, H = c.dim, c.hidden_dim
         if self._small(M):
             gv = lambda name, N, K, x, rmsw, use, W, *ep: k["gemv_" + name](  # noqa: E731
-                self._gv_grid(N), (GV_NT,), (x, rmsw, i32(use), W, i32(N), i32(K), i32(M)) + ep,
-                shared_mem=4 * M * K + 4 * 33)
-            for l in range(c.n_layers):
-                gv("qkv", self.n_qkv, D, self.x, self.rms_att[l], 1, self.wqkv[l], *self._qkv_ep(l, T))
-                self._attention(l, M, T)
-                gv("add", D, D, self.att, self.rms_final, 0, self.wo[l], self.x, i32(D))
-                gv("swiglu", 2 * H, D, self.x, self.rms_ffn[l], 1, self.w13[l], self.hb, i32(H))
-                gv("add", D, H, self.hb, self.rms_final, 0, self.w2[l], self.x, i32(D))
+                self._gv_grid(N),
+                (GV_NT,),
+                (x, rmsw, i32(use), W, i32(N), i32(K), i32(M)) + ep,
+                shared_mem=4 * M * K + 4 * 33,
+            )
+            for layer in range(c.n_layers):
+                gv("qkv", self.n_qkv, D, self.x, self.rms_att[layer], 1, self.wqkv[layer], *self._qkv_ep(layer, T))
+                self._attention(layer, M, T)
+                gv("add", D, D, self.att, self.rms_final, 0, self.wo[layer], self.x, i32(D))
+                gv("swiglu", 2 * H, D, self.x, self.rms_ffn[layer], 1, self.w13[layer], self.hb, i32(H))
+                gv("add", D, H, self.hb, self.rms_final, 0, self.w2[layer], self.x, i32(D))
         else:
-            for l in range(c.n_layers):
-                k["rmsnorm_rows"]((M,), (256,), (self.x, self.rms_att[l], self.xb, i32(D)))
-                self._gemm("qkv", self.xb, self.wqkv[l], M, self.n_qkv, D, *self._qkv_ep(l, T))
-                self._attention(l, M, T)
-                self._gemm("add", self.att, self.wo[l], M, D, D, self.x, i32(D))
-                k["rmsnorm_rows"]((M,), (256,), (self.x, self.rms_ffn[l], self.xb, i32(D)))
-                self._gemm("swiglu", self.xb, self.w13[l], M, 2 * H, D, self.hb, i32(H))
-                self._gemm("add", self.hb, self.w2[l], M, D, H, self.x, i32(D))
+            for layer in range(c.n_layers):
+                k["rmsnorm_rows"]((M,), (256,), (self.x, self.rms_att[layer], self.xb, i32(D)))
+                self._gemm("qkv", self.xb, self.wqkv[layer], M, self.n_qkv, D, *self._qkv_ep(layer, T))
+                self._attention(layer, M, T)
+                self._gemm("add", self.att, self.wo[layer], M, D, D, self.x, i32(D))
+                k["rmsnorm_rows"]((M,), (256,), (self.x, self.rms_ffn[layer], self.xb, i32(D)))
+                self._gemm("swiglu", self.xb, self.w13[layer], M, 2 * H, D, self.hb, i32(H))
+                self._gemm("add", self.hb, self.w2[layer], M, D, H, self.x, i32(D))
 
     def _classifier(self, x, M: int) -> None:
         """logits[:M] = wcls . rmsnorm(x[:M], rms_final)."""
         c, i32 = self.config, np.int32
         if self._small(M):
-            self.k["gemv_store"](self._gv_grid(c.vocab_size), (GV_NT,),
-                                 (x, self.rms_final, i32(1), self.wcls, i32(c.vocab_size), i32(c.dim), i32(M),
-                                  self.logits, i32(c.vocab_size)), shared_mem=4 * M * c.dim + 4 * 33)
+            self.k["gemv_store"](
+                self._gv_grid(c.vocab_size),
+                (GV_NT,),
+                (
+                    x,
+                    self.rms_final,
+                    i32(1),
+                    self.wcls,
+                    i32(c.vocab_size),
+                    i32(c.dim),
+                    i32(M),
+                    self.logits,
+                    i32(c.vocab_size),
+                ),
+                shared_mem=4 * M * c.dim + 4 * 33,
+            )
         else:
             self.k["rmsnorm_rows"]((M,), (256,), (x, self.rms_final, self.xb, i32(c.dim)))
             self._gemm("store", self.xb, self.wcls, M, c.vocab_size, c.dim, self.logits, i32(c.vocab_size))
@@ -322,9 +404,23 @@ class CudaBackend(Backend):
         self.k["embed"]((M,), (256,), (self.tokens_d, self.emb, self.x, np.int32(self.config.dim)))
 
     def _sample(self, B: int, advance: bool) -> None:
-        self.k["sample"]((B,), (SNT,), (self.logits, np.int32(self.config.vocab_size), self.fparams_d,
-                                        self.iparams_d, self.forced_d, self.rng_d, self.tokens_d, self.lp_d,
-                                        self.scratch, self.pos_d, np.int32(1 if advance else 0)))
+        self.k["sample"](
+            (B,),
+            (SNT,),
+            (
+                self.logits,
+                np.int32(self.config.vocab_size),
+                self.fparams_d,
+                self.iparams_d,
+                self.forced_d,
+                self.rng_d,
+                self.tokens_d,
+                self.lp_d,
+                self.scratch,
+                self.pos_d,
+                np.int32(1 if advance else 0),
+            ),
+        )
 
     def _decode(self, B: int, sample: bool) -> None:
         self._embed(B)
@@ -354,7 +450,7 @@ class CudaBackend(Backend):
         last = None
         with self.device, self.stream:
             for s in range(0, T, chunk):
-                tc = t[:, s:s + chunk]
+                tc = t[:, s : s + chunk]
                 Tc = tc.shape[1]
                 M = B * Tc
                 self._set_tokens(tc.reshape(-1))
@@ -380,7 +476,7 @@ class CudaBackend(Backend):
         if len(seeds):
             s = np.array([int(x) & 0xFFFFFFFFFFFFFFFF for x in seeds], np.uint64)
             with self.device:
-                self._h2d(self.rng_d[:len(s)], s)
+                self._h2d(self.rng_d[: len(s)], s)
 
     def _graph(self, B: int):
         g = self._graphs.get(B)
@@ -423,11 +519,13 @@ class CudaBackend(Backend):
                 self._forced_clear = False
             self._graph(B).launch(stream=self.stream)
             rt = cp.cuda.runtime
-            rt.memcpyAsync(self._pin_tok.ctypes.data, self.tokens_d.data.ptr, 4 * B, rt.memcpyDeviceToHost,
-                           self.stream.ptr)
+            rt.memcpyAsync(
+                self._pin_tok.ctypes.data, self.tokens_d.data.ptr, 4 * B, rt.memcpyDeviceToHost, self.stream.ptr
+            )
             if want_logprobs:
-                rt.memcpyAsync(self._pin_lp.ctypes.data, self.lp_d.data.ptr, 4 * B, rt.memcpyDeviceToHost,
-                               self.stream.ptr)
+                rt.memcpyAsync(
+                    self._pin_lp.ctypes.data, self.lp_d.data.ptr, 4 * B, rt.memcpyDeviceToHost, self.stream.ptr
+                )
             self.stream.synchronize()
         nxt = self._pin_tok[:B].copy()
         self._dev_tok[:B] = nxt
@@ -454,8 +552,12 @@ class CudaBackend(Backend):
 
             def mm(x, W, N, K, out, ldo):
                 if small:
-                    k["gemv_store"](self._gv_grid(N), (GV_NT,), (x, self.rms_final, i32(0), W, i32(N), i32(K), i32(B),
-                                                            out, i32(ldo)), shared_mem=4 * B * K + 4 * 33)
+                    k["gemv_store"](
+                        self._gv_grid(N),
+                        (GV_NT,),
+                        (x, self.rms_final, i32(0), W, i32(N), i32(K), i32(B), out, i32(ldo)),
+                        shared_mem=4 * B * K + 4 * 33,
+                    )
                 else:
                     self._gemm("store", x, W, B, N, K, out, i32(ldo))
 
@@ -464,19 +566,33 @@ class CudaBackend(Backend):
 
             tmp = self.tmp
             steps = [("embedding", lambda: self._embed(B))]
-            for l in range(c.n_layers):
+            for layer in range(c.n_layers):
                 steps += [
-                    ("rmsnorm", lambda l=l: k["rmsnorm_rows"]((B,), (256,), (self.x, self.rms_att[l], self.xb, i32(D)))),
-                    ("matmul", lambda l=l: mm(self.xb, self.wqkv[l], self.n_qkv, D, tmp, self.n_qkv)),
-                    ("rope", lambda l=l: k["apply_qkv"](*ew(B * self.n_qkv // 2), (tmp, i32(B), i32(self.n_qkv))
-                                                        + self._qkv_ep(l, 1))),
-                    ("attention", lambda l=l: self._attention(l, B, 1)),
-                    ("matmul", lambda l=l: mm(self.att, self.wo[l], D, D, tmp, D)),
+                    (
+                        "rmsnorm",
+                        lambda layer=layer: k["rmsnorm_rows"](
+                            (B,), (256,), (self.x, self.rms_att[layer], self.xb, i32(D))
+                        ),
+                    ),
+                    ("matmul", lambda layer=layer: mm(self.xb, self.wqkv[layer], self.n_qkv, D, tmp, self.n_qkv)),
+                    (
+                        "rope",
+                        lambda layer=layer: k["apply_qkv"](
+                            *ew(B * self.n_qkv // 2), (tmp, i32(B), i32(self.n_qkv)) + self._qkv_ep(layer, 1)
+                        ),
+                    ),
+                    ("attention", lambda layer=layer: self._attention(layer, B, 1)),
+                    ("matmul", lambda layer=layer: mm(self.att, self.wo[layer], D, D, tmp, D)),
                     ("residual", lambda: k["apply_add"](*ew(B * D), (tmp, i32(B), i32(D), self.x, i32(D)))),
-                    ("rmsnorm", lambda l=l: k["rmsnorm_rows"]((B,), (256,), (self.x, self.rms_ffn[l], self.xb, i32(D)))),
-                    ("matmul", lambda l=l: mm(self.xb, self.w13[l], 2 * H, D, tmp, 2 * H)),
+                    (
+                        "rmsnorm",
+                        lambda layer=layer: k["rmsnorm_rows"](
+                            (B,), (256,), (self.x, self.rms_ffn[layer], self.xb, i32(D))
+                        ),
+                    ),
+                    ("matmul", lambda layer=layer: mm(self.xb, self.w13[layer], 2 * H, D, tmp, 2 * H)),
                     ("swiglu", lambda: k["apply_swiglu"](*ew(B * H), (tmp, i32(B), i32(2 * H), self.hb, i32(H)))),
-                    ("matmul", lambda l=l: mm(self.hb, self.w2[l], D, H, tmp, D)),
+                    ("matmul", lambda layer=layer: mm(self.hb, self.w2[layer], D, H, tmp, D)),
                     ("residual", lambda: k["apply_add"](*ew(B * D), (tmp, i32(B), i32(D), self.x, i32(D)))),
                 ]
             steps += [
@@ -486,7 +602,7 @@ class CudaBackend(Backend):
             ]
             clock_khz = int(self.cp.cuda.runtime.getDeviceProperties(self.device.id).get("clockRate", 2_000_000))
             spin = np.int64(clock_khz * 30)  # ~30 ms: long enough to queue every launch behind it
-            for rep in range(2):
+            for _rep in range(2):
                 events = []
                 k["spin"]((1,), (32,), (spin,))
                 for key, launch in steps:

@@ -2,9 +2,11 @@
 
 Written for reading, not speed: every other backend is checked against it.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -23,10 +25,10 @@ def rmsnorm(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def rope(x: np.ndarray, positions: np.ndarray, head_size: int) -> np.ndarray:
     """Rotate adjacent pairs inside each head. x (..., T, n_heads, head_size), positions (T,)."""
-    j = np.arange(0, head_size, 2, dtype=np.float32)                           # (head_size/2,)
+    j = np.arange(0, head_size, 2, dtype=np.float32)  # (head_size/2,)
     freq = np.float32(1.0) / np.power(np.float32(10000.0), j / np.float32(head_size))
-    angle = positions.astype(np.float32)[:, None] * freq[None, :]              # (T, head_size/2)
-    cos = np.cos(angle)[:, None, :]                                            # (T, 1, head_size/2)
+    angle = positions.astype(np.float32)[:, None] * freq[None, :]  # (T, head_size/2)
+    cos = np.cos(angle)[:, None, :]  # (T, 1, head_size/2)
     sin = np.sin(angle)[:, None, :]
     a, b = x[..., 0::2], x[..., 1::2]
     out = np.empty_like(x)
@@ -46,7 +48,7 @@ class NumpyBackend(Backend):
         super().__init__(config, weights, max_batch, threads)
         self.w = weights
         c = config
-        self.key_cache = np.zeros((c.n_layers, max_batch, c.seq_len, c.kv_dim), np.float32)    # (L, B, seq_len, kv_dim)
+        self.key_cache = np.zeros((c.n_layers, max_batch, c.seq_len, c.kv_dim), np.float32)  # (L, B, seq_len, kv_dim)
         self.value_cache = np.zeros((c.n_layers, max_batch, c.seq_len, c.kv_dim), np.float32)  # (L, B, seq_len, kv_dim)
         self.rngs = [Rng(0) for _ in range(max_batch)]
 
@@ -60,37 +62,37 @@ class NumpyBackend(Backend):
         B, T = tokens.shape
         hs, nh, nkv = c.head_size, c.n_heads, c.n_kv_heads
         positions = np.arange(pos, pos + T)
-        x = np.array(w.token_embedding[tokens], dtype=np.float32)                  # (B, T, dim)
+        x = np.array(w.token_embedding[tokens], dtype=np.float32)  # (B, T, dim)
         # causal mask over the cache: query at pos+i sees keys 0..pos+i
         keys_t = np.arange(pos + T)
-        mask = keys_t[None, :] <= positions[:, None]                               # (T, pos+T)
-        for l in range(c.n_layers):
-            xb = rmsnorm(x, w.rms_att[l])
-            q = (xb @ w.wq[l].T).reshape(B, T, nh, hs)                              # (B, T, n_heads, hs)
-            k = (xb @ w.wk[l].T).reshape(B, T, nkv, hs)                             # (B, T, n_kv_heads, hs)
-            v = xb @ w.wv[l].T                                                      # (B, T, kv_dim)
+        mask = keys_t[None, :] <= positions[:, None]  # (T, pos+T)
+        for layer in range(c.n_layers):
+            xb = rmsnorm(x, w.rms_att[layer])
+            q = (xb @ w.wq[layer].T).reshape(B, T, nh, hs)  # (B, T, n_heads, hs)
+            k = (xb @ w.wk[layer].T).reshape(B, T, nkv, hs)  # (B, T, n_kv_heads, hs)
+            v = xb @ w.wv[layer].T  # (B, T, kv_dim)
             q = rope(q, positions, hs)
             k = rope(k, positions, hs)
-            self.key_cache[l, :B, pos:pos + T] = k.reshape(B, T, c.kv_dim)
-            self.value_cache[l, :B, pos:pos + T] = v
-            K = self.key_cache[l, :B, :pos + T].reshape(B, pos + T, nkv, hs)        # (B, S, n_kv_heads, hs)
-            V = self.value_cache[l, :B, :pos + T].reshape(B, pos + T, nkv, hs)
+            self.key_cache[layer, :B, pos : pos + T] = k.reshape(B, T, c.kv_dim)
+            self.value_cache[layer, :B, pos : pos + T] = v
+            K = self.key_cache[layer, :B, : pos + T].reshape(B, pos + T, nkv, hs)  # (B, S, n_kv_heads, hs)
+            V = self.value_cache[layer, :B, : pos + T].reshape(B, pos + T, nkv, hs)
             # grouped-query attention: query head h reads kv head h // kv_mul
-            K = np.repeat(K, c.kv_mul, axis=2)                                      # (B, S, n_heads, hs)
+            K = np.repeat(K, c.kv_mul, axis=2)  # (B, S, n_heads, hs)
             V = np.repeat(V, c.kv_mul, axis=2)
-            scores = np.einsum("bthd,bshd->bhts", q, K) / np.sqrt(np.float32(hs))   # (B, n_heads, T, S)
+            scores = np.einsum("bthd,bshd->bhts", q, K) / np.sqrt(np.float32(hs))  # (B, n_heads, T, S)
             scores = np.where(mask[None, None], scores, -np.inf).astype(np.float32)
             scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
             att = scores / scores.sum(axis=-1, keepdims=True)
-            out = np.einsum("bhts,bshd->bthd", att, V).reshape(B, T, c.dim)         # (B, T, dim)
-            x = x + out @ w.wo[l].T
-            xb = rmsnorm(x, w.rms_ffn[l])
-            h = silu(xb @ w.w1[l].T) * (xb @ w.w3[l].T)                              # (B, T, hidden_dim)
-            x = x + h @ w.w2[l].T
+            out = np.einsum("bhts,bshd->bthd", att, V).reshape(B, T, c.dim)  # (B, T, dim)
+            x = x + out @ w.wo[layer].T
+            xb = rmsnorm(x, w.rms_ffn[layer])
+            h = silu(xb @ w.w1[layer].T) * (xb @ w.w3[layer].T)  # (B, T, hidden_dim)
+            x = x + h @ w.w2[layer].T
         return rmsnorm(x, w.rms_final)
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        return (x @ self.w.wcls.T).astype(np.float32)                               # (..., vocab)
+        return (x @ self.w.wcls.T).astype(np.float32)  # (..., vocab)
 
     def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         t = check_tokens(self, tokens, pos, 1)
