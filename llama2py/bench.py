@@ -151,20 +151,18 @@ def weight_bytes(config: Config) -> int:
     """Float32 weight bytes one decode step reads: every layer matrix and norm, the final norm and
     the classifier (the token embedding only contributes B rows, so it counts only when it is
     the shared classifier)."""
-    c = config
-    layer = c.dim * (2 * c.dim + 2 * c.kv_dim) + 3 * c.dim * c.hidden_dim + 2 * c.dim
-    return 4 * (c.n_layers * layer + c.dim + c.vocab_size * c.dim)
+    counts = config.param_counts()
+    read = sum(counts.values()) - counts["token_embedding"]
+    if config.shared_classifier:
+        read += counts["token_embedding"]
+    return 4 * read
 
 
 def estimate_bytes(config: Config, batch: int, prompt_len: int) -> int:
     """Rough host memory a backend needs: weights, KV cache and the largest activations."""
     c = config
-    weights = 4 * (
-        c.n_layers * (c.dim * (2 * c.dim + 2 * c.kv_dim) + 3 * c.dim * c.hidden_dim + 2 * c.dim)
-        + c.dim
-        + c.vocab_size * c.dim * (1 if c.shared_classifier else 2)
-    )
-    kv = 2 * 4 * c.n_layers * batch * c.seq_len * c.kv_dim
+    weights = c.weight_bytes()
+    kv = c.kv_cache_bytes(batch)
     act = (
         4 * batch * prompt_len * (3 * c.hidden_dim + 6 * c.dim + 3 * c.n_heads * prompt_len) + 8 * batch * c.vocab_size
     )

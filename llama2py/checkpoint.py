@@ -6,6 +6,7 @@ padded or foreign file is refused before any weight is touched.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass, field, fields
@@ -74,12 +75,48 @@ class Config:
         if self.head_size % 2:
             raise CheckpointError(f"{where}: head size {self.head_size} is odd; RoPE needs pairs")
 
+    # -- sizes: the one home of every size formula (bench, backends, cli and C++ estimates use these) --
+    def param_counts(self) -> dict[str, int]:
+        """Elements of each weight tensor as stored (wcls only when the classifier is not shared)."""
+        counts = {name: math.prod(shape) for name, shape in weight_shapes(self).items()}
+        if self.shared_classifier:
+            del counts["wcls"]
+        return counts
+
+    @property
+    def n_params(self) -> int:
+        return sum(self.param_counts().values())
+
+    def weight_bytes(self, weight_type: str = "f32", group_size: Optional[int] = None) -> int:
+        """Bytes of the weights in memory. f32: 4 per parameter. q8_0: the matrices (and the token
+        embedding) as int8 plus one float32 scale per group of group_size; the norms stay float32."""
+        counts = self.param_counts()
+        if weight_type == "f32":
+            return 4 * sum(counts.values())
+        if weight_type != "q8_0" or not group_size or group_size < 1:
+            raise ValueError(f"weight_type must be 'f32' or 'q8_0' with a positive group_size, got {weight_type!r}")
+        total = 0
+        for name, n in counts.items():
+            if name in NORM_TENSORS:
+                total += 4 * n
+            else:
+                per_part = n // _layers(name, self)  # v2 quantizes each layer's matrix separately
+                total += _layers(name, self) * (per_part + 4 * -(-per_part // group_size))
+        return total
+
+    def kv_cache_bytes(self, batch: int = 1) -> int:
+        """Float32 key and value cache for batch sequences of seq_len positions."""
+        return 2 * 4 * self.n_layers * batch * self.seq_len * self.kv_dim
+
     def describe(self) -> str:
         return (
             f"dim={self.dim} hidden_dim={self.hidden_dim} n_layers={self.n_layers} "
             f"n_heads={self.n_heads} n_kv_heads={self.n_kv_heads} vocab_size={self.vocab_size} "
             f"seq_len={self.seq_len} shared_classifier={self.shared_classifier}"
         )
+
+
+NORM_TENSORS = ("rms_att", "rms_ffn", "rms_final")  # always float32, also in v2 files
 
 
 # Weight tensors in their canonical (layer-stacked, row-major (out, in)) shapes.
@@ -137,10 +174,7 @@ class Checkpoint:
 
     @property
     def n_params(self) -> int:
-        shapes = weight_shapes(self.config)
-        if self.config.shared_classifier:
-            shapes.pop("wcls")
-        return int(sum(np.prod(s) for s in shapes.values()))
+        return self.config.n_params
 
     def describe(self) -> str:
         c = self.config
@@ -175,7 +209,7 @@ def _expected_v0_floats(c: Config) -> int:
     return n
 
 
-# Array order inside version 1 and 2 files (FORMAT.md).
+# Array order inside version 1 and 2 files (docs/FORMAT.md).
 _V1_ORDER = ("rms_att", "rms_ffn", "rms_final", "token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
 _Q_ORDER = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
@@ -186,13 +220,7 @@ def _layers(name: str, c: Config) -> int:
 
 
 def _v2_bytes(c: Config, gs: int) -> int:
-    shapes = weight_shapes(c)
-    n = HEADER_BYTES + 4 * (2 * c.n_layers * c.dim + c.dim)
-    names = list(_Q_ORDER) + ([] if c.shared_classifier else ["wcls"])
-    for name in names:
-        numel = int(np.prod(shapes[name]))
-        n += numel + 4 * (numel // gs)
-    return n
+    return HEADER_BYTES + c.weight_bytes("q8_0", gs)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -252,7 +252,7 @@ def cmd_batch(args) -> int:
     limit = min(args.max_batch or len(seqs), len(seqs))
 
     def batch_size(config) -> int:
-        kv = 2 * config.n_layers * config.seq_len * config.kv_dim * 4  # KV-cache bytes per sequence
+        kv = config.kv_cache_bytes(1)  # per sequence
         if limit * kv > BATCH_KV_LIMIT:
             fit = max(1, BATCH_KV_LIMIT // kv)
             raise PromptError(

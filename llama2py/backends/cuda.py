@@ -78,11 +78,9 @@ def import_cupy():
 def estimate_bytes(config: Config, max_batch: int) -> dict[str, int]:
     """Device bytes the backend will allocate: weights, KV cache, buffers (plus a fixed margin)."""
     c = config
-    L, D, H, KV, V, S = c.n_layers, c.dim, c.hidden_dim, c.kv_dim, c.vocab_size, c.seq_len
-    weights = 4 * (V * D + 2 * L * D + L * (D + 2 * KV) * D + L * D * D + 3 * L * H * D + D)
-    if not c.shared_classifier:
-        weights += 4 * V * D
-    kv = 4 * 2 * L * max_batch * S * KV
+    D, H, KV, V, S = c.dim, c.hidden_dim, c.kv_dim, c.vocab_size, c.seq_len
+    weights = c.weight_bytes()
+    kv = c.kv_cache_bytes(max_batch)
     R = max(max_batch, PREFILL_ROWS)
     buffers = 4 * (R * (4 * D + H + max(D + 2 * KV, 2 * H, D) + V) + max_batch * V + S * c.head_size + 8 * R)
     return {"weights": weights, "kv_cache": kv, "buffers": buffers, "margin": 64 << 20}
