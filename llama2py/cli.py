@@ -126,6 +126,13 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int_at_least(1, "--threads"), default=None, help="CPU threads (default: all cores)"
     )
+    p.add_argument(
+        "--weights",
+        choices=("f32", "q8_0"),
+        default=None,
+        help="weights in memory: f32 or q8_0 (int8, runq's arithmetic on the cpu); "
+        "default: the file's (a v2 file int8, others float32)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--version", action="version", version=f"llama2py {__version__}")
     return p
@@ -146,7 +153,12 @@ def _load(args, max_batch_size=1):
 
         max_batch_size = max_batch_size(load_checkpoint(checkpoint).config)
     model = Llama.load(
-        checkpoint, tokenizer=tokenizer, device=args.device, threads=args.threads, max_batch_size=max_batch_size
+        checkpoint,
+        tokenizer=tokenizer,
+        device=args.device,
+        threads=args.threads,
+        max_batch_size=max_batch_size,
+        weights=getattr(args, "weights", None),
     )
     for note in model.notes:
         print(f"llama2py: {note}", file=sys.stderr)

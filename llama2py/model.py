@@ -15,7 +15,7 @@ import numpy as np
 
 from .backends import create_backend
 from .backends.base import Backend
-from .checkpoint import Checkpoint, Config, load_checkpoint
+from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
 from .errors import PromptError, TokenizerError
 from .generate import RunStats, check_prompt, run_loop
 from .sampler import resolve_seed
@@ -78,9 +78,14 @@ class Llama:
         device: str = "cpu",
         threads: Optional[int] = None,
         max_batch_size: int = 1,
+        weights: Optional[str] = None,
     ) -> Llama:
+        """weights: "f32" or "q8_0" (int8, runq's arithmetic), or None for the file's own type (a v2
+        file int8, others float32); a float file is quantized at load time as llama2.c's export
+        would (group size 64, halved until it divides dim)."""
         t0 = time.perf_counter()
         ck = load_checkpoint(checkpoint)
+        ck.weights = convert_weights(ck.weights, ck.config, weights)
         tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(ck.path, ck.config.vocab_size)
         tok = Tokenizer(tok_path, ck.config.vocab_size)
         if threads is not None and threads < 1:

@@ -31,6 +31,7 @@ class Backend(ABC):
         self.config = config
         self.max_batch = max_batch
         self.threads = threads
+        self.weight_type = weights.weight_type  # "f32" or "q8_0" (int8) as this backend computes
 
     # -- the model ------------------------------------------------------------------------------
     @abstractmethod

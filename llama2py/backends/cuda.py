@@ -96,6 +96,7 @@ class CudaBackend(Backend):
     def __init__(
         self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None, device_id: int = 0
     ):
+        weights = weights.dequantized()  # int8 (Q8_0) weights run as float32 here: dequantized for the upload
         super().__init__(config, weights, max_batch, threads)
         self._tiles = TILES  # the tests force one tile at a time here
         cp = import_cupy()
