@@ -279,6 +279,17 @@ def test_threads_do_not_change_results(make_checkpoint):
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
 
 
+def test_default_threads_switch_teams_with_the_same_bits(make_checkpoint):
+    """Without --threads the model picks 1 thread or the full team per call (whichever is faster
+    lately, probing the other now and then): every call's logits stay the same bits."""
+    ck = load_checkpoint(make_checkpoint("wide"))
+    c = ck.config
+    tokens = np.random.default_rng(8).integers(0, c.vocab_size, (2, c.seq_len)).astype(np.int32)
+    auto, one = CpuBackend(c, ck.weights, 2), CpuBackend(c, ck.weights, 2, threads=1)
+    for pos in range(c.seq_len):  # 40 calls: past the first probes
+        assert np.array_equal(auto.forward(tokens[:, pos], pos), one.forward(tokens[:, pos], pos)), f"pos {pos}"
+
+
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 0.9), (1.0, 0.0), (0.8, 0.9), (1.2, 0.6)])
 @pytest.mark.parametrize("shape", ["gqa_unshared", "wide"])
 def test_step_samples_like_numpy(make_checkpoint, shape, temperature, top_p):

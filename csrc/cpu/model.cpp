@@ -18,6 +18,8 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
       max_batch_(max_batch),
       n_threads_(n_threads > 0 ? n_threads : omp_get_max_threads()),
       cap_(std::max(max_batch, PREFILL_ROWS)) {
+    team_ = n_threads_;
+    team_chooser_.adaptive = n_threads <= 0 && n_threads_ > 1;
     {
         const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim();
         const long params = (long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D;
@@ -82,7 +84,32 @@ struct Profiler {
 };
 }  // namespace
 
+int ModelCore::TeamChooser::pick(int kind) {
+    if (!adaptive) return 1;
+    ++calls;
+    const double one = per_row[kind][0], full = per_row[kind][1];
+    if (full == 0) return 1;  // time each choice once
+    if (one == 0) return 0;
+    const int best = one < full ? 0 : 1;
+    if (calls < next_probe) return best;
+    // Now and then time the other choice again (the load changes): the longer one choice keeps
+    // winning, the rarer (16 calls, doubling up to 512), so a probe costs little on a steady machine.
+    interval = best == last_best ? std::min(2 * interval, 512L) : 16;
+    last_best = best;
+    next_probe = calls + interval;
+    return 1 - best;
+}
+
+void ModelCore::TeamChooser::record(int kind, int choice, double seconds_per_row) {
+    double& est = per_row[kind][choice];
+    est = est == 0 ? seconds_per_row : 0.75 * est + 0.25 * seconds_per_row;
+}
+
 void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mode, float* out, double* prof) {
+    const int kind = T == 1 ? 0 : 1;
+    const int choice = team_chooser_.pick(kind);
+    team_ = choice ? n_threads_ : 1;
+    const auto started = Clock::now();
     // Chunks of Tc positions for all B sequences: B * Tc <= cap_ rows.
     const int Tc = std::max(1, std::min(T, cap_ / B));
     for (int t0 = 0; t0 < T; t0 += Tc) {
@@ -99,6 +126,8 @@ void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mod
             mode == LOGITS_ALL ? LOGITS_ALL : (mode == LOGITS_LAST && last_chunk ? LOGITS_LAST : LOGITS_NONE);
         run_chunk(B, n, T, t0, m, out, prof);
     }
+    if (team_chooser_.adaptive)
+        team_chooser_.record(kind, choice, std::chrono::duration<double>(Clock::now() - started).count() / (B * T));
 }
 
 ModelCore::Cls ModelCore::classifier_io(int B, int Tc, int T, LogitsMode mode, float* out) {
@@ -226,7 +255,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
     // never ran must not look like candidates when the partial argmaxes are combined.
     std::fill(part_.begin(), part_.end(), Best{0.f, -1});
 
-#pragma omp parallel num_threads(n_threads_)
+#pragma omp parallel num_threads(team_)
     {
         Profiler timer{prof, Clock::now()};
         float* xb = xbt_.data() + (long)omp_get_thread_num() * cap_ * dim;  // (cap, dim) this thread's normed x
@@ -354,7 +383,7 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
     if (B == 1) {
         one(0);
     } else {
-#pragma omp parallel for num_threads(n_threads_) schedule(static)
+#pragma omp parallel for num_threads(team_) schedule(static)
         for (int b = 0; b < B; ++b) one(b);
     }
     if (prof) prof[P_SAMPLING] += std::chrono::duration<double>(Clock::now() - t0).count();

@@ -106,34 +106,46 @@ private:
     const KernelTable* kt_;            // the instruction-set level chosen when the model was made
     bool stream_ = false;              // weights too big for the caches: streaming GEMV
     int max_batch_, n_threads_, cap_;  // cap_ = rows the buffers hold = max(max_batch, PREFILL_ROWS)
-    std::vector<float> key_cache_;     // (n_layers, max_batch, seq_len, kv_dim)
-    std::vector<float> value_cache_;   // (n_layers, max_batch, seq_len, kv_dim)
-    std::vector<float> rope_;          // (seq_len, head_size/2, 2) cos, sin
-    std::vector<float> x_;             // (cap, dim) residual stream
-    std::vector<float> xbt_;           // (n_threads, cap, dim) per-thread normed input
-    int qn_ = 0;                       // longest quantized row: max(dim, hidden_dim) (Q8_0 only)
-    std::vector<int8_t> xq_;           // (n_threads, cap, qn) per-thread quantized input rows (Q8_0)
-    std::vector<float> xqs_;           // (n_threads, cap, groups(qn)) their scales
-    std::vector<float> q_;             // (cap, dim) queries
-    std::vector<float> k_;             // (cap, kv_dim) new keys (before they go to the cache)
-    std::vector<float> v_;             // (cap, kv_dim) new values
-    std::vector<float> att_;           // (cap, dim) attention output, heads concatenated
-    std::vector<float> tmp_;           // (cap, dim) projection output before the residual add
-    std::vector<float> hb_;            // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
-    std::vector<float> hb2_;           // (cap, hidden_dim) w3 x
-    std::vector<float> scores_;        // (n_threads, n_heads, seq_len) attention scores per thread
-    std::vector<int> tok_;             // (cap,) token of each row
-    std::vector<int> seq_;             // (cap,) KV slot of each row
-    std::vector<int> posv_;            // (cap,) position of each row
-    std::vector<float> logits_;        // (max_batch, vocab) logits of the last step
-    std::vector<float> logits_all_;    // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
-    std::vector<float> probs_;         // (max_batch, vocab) sampling scratch
-    std::vector<float> cand_;          // (max_batch, vocab) top-p running sums
-    std::vector<int> idx_;             // (max_batch, vocab) top-p candidate ids
-    std::vector<uint64_t> rng_;        // (max_batch,) xorshift64* states
-    std::vector<Best> part_;           // (n_threads, max_batch) per-thread argmax of the classifier rows
-    std::vector<int> best_;            // (max_batch,) argmax of the last LOGITS_LAST chunk
-    bool argmax_ready_ = false;        // best_ belongs to logits_ of the last forward
+    // Adaptive team (threads not given): a parallel region runs n_threads_ or 1 thread, whichever
+    // has been faster per row lately (results are the same bits either way). On a busy machine a
+    // team waits at every barrier for a member that lost its core; one thread has no barriers.
+    struct TeamChooser {
+        bool adaptive = false;
+        double per_row[2][2] = {{0, 0}, {0, 0}};         // [decode (T == 1) or prefill][1 thread, full team]
+        long calls = 0, next_probe = 16, interval = 16;  // calls between probes of the other choice
+        int last_best = 1;
+        int pick(int kind);  // 0: one thread, 1: the full team
+        void record(int kind, int choice, double seconds_per_row);
+    } team_chooser_;
+    int team_;                        // threads of the current parallel regions
+    std::vector<float> key_cache_;    // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> value_cache_;  // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> rope_;         // (seq_len, head_size/2, 2) cos, sin
+    std::vector<float> x_;            // (cap, dim) residual stream
+    std::vector<float> xbt_;          // (n_threads, cap, dim) per-thread normed input
+    int qn_ = 0;                      // longest quantized row: max(dim, hidden_dim) (Q8_0 only)
+    std::vector<int8_t> xq_;          // (n_threads, cap, qn) per-thread quantized input rows (Q8_0)
+    std::vector<float> xqs_;          // (n_threads, cap, groups(qn)) their scales
+    std::vector<float> q_;            // (cap, dim) queries
+    std::vector<float> k_;            // (cap, kv_dim) new keys (before they go to the cache)
+    std::vector<float> v_;            // (cap, kv_dim) new values
+    std::vector<float> att_;          // (cap, dim) attention output, heads concatenated
+    std::vector<float> tmp_;          // (cap, dim) projection output before the residual add
+    std::vector<float> hb_;           // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
+    std::vector<float> hb2_;          // (cap, hidden_dim) w3 x
+    std::vector<float> scores_;       // (n_threads, n_heads, seq_len) attention scores per thread
+    std::vector<int> tok_;            // (cap,) token of each row
+    std::vector<int> seq_;            // (cap,) KV slot of each row
+    std::vector<int> posv_;           // (cap,) position of each row
+    std::vector<float> logits_;       // (max_batch, vocab) logits of the last step
+    std::vector<float> logits_all_;   // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
+    std::vector<float> probs_;        // (max_batch, vocab) sampling scratch
+    std::vector<float> cand_;         // (max_batch, vocab) top-p running sums
+    std::vector<int> idx_;            // (max_batch, vocab) top-p candidate ids
+    std::vector<uint64_t> rng_;       // (max_batch,) xorshift64* states
+    std::vector<Best> part_;          // (n_threads, max_batch) per-thread argmax of the classifier rows
+    std::vector<int> best_;           // (max_batch,) argmax of the last LOGITS_LAST chunk
+    bool argmax_ready_ = false;       // best_ belongs to logits_ of the last forward
 };
 
 }  // namespace l2p
