@@ -1,6 +1,6 @@
-// llama2py CUDA kernels: the run-compatible sampler (../../../shared/FORMAT.md, "Sampler").
+// llama2py CUDA kernels: the run-compatible sampler (../../../../shared/FORMAT.md, "Sampler").
 //
-// One block of SNT threads per batch row. Greedy = argmax (first index on ties). Otherwise
+// One block of SAMPLER_THREADS threads per batch row. Greedy = argmax (first index on ties). Otherwise
 // softmax(logits / temperature), one coin per token from the row's xorshift64* state (kept on the
 // device, uint64 per slot), then either the plain inverse-CDF walk in index order (top_p <= 0 or
 // >= 1) or nucleus sampling: candidates p >= (1 - top_p) / (V - 1), in descending probability
@@ -15,150 +15,104 @@
 // CPU's sequential float32 sums only in the last bits.
 //
 // Forced tokens (prompt positions) bypass sampling and do not advance the generator. With
-// iparams[0] set, out_lp gets log softmax(raw logits)[token]. With advance_pos, block 0 increments
+// logprob_flag[0] set, out_lp gets log softmax(raw logits)[token]. With advance_pos, block 0 increments
 // *pos_ptr at the end (the captured decode graph advances its own position).
 
-#define SNT 1024
-#define WARP_FULL 0xffffffffu
-#define NEG_INF __int_as_float(0xff800000)
-#define POS_INF __int_as_float(0x7f800000)
-#define BIG_INT 0x7fffffff
+#include "block_reduce.cuh"
 
-// Block-wide reduction (SNT / 32 == 32 warps): a fixed butterfly inside each warp, then the same
-// over the warps' results, so the same inputs always give the same bits. sh needs 33 slots.
-template <class T, class Op>
-static __device__ T s_block_reduce(T v, T* sh, Op op) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+// The block size, shared with the host (llama2py/backends/cuda.py KERNEL_CONSTANTS, passed as -D).
+#ifndef SAMPLER_THREADS
+#error "SAMPLER_THREADS is not defined: pass -DSAMPLER_THREADS=... from llama2py/backends/cuda.py KERNEL_CONSTANTS"
+#endif
+
+// The warp's inclusive and exclusive prefix sums of v, in lane order.
+template <class V>
+static __device__ __forceinline__ void warp_scan(V v, V* inclusive, V* exclusive) {
+    const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(WARP_FULL, v, o));
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        T t = sh[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) t = op(t, __shfl_xor_sync(WARP_FULL, t, o));
-        if (lane == 0) sh[32] = t;
+    for (int o = 1; o < 32; o <<= 1) {
+        const V t = __shfl_up_sync(WARP_FULL, v, o);
+        if (lane >= o) v += t;
     }
-    __syncthreads();
-    return sh[32];
-}
-
-struct OpAdd {
-    template <class T>
-    __device__ __forceinline__ T operator()(T a, T b) const {
-        return a + b;
-    }
-};
-struct OpMaxF {
-    __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-struct OpMinI {
-    __device__ __forceinline__ int operator()(int a, int b) const { return min(a, b); }
-};
-
-static __device__ float s_block_sum(float v, float* sh) {
-    return s_block_reduce(v, sh, OpAdd{});
-}
-static __device__ int s_block_sum_int(int v, int* sh) {
-    return s_block_reduce(v, sh, OpAdd{});
-}
-static __device__ float s_block_max(float v, float* sh) {
-    return s_block_reduce(v, sh, OpMaxF{});
-}
-static __device__ float s_block_min(float v, float* sh) {
-    return -s_block_max(-v, sh);
-}
-static __device__ int s_block_min_int(int v, int* sh) {
-    return s_block_reduce(v, sh, OpMinI{});
+    V e = __shfl_up_sync(WARP_FULL, v, 1);
+    if (lane == 0) e = V(0);
+    *inclusive = v;
+    *exclusive = e;
 }
 
 // Exclusive prefix over threads in thread order (thread t owns the t-th contiguous chunk).
 template <class V>
-static __device__ V s_block_excl_scan(V v, V* sh) {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    V inc = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const V t = __shfl_up_sync(WARP_FULL, inc, o);
-        if (lane >= o) inc += t;
-    }
-    V excl = __shfl_up_sync(WARP_FULL, inc, 1);
-    if (lane == 0) excl = V(0);
+static __device__ V block_exclusive_scan(V v, V* shared) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    V inc, excl;
+    warp_scan(v, &inc, &excl);
     __syncthreads();
-    if (lane == 31) sh[w] = inc;
+    if (lane == 31) shared[warp] = inc;
     __syncthreads();
-    if (w == 0) {
-        const V t = sh[lane];
-        V ti = t;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const V u = __shfl_up_sync(WARP_FULL, ti, o);
-            if (lane >= o) ti += u;
-        }
-        V te = __shfl_up_sync(WARP_FULL, ti, 1);
-        if (lane == 0) te = V(0);
-        sh[lane] = te;  // exclusive offset of warp `lane`
+    if (warp == 0) {
+        V warp_inc, warp_excl;
+        warp_scan(shared[lane], &warp_inc, &warp_excl);
+        shared[lane] = warp_excl;  // exclusive offset of warp `lane`
     }
     __syncthreads();
-    const V r = sh[w] + excl;
+    const V r = shared[warp] + excl;
     __syncthreads();
     return r;
 }
 
 // run's xorshift64*: state ^= state >> 12; ^= << 25; ^= >> 27; (state * 0x2545F4914F6CDD1D) >> 32
-static __device__ __forceinline__ float next_coin(unsigned long long* st) {
-    unsigned long long s = *st;
+static __device__ __forceinline__ float next_coin(unsigned long long* state) {
+    unsigned long long s = *state;
     s ^= s >> 12;
     s ^= s << 25;
     s ^= s >> 27;
-    *st = s;
+    *state = s;
     const unsigned int u = (unsigned int)((s * 0x2545F4914F6CDD1DULL) >> 32);
     return (float)(u >> 8) / 16777216.0f;
 }
 
-static __device__ int block_argmax(const float* __restrict__ row, int V, float* shf, int* shi) {
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+static __device__ int block_argmax(const float* __restrict__ row, int V, float* reduce_f, int* reduce_i) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     float best = NEG_INF;
-    int bi = BIG_INT;
-    for (int i = tid; i < V; i += SNT) {
+    int best_index = BIG_INT;
+    for (int i = tid; i < V; i += SAMPLER_THREADS) {
         const float v = row[i];
         if (v > best) {
             best = v;
-            bi = i;
+            best_index = i;
         }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
         const float ov = __shfl_xor_sync(WARP_FULL, best, o);
-        const int oi = __shfl_xor_sync(WARP_FULL, bi, o);
-        if (ov > best || (ov == best && oi < bi)) {
+        const int oi = __shfl_xor_sync(WARP_FULL, best_index, o);
+        if (ov > best || (ov == best && oi < best_index)) {
             best = ov;
-            bi = oi;
+            best_index = oi;
         }
     }
     __syncthreads();
     if (lane == 0) {
-        shf[w] = best;
-        shi[w] = bi;
+        reduce_f[warp] = best;
+        reduce_i[warp] = best_index;
     }
     __syncthreads();
-    if (w == 0) {
-        best = shf[lane];
-        bi = shi[lane];
+    if (warp == 0) {
+        best = reduce_f[lane];
+        best_index = reduce_i[lane];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
             const float ov = __shfl_xor_sync(WARP_FULL, best, o);
-            const int oi = __shfl_xor_sync(WARP_FULL, bi, o);
-            if (ov > best || (ov == best && oi < bi)) {
+            const int oi = __shfl_xor_sync(WARP_FULL, best_index, o);
+            if (ov > best || (ov == best && oi < best_index)) {
                 best = ov;
-                bi = oi;
+                best_index = oi;
             }
         }
-        if (lane == 0) shi[32] = bi;
+        if (lane == 0) reduce_i[32] = best_index;
     }
     __syncthreads();
-    const int r = shi[32];
+    const int r = reduce_i[32];
     return r == BIG_INT ? 0 : r;  // all NaN: token 0
 }
 
@@ -183,9 +137,9 @@ static __device__ __forceinline__ int chunk_count_eq(const float* p, int lo, int
 
 // A thread's contiguous chunk [lo, hi) of the probabilities (thread t owns the t-th chunk, so
 // chunks are in index order). MemChunk reads it from global memory on every pass; RegChunk holds it
-// in registers (V <= RC * SNT, e.g. 32768 with 1024 threads): the nucleus search makes ~70 passes
-// over the chunk, and registers spare each pass the global reads. Both add in the same order, so
-// they give the same bits.
+// in registers (V <= REGISTER_CHUNK * SAMPLER_THREADS, e.g. 32768 with 1024 threads): the nucleus search makes ~70
+// passes over the chunk, and registers spare each pass the global reads. Both add in the same order, so they give the
+// same bits.
 struct MemChunk {
     const float* p;
     int lo, hi;
@@ -212,34 +166,35 @@ struct MemChunk {
     }
 };
 
-#define RC 32
+#define REGISTER_CHUNK 32
 struct RegChunk {
-    float v[RC];  // (RC,) this thread's probabilities; v[j] for j >= n is never read
+    float v[REGISTER_CHUNK];  // (REGISTER_CHUNK,) this thread's probabilities; v[j] for j >= n is never read
     int n;
     __device__ __forceinline__ float mass(float cutoff, unsigned int u) const {
         float a = 0.f;
 #pragma unroll
-        for (int j = 0; j < RC; j++)
+        for (int j = 0; j < REGISTER_CHUNK; j++)
             if (j < n && v[j] >= cutoff && (unsigned int)__float_as_int(v[j]) >= u) a += v[j];
         return a;
     }
     __device__ __forceinline__ int count_eq(float cutoff, unsigned int u) const {
         int c = 0;
 #pragma unroll
-        for (int j = 0; j < RC; j++) c += (j < n && v[j] >= cutoff && (unsigned int)__float_as_int(v[j]) == u) ? 1 : 0;
+        for (int j = 0; j < REGISTER_CHUNK; j++)
+            c += (j < n && v[j] >= cutoff && (unsigned int)__float_as_int(v[j]) == u) ? 1 : 0;
         return c;
     }
     __device__ __forceinline__ float min_cand(float cutoff) const {
         float mn = POS_INF;
 #pragma unroll
-        for (int j = 0; j < RC; j++)
+        for (int j = 0; j < REGISTER_CHUNK; j++)
             if (j < n && v[j] >= cutoff) mn = fminf(mn, v[j]);
         return mn;
     }
     __device__ __forceinline__ int find(float cutoff, unsigned int u, int k) const {
         int c = 0, at = -1;
 #pragma unroll
-        for (int j = 0; j < RC; j++) {
+        for (int j = 0; j < REGISTER_CHUNK; j++) {
             const bool hit = j < n && v[j] >= cutoff && (unsigned int)__float_as_int(v[j]) == u;
             c += hit ? 1 : 0;
             if (hit && c == k && at < 0) at = j;
@@ -249,12 +204,12 @@ struct RegChunk {
 };
 
 // Largest u with mass(u) > target, searched bit by bit (mass is nonincreasing in u); 0 if none.
-template <class Ch>
-static __device__ unsigned int search_mass(const Ch& ch, float cutoff, float target, float* shf) {
+template <class Chunk>
+static __device__ unsigned int search_mass(const Chunk& chunk, float cutoff, float target, float* reduce_f) {
     unsigned int u = 0;
     for (int bit = 30; bit >= 0; bit--) {
         const unsigned int c = u | (1u << bit);
-        if (s_block_sum(ch.mass(cutoff, c), shf) > target) u = c;
+        if (block_sum(chunk.mass(cutoff, c), reduce_f) > target) u = c;
     }
     return u;
 }
@@ -275,29 +230,30 @@ static __device__ __forceinline__ int tie_rank(float G, unsigned int u, int cnt,
 }
 
 // Nucleus (top-p) sampling over the block's chunks; every thread returns the same token.
-template <class Ch>
-static __device__ int nucleus(const Ch& ch, int lo, int V, float top_p, float coin, float* shf, int* shi) {
+template <class Chunk>
+static __device__ int nucleus(const Chunk& chunk, int lo, int V, float top_p, float coin, float* reduce_f,
+                              int* reduce_i) {
     const float cutoff = (1.0f - top_p) / (float)(V - 1);
-    const float total = s_block_sum(ch.mass(cutoff, 0u), shf);
+    const float total = block_sum(chunk.mass(cutoff, 0u), reduce_f);
     unsigned int u_last;
     int k_last;
     float cum_last;
     if (!(total > top_p)) {
         // no cut: the nucleus is every candidate; its last is the smallest (last index)
-        const float mn = s_block_min(ch.min_cand(cutoff), shf);
+        const float mn = block_min(chunk.min_cand(cutoff), reduce_f);
         u_last = (unsigned int)__float_as_int(mn);
-        k_last = s_block_sum_int(ch.count_eq(cutoff, u_last), shi);
+        k_last = block_sum(chunk.count_eq(cutoff, u_last), reduce_i);
         cum_last = total;
     } else {
-        u_last = search_mass(ch, cutoff, top_p, shf);
-        const float G = s_block_sum(ch.mass(cutoff, u_last + 1u), shf);
-        const int cnt = s_block_sum_int(ch.count_eq(cutoff, u_last), shi);
+        u_last = search_mass(chunk, cutoff, top_p, reduce_f);
+        const float G = block_sum(chunk.mass(cutoff, u_last + 1u), reduce_f);
+        const int cnt = block_sum(chunk.count_eq(cutoff, u_last), reduce_i);
         k_last = tie_rank(G, u_last, cnt, top_p, &cum_last);
     }
     const float r = coin * cum_last;
-    unsigned int u2 = search_mass(ch, cutoff, r, shf);
-    const float G2 = s_block_sum(ch.mass(cutoff, u2 + 1u), shf);
-    const int cnt2 = s_block_sum_int(ch.count_eq(cutoff, u2), shi);
+    unsigned int u2 = search_mass(chunk, cutoff, r, reduce_f);
+    const float G2 = block_sum(chunk.mass(cutoff, u2 + 1u), reduce_f);
+    const int cnt2 = block_sum(chunk.count_eq(cutoff, u2), reduce_i);
     float run2;
     int k2 = tie_rank(G2, u2, cnt2, r, &run2);
     // never past the nucleus' last element (rounding), never an empty group
@@ -306,90 +262,90 @@ static __device__ int nucleus(const Ch& ch, int lo, int V, float top_p, float co
         k2 = k_last;
     }
     // the k2-th index (in index order) whose probability has bits u2
-    const int c = ch.count_eq(cutoff, u2);
-    const int pre = s_block_excl_scan<int>(c, shi);
+    const int c = chunk.count_eq(cutoff, u2);
+    const int pre = block_exclusive_scan<int>(c, reduce_i);
     int found = BIG_INT;
     if (k2 > pre && k2 <= pre + c) {
-        const int off = ch.find(cutoff, u2, k2 - pre);
+        const int off = chunk.find(cutoff, u2, k2 - pre);
         if (off >= 0) found = lo + off;
     }
-    found = s_block_min_int(found, shi);
+    found = block_min(found, reduce_i);
     return found == BIG_INT ? V - 1 : found;
 }
 
-extern "C" __global__ void __launch_bounds__(SNT)
-    sample(const float* __restrict__ logits, int V, const float* __restrict__ fparams, const int* __restrict__ iparams,
-           const int* __restrict__ forced, unsigned long long* rng, int* out_tok, float* out_lp, float* scratch,
-           int* pos_ptr, int advance_pos) {
-    __shared__ float shf[33];
-    __shared__ int shi[33];
-    __shared__ float s_coin;
+extern "C" __global__ void __launch_bounds__(SAMPLER_THREADS)
+    sample(const float* __restrict__ logits, int V, const float* __restrict__ sampling_params,
+           const int* __restrict__ logprob_flag, const int* __restrict__ forced, unsigned long long* rng_state,
+           int* out_tok, float* out_lp, float* probabilities, int* pos_ptr, int advance_pos) {
+    __shared__ float reduce_f[REDUCE_SLOTS];
+    __shared__ int reduce_i[REDUCE_SLOTS];
+    __shared__ float shared_coin;
     const int b = blockIdx.x, tid = threadIdx.x;
     const float* row = logits + (size_t)b * V;
-    const float temperature = fparams[0], top_p = fparams[1];
-    const int want_lp = iparams[0];
-    const int f = forced[b];
+    const float temperature = sampling_params[0], top_p = sampling_params[1];
+    const int want_lp = logprob_flag[0];
+    const int forced_tok = forced[b];
     int tok;
-    if (f >= 0) {
-        tok = f;
+    if (forced_tok >= 0) {
+        tok = forced_tok;
     } else if (temperature == 0.0f) {
-        tok = block_argmax(row, V, shf, shi);
+        tok = block_argmax(row, V, reduce_f, reduce_i);
     } else {
-        float* p = scratch + (size_t)b * V;
-        const int C = (V + SNT - 1) / SNT;
+        float* p = probabilities + (size_t)b * V;
+        const int C = (V + SAMPLER_THREADS - 1) / SAMPLER_THREADS;
         const int lo = min(tid * C, V), hi = min(lo + C, V);
         // softmax(logits / temperature), each thread over its own chunk
-        float mx = NEG_INF;
-        for (int i = lo; i < hi; i++) mx = fmaxf(mx, row[i] / temperature);
-        mx = s_block_max(mx, shf);
+        float max_logit = NEG_INF;
+        for (int i = lo; i < hi; i++) max_logit = fmaxf(max_logit, row[i] / temperature);
+        max_logit = block_max(max_logit, reduce_f);
         float s = 0.f;
         for (int i = lo; i < hi; i++) {
-            const float e = expf(row[i] / temperature - mx);
+            const float e = expf(row[i] / temperature - max_logit);
             p[i] = e;
             s += e;
         }
-        const float S = s_block_sum(s, shf);
+        const float S = block_sum(s, reduce_f);
         for (int i = lo; i < hi; i++) p[i] = p[i] / S;
-        if (tid == 0) s_coin = next_coin(rng + b);
+        if (tid == 0) shared_coin = next_coin(rng_state + b);
         __syncthreads();
-        const float coin = s_coin;
+        const float coin = shared_coin;
 
         if (top_p <= 0.0f || top_p >= 1.0f) {
             // first index where the running sum exceeds coin (the last index if none)
             float loc = 0.f;
             for (int i = lo; i < hi; i++) loc += p[i];
-            float run = s_block_excl_scan<float>(loc, shf);
-            int cand = BIG_INT;
+            float run = block_exclusive_scan<float>(loc, reduce_f);
+            int candidate = BIG_INT;
             for (int i = lo; i < hi; i++) {
                 run += p[i];
                 if (run > coin) {
-                    cand = i;
+                    candidate = i;
                     break;
                 }
             }
-            cand = s_block_min_int(cand, shi);
-            tok = cand == BIG_INT ? V - 1 : cand;
+            candidate = block_min(candidate, reduce_i);
+            tok = candidate == BIG_INT ? V - 1 : candidate;
         } else {
-            if (hi - lo <= RC) {
-                RegChunk ch;
-                ch.n = hi - lo;
+            if (hi - lo <= REGISTER_CHUNK) {
+                RegChunk chunk;
+                chunk.n = hi - lo;
 #pragma unroll
-                for (int j = 0; j < RC; j++) ch.v[j] = j < ch.n ? p[lo + j] : 0.f;
-                tok = nucleus(ch, lo, V, top_p, coin, shf, shi);
+                for (int j = 0; j < REGISTER_CHUNK; j++) chunk.v[j] = j < chunk.n ? p[lo + j] : 0.f;
+                tok = nucleus(chunk, lo, V, top_p, coin, reduce_f, reduce_i);
             } else {
-                tok = nucleus(MemChunk{p, lo, hi}, lo, V, top_p, coin, shf, shi);
+                tok = nucleus(MemChunk{p, lo, hi}, lo, V, top_p, coin, reduce_f, reduce_i);
             }
         }
     }
     float lp = 0.f;
     if (want_lp) {
-        float mx = NEG_INF;
-        for (int i = tid; i < V; i += SNT) mx = fmaxf(mx, row[i]);
-        mx = s_block_max(mx, shf);
+        float max_logit = NEG_INF;
+        for (int i = tid; i < V; i += SAMPLER_THREADS) max_logit = fmaxf(max_logit, row[i]);
+        max_logit = block_max(max_logit, reduce_f);
         float s = 0.f;
-        for (int i = tid; i < V; i += SNT) s += expf(row[i] - mx);
-        s = s_block_sum(s, shf);
-        lp = row[tok] - mx - logf(s);
+        for (int i = tid; i < V; i += SAMPLER_THREADS) s += expf(row[i] - max_logit);
+        s = block_sum(s, reduce_f);
+        lp = row[tok] - max_logit - logf(s);
     }
     if (tid == 0) {
         out_tok[b] = tok;
