@@ -71,6 +71,24 @@ static __device__ __forceinline__ float next_coin(unsigned long long* state) {
     return (float)(u >> 8) / 16777216.0f;
 }
 
+// The warp's largest value and its index (the smallest index on ties), in every lane.
+static __device__ __forceinline__ void warp_argmax(float* value, int* index) {
+    float best = *value;
+    int best_index = *index;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(WARP_FULL, best, o);
+        const int oi = __shfl_xor_sync(WARP_FULL, best_index, o);
+        if (ov > best || (ov == best && oi < best_index)) {
+            best = ov;
+            best_index = oi;
+        }
+    }
+    *value = best;
+    *index = best_index;
+}
+
+// The block's argmax of row[0..V) (first index on ties; 0 when every value is NaN).
 static __device__ int block_argmax(const float* __restrict__ row, int V, float* reduce_f, int* reduce_i) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     float best = NEG_INF;
@@ -82,15 +100,7 @@ static __device__ int block_argmax(const float* __restrict__ row, int V, float* 
             best_index = i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(WARP_FULL, best, o);
-        const int oi = __shfl_xor_sync(WARP_FULL, best_index, o);
-        if (ov > best || (ov == best && oi < best_index)) {
-            best = ov;
-            best_index = oi;
-        }
-    }
+    warp_argmax(&best, &best_index);
     __syncthreads();
     if (lane == 0) {
         reduce_f[warp] = best;
@@ -100,19 +110,11 @@ static __device__ int block_argmax(const float* __restrict__ row, int V, float* 
     if (warp == 0) {
         best = reduce_f[lane];
         best_index = reduce_i[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ov = __shfl_xor_sync(WARP_FULL, best, o);
-            const int oi = __shfl_xor_sync(WARP_FULL, best_index, o);
-            if (ov > best || (ov == best && oi < best_index)) {
-                best = ov;
-                best_index = oi;
-            }
-        }
-        if (lane == 0) reduce_i[32] = best_index;
+        warp_argmax(&best, &best_index);
+        if (lane == 0) reduce_i[REDUCE_SLOTS - 1] = best_index;
     }
     __syncthreads();
-    const int r = reduce_i[32];
+    const int r = reduce_i[REDUCE_SLOTS - 1];
     return r == BIG_INT ? 0 : r;  // all NaN: token 0
 }
 
