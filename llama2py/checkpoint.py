@@ -440,6 +440,19 @@ def checkpoint_bytes(config: Config, version: int, group_size: Optional[int] = N
     raise ValueError(f"version must be 0, 1 or 2, got {version}")
 
 
+def float_tensor_offsets(config: Config, version: int) -> dict[str, int]:
+    """Where each tensor starts in a v0 or v1 (float32) file, in bytes ("rope": v0's RoPE tables)."""
+    if version not in (0, 1):
+        raise ValueError(f"float tensor offsets exist for versions 0 and 1, got {version}")
+    counts = {**config.param_counts(), "rope": _rope_floats(config)}
+    offset = V0_HEADER_BYTES if version == 0 else HEADER_BYTES
+    offsets = {}
+    for name in tensor_order(config, version):
+        offsets[name] = offset
+        offset += 4 * counts[name]
+    return offsets
+
+
 def header_bytes(config: Config, version: int, group_size: Optional[int] = None) -> bytes:
     """v0: 7 int32 (vocab negative when the classifier is separate); v1/v2: magic, version, the 7
     int32, the shared-classifier byte, v2's int32 group size, zeros to 256 bytes (docs/FORMAT.md)."""

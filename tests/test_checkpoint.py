@@ -1,6 +1,11 @@
 """Checkpoint formats v0/v1/v2: round trips, identical logits across versions, every damaged file refused."""
 
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -270,3 +275,56 @@ def test_writer_refuses_bad_arguments(tmp_path):
     with pytest.raises(CheckpointError, match="does not divide dim 18"):
         write_checkpoint(tmp_path / "x.bin", c, w, 2, group_size=4)
     assert list(tmp_path.iterdir()) == []
+
+
+# -- atomic writes ---------------------------------------------------------------------------------
+_READER = """
+import sys
+from llama2py.checkpoint import load_checkpoint
+ck = load_checkpoint(sys.argv[1])  # memory-mapped
+print(float(ck.weights.wq.sum()), float(ck.weights.w2.sum()), flush=True)
+sys.stdin.readline()  # the file is rewritten meanwhile
+print(float(ck.weights.wq.sum()), float(ck.weights.w2.sum()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_a_mapped_checkpoint_keeps_its_contents_while_rewritten(tmp_path, version):
+    """Rewriting a file in place would show the reader the new weights or kill it with SIGBUS; the
+    writer renames a new file over it, so the reader keeps reading the old one."""
+    c = SHAPES["wide"]
+    path = tmp_path / "m.bin"
+    write_checkpoint(path, c, random_weights(c, 1), version)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        before = reader.stdout.readline()
+        assert before, "the reader failed to load the checkpoint"
+        write_checkpoint(path, c, random_weights(c, 2), version)  # same size, other weights
+        out, _ = reader.communicate("go\n", timeout=60)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0, f"the reader died (signal {-reader.returncode})"
+    assert out == before
+    assert load_checkpoint(path).weights.wq.sum() == pytest.approx(random_weights(c, 2).wq.sum(), rel=0.02)
+    assert os.listdir(tmp_path) == ["m.bin"]
+
+
+def test_ctrl_c_during_a_write_leaves_nothing(tmp_path):
+    """SIGINT while `llama2py synth` writes: exit 130, neither the file nor the temporary remains."""
+    out = tmp_path / "big.bin"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama2py", "synth", "--shape", "stories110M", "--no-progress", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+        assert proc.poll() is None, "synth ended before it could be interrupted"
+        assert time.monotonic() < deadline, "no temporary file appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert os.listdir(tmp_path) == []
