@@ -33,7 +33,7 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..errors import DeviceError
-from .base import PROFILE_KEYS, Backend, check_prefill, check_tokens
+from .base import PROFILE_KEYS, Backend
 
 KERNEL_DIR = Path(__file__).resolve().parent / "cuda_kernels"  # package data (pyproject.toml)
 SOURCES = ("forward.cu", "sample.cu")
@@ -220,6 +220,9 @@ class CudaBackend(Backend):
         self._profile_events: Optional[list] = None
 
     # -- setup ----------------------------------------------------------------------------------
+    def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
+        return {}  # weights, KV cache and buffers live in GPU memory: checked against its free memory
+
     def _load_kernels(self) -> dict:
         cp = self.cp
         texts = kernel_sources()
@@ -522,8 +525,8 @@ class CudaBackend(Backend):
             self._sample(B)
 
     # -- the model ------------------------------------------------------------------------------
-    def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        t = check_tokens(self, tokens, pos, 1)
+    def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        t = tokens
         B = t.shape[0]
         with self.device, self.stream:
             self._set_tokens(t)
@@ -533,8 +536,8 @@ class CudaBackend(Backend):
         self.stream.synchronize()
         return out
 
-    def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
-        t = check_prefill(self, tokens, pos, logits)
+    def _prefill(self, tokens: np.ndarray, pos: int, logits: str) -> Optional[np.ndarray]:
+        t = tokens
         B, T = t.shape
         c = self.config
         chunk = max(1, self.max_rows // B)
@@ -562,11 +565,9 @@ class CudaBackend(Backend):
         return last
 
     # -- sampling -------------------------------------------------------------------------------
-    def set_seeds(self, seeds: Sequence[int]) -> None:
-        if len(seeds) > self.max_batch:
-            raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
+    def _set_seeds(self, seeds: Sequence[int]) -> None:
         if len(seeds):
-            s = np.array([int(x) & 0xFFFFFFFFFFFFFFFF for x in seeds], np.uint64)
+            s = np.array(seeds, np.uint64)
             with self.device:
                 self._h2d(self.rng_state[: len(s)], s)
 
@@ -582,22 +583,18 @@ class CudaBackend(Backend):
             self._graphs[B] = g
         return g
 
-    def step(self, tokens, pos, temperature, top_p, forced=None, want_logprobs=False):
-        t = check_tokens(self, tokens, pos, 1)
+    def _step(self, tokens, pos, temperature, top_p, forced, want_logprobs):
+        t = tokens
         B = t.shape[0]
         cp = self.cp
         with self.device, self.stream:
             self._set_tokens(t)
             self._set_pos(pos)
             self._set_sampling(temperature, top_p, want_logprobs)
-            f = None if forced is None else np.asarray(forced, np.int32).reshape(-1)[:B]
-            if f is not None and f.size != B:
-                raise ValueError(f"forced has {f.size} entries for a batch of {B}")
+            f = forced  # None or (B,) int32 < vocab (base.check_forced)
             if f is None or not (f >= 0).any():
                 self._clear_forced()
             else:
-                if (f >= self.config.vocab_size).any():
-                    raise ValueError(f"forced token ids must be < {self.config.vocab_size}")
                 self._h2d(self.device_forced[:B], f)
                 self._forced_cleared = False
             self._graph(B).launch(stream=self.stream)
@@ -624,7 +621,7 @@ class CudaBackend(Backend):
         return nxt, (self._pinned_logprobs[:B].copy() if want_logprobs else None)
 
     # -- profiling ------------------------------------------------------------------------------
-    def profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
+    def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
         """Seconds per PROFILE_KEYS category of one greedy decode step at pos: the launches the
         decode graph holds, issued eagerly with CUDA events around each (_launch names each one's
         category). Fused kernels count as their matmul, so rope, swiglu and residual stay 0.
@@ -633,7 +630,7 @@ class CudaBackend(Backend):
         behind a host function that holds the stream until every launch is issued, so that the
         events time the GPU's work, not the pace of the Python that issues it. A step writes the
         KV cache at pos exactly as step() would; the generators are not advanced (greedy)."""
-        t = check_tokens(self, tokens, pos, 1)
+        t = tokens
         B = t.shape[0]
         times = {key: 0.0 for key in PROFILE_KEYS}
         with self.device, self.stream:
