@@ -182,13 +182,13 @@ class CudaBackend(Backend):
         name = props["name"]
         self.gpu_name = name.decode() if isinstance(name, bytes) else str(name)
         self.n_sm = int(props["multiProcessorCount"])
-        est = estimate_bytes(c, max_batch)
-        need = sum(est.values())
+        estimate = estimate_bytes(c, max_batch)
+        need = sum(estimate.values())
         if need > free:
             raise DeviceError(
                 f"not enough GPU memory on {self.gpu_name}: this model with max_batch={max_batch} and "
-                f"seq_len={c.seq_len} needs about {_mib(need)} (weights {_mib(est['weights'])}, KV cache "
-                f"{_mib(est['kv_cache'])}, buffers {_mib(est['buffers'])}) but only {_mib(free)} of "
+                f"seq_len={c.seq_len} needs about {_mib(need)} (weights {_mib(estimate['weights'])}, KV cache "
+                f"{_mib(estimate['kv_cache'])}, buffers {_mib(estimate['buffers'])}) but only {_mib(free)} of "
                 f"{_mib(total)} is free; use a smaller batch, or {CPU_HINT}"
             )
         self.kernels = self._load_kernels()
@@ -259,10 +259,10 @@ class CudaBackend(Backend):
             self.wqkv[layer].set(
                 np.ascontiguousarray(np.concatenate([w.wq[layer], w.wk[layer], w.wv[layer]], axis=0), dtype=f32)
             )
-            t = np.empty((2 * H, D), f32)
-            t[0::2] = w.w1[layer]
-            t[1::2] = w.w3[layer]
-            self.w13[layer].set(t)
+            interleaved = np.empty((2 * H, D), f32)  # (2 hidden, dim)
+            interleaved[0::2] = w.w1[layer]
+            interleaved[1::2] = w.w3[layer]
+            self.w13[layer].set(interleaved)
         # RoPE tables, float32 exactly as the numpy spec computes them
         hs = c.head_size
         j = np.arange(0, hs, 2, dtype=f32)
@@ -318,42 +318,48 @@ class CudaBackend(Backend):
         self.cp.get_default_memory_pool().free_all_blocks()
 
     # -- uploads --------------------------------------------------------------------------------
-    def _h2d(self, dst, host: np.ndarray) -> None:
+    def _copy_to_device(self, dst, host: np.ndarray) -> None:
         host = np.ascontiguousarray(host, dtype=dst.dtype)
-        self.cp.cuda.runtime.memcpyAsync(
-            dst.data.ptr, host.ctypes.data, host.nbytes, self.cp.cuda.runtime.memcpyHostToDevice, self.stream.ptr
-        )
+        runtime = self.cp.cuda.runtime
+        runtime.memcpyAsync(dst.data.ptr, host.ctypes.data, host.nbytes, runtime.memcpyHostToDevice, self.stream.ptr)
         self.stream.synchronize()  # host may be pageable and temporary
+
+    def _copy_to_host(self, pinned: np.ndarray, src) -> None:
+        """pinned (n,) <- the first n values of src, queued on the stream (synchronize before use)."""
+        runtime = self.cp.cuda.runtime
+        runtime.memcpyAsync(
+            pinned.ctypes.data, src.data.ptr, pinned.nbytes, runtime.memcpyDeviceToHost, self.stream.ptr
+        )
 
     def _set_pos(self, pos: int) -> None:
         if self._pos_on_device != pos:
-            self._h2d(self.device_pos, np.array([pos], np.int32))
+            self._copy_to_device(self.device_pos, np.array([pos], np.int32))
             self._pos_on_device = pos
 
-    def _set_tokens(self, t: np.ndarray) -> None:
-        """t: (rows,) int32 into device_tokens; mirrored only for decode-sized uploads."""
-        n = t.size
-        if n <= self.max_batch and np.array_equal(self._tokens_on_device[:n], t):
+    def _set_tokens(self, tokens: np.ndarray) -> None:
+        """tokens: (rows,) int32 into device_tokens; mirrored only for decode-sized uploads."""
+        n = tokens.size
+        if n <= self.max_batch and np.array_equal(self._tokens_on_device[:n], tokens):
             return
-        self._h2d(self.device_tokens[:n], t)
+        self._copy_to_device(self.device_tokens[:n], tokens)
         if n <= self.max_batch:
-            self._tokens_on_device[:n] = t
+            self._tokens_on_device[:n] = tokens
         else:
             self._tokens_on_device[:] = -1
 
     def _set_sampling(self, temperature: float, top_p: float, want_logprobs: bool) -> None:
         params = (float(np.float32(temperature)), float(np.float32(top_p)))
         if self._sampling_on_device != params:
-            self._h2d(self.sampling_params, np.array(params, np.float32))
+            self._copy_to_device(self.sampling_params, np.array(params, np.float32))
             self._sampling_on_device = params
         flag = 1 if want_logprobs else 0
         if self._logprob_flag_on_device != flag:
-            self._h2d(self.logprob_flag, np.array([flag], np.int32))
+            self._copy_to_device(self.logprob_flag, np.array([flag], np.int32))
             self._logprob_flag_on_device = flag
 
     def _clear_forced(self) -> None:
         if not self._forced_cleared:
-            self._h2d(self.device_forced, np.full(self.max_batch, -1, np.int32))
+            self._copy_to_device(self.device_forced, np.full(self.max_batch, -1, np.int32))
             self._forced_cleared = True
 
     # -- kernel sequences -----------------------------------------------------------------------
@@ -526,10 +532,9 @@ class CudaBackend(Backend):
 
     # -- the model ------------------------------------------------------------------------------
     def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        t = tokens
-        B = t.shape[0]
+        B = tokens.shape[0]
         with self.device, self.stream:
-            self._set_tokens(t)
+            self._set_tokens(tokens)
             self._set_pos(pos)
             self._decode(B, sample=False)
             out = self.logits[:B].get(stream=self.stream)
@@ -537,25 +542,24 @@ class CudaBackend(Backend):
         return out
 
     def _prefill(self, tokens: np.ndarray, pos: int, logits: str) -> Optional[np.ndarray]:
-        t = tokens
-        B, T = t.shape
+        B, T = tokens.shape
         c = self.config
-        chunk = max(1, self.max_rows // B)
+        chunk_len = max(1, self.max_rows // B)  # positions per chunk: at most max_rows rows
         outs = []
         last = None
         with self.device, self.stream:
-            for s in range(0, T, chunk):
-                tc = t[:, s : s + chunk]
-                Tc = tc.shape[1]
+            for start in range(0, T, chunk_len):
+                chunk = tokens[:, start : start + chunk_len]  # (B, Tc)
+                Tc = chunk.shape[1]
                 M = B * Tc
-                self._set_tokens(tc.reshape(-1))
-                self._set_pos(pos + s)
+                self._set_tokens(chunk.reshape(-1))
+                self._set_pos(pos + start)
                 self._embed(M)
                 self._layers(M, Tc)
                 if logits == "all":
                     self._classifier(self.x, M)
                     outs.append(self.logits[:M].get(stream=self.stream).reshape(B, Tc, c.vocab_size))
-                elif logits == "last" and s + Tc == T:
+                elif logits == "last" and start + Tc == T:
                     x_last = self.x[:M].reshape(B, Tc, c.dim)[:, -1].copy()  # (B, dim)
                     self._classifier(x_last, B)
                     last = self.logits[:B].get(stream=self.stream)
@@ -567,58 +571,41 @@ class CudaBackend(Backend):
     # -- sampling -------------------------------------------------------------------------------
     def _set_seeds(self, seeds: Sequence[int]) -> None:
         if len(seeds):
-            s = np.array(seeds, np.uint64)
             with self.device:
-                self._h2d(self.rng_state[: len(s)], s)
+                self._copy_to_device(self.rng_state[: len(seeds)], np.array(seeds, np.uint64))
 
     def _graph(self, B: int):
-        g = self._graphs.get(B)
-        if g is None:
-            s = self.stream
-            s.begin_capture()
+        graph = self._graphs.get(B)
+        if graph is None:
+            self.stream.begin_capture()
             try:
                 self._decode(B, sample=True)
             finally:
-                g = s.end_capture()
-            self._graphs[B] = g
-        return g
+                graph = self.stream.end_capture()
+            self._graphs[B] = graph
+        return graph
 
     def _step(self, tokens, pos, temperature, top_p, forced, want_logprobs):
-        t = tokens
-        B = t.shape[0]
-        cp = self.cp
+        B = tokens.shape[0]
         with self.device, self.stream:
-            self._set_tokens(t)
+            self._set_tokens(tokens)
             self._set_pos(pos)
             self._set_sampling(temperature, top_p, want_logprobs)
-            f = forced  # None or (B,) int32 < vocab (base.check_forced)
-            if f is None or not (f >= 0).any():
+            # forced: None or (B,) int32 < vocab (base.check_forced)
+            if forced is None or not (forced >= 0).any():
                 self._clear_forced()
             else:
-                self._h2d(self.device_forced[:B], f)
+                self._copy_to_device(self.device_forced[:B], forced)
                 self._forced_cleared = False
             self._graph(B).launch(stream=self.stream)
-            rt = cp.cuda.runtime
-            rt.memcpyAsync(
-                self._pinned_tokens.ctypes.data,
-                self.device_tokens.data.ptr,
-                4 * B,
-                rt.memcpyDeviceToHost,
-                self.stream.ptr,
-            )
+            self._copy_to_host(self._pinned_tokens[:B], self.device_tokens)
             if want_logprobs:
-                rt.memcpyAsync(
-                    self._pinned_logprobs.ctypes.data,
-                    self.logprobs.data.ptr,
-                    4 * B,
-                    rt.memcpyDeviceToHost,
-                    self.stream.ptr,
-                )
+                self._copy_to_host(self._pinned_logprobs[:B], self.logprobs)
             self.stream.synchronize()
-        nxt = self._pinned_tokens[:B].copy()
-        self._tokens_on_device[:B] = nxt
+        next_tokens = self._pinned_tokens[:B].copy()
+        self._tokens_on_device[:B] = next_tokens
         self._pos_on_device = pos + 1
-        return nxt, (self._pinned_logprobs[:B].copy() if want_logprobs else None)
+        return next_tokens, (self._pinned_logprobs[:B].copy() if want_logprobs else None)
 
     # -- profiling ------------------------------------------------------------------------------
     def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
@@ -630,14 +617,13 @@ class CudaBackend(Backend):
         behind a host function that holds the stream until every launch is issued, so that the
         events time the GPU's work, not the pace of the Python that issues it. A step writes the
         KV cache at pos exactly as step() would; the generators are not advanced (greedy)."""
-        t = tokens
-        B = t.shape[0]
+        B = tokens.shape[0]
         times = {key: 0.0 for key in PROFILE_KEYS}
         with self.device, self.stream:
             self._set_sampling(0.0, 1.0, False)
             self._clear_forced()
             for measured in (False, True):
-                self._set_tokens(t)
+                self._set_tokens(tokens)
                 self._set_pos(pos)
                 events = self._profiled_decode(B, gated=measured)
                 # the sampler overwrote the inputs and advanced the position

@@ -166,15 +166,15 @@ static __device__ __forceinline__ void gemv_scalar_body(const float* __restrict_
 }
 
 static __device__ __forceinline__ void gemv_load_weights(const float* __restrict__ W, int n, int N, int K4, int k_block,
-                                                         int lane, float4* u, float4* v) {
+                                                         int lane, float4* w0_chunk, float4* w1_chunk) {
     const float4* w0 = reinterpret_cast<const float4*>(W + (size_t)n * (K4 * 4));
     const float4* w1 = n + 1 < N ? w0 + K4 : w0;
 #pragma unroll
     for (int i = 0; i < GEMV_PREFETCH; i++) {
         const int k = k_block + lane + 32 * i;
         if (k < K4) {
-            u[i] = __ldg(w0 + k);
-            v[i] = __ldg(w1 + k);
+            w0_chunk[i] = __ldg(w0 + k);
+            w1_chunk[i] = __ldg(w1 + k);
         }
     }
 }
@@ -193,8 +193,8 @@ static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, co
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, n_warps = GEMV_THREADS / 32;
     const int K4 = K >> 2, stride = gridDim.x * n_warps * 2;
     int n = (blockIdx.x * n_warps + warp) * 2;
-    float4 u[GEMV_PREFETCH], v[GEMV_PREFETCH];
-    if (n < N) gemv_load_weights(W, n, N, K4, 0, lane, u, v);
+    float4 w0_chunk[GEMV_PREFETCH], w1_chunk[GEMV_PREFETCH];
+    if (n < N) gemv_load_weights(W, n, N, K4, 0, lane, w0_chunk, w1_chunk);
 
     gemv_stage_input(x, rms_weight, use_rms, K, M, x_shared, reduce_shared);
 
@@ -206,7 +206,7 @@ static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, co
 #pragma unroll
         for (int b = 0; b < GEMV_MAX_ROWS; b++) a0[b] = a1[b] = 0.f;
         for (int k_block = 0; k_block < K4; k_block += 32 * GEMV_PREFETCH) {
-            if (!first || k_block > 0) gemv_load_weights(W, n, N, K4, k_block, lane, u, v);
+            if (!first || k_block > 0) gemv_load_weights(W, n, N, K4, k_block, lane, w0_chunk, w1_chunk);
 #pragma unroll
             for (int i = 0; i < GEMV_PREFETCH; i++) {
                 const int k = k_block + lane + 32 * i;
@@ -215,8 +215,10 @@ static __device__ __forceinline__ void gemv_body(const float* __restrict__ x, co
                     for (int b = 0; b < GEMV_MAX_ROWS; b++) {
                         if (b < M) {
                             const float4 xv = x_shared4[(size_t)b * K4 + k];
-                            a0[b] += u[i].x * xv.x + u[i].y * xv.y + u[i].z * xv.z + u[i].w * xv.w;
-                            a1[b] += v[i].x * xv.x + v[i].y * xv.y + v[i].z * xv.z + v[i].w * xv.w;
+                            a0[b] += w0_chunk[i].x * xv.x + w0_chunk[i].y * xv.y + w0_chunk[i].z * xv.z +
+                                     w0_chunk[i].w * xv.w;
+                            a1[b] += w1_chunk[i].x * xv.x + w1_chunk[i].y * xv.y + w1_chunk[i].z * xv.z +
+                                     w1_chunk[i].w * xv.w;
                         }
                     }
                 }

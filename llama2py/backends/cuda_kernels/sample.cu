@@ -15,7 +15,7 @@
 // CPU's sequential float32 sums only in the last bits.
 //
 // Forced tokens (prompt positions) bypass sampling and do not advance the generator. With
-// logprob_flag[0] set, out_lp gets log softmax(raw logits)[token]. With advance_pos, block 0 increments
+// logprob_flag[0] set, out_logprobs gets log softmax(raw logits)[token]. With advance_pos, block 0 increments
 // *pos_ptr at the end (the captured decode graph advances its own position).
 
 #include "block_reduce.cuh"
@@ -152,10 +152,10 @@ struct MemChunk {
         return chunk_count_eq(p, lo, hi, cutoff, u);
     }
     __device__ __forceinline__ float min_cand(float cutoff) const {
-        float mn = POS_INF;
+        float smallest = POS_INF;
         for (int i = lo; i < hi; i++)
-            if (p[i] >= cutoff) mn = fminf(mn, p[i]);
-        return mn;
+            if (p[i] >= cutoff) smallest = fminf(smallest, p[i]);
+        return smallest;
     }
     // offset in the chunk of its k-th (k >= 1) candidate with bits u, or -1
     __device__ __forceinline__ int find(float cutoff, unsigned int u, int k) const {
@@ -187,11 +187,11 @@ struct RegChunk {
         return c;
     }
     __device__ __forceinline__ float min_cand(float cutoff) const {
-        float mn = POS_INF;
+        float smallest = POS_INF;
 #pragma unroll
         for (int j = 0; j < REGISTER_CHUNK; j++)
-            if (j < n && v[j] >= cutoff) mn = fminf(mn, v[j]);
-        return mn;
+            if (j < n && v[j] >= cutoff) smallest = fminf(smallest, v[j]);
+        return smallest;
     }
     __device__ __forceinline__ int find(float cutoff, unsigned int u, int k) const {
         int c = 0, at = -1;
@@ -242,8 +242,8 @@ static __device__ int nucleus(const Chunk& chunk, int lo, int V, float top_p, fl
     float cum_last;
     if (!(total > top_p)) {
         // no cut: the nucleus is every candidate; its last is the smallest (last index)
-        const float mn = block_min(chunk.min_cand(cutoff), reduce_f);
-        u_last = (unsigned int)__float_as_int(mn);
+        const float smallest = block_min(chunk.min_cand(cutoff), reduce_f);
+        u_last = (unsigned int)__float_as_int(smallest);
         k_last = block_sum(chunk.count_eq(cutoff, u_last), reduce_i);
         cum_last = total;
     } else {
@@ -278,24 +278,24 @@ static __device__ int nucleus(const Chunk& chunk, int lo, int V, float top_p, fl
 extern "C" __global__ void __launch_bounds__(SAMPLER_THREADS)
     sample(const float* __restrict__ logits, int V, const float* __restrict__ sampling_params,
            const int* __restrict__ logprob_flag, const int* __restrict__ forced, unsigned long long* rng_state,
-           int* out_tok, float* out_lp, float* probabilities, int* pos_ptr, int advance_pos) {
+           int* out_tokens, float* out_logprobs, float* probabilities, int* pos_ptr, int advance_pos) {
     __shared__ float reduce_f[REDUCE_SLOTS];
     __shared__ int reduce_i[REDUCE_SLOTS];
     __shared__ float shared_coin;
     const int b = blockIdx.x, tid = threadIdx.x;
     const float* row = logits + (size_t)b * V;
     const float temperature = sampling_params[0], top_p = sampling_params[1];
-    const int want_lp = logprob_flag[0];
-    const int forced_tok = forced[b];
-    int tok;
-    if (forced_tok >= 0) {
-        tok = forced_tok;
+    const int want_logprob = logprob_flag[0];
+    const int forced_token = forced[b];
+    int token;
+    if (forced_token >= 0) {
+        token = forced_token;
     } else if (temperature == 0.0f) {
-        tok = block_argmax(row, V, reduce_f, reduce_i);
+        token = block_argmax(row, V, reduce_f, reduce_i);
     } else {
         float* p = probabilities + (size_t)b * V;
-        const int C = (V + SAMPLER_THREADS - 1) / SAMPLER_THREADS;
-        const int lo = min(tid * C, V), hi = min(lo + C, V);
+        const int chunk_size = (V + SAMPLER_THREADS - 1) / SAMPLER_THREADS;
+        const int lo = min(tid * chunk_size, V), hi = min(lo + chunk_size, V);
         // softmax(logits / temperature), each thread over its own chunk
         float max_logit = NEG_INF;
         for (int i = lo; i < hi; i++) max_logit = fmaxf(max_logit, row[i] / temperature);
@@ -306,17 +306,17 @@ extern "C" __global__ void __launch_bounds__(SAMPLER_THREADS)
             p[i] = e;
             s += e;
         }
-        const float S = block_sum(s, reduce_f);
-        for (int i = lo; i < hi; i++) p[i] = p[i] / S;
+        const float total = block_sum(s, reduce_f);
+        for (int i = lo; i < hi; i++) p[i] = p[i] / total;
         if (tid == 0) shared_coin = next_coin(rng_state + b);
         __syncthreads();
         const float coin = shared_coin;
 
         if (top_p <= 0.0f || top_p >= 1.0f) {
             // first index where the running sum exceeds coin (the last index if none)
-            float loc = 0.f;
-            for (int i = lo; i < hi; i++) loc += p[i];
-            float run = block_exclusive_scan<float>(loc, reduce_f);
+            float chunk_sum = 0.f;
+            for (int i = lo; i < hi; i++) chunk_sum += p[i];
+            float run = block_exclusive_scan<float>(chunk_sum, reduce_f);
             int candidate = BIG_INT;
             for (int i = lo; i < hi; i++) {
                 run += p[i];
@@ -326,32 +326,32 @@ extern "C" __global__ void __launch_bounds__(SAMPLER_THREADS)
                 }
             }
             candidate = block_min(candidate, reduce_i);
-            tok = candidate == BIG_INT ? V - 1 : candidate;
+            token = candidate == BIG_INT ? V - 1 : candidate;
         } else {
             if (hi - lo <= REGISTER_CHUNK) {
                 RegChunk chunk;
                 chunk.n = hi - lo;
 #pragma unroll
                 for (int j = 0; j < REGISTER_CHUNK; j++) chunk.v[j] = j < chunk.n ? p[lo + j] : 0.f;
-                tok = nucleus(chunk, lo, V, top_p, coin, reduce_f, reduce_i);
+                token = nucleus(chunk, lo, V, top_p, coin, reduce_f, reduce_i);
             } else {
-                tok = nucleus(MemChunk{p, lo, hi}, lo, V, top_p, coin, reduce_f, reduce_i);
+                token = nucleus(MemChunk{p, lo, hi}, lo, V, top_p, coin, reduce_f, reduce_i);
             }
         }
     }
-    float lp = 0.f;
-    if (want_lp) {
+    float logprob = 0.f;
+    if (want_logprob) {
         float max_logit = NEG_INF;
         for (int i = tid; i < V; i += SAMPLER_THREADS) max_logit = fmaxf(max_logit, row[i]);
         max_logit = block_max(max_logit, reduce_f);
         float s = 0.f;
         for (int i = tid; i < V; i += SAMPLER_THREADS) s += expf(row[i] - max_logit);
         s = block_sum(s, reduce_f);
-        lp = row[tok] - max_logit - logf(s);
+        logprob = row[token] - max_logit - logf(s);
     }
     if (tid == 0) {
-        out_tok[b] = tok;
-        out_lp[b] = lp;
+        out_tokens[b] = token;
+        out_logprobs[b] = logprob;
         if (advance_pos && b == 0) *pos_ptr += 1;
     }
 }
