@@ -101,6 +101,16 @@ def cli(*args, stdin: bytes | None = None, cwd=None, env=None, timeout: float = 
     )
 
 
+def first_difference(got: bytes, want: bytes) -> str:
+    """Where two outputs part: the byte offset, both lengths, and 40 bytes of context of each."""
+    n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    lo = max(0, n - 40)
+    return (
+        f"first difference at byte {n} (got {len(got)} bytes, want {len(want)}):\n"
+        f"  got:  {got[lo : n + 40]!r}\n  want: {want[lo : n + 40]!r}"
+    )
+
+
 def write_tokenizer(path: Path, pieces: list[bytes], scores: list[float] | None = None, max_len=None) -> Path:
     """Write a llama2.c tokenizer file (docs/FORMAT.md, "Tokenizer file"): int32 max_token_length,
     then per piece float score, int32 length, the bytes. Scores default to 0."""

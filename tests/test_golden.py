@@ -9,22 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import HOST_DEVICES, cli, find_golden, golden_dir, models_dir, require_device
+from conftest import HOST_DEVICES, cli, find_golden, first_difference, golden_dir, models_dir, require_device
 
 # The cases as the golden folder lists them, read at collection so each case is its own test;
 # without the folder, one placeholder that skips saying why.
 _FOLDER, _ = find_golden()
 _NAMES = [c["name"] for c in json.loads((_FOLDER / "cases.json").read_text("utf-8"))["cases"]] if _FOLDER else []
-
-
-def first_difference(got: bytes, want: bytes) -> str:
-    """Where two outputs part: the byte offset and a little context of each."""
-    n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    lo = max(0, n - 40)
-    return (
-        f"first difference at byte {n} (got {len(got)} bytes, want {len(want)}):\n"
-        f"  got:  {got[lo : n + 40]!r}\n  want: {want[lo : n + 40]!r}"
-    )
 
 
 def load_case(name: str) -> tuple[dict, bytes]:
