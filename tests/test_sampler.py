@@ -9,7 +9,7 @@ MASK = (1 << 64) - 1
 
 
 def reference_u32(state):
-    """FORMAT.md's generator, step by step."""
+    """docs/FORMAT.md's generator, step by step."""
     state ^= state >> 12
     state ^= (state << 25) & MASK
     state ^= state >> 27
