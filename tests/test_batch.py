@@ -207,7 +207,8 @@ def test_each_sequence_stops_at_its_own_eos(device, eos_checkpoint):
         stream, _ = oracle(ck, p, ends[b], 1.0, 1.0, 11 + b, stop=())
         gen = stream[len(p) :]
         stops = [i for i, t in enumerate(gen) if t in (EOS, BOS)]
-        assert toks[b] == gen[: stops[0]] if stops else gen
+        # (parenthesized: `a == b if c else d` would assert the bare `d` when there is no stop)
+        assert toks[b] == (gen[: stops[0]] if stops else gen), f"sequence {b}"
         assert EOS not in toks[b] and BOS not in toks[b]
         assert len(lps[b]) == len(toks[b])
         n_short += len(toks[b]) < max_gen_len
@@ -235,7 +236,7 @@ def test_max_gen_len_and_context_cut(device, make_checkpoint):
     c = SHAPES["gqa_unshared"]
     prompts = random_prompts(c.vocab_size, [2, 5, 16, 12], seed=6)
     m = load(device, ck, 4)
-    st = set()
+    lengths = set()
     for max_gen_len in [0, 1, 3, 20]:
         toks, lps = m.generate(prompts, max_gen_len, temperature=0.0, logprobs=True)
         ends = meta_end([len(p) for p in prompts], max_gen_len, c.seq_len)
@@ -243,7 +244,9 @@ def test_max_gen_len_and_context_cut(device, make_checkpoint):
             want, _ = oracle(ck, p, ends[b], 0.0, 0.9, 1)
             assert p + toks[b] == want
             assert len(toks[b]) <= min(max_gen_len, c.seq_len - len(p))
-            st.add(len(toks[b]))
+            lengths.add(len(toks[b]))
+    # the case must reach both cuts: max_gen_len (0, 1, 3) and the context (prompts of 5 and 12 tokens)
+    assert {0, 1, 3, c.seq_len - 5, c.seq_len - 12} <= lengths, sorted(lengths)
     # a prompt filling the context gets nothing; with echo it comes back whole
     assert m.generate([prompts[2]], 5, temperature=0.0)[0] == [[]]
     assert m.generate([prompts[2]], 5, temperature=0.0, echo=True)[0] == [prompts[2]]

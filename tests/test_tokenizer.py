@@ -81,3 +81,15 @@ def test_corrupt_tokenizer(tmp_path, content, match):
 def test_missing_tokenizer(tmp_path):
     with pytest.raises(TokenizerError, match="no such file"):
         Tokenizer(tmp_path / "nope.bin", 10)
+
+
+def test_merge_order_is_by_score_then_leftmost(tmp_path):
+    """The best-scoring pair merges first wherever it is; equal scores merge the leftmost pair."""
+    pieces = byte_vocab() + [b" ", b"a", b"b", b"c", b"ab", b"bc", b"ca"]
+    space, a, b, c, ab, bc = range(259, 265)
+    scores = [0.0] * 259 + [0.0, 0.0, 0.0, 0.0, 1.0, 5.0, 0.0]
+    tok = Tokenizer(write_tokenizer(tmp_path / "t.bin", pieces, scores), len(pieces))
+    assert tok.encode("abc", bos=False) == [space, a, bc]  # "bc" (5) beats the leftmost "ab" (1)
+    scores[263] = scores[264] = 2.0  # now "ab" and "bc" tie: the leftmost pair wins
+    tok = Tokenizer(write_tokenizer(tmp_path / "t2.bin", pieces, scores), len(pieces))
+    assert tok.encode("abc", bos=False) == [space, ab, c]
