@@ -3,7 +3,7 @@
 CuPy is imported here only, and only when the backend is made: without CuPy, a GPU or a usable
 driver, the constructor raises DeviceError (create_backend("auto") then falls back to cpu).
 
-Design (../shared/DESIGN.md, "GPU"; docs/GPU.md):
+Design (docs/GPU.md and the README's architecture section):
 - The kernels (cuda_kernels/*.cu, package data) are compiled with the launch shapes of
   KERNEL_CONSTANTS as -D defines, so the host launches exactly the block sizes they were built for.
 - Weights, KV cache and every buffer are allocated once, after checking that they fit in the free

@@ -1,4 +1,4 @@
-// llama2py CUDA kernels: the transformer forward pass (../../../../shared/FORMAT.md, "Forward pass").
+// llama2py CUDA kernels: the transformer forward pass (docs/FORMAT.md, "Forward pass").
 //
 // Compiled at run time by NVRTC through CuPy (llama2py/backends/cuda.py) with the launch shapes
 // of KERNEL_CONSTANTS there as -D defines and this folder on the include path (block_reduce.cuh);
