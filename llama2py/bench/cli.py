@@ -71,6 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--shape",
         type=_shape,
         default=None,
+        metavar="NAME",
         help="instead of a checkpoint: random weights of this shape (stories260K, stories15M, stories42M, "
         "stories110M), written to a temporary file for the run",
     )
@@ -78,18 +79,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--device",
         type=_list_of(_device, "--device"),
         default=None,
+        metavar="DEVICE[,DEVICE...]",
         help="comma-separated backends: cpu, cuda, numpy (default: cpu, plus cuda when usable)",
     )
     p.add_argument(
         "--batch",
         type=_list_of(int_at_least(1, "--batch"), "--batch"),
         default=[1, 8, 64],
+        metavar="B[,B...]",
         help="comma-separated batch sizes (default 1,8,64)",
     )
     p.add_argument(
         "--threads",
         type=_list_of(int_at_least(1, "--threads"), "--threads"),
         default=[None],
+        metavar="N[,N...]",
         help="comma-separated CPU thread counts, each measured (default: all cores)",
     )
     p.add_argument(
@@ -97,6 +101,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--temperature",
         type=_list_of(float_in(0.0, None, "--temperature"), "--temperature"),
         default=[0.0],
+        metavar="T[,T...]",
         help="comma-separated temperatures, 0 = greedy; each is a row (default 0)",
     )
     p.add_argument(
