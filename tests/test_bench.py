@@ -9,11 +9,11 @@ import json
 import os
 import re
 import stat
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_tokenizer
 
 import llama2py.bench.cli as bench_cli
 from llama2py.bench import host, measure, reference, report
@@ -51,11 +51,7 @@ def tiny(tmp_path) -> Path:
 def _tokenizer(path: Path, vocab: int) -> Path:
     """A minimal llama2.c tokenizer file: <unk>, BOS, EOS, then one-letter pieces."""
     pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [bytes([33 + i % 90]) * (1 + i // 90) for i in range(vocab - 3)]
-    data = struct.pack("<i", max(len(p) for p in pieces))
-    for i, p in enumerate(pieces):
-        data += struct.pack("<fi", float(-i), len(p)) + p
-    path.write_bytes(data)
-    return path
+    return write_tokenizer(path, pieces, [float(-i) for i in range(len(pieces))])
 
 
 def _fake_run(tmp_path: Path, name: str, rates: list[str]) -> tuple[Path, Path]:
@@ -499,3 +495,13 @@ def test_bad_flags_are_one_line_errors(tiny, capsys, args, msg):
 def test_no_checkpoint_is_a_flag_error(capsys):
     assert main(["bench"]) == 2
     assert "give a checkpoint or --shape" in capsys.readouterr().err
+
+
+def test_shape_that_does_not_fit_the_disk_is_refused(monkeypatch, capsys):
+    """--shape llama2-7B would write 27 GB of random weights: refused, before writing, where the
+    temporary folder has no room for it."""
+    usage = bench_cli.shutil.disk_usage
+    monkeypatch.setattr(bench_cli.shutil, "disk_usage", lambda p: usage(p)._replace(free=1 << 30))
+    assert main(["bench", "--shape", "llama2-7B", "--device", "numpy", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--shape llama2-7B: the random checkpoint needs" in err and "set TMPDIR" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from ..argtypes import float_in, int_at_least
+from ..checkpoint import MODEL_SHAPES, checkpoint_bytes, model_shape
+from ..errors import Llama2pyError
 from .host import default_devices, host_info
 from .measure import Settings, bench, load_warning
 from .reference import vs_run, vs_run_warnings
@@ -51,10 +54,8 @@ def _positions(s: str) -> tuple[int, int]:
 
 
 def _shape(s: str) -> str:
-    from ..synth import SHAPES
-
-    if s not in SHAPES:
-        raise argparse.ArgumentTypeError(f"--shape must be one of {', '.join(SHAPES)}, got {s!r}")
+    if s not in MODEL_SHAPES:
+        raise argparse.ArgumentTypeError(f"--shape must be one of {', '.join(MODEL_SHAPES)}, got {s!r}")
     return s
 
 
@@ -72,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_shape,
         default=None,
         metavar="NAME",
-        help="instead of a checkpoint: random weights of this shape (stories260K, stories15M, stories42M, "
-        "stories110M), written to a temporary file for the run",
+        help=f"instead of a checkpoint: random weights of this shape ({', '.join(MODEL_SHAPES)}), "
+        "written to a temporary file (in $TMPDIR) for the run",
     )
     p.add_argument(
         "--device",
@@ -168,11 +169,18 @@ def _checkpoint_path(args) -> Iterator[str]:
     if args.shape is None:
         yield args.checkpoint
         return
-    from ..synth import shape_config, write_synthetic
+    from ..synth import write_synthetic
 
+    config = model_shape(args.shape)
     with tempfile.TemporaryDirectory(prefix="llama2py_bench_") as folder:
+        need, free = checkpoint_bytes(config, 0), shutil.disk_usage(folder).free
+        if need > 0.9 * free:
+            raise Llama2pyError(
+                f"--shape {args.shape}: the random checkpoint needs {need / 2**30:.1f} GiB in {folder}, "
+                f"{free / 2**30:.1f} GiB are free; set TMPDIR to a bigger folder or write one with `llama2py synth`"
+            )
         path = Path(folder) / f"{args.shape}.bin"
-        write_synthetic(path, shape_config(args.shape), version=0, seed=0)
+        write_synthetic(path, config, version=0, seed=0)
         yield str(path)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import Llama2pyError
+from ..files import atomic_output
 from .measure import NO_PROFILE, SPREAD_LIMIT, row_label
 
 
@@ -168,15 +169,9 @@ def render(report: dict) -> str:
 
 
 def write_file(path: str | os.PathLike, data: bytes) -> None:
-    """Write data to a temporary name in path's folder, then rename it over path."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write data to a temporary name in path's folder, renamed over path when complete."""
+    with atomic_output(path) as f:
+        f.write(data)
 
 
 def write_json(report: dict, path: str | os.PathLike) -> None:
