@@ -505,3 +505,21 @@ def test_shape_that_does_not_fit_the_disk_is_refused(monkeypatch, capsys):
     assert main(["bench", "--shape", "llama2-7B", "--device", "numpy", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "--shape llama2-7B: the random checkpoint needs" in err and "set TMPDIR" in err
+
+
+def test_gpu_check_script_uses_valid_flags():
+    """scripts/gpu_check.sh calls `llama2py bench`: every call's flags parse and go together."""
+    import argparse
+    import shlex
+
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.sh").read_text()
+    common = re.search(r'^BENCH="[^"]*llama2py bench (.*)"$', script, re.M)
+    assert common, "gpu_check.sh defines BENCH as its `llama2py bench` command"
+    calls = [c.rstrip(" \\;") for c in re.findall(r"\$BENCH (.*)$", script, re.M)]
+    assert len(calls) >= 2
+    for call in calls:
+        parser = argparse.ArgumentParser()
+        bench_cli.add_arguments(parser)
+        argv = shlex.split(common.group(1)) + [a.replace("$OUT", "/tmp") for a in shlex.split(call)]
+        settings, problem = bench_cli.settings_from_args(parser.parse_args(argv))
+        assert problem is None and settings.repeat >= 1, (call, problem)
