@@ -1,4 +1,4 @@
-"""The numpy backend: a plain transcription of FORMAT.md's forward pass, and the test oracle.
+"""The numpy backend: a plain transcription of docs/FORMAT.md's forward pass, and the test oracle.
 
 Written for reading, not speed: every other backend is checked against it. With int8 weights
 (QuantizedTensor: a v2 file, or weights="q8_0") it is also the spec of the Q8_0 arithmetic
@@ -14,7 +14,7 @@ import numpy as np
 
 from ..checkpoint import Config, QuantizedTensor, Weights
 from ..sampler import Rng, Sampler, log_softmax_at
-from .base import Backend, check_prefill, check_tokens
+from .base import Backend
 
 EPS = np.float32(1e-5)
 
@@ -111,6 +111,15 @@ def embed(table: np.ndarray | QuantizedTensor, tokens: np.ndarray) -> np.ndarray
 class NumpyBackend(Backend):
     name = "numpy"
 
+    @property
+    def weight_type(self) -> str:
+        """The weight type: "q8_0" when the weights are int8 (runq's arithmetic), else "f32"."""
+        return self.w.weight_type
+
+    @property
+    def group_size(self) -> Optional[int]:
+        return self.w.group_size
+
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
         super().__init__(config, weights, max_batch, threads)
         self.w = weights
@@ -161,13 +170,11 @@ class NumpyBackend(Backend):
     def _logits(self, x: np.ndarray) -> np.ndarray:
         return matmul(x, self.w.wcls).astype(np.float32)  # (..., vocab)
 
-    def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        t = check_tokens(self, tokens, pos, 1)
-        return self._logits(self._block(t[:, None], pos)[:, 0])
+    def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        return self._logits(self._block(tokens[:, None], pos)[:, 0])
 
-    def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
-        t = check_prefill(self, tokens, pos, logits)
-        x = self._block(t, pos)
+    def _prefill(self, tokens: np.ndarray, pos: int, logits: str) -> Optional[np.ndarray]:
+        x = self._block(tokens, pos)
         if logits == "none":
             return None
         if logits == "all":
@@ -175,14 +182,13 @@ class NumpyBackend(Backend):
         return self._logits(x[:, -1])
 
     # -- sampling with the spec sampler ---------------------------------------------------------
-    def set_seeds(self, seeds: Sequence[int]) -> None:
-        if len(seeds) > self.max_batch:
-            raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
+    def _set_seeds(self, seeds: Sequence[int]) -> None:
         for b, s in enumerate(seeds):
             self.rngs[b] = Rng(s)
 
-    def step(self, tokens, pos, temperature, top_p, forced=None, want_logprobs=False):
-        logits = self.forward(tokens, pos)
+    def _step(self, tokens, pos, temperature, top_p, forced, want_logprobs):
+        logits = self._forward(tokens, pos)
+        self._last_logits = logits  # (B, vocab), for _chosen_logits
         B = logits.shape[0]
         nxt = np.empty(B, np.int32)
         for b in range(B):
@@ -196,3 +202,6 @@ class NumpyBackend(Backend):
         if want_logprobs:
             lp = np.array([log_softmax_at(logits[b], int(nxt[b])) for b in range(B)], np.float32)
         return nxt, lp
+
+    def _chosen_logits(self, next_ids: np.ndarray, B: int) -> np.ndarray:
+        return self._last_logits[np.arange(B), np.clip(next_ids, 0, self.config.vocab_size - 1)]
