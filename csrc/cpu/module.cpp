@@ -344,7 +344,7 @@ private:
 };
 
 // ---- standalone kernels for tests: outputs first, whole arrays, default OpenMP threads -------------
-void k_matmul(py::array out, py::array x, py::array w) {
+void standalone_matmul(py::array out, py::array x, py::array w) {
     auto ws = check<float>(w, "w", {-1, -1}, false);
     const long d = ws[0], n = ws[1];
     long rows;
@@ -366,7 +366,7 @@ void k_matmul(py::array out, py::array x, py::array w) {
 }
 
 // Q8_0: q (rows, n) int8 and s (rows, ceil(n / gs)) float32 <- x (rows, n), runq's activation quantization
-void k_quantize(py::array q, py::array s, py::array x, int group_size) {
+void standalone_quantize(py::array q, py::array s, py::array x, int group_size) {
     if (group_size < 1) throw std::invalid_argument("group_size must be >= 1");
     auto xs = check<float>(x, "x", {-1, -1}, false);
     check<int8_t>(q, "q", xs, true);
@@ -381,7 +381,7 @@ void k_quantize(py::array q, py::array s, py::array x, int group_size) {
 
 // out (rows, d) = x (rows, n) @ w.T for a Q8_0 matrix w: values (d, n) int8, scales (d * n / gs,) float32;
 // x is quantized per row first (as the model does), then every output is runq's group sum.
-void k_matmul_q8(py::array out, py::array x, py::array values, py::array scales, int group_size) {
+void standalone_matmul_q8(py::array out, py::array x, py::array values, py::array scales, int group_size) {
     auto vs = check<int8_t>(values, "values", {-1, -1}, false);
     const long d = vs[0], n = vs[1];
     if (group_size < 1 || (d * n) % group_size)
@@ -404,7 +404,7 @@ void k_matmul_q8(py::array out, py::array x, py::array values, py::array scales,
     l2p::matmul_jobs(&job, 1, nullptr, 0, (int)rows, (int)n, false, &qrows);
 }
 
-void k_rmsnorm(py::array out, py::array x, py::array w) {
+void standalone_rmsnorm(py::array out, py::array x, py::array w) {
     const long n = check<float>(w, "w", {-1}, false)[0];
     const long rows = x.ndim() == 1 ? 1 : -1;
     std::vector<long> xs = x.ndim() == 1 ? check<float>(x, "x", {n}, false) : check<float>(x, "x", {rows, n}, false);
@@ -419,7 +419,7 @@ void k_rmsnorm(py::array out, py::array x, py::array w) {
 }
 
 // x (rows, n_heads * head_size) in place, row r at positions[r]
-void k_rope(py::array x, py::array positions, int head_size) {
+void standalone_rope(py::array x, py::array positions, int head_size) {
     auto xs = check<float>(x, "x", {-1, -1}, true);
     auto ps = check<int32_t>(positions, "positions", {xs[0]}, false);
     if (head_size <= 0 || head_size % 2 || xs[1] % head_size)
@@ -439,8 +439,8 @@ void k_rope(py::array x, py::array positions, int head_size) {
 }
 
 // out (rows, n_heads*hs) <- q (rows, n_heads*hs), caches (n_slots, seq_len, kv_dim), rows r -> (slot[r], pos[r])
-void k_attention(py::array out, py::array q, py::array k_cache, py::array v_cache, py::array slots, py::array positions,
-                 int n_heads, int n_kv_heads) {
+void standalone_attention(py::array out, py::array q, py::array k_cache, py::array v_cache, py::array slots,
+                          py::array positions, int n_heads, int n_kv_heads) {
     auto qs = check<float>(q, "q", {-1, -1}, false);
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || qs[1] % n_heads)
         throw std::invalid_argument("inconsistent head counts");
@@ -463,7 +463,7 @@ void k_attention(py::array out, py::array q, py::array k_cache, py::array v_cach
     l2p::attention(o, qp, kp, vp, sp, pp, (int)qs[0], n_heads, n_kv_heads, (int)hs, (int)ks[1], scratch.data());
 }
 
-void k_swiglu(py::array h, py::array g) {
+void standalone_swiglu(py::array h, py::array g) {
     auto s = check<float>(h, "h", {-1, -1}, true);
     check<float>(g, "g", s, false);
     float* hp = writable_ptr<float>(h);
@@ -473,21 +473,21 @@ void k_swiglu(py::array h, py::array g) {
     l2p::swiglu(hp, gp, (int)s[0], (int)s[1]);
 }
 
-void k_softmax(py::array out, py::array x) {
+void standalone_softmax(py::array out, py::array x) {
     auto s = check<float>(x, "x", {-1}, false);
     if (s[0] < 1) throw std::invalid_argument("x: empty");
     check<float>(out, "out", s, true);
     l2p::softmax(writable_ptr<float>(out), data_ptr<float>(x), (int)s[0]);
 }
 
-int k_argmax(py::array x) {
+int standalone_argmax(py::array x) {
     auto s = check<float>(x, "x", {-1}, false);
     if (s[0] < 1) throw std::invalid_argument("x: empty");
     return l2p::argmax(data_ptr<float>(x), (int)s[0]);
 }
 
 // One sampling decision as the run-compatible sampler makes it; state (1,) uint64 is advanced.
-int k_sample(py::array logits, double temperature, double top_p, py::array state) {
+int standalone_sample(py::array logits, double temperature, double top_p, py::array state) {
     auto s = check<float>(logits, "logits", {-1}, false);
     if (s[0] < 2) throw std::invalid_argument("logits: need at least 2 entries");
     if (!(temperature >= 0.0)) throw std::invalid_argument("temperature must be >= 0");
@@ -499,7 +499,7 @@ int k_sample(py::array logits, double temperature, double top_p, py::array state
 }
 
 // out (n,) uint32 draws of the generator; state (1,) uint64 advanced
-void k_rng_u32(py::array out, py::array state) {
+void standalone_rng_u32(py::array out, py::array state) {
     auto s = check<uint32_t>(out, "out", {-1}, true);
     check<uint64_t>(state, "state", {1}, true);
     uint32_t* o = writable_ptr<uint32_t>(out);
@@ -507,7 +507,7 @@ void k_rng_u32(py::array out, py::array state) {
     for (long i = 0; i < s[0]; ++i) o[i] = l2p::rng_u32(st);
 }
 
-double k_log_softmax_at(py::array x, int token) {
+double standalone_log_softmax_at(py::array x, int token) {
     auto s = check<float>(x, "x", {-1}, false);
     if (token < 0 || token >= s[0]) throw std::invalid_argument("token outside x");
     return l2p::log_softmax_at(data_ptr<float>(x), (int)s[0], token);
@@ -541,26 +541,26 @@ PYBIND11_MODULE(_cpu, m) {
             if (!err.empty()) throw std::invalid_argument(err);
         },
         py::arg("name"), "use this level for models made from now on (\"\" = the best)");
-    m.def("matmul", &k_matmul, py::arg("out"), py::arg("x"), py::arg("w"),
+    m.def("matmul", &standalone_matmul, py::arg("out"), py::arg("x"), py::arg("w"),
           "out (d,) or (rows, d) = x (n,) or (rows, n) @ w (d, n).T");
-    m.def("quantize", &k_quantize, py::arg("q"), py::arg("s"), py::arg("x"), py::arg("group_size"),
+    m.def("quantize", &standalone_quantize, py::arg("q"), py::arg("s"), py::arg("x"), py::arg("group_size"),
           "Q8_0 activations: q (rows, n) int8, s (rows, groups) <- x (rows, n)");
-    m.def("matmul_q8", &k_matmul_q8, py::arg("out"), py::arg("x"), py::arg("values"), py::arg("scales"),
+    m.def("matmul_q8", &standalone_matmul_q8, py::arg("out"), py::arg("x"), py::arg("values"), py::arg("scales"),
           py::arg("group_size"),
           "out (rows, d) = x (rows, n) @ w.T, w Q8_0 (values (d, n), scales), runq's arithmetic");
-    m.def("rmsnorm", &k_rmsnorm, py::arg("out"), py::arg("x"), py::arg("w"),
+    m.def("rmsnorm", &standalone_rmsnorm, py::arg("out"), py::arg("x"), py::arg("w"),
           "out = w * x / sqrt(mean(x^2) + 1e-5) per row");
-    m.def("rope", &k_rope, py::arg("x"), py::arg("positions"), py::arg("head_size"),
+    m.def("rope", &standalone_rope, py::arg("x"), py::arg("positions"), py::arg("head_size"),
           "rotate x (rows, n_heads*head_size) in place, row r at positions[r]");
-    m.def("attention", &k_attention, py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+    m.def("attention", &standalone_attention, py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
           py::arg("slots"), py::arg("positions"), py::arg("n_heads"), py::arg("n_kv_heads"),
           "causal GQA attention of q rows over cache slot slots[r], positions 0..positions[r]");
-    m.def("swiglu", &k_swiglu, py::arg("h"), py::arg("g"), "h = silu(h) * g in place");
-    m.def("softmax", &k_softmax, py::arg("out"), py::arg("x"));
-    m.def("argmax", &k_argmax, py::arg("x"));
-    m.def("sample", &k_sample, py::arg("logits"), py::arg("temperature"), py::arg("top_p"), py::arg("state"));
-    m.def("rng_u32", &k_rng_u32, py::arg("out"), py::arg("state"));
-    m.def("log_softmax_at", &k_log_softmax_at, py::arg("x"), py::arg("token"));
+    m.def("swiglu", &standalone_swiglu, py::arg("h"), py::arg("g"), "h = silu(h) * g in place");
+    m.def("softmax", &standalone_softmax, py::arg("out"), py::arg("x"));
+    m.def("argmax", &standalone_argmax, py::arg("x"));
+    m.def("sample", &standalone_sample, py::arg("logits"), py::arg("temperature"), py::arg("top_p"), py::arg("state"));
+    m.def("rng_u32", &standalone_rng_u32, py::arg("out"), py::arg("state"));
+    m.def("log_softmax_at", &standalone_log_softmax_at, py::arg("x"), py::arg("token"));
 
     py::class_<Model>(m, "Model")
         .def(py::init<int, int, int, int, int, int, int, int, int, py::object, py::array, py::object, py::object,
