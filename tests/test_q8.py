@@ -128,6 +128,11 @@ def test_cpu_quantize_equals_spec(n, gs):
     ext.quantize(q, s, x, gs)
     want_q, want_s = nbk.quantize_activations(x, gs)
     assert np.array_equal(q, want_q) and np.array_equal(s, want_s)
+    # halves away from zero, values just below a half, zeros: as C's round()
+    edge = np.array([[127.0, 2.5, -3.5, 0.49999997, -0.5, -0.49999997, 126.5, -126.5]], np.float32)
+    q, s = np.empty((1, 8), np.int8), np.empty((1, 1), np.float32)
+    ext.quantize(q, s, edge, 8)
+    assert q.tolist() == [[127, 3, -4, 0, -1, 0, 127, -127]] and s.tolist() == [[1.0]]
 
 
 # ---- whole cpu backend on int8 weights against the numpy spec ----------------------------------------

@@ -103,14 +103,7 @@ void attention(float* out, const float* q, const float* k_cache, const float* v_
 
 // ---- Q8_0 activations ------------------------------------------------------------------------------------
 void quantize_row(int8_t* q, float* s, const float* x, int n, int gs) {
-    for (int g = 0; g * gs < n; ++g) {
-        const int k0 = g * gs, k1 = std::min(n, k0 + gs);
-        float mx = 0.f;
-        for (int k = k0; k < k1; ++k) mx = std::max(mx, std::fabs(x[k]));
-        const float scale = mx / 127.0f;
-        s[g] = scale;
-        for (int k = k0; k < k1; ++k) q[k] = scale == 0.f ? 0 : (int8_t)std::round(x[k] / scale);
-    }
+    kernels().quantize_row(q, s, x, n, gs);
 }
 
 void rmsnorm(float* out, const float* x, const float* w, int rows, int n) {

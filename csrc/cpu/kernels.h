@@ -42,8 +42,18 @@ struct QRows {
     long ldq, lds;
     int gs;
 };
-// Quantize one row x (n,) into q (n,) and s (ceil(n / gs),); the same bits at every ISA level.
+// Quantize one row x (n,) into q (n,) and s (ceil(n / gs),); the same bits at every ISA level
+// (the level's kernel: exact rounding either way).
 void quantize_row(int8_t* q, float* s, const float* x, int n, int gs);
+// C's round() (halves away from zero) for |v| < 2^31, without a libm call: the truncation is
+// exact, and so is v - trunc(v).
+inline int round_half_away(float v) {
+    int i = (int)v;
+    const float frac = v - (float)i;
+    if (frac >= 0.5f) ++i;
+    if (frac <= -0.5f) --i;
+    return i;
+}
 inline int q8_groups(int n, int gs) {
     return (n + gs - 1) / gs;
 }
@@ -107,6 +117,7 @@ struct KernelTable {
                       const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
                       float* scratch);
     void (*exp_sub)(float* a, int n, float mx);  // a[i] = exp(a[i] - mx)
+    void (*quantize_row)(int8_t* q, float* s, const float* x, int n, int gs);
 };
 namespace isa_generic {
 extern const KernelTable table;

@@ -236,7 +236,8 @@ QRows ModelCore::quantize_rows(const float* x, long ldx, int rows, int n) {
     const int t = omp_get_thread_num();
     QRows q{xq_.data() + (long)t * cap_ * qn_, xqs_.data() + (long)t * cap_ * lds, qn_, lds, gs};
     for (int r = 0; r < rows; ++r)
-        quantize_row(const_cast<int8_t*>(q.q) + r * q.ldq, const_cast<float*>(q.s) + r * q.lds, x + r * ldx, n, gs);
+        kt_->quantize_row(const_cast<int8_t*>(q.q) + r * q.ldq, const_cast<float*>(q.s) + r * q.lds, x + r * ldx, n,
+                          gs);
     return q;
 }
 
