@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Union
@@ -41,11 +41,9 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Path
     return path
 
 
-def _umask_mode() -> int:
-    """The permission bits open() would give a new file (mkstemp's are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+def _create_exclusive(path: Path) -> int:
+    """A new file for writing (never an existing one), with the permissions open() would give it."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
 
 
 @contextlib.contextmanager
@@ -55,18 +53,24 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Iterator
 
     `inputs`: files the output must not be (also through another path or a link)."""
     path = check_output_path(path, inputs)
+    # The name is known before the file exists, so an interrupt at any point can still remove it.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder")
-    tmp = Path(tmp_name)
-    try:
+        try:
+            fd = _create_exclusive(tmp)
+        except FileExistsError:
+            raise  # another writer's file by that name: not ours to remove
+        except OSError as e:
+            raise OutputError(
+                f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder"
+            )
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), _umask_mode())
         os.replace(tmp, path)
+    except FileExistsError:
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import Callable, Optional
 
 import numpy as np
+import numpy.random  # noqa: F401  (imported up front: a Ctrl-C during a lazy import is lost)
 
 from .argtypes import int_at_least
 from .checkpoint import MODEL_SHAPES, ChunkSource, Config, checkpoint_bytes, weight_shapes, write_checkpoint

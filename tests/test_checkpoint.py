@@ -325,6 +325,6 @@ def test_ctrl_c_during_a_write_leaves_nothing(tmp_path):
         assert time.monotonic() < deadline, "no temporary file appeared"
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    out_text, err_text = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out_text, err_text)
     assert os.listdir(tmp_path) == []

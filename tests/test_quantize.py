@@ -107,7 +107,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, make_args, code, nee
     assert os.listdir(tmp_path / "sub") == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the mkstemp test below covers it")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the next test covers the refusal")
 def test_unwritable_folder(tmp_path, make_checkpoint):
     src = make_checkpoint("odd_tiny")
     ro = tmp_path / "ro"
@@ -122,13 +122,13 @@ def test_unwritable_folder(tmp_path, make_checkpoint):
 
 def test_folder_that_refuses_the_temporary_file(tmp_path, monkeypatch, make_checkpoint, capsys):
     """Whatever stops the temporary file (permissions, a read-only mount, quota) is one line."""
-    import tempfile
+    import llama2py.files
 
-    def refuse(*args, **kwargs):
+    def refuse(path):
         raise PermissionError(13, "Permission denied")
 
     src = make_checkpoint("odd_tiny")
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(llama2py.files, "_create_exclusive", refuse)
     assert main(["quantize", str(src), str(tmp_path / "x.bin")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot create a file in" in err and "Permission denied" in err
