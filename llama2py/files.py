@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Union
 
+from .argtypes import int_at_least
 from .errors import OutputError
 
 PathLike = Union[str, os.PathLike]
@@ -88,6 +89,16 @@ def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def add_group_size_argument(parser: argparse.ArgumentParser) -> None:
+    """--group-size for a subcommand that writes v2 files (checkpoint.check_group_size checks it)."""
+    parser.add_argument(
+        "--group-size",
+        type=int_at_least(1, "--group-size"),
+        default=None,
+        help="v2 values per scale; must divide dim (default: 64, halved until it divides dim, as llama2.c's export)",
+    )
 
 
 def progress_bar(total: int, desc: str, enabled: Optional[bool] = None) -> contextlib.AbstractContextManager:

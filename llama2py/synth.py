@@ -27,7 +27,7 @@ import numpy.random  # noqa: F401  (imported up front: a Ctrl-C during a lazy im
 
 from .argtypes import int_at_least
 from .checkpoint import MODEL_SHAPES, ChunkSource, Config, checkpoint_bytes, weight_shapes, write_checkpoint
-from .files import add_progress_arguments, progress_bar
+from .files import add_group_size_argument, add_progress_arguments, progress_bar
 
 BOS = 1
 BOS_SCALE = 0.01
@@ -133,12 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--version", type=int, choices=(0, 1, 2), default=0, help="file format: 0 legacy fp32 (default), 1 fp32, 2 Q8_0"
     )
-    p.add_argument(
-        "--group-size",
-        type=int_at_least(1, "--group-size"),
-        default=None,
-        help="v2 group size (default: 64 halved until it divides dim, as llama2.c's export)",
-    )
+    add_group_size_argument(p)
     add_progress_arguments(p)
 
 
