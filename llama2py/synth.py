@@ -159,6 +159,8 @@ def config_from_args(args) -> Config:
 
 def run(args) -> int:
     config = config_from_args(args)
+    if args.group_size is not None and args.version != 2:
+        raise ValueError(f"--group-size is for v2 (Q8_0) files; add --version 2 (got --version {args.version})")
     total = checkpoint_bytes(config, args.version, args.group_size)
     with progress_bar(total, os.path.basename(args.out), args.progress) as progress:
         n = write_synthetic(args.out, config, args.version, args.seed, args.group_size, progress)
