@@ -571,7 +571,7 @@ def write_checkpoint(
     """Write a llama2.c checkpoint of `version` (docs/FORMAT.md); return its size in bytes.
 
     source: a Weights, or chunks(name) -> float arrays whose row-major concatenation is the tensor
-    weight_shapes(config)[name]. Memory: one chunk plus ~4 MiB (and a v2 part's scales); for v2
+    weight_shapes(config)[name] (asked for "wcls" only when the classifier is not shared). Memory: one chunk plus ~4 MiB (and a v2 part's scales); for v2
     each layer of a layered tensor is quantized separately, as llama2.c's export does.
     group_size (v2 only): default as llama2.c's export (default_group_size); it must divide dim.
     progress(bytes written, total bytes) after every write. inputs: files the output must not be.
