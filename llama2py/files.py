@@ -13,7 +13,9 @@ import argparse
 import contextlib
 import os
 import secrets
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Union
@@ -56,6 +58,11 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Iterator
     path = check_output_path(path, inputs)
     # The name is known before the file exists, so an interrupt at any point can still remove it.
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    with _sigterm_interrupts():
+        yield from _write_then_rename(path, tmp)
+
+
+def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
     try:
         try:
             fd = _create_exclusive(tmp)
@@ -82,6 +89,25 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Iterator
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a file is written: SIGTERM (`kill`, a job scheduler, `timeout`) raises KeyboardInterrupt
+    like Ctrl-C, so the temporary file is removed. Only in the main thread, and only where SIGTERM
+    still has its default action (a program's own handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def add_progress_arguments(parser: argparse.ArgumentParser) -> None:

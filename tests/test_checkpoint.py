@@ -311,8 +311,9 @@ def test_a_mapped_checkpoint_keeps_its_contents_while_rewritten(tmp_path, versio
     assert os.listdir(tmp_path) == ["m.bin"]
 
 
-def test_ctrl_c_during_a_write_leaves_nothing(tmp_path):
-    """SIGINT while `llama2py synth` writes: exit 130, neither the file nor the temporary remains."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_write_leaves_nothing(tmp_path, signum):
+    """Ctrl-C or `kill` while `llama2py synth` writes: exit 130, neither the file nor the temporary."""
     out = tmp_path / "big.bin"
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama2py", "synth", "--shape", "stories110M", "--no-progress", str(out)],
@@ -324,7 +325,7 @@ def test_ctrl_c_during_a_write_leaves_nothing(tmp_path):
         assert proc.poll() is None, "synth ended before it could be interrupted"
         assert time.monotonic() < deadline, "no temporary file appeared"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out_text, err_text = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out_text, err_text)
     assert os.listdir(tmp_path) == []
