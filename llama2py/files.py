@@ -113,7 +113,13 @@ def _sigterm_interrupts() -> Iterator[None]:
 def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
     """--progress / --no-progress for a writing subcommand; neither: a bar only on a terminal."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar on stderr (default: only on a terminal)",
+    )
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
