@@ -23,7 +23,7 @@ from .errors import Llama2pyError
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
     "info": ("llama2py.cli", "describe a checkpoint (format, config, parameters, bytes)"),
-    "download": ("llama2py.download", "fetch stories15M/42M/110M/260K and tokenizers into models/"),
+    "download": ("llama2py.download", "fetch stories15M/42M/110M/260K and tokenizers into the model store; --list"),
     "synth": ("llama2py.synth", "write a random-weight checkpoint of a given shape"),
     "bench": ("llama2py.bench", "tokens/s per backend and batch size, kernel by kernel"),
 }
@@ -33,7 +33,7 @@ EPILOG = f"""subcommands (llama2py SUBCOMMAND --help for each):
 
 examples:
   llama2py                                   # stories15M (downloaded on first use), a random story
-  llama2py models/stories15M.bin -t 0 -n 64  # greedy, 64 positions
+  llama2py stories15M.bin -t 0 -n 64         # greedy, 64 positions
   llama2py stories260K.bin -z tok512.bin -t 0.8 -p 0.95 -s 7 -i "Once upon a time, Lily"
   llama2py model.bin -m chat -y "You are a helpful assistant."
   llama2py model.bin --prompts-file prompts.txt -t 0.8 -s 7   # one story per line, batched
@@ -57,7 +57,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "checkpoint",
         nargs="?",
-        help="llama2.c .bin checkpoint (default: models/stories15M.bin, downloaded on first use)",
+        help="llama2.c .bin checkpoint (default: stories15M from the model store, downloaded on first use)",
     )
     p.add_argument(
         "-t",
@@ -88,7 +88,7 @@ def run_parser() -> argparse.ArgumentParser:
         "-z",
         dest="tokenizer",
         default=None,
-        help="tokenizer file (default: tok{vocab}.bin or tokenizer.bin beside the checkpoint or in models/)",
+        help="tokenizer file (default: tok{vocab}.bin or tokenizer.bin beside the checkpoint, else in the model store)",
     )
     p.add_argument("-m", dest="mode", choices=("generate", "chat"), default="generate", help="mode (default generate)")
     p.add_argument("-y", dest="system", default=None, help="system prompt in chat mode")

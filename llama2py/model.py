@@ -35,8 +35,9 @@ class RunResult:
 
 
 def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
-    """The tokenizer to use when none is given: tok{vocab}.bin or tokenizer.bin beside the
-    checkpoint, then in the models folder (llama2.c's naming)."""
+    """The tokenizer to use when none is given: tok{vocab}.bin (vocabularies other than 32000) or
+    tokenizer.bin, beside the checkpoint, then in the model store (llama2.c's naming; README's
+    Command line section documents this order)."""
     from .download import default_models_dir  # local import: download is optional machinery
 
     names = ([f"tok{vocab_size}.bin"] if vocab_size != 32000 else []) + ["tokenizer.bin"]
