@@ -475,3 +475,53 @@ def test_cli_list_and_no_names(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["download"])
     assert exc.value.code == 2 and "--list" in capsys.readouterr().err
+
+
+def test_cli_offline_message_names_every_missing_file(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in (dl.MODELS_ENV, dl.URL_ENV)}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), no_proxy="127.0.0.1,localhost")
+    env[dl.URL_ENV] = f"http://127.0.0.1:{closed_port()}/m"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llama2py", "-n", "5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    store = tmp_path / "cache" / "llama2py"
+    for name in ("stories15M", "tokenizer"):
+        e = dl.REGISTRY[name]
+        assert f"/m/{e.filename}" in proc.stderr and f"{e.size:,} bytes" in proc.stderr
+        assert e.sha256 in proc.stderr and str(store / e.filename) in proc.stderr
+    assert dl.MODELS_ENV in proc.stderr and dl.URL_ENV in proc.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_model_store_is_shared_by_two_working_directories(server, tmp_path, monkeypatch, capsys):
+    from conftest import require_device
+
+    from llama2py.cli import main
+
+    require_device("cpu")
+    real = Path(REAL_MODELS)
+    if not (real / "stories260K.bin").is_file() or not (real / "tok512.bin").is_file():
+        pytest.skip(f"stories260K.bin and tok512.bin not in {real}")
+    server.files["/m/stories260K.bin"] = (real / "stories260K.bin").read_bytes()
+    server.files["/m/tok512.bin"] = (real / "tok512.bin").read_bytes()
+    monkeypatch.setattr(dl, "DEFAULT_MODEL", "stories260K")
+    monkeypatch.setenv(dl.URL_ENV, server.base)
+    monkeypatch.delenv(dl.MODELS_ENV)
+    monkeypatch.setattr(dl.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    stories = []
+    for cwd in ("a", "b"):
+        (tmp_path / cwd).mkdir()
+        monkeypatch.chdir(tmp_path / cwd)
+        assert main(["-t", "0", "-n", "12", "--device", "cpu"]) == 0
+        stories.append(capsys.readouterr().out)
+        assert list((tmp_path / cwd).iterdir()) == []  # nothing written where we stand
+    assert stories[0] == stories[1] and stories[0].startswith("Once upon a time")
+    assert sorted(p for p, _ in server.requests) == ["/m/stories260K.bin", "/m/tok512.bin"]  # one download
+    assert (tmp_path / "cache" / "llama2py" / "stories260K.bin").is_file()
