@@ -30,22 +30,30 @@ def source_tree() -> Optional[Path]:
 
 
 def installed_extension() -> Optional[Path]:
-    """The extension file of an installed llama2py of this version outside this folder, if any."""
+    """The extension file of an installed llama2py of this version outside this folder, if any.
+    Every distribution is looked at: the source tree's own llama2py.egg-info (left by a build)
+    comes first on sys.path and lists no extension."""
     try:
         from importlib import metadata
 
-        dist = metadata.distribution("llama2py")
-    except Exception:  # not installed, or broken metadata
-        return None
-    if dist.version != __version__:
+        dists = list(metadata.distributions(name="llama2py"))
+    except Exception:  # broken metadata
         return None
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    for f in dist.files or ():
-        parts = Path(str(f)).parts
-        if len(parts) == 2 and parts[0] == "llama2py" and parts[1].startswith("_cpu.") and parts[1].endswith(suffixes):
-            path = Path(str(dist.locate_file(f))).resolve()
-            if path.is_file() and path.parent != PACKAGE_DIR:
-                return path
+    for dist in dists:
+        if dist.version != __version__:
+            continue
+        for f in dist.files or ():
+            parts = Path(str(f)).parts
+            if (
+                len(parts) == 2
+                and parts[0] == "llama2py"
+                and parts[1].startswith("_cpu.")
+                and parts[1].endswith(suffixes)
+            ):
+                path = Path(str(dist.locate_file(f))).resolve()
+                if path.is_file() and path.parent != PACKAGE_DIR:
+                    return path
     return None
 
 

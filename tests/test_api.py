@@ -175,7 +175,7 @@ def _mapped(path: Path) -> bool:
         return str(path.resolve()) in f.read()
 
 
-@pytest.mark.parametrize("device", HOST_DEVICES)
+@pytest.mark.parametrize("device", HOST_DEVICES + ["cuda"])
 def test_close_and_context_manager_unmap_the_checkpoint(stories260k, device):
     require_device(device)
     ckpt, tok = stories260k
