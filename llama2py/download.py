@@ -22,6 +22,7 @@ Environment:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -466,8 +467,9 @@ def _lock(dest: Path, progress: bool) -> Iterator[None]:
                     try:
                         msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises
                         break
-                    except OSError:
-                        continue
+                    except OSError as e:
+                        if e.errno not in (errno.EDEADLK, errno.EACCES):  # not "held by another"
+                            raise
         except OSError:  # a filesystem without locks: go on without one
             pass
         yield
@@ -631,7 +633,8 @@ def list_store(folder: Union[str, Path, None] = None) -> str:
         path = folder / e.filename
         known.add(e.filename)
         if not path.is_file():
-            state = "absent"
+            part = path.with_name(path.name + ".part")
+            state = f"absent ({part.stat().st_size:,} bytes so far in {part.name})" if part.is_file() else "absent"
         else:
             st = path.stat()
             seen = verified.get(e.filename)
@@ -646,7 +649,7 @@ def list_store(folder: Union[str, Path, None] = None) -> str:
             ):
                 state = "present, sha256 checked"
             else:
-                state = "present, sha256 not checked yet (checked on first use)"
+                state = f"present, sha256 not checked yet (`llama2py download {e.name}` checks it)"
         lines.append(f"  {e.name:<12} {_human(e.size):>9}  {e.filename:<16} {state}")
     if folder.is_dir():
         others = sorted(p.name for p in folder.glob("*.bin") if p.name not in known)

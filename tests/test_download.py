@@ -75,11 +75,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.send_header("Content-Length", str(len(chunk)))
         self.end_headers()
-        if srv.delay:
-            for i in range(0, len(chunk), 64):
-                self.wfile.write(chunk[i : i + 64])
-                self.wfile.flush()
-                time.sleep(srv.delay)
+        if srv.gate is not None:  # half the body, then wait for the test to let the rest go
+            half = len(chunk) // 2
+            self.wfile.write(chunk[:half])
+            self.wfile.flush()
+            srv.gate.wait(60)
+            self.wfile.write(chunk[half:])
             return
         if srv.cut_after is not None:  # promise the whole body, send part of it, hang up
             self.wfile.write(chunk[: srv.cut_after])
@@ -98,7 +99,7 @@ def server():
     srv.ignore_range = False
     srv.cut_after = None
     srv.endless = False
-    srv.delay = 0.0
+    srv.gate = None
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}/m"
     thread = threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True)
     thread.start()
@@ -380,22 +381,36 @@ _CHILD = """
 import sys
 from llama2py import download as dl
 entry = dl.KnownFile("testmodel", "test.bin", sys.argv[1], int(sys.argv[2]), sys.argv[3], "checkpoint", "t")
-print(dl.download(entry, sys.argv[4], progress=False))
+print(dl.download(entry, sys.argv[4], progress=sys.argv[5] == "1"))
 """
 
 
 def test_two_processes_downloading_one_file_wait_for_each_other(server, tmp_path):
-    server.delay = 0.002  # per 64-byte write: about 0.2 s per download, so the two overlap
+    server.gate = threading.Event()  # the server sends half the file, then waits for the test
     args = [url(server), str(len(DATA)), hashlib.sha256(DATA).hexdigest(), str(tmp_path)]
     env = dict(os.environ, no_proxy="127.0.0.1,localhost")
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _CHILD, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for _ in range(2)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, err.decode()
-        assert out.decode().strip() == str(tmp_path / "test.bin")
+
+    def child(progress: str) -> subprocess.Popen:
+        argv = [sys.executable, "-c", _CHILD, *args, progress]
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = child("0")
+    deadline = time.monotonic() + 60
+    while not server.requests and time.monotonic() < deadline:  # the first one is downloading
+        time.sleep(0.01)
+    second = child("1")
+    said = []
+    reader = threading.Thread(target=lambda: said.append(second.stderr.readline()), daemon=True)
+    reader.start()
+    while not said and len(server.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.gate.set()
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    reader.join(5)
+    assert said and "waiting for another download of test.bin" in said[0], (said, server.requests)
+    for p, (out, err) in zip((first, second), outs):
+        assert p.returncode == 0, err
+        assert out.strip() == str(tmp_path / "test.bin")
     assert (tmp_path / "test.bin").read_bytes() == DATA
     assert len(server.requests) == 1  # the second one found the file in place once the lock was free
     assert not (tmp_path / "test.bin.part").exists()
