@@ -111,3 +111,56 @@ def test_a_few_tests_run_from_the_unpacked_sdist(sdist):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout
+
+
+def _fake_install(tmp_path: Path) -> tuple[Path, Path]:
+    """A source tree without a built extension (src/) and an installed copy of this version that
+    has one (site/, with dist-info metadata listing it), as `pip install .` leaves them."""
+    import llama2py
+    from llama2py import _extension
+
+    built = Path(importlib.import_module("llama2py._cpu").__file__)
+    src, site = tmp_path / "src", tmp_path / "site"
+    pkg = Path(llama2py.__file__).parent
+    for f in pkg.rglob("*.py"):
+        dest = src / "llama2py" / f.relative_to(pkg)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(f.read_bytes())
+    (src / "setup.py").write_text("# marker of a source tree\n")
+    (src / "csrc" / "cpu").mkdir(parents=True)
+    (site / "llama2py").mkdir(parents=True)
+    (site / "llama2py" / built.name).write_bytes(built.read_bytes())
+    info = site / f"llama2py-{llama2py.__version__}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: llama2py\nVersion: {llama2py.__version__}\n")
+    (info / "RECORD").write_text(f"llama2py/{built.name},,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
+    assert _extension.NAME == "llama2py._cpu"
+    return src, site
+
+
+def test_python_m_in_a_source_tree_uses_the_installed_extension(stories260k, tmp_path):
+    from conftest import require_device
+
+    require_device("cpu")
+    ckpt, tok = stories260k
+    src, site = _fake_install(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(site)  # after the current directory, as site-packages is
+    # `python -m llama2py ...`, minus an editable install's import hook (it would find this
+    # checkout's extension by itself): only the source tree and the "installed" copy remain
+    run_m = (
+        "import runpy, sys; "
+        "sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]; "
+        "sys.argv[0] = 'llama2py'; runpy.run_module('llama2py', run_name='__main__', alter_sys=True)"
+    )
+    argv = [sys.executable, "-c", run_m, str(ckpt), "-z", str(tok), "-t", "0", "-n", "12", "--device", "cpu"]
+    proc = subprocess.run(argv, cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Once upon a time")
+    # without an installed build: the error says what happened and what to run
+    for f in (site / "llama2py").iterdir():
+        f.unlink()
+    proc = subprocess.run(argv, cwd=src, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"imported from the source tree {src}" in proc.stderr
+    assert "`llama2py`" in proc.stderr and "pip install -e ." in proc.stderr and "--device numpy" in proc.stderr
