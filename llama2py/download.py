@@ -77,7 +77,7 @@ class KnownFile:
     """
 
     name: str  # registry key: "stories15M", "tokenizer", ...
-    filename: str  # file name in the models folder
+    filename: str  # file name in the model store
     url: str  # published address
     size: Optional[int]  # bytes
     sha256: Optional[str]  # lowercase hex, or None: size-only check
@@ -87,7 +87,7 @@ class KnownFile:
 
 
 # Sizes and checksums: models/README.md says where each one comes from. The checkpoint sizes also
-# follow from their headers (FORMAT.md), which tests/test_download.py re-derives.
+# follow from their headers (docs/FORMAT.md), which tests/test_download.py re-derives.
 REGISTRY = {
     e.name: e
     for e in (
@@ -504,7 +504,7 @@ def download(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(
-            f"cannot create the models folder {folder} ({e.strerror or e}): choose another with ${MODELS_ENV} or --dir"
+            f"cannot create the model store {folder} ({e.strerror or e}): choose another with ${MODELS_ENV} or --dir"
         ) from e
 
     with _lock(dest, progress):

@@ -7,10 +7,10 @@ import json
 import os
 import re
 import stat
-import struct
 from pathlib import Path
 
 import pytest
+from conftest import write_tokenizer
 
 import llama2py.bench as bench
 from llama2py.checkpoint import Config
@@ -57,11 +57,7 @@ def tiny(tmp_path) -> Path:
 def _tokenizer(path: Path, vocab: int) -> Path:
     """A minimal llama2.c tokenizer file: <unk>, BOS, EOS, then one-letter pieces."""
     pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [bytes([33 + i % 90]) * (1 + i // 90) for i in range(vocab - 3)]
-    data = struct.pack("<i", max(len(p) for p in pieces))
-    for i, p in enumerate(pieces):
-        data += struct.pack("<fi", float(-i), len(p)) + p
-    path.write_bytes(data)
-    return path
+    return write_tokenizer(path, pieces, [float(-i) for i in range(len(pieces))])
 
 
 def test_table_and_documented_json(tiny, tmp_path, capsys):
