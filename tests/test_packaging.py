@@ -20,6 +20,7 @@ NEEDED = {
     "docs": "*.md",
     "csrc": "*.*",
     "llama2py": "*.py",
+    "llama2py/backends/cuda_kernels": "*.*",
 }
 NEEDED_FILES = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in", "llama2py/py.typed"]
 
