@@ -44,17 +44,14 @@ def _set_thread_wait_defaults() -> None:
 
 def _load_extension():
     _set_thread_wait_defaults()
-    try:
-        _cpu = importlib.import_module("llama2py._cpu")
+    try:  # a bad LLAMA2PY_ISA stops the import: say that, not "not built"
+        importlib.import_module("llama2py._cpu")
     except ImportError as e:
         if "LLAMA2PY_ISA" in str(e):
-            raise DeviceError(f"{e} (unset LLAMA2PY_ISA to use the best level)") from e
-        raise DeviceError(
-            "the cpu backend's C++ extension llama2py._cpu is not built or does not load "
-            f"({e}); build it with `pip install -e .` in the llama2py source folder "
-            "(needs a C++17 compiler with OpenMP), or use device='numpy'"
-        ) from e
-    return _cpu
+            raise DeviceError(f"{e} (unset LLAMA2PY_ISA to use the best level)") from None
+    from .._extension import load_cpu_extension  # also finds an installed build a source tree shadows
+
+    return load_cpu_extension()
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
