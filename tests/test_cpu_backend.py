@@ -492,3 +492,24 @@ def test_greedy_argmax_with_a_smaller_thread_team(env, tmp_path):
         env=dict(os.environ, PYTHONPATH=f"{here}{os.pathsep}{here.parent}", **env),
     )
     assert r.returncode == 0, r.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize(
+    "env,want",
+    [({}, "20000"), ({"GOMP_SPINCOUNT": "7"}, "7"), ({"OMP_WAIT_POLICY": "active"}, "None")],
+)
+def test_thread_wait_policy_set_before_libgomp_loads(env, want):
+    """Waiting threads spin briefly then sleep, unless the user chose a policy."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    base = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-c", "import os, llama2py; print(os.environ.get('GOMP_SPINCOUNT'))"],
+        capture_output=True,
+        timeout=60,
+        env=dict(base, PYTHONPATH=str(root), **env),
+    )
+    assert r.returncode == 0 and r.stdout.decode().strip() == want, r.stderr.decode()[-500:]

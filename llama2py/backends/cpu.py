@@ -25,25 +25,12 @@ import numpy as np
 
 from ..checkpoint import Config, QuantizedTensor, Weights
 from ..errors import DeviceError
+from ..threads import set_thread_wait_defaults
 from .base import PROFILE_KEYS, Backend
-
-# Threads that wait at a barrier spin for a short while, then sleep (libgomp's default spins ~300,000
-# times, which on a busy machine burns the core a descheduled team mate needs: a decode step then
-# waits for the scheduler at every barrier). Set before libgomp loads (when llama2py._cpu is first
-# imported), and only when the user has not chosen: OMP_WAIT_POLICY or GOMP_SPINCOUNT in the
-# environment win. A libgomp that another module loaded earlier keeps its own settings.
-THREAD_WAIT_DEFAULTS = {"GOMP_SPINCOUNT": "20000"}
-
-
-def _set_thread_wait_defaults() -> None:
-    if "OMP_WAIT_POLICY" in os.environ:
-        return
-    for name, value in THREAD_WAIT_DEFAULTS.items():
-        os.environ.setdefault(name, value)
 
 
 def _load_extension():
-    _set_thread_wait_defaults()
+    set_thread_wait_defaults()
     try:  # a bad LLAMA2PY_ISA stops the import: say that, not "not built"
         importlib.import_module("llama2py._cpu")
     except ImportError as e:
