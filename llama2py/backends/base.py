@@ -339,3 +339,23 @@ def check_memory(parts: dict[str, int], config: Config, max_batch: int) -> None:
         f"this model needs {_gib(need)} of memory ({detail} for {max_batch} sequence(s) of "
         f"{config.seq_len} positions) but only {_gib(avail)} is available; use {' or '.join(fix)}"
     )
+
+
+def batch_that_fits(config: Config, threads: Optional[int], upper: int) -> int:
+    """The largest batch in 0..upper whose KV cache and buffers (the host backends' estimate) fit
+    the available memory (upper where it is unknown)."""
+    avail = available_memory()
+    if avail is None:
+        return upper
+
+    def need(b: int) -> int:
+        return config.kv_cache_bytes(b) + buffer_bytes(config, b, threads)
+
+    lo, hi = 0, upper  # need(lo) fits (0: nothing), answer in lo..hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if need(mid) <= avail:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
