@@ -65,6 +65,8 @@ def sample_topp(probs: np.ndarray, top_p: float, coin: np.float32) -> int:
     n = probs.size
     cutoff = np.float32((np.float32(1.0) - np.float32(top_p)) / np.float32(n - 1))
     idx = np.nonzero(probs >= cutoff)[0]
+    if idx.size == 0:  # only for top_p < 1/n or NaN probabilities; as the kernels: the argmax
+        return int(np.argmax(probs))
     # Descending by probability; ties keep index order (run's qsort leaves them unspecified).
     order = idx[np.argsort(-probs[idx], kind="stable")]
     p = probs[order]

@@ -235,11 +235,22 @@ def as_token_ids(tokens, vocab_size: int, what: str = "token ids") -> np.ndarray
                 f"{what} must be integer ids in 0..{vocab_size - 1}, got {_describe_values(a)}; no silent casts"
             )
         a = a.astype(np.int32)  # an empty list: no ids to check
+    if not isinstance(tokens, np.ndarray) and a.size and _holds_bool(tokens):
+        raise ValueError(f"{what} must be integer ids in 0..{vocab_size - 1}, got a bool; no silent casts")
     if a.size:
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"{what} must be in 0..{vocab_size - 1}, got {lo}..{hi}")
     return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _holds_bool(items) -> bool:
+    """Whether a (nested) list of integers holds a bool (numpy makes True an integer 1)."""
+    if isinstance(items, (bool, np.bool_)):
+        return True
+    if isinstance(items, (list, tuple)):
+        return any(_holds_bool(x) for x in items)
+    return False
 
 
 def _describe_values(a: np.ndarray) -> str:
