@@ -2,7 +2,8 @@
 
 Project metadata lives in pyproject.toml; this file only adds what needs code:
 - the pybind11 extension from csrc/cpu/*.cpp: C++17, -O3, OpenMP, and -march=native unless the
-  environment sets LLAMA2PY_PORTABLE=1 (for wheels that must run on other CPUs);
+  environment sets LLAMA2PY_PORTABLE=1 (for wheels that must run on other CPUs); LLAMA2PY_SANITIZE=1
+  builds it with AddressSanitizer and UBSan at -O1 instead (scripts/sanitize.sh);
 - csrc/cuda/*.cu copied into the package as llama2py/cuda_src/*.cu for regular (non-editable)
   installs; CuPy compiles them at run time. An editable install finds them in csrc/cuda directly.
 """
@@ -28,6 +29,10 @@ def _cpu_flags():
     compile_args = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
     if not portable:
         compile_args.append("-march=native")
+    if os.environ.get("LLAMA2PY_SANITIZE", "") not in ("", "0"):  # scripts/sanitize.sh: ASan + UBSan
+        san = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+        compile_args = [a for a in compile_args if a != "-O3"] + ["-O1", "-g", "-fno-omit-frame-pointer"] + san
+        return compile_args, ["-fopenmp"] + san[:1]
     return compile_args, ["-fopenmp"]
 
 

@@ -197,8 +197,8 @@ def cmd_run(args) -> int:
             out.write(prompt_text.encode())
             out.flush()
             # Bytes as they come (run reads raw bytes; not-UTF-8 input is no error): surrogate
-            # escapes carry undecodable bytes through to the tokenizer unchanged. One line is read
-            # at most to the context's bytes bound, so a line without end cannot exhaust memory.
+            # escapes carry undecodable bytes through to the tokenizer unchanged. At most LINE_LIMIT
+            # bytes per read, so a line without end cannot exhaust memory.
             line = stdin.readline(LINE_LIMIT) if stdin is not None else b""
             if line == b"":
                 return None

@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
 # Build the C++ extension with AddressSanitizer and UBSan into a separate folder (the normal build
-# is untouched) and run the cpu kernel and backend tests, and the hostile-input tests, against it.
+# is untouched) and run the cpu kernel and backend tests, the hostile-input tests and the header
+# fuzzer against it, in this process (the CLI subprocess tests are left to the normal run).
 #   scripts/sanitize.sh [extra pytest args]      (run by .ci/run; a few minutes on 2 cores)
-# Any ASan report or UBSan finding fails the run (halt_on_error). Leak detection is off: Python
-# itself leaks by design at exit.
+# Any ASan report or UBSan finding fails the run (halt_on_error, no recovery). Leak detection is
+# off: Python itself leaks by design at exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT="$PWD"
 PY="${PYTHON:-python}"
-BUILD="build/sanitize"
+"$PY" -c "import pybind11" 2>/dev/null || "$PY" -m pip install -q "pybind11>=2.10" # a build requirement
+BUILD="$ROOT/build/sanitize"
 PKG="$BUILD/pkg"
 rm -rf "$PKG" && mkdir -p "$PKG"
 # the package's Python files, then the sanitized extension next to them
-tar -C . --exclude='*.so' --exclude='__pycache__' -cf - llama2py | tar -C "$PKG" -xf -
-# float-cast-overflow is not part of GCC's -fsanitize=undefined; it catches NaN -> int conversions.
-SAN="-fsanitize=address,undefined,float-cast-overflow -fno-omit-frame-pointer -fno-sanitize-recover=all -g"
-CFLAGS="$SAN" CXXFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" \
-    nice -n 10 "$PY" setup.py -q build_ext --build-lib "$PKG" --build-temp "$BUILD/tmp" >/dev/null
-CXX_RT="$(${CXX:-g++} -print-file-name=libasan.so)"
-export LD_PRELOAD="$CXX_RT"
-export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0"
+tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' -cf - llama2py | tar -C "$PKG" -xf -
+# LLAMA2PY_SANITIZE=1: setup.py adds -fsanitize=address,undefined,float-cast-overflow (GCC's
+# "undefined" leaves out float-cast-overflow, which catches NaN -> int) and builds at -O1 -g.
+LLAMA2PY_SANITIZE=1 nice -n 10 "$PY" setup.py -q build_ext --build-lib "$PKG" --build-temp "$BUILD/tmp" >/dev/null
+export LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so)"
+export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-export PYTHONPATH="$PWD/$PKG${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
 export LLAMA2PY_REQUIRE_CPU=1
-"$PY" -c "import llama2py, llama2py._cpu as c; assert '$PKG' in c.__file__, c.__file__; print('sanitized build:', c.__file__)"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_cpu_backend.py tests/test_hostile.py -k "not numpy_only" "$@"
+cd "$BUILD" # not the source folder: its llama2py (the normal build) would shadow the sanitized one
+"$PY" -c "import llama2py._cpu as c; assert c.__file__.startswith('$PKG'), c.__file__; print('sanitized:', c.__file__)"
+"$PY" -m pytest -q -p no:cacheprovider --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
+    "$ROOT/tests/test_cpu_backend.py" "$ROOT/tests/test_hostile.py" "$ROOT/tests/test_fuzz.py" \
+    -k "not cli and not non_regular and not unreadable and not chat_with and not missing_extension" "$@"
