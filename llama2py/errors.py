@@ -31,3 +31,7 @@ class NonFiniteError(Llama2pyError):
 
 class DownloadError(Llama2pyError):
     """A model could not be fetched or failed its checksum."""
+
+
+class OutputError(Llama2pyError):
+    """An output file cannot be written: missing or unwritable folder, a directory, or an input file."""
