@@ -53,7 +53,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | bytes, seq_len: int, what:
     context: a long prompt costs nothing before it is refused."""
     if tokenizer.min_tokens(prompt) > seq_len:
         raise PromptError(
-            f"{what} is {len(prompt):,} {'characters' if isinstance(prompt, str) else 'bytes'}, at least "
+            f"{what} is {len(prompt):,} {'character(s)' if isinstance(prompt, str) else 'byte(s)'}, at least "
             f"{tokenizer.min_tokens(prompt):,} tokens, but the model's context (seq_len) is {seq_len}; shorten it"
         )
     tokens = tokenizer.encode(prompt, bos=True)

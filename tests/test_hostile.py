@@ -243,6 +243,22 @@ def test_unreadable_file_names_the_file_and_its_role(tmp_path):
             os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
 
 
+def test_unreadable_file_message_even_as_root(tmp_path, monkeypatch):
+    """The same message through a patched open() (root can read a mode-0 file)."""
+    from llama2py import input_files
+
+    ck, tok = tiny_model(tmp_path)
+
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(input_files, "open", denied, raising=False)
+    with pytest.raises(TokenizerError, match=r"tokenizer .*tiny_tok.bin: cannot read it \(Permission denied\)"):
+        Tokenizer(tok, 300)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*tiny_v1.bin: cannot read it \(Permission denied\)"):
+        load_checkpoint(ck)
+
+
 # ---- 4. silent nonsense -----------------------------------------------------------------------------
 @pytest.mark.parametrize("device", HOST_DEVICES)
 def test_temperature_in_float32(device, stories260k):
