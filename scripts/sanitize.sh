@@ -10,15 +10,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 PY="${PYTHON:-python}"
-"$PY" -c "import pybind11" 2>/dev/null || "$PY" -m pip install -q "pybind11>=2.10" # a build requirement
 BUILD="$ROOT/build/sanitize"
 PKG="$BUILD/pkg"
-rm -rf "$PKG" && mkdir -p "$PKG"
-# the package's Python files, then the sanitized extension next to them
-tar -C "$ROOT" --exclude='*.so' --exclude='__pycache__' -cf - llama2py | tar -C "$PKG" -xf -
-# LLAMA2PY_SANITIZE=1: setup.py adds -fsanitize=address,undefined,float-cast-overflow (GCC's
-# "undefined" leaves out float-cast-overflow, which catches NaN -> int) and builds at -O1 -g.
-LLAMA2PY_SANITIZE=1 nice -n 10 "$PY" setup.py -q build_ext --build-lib "$PKG" --build-temp "$BUILD/tmp" >/dev/null
+SRC="$BUILD/src"
+rm -rf "$PKG" "$SRC" && mkdir -p "$PKG" "$SRC"
+# A clean copy of the sources (no earlier build output that setuptools could reuse unsanitized),
+# built as pip builds it (its own build environment: pyproject's build requirements) and installed
+# into $PKG only. LLAMA2PY_SANITIZE=1: setup.py adds -fsanitize=address,undefined,float-cast-overflow
+# (GCC's "undefined" leaves out float-cast-overflow, which catches NaN -> int), at -O1 -g.
+tar -C "$ROOT" --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' --exclude='__pycache__' \
+    --exclude='*.egg-info' -cf - . | tar -C "$SRC" -xf -
+LLAMA2PY_SANITIZE=1 nice -n 10 "$PY" -m pip install -q --no-deps --no-compile --target "$PKG" "$SRC"
+ldd "$PKG"/llama2py/_cpu*.so | grep -q libasan || { echo "sanitize.sh: the extension is not sanitized" >&2; exit 1; }
 # libstdc++ preloaded too: python is no C++ program, and ASan's __cxa_throw interceptor needs the
 # real one resolved at start (else the first C++ exception is "CHECK failed: real___cxa_throw").
 LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
