@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from llama2py import download as dl
+from llama2py.checkpoint import MODEL_SHAPES
 from llama2py.errors import DownloadError
 
 DATA = os.urandom(5000 + 123)  # a few KB, not a multiple of anything
@@ -439,13 +440,9 @@ def _v0_size(dim, hidden, layers, heads, kv_heads, vocab, seq):
 
 
 def test_registry_is_consistent():
-    shapes = {
-        "stories15M": (288, 768, 6, 6, 6, 32000, 256),
-        "stories42M": (512, 1376, 8, 8, 8, 32000, 1024),
-        "stories110M": (768, 2048, 12, 12, 12, 32000, 1024),
-        "stories260K": (64, 172, 5, 8, 4, 512, 512),
-    }
-    for name, shape in shapes.items():
+    for name in ("stories15M", "stories42M", "stories110M", "stories260K"):
+        c = MODEL_SHAPES[name]
+        shape = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len)
         entry = dl.REGISTRY[name]
         assert entry.size == _v0_size(*shape), name  # the header fixes the file size
         assert entry.tokenizer in dl.REGISTRY
