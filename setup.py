@@ -6,6 +6,7 @@ C++17, -O3, OpenMP, for the baseline of the target (no -march=native): the SIMD 
 compiled once per instruction-set level (isa_*.cpp, target pragmas) and the best level the CPU
 supports is chosen when the extension loads, so every build is portable and as fast as a native
 one (LLAMA2PY_PORTABLE=1, for wheels, is accepted and changes nothing).
+LLAMA2PY_SANITIZE=1 builds it with AddressSanitizer and UBSan at -O1 instead (scripts/sanitize.sh).
 """
 
 import glob
@@ -24,6 +25,10 @@ def _cpu_flags():
     # -ffp-contract=off: no implicit FMA contraction, so the same scalar expression rounds the same
     # wherever it is inlined (fused and separate kernels stay bitwise equal); explicit FMAs remain.
     compile_args = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
+    if os.environ.get("LLAMA2PY_SANITIZE", "") not in ("", "0"):  # scripts/sanitize.sh: ASan + UBSan
+        san = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+        compile_args = [a for a in compile_args if a != "-O3"] + ["-O1", "-g", "-fno-omit-frame-pointer"] + san
+        return compile_args, ["-fopenmp"] + san[:1]
     return compile_args, ["-fopenmp"]
 
 
