@@ -102,6 +102,12 @@ void attention(float* out, const float* q, const float* k_cache, const float* v_
 }
 
 // ---- Q8_0 activations ------------------------------------------------------------------------------------
+void turn_scales(float* st, const float* s, long d, long groups) {
+    for (long b = 0; b < d / 8; ++b)
+        for (long g = 0; g < groups; ++g)
+            for (int j = 0; j < 8; ++j) st[(b * groups + g) * 8 + j] = s[(b * 8 + j) * groups + g];
+}
+
 void quantize_row(int8_t* q, float* s, const float* x, int n, int gs) {
     kernels().quantize_row(q, s, x, n, gs);
 }

@@ -27,7 +27,15 @@ namespace l2p {
 struct QMat {
     const int8_t* q = nullptr;  // (d, n)
     const float* s = nullptr;   // (d * n / gs,)
+    // Optional copy of s turned so that a block of 8 rows is a lane each, built by turn_scales
+    // (gs divides n): the 8-row GEMV reads each group's 8 scales with one load instead of a gather.
+    const float* st = nullptr;  // (d / 8, n / gs, 8); null: read s
 };
+// st (d / 8, groups, 8) <- s (d, groups) for the whole blocks of 8 rows (groups = n / gs).
+void turn_scales(float* st, const float* s, long d, long groups);
+inline long turned_scales_size(long d, long groups) {
+    return d / 8 * groups * 8;
+}
 // One (d, n) weight matrix: float32 (f) or Q8_0 (q); exactly one is set.
 struct Matrix {
     const float* f = nullptr;  // (d, n)

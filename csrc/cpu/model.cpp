@@ -25,6 +25,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
         const long params = (long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D;
         stream_ = (w.group_size ? params : 4 * params) > STREAM_BYTES;
     }
+    turn_all_scales();
     const long kv = c.kv_dim();
     const long cache = (long)c.n_layers * max_batch * c.seq_len * kv;
     key_cache_.assign(cache, 0.f);
@@ -58,10 +59,45 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     best_.resize(max_batch);
 }
 
+// Q8_0 products read the scales of 8-row blocks turned (QMat::st): one copy of the layers' and the
+// classifier's scales (1/8 of the int8 values' bytes), made once here; the values stay borrowed.
+void ModelCore::turn_all_scales() {
+    const int gs = w_.group_size;
+    if (!gs) return;
+    const long D = c_.dim, H = c_.hidden_dim, KV = c_.kv_dim(), V = c_.vocab_size;
+    struct Part {
+        Matrix* m;
+        long d, n;
+    };
+    std::vector<Part> parts;
+    for (int l = 0; l < c_.n_layers; ++l) {
+        parts.push_back({&w_.wq[l], D, D});
+        parts.push_back({&w_.wk[l], KV, D});
+        parts.push_back({&w_.wv[l], KV, D});
+        parts.push_back({&w_.wo[l], D, D});
+        parts.push_back({&w_.w1[l], H, D});
+        parts.push_back({&w_.w2[l], D, H});
+        parts.push_back({&w_.w3[l], H, D});
+    }
+    parts.push_back({&w_.wcls, V, D});
+    long total = 0;
+    for (const Part& p : parts)
+        if (p.n % gs == 0) total += turned_scales_size(p.d, p.n / gs);
+    scales_turned_.resize(total);
+    long at = 0;
+    for (const Part& p : parts) {
+        if (p.n % gs) continue;  // groups straddle rows: the general path reads s
+        float* st = scales_turned_.data() + at;
+        turn_scales(st, p.m->q.s, p.d, p.n / gs);
+        p.m->q.st = st;
+        at += turned_scales_size(p.d, p.n / gs);
+    }
+}
+
 size_t ModelCore::buffer_bytes() const {
-    size_t f = key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() + xqs_.size() + xbt_.size() +
-               q_.size() + k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() + hb2_.size() +
-               scores_.size() + logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
+    size_t f = scales_turned_.size() + key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() +
+               xqs_.size() + xbt_.size() + q_.size() + k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() +
+               hb2_.size() + scores_.size() + logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
     size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
     return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size();
 }

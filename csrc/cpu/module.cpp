@@ -399,6 +399,12 @@ void standalone_matmul_q8(py::array out, py::array x, py::array values, py::arra
     l2p::QRows qrows{xq.data(), xs.data(), n, groups, group_size};
     l2p::MatJob job{Matrix{nullptr, QMat{data_ptr<int8_t>(values), data_ptr<float>(scales)}}, (int)d,
                     writable_ptr<float>(out), d};
+    std::vector<float> turned;  // as a Model reads them (QMat::st), where groups do not straddle rows
+    if (n % group_size == 0) {
+        turned.resize(l2p::turned_scales_size(d, n / group_size));
+        l2p::turn_scales(turned.data(), job.w.q.s, d, n / group_size);
+        job.w.q.st = turned.data();
+    }
     py::gil_scoped_release nogil;
 #pragma omp parallel
     l2p::matmul_jobs(&job, 1, nullptr, 0, (int)rows, (int)n, false, &qrows);
