@@ -108,18 +108,6 @@ void turn_scales(float* st, const float* s, long d, long groups) {
             for (int j = 0; j < 8; ++j) st[(b * groups + g) * 8 + j] = s[(b * 8 + j) * groups + g];
 }
 
-void weight_group_sums(int32_t* wsum, const int8_t* q, long d, long n, int gs) {
-    const long groups = n / gs;
-    for (long b = 0; b < d / 8; ++b)
-        for (int j = 0; j < 8; ++j)
-            for (long g = 0; g < groups; ++g) {
-                const int8_t* v = q + (b * 8 + j) * n + g * gs;
-                int32_t sum = 0;
-                for (int k = 0; k < gs; ++k) sum += v[k];
-                wsum[(b * groups + g) * 8 + j] = sum;
-            }
-}
-
 void quantize_row(int8_t* q, float* s, const float* x, int n, int gs) {
     kernels().quantize_row(q, s, x, n, gs);
 }

@@ -30,15 +30,9 @@ struct QMat {
     // Optional copy of s turned so that a block of 8 rows is a lane each, built by turn_scales
     // (gs divides n): the 8-row GEMV reads each group's 8 scales with one load instead of a gather.
     const float* st = nullptr;  // (d / 8, n / gs, 8); null: read s
-    // Optional (VNNI level, with st): the sum of each (row, group)'s int8 values in st's order. vpdpbusd
-    // multiplies unsigned by signed bytes: with x + 128 (unsigned) times w, the exact int32 dot is
-    // that minus 128 * sum(w), one instruction per 32 pairs instead of three (|w|, x with w's sign).
-    const int32_t* wsum = nullptr;  // (d / 8, n / gs, 8)
 };
 // st (d / 8, groups, 8) <- s (d, groups) for the whole blocks of 8 rows (groups = n / gs).
 void turn_scales(float* st, const float* s, long d, long groups);
-// wsum (d / 8, groups, 8) <- the group sums of q (d, n) for the whole blocks of 8 rows (gs divides n).
-void weight_group_sums(int32_t* wsum, const int8_t* q, long d, long n, int gs);
 inline long turned_scales_size(long d, long groups) {
     return d / 8 * groups * 8;
 }

@@ -84,27 +84,20 @@ void ModelCore::turn_all_scales() {
     for (const Part& p : parts)
         if (p.n % gs == 0) total += turned_scales_size(p.d, p.n / gs);
     scales_turned_.resize(total);
-    const bool sums = kt_->isa == ISA_AVX512VNNI && gs % 32 == 0;  // only its kernel reads them
-    weight_sums_.resize(sums ? total : 0);
     long at = 0;
     for (const Part& p : parts) {
         if (p.n % gs) continue;  // groups straddle rows: the general path reads s
         float* st = scales_turned_.data() + at;
         turn_scales(st, p.m->q.s, p.d, p.n / gs);
         p.m->q.st = st;
-        if (sums) {
-            weight_group_sums(weight_sums_.data() + at, p.m->q.q, p.d, p.n, gs);
-            p.m->q.wsum = weight_sums_.data() + at;
-        }
         at += turned_scales_size(p.d, p.n / gs);
     }
 }
 
 size_t ModelCore::buffer_bytes() const {
-    size_t f = scales_turned_.size() + weight_sums_.size() + key_cache_.size() + value_cache_.size() + rope_.size() +
-               x_.size() + xqs_.size() + xbt_.size() + q_.size() + k_.size() + v_.size() + att_.size() + tmp_.size() +
-               hb_.size() + hb2_.size() + scores_.size() + logits_.size() + logits_all_.size() + probs_.size() +
-               cand_.size();
+    size_t f = scales_turned_.size() + key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() +
+               xqs_.size() + xbt_.size() + q_.size() + k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() +
+               hb2_.size() + scores_.size() + logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
     size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
     return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size();
 }

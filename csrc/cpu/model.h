@@ -120,7 +120,6 @@ private:
     } team_chooser_;
     int team_;                          // threads of the current parallel regions
     std::vector<float> scales_turned_;  // Q8_0: every product's QMat::st, (d / 8, groups, 8) each
-    std::vector<int32_t> weight_sums_;  // Q8_0 at the VNNI level: QMat::wsum in the same layout
     std::vector<float> key_cache_;      // (n_layers, max_batch, seq_len, kv_dim)
     std::vector<float> value_cache_;    // (n_layers, max_batch, seq_len, kv_dim)
     std::vector<float> rope_;           // (seq_len, head_size/2, 2) cos, sin

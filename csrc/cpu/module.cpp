@@ -405,12 +405,6 @@ void standalone_matmul_q8(py::array out, py::array x, py::array values, py::arra
         l2p::turn_scales(turned.data(), job.w.q.s, d, n / group_size);
         job.w.q.st = turned.data();
     }
-    std::vector<int32_t> sums;  // as a Model at the VNNI level reads them (QMat::wsum)
-    if (n % group_size == 0 && group_size % 32 == 0 && l2p::kernels().isa == l2p::ISA_AVX512VNNI) {
-        sums.resize(turned.size());
-        l2p::weight_group_sums(sums.data(), job.w.q.q, d, n, group_size);
-        job.w.q.wsum = sums.data();
-    }
     py::gil_scoped_release nogil;
 #pragma omp parallel
     l2p::matmul_jobs(&job, 1, nullptr, 0, (int)rows, (int)n, false, &qrows);
