@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "download": ("llama2py.download", "fetch stories15M/42M/110M/260K and tokenizers into models/"),
     "synth": ("llama2py.synth", "write a random-weight checkpoint of a given shape"),
     "bench": ("llama2py.bench", "tokens/s per backend and batch size, kernel by kernel"),
+    "convert": ("llama2py.convert", "a Hugging Face/Meta Llama or a tokenizer.model into llama2.c files"),
 }
 
 EPILOG = f"""subcommands (llama2py SUBCOMMAND --help for each):

@@ -23,3 +23,7 @@ class DeviceError(Llama2pyError):
 
 class DownloadError(Llama2pyError):
     """A model could not be fetched or failed its checksum."""
+
+
+class ConvertError(Llama2pyError):
+    """A model to convert (Hugging Face, Meta, sentencepiece) is unreadable or not llama2.c-shaped."""

@@ -1,0 +1,35 @@
+"""Checks shared by the Hugging Face and Meta converters: what llama2.c's format fixes implicitly."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ..errors import ConvertError
+
+ROPE_THETA = 10000.0  # llama2.c's RoPE base (FORMAT.md, forward pass step 3); not stored in the file
+NORM_EPS = 1e-5  # llama2.c's rmsnorm epsilon (FORMAT.md, forward pass step 1); not stored either
+
+
+def check_rope_theta(value, where: str) -> None:
+    """A different RoPE base changes every attention score: refuse (the file cannot say so)."""
+    if not isinstance(value, (int, float)) or float(value) != ROPE_THETA:
+        raise ConvertError(
+            f"{where} = {value!r}: llama2.c's RoPE base is fixed at 10000 and the file cannot store another; "
+            "this model (e.g. Code Llama, Llama 3) cannot be converted"
+        )
+
+
+def norm_eps_note(value, where: str) -> Optional[str]:
+    """A warning, not a refusal: llama2.c always adds 1e-5 inside RMSNorm's square root. With
+    another epsilon (OpenLLaMA and the first Llama 2 chat configs use 1e-6) each norm's output
+    changes by the factor sqrt((ms + 1e-6) / (ms + 1e-5)) for a mean square ms: a few percent only
+    where activations are tiny (ms ~ 1e-4, the first layer of some models), well under 1% elsewhere.
+    The model stays usable but its logits are not bit-faithful to the original, so say so."""
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ConvertError(f"{where} = {value!r}: must be a positive number")
+    if abs(float(value) - NORM_EPS) > 1e-12:
+        return (
+            f"warning: {where} = {value:g} but llama2.c's RMSNorm always uses 1e-5; "
+            "the converted model runs, with logits slightly different from the original's"
+        )
+    return None
