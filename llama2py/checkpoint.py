@@ -191,8 +191,16 @@ class Checkpoint:
             f"{'grouped-query attention (' + str(c.kv_mul) + ' query heads per kv head)' if c.kv_mul > 1 else 'multi-head attention'}",
             f"parameters:  {self.n_params:,}",
             f"file bytes:  {self.file_bytes:,}",
-            f"fp32 bytes:  {self.weights.nbytes(c.shared_classifier):,} (in memory once loaded)",
         ]
+        # Sizes from the one home of size formulas (Config), not from arrays: right for any file size.
+        if self.version == 2:
+            lines.append(
+                f"weights:     {c.weight_bytes('q8_0', self.group_size):,} bytes as int8 + scales, "
+                f"{c.weight_bytes('f32'):,} as float32"
+            )
+        else:
+            lines.append(f"weights:     {c.weight_bytes('f32'):,} bytes as float32")
+        lines.append(f"KV cache:    {c.kv_cache_bytes(1):,} bytes per sequence of seq_len {c.seq_len} positions")
         return "\n".join(lines)
 
 

@@ -569,3 +569,41 @@ def test_peak_memory_is_about_one_tensor(tmp_path):
         f"converting a {model_bytes / 2**20:.0f} MiB model grew the peak RSS by {grew / 2**20:.0f} MiB "
         f"(from {base_kb / 1024:.0f} to {peak_kb / 1024:.0f} MiB): not tensor by tensor"
     )
+
+
+# ---- big models: sizes from Config, and info on a 7B-shaped v2 file ----------------------------------
+LLAMA2_7B = Config(4096, 11008, 32, 32, 32, 32000, 4096, shared_classifier=False)
+
+
+def test_info_sizes_for_7b_shape(tmp_path):
+    from llama2py.checkpoint import Checkpoint
+
+    text = Checkpoint(tmp_path / "x.bin", 2, LLAMA2_7B, None, 0, group_size=64).describe()
+    assert "parameters:  6,738,415,616" in text
+    q8, f32 = LLAMA2_7B.weight_bytes("q8_0", 64), LLAMA2_7B.weight_bytes("f32")
+    assert 7.0e9 < q8 < 7.3e9 and 26.9e9 < f32 < 27.0e9  # int8 + a scale per 64 values, against 4 bytes each
+    assert f"{q8:,} bytes as int8 + scales, {f32:,} as float32" in text
+    assert f"KV cache:    {LLAMA2_7B.kv_cache_bytes(1):,} bytes" in text
+    v1 = Checkpoint(tmp_path / "x.bin", 1, LLAMA2_7B, None, 0).describe()
+    assert f"weights:     {f32:,} bytes as float32" in v1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in kilobytes on Linux only")
+def test_info_on_7b_shaped_v2_file_reads_no_weights(tmp_path, make_checkpoint):
+    from llama2py.checkpoint import HEADER_BYTES, header_bytes
+
+    if load_checkpoint(make_checkpoint("odd_tiny", version=2)).weights.wq.dtype == np.float32:
+        pytest.skip("the v2 loader still dequantizes to float32 (int8 v2 weights come with branch cpu)")
+    path = tmp_path / "7b_q8.bin"
+    with open(path, "wb") as f:  # a sparse file: the header, then zeros to the exact v2 size
+        f.write(header_bytes(LLAMA2_7B, 2, 64))
+        f.truncate(HEADER_BYTES + LLAMA2_7B.weight_bytes("q8_0", 64))
+    code = (
+        "import resource, sys; from llama2py.cli import main; rc = main(['info', sys.argv[1]]); "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "6,738,415,616" in res.stdout and "as int8 + scales" in res.stdout
+    peak_mib = int(res.stderr.split()[-1]) / 1024
+    assert peak_mib < 1024, f"info on a 7B-shaped v2 file peaked at {peak_mib:.0f} MiB of RSS"
