@@ -519,10 +519,27 @@ def _streaming_writer() -> bool:
     return "source" in inspect.signature(write_checkpoint).parameters
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in kilobytes on Linux only")
+_PEAK_RSS = """
+import sys
+from pathlib import Path
+from llama2py.checkpoint import weight_shapes
+from llama2py.convert import convert, open_model
+
+def peak_kb():  # VmHWM = ru_maxrss of this process image (ru_maxrss itself inherits the forking parent's peak)
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+
+base = peak_kb()
+if sys.argv[3] == "read":  # every chunk the writer would ask for, in order, and nothing else
+    source = open_model(Path(sys.argv[1]))
+    n = sum(chunk.size for name in weight_shapes(source.config) for chunk in source.chunks(name))
+else:
+    convert(sys.argv[1], sys.argv[2])
+print(base, peak_kb())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
 def test_peak_memory_is_about_one_tensor(tmp_path):
-    if not _streaming_writer():
-        pytest.skip("needs the streaming write_checkpoint(path, config, source, ...) (branch format)")
     # 24 layers of dim 512 / hidden 1536: 344 MB as float32, 172 MB of bf16 on disk, largest tensor 3 MB
     cfg = {
         **BASE_CONFIG,
@@ -553,22 +570,26 @@ def test_peak_memory_is_about_one_tensor(tmp_path):
             t["model.norm.weight"] = plain[0]
         write_safetensors(src / f"model-{part}.safetensors", t, "BF16")
     model_bytes = Config(D, H, L, 8, 8, V, 24, False).weight_bytes("f32")
-    code = (
-        "import resource, sys; from llama2py.convert import convert; "
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-        "convert(sys.argv[1], sys.argv[2]); "
-        "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", code, str(src), str(tmp_path / "m.bin")], capture_output=True, text=True, check=True
-    )
-    base_kb, peak_kb = map(int, res.stdout.split())
-    grew = (peak_kb - base_kb) * 1024
-    assert (tmp_path / "m.bin").stat().st_size > model_bytes
-    assert grew < model_bytes / 4, (
-        f"converting a {model_bytes / 2**20:.0f} MiB model grew the peak RSS by {grew / 2**20:.0f} MiB "
-        f"(from {base_kb / 1024:.0f} to {peak_kb / 1024:.0f} MiB): not tensor by tensor"
-    )
+    modes = ["read"] + (["convert"] if _streaming_writer() else [])
+    for mode in modes:
+        res = subprocess.run(
+            [sys.executable, "-c", _PEAK_RSS, str(src), str(tmp_path / "m.bin"), mode],
+            capture_output=True,
+            text=True,
+        )
+        assert res.returncode == 0, res.stderr
+        base_kb, peak_kb = map(int, res.stdout.split())
+        grew = (peak_kb - base_kb) * 1024
+        assert grew < model_bytes / 4, (
+            f"{mode}: a {model_bytes / 2**20:.0f} MiB model grew the peak RSS by {grew / 2**20:.0f} MiB "
+            f"(from {base_kb / 1024:.0f} to {peak_kb / 1024:.0f} MiB): not tensor by tensor"
+        )
+    if "convert" in modes:
+        assert (tmp_path / "m.bin").stat().st_size > model_bytes
+    else:
+        pytest.skip(
+            "reading checked; converting needs the streaming write_checkpoint(path, config, source, ...) (branch format)"
+        )
 
 
 # ---- big models: sizes from Config, and info on a 7B-shaped v2 file ----------------------------------
@@ -588,7 +609,7 @@ def test_info_sizes_for_7b_shape(tmp_path):
     assert f"weights:     {f32:,} bytes as float32" in v1
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in kilobytes on Linux only")
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
 def test_info_on_7b_shaped_v2_file_reads_no_weights(tmp_path, make_checkpoint):
     from llama2py.checkpoint import HEADER_BYTES, header_bytes
 
@@ -599,8 +620,8 @@ def test_info_on_7b_shaped_v2_file_reads_no_weights(tmp_path, make_checkpoint):
         f.write(header_bytes(LLAMA2_7B, 2, 64))
         f.truncate(HEADER_BYTES + LLAMA2_7B.weight_bytes("q8_0", 64))
     code = (
-        "import resource, sys; from llama2py.cli import main; rc = main(['info', sys.argv[1]]); "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+        "import sys; from llama2py.cli import main; rc = main(['info', sys.argv[1]]); "
+        "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0], file=sys.stderr); sys.exit(rc)"
     )
     res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
