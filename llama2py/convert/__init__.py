@@ -59,6 +59,13 @@ def check_output(out: Path) -> None:
         raise ConvertError(f"output {out}: cannot write in {parent} ({e.strerror or e})")
 
 
+def check_not_input(out: Path, inputs: list[Path]) -> None:
+    """Renaming the finished output over one of its own inputs would destroy the model."""
+    for path in inputs:
+        if out.exists() and path.exists() and os.path.samefile(out, path):
+            raise ConvertError(f"output {out}: is the input file {path}; write to another file")
+
+
 def open_model(src: Path, seq_len: Optional[int] = None, note: Callable[[str], None] = lambda s: None):
     """The checked source (HfSource or MetaSource) of a model directory: .config and .chunks(name)."""
     kind = detect_source(src)
@@ -94,11 +101,14 @@ def convert(
             raise ConvertError("--quantize and --seq-len apply to models, not to a tokenizer")
         from .tokenizer_export import tokenizer_bytes
 
+        check_not_input(out, [src])
+
         data = tokenizer_bytes(src)
         with _atomic_output(out) as tmp, open(tmp, "wb") as f:
             f.write(data)
         return None
     source = open_model(src, seq_len, note)
+    check_not_input(out, source.input_files)
     _write_checkpoint(out, source.config, source.chunks, QUANTIZE_VERSIONS[quantize], progress)
     return source.config
 

@@ -169,6 +169,7 @@ class HfSource:
         self.src = src
         self.config = read_config(src, seq_len, note)
         self.where = open_shards(src)
+        self.input_files = [src / "config.json", src / INDEX] + sorted({f.path for f in self.where.values()})
         c = self.config
         expected = self.expected_shapes()
         for name in self.where:

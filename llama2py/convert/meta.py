@@ -94,6 +94,7 @@ class MetaSource:
         if eps_note:
             note(eps_note)
         files = sorted(src.glob("consolidated.*.pth"))
+        self.input_files = [path, *files]
         if not files:
             raise ConvertError(f"{src}: no consolidated.*.pth files beside params.json")
         torch = _import_torch()
