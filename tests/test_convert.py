@@ -338,6 +338,9 @@ def test_refuses_damaged_sources(tmp_path, capsys):
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "missing", shard.name)
     (hf / "model.safetensors.index.json").unlink()  # no index: the tensors in shard 2 are missing
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "missing")
+    for f in hf.glob("*.safetensors"):
+        f.rename(f.with_suffix(".bin"))  # PyTorch pickles only: say what to do
+    assert_refused(capsys, ["convert", str(hf), str(out)], out, "no *.safetensors", "model-00001-of-00002.bin")
     (hf / "config.json").write_text("{not json")
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "config.json", "JSON")
     (hf / "config.json").unlink()
@@ -496,6 +499,10 @@ def test_meta_without_torch_names_the_extra(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out" / "m.bin"
     out.parent.mkdir()
     assert_refused(capsys, ["convert", str(src), str(out)], out, "llama2py[meta]")
+    (src / "consolidated.00.pth").unlink()
+    assert_refused(capsys, ["convert", str(src), str(out)], out, "no consolidated.*.pth")
+    (src / "params.json").write_text(json.dumps({"dim": 48, "n_layers": 2, "n_heads": 6, "rope_theta": 5e5}))
+    assert_refused(capsys, ["convert", str(src), str(out)], out, "params.json", "rope_theta")
 
 
 # ---- against transformers, where it is installed ----------------------------------------------------
