@@ -19,7 +19,7 @@ import numpy as np
 from ..checkpoint import Config
 from ..errors import ConvertError
 from .safetensors import SafetensorsFile
-from .shared import check_rope_theta, norm_eps_note
+from .shared import check_rope_theta, norm_eps_note, source_shapes
 
 INDEX = "model.safetensors.index.json"
 
@@ -171,7 +171,7 @@ class HfSource:
         self.where = open_shards(src)
         self.input_files = [src / "config.json", src / INDEX] + sorted({f.path for f in self.where.values()})
         c = self.config
-        expected = self.expected_shapes()
+        expected = source_shapes(c, HF_NAMES)
         for name in self.where:
             if name.endswith(".bias"):
                 raise ConvertError(f"{src}: tensor {name}: llama2.c's format has no bias vectors")
@@ -187,27 +187,6 @@ class HfSource:
                 raise ConvertError(
                     f"{self.where[name].path}: tensor {name} has shape {list(got)}, config.json implies {list(shape)}"
                 )
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        c = self.config
-        per_layer = {
-            "rms_att": (c.dim,),
-            "wq": (c.dim, c.dim),
-            "wk": (c.kv_dim, c.dim),
-            "wv": (c.kv_dim, c.dim),
-            "wo": (c.dim, c.dim),
-            "rms_ffn": (c.dim,),
-            "w1": (c.hidden_dim, c.dim),
-            "w2": (c.dim, c.hidden_dim),
-            "w3": (c.hidden_dim, c.dim),
-        }
-        shapes = {HF_NAMES["token_embedding"]: (c.vocab_size, c.dim), HF_NAMES["rms_final"]: (c.dim,)}
-        if not c.shared_classifier:
-            shapes[HF_NAMES["wcls"]] = (c.vocab_size, c.dim)
-        for i in range(c.n_layers):
-            for name, shape in per_layer.items():
-                shapes[HF_NAMES[name].format(i=i)] = shape
-        return shapes
 
     def _read(self, name: str) -> np.ndarray:
         return self.where[name].read(name)

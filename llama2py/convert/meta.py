@@ -17,7 +17,7 @@ import numpy as np
 
 from ..checkpoint import Config
 from ..errors import ConvertError
-from .shared import check_rope_theta, norm_eps_note
+from .shared import check_rope_theta, norm_eps_note, source_shapes
 
 META_NAMES = {
     "token_embedding": "tok_embeddings.weight",
@@ -127,7 +127,7 @@ class MetaSource:
             shared_classifier=False,  # Meta always stores output.weight
         )
         self.config.validate(str(path))
-        for name, shape in self.expected_shapes().items():
+        for name, shape in source_shapes(self.config, META_NAMES).items():
             if shapes.get(name) != shape:
                 raise ConvertError(f"{src}: tensor {name} has shape {shapes.get(name)}, params.json implies {shape}")
 
@@ -137,19 +137,6 @@ class MetaSource:
             if sorted(n for n in shard if not n.startswith("rope.")) != sorted(names):
                 raise ConvertError(f"{self.src}: consolidated shard {i} holds other tensors than shard 0")
         return {n: merged_shape(n, [tuple(s[n].shape) for s in self.shards]) for n in names}
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        from ..checkpoint import weight_shapes
-
-        out = {}
-        for name, shape in weight_shapes(self.config).items():
-            meta = META_NAMES[name]
-            if "{i}" in meta:
-                for i in range(self.config.n_layers):
-                    out[meta.format(i=i)] = shape[1:]
-            else:
-                out[meta] = shape
-        return out
 
     def _read(self, name: str) -> np.ndarray:
         return merge_model_parallel(name, [s[name].float().numpy() for s in self.shards])

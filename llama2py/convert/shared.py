@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ..checkpoint import Config, weight_shapes
 from ..errors import ConvertError
 
 ROPE_THETA = 10000.0  # llama2.c's RoPE base (FORMAT.md, forward pass step 3); not stored in the file
@@ -33,3 +34,18 @@ def norm_eps_note(value, where: str) -> Optional[str]:
             "the converted model runs, with logits slightly different from the original's"
         )
     return None
+
+
+def source_shapes(config: Config, names: dict[str, str]) -> dict[str, tuple[int, ...]]:
+    """The shape each source tensor must have: weight_shapes(config) per layer, under the source's
+    names (`names` maps llama2.c names to the source's, with {i} for the layer)."""
+    out = {}
+    for name, shape in weight_shapes(config).items():
+        if name == "wcls" and config.shared_classifier:
+            continue
+        if "{i}" in names[name]:
+            for i in range(config.n_layers):
+                out[names[name].format(i=i)] = shape[1:]
+        else:
+            out[names[name]] = shape
+    return out
