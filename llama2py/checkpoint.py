@@ -9,16 +9,19 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Optional
+from typing import BinaryIO, Callable, Optional
 
 import numpy as np
 
 from .errors import CheckpointError
+from .files import atomic_output
 
 MAGIC = 0x616B3432  # "ak42" as a little-endian uint32 ("24ka" on disk)
 HEADER_BYTES = 256  # versions 1 and 2 pad their header to this size
+V0_HEADER_BYTES = 28  # version 0: the 7 int32 of the config only
 # Generous sanity limits: they only exist to turn a garbage header into a clear error.
 _MAX_DIM = 1 << 16
 _MAX_VOCAB = 1 << 22
@@ -138,6 +141,35 @@ def weight_shapes(c: Config) -> dict[str, tuple[int, ...]]:
     }
 
 
+# Known model shapes, defined once: karpathy's tinyllamas (docs/FORMAT.md) and Llama 2 7B
+# (untied classifier). `llama2py synth --shape`, the benchmarks and the tests take them from here.
+MODEL_SHAPES: dict[str, Config] = {
+    "stories260K": Config(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512, seq_len=512),
+    "stories15M": Config(dim=288, hidden_dim=768, n_layers=6, n_heads=6, n_kv_heads=6, vocab_size=32000, seq_len=256),
+    "stories42M": Config(dim=512, hidden_dim=1376, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, seq_len=1024),
+    "stories110M": Config(
+        dim=768, hidden_dim=2048, n_layers=12, n_heads=12, n_kv_heads=12, vocab_size=32000, seq_len=1024
+    ),
+    "llama2-7B": Config(
+        dim=4096,
+        hidden_dim=11008,
+        n_layers=32,
+        n_heads=32,
+        n_kv_heads=32,
+        vocab_size=32000,
+        seq_len=4096,
+        shared_classifier=False,
+    ),
+}
+
+
+def model_shape(name: str) -> Config:
+    """The Config of a known model shape (MODEL_SHAPES), or a ValueError listing them."""
+    if name not in MODEL_SHAPES:
+        raise ValueError(f"unknown model shape {name!r}; choose one of {', '.join(MODEL_SHAPES)}")
+    return MODEL_SHAPES[name]
+
+
 @dataclass
 class Weights:
     """Float32 weights, usually views into a memory-mapped file (never copied on load)."""
@@ -208,16 +240,8 @@ def _read_header_ints(buf: bytes, offset: int, n: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{n}i", buf, offset)
 
 
-def _expected_v0_floats(c: Config) -> int:
-    shapes = weight_shapes(c)
-    n = sum(int(np.prod(s)) for k, s in shapes.items() if k != "wcls")
-    n += c.seq_len * c.head_size  # the two obsolete RoPE tables, seq_len * head_size / 2 each
-    if not c.shared_classifier:
-        n += c.vocab_size * c.dim
-    return n
-
-
-# Array order inside version 1 and 2 files (docs/FORMAT.md).
+# Array order inside the files (docs/FORMAT.md); tensor_order() is the whole layout per version.
+_V0_ORDER = ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final")
 _V1_ORDER = ("rms_att", "rms_ffn", "rms_final", "token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
 _Q_ORDER = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
@@ -286,27 +310,25 @@ def _carve(mm: np.ndarray, offset: int, shape: tuple[int, ...]) -> tuple[np.ndar
 
 
 def _load_v0(path: Path, config: Config, size: int) -> Checkpoint:
-    expected = 28 + 4 * _expected_v0_floats(config)
+    expected = checkpoint_bytes(config, 0)
     if size != expected:
         raise _size_error(path, 0, config, expected, size)
-    mm = np.memmap(path, dtype="<f4", mode="r", offset=28, shape=((size - 28) // 4,))
+    mm = np.memmap(path, dtype="<f4", mode="r", offset=V0_HEADER_BYTES, shape=((size - V0_HEADER_BYTES) // 4,))
     shapes = weight_shapes(config)
     arrays, off = {}, 0
-    for name in ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final"):
+    for name in _V0_ORDER:
         arrays[name], off = _carve(mm, off, shapes[name])
-    off += config.seq_len * config.head_size  # skip the obsolete RoPE tables
+    off += _rope_floats(config)  # skip the obsolete RoPE tables
     arrays["wcls"] = arrays["token_embedding"] if config.shared_classifier else _carve(mm, off, shapes["wcls"])[0]
     return Checkpoint(path, 0, config, Weights(**arrays), size, _mmap=mm)
 
 
 def _load_v1(path: Path, config: Config, size: int) -> Checkpoint:
     shapes = weight_shapes(config)
-    n = sum(int(np.prod(shapes[k])) for k in _V1_ORDER)
-    if not config.shared_classifier:
-        n += int(np.prod(shapes["wcls"]))
-    expected = HEADER_BYTES + 4 * n
+    expected = checkpoint_bytes(config, 1)
     if size != expected:
         raise _size_error(path, 1, config, expected, size)
+    n = (expected - HEADER_BYTES) // 4
     mm = np.memmap(path, dtype="<f4", mode="r", offset=HEADER_BYTES, shape=(n,))
     arrays, off = {}, 0
     for name in _V1_ORDER:
@@ -348,26 +370,100 @@ def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
 
 
 # ----------------------------------------------------------------------------------------------
-# Writing (tests, `llama2py synth`, conversions)
+# Writing: one streaming writer for every version (tests, `llama2py synth`, `quantize`, conversions)
+
+# Values quantized or converted per step: bounds the writer's temporaries (~4 MiB of float32)
+# whatever size of chunk a source yields.
+_PIECE_VALUES = 1 << 20
+
+# A weight source: chunks(name) yields float arrays whose row-major concatenation is the whole
+# tensor weight_shapes(config)[name] (any chunk sizes; a v2 layer is quantized as one tensor
+# however it is chunked). `write_checkpoint` also takes a Weights.
+ChunkSource = Callable[[str], Iterable[np.ndarray]]
 
 
 def quantize_q80(w: np.ndarray, gs: int) -> tuple[np.ndarray, np.ndarray]:
-    """Q8_0 as llama2.c's exporter does it: per group of gs values, scale = max|w| / 127."""
+    """Q8_0 as llama2.c's exporter does it: per group of gs values, scale = max|w| / 127, int8 =
+    round(w / scale) (half to even, as torch.round). A group of zeros gets scale 0 and int8 0,
+    where the exporter would divide 0 by 0 (docs/FORMAT.md, version 2)."""
     g = np.asarray(w, dtype=np.float32).reshape(-1, gs)
-    scale = np.abs(g).max(axis=1) / 127.0
-    safe = np.where(scale == 0, 1.0, scale)
+    scale = np.abs(g).max(axis=1) / np.float32(127.0)
+    safe = np.where(scale == 0, np.float32(1.0), scale)
     q = np.round(g / safe[:, None]).astype(np.int8)
     return q.reshape(-1), scale.astype(np.float32)
 
 
 def default_group_size(dim: int) -> int:
+    """The v2 group size llama2.c's export picks: 64, halved until it divides dim. Groups run over
+    each flattened tensor, whose size is a multiple of dim, so it tiles every tensor; it need not
+    divide hidden_dim (docs/FORMAT.md, version 2). Refused when only 1 would fit (odd dim)."""
     gs = 64
-    while dim % gs:
+    while gs > 1 and dim % gs:
         gs //= 2
+    if gs < 2:
+        raise CheckpointError(
+            f"dim {dim} is odd: no group size from 64 down to 2 divides it, so it cannot be stored as v2 (Q8_0)"
+        )
     return gs
 
 
+def check_group_size(config: Config, group_size: Optional[int]) -> int:
+    """The group size a v2 file of config gets: the requested one, which must divide dim, or the
+    export's default."""
+    if group_size is None:
+        return default_group_size(config.dim)
+    if group_size < 1 or config.dim % group_size:
+        raise CheckpointError(
+            f"group size {group_size} does not divide dim {config.dim}; v2 groups must tile every "
+            f"tensor (leave it out to get {default_group_size(config.dim)}, as llama2.c's export picks)"
+        )
+    return group_size
+
+
+def tensor_order(config: Config, version: int) -> list[str]:
+    """The tensors in the order a file of this version stores them (docs/FORMAT.md). "rope" is v0's
+    two obsolete RoPE tables (written as zeros, skipped on load); wcls only when not shared."""
+    classifier = [] if config.shared_classifier else ["wcls"]
+    if version == 0:
+        return [*_V0_ORDER, "rope", *classifier]
+    if version == 1:
+        return [*_V1_ORDER, *classifier]
+    if version == 2:
+        return [*NORM_TENSORS, *_Q_ORDER, *classifier]
+    raise ValueError(f"version must be 0, 1 or 2, got {version}")
+
+
+def _rope_floats(config: Config) -> int:
+    return config.seq_len * config.head_size  # two tables of seq_len * head_size / 2
+
+
+def checkpoint_bytes(config: Config, version: int, group_size: Optional[int] = None) -> int:
+    """The exact size of a file of this config and version: the loaders check it, writers promise it."""
+    if version == 0:
+        return V0_HEADER_BYTES + config.weight_bytes("f32") + 4 * _rope_floats(config)
+    if version == 1:
+        return HEADER_BYTES + config.weight_bytes("f32")
+    if version == 2:
+        return _v2_bytes(config, check_group_size(config, group_size))
+    raise ValueError(f"version must be 0, 1 or 2, got {version}")
+
+
+def float_tensor_offsets(config: Config, version: int) -> dict[str, int]:
+    """Where each tensor starts in a v0 or v1 (float32) file, in bytes ("rope": v0's RoPE tables)."""
+    if version not in (0, 1):
+        raise ValueError(f"float tensor offsets exist for versions 0 and 1, got {version}")
+    counts = {**config.param_counts(), "rope": _rope_floats(config)}
+    offset = V0_HEADER_BYTES if version == 0 else HEADER_BYTES
+    offsets = {}
+    for name in tensor_order(config, version):
+        offsets[name] = offset
+        offset += 4 * counts[name]
+    return offsets
+
+
 def header_bytes(config: Config, version: int, group_size: Optional[int] = None) -> bytes:
+    """v0: 7 int32 (vocab negative when the classifier is separate); v1/v2: magic, version, the 7
+    int32, the shared-classifier byte, v2's int32 group size, zeros to 256 bytes (docs/FORMAT.md)."""
     c = config
     if version == 0:
         vocab = c.vocab_size if c.shared_classifier else -c.vocab_size
@@ -390,81 +486,129 @@ def header_bytes(config: Config, version: int, group_size: Optional[int] = None)
     return head + b"\0" * (HEADER_BYTES - len(head))
 
 
+def weights_source(config: Config, weights: Weights) -> ChunkSource:
+    """A Weights as a chunk source: one layer per chunk (views, no copies). Shapes are checked
+    here, before anything is written."""
+    shapes = weight_shapes(config)
+    tensors = weights.tensors()
+    for name, shape in shapes.items():
+        if tuple(np.shape(tensors[name])) != shape:
+            raise ValueError(f"weight {name} has shape {np.shape(tensors[name])}, config needs {shape}")
+
+    def chunks(name: str) -> Iterator[np.ndarray]:
+        tensor = tensors[name]
+        if _layers(name, config) == 1 or name in NORM_TENSORS:
+            yield tensor
+        else:
+            yield from tensor
+
+    return chunks
+
+
+class _Output:
+    """Counts the bytes written and reports them to progress(done, total)."""
+
+    def __init__(self, f: BinaryIO, total: int, progress: Optional[Callable[[int, int], None]]):
+        self.f, self.total, self.progress, self.written = f, total, progress, 0
+
+    def write(self, data) -> None:
+        data = memoryview(np.ascontiguousarray(data)).cast("B") if isinstance(data, np.ndarray) else data
+        self.f.write(data)
+        self.written += len(data)
+        if self.progress:
+            self.progress(self.written, self.total)
+
+
+def _pieces(name: str, chunks: Iterable[np.ndarray], numel: int) -> Iterator[np.ndarray]:
+    """The source's values for one tensor as flat little-endian float32 pieces of at most
+    _PIECE_VALUES; checks the dtype and that exactly numel values arrive."""
+    seen = 0
+    for chunk in chunks:
+        a = np.asarray(chunk)
+        if a.dtype.kind != "f":
+            raise ValueError(f"weight {name}: the source gave {a.dtype} values, expected floats")
+        flat = a.reshape(-1)
+        if seen + flat.size > numel:
+            raise ValueError(f"weight {name}: the source gave more than its {numel:,} values")
+        for i in range(0, flat.size, _PIECE_VALUES):
+            yield np.ascontiguousarray(flat[i : i + _PIECE_VALUES], dtype="<f4")
+        seen += flat.size
+    if seen != numel:
+        raise ValueError(f"weight {name}: the source gave {seen:,} values, the tensor has {numel:,}")
+
+
+def _write_q80(out: _Output, pieces: Iterator[np.ndarray], part_len: int, gs: int) -> None:
+    """Each part (a layer, or the whole embedding/classifier) as its int8 values, then its scales.
+    Pieces need not align with groups: a group split across two pieces is joined first."""
+    scales: list[np.ndarray] = []  # of the current part, (part_len / gs,) in the end
+    carry = np.empty(0, np.float32)  # (< gs,) values of a group the last piece cut
+    filled = 0  # values of the current part seen so far
+    for piece in pieces:
+        while piece.size:
+            head, piece = piece[: part_len - filled], piece[part_len - filled :]
+            filled += head.size
+            if carry.size:
+                carry, head = np.concatenate([carry, head[: gs - carry.size]]), head[gs - carry.size :]
+            if carry.size == gs:
+                q, s = quantize_q80(carry, gs)
+                out.write(q)
+                scales.append(s)
+                carry = np.empty(0, np.float32)
+            whole = head.size - head.size % gs
+            if whole:
+                q, s = quantize_q80(head[:whole], gs)
+                out.write(q)
+                scales.append(s)
+            if whole < head.size:
+                carry = np.concatenate([carry, head[whole:]])
+            if filled == part_len:  # part_len is a multiple of gs, so no group is left open
+                out.write(np.concatenate(scales).astype("<f4"))
+                scales, filled = [], 0
+
+
 def write_checkpoint(
     path: str | os.PathLike,
     config: Config,
-    weights: Weights,
-    version: int = 0,
+    source: Weights | ChunkSource,
+    version: int = 1,
     group_size: Optional[int] = None,
-    progress: Optional[Callable[[int], None]] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    inputs: tuple[str | os.PathLike, ...] = (),
 ) -> int:
-    """Write weights in llama2.c format `version`; return the bytes written.
+    """Write a llama2.c checkpoint of `version` (docs/FORMAT.md); return its size in bytes.
 
-    `progress(n)` is called with the byte count of each chunk written (for a progress bar)."""
-    if version not in (0, 1, 2):
-        raise ValueError(f"version must be 0, 1 or 2, got {version}")
+    source: a Weights, or chunks(name) -> float arrays whose row-major concatenation is the tensor
+    weight_shapes(config)[name]. Memory: one chunk plus ~4 MiB (and a v2 part's scales); for v2
+    each layer of a layered tensor is quantized separately, as llama2.c's export does.
+    group_size (v2 only): default as llama2.c's export (default_group_size); it must divide dim.
+    progress(bytes written, total bytes) after every write. inputs: files the output must not be.
+    The file appears complete or not at all (files.atomic_output)."""
     config.validate("config")
-    shapes = weight_shapes(config)
-    t = weights.tensors()
-    for name, shape in shapes.items():
-        if tuple(t[name].shape) != shape:
-            raise ValueError(f"weight {name} has shape {t[name].shape}, config needs {shape}")
     if version == 2:
-        group_size = group_size or default_group_size(config.dim)
-        if config.dim % group_size:
-            raise ValueError(f"group size {group_size} must divide dim {config.dim}")
-    written = 0
-
-    def put(f, arr: np.ndarray) -> None:
-        nonlocal written
-        data = np.ascontiguousarray(arr, dtype="<f4" if arr.dtype != np.int8 else np.int8)
-        flat = data.reshape(-1)
-        step = 1 << 22
-        for i in range(0, flat.size, step):
-            chunk = flat[i : i + step].tobytes()
-            f.write(chunk)
-            written += len(chunk)
-            if progress:
-                progress(len(chunk))
-
-    with open(path, "wb") as f:
-        head = header_bytes(config, version, group_size)
-        f.write(head)
-        written += len(head)
-        if version == 0:
-            for name in (
-                "token_embedding",
-                "rms_att",
-                "wq",
-                "wk",
-                "wv",
-                "wo",
-                "rms_ffn",
-                "w1",
-                "w2",
-                "w3",
-                "rms_final",
-            ):
-                put(f, t[name])
-            put(f, np.zeros(config.seq_len * config.head_size, np.float32))  # obsolete RoPE tables
-            if not config.shared_classifier:
-                put(f, t["wcls"])
-        elif version == 1:
-            for name in _V1_ORDER:
-                put(f, t[name])
-            if not config.shared_classifier:
-                put(f, t["wcls"])
-        else:
-            for name in ("rms_att", "rms_ffn", "rms_final"):
-                put(f, t[name])
-            names = list(_Q_ORDER) + ([] if config.shared_classifier else ["wcls"])
-            for name in names:
-                arr = t[name]
-                for part in [arr] if _layers(name, config) == 1 else list(arr):
-                    q, s = quantize_q80(part, group_size)
-                    put(f, q)
-                    put(f, s)
-    return written
+        group_size = check_group_size(config, group_size)
+    elif group_size is not None:
+        raise ValueError(f"group_size is for v2 (Q8_0) files only, got {group_size} for v{version}")
+    total = checkpoint_bytes(config, version, group_size)
+    chunks = weights_source(config, source) if isinstance(source, Weights) else source
+    shapes = weight_shapes(config)
+    with atomic_output(path, inputs) as f:
+        out = _Output(f, total, progress)
+        out.write(header_bytes(config, version, group_size))
+        for name in tensor_order(config, version):
+            if name == "rope":
+                for i in range(0, _rope_floats(config), _PIECE_VALUES):
+                    out.write(np.zeros(min(_PIECE_VALUES, _rope_floats(config) - i), "<f4"))
+                continue
+            numel = math.prod(shapes[name])
+            pieces = _pieces(name, chunks(name), numel)
+            if version == 2 and name not in NORM_TENSORS:
+                _write_q80(out, pieces, numel // _layers(name, config), group_size)
+            else:
+                for piece in pieces:
+                    out.write(piece)
+        if out.written != total:  # a broken invariant of this module, never bad input
+            raise AssertionError(f"wrote {out.written} bytes, the v{version} layout has {total}")
+    return total
 
 
 def random_weights(config: Config, seed: int = 0, scale: Optional[float] = None) -> Weights:

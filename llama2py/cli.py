@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "info": ("llama2py.cli", "describe a checkpoint (format, config, parameters, bytes)"),
     "download": ("llama2py.download", "fetch stories15M/42M/110M/260K and tokenizers into models/"),
     "synth": ("llama2py.synth", "write a random-weight checkpoint of a given shape"),
+    "quantize": ("llama2py.quantize", "write a v0/v1 checkpoint as v2 (Q8_0), as llama2.c's export does"),
     "bench": ("llama2py.bench", "tokens/s per backend and batch size, kernel by kernel"),
     "convert": ("llama2py.convert", "a Hugging Face/Meta Llama or a tokenizer.model into llama2.c files"),
 }

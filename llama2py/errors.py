@@ -21,8 +21,20 @@ class DeviceError(Llama2pyError):
     """A backend cannot run here: no GPU, no CuPy, not enough memory, extension not built."""
 
 
+class ResourceError(Llama2pyError):
+    """What was asked for would not fit the available memory (KV cache, buffers, batch)."""
+
+
+class NonFiniteError(Llama2pyError):
+    """The model produced NaN or Inf logits (NaN/Inf or overflowing weights in the checkpoint)."""
+
+
 class DownloadError(Llama2pyError):
     """A model could not be fetched or failed its checksum."""
+
+
+class OutputError(Llama2pyError):
+    """An output file cannot be written: missing or unwritable folder, a directory, or an input file."""
 
 
 class ConvertError(Llama2pyError):

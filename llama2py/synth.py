@@ -25,19 +25,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from .argtypes import int_at_least
-from .checkpoint import HEADER_BYTES, Config, header_bytes, quantize_q80, weight_shapes
+from .checkpoint import MODEL_SHAPES, ChunkSource, Config, checkpoint_bytes, weight_shapes, write_checkpoint
+from .files import add_progress_arguments, progress_bar
 
 BOS = 1
 BOS_SCALE = 0.01
 CHUNK_FLOATS = 1 << 21  # 8 MiB of float32 per generated chunk
-
-# name: (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len) of karpathy's models
-SHAPES: dict[str, tuple[int, int, int, int, int, int, int]] = {
-    "stories260K": (64, 172, 5, 8, 4, 512, 512),
-    "stories15M": (288, 768, 6, 6, 6, 32000, 256),
-    "stories42M": (512, 1376, 8, 8, 8, 32000, 1024),
-    "stories110M": (768, 2048, 12, 12, 12, 32000, 1024),
-}
 
 # A fixed id per tensor for seeding (never reorder: it would change every synthetic file).
 _TENSOR_ID = {
@@ -46,33 +39,6 @@ _TENSOR_ID = {
         ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final", "wcls")
     )
 }
-_LAYERED = ("rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3")
-_V0_ORDER = ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final")
-_V1_ORDER = ("rms_att", "rms_ffn", "rms_final", "token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
-_Q_ORDER = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
-
-
-def shape_config(name: str, shared_classifier: bool = True) -> Config:
-    if name not in SHAPES:
-        raise ValueError(f"unknown shape {name!r}; choose one of {', '.join(SHAPES)}")
-    return Config(*SHAPES[name], shared_classifier=shared_classifier)
-
-
-def synth_group_size(config: Config) -> int:
-    """v2 group size: like llama2.c's exporter (64, halved until it divides dim), but it must also
-    divide hidden_dim here (stories260K's 172 needs 4)."""
-    gs = 64
-    while config.dim % gs or config.hidden_dim % gs:
-        gs //= 2
-    return gs
-
-
-def _parts(config: Config, name: str) -> list[tuple[int, tuple[int, ...]]]:
-    """(layer, shape) of each separately generated part of a tensor (layer -1: not per layer)."""
-    shape = weight_shapes(config)[name]
-    if name in _LAYERED:
-        return [(layer, shape[1:]) for layer in range(config.n_layers)]
-    return [(-1, shape)]
 
 
 def _part_chunks(config: Config, name: str, layer: int, shape: tuple[int, ...], seed: int) -> Iterator[np.ndarray]:
@@ -97,21 +63,21 @@ def _part_chunks(config: Config, name: str, layer: int, shape: tuple[int, ...], 
         yield a
 
 
-def file_bytes(config: Config, version: int = 0, group_size: Optional[int] = None) -> int:
-    """The exact size of a checkpoint of this config and version."""
-    shapes = weight_shapes(config)
-    names = [n for n in shapes if n != "wcls"] + ([] if config.shared_classifier else ["wcls"])
-    floats = sum(math.prod(shapes[n]) for n in names)
-    if version == 0:
-        return 28 + 4 * (floats + config.seq_len * config.head_size)
-    if version == 1:
-        return HEADER_BYTES + 4 * floats
-    gs = group_size or synth_group_size(config)
-    n = HEADER_BYTES + 4 * (2 * config.n_layers * config.dim + config.dim)
-    for name in list(_Q_ORDER) + ([] if config.shared_classifier else ["wcls"]):
-        numel = math.prod(shapes[name])
-        n += numel + 4 * (numel // gs)
-    return n
+def synthetic_source(config: Config, seed: int = 0) -> ChunkSource:
+    """The random weights as a chunk source for write_checkpoint: per layer (layer -1: a tensor
+    that is not per layer), chunks of whole rows of at most CHUNK_FLOATS values."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+
+    def chunks(name: str) -> Iterator[np.ndarray]:
+        shape = weight_shapes(config)[name]
+        if name in ("token_embedding", "rms_final", "wcls"):
+            yield from _part_chunks(config, name, -1, shape, seed)
+            return
+        for layer in range(config.n_layers):
+            yield from _part_chunks(config, name, layer, shape[1:], seed)
+
+    return chunks
 
 
 def write_synthetic(
@@ -120,69 +86,13 @@ def write_synthetic(
     version: int = 0,
     seed: int = 0,
     group_size: Optional[int] = None,
-    progress: Optional[Callable[[int], None]] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
 ) -> int:
-    """Write a random-weight checkpoint; return the bytes written. progress(n) after each chunk.
+    """Write a random-weight checkpoint with write_checkpoint; return the bytes written.
 
-    Memory: one chunk of CHUNK_FLOATS floats at a time (v2: one layer's int8 values of a tensor,
-    or the token embedding's, plus its scales)."""
-    if version not in (0, 1, 2):
-        raise ValueError(f"version must be 0, 1 or 2, got {version}")
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
-    config.validate("synth")
-    if version == 2:
-        group_size = group_size or synth_group_size(config)
-        if group_size <= 0 or config.dim % group_size or config.hidden_dim % group_size:
-            raise ValueError(f"group size {group_size} must divide dim {config.dim} and hidden_dim {config.hidden_dim}")
-    written = 0
-
-    def put(f, data: np.ndarray) -> None:
-        nonlocal written
-        b = data.tobytes()
-        f.write(b)
-        written += len(b)
-        if progress:
-            progress(len(b))
-
-    def put_f32(f, name: str) -> None:
-        for layer, shape in _parts(config, name):
-            for chunk in _part_chunks(config, name, layer, shape, seed):
-                put(f, chunk.astype("<f4", copy=False))
-
-    def put_q80(f, name: str) -> None:
-        # Each part (a layer, or the whole embedding/classifier) is one quantized tensor: its int8
-        # values, then its scales. Groups never straddle rows (group_size divides the row length).
-        for layer, shape in _parts(config, name):
-            scales = []
-            for chunk in _part_chunks(config, name, layer, shape, seed):
-                q, s = quantize_q80(chunk, group_size)
-                put(f, q)
-                scales.append(s)
-            put(f, np.concatenate(scales).astype("<f4", copy=False))
-
-    names_tail = [] if config.shared_classifier else ["wcls"]
-    with open(path, "wb") as f:
-        head = header_bytes(config, version, group_size)
-        f.write(head)
-        written += len(head)
-        if version == 0:
-            for name in _V0_ORDER:
-                put_f32(f, name)
-            rope = config.seq_len * config.head_size  # the obsolete RoPE tables: zeros
-            for i in range(0, rope, CHUNK_FLOATS):
-                put(f, np.zeros(min(CHUNK_FLOATS, rope - i), "<f4"))
-            for name in names_tail:
-                put_f32(f, name)
-        elif version == 1:
-            for name in list(_V1_ORDER) + names_tail:
-                put_f32(f, name)
-        else:
-            for name in ("rms_att", "rms_ffn", "rms_final"):
-                put_f32(f, name)
-            for name in list(_Q_ORDER) + names_tail:
-                put_q80(f, name)
-    return written
+    Memory: one chunk of CHUNK_FLOATS floats at a time, also for v2 (the writer quantizes the
+    chunks of a layer as one tensor)."""
+    return write_checkpoint(path, config, synthetic_source(config, seed), version, group_size, progress)
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
@@ -205,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output .bin path")
     p.add_argument(
         "--shape",
-        choices=tuple(SHAPES),
+        choices=tuple(MODEL_SHAPES),
         default=None,
         help="start from this model's shape (otherwise give every field below)",
     )
@@ -216,7 +126,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--unshared-classifier",
         action="store_true",
-        help="store a separate classifier instead of reusing the token embedding",
+        help="store a separate classifier instead of reusing the token embedding (llama2-7B has one anyway)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
     p.add_argument(
@@ -226,13 +136,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--group-size",
         type=int_at_least(1, "--group-size"),
         default=None,
-        help="v2 group size (default: 64 halved until it divides dim and hidden)",
+        help="v2 group size (default: 64 halved until it divides dim, as llama2.c's export)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_arguments(p)
 
 
 def config_from_args(args) -> Config:
-    values = dict(zip((f for _, f in FREE_FIELDS), SHAPES[args.shape])) if args.shape else {}
+    base = MODEL_SHAPES[args.shape] if args.shape else None
+    values = {f: getattr(base, f) for _, f in FREE_FIELDS} if base else {}
     missing = []
     for flag, field in FREE_FIELDS:
         v = getattr(args, flag)
@@ -242,30 +153,18 @@ def config_from_args(args) -> Config:
             missing.append(f"--{flag.replace('_', '-')}")
     if missing:
         raise ValueError(
-            f"no --shape given, so these are needed: {' '.join(missing)} (or pick --shape {'|'.join(SHAPES)})"
+            f"no --shape given, so these are needed: {' '.join(missing)} (or pick --shape {'|'.join(MODEL_SHAPES)})"
         )
-    config = Config(**values, shared_classifier=not args.unshared_classifier)
+    shared = (base.shared_classifier if base else True) and not args.unshared_classifier
+    config = Config(**values, shared_classifier=shared)
     config.validate("synth")
     return config
 
 
 def run(args) -> int:
-    import sys
-
-    from tqdm import tqdm
-
     config = config_from_args(args)
-    total = file_bytes(config, args.version, args.group_size)
-    with tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        file=sys.stderr,
-        desc=os.path.basename(args.out),
-        disable=args.no_progress,
-        leave=True,
-    ) as bar:
-        n = write_synthetic(args.out, config, args.version, args.seed, args.group_size, bar.update)
+    total = checkpoint_bytes(config, args.version, args.group_size)
+    with progress_bar(total, os.path.basename(args.out), args.progress) as progress:
+        n = write_synthetic(args.out, config, args.version, args.seed, args.group_size, progress)
     print(f"wrote {args.out}: {n:,} bytes, llama2.c v{args.version}, {config.describe()}, seed {args.seed}")
     return 0

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from llama2py.backends import create_backend  # noqa: E402
 from llama2py.batch import BatchStats, run_batch  # noqa: E402
 from llama2py.bench import cpu_model  # noqa: E402
-from llama2py.checkpoint import load_checkpoint  # noqa: E402
-from llama2py.synth import shape_config, write_synthetic  # noqa: E402
+from llama2py.checkpoint import load_checkpoint, model_shape  # noqa: E402
+from llama2py.synth import write_synthetic  # noqa: E402
 
 
 def one_run(backend, batch: int, prompt_len: int, gen: int, temperature: float, top_p: float, seed: int) -> BatchStats:
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     path = Path(args.checkpoint)
     if not path.exists():
         tmp = path.with_name(path.name + f".{os.getpid()}.part")
-        write_synthetic(tmp, shape_config("stories15M"), version=0, seed=0)
+        write_synthetic(tmp, model_shape("stories15M"), version=0, seed=0)
         os.replace(tmp, path)
     ck = load_checkpoint(path)
     c = ck.config

@@ -1,13 +1,31 @@
 """Checkpoint formats v0/v1/v2: round trips, identical logits across versions, every damaged file refused."""
 
+import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from conftest import SHAPES, rel_err
 
 from llama2py.backends.numpy_backend import NumpyBackend
-from llama2py.checkpoint import Config, load_checkpoint, quantize_q80, random_weights, weight_shapes, write_checkpoint
+from llama2py.checkpoint import (
+    MODEL_SHAPES,
+    NORM_TENSORS,
+    Config,
+    Weights,
+    check_group_size,
+    checkpoint_bytes,
+    default_group_size,
+    load_checkpoint,
+    quantize_q80,
+    random_weights,
+    weight_shapes,
+    write_checkpoint,
+)
 from llama2py.errors import CheckpointError
 
 
@@ -131,3 +149,182 @@ def test_write_refuses_wrong_shapes(tmp_path):
     w.wq = w.wq[:, :-1]
     with pytest.raises(ValueError, match="wq"):
         write_checkpoint(tmp_path / "x.bin", c, w)
+
+
+# -- the writer ------------------------------------------------------------------------------------
+def _odd_chunks(weights: Weights, sizes=(1, 7, 13, 100)):
+    """A chunk source that cuts every tensor at odd places (across rows, layers and groups)."""
+
+    def chunks(name):
+        flat = getattr(weights, name).reshape(-1)
+        i = k = 0
+        while i < flat.size:
+            n = sizes[k % len(sizes)]
+            yield flat[i : i + n].astype(np.float64)  # any float type is accepted
+            i, k = i + n, k + 1
+
+    return chunks
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_chunking_does_not_change_the_file(tmp_path, shape, version):
+    c = SHAPES[shape]
+    w = random_weights(c, 5)
+    gs = 2 if version == 2 else None  # small groups: many of them straddle the odd chunks
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    write_checkpoint(a, c, w, version, gs)
+    write_checkpoint(b, c, _odd_chunks(w), version, gs)
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_v0_and_v1_of_the_same_weights_load_equal(tmp_path, shape):
+    c = SHAPES[shape]
+    w = random_weights(c, 6)
+    loaded = []
+    for v in (0, 1):
+        write_checkpoint(tmp_path / f"v{v}.bin", c, w, v)
+        loaded.append(load_checkpoint(tmp_path / f"v{v}.bin"))
+    assert loaded[0].config == loaded[1].config == c
+    for name, arr in loaded[0].weights.tensors().items():
+        np.testing.assert_array_equal(arr, getattr(loaded[1].weights, name), err_msg=name)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_v2_roundtrip_is_per_layer_q80(tmp_path, shape):
+    """Each layer of each matrix is quantized on its own (llama2.c's export); the norms stay exact."""
+    c = SHAPES[shape]
+    w = random_weights(c, 7)
+    w.wq[-1] *= 1000  # the last layer's scales must not leak into the others
+    gs = default_group_size(c.dim)
+    write_checkpoint(tmp_path / "q.bin", c, w, 2)
+    ck = load_checkpoint(tmp_path / "q.bin")
+    assert ck.group_size == gs and ck.file_bytes == checkpoint_bytes(c, 2, gs)
+    worst = 0.0
+    for name, arr in w.tensors().items():
+        got = getattr(ck.weights, name)
+        if name in NORM_TENSORS:
+            np.testing.assert_array_equal(got, arr, err_msg=name)
+            continue
+        parts = [arr] if name in ("token_embedding", "wcls") else list(arr)
+        want = np.concatenate(
+            [(lambda q, s: q.reshape(-1, gs) * s[:, None])(*quantize_q80(p, gs)).reshape(-1) for p in parts]
+        )
+        np.testing.assert_array_equal(got.reshape(-1), want, err_msg=name)
+        worst = max(worst, rel_err(got, arr))
+    assert 0 < worst < 0.01, f"worst Q8_0 error {worst:.3g}"
+
+
+def test_group_size_rule():
+    """llama2.c's export: 64, halved until it divides dim (hidden_dim does not matter)."""
+    assert [default_group_size(d) for d in (4096, 768, 288, 48, 64, 18, 2)] == [64, 64, 32, 16, 64, 2, 2]
+    with pytest.raises(CheckpointError, match="dim 37 is odd"):
+        default_group_size(37)
+    c = MODEL_SHAPES["stories260K"]
+    assert check_group_size(c, None) == 64 and check_group_size(c, 16) == 16  # 64 does not divide hidden 172
+    for bad in (0, 3, 48, 128):
+        with pytest.raises(CheckpointError, match=f"group size {bad} does not divide dim 64"):
+            check_group_size(c, bad)
+
+
+def test_v2_with_groups_across_rows(tmp_path):
+    """stories260K's shape gets group 64, which does not divide w2's rows of 172: groups run over the
+    flattened layer, as in llama2.c's export."""
+    c = Config(64, 172, 2, 8, 4, 512, 32)
+    w = random_weights(c, 8)
+    write_checkpoint(tmp_path / "q.bin", c, w, 2)
+    ck = load_checkpoint(tmp_path / "q.bin")
+    assert ck.group_size == 64
+    q, s = quantize_q80(w.w2[1], 64)
+    np.testing.assert_array_equal(ck.weights.w2[1].reshape(-1), (q.reshape(-1, 64) * s[:, None]).reshape(-1))
+
+
+@pytest.mark.parametrize(
+    "make_source,match",
+    [
+        (lambda w: lambda name: [getattr(w, name).reshape(-1)[:-1]], "gave .* values, the tensor has"),
+        (lambda w: lambda name: [getattr(w, name), np.zeros(1, np.float32)], "more than its"),
+        (lambda w: lambda name: [getattr(w, name).astype(np.int8)], "int8 values, expected floats"),
+    ],
+)
+@pytest.mark.parametrize("version", [1, 2])
+def test_bad_source_leaves_nothing(tmp_path, make_source, match, version):
+    c = SHAPES["gqa_unshared"]
+    out = tmp_path / "x.bin"
+    with pytest.raises(ValueError, match=match):
+        write_checkpoint(out, c, make_source(random_weights(c)), version)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_reaches_the_total(tmp_path):
+    c = SHAPES["wide"]
+    seen = []
+    n = write_checkpoint(tmp_path / "p.bin", c, random_weights(c), 2, progress=lambda d, t: seen.append((d, t)))
+    assert n == (tmp_path / "p.bin").stat().st_size == seen[-1][0]
+    assert {t for _, t in seen} == {n} and [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_writer_refuses_bad_arguments(tmp_path):
+    c = SHAPES["odd_tiny"]
+    w = random_weights(c)
+    with pytest.raises(ValueError, match="version must be 0, 1 or 2"):
+        write_checkpoint(tmp_path / "x.bin", c, w, 3)
+    with pytest.raises(ValueError, match="v2 .* only"):
+        write_checkpoint(tmp_path / "x.bin", c, w, 1, group_size=2)
+    with pytest.raises(CheckpointError, match="does not divide dim 18"):
+        write_checkpoint(tmp_path / "x.bin", c, w, 2, group_size=4)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- atomic writes ---------------------------------------------------------------------------------
+_READER = """
+import sys
+from llama2py.checkpoint import load_checkpoint
+ck = load_checkpoint(sys.argv[1])  # memory-mapped
+print(float(ck.weights.wq.sum()), float(ck.weights.w2.sum()), flush=True)
+sys.stdin.readline()  # the file is rewritten meanwhile
+print(float(ck.weights.wq.sum()), float(ck.weights.w2.sum()), flush=True)
+"""
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_a_mapped_checkpoint_keeps_its_contents_while_rewritten(tmp_path, version):
+    """Rewriting a file in place would show the reader the new weights or kill it with SIGBUS; the
+    writer renames a new file over it, so the reader keeps reading the old one."""
+    c = SHAPES["wide"]
+    path = tmp_path / "m.bin"
+    write_checkpoint(path, c, random_weights(c, 1), version)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        before = reader.stdout.readline()
+        assert before, "the reader failed to load the checkpoint"
+        write_checkpoint(path, c, random_weights(c, 2), version)  # same size, other weights
+        out, _ = reader.communicate("go\n", timeout=60)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0, f"the reader died (signal {-reader.returncode})"
+    assert out == before
+    assert load_checkpoint(path).weights.wq.sum() == pytest.approx(random_weights(c, 2).wq.sum(), rel=0.02)
+    assert os.listdir(tmp_path) == ["m.bin"]
+
+
+def test_ctrl_c_during_a_write_leaves_nothing(tmp_path):
+    """SIGINT while `llama2py synth` writes: exit 130, neither the file nor the temporary remains."""
+    out = tmp_path / "big.bin"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama2py", "synth", "--shape", "stories110M", "--no-progress", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
+        assert proc.poll() is None, "synth ended before it could be interrupted"
+        assert time.monotonic() < deadline, "no temporary file appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert os.listdir(tmp_path) == []

@@ -11,9 +11,18 @@ import numpy as np
 import pytest
 
 from llama2py.backends import create_backend
-from llama2py.checkpoint import Config, load_checkpoint
+from llama2py.checkpoint import (
+    Config,
+    Weights,
+    checkpoint_bytes,
+    default_group_size,
+    load_checkpoint,
+    model_shape,
+    weight_shapes,
+    write_checkpoint,
+)
 from llama2py.cli import main
-from llama2py.synth import SHAPES, file_bytes, shape_config, synth_group_size, write_synthetic
+from llama2py.synth import synthetic_source, write_synthetic
 
 TINY = Config(dim=24, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=67, seq_len=24)
 
@@ -24,9 +33,9 @@ def test_every_reader_accepts_size_and_header(tmp_path, version, shared):
     c = Config(**{**TINY.__dict__, "shared_classifier": shared})
     path = tmp_path / f"t_v{version}.bin"
     seen = []
-    n = write_synthetic(path, c, version, seed=1, progress=seen.append)
-    assert n == path.stat().st_size == file_bytes(c, version)
-    assert sum(seen) + (28 if version == 0 else 256) == n
+    n = write_synthetic(path, c, version, seed=1, progress=lambda done, total: seen.append((done, total)))
+    assert n == path.stat().st_size == checkpoint_bytes(c, version)
+    assert seen[-1] == (n, n) and all(a[0] < b[0] for a, b in zip(seen, seen[1:]))  # grows to the total
     ck = load_checkpoint(path)
     assert ck.version == version and ck.config == c
     head = path.read_bytes()[:41]
@@ -55,15 +64,47 @@ def test_same_weights_in_every_version_and_same_seed_same_bytes(tmp_path):
         np.testing.assert_array_equal(arr, wc.tensors()[name])
 
 
-@pytest.mark.parametrize("name", list(SHAPES))
-def test_named_shapes_sizes(name):
-    c = shape_config(name)
-    assert (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len) == SHAPES[name]
-    # v0 of stories15M is the famous 60,816,028-byte file
-    if name == "stories15M":
-        assert file_bytes(c, 0) == 60_816_028
-    gs = synth_group_size(c)
-    assert c.dim % gs == 0 and c.hidden_dim % gs == 0
+def _materialize(config: Config, source) -> Weights:
+    arrays = {}
+    for name, shape in weight_shapes(config).items():
+        if name == "wcls" and config.shared_classifier:
+            continue
+        arrays[name] = np.concatenate([np.asarray(c, np.float32).reshape(-1) for c in source(name)]).reshape(shape)
+    arrays.setdefault("wcls", arrays["token_embedding"])
+    return Weights(**arrays)
+
+
+@pytest.mark.parametrize("version", [0, 1, 2])
+@pytest.mark.parametrize("shared", [True, False])
+def test_synth_is_the_one_writer(tmp_path, monkeypatch, version, shared):
+    """synth's file is write_checkpoint's file of the same weights, byte for byte (one writer),
+    also when synth's chunks cut rows and groups at odd places."""
+    import llama2py.synth as synth
+
+    monkeypatch.setattr(synth, "CHUNK_FLOATS", 50)  # chunks of 2 rows of 24, 1 row of 40
+    c = Config(**{**TINY.__dict__, "shared_classifier": shared})
+    a, b = tmp_path / "synth.bin", tmp_path / "writer.bin"
+    write_synthetic(a, c, version, seed=3)
+    write_checkpoint(b, c, _materialize(c, synthetic_source(c, seed=3)), version)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_named_shapes_sizes():
+    # v0 of stories15M is the famous 60,816,028-byte file; stories260K's is 1,056,540 bytes
+    assert checkpoint_bytes(model_shape("stories15M"), 0) == 60_816_028
+    assert checkpoint_bytes(model_shape("stories260K"), 0) == 1_056_540
+    assert default_group_size(model_shape("stories15M").dim) == 32  # as llama2.c's export picks
+    seven = model_shape("llama2-7B")
+    assert (seven.dim, seven.hidden_dim, seven.n_layers, seven.n_heads, seven.vocab_size) == (
+        4096,
+        11008,
+        32,
+        32,
+        32000,
+    )
+    assert seven.n_params == 6_738_415_616  # Llama 2 7B's published parameter count
+    with pytest.raises(ValueError, match="stories15M"):
+        model_shape("stories16M")
 
 
 def test_chunked_tensors_cross_chunk_boundaries(tmp_path, monkeypatch):
@@ -74,7 +115,7 @@ def test_chunked_tensors_cross_chunk_boundaries(tmp_path, monkeypatch):
     for v in (0, 2):
         p = tmp_path / f"c{v}.bin"
         write_synthetic(p, TINY, v, seed=2)
-        assert load_checkpoint(p).file_bytes == file_bytes(TINY, v)
+        assert load_checkpoint(p).file_bytes == checkpoint_bytes(TINY, v)
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -184,7 +225,18 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_progress_bar_on_stderr(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", "--layers", "1", str(tmp_path / "p.bin")],
+        [
+            sys.executable,
+            "-m",
+            "llama2py",
+            "synth",
+            "--shape",
+            "stories260K",
+            "--layers",
+            "1",
+            "--progress",
+            str(tmp_path / "p.bin"),
+        ],
         capture_output=True,
         text=True,
     )

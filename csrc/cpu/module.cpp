@@ -233,6 +233,14 @@ public:
         return a;
     }
 
+    // The logits of the last step() as a view (max_batch, vocab) of the model's own buffer, no
+    // copy (B rows valid); the array keeps the model alive. For the finiteness check of step().
+    static py::array logits_view(py::object self) {
+        Model& m = self.cast<Model&>();
+        const long V = m.core_->config().vocab_size;
+        return py::array_t<float>({(py::ssize_t)m.core_->max_batch(), (py::ssize_t)V}, m.core_->logits(), self);
+    }
+
     size_t buffer_bytes() const { return core_->buffer_bytes(); }
     int threads() const { return core_->threads(); }
     int max_batch() const { return core_->max_batch(); }
@@ -432,6 +440,7 @@ PYBIND11_MODULE(_cpu, m) {
         .def("set_seeds", &Model::set_seeds, py::arg("seeds"))
         .def("rng_state", &Model::rng_state, py::arg("slot"))
         .def("last_logits", &Model::last_logits)
+        .def("logits_view", &Model::logits_view)
         .def_property_readonly("buffer_bytes", &Model::buffer_bytes)
         .def_property_readonly("threads", &Model::threads)
         .def_property_readonly("max_batch", &Model::max_batch);

@@ -5,12 +5,23 @@ arrays to callers: inputs and outputs are host numpy arrays. It runs B sequences
 at one shared position; sequence b always uses KV cache slot b. The generation loop lives in
 llama2py.generate and is written once against this interface.
 
+Validation lives here, once: the public forward / prefill / step / set_seeds / profile check every
+argument (token ids as int32 in range, batch size, positions, logits mode, temperature and top_p in
+float32, forced ids) and then call the backend's _forward / _prefill / _step / _set_seeds /
+_profile with arguments that are known to be good. Backends do not validate again. The
+constructor checks that the KV cache and buffers fit the memory that is available before a
+backend allocates anything.
+
 A backend holds one generation's state (KV cache, generators, buffers): it is not thread-safe.
 Use one model per thread (each Llama.load has its own backend); batch sequences instead of threads.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Optional
@@ -18,41 +29,53 @@ from typing import Optional
 import numpy as np
 
 from ..checkpoint import Config, Weights
+from ..errors import NonFiniteError, ResourceError
 
 PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
+LOGITS_MODES = ("last", "all", "none")
+_F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: below it logits / t overflows
+_U64 = 1 << 64
 
 
 class Backend(ABC):
     name: str = "?"
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        max_batch = check_int("max_batch", max_batch, 1)
+        if threads is not None:
+            threads = check_int("threads", threads, 1)
         self.config = config
         self.max_batch = max_batch
         self.threads = threads
+        check_memory(self.host_bytes(config, max_batch, threads), config, max_batch)
 
-    # -- the model ------------------------------------------------------------------------------
-    @abstractmethod
+    # -- memory ---------------------------------------------------------------------------------
+    def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
+        """Host memory this backend will allocate beyond the weights it is given, by item (checked
+        against the available memory before anything is allocated). The default: a float32 KV
+        cache and activation buffers for max_batch rows; a backend that keeps them elsewhere
+        (cuda) overrides it."""
+        return {"KV cache": config.kv_cache_bytes(max_batch), "buffers": buffer_bytes(config, max_batch, threads)}
+
+    # -- the model (validated here, computed by the backend) ------------------------------------
     def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         """One position for a batch: tokens (B,) int32 at position pos.
 
         Writes the KV cache rows at pos for slots 0..B-1; returns logits (B, vocab) float32."""
+        t, pos = self.check_tokens(tokens, pos, 1)
+        return self._forward(t, pos)
 
-    @abstractmethod
     def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
         """A run of positions at once: tokens (B, T) int32 at positions pos..pos+T-1.
 
         Matrix-matrix work rather than T single steps; fills the KV cache exactly as T forward()
         calls would. logits: "last" -> (B, vocab) at the last position, "all" -> (B, T, vocab),
         "none" -> None (only the cache is wanted)."""
+        if not isinstance(logits, str) or logits not in LOGITS_MODES:
+            raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
+        t, pos = self.check_tokens(tokens, pos, 2)
+        return self._prefill(t, pos, logits)
 
-    # -- sampling -------------------------------------------------------------------------------
-    @abstractmethod
-    def set_seeds(self, seeds: Sequence[int]) -> None:
-        """Reset the run-compatible generator of each slot b to seeds[b] (len(seeds) <= max_batch)."""
-
-    @abstractmethod
     def step(
         self,
         tokens: np.ndarray,
@@ -66,14 +89,111 @@ class Backend(ABC):
 
         tokens (B,) int32 at position pos. Returns next ids (B,) int32 and, with want_logprobs,
         log softmax(logits)[next] (B,) float32 of the raw (untempered) logits. Where forced[b] >= 0
-        the next id is forced[b] and slot b's generator is not advanced (prompt tokens)."""
+        the next id is forced[b] and slot b's generator is not advanced (prompt tokens); forced
+        entries < 0 mean "sample". temperature and top_p are used as float32 (as the kernels and
+        run do): a temperature that is 0 in float32 is greedy.
 
-    # -- reporting ------------------------------------------------------------------------------
+        Raises NonFiniteError when the logits of a sampled token are not finite (NaN or Inf in
+        the checkpoint's weights, or activations that overflow float32)."""
+        t, pos = self.check_tokens(tokens, pos, 1)
+        B = t.shape[0]
+        temperature, top_p = check_sampling(temperature, top_p)
+        f = None if forced is None else self.check_forced(forced, B)
+        nxt, lp = self._step(t, pos, temperature, top_p, f, bool(want_logprobs))
+        sampled = np.ones(B, bool) if f is None else f < 0  # (B,) rows whose token came from the logits
+        if sampled.any():
+            # Cheap: the logit (and log-prob) of each sampled id, not a scan of every logit. NaN/Inf
+            # weights make the whole row non-finite, and then the chosen id's logit is too.
+            ids = nxt[sampled]
+            bad = bool((ids < 0).any() or (ids >= self.config.vocab_size).any())
+            if lp is not None:
+                bad = bad or not np.isfinite(lp[sampled]).all()
+            chosen = self._chosen_logits(nxt, B)
+            if chosen is not None:
+                bad = bad or not np.isfinite(chosen[sampled]).all()
+            if bad:
+                raise non_finite_error(pos, temperature)
+        return nxt, lp
+
+    def set_seeds(self, seeds: Sequence[int]) -> None:
+        """Reset the run-compatible generator of each slot b to seeds[b] (len(seeds) <= max_batch);
+        seeds are integers in 0..2**64-1."""
+        if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__"):
+            raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}")
+        if len(seeds) > self.max_batch:
+            raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
+        self._set_seeds([check_int("seed", s, 0, _U64 - 1) for s in seeds])
+
     def profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
         """Seconds spent per kernel category in one decode step at pos for tokens (B,): keys from
         PROFILE_KEYS (matmul = the layers' projections; classifier separate). For `bench`."""
+        t, pos = self.check_tokens(tokens, pos, 1)
+        return self._profile(t, pos)
+
+    # -- what a backend implements (arguments already validated) --------------------------------
+    @abstractmethod
+    def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        """tokens (B,) int32 C-contiguous, in range; pos..pos inside the context."""
+
+    @abstractmethod
+    def _prefill(self, tokens: np.ndarray, pos: int, logits: str) -> Optional[np.ndarray]:
+        """tokens (B, T) int32 C-contiguous, in range; logits one of LOGITS_MODES."""
+
+    @abstractmethod
+    def _step(
+        self,
+        tokens: np.ndarray,
+        pos: int,
+        temperature: float,
+        top_p: float,
+        forced: Optional[np.ndarray],
+        want_logprobs: bool,
+    ) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """tokens (B,) int32; temperature >= 0 and top_p in [0, 1], both exact float32 values;
+        forced None or (B,) int32 C-contiguous with entries < vocab (< 0: sample)."""
+
+    @abstractmethod
+    def _set_seeds(self, seeds: list[int]) -> None:
+        """seeds: Python ints in 0..2**64-1, len <= max_batch."""
+
+    def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
         raise NotImplementedError(f"{self.name} backend has no per-kernel profile")
 
+    def _chosen_logits(self, next_ids: np.ndarray, B: int) -> Optional[np.ndarray]:
+        """The logit (B,) of each id the last _step returned, when the backend has it at little
+        cost (step() refuses non-finite ones); None where it has not."""
+        return None
+
+    # -- argument checks (the one home of each) --------------------------------------------------
+    def check_tokens(self, tokens, pos, ndim: int) -> tuple[np.ndarray, int]:
+        """Token block (B,) or (B, T) and its start position -> (int32 C-contiguous array, int pos)."""
+        t = as_token_ids(tokens, self.config.vocab_size, "tokens")
+        if t.ndim != ndim:
+            raise ValueError(f"tokens must have {ndim} dimension(s), got shape {t.shape}")
+        B = t.shape[0]
+        T = t.shape[1] if ndim == 2 else 1
+        if not 1 <= B <= self.max_batch:
+            raise ValueError(f"batch of {B} sequences, this backend was made for 1..{self.max_batch}")
+        pos = check_int("pos", pos, 0)
+        if T < 1 or pos + T > self.config.seq_len:
+            raise ValueError(f"positions {pos}..{pos + T - 1} are outside the context 0..{self.config.seq_len - 1}")
+        return t, pos
+
+    def check_forced(self, forced, B: int) -> np.ndarray:
+        """forced (B,) integer ids < vocab, or < 0 for "sample" -> int32 C-contiguous."""
+        f = np.asarray(forced)
+        if f.dtype == np.bool_ or f.dtype.kind not in "iu":
+            raise ValueError(f"forced must hold integer token ids, got dtype {f.dtype}")
+        if f.shape != (B,):
+            raise ValueError(f"forced must have shape ({B},), got {f.shape}")
+        if f.size and (int(f.max()) >= self.config.vocab_size or int(f.min()) < np.iinfo(np.int32).min):
+            raise ValueError(
+                f"forced token ids must be in -2**31..{self.config.vocab_size - 1} (negative: sample), "
+                f"got {f.min()}..{f.max()}"
+            )
+        return np.ascontiguousarray(f, np.int32)
+
+    # -- reporting ------------------------------------------------------------------------------
     def describe(self) -> str:
         return self.name
 
@@ -85,25 +205,137 @@ class Backend(ABC):
         """Release device memory early (optional; garbage collection does it too)."""
 
 
-def check_tokens(backend: Backend, tokens: np.ndarray, pos: int, ndim: int) -> np.ndarray:
-    """Validate a token batch at the Python boundary: shape, batch size, range, position."""
-    t = np.ascontiguousarray(tokens, dtype=np.int32)
-    if t.ndim != ndim:
-        raise ValueError(f"tokens must have {ndim} dimension(s), got shape {t.shape}")
-    B = t.shape[0]
-    T = t.shape[1] if ndim == 2 else 1
-    c = backend.config
-    if not 1 <= B <= backend.max_batch:
-        raise ValueError(f"batch of {B} sequences, this backend was made for 1..{backend.max_batch}")
-    if T < 1 or pos < 0 or pos + T > c.seq_len:
-        raise ValueError(f"positions {pos}..{pos + T - 1} are outside the context 0..{c.seq_len - 1}")
-    if t.size and (t.min() < 0 or t.max() >= c.vocab_size):
-        raise ValueError(f"token ids must be in 0..{c.vocab_size - 1}, got {t.min()}..{t.max()}")
-    return t
+# -- checks shared with the layers above (model, batch, generate) -------------------------------------
+def check_int(name: str, value, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    """An integer (Python or numpy; not bool, not float) in [lo, hi] -> int."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        span = f"in {lo}..{hi}" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
+        raise ValueError(f"{name} must be {span}, got {v}")
+    return v
 
 
-def check_prefill(backend: Backend, tokens: np.ndarray, pos: int, logits: str) -> np.ndarray:
-    """Validate prefill's arguments before any work: the logits mode, then the token block (B, T)."""
-    if logits not in ("last", "all", "none"):
-        raise ValueError(f"logits must be 'last', 'all' or 'none', got {logits!r}")
-    return check_tokens(backend, tokens, pos, 2)
+def as_token_ids(tokens, vocab_size: int, what: str = "token ids") -> np.ndarray:
+    """Token ids (any nesting of integers) -> an int32 C-contiguous array, every id in 0..vocab-1.
+    Floats, bools, strings and ids outside the vocabulary are refused, never cast."""
+    if isinstance(tokens, (str, bytes)):
+        raise TypeError(f"{what} must be integer token ids, got {type(tokens).__name__}; encode text first")
+    try:
+        a = np.asarray(tokens)
+    except ValueError as e:  # ragged nesting
+        raise ValueError(f"{what} must be a rectangular array of integer ids ({e})") from None
+    if a.dtype == np.bool_ or a.dtype.kind not in "iu":
+        if a.dtype == object or a.size:
+            raise ValueError(
+                f"{what} must be integer ids in 0..{vocab_size - 1}, got {_describe_values(a)}; no silent casts"
+            )
+        a = a.astype(np.int32)  # an empty list: no ids to check
+    if a.size:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ValueError(f"{what} must be in 0..{vocab_size - 1}, got {lo}..{hi}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _describe_values(a: np.ndarray) -> str:
+    if a.dtype == object:
+        bad = next((x for x in a.reshape(-1) if not isinstance(x, numbers.Integral) or isinstance(x, bool)), None)
+        if bad is None:
+            return "ids beyond 64 bits"
+        return f"{bad!r} ({type(bad).__name__})"
+    return f"dtype {a.dtype} (e.g. {a.reshape(-1)[0]!r})"
+
+
+def check_sampling(temperature, top_p) -> tuple[float, float]:
+    """temperature >= 0 and top_p in [0, 1], finite, as the float32 values the kernels use.
+
+    A temperature that rounds to 0 in float32 is greedy (as in run, whose temperature is a float).
+    A positive one below float32's smallest normal number (1.2e-38) is refused: logits /
+    temperature would overflow to Inf and sampling would be noise (run samples noise there)."""
+    t = _real("temperature", temperature)
+    p = _real("top_p", top_p)
+    if not (math.isfinite(t) and t >= 0.0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+    t32 = float(np.float32(t)) if t < 3.4e38 else math.inf
+    if math.isinf(t32):
+        raise ValueError(f"temperature {temperature} does not fit in float32 (max 3.4e38)")
+    if 0.0 < t32 < _F32_TINY:
+        raise ValueError(
+            f"temperature {temperature} is below float32's smallest normal number ({_F32_TINY:.3g}): "
+            "logits / temperature would overflow; use 0 for greedy decoding"
+        )
+    return t32, float(np.float32(p))
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
+def non_finite_error(pos: int, temperature: float) -> NonFiniteError:
+    hint = ""
+    if 0.0 < temperature < 1e-3:
+        hint = f", or the temperature {temperature:g} is so small that logits / temperature overflows (use 0)"
+    return NonFiniteError(
+        f"the model produced non-finite logits (NaN or Inf) at position {pos}: the checkpoint's "
+        f"weights most likely hold NaN/Inf values or values so large that float32 overflows{hint}; "
+        "check the file (re-download or re-export it)"
+    )
+
+
+# -- memory ----------------------------------------------------------------------------------------------
+def buffer_bytes(config: Config, max_batch: int, threads: Optional[int]) -> int:
+    """Activation and sampling buffers of a host backend, generously: rows = max(max_batch, 64)
+    (prefill chunks), per-thread attention scores and per-slot sampling scratch (vocab floats x3)."""
+    c = config
+    n_threads = threads or os.cpu_count() or 1
+    rows = max(max_batch, 64)
+    per_row = 4 * (8 * c.dim + 2 * c.kv_dim + 2 * c.hidden_dim + c.vocab_size)
+    return (
+        rows * per_row
+        + 4 * n_threads * (rows * c.dim + c.n_heads * c.seq_len)
+        + 4 * c.seq_len * c.head_size
+        + 16 * max_batch * c.vocab_size
+    )
+
+
+def available_memory() -> Optional[int]:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
+
+
+def check_memory(parts: dict[str, int], config: Config, max_batch: int) -> None:
+    """Refuse (ResourceError) what would not fit the available memory, naming both figures and
+    what lowers the need: a smaller max_batch (--max-batch) or a shorter context (--context)."""
+    need = sum(parts.values())
+    avail = available_memory()
+    if avail is None or need <= avail:
+        return
+    detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v)
+    fix = []
+    if max_batch > 1:
+        fix.append("a smaller batch (max_batch_size / --max-batch)")
+    fix.append(f"a shorter context than seq_len {config.seq_len} (context= / --context N)")
+    raise ResourceError(
+        f"this model needs {_gib(need)} of memory ({detail} for {max_batch} sequence(s) of "
+        f"{config.seq_len} positions) but only {_gib(avail)} is available; use {' or '.join(fix)}"
+    )

@@ -19,9 +19,7 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..errors import DeviceError
-from .base import PROFILE_KEYS, Backend, check_prefill, check_tokens
-
-_MASK64 = (1 << 64) - 1
+from .base import PROFILE_KEYS, Backend
 
 
 def _load_extension():
@@ -48,8 +46,6 @@ class CpuBackend(Backend):
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
         super().__init__(config, weights, max_batch, threads)
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1 (or None for OpenMP's default), got {threads}")
         cores = os.cpu_count() or 1
         if threads is not None and threads > max(64, 4 * cores):
             # each thread gets its own buffers; absurd counts would exhaust memory, not speed anything up
@@ -88,16 +84,21 @@ class CpuBackend(Backend):
         # Reusable outputs of step(); callers get copies.
         self._next = np.empty(max_batch, np.int32)  # (max_batch,)
         self._logprobs = np.empty(max_batch, np.float32)  # (max_batch,)
+        # Read-only view of the step logits (max_batch, vocab) where the extension offers one: step()
+        # checks the chosen ids' logits are finite without copying the rows.
+        view = getattr(self._model, "logits_view", None)
+        self._logits_view = view() if view is not None else None
+        if self._logits_view is not None:
+            self._logits_view.flags.writeable = False
 
     # -- the model ------------------------------------------------------------------------------
-    def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        t = check_tokens(self, tokens, pos, 1)
-        out = np.empty((t.shape[0], self.config.vocab_size), np.float32)
-        self._model.forward(out, t, pos)
+    def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        out = np.empty((tokens.shape[0], self.config.vocab_size), np.float32)
+        self._model.forward(out, tokens, pos)
         return out
 
-    def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
-        t = check_prefill(self, tokens, pos, logits)
+    def _prefill(self, tokens: np.ndarray, pos: int, logits: str) -> Optional[np.ndarray]:
+        t = tokens
         B, T = t.shape
         V = self.config.vocab_size
         out = None
@@ -109,31 +110,26 @@ class CpuBackend(Backend):
         return out
 
     # -- sampling -------------------------------------------------------------------------------
-    def set_seeds(self, seeds: Sequence[int]) -> None:
-        if len(seeds) > self.max_batch:
-            raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
-        self._model.set_seeds(np.array([int(s) & _MASK64 for s in seeds], dtype=np.uint64))
+    def _set_seeds(self, seeds: Sequence[int]) -> None:
+        self._model.set_seeds(np.array(seeds, dtype=np.uint64))
 
-    def step(self, tokens, pos, temperature, top_p, forced=None, want_logprobs=False):
-        t = check_tokens(self, tokens, pos, 1)
-        B = t.shape[0]
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        f = None
-        if forced is not None:
-            f = np.ascontiguousarray(forced, dtype=np.int32)
-            if f.shape != (B,):
-                raise ValueError(f"forced must have shape ({B},), got {f.shape}")
+    def _step(self, tokens, pos, temperature, top_p, forced, want_logprobs):
+        B = tokens.shape[0]
         nxt = self._next[:B]
         lp = self._logprobs[:B] if want_logprobs else None
-        self._model.step(nxt, lp, t, pos, float(temperature), float(top_p), f)
+        self._model.step(nxt, lp, tokens, pos, temperature, top_p, forced)
         return nxt.copy(), (lp.copy() if want_logprobs else None)
 
+    def _chosen_logits(self, next_ids: np.ndarray, B: int) -> Optional[np.ndarray]:
+        view = self._logits_view  # (max_batch, vocab) over the C++ logits of the last step, no copy
+        if view is None:
+            return None
+        return view[np.arange(B), np.clip(next_ids, 0, self.config.vocab_size - 1)]
+
     # -- reporting ------------------------------------------------------------------------------
-    def profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
-        t = check_tokens(self, tokens, pos, 1)
+    def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
         times = np.zeros(len(PROFILE_KEYS), np.float64)
-        self._model.profile(times, t, pos)
+        self._model.profile(times, tokens, pos)
         return dict(zip(PROFILE_KEYS, (float(x) for x in times)))
 
     def memory_bytes(self) -> int:

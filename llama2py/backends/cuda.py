@@ -28,7 +28,7 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..errors import DeviceError
-from .base import PROFILE_KEYS, Backend, check_prefill, check_tokens
+from .base import PROFILE_KEYS, Backend
 
 SOURCES = ("forward.cu", "sample.cu")
 GV_MAXB = 4  # csrc/cuda/forward.cu: rows a GEMV kernel handles
@@ -149,6 +149,9 @@ class CudaBackend(Backend):
         self._forced_clear = False
 
     # -- setup ----------------------------------------------------------------------------------
+    def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
+        return {}  # weights, KV cache and buffers live in GPU memory: checked against its free memory
+
     def _load_kernels(self) -> dict:
         cp = self.cp
         d = source_dir()
@@ -428,8 +431,8 @@ class CudaBackend(Backend):
             self._sample(B, advance=True)
 
     # -- the model ------------------------------------------------------------------------------
-    def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        t = check_tokens(self, tokens, pos, 1)
+    def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        t = tokens
         B = t.shape[0]
         with self.device, self.stream:
             self._set_tokens(t)
@@ -439,8 +442,8 @@ class CudaBackend(Backend):
         self.stream.synchronize()
         return out
 
-    def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
-        t = check_prefill(self, tokens, pos, logits)
+    def _prefill(self, tokens: np.ndarray, pos: int, logits: str) -> Optional[np.ndarray]:
+        t = tokens
         B, T = t.shape
         c = self.config
         chunk = max(1, self.max_rows // B)
@@ -468,11 +471,9 @@ class CudaBackend(Backend):
         return last
 
     # -- sampling -------------------------------------------------------------------------------
-    def set_seeds(self, seeds: Sequence[int]) -> None:
-        if len(seeds) > self.max_batch:
-            raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
+    def _set_seeds(self, seeds: Sequence[int]) -> None:
         if len(seeds):
-            s = np.array([int(x) & 0xFFFFFFFFFFFFFFFF for x in seeds], np.uint64)
+            s = np.array(seeds, np.uint64)
             with self.device:
                 self._h2d(self.rng_d[: len(s)], s)
 
@@ -488,14 +489,14 @@ class CudaBackend(Backend):
             self._graphs[B] = g
         return g
 
-    def step(self, tokens, pos, temperature, top_p, forced=None, want_logprobs=False):
-        t = check_tokens(self, tokens, pos, 1)
+    def _step(self, tokens, pos, temperature, top_p, forced, want_logprobs):
+        t = tokens
         B = t.shape[0]
         cp = self.cp
         with self.device, self.stream:
             self._set_tokens(t)
             self._set_pos(pos)
-            fp = (float(np.float32(temperature)), float(np.float32(top_p)))
+            fp = (temperature, top_p)  # already float32 values (base.check_sampling)
             if self._dev_fparams != fp:
                 self._h2d(self.fparams_d, np.array(fp, np.float32))
                 self._dev_fparams = fp
@@ -503,16 +504,12 @@ class CudaBackend(Backend):
             if self._dev_lp != lpf:
                 self._h2d(self.iparams_d, np.array([lpf], np.int32))
                 self._dev_lp = lpf
-            f = None if forced is None else np.asarray(forced, np.int32).reshape(-1)[:B]
-            if f is not None and f.size != B:
-                raise ValueError(f"forced has {f.size} entries for a batch of {B}")
+            f = forced  # None or (B,) int32 < vocab (base.check_forced)
             if f is None or not (f >= 0).any():
                 if not self._forced_clear:
                     self._h2d(self.forced_d, np.full(self.max_batch, -1, np.int32))
                     self._forced_clear = True
             else:
-                if (f >= self.config.vocab_size).any():
-                    raise ValueError(f"forced token ids must be < {self.config.vocab_size}")
                 self._h2d(self.forced_d[:B], f)
                 self._forced_clear = False
             self._graph(B).launch(stream=self.stream)
@@ -531,10 +528,10 @@ class CudaBackend(Backend):
         return nxt, (self._pin_lp[:B].copy() if want_logprobs else None)
 
     # -- profiling ------------------------------------------------------------------------------
-    def profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
+    def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
         """Seconds per category for one decode step at pos, every category launched on its own
         (no graph, no fusion) between CUDA events; the second of two passes is reported."""
-        t = check_tokens(self, tokens, pos, 1)
+        t = tokens
         B = t.shape[0]
         cp, c, k, i32 = self.cp, self.config, self.k, np.int32
         D, H = c.dim, c.hidden_dim

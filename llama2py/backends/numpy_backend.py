@@ -12,7 +12,7 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..sampler import Rng, Sampler, log_softmax_at
-from .base import Backend, check_prefill, check_tokens
+from .base import Backend
 
 EPS = np.float32(1e-5)
 
@@ -94,13 +94,11 @@ class NumpyBackend(Backend):
     def _logits(self, x: np.ndarray) -> np.ndarray:
         return (x @ self.w.wcls.T).astype(np.float32)  # (..., vocab)
 
-    def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
-        t = check_tokens(self, tokens, pos, 1)
-        return self._logits(self._block(t[:, None], pos)[:, 0])
+    def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
+        return self._logits(self._block(tokens[:, None], pos)[:, 0])
 
-    def prefill(self, tokens: np.ndarray, pos: int, logits: str = "last") -> Optional[np.ndarray]:
-        t = check_prefill(self, tokens, pos, logits)
-        x = self._block(t, pos)
+    def _prefill(self, tokens: np.ndarray, pos: int, logits: str) -> Optional[np.ndarray]:
+        x = self._block(tokens, pos)
         if logits == "none":
             return None
         if logits == "all":
@@ -108,14 +106,13 @@ class NumpyBackend(Backend):
         return self._logits(x[:, -1])
 
     # -- sampling with the spec sampler ---------------------------------------------------------
-    def set_seeds(self, seeds: Sequence[int]) -> None:
-        if len(seeds) > self.max_batch:
-            raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
+    def _set_seeds(self, seeds: Sequence[int]) -> None:
         for b, s in enumerate(seeds):
             self.rngs[b] = Rng(s)
 
-    def step(self, tokens, pos, temperature, top_p, forced=None, want_logprobs=False):
-        logits = self.forward(tokens, pos)
+    def _step(self, tokens, pos, temperature, top_p, forced, want_logprobs):
+        logits = self._forward(tokens, pos)
+        self._last_logits = logits  # (B, vocab), for _chosen_logits
         B = logits.shape[0]
         nxt = np.empty(B, np.int32)
         for b in range(B):
@@ -129,3 +126,6 @@ class NumpyBackend(Backend):
         if want_logprobs:
             lp = np.array([log_softmax_at(logits[b], int(nxt[b])) for b in range(B)], np.float32)
         return nxt, lp
+
+    def _chosen_logits(self, next_ids: np.ndarray, B: int) -> np.ndarray:
+        return self._last_logits[np.arange(B), np.clip(next_ids, 0, self.config.vocab_size - 1)]

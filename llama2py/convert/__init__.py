@@ -9,14 +9,15 @@ into llama2.c files, tensor by tensor (memory: about one tensor plus the writer'
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..checkpoint import Config
+from ..argtypes import int_at_least
+from ..checkpoint import Config, write_checkpoint
 from ..errors import ConvertError
+from ..files import add_progress_arguments, atomic_output, check_output_path, progress_bar
 
 QUANTIZE_VERSIONS = {None: 1, "q8_0": 2}  # --quantize -> llama2.c file version
 
@@ -42,28 +43,6 @@ def detect_source(src: Path) -> str:
             "pass a Hugging Face or Meta Llama directory, or a tokenizer.model"
         )
     raise ConvertError(f"{src}: no such file or directory")
-
-
-def check_output(out: Path) -> None:
-    """Refuse an output we could not write, before reading a single tensor."""
-    if out.is_dir():
-        raise ConvertError(f"output {out}: is a directory; give a file name such as {out / 'model.bin'}")
-    parent = out.parent
-    if not parent.is_dir():
-        raise ConvertError(f"output {out}: folder {parent} does not exist (or is not a folder); create it first")
-    try:  # os.access says yes to root on a read-only file system: try it
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{out.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConvertError(f"output {out}: cannot write in {parent} ({e.strerror or e})")
-
-
-def check_not_input(out: Path, inputs: list[Path]) -> None:
-    """Renaming the finished output over one of its own inputs would destroy the model."""
-    for path in inputs:
-        if out.exists() and path.exists() and os.path.samefile(out, path):
-            raise ConvertError(f"output {out}: is the input file {path}; write to another file")
 
 
 def open_model(src: Path, seq_len: Optional[int] = None, note: Callable[[str], None] = lambda s: None):
@@ -95,76 +74,21 @@ def convert(
     kind = detect_source(src)
     if quantize not in QUANTIZE_VERSIONS:
         raise ConvertError(f"--quantize {quantize}: the only quantization is q8_0")
-    check_output(out)
+    check_output_path(out, (src,))  # before reading anything
     if kind == "tokenizer":
         if quantize or seq_len:
             raise ConvertError("--quantize and --seq-len apply to models, not to a tokenizer")
         from .tokenizer_export import tokenizer_bytes
 
-        check_not_input(out, [src])
-
         data = tokenizer_bytes(src)
-        with _atomic_output(out) as tmp, open(tmp, "wb") as f:
+        with atomic_output(out, (src,)) as f:
             f.write(data)
         return None
     source = open_model(src, seq_len, note)
-    check_not_input(out, source.input_files)
-    _write_checkpoint(out, source.config, source.chunks, QUANTIZE_VERSIONS[quantize], progress)
-    return source.config
-
-
-# -- TEMPORARY adapters until branch `format` lands one streaming write_checkpoint(path, config,
-# source, version, group_size, progress) and an atomic-output helper: delete after that merge. --
-def _atomic_output(out: Path):
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            yield tmp  # the path to write; renamed over `out` when the block completes
-            os.replace(tmp, out)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-
-    return ctx()
-
-
-def _write_checkpoint(out: Path, config: Config, chunks, version: int, progress) -> None:
-    import numpy as np
-
-    from ..checkpoint import Weights, header_bytes, weight_shapes, write_checkpoint
-
-    arrays = {}
-    for name, shape in weight_shapes(config).items():
-        if name == "wcls" and config.shared_classifier:
-            continue
-        arrays[name] = np.concatenate([c.reshape(-1) for c in chunks(name)]).reshape(shape)
-    if config.shared_classifier:
-        arrays["wcls"] = arrays["token_embedding"]
-    weights = Weights(**arrays)
-    total = len(header_bytes(config, version, 64)) + (
-        config.weight_bytes("f32") if version == 1 else config.weight_bytes("q8_0", _group_size(config))
+    write_checkpoint(
+        out, source.config, source.chunks, QUANTIZE_VERSIONS[quantize], None, progress, inputs=tuple(source.input_files)
     )
-    done = 0
-
-    def step(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress(done, total)
-
-    with _atomic_output(out) as tmp:
-        write_checkpoint(tmp, config, weights, version, None, step)
-
-
-def _group_size(config: Config) -> int:
-    from ..checkpoint import default_group_size
-
-    return default_group_size(config.dim)
+    return source.config
 
 
 # -- command line ---------------------------------------------------------------------------------------
@@ -176,35 +100,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seq-len",
-        type=_positive_int,
+        type=int_at_least(1, "--seq-len"),
         default=None,
         help="context length to record (default: config.json's max_position_embeddings; 4096 for Meta)",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seq-len must be a positive integer, got {text!r}")
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"--seq-len must be a positive integer, got {value}")
-    return value
+    add_progress_arguments(p)
 
 
 def run(args) -> int:
-    bar = None
-    progress = None
-    if sys.stderr.isatty():
-        from tqdm import tqdm
+    import sys
 
-        def progress(done: int, total: int) -> None:
+    with contextlib.ExitStack() as stack:
+        bar = None
+
+        def progress(done: int, total: int) -> None:  # the bar starts once the total is known
             nonlocal bar
             if bar is None:
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc="convert", file=sys.stderr)
-            bar.update(done - bar.n)
+                bar = stack.enter_context(progress_bar(total, Path(args.out).name, args.progress)) or (
+                    lambda done, total: None
+                )
+            bar(done, total)
 
-    try:
         config = convert(
             args.src,
             args.out,
@@ -213,9 +129,6 @@ def run(args) -> int:
             progress,
             note=lambda message: print(f"llama2py: {message}", file=sys.stderr),
         )
-    finally:
-        if bar is not None:
-            bar.close()
     if config is None:
         print(f"wrote {args.out}: llama2.c tokenizer")
     else:

@@ -1,0 +1,109 @@
+"""Writing output files safely: every writer in the package goes through `atomic_output`.
+
+A reader may have the destination memory-mapped (a running model). Rewriting that file in place
+(open(path, "wb")) truncates the pages under it and the reader dies with SIGBUS. So a file is
+written to a temporary name in the destination folder, flushed to disk, and renamed over the
+target only when complete: the old inode lives on for whoever maps it, and an interrupted or
+failed write (an exception, Ctrl-C) leaves neither a half-written target nor the temporary file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Callable, Optional, Union
+
+from .errors import OutputError
+
+PathLike = Union[str, os.PathLike]
+
+
+def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Path:
+    """Refuse, before any work, an output that cannot be written or would overwrite an input."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"output {path}: is a directory; give a file name (e.g. {path / 'model.bin'})")
+    folder = path.parent
+    if not folder.exists():
+        raise OutputError(f"output {path}: folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise OutputError(f"output {path}: {folder} is not a folder")
+    for source in inputs:
+        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise OutputError(f"output {path}: is the input file {source}; write to another file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"output {path}: folder {folder} is not writable; choose another folder")
+    return path
+
+
+def _umask_mode() -> int:
+    """The permission bits open() would give a new file (mkstemp's are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Iterator[BinaryIO]:
+    """`with atomic_output(path) as f: f.write(...)`: path gets the bytes only if the block ends
+    normally; on any exception (KeyboardInterrupt included) the temporary file is removed.
+
+    `inputs`: files the output must not be (also through another path or a link)."""
+    path = check_output_path(path, inputs)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
+    """--progress / --no-progress for a writing subcommand; neither: a bar only on a terminal."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
+    group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def progress_bar(total: int, desc: str, enabled: Optional[bool] = None) -> contextlib.AbstractContextManager:
+    """A byte progress bar on stderr for the writers' `progress(done, total)` callback.
+
+    enabled None: only when stderr is a terminal. Yields the callback (None when disabled)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return contextlib.nullcontext(None)
+    return _tqdm_callback(total, desc)
+
+
+@contextlib.contextmanager
+def _tqdm_callback(total: int, desc: str) -> Iterator[Callable[[int, int], None]]:
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=desc) as bar:
+
+        def update(done: int, _total: int) -> None:
+            bar.update(done - bar.n)
+
+        yield update

@@ -1,0 +1,103 @@
+"""`llama2py quantize IN.bin OUT.bin [--group-size N]`: a v0/v1 (float32) checkpoint as v2 (Q8_0).
+
+The result is what llama2.c's export writes for the same weights (docs/FORMAT.md, version 2): the
+group size it picks (64, halved until it divides dim) unless one is asked for, each layer of each
+matrix quantized on its own, the norms kept in float32. The input is read through short-lived
+memory maps of at most BLOCK_FLOATS values, so a 7B model is quantized without being loaded
+(resident memory: a couple of blocks plus the writer's few MiB); the output appears complete,
+under its name, or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .argtypes import int_at_least
+from .checkpoint import (
+    Checkpoint,
+    ChunkSource,
+    check_group_size,
+    checkpoint_bytes,
+    float_tensor_offsets,
+    load_checkpoint,
+    weight_shapes,
+    write_checkpoint,
+)
+from .errors import CheckpointError
+from .files import add_progress_arguments, check_output_path, progress_bar
+
+BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 mapped at a time
+
+
+def mapped_source(ck: Checkpoint) -> ChunkSource:
+    """A v0/v1 file's tensors as chunks, each a fresh memory map of at most BLOCK_FLOATS values:
+    a chunk's pages leave the process's memory once the writer is done with it."""
+    offsets = float_tensor_offsets(ck.config, ck.version)
+    shapes = weight_shapes(ck.config)
+
+    def chunks(name: str) -> Iterator[np.ndarray]:
+        numel = math.prod(shapes[name])
+        for start in range(0, numel, BLOCK_FLOATS):
+            count = min(BLOCK_FLOATS, numel - start)
+            yield np.memmap(ck.path, dtype="<f4", mode="r", offset=offsets[name] + 4 * start, shape=(count,))
+
+    return chunks
+
+
+def open_float_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """The input of quantize: a valid v0 or v1 checkpoint."""
+    ck = load_checkpoint(path)
+    if ck.version == 2:
+        raise CheckpointError(
+            f"checkpoint {path}: is already v2 (Q8_0, group {ck.group_size}); quantize reads v0/v1 float32 files"
+        )
+    return ck
+
+
+def quantize_checkpoint(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    group_size: Optional[int] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> int:
+    """Write the v0/v1 checkpoint src as the v2 file dst; return its size in bytes."""
+    ck = open_float_checkpoint(src)
+    return write_checkpoint(dst, ck.config, mapped_source(ck), 2, group_size, progress, inputs=(src,))
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Write a v0/v1 (float32) llama2.c checkpoint as v2 (Q8_0 int8 weights, float32 scales per "
+        "group), as llama2.c's export does. The output is written to a temporary name and renamed."
+    )
+    p.add_argument("input", help="v0 or v1 llama2.c checkpoint (.bin)")
+    p.add_argument("output", help="the v2 file to write (not the input)")
+    p.add_argument(
+        "--group-size",
+        type=int_at_least(1, "--group-size"),
+        default=None,
+        help="values per scale; must divide dim (default: 64, halved until it divides dim, as llama2.c's export)",
+    )
+    add_progress_arguments(p)
+
+
+def run(args) -> int:
+    ck = open_float_checkpoint(args.input)
+    group_size = check_group_size(ck.config, args.group_size)
+    check_output_path(args.output, inputs=(args.input,))  # before the bar: a refusal prints one line only
+    total = checkpoint_bytes(ck.config, 2, group_size)
+    with progress_bar(total, Path(args.output).name, args.progress) as progress:
+        n = quantize_checkpoint(args.input, args.output, group_size, progress)
+    print(
+        f"wrote {args.output}: {n:,} bytes, llama2.c v2 (Q8_0, group {group_size}), "
+        f"from {args.input} (v{ck.version}, {ck.file_bytes:,} bytes), {ck.config.describe()}"
+    )
+    return 0

@@ -1,0 +1,187 @@
+"""`llama2py quantize`: v0/v1 in, the v2 file llama2.c's export would write out; every bad input is
+one line, exit 1 (2 for bad flags), with nothing half-written left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+from conftest import SHAPES, rel_err
+
+import llama2py.quantize as quantize
+from llama2py.backends.numpy_backend import NumpyBackend
+from llama2py.checkpoint import Config, load_checkpoint, random_weights, write_checkpoint
+from llama2py.cli import main
+from llama2py.files import atomic_output
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llama2py", "quantize", *args], capture_output=True, text=True)
+
+
+def _one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> None:
+    assert r.returncode == code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert "Traceback" not in r.stderr and lines, r.stderr
+    if code == 1:
+        assert len(lines) == 1 and lines[0].startswith("llama2py: error: "), r.stderr
+    for needle in needles:
+        assert needle in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("group_size", [None, 2])
+def test_quantize_equals_writing_v2(tmp_path, capsys, shape, version, group_size):
+    """The output is byte for byte the v2 file of the same weights, and runs close to the original."""
+    c = SHAPES[shape]
+    w = random_weights(c, 11)
+    src, out, ref = tmp_path / "in.bin", tmp_path / "out.bin", tmp_path / "ref.bin"
+    write_checkpoint(src, c, w, version)
+    write_checkpoint(ref, c, w, 2, group_size)
+    args = ["quantize", str(src), str(out), "--no-progress"] + (["--group-size", str(group_size)] if group_size else [])
+    assert main(args) == 0
+    assert out.read_bytes() == ref.read_bytes()
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.bin", "out.bin", "ref.bin"]  # no temporary left
+    ck, orig = load_checkpoint(out), load_checkpoint(src)
+    assert ck.version == 2 and ck.config == c
+    tokens = np.array([[1, 5, 9, 3]], np.int32)
+    want = NumpyBackend(c, orig.weights).prefill(tokens, 0, "all")
+    err = rel_err(NumpyBackend(c, ck.weights).prefill(tokens, 0, "all"), want)
+    assert err < 0.05, f"v2 logits differ from the float32 input's by {err:.3g} relative"
+
+
+def test_real_stories260k(stories260k, tmp_path):
+    """karpathy's stories260K: group 64 (from dim alone, as llama2.c's export), the size it implies."""
+    out = tmp_path / "s.bin"
+    r = _cli(str(stories260k[0]), str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # not a terminal and no --progress: no bar
+    ck = load_checkpoint(out)
+    assert ck.group_size == 64 and ck.file_bytes == 278_608
+    assert "group 64" in r.stdout
+
+
+def test_progress_when_asked(tmp_path, make_checkpoint):
+    r = _cli(str(make_checkpoint("wide")), str(tmp_path / "p.bin"), "--progress")
+    assert r.returncode == 0 and "100%" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    "make_args,code,needles",
+    [
+        (lambda src, d: [src, str(d / "x.bin"), "--group-size", "5"], 1, ["group size 5 does not divide dim 48"]),
+        (lambda src, d: [src, str(d / "x.bin"), "--group-size", "0"], 2, ["--group-size must be >= 1"]),
+        (lambda src, d: [src], 2, ["output"]),
+        (lambda src, d: [src, src], 1, ["is the input file"]),
+        (lambda src, d: [src, str(d / "sub" / ".." / "in.bin")], 1, ["is the input file"]),
+        (lambda src, d: [src, str(d / "link.bin")], 1, ["is the input file"]),
+        (lambda src, d: [src, str(d / "hard.bin")], 1, ["is the input file"]),
+        (lambda src, d: [src, str(d / "sub")], 1, ["is a directory"]),
+        (lambda src, d: [src, str(d / "missing" / "x.bin")], 1, ["does not exist"]),
+        (lambda src, d: [src, str(d / "in.bin" / "x.bin")], 1, ["is not a folder"]),
+        (lambda src, d: [str(d / "v2.bin"), str(d / "x.bin")], 1, ["already v2"]),
+        (lambda src, d: [str(d / "nope.bin"), str(d / "x.bin")], 1, ["no such file"]),
+        (lambda src, d: [str(d / "short.bin"), str(d / "x.bin")], 1, ["truncated"]),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, make_args, code, needles):
+    c = SHAPES["mha_shared"]
+    w = random_weights(c, 1)
+    src = tmp_path / "in.bin"
+    write_checkpoint(src, c, w, 0)
+    write_checkpoint(tmp_path / "v2.bin", c, w, 2)
+    (tmp_path / "short.bin").write_bytes(src.read_bytes()[:-8])
+    (tmp_path / "sub").mkdir()
+    os.symlink(src, tmp_path / "link.bin")
+    os.link(src, tmp_path / "hard.bin")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    _one_line_error(_cli(*make_args(str(src), tmp_path)), code, *needles)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    assert after == before  # the input untouched, no output, no temporary file
+    assert os.listdir(tmp_path / "sub") == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the mkstemp test below covers it")
+def test_unwritable_folder(tmp_path, make_checkpoint):
+    src = make_checkpoint("odd_tiny")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        _one_line_error(_cli(str(src), str(ro / "x.bin")), 1, "not writable")
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o700)
+
+
+def test_folder_that_refuses_the_temporary_file(tmp_path, monkeypatch, make_checkpoint, capsys):
+    """Whatever stops the temporary file (permissions, a read-only mount, quota) is one line."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    src = make_checkpoint("odd_tiny")
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["quantize", str(src), str(tmp_path / "x.bin")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot create a file in" in err and "Permission denied" in err
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_memory_stays_at_a_few_blocks(tmp_path, monkeypatch):
+    """The input is never loaded: Python/numpy allocations stay far below the model's size while a
+    ~60 MB v0 file (32 MB of token embedding in one tensor) is quantized."""
+    c = Config(dim=256, hidden_dim=768, n_layers=8, n_heads=8, n_kv_heads=4, vocab_size=32000, seq_len=64)
+    src = tmp_path / "big.bin"
+    from llama2py.synth import write_synthetic
+
+    write_synthetic(src, c, 0, seed=1)
+    monkeypatch.setattr(quantize, "BLOCK_FLOATS", 1 << 20)
+    tracemalloc.start()
+    try:
+        quantize.quantize_checkpoint(src, tmp_path / "q.bin")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert src.stat().st_size > 55e6
+    assert peak < 24e6, (
+        f"peak traced memory {peak / 1e6:.1f} MB while quantizing a {src.stat().st_size / 1e6:.0f} MB file"
+    )
+    ref = tmp_path / "ref.bin"
+    write_checkpoint(ref, c, load_checkpoint(src).weights, 2)
+    assert (tmp_path / "q.bin").read_bytes() == ref.read_bytes()
+
+
+def test_interrupted_quantize_leaves_nothing(tmp_path, monkeypatch, make_checkpoint):
+    calls = []
+
+    def interrupt(done, total):
+        calls.append(done)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        quantize.quantize_checkpoint(make_checkpoint("wide"), tmp_path / "x.bin", progress=interrupt)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide_v0_s0.bin"]
+
+
+def test_atomic_output_keeps_the_old_file_on_error(tmp_path):
+    target = tmp_path / "t.bin"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_output(target) as f:
+        f.write(b"new, half")
+        raise RuntimeError("fail")
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["t.bin"]
+    with atomic_output(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new" and os.listdir(tmp_path) == ["t.bin"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600
