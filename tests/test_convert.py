@@ -221,6 +221,21 @@ def test_hf_model_matches_reference(tmp_path, device, variant):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "temporary file left behind"
 
 
+@pytest.mark.parametrize("quantize", [None, "q8_0"])
+def test_blocks_of_rows_give_the_same_file(tmp_path, monkeypatch, quantize):
+    """Tensors are streamed in blocks of rows (whole heads for wq/wk): tiny blocks must write the
+    very bytes that one block per tensor writes."""
+    from llama2py.convert import shared
+
+    cfg = {**BASE_CONFIG, "hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 31}
+    write_hf_model(tmp_path / "hf", cfg, hf_tensors(cfg), "BF16")
+    convert(tmp_path / "hf", tmp_path / "whole.bin", quantize)
+    for block_values in (1, 7, 100):  # a row, a head, a few heads at a time
+        monkeypatch.setattr(shared, "BLOCK_VALUES", block_values)
+        convert(tmp_path / "hf", tmp_path / f"blocks{block_values}.bin", quantize)
+        assert (tmp_path / f"blocks{block_values}.bin").read_bytes() == (tmp_path / "whole.bin").read_bytes()
+
+
 def test_hf_quantized_is_q8_of_float(tmp_path):
     cfg = dict(BASE_CONFIG)
     write_hf_model(tmp_path / "hf", cfg, hf_tensors(cfg), "BF16")
@@ -473,7 +488,7 @@ def test_model_parallel_merge_restores_every_tensor():
 
 
 @pytest.mark.parametrize("n_shards", [1, 2])
-def test_meta_checkpoint_matches_reference(tmp_path, n_shards):
+def test_meta_checkpoint_matches_reference(tmp_path, monkeypatch, n_shards):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (only Meta .pth checkpoints need it)")
     cfg = META_CONFIG
     src = tmp_path / "meta"
@@ -489,6 +504,11 @@ def test_meta_checkpoint_matches_reference(tmp_path, n_shards):
     ref = hf_reference_logits(cfg, t, TOKENS)
     err = rel_err(backend_logits(tmp_path / "m.bin", "numpy", TOKENS), ref)
     assert err <= TOL, f"worst relative error {err:.3g}"
+    from llama2py.convert import shared
+
+    monkeypatch.setattr(shared, "BLOCK_VALUES", 30)  # blocks of rows cut across the slices: same file
+    convert(src, tmp_path / "blocks.bin", seq_len=24)
+    assert (tmp_path / "blocks.bin").read_bytes() == (tmp_path / "m.bin").read_bytes()
 
 
 def test_meta_without_torch_names_the_extra(tmp_path, capsys, monkeypatch):

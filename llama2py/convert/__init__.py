@@ -1,5 +1,5 @@
 """`llama2py convert SRC OUT`: Llama models from Hugging Face or Meta, and sentencepiece tokenizers,
-into llama2.c files, tensor by tensor (memory: about one tensor plus the writer's buffers).
+into llama2.c files, streamed in blocks of rows (memory: a few blocks, whatever the model's size).
 
     SRC = a Hugging Face Llama directory (config.json + *.safetensors)  -> checkpoint (v1, or v2 with --quantize q8_0)
         = a Meta directory (params.json + consolidated.*.pth; needs torch) -> checkpoint

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..checkpoint import Config
 from ..errors import ConvertError
+from . import shared
 from .safetensors import SafetensorsFile
 from .shared import check_rope_theta, norm_eps_note, source_shapes
 
@@ -188,22 +189,30 @@ class HfSource:
                     f"{self.where[name].path}: tensor {name} has shape {list(got)}, config.json implies {list(shape)}"
                 )
 
-    def _read(self, name: str) -> np.ndarray:
-        return self.where[name].read(name)
+    def _blocks(self, hf_name: str, rope_heads: int = 0) -> Iterator[np.ndarray]:
+        """One source tensor as float32 blocks of whole rows, about shared.BLOCK_VALUES values each; with
+        rope_heads, blocks of whole heads with their rows put in llama2.c's RoPE order."""
+        shard = self.where[hf_name]
+        shape = shard.tensors[hf_name].shape
+        if len(shape) == 1:
+            yield shard.read(hf_name)
+            return
+        rows, cols = shape
+        unit = rows // rope_heads if rope_heads else 1  # rows of one head
+        step = max(unit, shared.BLOCK_VALUES // cols // unit * unit)
+        for start in range(0, rows, step):
+            block = shard.read_rows(hf_name, start, min(rows, start + step))
+            yield unpermute_rotary(block, block.shape[0] // unit) if rope_heads else block
 
     def chunks(self, name: str) -> Iterator[np.ndarray]:
-        """The writer's source: tensor `name` (llama2.c naming) as float32 chunks, one per layer."""
+        """The writer's source: tensor `name` (llama2.c naming) as float32 blocks, layer after layer."""
         c = self.config
         if name == "wcls" and c.shared_classifier:
             name = "token_embedding"
         hf = HF_NAMES[name]
+        rope_heads = {"wq": c.n_heads, "wk": c.n_kv_heads}.get(name, 0)
         if "{i}" not in hf:
-            yield self._read(hf)
+            yield from self._blocks(hf)
             return
         for i in range(c.n_layers):
-            w = self._read(hf.format(i=i))
-            if name == "wq":
-                w = unpermute_rotary(w, c.n_heads)
-            elif name == "wk":
-                w = unpermute_rotary(w, c.n_kv_heads)
-            yield w
+            yield from self._blocks(hf.format(i=i), rope_heads)

@@ -3,7 +3,9 @@
 Meta's q/k rows are already in the interleaved pair order llama2.c uses (no permutation). Several
 consolidated files mean model parallelism: each holds a slice of every matrix, and the slices are
 joined along the axis llama2.c's export joins them (`merge_model_parallel`). Reading .pth files
-needs PyTorch (the `meta` extra); they are memory-mapped, and one tensor at a time is converted.
+needs PyTorch (the `meta` extra); they are memory-mapped, and converted in blocks of rows. (The
+mapped pages read stay resident until the end, counted in the RSS, but they are clean file pages
+the kernel drops under memory pressure: the conversion does not need the model's size in RAM.)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from ..checkpoint import Config
 from ..errors import ConvertError
+from . import shared
 from .shared import check_rope_theta, norm_eps_note, source_shapes
 
 META_NAMES = {
@@ -138,13 +141,33 @@ class MetaSource:
                 raise ConvertError(f"{self.src}: consolidated shard {i} holds other tensors than shard 0")
         return {n: merged_shape(n, [tuple(s[n].shape) for s in self.shards]) for n in names}
 
-    def _read(self, name: str) -> np.ndarray:
-        return merge_model_parallel(name, [s[name].float().numpy() for s in self.shards])
+    def _rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 of the merged tensor, reading only those rows of each slice."""
+        parts = [shard[name] for shard in self.shards]
+        if len(parts) == 1 or merge_axis(name) == 1:  # every slice holds some columns of every row
+            return merge_model_parallel(name, [p[start:stop].float().numpy() for p in parts])
+        blocks, first = [], 0  # sliced by rows: take the rows each slice holds
+        for p in parts:
+            lo, hi = max(start, first), min(stop, first + p.shape[0])
+            if lo < hi:
+                blocks.append(p[lo - first : hi - first].float().numpy())
+            first += p.shape[0]
+        return np.concatenate(blocks)
+
+    def _blocks(self, name: str) -> Iterator[np.ndarray]:
+        """One tensor as float32 blocks of whole rows, about shared.BLOCK_VALUES values each."""
+        if self.shards[0][name].ndim == 1:  # the norms: replicated in every shard
+            yield self.shards[0][name].float().numpy()
+            return
+        rows, cols = merged_shape(name, [tuple(s[name].shape) for s in self.shards])
+        step = max(1, shared.BLOCK_VALUES // cols)
+        for start in range(0, rows, step):
+            yield self._rows(name, start, min(rows, start + step))
 
     def chunks(self, name: str) -> Iterator[np.ndarray]:
         meta = META_NAMES[name]
         if "{i}" not in meta:
-            yield self._read(meta)
+            yield from self._blocks(meta)
             return
         for i in range(self.config.n_layers):
-            yield self._read(meta.format(i=i))
+            yield from self._blocks(meta.format(i=i))

@@ -6,8 +6,8 @@ and one code path for float32/float16/bfloat16 is simpler to trust than two. The
 an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}} (offsets
 relative to the end of the header), then the raw little-endian tensor bytes. Every header is checked
 against the file size when the file is opened, so a truncated shard is refused before any output
-is written. Tensors are read one at a time with positioned reads (not a memory map, whose touched
-pages would count towards the process's memory until the whole file is unmapped).
+is written. Tensors are read in blocks of rows with positioned reads (not a memory map, whose
+touched pages would count towards the process's memory until the whole file is unmapped).
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class TensorInfo:
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) to float32: they are the high half of a float32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    wide = raw.astype(np.uint32)
+    wide <<= 16  # in place: one temporary, not two
+    return wide.view(np.float32)
 
 
 class SafetensorsFile:
@@ -97,17 +99,26 @@ class SafetensorsFile:
     def read(self, name: str) -> np.ndarray:
         """Tensor `name` as a new float32 array of its shape."""
         info = self.tensors[name]
-        raw = np.empty(math.prod(info.shape), DTYPES[info.dtype])
+        rows = info.shape[0] if info.shape else 1
+        return self.read_rows(name, 0, rows).reshape(info.shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 (along the first axis) of tensor `name` as a new float32 array:
+        what a converter streams, so its memory is one block, not one tensor."""
+        info = self.tensors[name]
+        dtype = DTYPES[info.dtype]
+        row_values = math.prod(info.shape[1:])
+        raw = np.empty((stop - start) * row_values, dtype)
         try:
             with open(self.path, "rb") as f:
-                f.seek(info.start)
+                f.seek(info.start + start * row_values * dtype.itemsize)
                 got = f.readinto(memoryview(raw).cast("B"))
         except OSError as e:
             raise ConvertError(f"{self.path}: cannot read tensor {name} ({e.strerror or e})")
-        if got != info.end - info.start:
+        if got != raw.nbytes:
             raise ConvertError(f"{self.path}: truncated while reading tensor {name}; download it again")
         if info.dtype == "BF16":
             out = bf16_to_f32(raw)
         else:
             out = raw.astype(np.float32, copy=False)
-        return out.reshape(info.shape)
+        return out.reshape((stop - start, *info.shape[1:]))

@@ -9,6 +9,7 @@ from ..errors import ConvertError
 
 ROPE_THETA = 10000.0  # llama2.c's RoPE base (FORMAT.md, forward pass step 3); not stored in the file
 NORM_EPS = 1e-5  # llama2.c's rmsnorm epsilon (FORMAT.md, forward pass step 1); not stored either
+BLOCK_VALUES = 1 << 22  # values per block read (16 MiB as float32): the converter's working memory
 
 
 def check_rope_theta(value, where: str) -> None:
