@@ -1,4 +1,4 @@
-"""llama2.c checkpoints: versions 0, 1 and 2 (../shared/FORMAT.md), memory-mapped and validated.
+"""llama2.c checkpoints: versions 0, 1 and 2 (docs/FORMAT.md), memory-mapped and validated.
 
 Every shape comes from the header and the file size is checked against it, so a truncated,
 padded or foreign file is refused before any weight is touched.

@@ -22,7 +22,7 @@ from .errors import Llama2pyError
 
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
-    "info": ("llama2py.cli", "describe a checkpoint (format, config, parameters, bytes)"),
+    "info": ("llama2py.info", "describe a checkpoint (format, config, parameters, bytes)"),
     "download": ("llama2py.download", "fetch stories15M/42M/110M/260K and tokenizers into models/"),
     "synth": ("llama2py.synth", "write a random-weight checkpoint of a given shape"),
     "quantize": ("llama2py.quantize", "write a v0/v1 checkpoint as v2 (Q8_0), as llama2.c's export does"),
@@ -309,18 +309,6 @@ def cmd_batch(args) -> int:
     print(f"achieved tok/s: {agg:f} (aggregate over {len(seqs)} sequences, batches of up to {limit})", file=sys.stderr)
     for name, rate, n in per_seq:
         print(f"  {name}: {rate:f} tok/s ({n} tokens)", file=sys.stderr)
-    return 0
-
-
-# -- info -------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="llama2.c checkpoint (.bin)")
-
-
-def run(args) -> int:
-    from .checkpoint import load_checkpoint
-
-    print(load_checkpoint(args.file).describe())
     return 0
 
 

@@ -72,7 +72,7 @@ class KnownFile:
 
 
 # Sizes and checksums: models/README.md says where each one comes from. The checkpoint sizes also
-# follow from their headers (FORMAT.md), which tests/test_download.py re-derives.
+# follow from their headers (docs/FORMAT.md), which tests/test_download.py re-derives.
 REGISTRY = {
     e.name: e
     for e in (

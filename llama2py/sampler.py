@@ -1,6 +1,6 @@
 """The run-compatible sampler: greedy, temperature, top-p, and llama2.c's xorshift generator.
 
-This is the readable specification (FORMAT.md, "Sampler"); the C++ and CUDA backends carry the
+This is the readable specification (docs/FORMAT.md, "Sampler"); the C++ and CUDA backends carry the
 same algorithm in their kernels and are tested against it. Arithmetic is float32 with sequential
 sums, as in run.c, so that near-ties fall the same way.
 """

@@ -2,7 +2,7 @@
 
 Real stories15M/42M/110M weights cannot always be downloaded, but a checkpoint of the same shape
 with random weights costs exactly the same arithmetic. The file is written tensor by tensor in
-chunks of rows (never the whole model in memory), in format v0, v1 or v2 (../shared/FORMAT.md).
+chunks of rows (never the whole model in memory), in format v0, v1 or v2 (docs/FORMAT.md).
 
 Every chunk of every tensor gets its own generator, seeded from (seed, tensor, layer, chunk), so
 the weights do not depend on the file format: a v0 and a v1 file of one seed hold the same floats,

@@ -1,8 +1,13 @@
-"""Shared fixtures: the real models (through $LLAMA2PY_MODELS) and random checkpoints in odd shapes."""
+"""Shared fixtures and helpers: the real models (through $LLAMA2PY_MODELS), run's golden outputs
+(through $LLAMA2PY_GOLDEN), random checkpoints in odd shapes, the one tokenizer-file writer, the one
+way to run the CLI, and stories260K's greedy reference story (docs/FORMAT.md)."""
 
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +16,18 @@ import pytest
 from llama2py.checkpoint import Config, random_weights, write_checkpoint
 
 MODELS_ENV = "LLAMA2PY_MODELS"
+GOLDEN_ENV = "LLAMA2PY_GOLDEN"
+ROOT = Path(__file__).resolve().parents[1]
+
+# stories260K.bin + tok512.bin, temperature 0, 200 positions, no prompt: run's stdout without its
+# final newline (docs/FORMAT.md, "Reference output").
+REFERENCE_260K = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she "
+    "saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to "
+    "the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't "
+    "find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to "
+    "do.\"\nLily didn't want to help her mom, so she"
+)
 
 # Shapes the tests sweep: GQA, unshared classifiers, sizes that are not multiples of 8 or 16,
 # short contexts. Each must stay small: the numpy oracle runs them too.
@@ -44,6 +61,66 @@ def model_file(name: str) -> Path:
     if not p.exists():
         pytest.skip(f"{name} not found in ${MODELS_ENV}={d}")
     return p
+
+
+def find_golden() -> tuple[Path | None, str]:
+    """(the folder of run's exact outputs, cases.json + *.out, or None; why not): $LLAMA2PY_GOLDEN,
+    else $LLAMA2PY_MODELS/../golden."""
+    d = os.environ.get(GOLDEN_ENV)
+    if not d:
+        models = models_dir()
+        if models is None:
+            return None, f"neither ${GOLDEN_ENV} nor ${MODELS_ENV} is set (.ci/run sets ../shared/golden)"
+        d = str(models / ".." / "golden")
+    p = Path(d).resolve()
+    if not (p / "cases.json").is_file():
+        return None, f"no cases.json in the golden folder {p} (set ${GOLDEN_ENV})"
+    return p, ""
+
+
+def golden_dir() -> Path:
+    """The golden folder, or skip the test saying why it is absent."""
+    folder, why = find_golden()
+    if folder is None:
+        pytest.skip(why)
+    return folder
+
+
+def cli(*args, stdin: bytes | None = None, cwd=None, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m llama2py ARGS` in a fresh process with this checkout importable; stdout and
+    stderr captured as bytes. Arguments may be paths or numbers; a bytes argument goes through
+    as raw argv bytes."""
+    argv = [a if isinstance(a, bytes) else str(a) for a in args]
+    return subprocess.run(
+        [sys.executable, "-m", "llama2py", *argv],
+        capture_output=True,
+        input=stdin,
+        cwd=cwd,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
+        timeout=timeout,
+    )
+
+
+def first_difference(got: bytes, want: bytes) -> str:
+    """Where two outputs part: the byte offset, both lengths, and 40 bytes of context of each."""
+    n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    lo = max(0, n - 40)
+    return (
+        f"first difference at byte {n} (got {len(got)} bytes, want {len(want)}):\n"
+        f"  got:  {got[lo : n + 40]!r}\n  want: {want[lo : n + 40]!r}"
+    )
+
+
+def write_tokenizer(path: Path, pieces: list[bytes], scores: list[float] | None = None, max_len=None) -> Path:
+    """Write a llama2.c tokenizer file (docs/FORMAT.md, "Tokenizer file"): int32 max_token_length,
+    then per piece float score, int32 length, the bytes. Scores default to 0."""
+    scores = [0.0] * len(pieces) if scores is None else scores
+    assert len(scores) == len(pieces)
+    data = bytearray(struct.pack("<i", max(len(p) for p in pieces) if max_len is None else max_len))
+    for piece, score in zip(pieces, scores):
+        data += struct.pack("<fi", score, len(piece)) + piece
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
 
 
 @pytest.fixture

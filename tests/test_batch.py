@@ -7,15 +7,11 @@ B = 1, and its log-probs must be the log-softmax of the spec's logits at the ret
 
 from __future__ import annotations
 
-import os
-import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHAPES, require_device
+from conftest import SHAPES, cli, require_device, write_tokenizer
 
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.batch import BatchStats, run_batch
@@ -26,27 +22,21 @@ from llama2py.sampler import Sampler, log_softmax_at
 
 DEVICES = ["numpy", "cpu", "cuda"]
 BOS, EOS = 1, 2
-ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- helpers --------------------------------------------------------------------------------------
-def write_tokenizer(path: Path, vocab_size: int) -> Path:
+def tokenizer_for(path: Path, vocab_size: int) -> Path:
     """A llama2.c tokenizer file for a random checkpoint: <unk>, <s>, </s>, the characters of
     " t0123456789" (so short texts encode without byte fallback), then " t16", " t17", ..."""
     chars = [bytes([ch]) for ch in b" t0123456789"]
     pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + chars
     pieces += [b" t%d" % i for i in range(len(pieces), vocab_size)]
-    pieces = pieces[:vocab_size]
-    with open(path, "wb") as f:
-        f.write(struct.pack("<i", max(len(p) for p in pieces)))
-        for p in pieces:
-            f.write(struct.pack("<fi", 0.0, len(p)) + p)
-    return path
+    return write_tokenizer(path, pieces[:vocab_size])
 
 
 def load(device: str, ck: Path, max_batch: int) -> Llama:
     require_device(device)
-    tok = write_tokenizer(ck.with_suffix(".tok"), load_checkpoint(ck).config.vocab_size)
+    tok = tokenizer_for(ck.with_suffix(".tok"), load_checkpoint(ck).config.vocab_size)
     try:
         return Llama.load(ck, tok, device=device, max_batch_size=max_batch)
     except DeviceError as e:
@@ -217,7 +207,8 @@ def test_each_sequence_stops_at_its_own_eos(device, eos_checkpoint):
         stream, _ = oracle(ck, p, ends[b], 1.0, 1.0, 11 + b, stop=())
         gen = stream[len(p) :]
         stops = [i for i, t in enumerate(gen) if t in (EOS, BOS)]
-        assert toks[b] == gen[: stops[0]] if stops else gen
+        # (parenthesized: `a == b if c else d` would assert the bare `d` when there is no stop)
+        assert toks[b] == (gen[: stops[0]] if stops else gen), f"sequence {b}"
         assert EOS not in toks[b] and BOS not in toks[b]
         assert len(lps[b]) == len(toks[b])
         n_short += len(toks[b]) < max_gen_len
@@ -245,7 +236,7 @@ def test_max_gen_len_and_context_cut(device, make_checkpoint):
     c = SHAPES["gqa_unshared"]
     prompts = random_prompts(c.vocab_size, [2, 5, 16, 12], seed=6)
     m = load(device, ck, 4)
-    st = set()
+    lengths = set()
     for max_gen_len in [0, 1, 3, 20]:
         toks, lps = m.generate(prompts, max_gen_len, temperature=0.0, logprobs=True)
         ends = meta_end([len(p) for p in prompts], max_gen_len, c.seq_len)
@@ -253,7 +244,9 @@ def test_max_gen_len_and_context_cut(device, make_checkpoint):
             want, _ = oracle(ck, p, ends[b], 0.0, 0.9, 1)
             assert p + toks[b] == want
             assert len(toks[b]) <= min(max_gen_len, c.seq_len - len(p))
-            st.add(len(toks[b]))
+            lengths.add(len(toks[b]))
+    # the case must reach both cuts: max_gen_len (0, 1, 3) and the context (prompts of 5 and 12 tokens)
+    assert {0, 1, 3, c.seq_len - 5, c.seq_len - 12} <= lengths, sorted(lengths)
     # a prompt filling the context gets nothing; with echo it comes back whole
     assert m.generate([prompts[2]], 5, temperature=0.0)[0] == [[]]
     assert m.generate([prompts[2]], 5, temperature=0.0, echo=True)[0] == [prompts[2]]
@@ -322,13 +315,6 @@ def test_text_completion_stories260k(device, stories260k):
     for b, (p, d) in enumerate(zip(prompts, sampled)):
         n = len(m.tokenizer.encode(p))
         assert p + d["generation"] == m.run(p, steps=n + 29, temperature=0.8, top_p=0.9, seed=42 + b).text
-
-
-def cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "llama2py", *map(str, args)], capture_output=True, env=env, timeout=300
-    )
 
 
 def one_line_error(r, fragment):

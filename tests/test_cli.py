@@ -1,29 +1,13 @@
-"""End to end: the CLI and API tell FORMAT.md's reference story; every bad input is a clean error."""
-
-import os
-import subprocess
-import sys
-from pathlib import Path
+"""End to end: the CLI and API tell docs/FORMAT.md's reference story; every bad input is a clean error."""
 
 import numpy as np
 import pytest
-from conftest import HOST_DEVICES, require_device
+from conftest import HOST_DEVICES, REFERENCE_260K, cli, require_device
 
 from llama2py.checkpoint import Config, random_weights, write_checkpoint
 
-REFERENCE = """Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
-Lily's mom said, "Lily, let's go to the park." Lily was sad and didn't know what to do. She said, "I want to play with your ball, but I can't find it."
-Lily was sad and didn't know what to do. She said, "I'm sorry, Lily. I didn't know what to do."
-Lily didn't want to help her mom, so she
-"""
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args, stdin=None, env=None):
-    e = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "llama2py", *map(str, args)], capture_output=True, input=stdin, env=e, timeout=300
-    )
+REFERENCE = REFERENCE_260K + "\n"  # run prints a newline after the story
+EOS = 2
 
 
 def assert_clean_error(r, *fragments):
@@ -66,6 +50,8 @@ def test_seeded_sampling_same_on_every_backend(stories260k):
 
 
 def test_api_matches_cli(stories260k):
+    """The API's run/stream tell the CLI's story: the same bytes as `python -m llama2py`, greedy and
+    seeded, and run's tokens (BOS + one per position)."""
     from llama2py import Llama
 
     ck, tok = stories260k
@@ -73,11 +59,15 @@ def test_api_matches_cli(stories260k):
     assert m.config.vocab_size == 512 and m.tokenizer.vocab_size == 512
     res = m.run(steps=200, temperature=0.0)
     assert res.text + "\n" == REFERENCE
-    assert res.tokens[0] == 1 and len(res.tokens) == 201 and res.tok_per_s > 0  # BOS + one per position
+    assert res.tokens[0] == 1 and len(res.tokens) == 201  # BOS + one per position
     assert "".join(m.stream(steps=200, temperature=0.0)) == res.text
-    seeded = m.run("Once upon a time", steps=60, temperature=1.0, top_p=0.9, seed=9)
-    assert seeded.text == m.run("Once upon a time", steps=60, temperature=1.0, top_p=0.9, seed=9).text
-    assert seeded.text.startswith("Once upon a time")
+    flags = dict(prompt="Once upon a time", steps=60, temperature=1.0, top_p=0.9, seed=9)
+    seeded = m.run(**flags)
+    r = cli(ck, "-z", tok, "-i", flags["prompt"], "-n", 60, "-t", 1.0, "-p", 0.9, "-s", 9, "--device", "numpy")
+    assert r.returncode == 0, r.stderr.decode()
+    assert r.stdout == (seeded.text + "\n").encode(), "API and CLI disagree for the same flags"
+    assert seeded.text.startswith("Once upon a time") and len(seeded.text) > len(flags["prompt"]) + 20
+    assert seeded.text != m.run(**dict(flags, seed=10)).text, "the seed must change the story"
 
 
 @pytest.mark.parametrize("device", HOST_DEVICES)
@@ -97,12 +87,37 @@ def test_logits_api(stories260k, device):
     assert err < 1e-5, f"worst relative error {err:.3g}"
 
 
-def test_chat_mode(stories260k):
+@pytest.mark.parametrize(
+    "flags,stdin,template",
+    [
+        # no -y: run asks for the system prompt first; an empty one gives the plain template
+        ([], b"\nHello there\n", "[INST] Hello there [/INST]"),
+        (["-y", "Be kind."], b"Hello there\n", "[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHello there [/INST]"),
+    ],
+)
+def test_chat_mode(stories260k, flags, stdin, template):
+    """Greedy chat prints run's prompts and, for the assistant, what generate mode prints after the
+    chat template (written out here, not taken from the library), cut at the first EOS."""
+    from llama2py import Llama
+
     ck, tok = stories260k
-    r = cli(ck, "-z", tok, "-m", "chat", "-t", "0", "-n", "60", "--device", "numpy", stdin=b"\nHello there\n")
+    steps = 60
+    r = cli(ck, "-z", tok, "-m", "chat", *flags, "-t", "0", "-n", steps, "--device", "numpy", stdin=stdin)
     assert r.returncode == 0, r.stderr.decode()
-    out = r.stdout.decode()
-    assert out.startswith("Enter system prompt (optional): User: Assistant: ")
+
+    m = Llama.load(ck, tokenizer=tok, device="numpy")
+    prompt = m.tokenizer.encode(template, bos=True)
+    ran = m.run(template, steps=steps, temperature=0.0).tokens  # prompt + one token per later position
+    assert ran[: len(prompt)] == prompt and len(ran) == steps + 1, "generate mode stopped early: pick another prompt"
+    reply = ran[len(prompt) - 1 :]
+    ended = EOS in reply
+    if ended:
+        reply = reply[: reply.index(EOS)]
+    want = b"Enter system prompt (optional): " if not flags else b""
+    want += b"User: Assistant: "
+    want += b"".join(m.tokenizer.printable_bytes(a, b) for a, b in zip(reply, reply[1:]))
+    want += b"\nUser: \n" if ended else b"\n"  # after an EOS the next turn reads stdin, which has ended
+    assert r.stdout == want
 
 
 def test_info(stories260k):
@@ -195,43 +210,33 @@ def test_prompt_bytes_that_are_not_utf8(stories260k):
     """run takes argv bytes; so does -i (the invalid bytes fall back to byte tokens, unprinted)."""
     require_device("cpu")
     ck, tok = stories260k
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llama2py",
-            str(ck),
-            "-z",
-            str(tok),
-            "-t",
-            "0",
-            "-n",
-            "30",
-            "--device",
-            "cpu",
-            "-i",
-            os.fsdecode(b"\xff\xfeLily"),
-        ],
-        capture_output=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        timeout=120,
-    )
+    r = cli(ck, "-z", tok, "-t", 0, "-n", 30, "--device", "cpu", "-i", b"\xff\xfeLily", timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.startswith(b"Lily and Anna")
 
 
 def test_tok_per_s_when_the_prefill_covers_every_position(stories260k):
+    """steps <= prompt length - 1: the prefill call runs every position, so tok/s is that call's own
+    rate, and the text is the prompt's first `steps` pieces."""
     from llama2py import Llama
 
     m = Llama.load(stories260k[0], tokenizer=stories260k[1], device="numpy")
+    prompt = m.tokenizer.encode("Once upon a time", bos=True)
+    assert len(prompt) > 4
     res = m.run("Once upon a time", steps=3, temperature=0.0)
-    assert res.stats.positions == 3 and res.tok_per_s > 0
+    st = res.stats
+    assert st.positions == 3 and st.first_call_positions == 3 and st.first_call_s > 0
+    assert res.tok_per_s == pytest.approx(3 / st.first_call_s)
+    assert res.text == b"".join(m.tokenizer.printable_bytes(prompt[i], prompt[i + 1]) for i in range(3)).decode()
+    assert res.tokens == prompt  # nothing sampled
 
 
 def test_chat_ends_when_the_context_is_full(tmp_path, stories260k):
+    """More turns than fit in a 32-position context: the chat stops cleanly before reading them all."""
     c = Config(dim=16, hidden_dim=24, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=512, seq_len=32)
     p = tmp_path / "small.bin"
     write_checkpoint(p, c, random_weights(c))
+    lines = 21
     r = cli(
         p,
         "-z",
@@ -246,6 +251,12 @@ def test_chat_ends_when_the_context_is_full(tmp_path, stories260k):
         "0",
         "--device",
         "numpy",
-        stdin=b"hi\n" + b"tell me a long story please\n" * 20,
+        stdin=b"hi\n" + b"tell me a long story please\n" * (lines - 1),
+        timeout=120,
     )
     assert r.returncode == 0, r.stderr.decode()
+    assert "Traceback" not in r.stderr.decode()
+    out = r.stdout
+    assert out.startswith(b"User: Assistant: ") and out.endswith(b"\n")
+    # each turn's prompt takes several positions of the 32: far fewer turns than lines were read
+    assert 1 <= out.count(b"User: ") < lines and out.count(b"Assistant: ") <= out.count(b"User: ")

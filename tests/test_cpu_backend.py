@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHAPES, rel_err
+from conftest import REFERENCE_260K, SHAPES, rel_err
 
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.base import PROFILE_KEYS
@@ -416,15 +416,6 @@ def test_missing_extension_raises_device_error(monkeypatch, make_checkpoint):
 
 
 # ---- the real model -----------------------------------------------------------------------------
-REFERENCE_260K = (
-    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she "
-    "saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to "
-    "the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't "
-    "find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to "
-    "do.\"\nLily didn't want to help her mom, so she"
-)
-
-
 def test_stories260k_greedy_reference_text(stories260k):
     from llama2py.tokenizer import Tokenizer
 

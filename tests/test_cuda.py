@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHAPES, rel_err
+from conftest import REFERENCE_260K, SHAPES, rel_err
 
 from llama2py.backends.base import PROFILE_KEYS
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -24,11 +24,6 @@ from llama2py.errors import DeviceError
 CUDA_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
 CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
 TOL = 1e-4
-
-REFERENCE = """Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high.
-Lily's mom said, "Lily, let's go to the park." Lily was sad and didn't know what to do. She said, "I want to play with your ball, but I can't find it."
-Lily was sad and didn't know what to do. She said, "I'm sorry, Lily. I didn't know what to do."
-Lily didn't want to help her mom, so she"""
 
 
 def _gpu_reason() -> str | None:
@@ -309,7 +304,7 @@ def _llama(stories260k, device):
 @needs_gpu
 def test_reference_story_greedy(stories260k):
     res = _llama(stories260k, "cuda").run("", steps=200, temperature=0.0)
-    assert res.text == REFERENCE
+    assert res.text == REFERENCE_260K
 
 
 @needs_gpu

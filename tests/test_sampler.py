@@ -9,7 +9,7 @@ MASK = (1 << 64) - 1
 
 
 def reference_u32(state):
-    """FORMAT.md's generator, step by step."""
+    """docs/FORMAT.md's generator, step by step."""
     state ^= state >> 12
     state ^= (state << 25) & MASK
     state ^= state >> 27
@@ -87,3 +87,27 @@ def test_sampler_distribution_matches_softmax():
 def test_log_softmax_at():
     x = np.array([1.0, 2.0, 3.0], np.float32)
     assert log_softmax_at(x, 2) == pytest.approx(np.log(np.exp(3) / np.exp(x.astype(np.float64)).sum()))
+
+
+@pytest.mark.parametrize(
+    "temperature,top_p,rule",
+    [(1.0, 0.9, "topp"), (0.7, 0.5, "topp"), (1.3, 1.0, "mult"), (0.5, 0.0, "mult"), (1.0, 1.5, "mult")],
+)
+def test_sampler_applies_temperature_and_picks_the_rule(temperature, top_p, rule):
+    """Sampler = softmax(logits / temperature), one coin per token, multinomial when top_p is
+    outside (0, 1), nucleus otherwise: the same tokens as the pieces composed by hand."""
+    rng = np.random.default_rng(5)
+    s, coins = Sampler(temperature, top_p, seed=77), Rng(77)
+    for _ in range(200):
+        logits = (rng.standard_normal(40) * 3).astype(np.float32)
+        p = softmax(logits / np.float32(temperature))
+        coin = coins.coin()
+        want = sample_topp(p, top_p, coin) if rule == "topp" else sample_mult(p, coin)
+        assert s.sample(logits) == want
+
+
+def test_greedy_draws_no_coin():
+    """Temperature 0 leaves the generator alone (run draws no coin for argmax)."""
+    s = Sampler(0.0, 0.9, seed=12)
+    s.sample(np.array([0.5, 2.0, 1.0], np.float32))
+    assert s.rng.state == 12

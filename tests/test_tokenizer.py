@@ -1,20 +1,12 @@
-"""Tokenizer against FORMAT.md's known encodings and run's decode/print rules."""
+"""Tokenizer against docs/FORMAT.md's known encodings and run's decode/print rules."""
 
 import struct
 
 import pytest
+from conftest import write_tokenizer
 
 from llama2py.errors import TokenizerError
 from llama2py.tokenizer import Tokenizer
-
-
-def write_tok(path, pieces, scores=None, max_len=None):
-    scores = scores or [0.0] * len(pieces)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<i", max_len or max(len(p) for p in pieces)))
-        for p, s in zip(pieces, scores):
-            f.write(struct.pack("<fi", s, len(p)) + p)
-    return path
 
 
 def byte_vocab():
@@ -45,7 +37,7 @@ def test_roundtrip_and_bos_eos(llama_tokenizer):
 def test_byte_fallback_and_print_rule(tmp_path):
     pieces = byte_vocab() + [b" ", b"a", b"b", b"ab", b" ab"]
     scores = [0.0] * 259 + [1.0, 1.0, 1.0, 2.0, 3.0]
-    tok = Tokenizer(write_tok(tmp_path / "t.bin", pieces, scores), len(pieces))
+    tok = Tokenizer(write_tokenizer(tmp_path / "t.bin", pieces, scores), len(pieces))
     sp, a, sab = 259, 260, 263
     # merges by score: " " + "a" has no piece; "a"+"b" -> "ab", then " "+"ab" -> " ab"
     assert tok.encode("ab") == [1, sab]
@@ -61,7 +53,7 @@ def test_byte_fallback_and_print_rule(tmp_path):
 
 
 def test_tokenizer_smaller_than_vocab(tmp_path):
-    path = write_tok(tmp_path / "t.bin", byte_vocab())
+    path = write_tokenizer(tmp_path / "t.bin", byte_vocab())
     with pytest.raises(TokenizerError, match="ends after 259 tokens but the model's vocabulary has 300"):
         Tokenizer(path, 300)
 
@@ -89,3 +81,15 @@ def test_corrupt_tokenizer(tmp_path, content, match):
 def test_missing_tokenizer(tmp_path):
     with pytest.raises(TokenizerError, match="no such file"):
         Tokenizer(tmp_path / "nope.bin", 10)
+
+
+def test_merge_order_is_by_score_then_leftmost(tmp_path):
+    """The best-scoring pair merges first wherever it is; equal scores merge the leftmost pair."""
+    pieces = byte_vocab() + [b" ", b"a", b"b", b"c", b"ab", b"bc", b"ca"]
+    space, a, b, c, ab, bc = range(259, 265)
+    scores = [0.0] * 259 + [0.0, 0.0, 0.0, 0.0, 1.0, 5.0, 0.0]
+    tok = Tokenizer(write_tokenizer(tmp_path / "t.bin", pieces, scores), len(pieces))
+    assert tok.encode("abc", bos=False) == [space, a, bc]  # "bc" (5) beats the leftmost "ab" (1)
+    scores[263] = scores[264] = 2.0  # now "ab" and "bc" tie: the leftmost pair wins
+    tok = Tokenizer(write_tokenizer(tmp_path / "t2.bin", pieces, scores), len(pieces))
+    assert tok.encode("abc", bos=False) == [space, ab, c]

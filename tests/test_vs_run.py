@@ -1,16 +1,15 @@
-"""Byte-for-byte against llama2.c's own `run`, when a developer points LLAMA2PY_RUN_BINARY at one.
+"""Byte-for-byte against a live llama2.c `run`, when a developer points LLAMA2PY_RUN_BINARY at one.
 
-llama2.c is not part of this project (nor fetched by it); the test skips without the binary."""
+An extra beside tests/test_golden.py, which compares with run's recorded output on every CI run:
+this one tries other flags against the binary itself. llama2.c is not part of this project (nor
+fetched by it); the test skips without the binary."""
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from conftest import HOST_DEVICES, require_device
+from conftest import HOST_DEVICES, cli, first_difference, require_device
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = [
     ["-t", "1", "-p", "0.9", "-s", "42", "-n", "256"],
     ["-t", "0.8", "-p", "0.95", "-s", "7", "-i", "Once upon a time, Lily"],
@@ -35,11 +34,8 @@ def test_same_story_as_run(run_binary, stories260k, device, flags):
     require_device(device)
     ck, tok = stories260k
     want = subprocess.run([run_binary, ck, "-z", tok, *flags], capture_output=True, timeout=120)
-    got = subprocess.run(
-        [sys.executable, "-m", "llama2py", ck, "-z", tok, "--device", device, *flags],
-        capture_output=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    assert want.returncode == 0 and got.returncode == 0, got.stderr.decode()
-    assert len(want.stdout) > 20 and got.stdout == want.stdout
+    got = cli(ck, "-z", tok, "--device", device, *flags)
+    assert want.returncode == 0, want.stderr.decode(errors="replace")
+    assert got.returncode == 0, got.stderr.decode(errors="replace")
+    assert len(want.stdout) > 20, f"run printed too little to compare: {want.stdout!r}"
+    assert got.stdout == want.stdout, first_difference(got.stdout, want.stdout)

@@ -1,4 +1,4 @@
-// The CPU forward pass (FORMAT.md, "Forward pass"), one OpenMP parallel region per chunk.
+// The CPU forward pass (docs/FORMAT.md, "Forward pass"), one OpenMP parallel region per chunk.
 #include "model.h"
 
 #include <omp.h>

@@ -1,4 +1,4 @@
-// llama2py CUDA kernels: the transformer forward pass (../../../shared/FORMAT.md, "Forward pass").
+// llama2py CUDA kernels: the transformer forward pass (docs/FORMAT.md, "Forward pass").
 //
 // Compiled at run time by NVRTC through CuPy (llama2py/backends/cuda.py); self-contained (no
 // includes) so that nvcc can compile-check it too. float32 throughout.

@@ -1,4 +1,4 @@
-// llama2py CUDA kernels: the run-compatible sampler (../../../shared/FORMAT.md, "Sampler").
+// llama2py CUDA kernels: the run-compatible sampler (docs/FORMAT.md, "Sampler").
 //
 // One block of SNT threads per batch row. Greedy = argmax (first index on ties). Otherwise
 // softmax(logits / temperature), one coin per token from the row's xorshift64* state (kept on the

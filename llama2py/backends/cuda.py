@@ -3,7 +3,7 @@
 CuPy is imported here only, and only when the backend is made: without CuPy, a GPU or a usable
 driver, the constructor raises DeviceError (create_backend("auto") then falls back to cpu).
 
-Design (../shared/DESIGN.md, "GPU"):
+Design (docs/GPU.md and the README's architecture section):
 - Weights, KV cache and every buffer are allocated once, after checking that they fit in the free
   device memory. wq|wk|wv are stored as one (n_layers, dim + 2 kv_dim, dim) matrix, w1 and w3
   interleaved row by row as one (n_layers, 2 hidden_dim, dim) matrix, so that each layer is five

@@ -1,4 +1,4 @@
-"""The numpy backend: a plain transcription of FORMAT.md's forward pass, and the test oracle.
+"""The numpy backend: a plain transcription of docs/FORMAT.md's forward pass, and the test oracle.
 
 Written for reading, not speed: every other backend is checked against it.
 """

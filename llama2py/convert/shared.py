@@ -7,8 +7,8 @@ from typing import Optional
 from ..checkpoint import Config, weight_shapes
 from ..errors import ConvertError
 
-ROPE_THETA = 10000.0  # llama2.c's RoPE base (FORMAT.md, forward pass step 3); not stored in the file
-NORM_EPS = 1e-5  # llama2.c's rmsnorm epsilon (FORMAT.md, forward pass step 1); not stored either
+ROPE_THETA = 10000.0  # llama2.c's RoPE base (docs/FORMAT.md, "Forward pass"); not stored in the file
+NORM_EPS = 1e-5  # llama2.c's rmsnorm epsilon (docs/FORMAT.md, "Forward pass"); not stored either
 BLOCK_VALUES = 1 << 22  # values per block read (16 MiB as float32): the converter's working memory
 
 

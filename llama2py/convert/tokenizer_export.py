@@ -1,6 +1,6 @@
 """sentencepiece tokenizer.model -> llama2.c tokenizer.bin, exactly as llama2.c's exporter writes it.
 
-Layout (FORMAT.md, tokenizer file): uint32 max_token_length, then per token a float32 score, a
+Layout (docs/FORMAT.md, "Tokenizer file"): uint32 max_token_length, then per token a float32 score, a
 uint32 byte length and the UTF-8 bytes. The pieces are rewritten as llama2.c does: BOS becomes
 "\\n<s>\\n", EOS "\\n</s>\\n", the sentencepiece space mark U+2581 a plain space; byte pieces
 ("<0x0A>") and <unk> stay as they are (run decodes "<0xHH>" itself).
