@@ -246,7 +246,8 @@ def test_hf_quantized_is_q8_of_float(tmp_path):
     assert q8.config == f32.config
     worst = 0.0
     for name, a in f32.weights.tensors().items():
-        b = np.asarray(q8.weights.tensors()[name], np.float32)
+        b = q8.weights.tensors()[name]
+        b = b.dequantize() if hasattr(b, "dequantize") else np.asarray(b, np.float32)  # int8 in memory or not
         # Q8_0: each value within half a step (max|group| / 127 / 2) of the float one
         worst = max(worst, float(np.abs(a - b).max() / np.abs(a).max()))
     assert worst <= 0.5 / 127 + 1e-6, f"worst quantization error {worst:.3g} of a tensor's max"
@@ -620,17 +621,20 @@ def test_info_sizes_for_7b_shape(tmp_path):
     assert "parameters:  6,738,415,616" in text
     q8, f32 = LLAMA2_7B.weight_bytes("q8_0", 64), LLAMA2_7B.weight_bytes("f32")
     assert 7.0e9 < q8 < 7.3e9 and 26.9e9 < f32 < 27.0e9  # int8 + a scale per 64 values, against 4 bytes each
-    assert f"{q8:,} bytes as int8 + scales, {f32:,} as float32" in text
-    assert f"KV cache:    {LLAMA2_7B.kv_cache_bytes(1):,} bytes" in text
+    weights_line = next(line for line in text.splitlines() if line.startswith("weights:"))
+    assert f"{q8:,}" in weights_line and f"{f32:,}" in weights_line, weights_line
+    assert f"{LLAMA2_7B.kv_cache_bytes(1):,}" in next(
+        line for line in text.splitlines() if line.startswith("KV cache:")
+    )
     v1 = Checkpoint(tmp_path / "x.bin", 1, LLAMA2_7B, None, 0).describe()
-    assert f"weights:     {f32:,} bytes as float32" in v1
+    assert f"{f32:,}" in next(line for line in v1.splitlines() if line.startswith("weights:"))
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc (Linux)")
 def test_info_on_7b_shaped_v2_file_reads_no_weights(tmp_path, make_checkpoint):
     from llama2py.checkpoint import HEADER_BYTES, header_bytes
 
-    if load_checkpoint(make_checkpoint("odd_tiny", version=2)).weights.wq.dtype == np.float32:
+    if getattr(load_checkpoint(make_checkpoint("odd_tiny", version=2)).weights.wq, "dtype", None) == np.float32:
         pytest.skip("the v2 loader still dequantizes to float32 (int8 v2 weights come with branch cpu)")
     path = tmp_path / "7b_q8.bin"
     with open(path, "wb") as f:  # a sparse file: the header, then zeros to the exact v2 size
@@ -642,6 +646,6 @@ def test_info_on_7b_shaped_v2_file_reads_no_weights(tmp_path, make_checkpoint):
     )
     res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
-    assert "6,738,415,616" in res.stdout and "as int8 + scales" in res.stdout
+    assert "6,738,415,616" in res.stdout and f"{LLAMA2_7B.weight_bytes('q8_0', 64):,}" in res.stdout
     peak_mib = int(res.stderr.split()[-1]) / 1024
     assert peak_mib < 1024, f"info on a 7B-shaped v2 file peaked at {peak_mib:.0f} MiB of RSS"
