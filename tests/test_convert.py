@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from conftest import HOST_DEVICES, model_file, rel_err, require_device
 
-from llama2py.checkpoint import Config, load_checkpoint
+from llama2py.checkpoint import Config, load_checkpoint, model_shape
 from llama2py.cli import main
 from llama2py.convert import convert
 from llama2py.convert.hf import permute_rotary, unpermute_rotary
@@ -611,7 +611,7 @@ def test_peak_memory_is_about_one_tensor(tmp_path):
 
 
 # ---- big models: sizes from Config, and info on a 7B-shaped v2 file ----------------------------------
-LLAMA2_7B = Config(4096, 11008, 32, 32, 32, 32000, 4096, shared_classifier=False)
+LLAMA2_7B = model_shape("llama2-7B")
 
 
 def test_info_sizes_for_7b_shape(tmp_path):
