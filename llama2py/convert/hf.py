@@ -20,7 +20,7 @@ from ..checkpoint import Config
 from ..errors import ConvertError
 from . import shared
 from .safetensors import SafetensorsFile
-from .shared import check_rope_theta, norm_eps_note, source_shapes
+from .shared import check_rope_theta, norm_eps_note, read_json_object, source_shapes
 
 INDEX = "model.safetensors.index.json"
 
@@ -63,14 +63,7 @@ def read_config(src: Path, seq_len: Optional[int], note: Callable[[str], None]) 
     """The llama2.c Config of a HF Llama config.json; refuse, naming the field, what llama2.c
     cannot represent."""
     path = src / "config.json"
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConvertError(f"{path}: cannot read it ({e.strerror or e})")
-    except ValueError as e:
-        raise ConvertError(f"{path}: not valid JSON ({e})")
-    if not isinstance(cfg, dict):
-        raise ConvertError(f"{path}: not a Hugging Face model config (expected a JSON object)")
+    cfg = read_json_object(path, "a Hugging Face model config")
 
     def refuse(field: str, why: str) -> ConvertError:
         return ConvertError(f"{path}: {field} = {cfg.get(field)!r}: {why}")

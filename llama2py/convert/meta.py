@@ -10,7 +10,6 @@ the kernel drops under memory pressure: the conversion does not need the model's
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
@@ -20,7 +19,7 @@ import numpy as np
 from ..checkpoint import Config
 from ..errors import ConvertError
 from . import shared
-from .shared import check_rope_theta, norm_eps_note, source_shapes
+from .shared import check_rope_theta, norm_eps_note, read_json_object, source_shapes
 
 META_NAMES = {
     "token_embedding": "tok_embeddings.weight",
@@ -79,14 +78,7 @@ class MetaSource:
     def __init__(self, src: Path, seq_len: Optional[int] = None, note: Callable[[str], None] = lambda s: None):
         self.src = src
         path = src / "params.json"
-        try:
-            params = json.loads(path.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConvertError(f"{path}: cannot read it ({e.strerror or e})")
-        except ValueError as e:
-            raise ConvertError(f"{path}: not valid JSON ({e})")
-        if not isinstance(params, dict):
-            raise ConvertError(f"{path}: not a Meta params.json (expected a JSON object)")
+        params = read_json_object(path, "a Meta params.json")
         check_rope_theta(params.get("rope_theta", 10000.0), f"{path}: rope_theta")
         if params.get("use_scaled_rope"):
             raise ConvertError(f"{path}: use_scaled_rope = true: llama2.c's RoPE has no scaling (Llama 3.1)")
