@@ -357,11 +357,31 @@ def test_refuses_damaged_sources(tmp_path, capsys):
     for f in hf.glob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))  # PyTorch pickles only: say what to do
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "no *.safetensors", "model-00001-of-00002.bin")
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "../x.safetensors"}}))
+    assert_refused(capsys, ["convert", str(hf), str(out)], out, "not a file name")
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": 5}}))
+    assert_refused(capsys, ["convert", str(hf), str(out)], out, "not a valid safetensors index")
+    (hf / "model.safetensors.index.json").unlink()
     (hf / "config.json").write_text("{not json")
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "config.json", "JSON")
     (hf / "config.json").unlink()
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "config.json", "params.json")
     assert_refused(capsys, ["convert", str(tmp_path / "nothing"), str(out)], out, "no such file")
+
+
+def test_refuses_inconsistent_shards(tmp_path, capsys):
+    hf = tmp_path / "hf"
+    write_hf_model(hf, BASE_CONFIG, hf_tensors(BASE_CONFIG))
+    out = tmp_path / "out" / "m.bin"
+    out.parent.mkdir()
+    index = hf / "model.safetensors.index.json"
+    weight_map = json.loads(index.read_text())["weight_map"]
+    wrong = dict(weight_map, **{"model.norm.weight": "model-00001-of-00002.safetensors"})
+    index.write_text(json.dumps({"weight_map": wrong}))  # the index points at the wrong shard
+    assert_refused(capsys, ["convert", str(hf), str(out)], out, "model.norm.weight", "does not")
+    index.unlink()  # no index, and a tensor in two shards
+    write_safetensors(hf / "extra.safetensors", {"model.norm.weight": np.ones(48, np.float32)}, "F32")
+    assert_refused(capsys, ["convert", str(hf), str(out)], out, "model.norm.weight", "in both")
 
 
 def test_refuses_bad_outputs(tmp_path, capsys):

@@ -128,8 +128,13 @@ def open_shards(src: Path) -> dict[str, SafetensorsFile]:
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             files = sorted(set(weight_map.values()))
+            if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+                raise TypeError
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise ConvertError(f"{index}: not a valid safetensors index (expected a JSON object with a weight_map)")
+        for name in files:
+            if Path(name).name != name:
+                raise ConvertError(f"{index}: shard name {name!r} is not a file name in {src}")
         for name in files:
             if not (src / name).is_file():
                 raise ConvertError(f"{index} names the shard {name}, which is missing in {src}; download it")
@@ -144,10 +149,10 @@ def open_shards(src: Path) -> dict[str, SafetensorsFile]:
     where: dict[str, SafetensorsFile] = {}
     for name in files:
         for tensor in shards[name].tensors:
-            if tensor in where:
-                raise ConvertError(f"{src}: tensor {tensor} is in both {where[tensor].path.name} and {name}")
             if weight_map is not None and weight_map.get(tensor) != name:
                 continue  # the index decides; a stray tensor elsewhere is not ours
+            if tensor in where:
+                raise ConvertError(f"{src}: tensor {tensor} is in both {where[tensor].path.name} and {name}")
             where[tensor] = shards[name]
     if weight_map is not None:
         for tensor, name in weight_map.items():
