@@ -39,9 +39,9 @@ def check_rope_theta(value, where: str) -> None:
 def norm_eps_note(value, where: str) -> Optional[str]:
     """A warning, not a refusal: llama2.c always adds 1e-5 inside RMSNorm's square root. With
     another epsilon (OpenLLaMA and the first Llama 2 chat configs use 1e-6) each norm's output
-    changes by the factor sqrt((ms + 1e-6) / (ms + 1e-5)) for a mean square ms: a few percent only
-    where activations are tiny (ms ~ 1e-4, the first layer of some models), well under 1% elsewhere.
-    The model stays usable but its logits are not bit-faithful to the original, so say so."""
+    changes by the factor sqrt((ms + 1e-5) / (ms + eps)) for an input of mean square ms: under 0.5%
+    where ms > 1e-3, 4% at ms = 1e-4. Refusing would lock out usable models (OpenLLaMA); the logits
+    are not the original's, so say so."""
     if not isinstance(value, (int, float)) or value <= 0:
         raise ConvertError(f"{where} = {value!r}: must be a positive number")
     if abs(float(value) - NORM_EPS) > 1e-12:
