@@ -464,6 +464,15 @@ def test_tokenizer_refusals(tmp_path, capsys):
     assert_refused(capsys, ["convert", str(model), str(out), "--quantize", "q8_0"], out, "tokenizer")
 
 
+def test_tokenizer_without_sentencepiece_names_the_extra(tmp_path, capsys, monkeypatch):
+    model = tmp_path / "tokenizer.model"
+    model.write_bytes(b"\x00")
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece raises ImportError
+    out = tmp_path / "out" / "tokenizer.bin"
+    out.parent.mkdir()
+    assert_refused(capsys, ["convert", str(model), str(out)], out, "llama2py[convert]", "sentencepiece")
+
+
 # ---- Meta checkpoints: the model-parallel merge (numpy) and, with torch, the whole path ------------
 def meta_state(cfg: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """Meta names and layout (q/k rows interleaved) of the same random model."""
