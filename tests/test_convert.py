@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -646,7 +647,8 @@ LLAMA2_7B = model_shape("llama2-7B")
 def test_info_sizes_for_7b_shape(tmp_path):
     from llama2py.checkpoint import Checkpoint
 
-    text = Checkpoint(tmp_path / "x.bin", 2, LLAMA2_7B, None, 0, group_size=64).describe()
+    int8 = SimpleNamespace(weight_type="q8_0", group_size=64)  # what a loaded v2 file holds; not built
+    text = Checkpoint(tmp_path / "x.bin", 2, LLAMA2_7B, int8, 0, group_size=64).describe()
     assert "parameters:  6,738,415,616" in text
     q8, f32 = LLAMA2_7B.weight_bytes("q8_0", 64), LLAMA2_7B.weight_bytes("f32")
     assert 7.0e9 < q8 < 7.3e9 and 26.9e9 < f32 < 27.0e9  # int8 + a scale per 64 values, against 4 bytes each
@@ -655,7 +657,7 @@ def test_info_sizes_for_7b_shape(tmp_path):
     assert f"{LLAMA2_7B.kv_cache_bytes(1):,}" in next(
         line for line in text.splitlines() if line.startswith("KV cache:")
     )
-    v1 = Checkpoint(tmp_path / "x.bin", 1, LLAMA2_7B, None, 0).describe()
+    v1 = Checkpoint(tmp_path / "x.bin", 1, LLAMA2_7B, SimpleNamespace(weight_type="f32", group_size=None), 0).describe()
     assert f"{f32:,}" in next(line for line in v1.splitlines() if line.startswith("weights:"))
 
 
