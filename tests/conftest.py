@@ -86,15 +86,18 @@ def golden_dir() -> Path:
     return folder
 
 
-def cli(*args, stdin: bytes | None = None, cwd=None, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(
+    *args, stdin: bytes | None = None, cwd=None, env=None, timeout: float = 300, text: bool = False
+) -> subprocess.CompletedProcess:
     """`python -m llama2py ARGS` in a fresh process with this checkout importable; stdout and
-    stderr captured as bytes. Arguments may be paths or numbers; a bytes argument goes through
-    as raw argv bytes."""
+    stderr captured, as bytes (as str with text=True). Arguments may be paths or numbers; a bytes
+    argument goes through as raw argv bytes."""
     argv = [a if isinstance(a, bytes) else str(a) for a in args]
     return subprocess.run(
         [sys.executable, "-m", "llama2py", *argv],
         capture_output=True,
-        input=stdin,
+        input=stdin.decode() if text and stdin is not None else stdin,
+        text=text,
         cwd=cwd,
         env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
         timeout=timeout,
