@@ -19,15 +19,20 @@ MODELS_ENV = "LLAMA2PY_MODELS"
 GOLDEN_ENV = "LLAMA2PY_GOLDEN"
 ROOT = Path(__file__).resolve().parents[1]
 
-# stories260K.bin + tok512.bin, temperature 0, 200 positions, no prompt: run's stdout without its
-# final newline (docs/FORMAT.md, "Reference output").
-REFERENCE_260K = (
-    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she "
-    "saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to "
-    "the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't "
-    "find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to "
-    "do.\"\nLily didn't want to help her mom, so she"
-)
+
+def _reference_story() -> str:
+    """stories260K.bin + tok512.bin, temperature 0, 200 positions, no prompt: run's stdout without
+    its final newline, read from its one home, docs/FORMAT.md ("Reference output", the first fenced
+    block), so the tests hold the document to the truth too."""
+    doc = (ROOT / "docs" / "FORMAT.md").read_text(encoding="utf-8")
+    section = doc.split("\n## Reference output\n", 1)[1]
+    return section.split("```\n", 2)[1].rstrip("\n")
+
+
+REFERENCE_260K = _reference_story()
+assert REFERENCE_260K.startswith("Once upon a time, there was a little girl named Lily.") and REFERENCE_260K.endswith(
+    "so she"
+), "docs/FORMAT.md's reference output block moved or changed shape"
 
 # Shapes the tests sweep: GQA, unshared classifiers, sizes that are not multiples of 8 or 16,
 # short contexts. Each must stay small: the numpy oracle runs them too.
