@@ -112,10 +112,10 @@ def cli(
 def first_difference(got: bytes, want: bytes) -> str:
     """Where two outputs part: the byte offset, both lengths, and 40 bytes of context of each."""
     n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    lo = max(0, n - 40)
+    start = max(0, n - 40)
     return (
         f"first difference at byte {n} (got {len(got)} bytes, want {len(want)}):\n"
-        f"  got:  {got[lo : n + 40]!r}\n  want: {want[lo : n + 40]!r}"
+        f"  got:  {got[start : n + 40]!r}\n  want: {want[start : n + 40]!r}"
     )
 
 
