@@ -1,20 +1,17 @@
-"""Build of the C++ extension llama2py._cpu and packaging of the CUDA sources.
+"""Build of the C++ extension llama2py._cpu.
 
-Project metadata lives in pyproject.toml; this file only adds what needs code:
-- the pybind11 extension from csrc/cpu/*.cpp: C++17, -O3, OpenMP, and -march=native unless the
-  environment sets LLAMA2PY_PORTABLE=1 (for wheels that must run on other CPUs);
-- csrc/cuda/*.cu copied into the package as llama2py/cuda_src/*.cu for regular (non-editable)
-  installs; CuPy compiles them at run time. An editable install finds them in csrc/cuda directly.
+Project metadata lives in pyproject.toml (including the CUDA kernel sources, package data in
+llama2py/backends/cuda_kernels/); this file only adds the pybind11 extension from csrc/cpu/*.cpp:
+C++17, -O3, OpenMP, and -march=native unless the environment sets LLAMA2PY_PORTABLE=1 (for wheels
+that must run on other CPUs).
 """
 
 import glob
 import os
-import shutil
 import sys
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
-from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -46,30 +43,7 @@ ext_modules = [
 ]
 
 
-class build_py_with_cuda_sources(build_py):
-    """Ship csrc/cuda/*.cu inside the package (llama2py/cuda_src/) for non-editable installs."""
-
-    def run(self):
-        super().run()
-        sources = sorted(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu")))
-        if not sources or getattr(self, "editable_mode", False):
-            return
-        dest = os.path.join(self.build_lib, "llama2py", "cuda_src")
-        os.makedirs(dest, exist_ok=True)
-        for src in sources:
-            shutil.copy2(src, os.path.join(dest, os.path.basename(src)))
-
-    def get_outputs(self, include_bytecode=1):
-        outputs = list(super().get_outputs(include_bytecode))
-        if not getattr(self, "editable_mode", False):
-            dest = os.path.join(self.build_lib, "llama2py", "cuda_src")
-            outputs += [
-                os.path.join(dest, os.path.basename(p)) for p in glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cu"))
-            ]
-        return outputs
-
-
 setup(
     ext_modules=ext_modules,
-    cmdclass={"build_ext": build_ext, "build_py": build_py_with_cuda_sources},
+    cmdclass={"build_ext": build_ext},
 )

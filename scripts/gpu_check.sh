@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, for a machine with an NVIDIA GPU, CuPy, numpy, pybind11 and pytest but no network:
 # build the package, run the cuda tests (tests/test_cuda.py) and the speed benchmark
-# (scripts/gpu_bench.py), and end with a short table that names the GPU.
+# (`llama2py bench` on random weights of stories15M's and stories110M's shapes), and end with a
+# short table that names the GPU.
 #
 #   bash scripts/gpu_check.sh            # logs under $OUT (default /tmp/gpu_check)
 #
@@ -39,17 +40,21 @@ if [ "$TEST_RC" -ne 0 ]; then tail -n 80 "$OUT/tests.log"; else tail -n 3 "$OUT/
 wait "$BUILD_PID"
 tail -n 3 "$OUT/build.log"
 
-echo "== benchmark"
+echo "== benchmark (llama2py bench: greedy, positions 0..255 as run -n 256, medians of 3 with their spread)"
 t0=$(date +%s)
-timeout "$T_BENCH" $PY scripts/gpu_bench.py --out "$OUT/bench.json" > "$OUT/bench.log" 2>&1
+BENCH="timeout $T_BENCH $PY -m llama2py bench --positions 0:256 --repeat 3 --quiet"
+{ $BENCH --shape stories15M --device cuda --batch 1,256 --json "$OUT/bench_cuda_15M.json" \
+  && $BENCH --shape stories110M --device cuda --batch 1 --json "$OUT/bench_cuda_110M.json" \
+  && $BENCH --shape stories15M --device cpu --batch 1 --repeat 1 --no-profile --json "$OUT/bench_cpu_15M.json"; \
+} > "$OUT/bench.log" 2>&1
 BENCH_RC=$?
 echo "bench rc=$BENCH_RC in $(( $(date +%s) - t0 )) s"
-grep -v '^{' "$OUT/bench.log" | tail -n 20
+tail -n 40 "$OUT/bench.log"
 echo "== the other test files' cuda cases (tests -k cuda)"
 timeout "$T_OTHER" $PY -m pytest -q -p no:cacheprovider -k cuda tests --ignore=tests/test_cuda.py -x > "$OUT/other.log" 2>&1
 OTHER_RC=$?
 tail -n 15 "$OUT/other.log"
 echo "== summary"
-grep -v '^{' "$OUT/bench.log" | grep -E "^(GPU|backend|cuda|cpu)" 
+grep -E "^(llama2py bench|cpu:|device|cuda|cpu) " "$OUT/bench.log"
 echo "tests rc=$TEST_RC bench rc=$BENCH_RC other rc=$OTHER_RC"
 exit $(( TEST_RC != 0 || BENCH_RC != 0 ))

@@ -1,50 +1,44 @@
-"""`llama2py bench`: the table and the documented JSON on a tiny synthetic checkpoint, the plot,
-rows for unusable devices and batches, and --vs-run against a fake llama2.c `run`."""
+"""`llama2py bench`: every option end to end on a tiny synthetic checkpoint, the documented JSON,
+the spread and load warnings (timings injected through the clock seam, never slept), rows for
+unusable devices and batches, --vs-run against fake llama2.c programs, and bad flags."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_tokenizer
 
-import llama2py.bench as bench
+import llama2py.bench.cli as bench_cli
+from llama2py.bench import host, measure, reference, report
 from llama2py.checkpoint import Config
 from llama2py.cli import main
 from llama2py.errors import DeviceError
 from llama2py.synth import write_synthetic
 
 TINY = Config(dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=32)
-
-ROW_FIELDS = {
-    "device",
-    "batch",
-    "status",
-    "reason",
-    "backend",
-    "load_s",
-    "prefill_tokens",
-    "prefill_s",
-    "prefill_tok_s",
-    "decode_steps",
-    "decode_s",
-    "decode_tok_s",
-    "decode_tok_s_runs",
-    "decode_steps_per_s",
-    "weight_bytes",
-    "weight_bandwidth_gb_s",
-    "peak_rss_bytes",
-    "backend_memory_bytes",
-    "device_memory_bytes",
-    "profile",
-    "profile_total_s",
-    "profile_note",
-}
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
+FAST = ["--steps", "3", "--repeat", "2", "--quiet"]
+
+
+def _cpu_built() -> bool:
+    try:
+        import llama2py._cpu  # noqa: F401
+    except ImportError:
+        if os.environ.get("LLAMA2PY_REQUIRE_CPU") == "1":
+            raise
+        return False
+    return True
+
+
+# the backend users run when it is built, else the numpy spec
+DEVICE = "cpu" if _cpu_built() else "numpy"
 
 
 @pytest.fixture
@@ -60,49 +54,223 @@ def _tokenizer(path: Path, vocab: int) -> Path:
     return write_tokenizer(path, pieces, [float(-i) for i in range(len(pieces))])
 
 
-def test_table_and_documented_json(tiny, tmp_path, capsys):
-    out = tmp_path / "b.json"
-    rc = main(
-        [
-            "bench",
-            str(tiny),
-            "--device",
-            "numpy",
-            "--batch",
-            "1,3",
-            "--steps",
-            "4",
-            "--repeat",
-            "2",
-            "--json",
-            str(out),
-            "--quiet",
-        ]
+def _fake_run(tmp_path: Path, name: str, rates: list[str]) -> tuple[Path, Path]:
+    """A stand-in for llama2.c's run that logs its arguments and reports the next of `rates`
+    (cycling) as its achieved tok/s."""
+    log = tmp_path / f"{name}_args.txt"
+    count = tmp_path / f"{name}_count"
+    script = tmp_path / name
+    cases = " ".join(rates)
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        f"n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}\n"
+        f"set -- {cases}; i=$((n % $# + 1)); eval rate=\\${{$i}}\n"
+        "echo 'Once upon a time, there was a fake run.'\n"
+        'echo "achieved tok/s: $rate" >&2\n'
     )
-    assert rc == 0
-    text = capsys.readouterr().out
-    assert re.search(r"^numpy\s+1\s", text, re.M) and re.search(r"^numpy\s+3\s", text, re.M)
-    assert "decode tok/s" in text and "threads:" in text and "cpu:" in text
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script, log
+
+
+def _exit_code(argv: list[str]) -> int:
+    """main's return value, or the code of argparse's exit (bad flags)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def _bench_json(tmp_path, args: list[str], capsys) -> tuple[dict, str, str]:
+    out = tmp_path / "bench.json"
+    assert main(["bench", *args, "--json", str(out)]) == 0
+    cap = capsys.readouterr()
+    return json.loads(out.read_text()), cap.out, cap.err
+
+
+def _documented_fields(doc: dict) -> set[str]:
+    """Every key of the JSON document below the top level, the top level included."""
+    names = set(doc) | set(doc["host"]) | set(doc["settings"]) | set(doc["checkpoint"])
+    names |= set(doc["checkpoint"]["config"])
+    for r in doc["results"]:
+        names |= set(r)
+    if doc["vs_run"]:
+        names |= set(doc["vs_run"])
+        for e in doc["vs_run"]["programs"]:
+            names |= set(e)
+    return names
+
+
+def test_table_and_documented_json(tiny, tmp_path, capsys):
+    script, _ = _fake_run(tmp_path, "runomp", ["123.0"])
+    tok = _tokenizer(tmp_path / "tok64.bin", 64)
+    args = [str(tiny), "--device", f"{DEVICE},numpy", "--batch", "1,3", *FAST]
+    doc, text, _ = _bench_json(
+        tmp_path, [*args, "--vs-run", str(script), "--vs-device", "numpy", "-z", str(tok)], capsys
+    )
+    assert re.search(rf"^{DEVICE}\s+\S+\s+1\s", text, re.M) and re.search(r"^numpy\s+-\s+3\s", text, re.M)
+    assert "decode tok/s" in text and "spread" in text and "load average" in text and "kernels:" in text
     assert "kernel by kernel" in text
-    doc = json.loads(out.read_text())
-    assert {"schema", "date", "checkpoint", "host", "settings", "results", "vs_run"} <= set(doc)
-    assert {"cpu_model", "cpu_count", "threads", "gpu"} <= set(doc["host"]) and doc["host"]["cpu_model"]
-    assert doc["settings"]["prompt_len"] == 16 and doc["settings"]["steps"] == 4
+    assert {"schema", "date", "checkpoint", "host", "settings", "results", "vs_run", "warnings"} <= set(doc)
+    assert doc["host"]["cpu_model"] and doc["host"]["cpu_count"] == os.cpu_count()
+    assert doc["settings"]["prompt_len"] == 16 and doc["settings"]["steps"] == 3
+    assert doc["settings"]["positions"] == [16, 19]
     assert doc["checkpoint"]["config"]["dim"] == 32
     rows = doc["results"]
-    assert [(r["device"], r["batch"], r["status"]) for r in rows] == [("numpy", 1, "ok"), ("numpy", 3, "ok")]
+    assert [(r["device"], r["batch"], r["status"]) for r in rows] == [
+        (DEVICE, 1, "ok"),
+        (DEVICE, 3, "ok"),
+        ("numpy", 1, "ok"),
+        ("numpy", 3, "ok"),
+    ][: len(rows)] and len(rows) == (2 if DEVICE == "numpy" else 4)
     for r in rows:
-        assert set(r) == ROW_FIELDS
-        assert r["decode_tok_s"] > 0 and r["prefill_tok_s"] > 0 and r["load_s"] >= 0
-        assert len(r["decode_tok_s_runs"]) == 2
+        assert r["weight_type"] == "f32" and r["weight_bytes"] == TINY.weight_bytes()
+        assert len(r["decode_tok_s_runs"]) == 2 and len(r["prefill_tok_s_runs"]) == 2
+        assert r["decode_tok_s_min"] <= r["decode_tok_s"] <= r["decode_tok_s_max"]
         assert r["decode_tok_s"] == pytest.approx(r["batch"] * r["decode_steps_per_s"])
+        assert r["decode_tok_s"] == pytest.approx(r["batch"] * 3 / r["decode_s"])
+        assert r["prefill_tok_s"] == pytest.approx(r["batch"] * 16 / r["prefill_s"])
+        spread = (r["decode_tok_s_max"] - r["decode_tok_s_min"]) / r["decode_tok_s"]
+        assert r["decode_tok_s_spread"] == pytest.approx(spread)
         assert r["weight_bandwidth_gb_s"] == pytest.approx(r["weight_bytes"] * r["decode_steps_per_s"] / 1e9)
         assert r["peak_rss_bytes"] > 0 and r["backend_memory_bytes"] > 0
-    # every field the JSON carries is documented
-    if DOC.exists():
-        doc_text = DOC.read_text()
-        for name in ROW_FIELDS | set(doc) | set(doc["host"]) | set(doc["settings"]):
-            assert f"`{name}`" in doc_text, f"{name} is not documented in docs/PERFORMANCE.md"
+    programs = doc["vs_run"]["programs"]
+    assert [e["program"] for e in programs] == ["runomp", "llama2py"]
+    assert programs[0]["tok_s"] == 123.0 and programs[0]["ratio"] == pytest.approx(programs[1]["tok_s"] / 123.0)
+    # every field the JSON carries is documented, in a doc that must exist
+    assert DOC.exists(), "docs/PERFORMANCE.md documents the JSON fields"
+    doc_text = DOC.read_text()
+    missing = sorted(name for name in _documented_fields(doc) if f"`{name}`" not in doc_text)
+    assert not missing, f"not documented in docs/PERFORMANCE.md: {missing}"
+
+
+@pytest.mark.parametrize(
+    "extra, check",
+    [
+        (["--batch", "1,2"], lambda d: [r["batch"] for r in d["results"]] == [1, 2]),
+        (
+            ["--threads", "1,2"],
+            lambda d: [r["threads"] for r in d["results"]] == ([1, 2] if DEVICE == "cpu" else [None]),
+        ),
+        (
+            ["-t", "0,1.0", "--top-p", "0.8"],
+            lambda d: [(r["temperature"], r["top_p"]) for r in d["results"]] == [(0.0, 0.8), (1.0, 0.8)],
+        ),
+        (
+            ["--temperature", "0.7", "-p", "0.5"],
+            lambda d: [(r["temperature"], r["top_p"]) for r in d["results"]] == [(0.7, 0.5)],
+        ),
+        (
+            ["--prompt-len", "5", "--steps", "4"],
+            lambda d: d["settings"]["positions"] == [5, 9] and d["results"][0]["prefill_tokens"] == 5,
+        ),
+        (
+            ["--positions", "0:6"],
+            lambda d: (
+                d["settings"]["positions"] == [0, 6]
+                and d["results"][0]["prefill_tok_s"] is None
+                and d["results"][0]["decode_start"] == 0
+                and d["results"][0]["decode_steps"] == 6
+            ),
+        ),
+        (
+            ["--positions", "10:14"],
+            lambda d: d["results"][0]["decode_start"] == 10 and d["results"][0]["prefill_tokens"] == 10,
+        ),
+        (["--repeat", "3"], lambda d: len(d["results"][0]["decode_tok_s_runs"]) == 3),
+        (
+            ["--no-profile"],
+            lambda d: d["results"][0]["profile"] is None and "no-profile" in d["results"][0]["profile_note"],
+        ),
+        (
+            ["--positions", "0:40"],  # past the context of 32: shortened, with a warning
+            lambda d: d["settings"]["positions"] == [0, 32] and any("context" in w for w in d["warnings"]),
+        ),
+    ],
+)
+def test_every_option_end_to_end(tiny, tmp_path, capsys, extra, check):
+    base = [str(tiny), "--device", DEVICE, "--batch", "1", "--repeat", "2", "--quiet"]
+    if "--positions" not in extra and "--steps" not in extra:
+        base += ["--steps", "3"]
+    doc, _, _ = _bench_json(tmp_path, [*base, *extra], capsys)
+    assert all(r["status"] == "ok" for r in doc["results"]), doc["results"]
+    assert check(doc), json.dumps(doc["results"] + [doc["settings"]], indent=1)[:3000]
+
+
+def test_shape_instead_of_a_checkpoint(tmp_path, capsys):
+    doc, text, _ = _bench_json(
+        tmp_path,
+        ["--shape", "stories260K", "--device", DEVICE, "--batch", "1", "--positions", "0:2", *FAST[2:]],
+        capsys,
+    )
+    assert doc["checkpoint"]["shape"] == "stories260K" and doc["checkpoint"]["config"]["dim"] == 64
+    assert not Path(doc["checkpoint"]["path"]).exists()  # the temporary file is gone
+    assert doc["results"][0]["status"] == "ok"
+
+
+def _clock(first: float, growth: float = 0.0):
+    """A clock whose k-th timed interval (two consecutive calls: start, end) lasts
+    first + growth * k seconds."""
+    calls = 0
+    now = 0.0
+
+    def clock() -> float:
+        nonlocal calls, now
+        if calls % 2:  # the end of interval calls // 2
+            now += first + growth * (calls // 2)
+        calls += 1
+        return now
+
+    return clock
+
+
+def test_steady_runs_no_spread_warning(tiny, monkeypatch):
+    monkeypatch.setattr(host, "load_average", lambda: 0.0)
+    settings = measure.Settings(devices=["numpy"], batches=[1], steps=3, repeat=3)
+    rep = measure.bench(tiny, settings, clock=_clock(0.5))
+    r = rep["results"][0]
+    assert r["decode_tok_s_spread"] == 0.0 and r["prefill_tok_s_spread"] == 0.0 and not r["noisy"]
+    assert r["decode_tok_s"] == pytest.approx(3 / 0.5) and r["prefill_tok_s"] == pytest.approx(16 / 0.5)
+    assert rep["warnings"] == []
+
+
+def test_runs_that_disagree_warn(tiny, tmp_path, monkeypatch, capsys):
+    """Every interval 20% longer than the one before: the two runs differ by more than 15%, a warning
+    on stderr and in the JSON."""
+    monkeypatch.setattr(host, "load_average", lambda: 0.0)
+    monkeypatch.setattr(bench_cli, "bench", functools.partial(measure.bench, clock=_clock(1.0, 0.2)))
+    doc, text, err = _bench_json(tmp_path, [str(tiny), "--device", "numpy", "--batch", "1", *FAST], capsys)
+    r = doc["results"][0]
+    # intervals: load, warm-up prefill and decode, then prefill 1.6 s, decode 1.8 s, prefill 2.0 s, decode 2.2 s
+    assert r["decode_tok_s_runs"] == pytest.approx([3 / 1.8, 3 / 2.2])
+    assert r["noisy"] and r["decode_tok_s_spread"] == pytest.approx((3 / 1.8 - 3 / 2.2) / (3 / 2.0))
+    assert any("decode runs differ by" in w for w in doc["warnings"])
+    assert re.search(r"^llama2py bench: warning: numpy batch 1 greedy: decode runs differ by \d+%", err, re.M)
+    assert "%!" in text  # the table marks the noisy figure
+
+
+def test_just_inside_the_limit_does_not_warn():
+    row = measure.empty_row("cpu", 1, "ok")
+    for spread, noisy in ((0.149, False), (0.151, True)):
+        row.update(decode_tok_s_spread=spread, decode_tok_s_min=1.0, decode_tok_s_max=2.0)
+        assert bool(measure.spread_warnings(row)) is noisy
+    assert measure.summarize([90.0, 100.0, 110.0]) == {"median": 100.0, "min": 90.0, "max": 110.0, "spread": 0.2}
+
+
+@pytest.mark.parametrize("load, warned", [(0.1, False), (2.5, True)])
+def test_load_average_printed_and_warned(tiny, tmp_path, monkeypatch, capsys, load, warned):
+    monkeypatch.setattr(host, "load_average", lambda: load)
+    out = tmp_path / "b.json"
+    assert main(["bench", str(tiny), "--device", "numpy", "--batch", "1", "--steps", "2", "--repeat", "1",
+                 "--json", str(out)]) == 0  # fmt: skip
+    cap = capsys.readouterr()
+    doc = json.loads(out.read_text())
+    assert f"bench: load average {load:.2f}" in cap.err and f"load average {load:.2f}" in cap.out
+    assert doc["host"]["load_average"] == load
+    busy = [w for w in doc["warnings"] if "busy machine" in w]
+    assert bool(busy) is warned
+    assert ("timings on a busy machine are not comparable" in cap.err) is warned
+    assert cap.err.count("busy machine") == int(warned)  # once, at the start
 
 
 def test_profile_breakdown_shares(tiny):
@@ -116,21 +284,37 @@ def test_profile_breakdown_shares(tiny):
             return {"matmul": 0.003, "attention": 0.001}
 
     def make(device, config, weights, max_batch=1, threads=None):
-        return (
-            Profiled(config, weights, max_batch, threads)
-            if device == "numpy"
-            else create_backend(device, config, weights, max_batch, threads)
-        )
+        if device == "numpy":
+            return Profiled(config, weights, max_batch, threads)
+        return create_backend(device, config, weights, max_batch, threads)
 
-    rep = bench.bench(tiny, ["numpy"], [1], steps=3, repeat=1, make_backend=make)
+    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], steps=3, repeat=1), make_backend=make)
     prof = rep["results"][0]["profile"]
     assert list(prof) == ["matmul", "attention"]
     assert prof["matmul"]["share"] == pytest.approx(0.75)
     assert sum(v["share"] for v in prof.values()) == pytest.approx(1.0)
-    assert "matmul 3.000 ms (75%)" in bench.render(rep)
+    assert "matmul 3.000 ms (75%)" in report.render(rep)
 
 
-def test_unusable_device_is_a_row(tiny, capsys, monkeypatch):
+def test_weight_type_read_from_the_backend(tiny):
+    """A backend that holds int8 weights says so (weight_type, group_size): the row shows it and
+    counts the bytes Config.weight_bytes gives for it."""
+    from llama2py.backends.numpy_backend import NumpyBackend
+
+    class Int8(NumpyBackend):
+        weight_type = "q8_0"
+        group_size = 16
+
+    rep = measure.bench(
+        tiny, measure.Settings(["numpy"], [1], steps=2, repeat=1), make_backend=lambda d, c, w, **k: Int8(c, w, **k)
+    )
+    r = rep["results"][0]
+    assert r["weight_type"] == "q8_0" and r["weight_bytes"] == TINY.weight_bytes("q8_0", 16)
+    assert r["weight_bytes"] < TINY.weight_bytes()
+    assert re.search(r"^numpy\s+-\s+1\s+q8_0\s+greedy", report.render(rep), re.M)
+
+
+def test_unusable_device_is_a_row(tiny, monkeypatch):
     from llama2py.backends import create_backend
 
     def make(device, *a, **k):
@@ -138,64 +322,65 @@ def test_unusable_device_is_a_row(tiny, capsys, monkeypatch):
             raise DeviceError("cuda backend unavailable: no CuPy here")
         return create_backend(device, *a, **k)
 
-    monkeypatch.setattr(bench, "create_backend", make)
-    rep = bench.bench(tiny, ["cuda", "numpy"], [1, 2], steps=2, repeat=1)
+    rep = measure.bench(tiny, measure.Settings(["cuda", "numpy"], [1, 2], steps=2, repeat=1), make_backend=make)
     rows = [(r["device"], r["batch"], r["status"]) for r in rep["results"]]
     assert rows == [("cuda", None, "unavailable"), ("numpy", 1, "ok"), ("numpy", 2, "ok")]
     assert "no CuPy" in rep["results"][0]["reason"]
-    text = bench.render(rep)
-    assert re.search(r"^cuda\s+-\s+unavailable", text, re.M) and "no CuPy here" in text
+    text = report.render(rep)
+    assert re.search(r"^cuda\s+-\s+-\s+unavailable", text, re.M) and "no CuPy here" in text
 
 
 def test_cli_real_unusable_device_does_not_crash(tiny, capsys):
-    if bench.cuda_status()[0]:
+    if host.cuda_status()[0]:
         pytest.skip("cuda is usable on this machine")
-    assert (
-        main(["bench", str(tiny), "--device", "cuda,numpy", "--batch", "1", "--steps", "2", "--repeat", "1", "--quiet"])
-        == 0
-    )
-    assert re.search(r"^cuda\s+-\s+unavailable", capsys.readouterr().out, re.M)
+    assert main(["bench", str(tiny), "--device", "cuda,numpy", "--batch", "1", "--steps", "2", "--quiet"]) == 0
+    assert re.search(r"^cuda\s+-\s+-\s+unavailable", capsys.readouterr().out, re.M)
 
 
 def test_batch_too_big_for_memory_is_reported(tiny, monkeypatch):
-    monkeypatch.setattr(bench, "mem_available", lambda: 10_000)  # 10 kB "available"
-    rep = bench.bench(tiny, ["numpy"], [1], steps=2, repeat=1)
+    monkeypatch.setattr(measure, "mem_available", lambda: 10_000)  # 10 kB "available"
+    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], steps=2, repeat=1))
     r = rep["results"][0]
     assert r["status"] == "skipped" and "GiB available" in r["reason"]
 
 
 def test_lengths_fit_the_context():
-    assert bench.fit_lengths(256, 64, None) == (128, 64)
-    assert bench.fit_lengths(1024, 64, None) == (128, 64)
-    assert bench.fit_lengths(32, 100, None) == (1, 31)
-    assert bench.fit_lengths(32, 20, None) == (12, 20)
+    assert measure.fit_lengths(256, 64, None) == (128, 64)
+    assert measure.fit_lengths(1024, 64, None) == (128, 64)
+    assert measure.fit_lengths(32, 100, None) == (0, 32)
+    assert measure.fit_lengths(32, 20, None) == (12, 20)
+    assert measure.fit_lengths(32, 8, 0) == (0, 8)
+
+
+def test_host_reads_the_machine():
+    """host_info takes nothing to echo: it reads the machine."""
+    h = host.host_info()
+    assert h["cpu_model"] and h["cpu_count"] == os.cpu_count()
+    if hasattr(os, "getloadavg"):
+        assert h["load_average"] == pytest.approx(os.getloadavg()[0], abs=1.0)
+    if _cpu_built():
+        import llama2py._cpu as ext
+
+        isa = getattr(ext, "isa", None)
+        assert h["cpu_isa"] == (isa() if callable(isa) else ext.simd)
+    if Path("/proc/self/status").exists():
+        assert h["mem_available_bytes"] > 0
+        assert host.reset_peak_rss()
+        before = host.peak_rss()
+        block = np.ones(48 << 20, np.uint8)  # 48 MiB, touched
+        assert host.peak_rss() >= before + (40 << 20)
+        del block
 
 
 def test_plot_is_png(tiny, tmp_path, capsys):
-    pytest.importorskip("matplotlib", reason="matplotlib is an optional extra (pip install matplotlib)")
+    pytest.importorskip("matplotlib", reason='matplotlib is an optional extra (pip install "llama2py[plot]")')
     png = tmp_path / "b.png"
     assert (
-        main(
-            [
-                "bench",
-                str(tiny),
-                "--device",
-                "numpy",
-                "--batch",
-                "1,2",
-                "--steps",
-                "2",
-                "--repeat",
-                "1",
-                "--plot",
-                str(png),
-                "--quiet",
-            ]
-        )
-        == 0
+        main(["bench", str(tiny), "--device", "numpy", "--batch", "1,2", "-t", "0,1", *FAST, "--plot", str(png)]) == 0
     )
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
 def test_plot_without_matplotlib_says_how(tiny, monkeypatch, capsys):
@@ -210,66 +395,62 @@ def test_plot_without_matplotlib_says_how(tiny, monkeypatch, capsys):
 
     monkeypatch.setattr(builtins, "__import__", fake)
     assert main(["bench", str(tiny), "--device", "numpy", "--plot", "x.png"]) == 1
-    assert "pip install matplotlib" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and 'pip install "llama2py[plot]"' in errors[0]
 
 
-def _fake_run(tmp_path: Path, rate: str = "123.0") -> tuple[Path, Path]:
-    log = tmp_path / "run_args.txt"
-    script = tmp_path / "run"
-    script.write_text(
-        f"#!/bin/sh\necho \"$@\" >> {log}\necho 'Once upon a time, there was a fake run.'\n"
-        f"echo 'achieved tok/s: {rate}' >&2\n"
-    )
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    return script, log
-
-
-def test_vs_run_with_fake_binary(tiny, tmp_path, capsys):
-    script, log = _fake_run(tmp_path)
+def test_vs_run_alternates_several_programs(tiny, tmp_path, capsys):
+    runomp, log_a = _fake_run(tmp_path, "runomp", ["100"])
+    runq, log_b = _fake_run(tmp_path, "runqomp", ["50"])
     tok = _tokenizer(tmp_path / "tok64.bin", 64)
-    out = tmp_path / "v.json"
-    assert (
-        main(
-            [
-                "bench",
-                str(tiny),
-                "--device",
-                "numpy",
-                "--batch",
-                "1",
-                "--steps",
-                "6",
-                "--repeat",
-                "3",
-                "--vs-run",
-                str(script),
-                "--vs-device",
-                "numpy",
-                "-z",
-                str(tok),
-                "--json",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
-    text = capsys.readouterr().out
-    assert "vs llama2.c run" in text and "123.0 tok/s" in text and "ratio llama2py / run" in text
-    v = json.loads(out.read_text())["vs_run"]
-    assert v["run_tok_s"] == 123.0 and v["run_tok_s_runs"] == [123.0] * 3
-    assert len(v["llama2py_tok_s_runs"]) == 3 and v["llama2py_tok_s"] > 0
-    assert v["ratio"] == pytest.approx(v["llama2py_tok_s"] / 123.0)
-    calls = log.read_text().splitlines()
-    assert len(calls) == 4  # warm-up + 3 alternating rounds
-    assert calls[-1] == f"{tiny} -t 0 -n 6 -z {tok}"
+    doc, text, _ = _bench_json(
+        tmp_path,
+        [str(tiny), "--device", "numpy", "--batch", "1", "--steps", "6", "--repeat", "3", "-t", "0,1", "-p", "0.8",
+         "--vs-run", f"{runomp},{runq}", "--vs-device", "numpy", "-z", str(tok), "--quiet"],
+        capsys,
+    )  # fmt: skip
+    v = doc["vs_run"]
+    assert [(e["program"], e["temperature"]) for e in v["programs"]] == [
+        ("runomp", 0.0),
+        ("runqomp", 0.0),
+        ("llama2py", 0.0),
+        ("runomp", 1.0),
+        ("runqomp", 1.0),
+        ("llama2py", 1.0),
+    ]
+    for e in v["programs"]:
+        assert len(e["tok_s_runs"]) == 3 and e["tok_s"] > 0
+    assert v["programs"][1]["tok_s"] == 50.0 and v["programs"][1]["tok_s_runs"] == [50.0] * 3
+    assert v["programs"][0]["ratio"] == pytest.approx(v["programs"][2]["tok_s"] / 100.0)
+    assert "runqomp" in text and "llama2py / it" in text
+    for log in (log_a, log_b):
+        calls = log.read_text().splitlines()
+        assert len(calls) == 2 * 4  # two temperatures x (warm-up + 3 rounds)
+        assert f"{tiny} -t 0 -n 6 -z {tok}" in calls and f"{tiny} -t 1 -n 6 -z {tok} -p 0.8 -s 42" in calls
+
+
+def test_vs_run_rounds_that_disagree_warn(tiny, tmp_path, capsys):
+    script, _ = _fake_run(tmp_path, "run", ["100", "100", "70", "130"])  # warm-up, then 100, 70, 130
+    tok = _tokenizer(tmp_path / "tok64.bin", 64)
+    doc, _, err = _bench_json(
+        tmp_path,
+        [str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--vs-run", str(script), "--vs-device", "numpy",
+         "--repeat", "3", "-z", str(tok)],
+        capsys,
+    )  # fmt: skip
+    run = doc["vs_run"]["programs"][0]
+    assert run["tok_s_runs"] == [100.0, 70.0, 130.0] and run["tok_s_spread"] == pytest.approx(0.6) and run["noisy"]
+    assert "llama2py bench: warning: vs run, run -t 0: runs differ by 60%" in err
+    assert any(w.startswith("vs run, run") for w in doc["warnings"])
 
 
 def test_vs_run_tokenizer_found_beside_checkpoint(tiny, tmp_path):
-    script, _ = _fake_run(tmp_path, "1e2")
+    script, _ = _fake_run(tmp_path, "run", ["1e2"])
     _tokenizer(tiny.parent / "tok64.bin", 64)  # llama2.c's naming: tok{vocab}.bin
-    v = bench.vs_run(str(script), str(tiny), None, steps=4, repeat=1, threads=None, device="numpy")
-    assert v["run_tok_s"] == 100.0 and v["tokenizer"].endswith("tok64.bin")
+    v = reference.vs_run([str(script)], str(tiny), None, steps=4, repeat=1, threads=None, temperatures=[0.0],
+                         device="numpy")  # fmt: skip
+    assert v["programs"][0]["tok_s"] == 100.0 and v["tokenizer"].endswith("tok64.bin")
 
 
 def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
@@ -278,34 +459,67 @@ def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
     bad.write_text("#!/bin/sh\necho nope >&2\nexit 3\n")
     bad.chmod(0o755)
     for binary, msg in ((bad, "exited 3"), (tmp_path / "missing", "no such program")):
-        assert (
-            main(
-                [
-                    "bench",
-                    str(tiny),
-                    "--device",
-                    "numpy",
-                    "--batch",
-                    "1",
-                    "--steps",
-                    "2",
-                    "--repeat",
-                    "1",
-                    "--vs-run",
-                    str(binary),
-                    "--vs-device",
-                    "numpy",
-                    "-z",
-                    str(tok),
-                    "--quiet",
-                ]
-            )
-            == 1
-        )
-        assert msg in capsys.readouterr().err
+        rc = main(["bench", str(tiny), "--device", "numpy", "--batch", "1", "--steps", "2", "--repeat", "1",
+                   "--vs-run", str(binary), "--vs-device", "numpy", "-z", str(tok), "--quiet"])  # fmt: skip
+        assert rc == 1
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and msg in errors[0] and "Traceback" not in err
 
 
-def test_host_info_names_cpu_and_threads():
-    h = bench.host_info(2)
-    assert h["cpu_model"] and h["threads"] == 2
-    assert bench.host_info(None)["threads"] == os.cpu_count()
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--positions", "5"], "--positions must be START:END"),
+        (["--positions", "4:4"], "--positions must be START:END"),
+        (["--positions", "0:8", "--steps", "4"], "replaces --prompt-len and --steps"),
+        (["--batch", "0"], "--batch must be >= 1"),
+        (["--batch", "1,x"], "--batch must be an integer"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["-t", "-1"], "--temperature must be >= 0"),
+        (["--top-p", "1.5"], "--top-p must be in [0.0, 1.0]"),
+        (["--device", "gpu"], "cpu, cuda, numpy"),
+        (["--repeat", "0"], "--repeat must be >= 1"),
+        (["--shape", "stories7B"], "--shape must be one of"),
+        (["--shape", "stories260K"], "a checkpoint or --shape"),
+        (["--vs-run", ","], "--vs-run takes a comma-separated list"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(tiny, capsys, args, msg):
+    assert _exit_code(["bench", str(tiny), *args]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and msg in errors[0] and "Traceback" not in err, err
+
+
+def test_no_checkpoint_is_a_flag_error(capsys):
+    assert main(["bench"]) == 2
+    assert "give a checkpoint or --shape" in capsys.readouterr().err
+
+
+def test_shape_that_does_not_fit_the_disk_is_refused(monkeypatch, capsys):
+    """--shape llama2-7B would write 27 GB of random weights: refused, before writing, where the
+    temporary folder has no room for it."""
+    usage = bench_cli.shutil.disk_usage
+    monkeypatch.setattr(bench_cli.shutil, "disk_usage", lambda p: usage(p)._replace(free=1 << 30))
+    assert main(["bench", "--shape", "llama2-7B", "--device", "numpy", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--shape llama2-7B: the random checkpoint needs" in err and "set TMPDIR" in err
+
+
+def test_gpu_check_script_uses_valid_flags():
+    """scripts/gpu_check.sh calls `llama2py bench`: every call's flags parse and go together."""
+    import argparse
+    import shlex
+
+    script = (Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.sh").read_text()
+    common = re.search(r'^BENCH="[^"]*llama2py bench (.*)"$', script, re.M)
+    assert common, "gpu_check.sh defines BENCH as its `llama2py bench` command"
+    calls = [c.rstrip(" \\;") for c in re.findall(r"\$BENCH (.*)$", script, re.M)]
+    assert len(calls) >= 2
+    for call in calls:
+        parser = argparse.ArgumentParser()
+        bench_cli.add_arguments(parser)
+        argv = shlex.split(common.group(1)) + [a.replace("$OUT", "/tmp") for a in shlex.split(call)]
+        settings, problem = bench_cli.settings_from_args(parser.parse_args(argv))
+        assert problem is None and settings.repeat >= 1, (call, problem)

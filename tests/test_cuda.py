@@ -1,12 +1,15 @@
-"""The cuda backend (CuPy + csrc/cuda): kernels against the numpy spec, end to end on stories260K.
+"""The cuda backend (CuPy + llama2py/backends/cuda_kernels): kernels against the numpy spec, end to
+end on stories260K.
 
-Without a GPU only the compile check (nvcc, when it is on PATH) and the error paths run; every
-other test skips saying why. scripts/gpu_check.sh runs the whole file on a GPU machine.
+Without a GPU the compile check (nvcc, when it is on PATH), the checks of the sources against the
+host's constants, the error paths and the launches through a fake CuPy run; every other test skips
+saying why. scripts/gpu_check.sh runs the whole file on a GPU machine.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,13 +19,14 @@ import numpy as np
 import pytest
 from conftest import REFERENCE_260K, SHAPES, rel_err
 
+from llama2py.backends import cuda as cuda_module
 from llama2py.backends.base import PROFILE_KEYS
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.checkpoint import Config, random_weights
 from llama2py.errors import DeviceError
 
-CUDA_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
-CU_FILES = sorted(CUDA_DIR.glob("*.cu"))
+KERNEL_DIR = cuda_module.KERNEL_DIR
+CU_FILES = sorted(KERNEL_DIR.glob("*.cu"))
 TOL = 1e-4
 
 
@@ -58,27 +62,103 @@ def _report_worst():
         Path(out).write_text("\n".join(lines) + "\n")
 
 
-def cuda(config: Config, weights, max_batch: int = 1):
-    from llama2py.backends.cuda import CudaBackend
-
-    return CudaBackend(config, weights, max_batch)
+def cuda(config: Config, weights, max_batch: int = 1, **options):
+    return cuda_module.CudaBackend(config, weights, max_batch, **options)
 
 
 # -- always: the sources compile, and the no-GPU paths are clean errors --------------------------------
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+
+
+def _nvcc(src: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["nvcc", *flags, str(src)], capture_output=True, text=True)
+
+
+@needs_nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("src", CU_FILES, ids=[p.name for p in CU_FILES])
 def test_sources_compile_with_nvcc(src, arch, tmp_path):
-    r = subprocess.run(
-        ["nvcc", f"-arch={arch}", "-std=c++17", "-Werror", "all-warnings", "-c", str(src), "-o", str(tmp_path / "k.o")],
-        capture_output=True,
-        text=True,
-    )
+    """With exactly the options NVRTC gets (KERNEL_CONSTANTS as -D, the header folder as -I)."""
+    options = cuda_module.compile_options("0" * 64)
+    r = _nvcc(src, f"-arch={arch}", "-Werror", "all-warnings", *options, "-c", "-o", str(tmp_path / "k.o"))
     assert r.returncode == 0, r.stderr
 
 
+@needs_nvcc
+@pytest.mark.parametrize("name", list(cuda_module.KERNEL_CONSTANTS))
+def test_a_missing_define_stops_the_compile(name, tmp_path):
+    """Each constant's #ifndef guard fires, in every file that uses it, naming the constant."""
+    options = [o for o in cuda_module.compile_options() if not o.startswith(f"-D{name}=")]
+    users = [p for p in CU_FILES if name in _constants_used(p)]
+    assert users, f"{name} is in KERNEL_CONSTANTS but no kernel uses it"
+    for src in users:
+        r = _nvcc(src, *options, "-E", "-o", str(tmp_path / "k.i"))
+        assert r.returncode != 0 and f"{name} is not defined" in r.stderr, (src.name, r.stderr[-500:])
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
+
+
+def _with_headers(src: Path) -> list[Path]:
+    """src and the headers it includes (from the kernel folder), recursively."""
+    files = [src]
+    for inc in re.findall(r'^#include "([^"]+)"', src.read_text(), re.M):
+        files += [p for p in _with_headers(KERNEL_DIR / inc) if p not in files]
+    return files
+
+
+def _constants_used(src: Path) -> set[str]:
+    """The KERNEL_CONSTANTS names src or its headers use outside the guards and #error lines."""
+    used = set()
+    for f in _with_headers(src):
+        code = "\n".join(
+            line for line in _strip_comments(f.read_text()).splitlines() if not line.startswith(("#ifndef", "#error"))
+        )
+        used |= {n for n in cuda_module.KERNEL_CONSTANTS if re.search(rf"\b{n}\b", code)}
+    return used
+
+
+def _guards(src: Path) -> set[str]:
+    return {g for f in _with_headers(src) for g in re.findall(r"^#ifndef (\w+)\n#error", f.read_text(), re.M)}
+
+
+@pytest.mark.parametrize("src", CU_FILES, ids=[p.name for p in CU_FILES])
+def test_every_constant_a_kernel_uses_comes_from_the_python_table(src):
+    """The launch shapes are written once (cuda.KERNEL_CONSTANTS): a .cu file (with its headers)
+    guards every table constant it uses, defines none of them itself, and keeps no old copy."""
+    table = set(cuda_module.KERNEL_CONSTANTS)
+    text = "".join(_strip_comments(f.read_text()) for f in _with_headers(src))
+    used, guards = _constants_used(src), _guards(src)
+    assert used <= guards, f"{src.name} uses {sorted(used - guards)} without an #ifndef/#error guard"
+    assert guards - {"LLAMA2PY_BLOCK_REDUCE_CUH"} <= table, f"guards for names not in the table: {guards - table}"
+    redefined = set(re.findall(r"^#define (\w+)", text, re.M)) & table
+    assert not redefined, f"{src.name} defines {sorted(redefined)} itself"
+    old = {"GV_NT", "GV_MAXB", "ATT_NT", "SNT"} & set(re.findall(r"\w+", text))
+    assert not old, f"{src.name} still uses {sorted(old)}"
+    assert not re.search(r"\b(33|36)\b", text), f"{src.name} writes a reduction's shared size as a number"
+
+
+def test_block_reductions_are_written_once():
+    """forward.cu and sample.cu share block_reduce.cuh instead of each defining the reductions."""
+    header = KERNEL_DIR / "block_reduce.cuh"
+    assert header in _with_headers(KERNEL_DIR / "forward.cu") and header in _with_headers(KERNEL_DIR / "sample.cu")
+    for src in CU_FILES:
+        text = _strip_comments(src.read_text())
+        own = re.findall(r"__device__[^;{]*\b(block_(?:reduce|sum|max|min)|warp_(?:reduce|sum|max))\s*\(", text)
+        assert not own, f"{src.name} defines {own} (they live in block_reduce.cuh)"
+
+
 def test_sources_exist():
-    assert [p.name for p in CU_FILES] == ["forward.cu", "sample.cu"]
+    assert [p.name for p in CU_FILES] == list(cuda_module.SOURCES)
+    assert set(cuda_module.kernel_sources()) == set(cuda_module.SOURCES + cuda_module.HEADERS)
+
+
+def test_gemm_tiles_are_checked():
+    c = SHAPES["odd_tiny"]
+    for bad in ((), (48,), (64, 16)):
+        with pytest.raises(ValueError, match="gemm_tiles"):
+            cuda_module.CudaBackend(c, random_weights(c), gemm_tiles=bad)
 
 
 def test_no_cupy_is_a_device_error(monkeypatch):
@@ -157,22 +237,21 @@ def test_prefill_matches_numpy(shape, batch):
 
 
 @needs_gpu
-@pytest.mark.parametrize("tile", ["gemm_%s_32", "gemm_%s_64", "gemm_%s_128"])
+@pytest.mark.parametrize("tile", cuda_module.GEMM_TILES)
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_every_gemm_tile_matches_numpy(shape, tile):
     """The host picks tiles by size; force each one so that all are checked on small shapes."""
     c = SHAPES[shape]
     w = random_weights(c, seed=14)
     B = 6
-    ref, dev = NumpyBackend(c, w, B), cuda(c, w, B)
-    dev._tiles = ((int(tile.rsplit("_", 1)[1]), tile),)
+    ref, dev = NumpyBackend(c, w, B), cuda(c, w, B, gemm_tiles=(tile,))
     toks = np.random.default_rng(15).integers(0, c.vocab_size, (B, c.seq_len)).astype(np.int32)
     T1 = c.seq_len - 1
     a, b = dev.prefill(toks[:, :T1], 0, "all"), ref.prefill(toks[:, :T1], 0, "all")
-    _record(f"tile {tile % 'x'} prefill {shape}", rel_err(a, b))
+    _record(f"tile {tile} prefill {shape}", rel_err(a, b))
     assert rel_err(a, b) < TOL
     a, b = dev.forward(toks[:, T1], T1), ref.forward(toks[:, T1], T1)
-    _record(f"tile {tile % 'x'} forward {shape}", rel_err(a, b))
+    _record(f"tile {tile} forward {shape}", rel_err(a, b))
     assert rel_err(a, b) < TOL
 
 
@@ -279,9 +358,22 @@ def test_batch_rows_equal_single_runs(B):
 def test_profile_and_memory():
     c = SHAPES["gqa_unshared"]
     dev = cuda(c, random_weights(c, seed=13), 2)
-    prof = dev.profile(np.array([1, 2], np.int32), 3)
+    prof = dev.profile(np.array([1, 2], np.int32), 0)
     assert set(prof) == set(PROFILE_KEYS)
-    assert all(v >= 0 for v in prof.values()) and prof["matmul"] > 0 and prof["attention"] > 0
+    assert all(v >= 0 for v in prof.values())
+    fused = {"rope", "swiglu", "residual"}  # inside the matmul kernels; rmsnorm too at batch <= 4
+    assert all(prof[k] > 0 for k in set(PROFILE_KEYS) - fused - {"rmsnorm"}), prof
+    assert all(prof[k] == 0 for k in fused), prof
+    # profiling leaves a consistent state: the KV cache row it wrote is the one a step writes, and
+    # the inputs and position it consumed are uploaded again
+    ref = NumpyBackend(c, random_weights(c, seed=13), 2)
+    tok = np.array([1, 2], np.int32)
+    for pos in range(3):
+        dev.forward(tok, pos)
+        ref.forward(tok, pos)
+    dev.profile(tok, 3)
+    nxt, _ = dev.step(tok, 3, 0.0, 0.9)
+    assert (nxt == ref.forward(tok, 3).argmax(1)).all()
     assert dev.memory_bytes() > 0
     assert "cuda" in dev.describe()
 
@@ -327,9 +419,7 @@ def test_seeded_sampling_equals_numpy(stories260k, prompt, temperature, top_p, s
 
 # -- everywhere: the host code against the kernels' signatures, with a fake CuPy --------------------
 def _kernel_signatures() -> dict[str, list[str]]:
-    """extern "C" kernel name -> parameter declarations, parsed from csrc/cuda (macros expanded)."""
-    import re
-
+    """extern "C" kernel name -> parameter declarations, parsed from the .cu files (macros expanded)."""
     sigs = {}
     for path in CU_FILES:
         src = path.read_text()
@@ -345,7 +435,10 @@ def _kernel_signatures() -> dict[str, list[str]]:
     return sigs
 
 
-def _fake_cupy(sigs: dict, launches: list):
+def _fake_cupy(sigs: dict, launches: list, fake: dict):
+    """A CuPy stand-in: kernels check each launch against its signature and log it in `launches`;
+    `fake` collects the compile options and the profiler's host functions (threads)."""
+    import threading
     import types
 
     class ndarray(np.ndarray):
@@ -385,14 +478,14 @@ def _fake_cupy(sigs: dict, launches: list):
 
     class Module:
         def __init__(self, code, options=()):
-            pass
+            fake["options"].append(tuple(options))
 
         def get_function(self, name):
             assert name in sigs, name
             return Kernel(name)
 
     class Ctx:
-        id, ptr = 0, 0
+        id, ptr, done = 0, 0, True
 
         def __init__(self, *a, **k):
             pass
@@ -411,6 +504,14 @@ def _fake_cupy(sigs: dict, launches: list):
 
         def end_capture(self):
             return types.SimpleNamespace(launch=lambda stream=None: launches.append("<replay>"))
+
+        def launch_host_func(self, callback, arg):
+            """Like CUDA: the callback runs on another thread; the stream waits for it to return."""
+            result = {}
+            thread = threading.Thread(target=lambda: result.setdefault("returned", callback(arg)))
+            thread.start()
+            fake["holds"].append((thread, result))
+            launches.append("<hold>")
 
     rt = types.SimpleNamespace(
         getDeviceCount=lambda: 1,
@@ -440,38 +541,63 @@ def _fake_cupy(sigs: dict, launches: list):
     return cp
 
 
+def _between(launches: list, start: str, end: str) -> list:
+    """The launches after the last `start` marker up to the next `end` marker."""
+    i = len(launches) - 1 - launches[::-1].index(start)
+    return launches[i + 1 : launches.index(end, i)]
+
+
 def test_every_launch_matches_its_kernel_signature(monkeypatch):
     """Without a GPU: run forward/prefill/step/profile through a fake CuPy whose kernels check each
-    launch's argument count and types (pointer = array, int = np.int32, ...) against csrc/cuda, at
-    batches on the GEMV path (<= GV_MAXB rows) and the GEMM path (more rows, prefill), with every GEMM tile
-    forced in turn; every kernel in csrc/cuda must be launched (no orphans, none left unchecked)."""
-    from llama2py.backends import cuda as cuda_mod
-
+    launch's argument count and types (pointer = array, int = np.int32, ...) against the .cu files,
+    at batches on the GEMV path (<= GEMV_MAX_ROWS rows) and the GEMM path (more rows, prefill), with
+    every GEMM tile forced in turn; every kernel in the .cu files must be launched (no orphans, none
+    left unchecked). The kernels are compiled with the table's -D defines and the header folder;
+    profile() times exactly the launches the decode graph captures."""
     sigs = _kernel_signatures()
-    assert {"sample", "attention", "gemv_qkv", "gemm_qkv_32", "gemm_store_128", "spin"} <= set(sigs)
+    assert set(sigs) == {n for names in cuda_module.kernel_names().values() for n in names}
     launches: list = []
-    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(sigs, launches))
-    monkeypatch.setattr(cuda_mod, "_KERNELS", {})
+    fake: dict = {"options": [], "holds": []}
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(sigs, launches, fake))
+    monkeypatch.setattr(cuda_module, "_KERNELS", {})
+    max_rows = cuda_module.GEMV_MAX_ROWS
     for shape in ("gqa_unshared", "odd_tiny"):
         c = SHAPES[shape]
         for B in (1, 3, 7, 11):
-            be = cuda_mod.CudaBackend(c, random_weights(c), B)
-            assert be._small(B) == (B <= cuda_mod.GV_MAXB)
+            be = cuda_module.CudaBackend(c, random_weights(c), B)
+            assert be._uses_gemv(B) == (B <= max_rows)
             be.set_seeds(list(range(B)))
             be.forward(np.ones(B, np.int32), 0)
             be.prefill(np.ones((B, c.seq_len - 1), np.int32), 0, "all")
             be.prefill(np.ones((B, 3), np.int32), 0, "last")
-            n = len(launches)
             be.step(np.ones(B, np.int32), 1, 0.0, 0.9)
-            step = launches[n:]
-            assert step[0] == "<capture>" and step[-1] == "<replay>" and "sample" in step
-            assert any(x.startswith("gemv_" if B <= cuda_mod.GV_MAXB else "gemm_") for x in step), step
+            captured = _between(launches, "<capture>", "<replay>")
+            assert "sample" in captured
+            assert any(x.startswith("gemv_" if B <= max_rows else "gemm_") for x in captured), captured
             be.step(np.ones(B, np.int32), 2, 1.0, 0.9, forced=np.full(B, 3, np.int32), want_logprobs=True)
-            assert set(be.profile(np.ones(B, np.int32), 2)) == set(PROFILE_KEYS)
-            for t, name in cuda_mod.TILES:
-                be._tiles = ((t, name),)
+            launches.append("<profile>")
+            prof = be.profile(np.ones(B, np.int32), 2)
+            launches.append("<end>")
+            assert set(prof) == set(PROFILE_KEYS)
+            # a warm-up pass, then the measured pass behind the host function that holds the stream
+            assert _between(launches, "<profile>", "<hold>") == captured
+            assert _between(launches, "<hold>", "<end>") == captured
+            thread, result = fake["holds"][-1]
+            thread.join(timeout=10)
+            assert not thread.is_alive() and result["returned"] is True, "the profiler never released the stream"
+            n_layers = c.n_layers
+            assert prof["attention"] == pytest.approx(n_layers * 1e-6)
+            assert prof["matmul"] == pytest.approx(4 * n_layers * 1e-6)  # qkv, wo, w1|w3, w2
+            assert prof["rmsnorm"] == pytest.approx(0 if B <= max_rows else (2 * n_layers + 1) * 1e-6)
+            assert prof["embedding"] == prof["classifier"] == prof["sampling"] == pytest.approx(1e-6)
+            assert prof["rope"] == prof["swiglu"] == prof["residual"] == 0
+            for tile in cuda_module.GEMM_TILES:
+                forced = cuda_module.CudaBackend(c, random_weights(c), B, gemm_tiles=(tile,))
                 n = len(launches)
-                be.prefill(np.ones((B, cuda_mod.GV_MAXB + 1), np.int32), 0, "all")  # more rows than GEMV takes
-                assert {name % e for e in cuda_mod.EPILOGUES} <= set(launches[n:]), name
-    launched = set(launches) - {"<capture>", "<replay>"}
+                forced.prefill(np.ones((B, max_rows + 1), np.int32), 0, "all")  # more rows than GEMV takes
+                assert {cuda_module.gemm_kernel(e, tile) for e in cuda_module.EPILOGUES} <= set(launches[n:]), tile
+    launched = set(launches) - {"<capture>", "<replay>", "<hold>", "<profile>", "<end>"}
     assert launched == set(sigs), f"never launched: {sorted(set(sigs) - launched)}"
+    # every module got the table as -D defines and the kernel folder for its #include
+    defines = {f"-D{k}={v}" for k, v in cuda_module.KERNEL_CONSTANTS.items()}
+    assert fake["options"] and all(defines | {f"-I{KERNEL_DIR}"} <= set(o) for o in fake["options"])

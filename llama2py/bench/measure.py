@@ -1,0 +1,397 @@
+"""Timing backends: prefill, greedy or sampled decode, a kernel-by-kernel profile, memory.
+
+Every figure is taken `repeat` times after a warm-up and reported as median, min, max and spread
+((max - min) / median); a spread above SPREAD_LIMIT marks the row noisy and adds a warning. All
+timings go through one clock function (a seam: tests inject their own). Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import os
+import statistics
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..backends import create_backend
+from ..backends.base import PROFILE_KEYS
+from ..checkpoint import Config, load_checkpoint
+from ..errors import DeviceError, Llama2pyError
+from .host import BUSY_LOAD, gpu_name, host_info, mem_available, peak_rss, reset_peak_rss
+
+SCHEMA = 2
+SPREAD_LIMIT = 0.15  # runs of one figure further apart than this (of the median) are not trusted
+Clock = Callable[[], float]
+NO_PROFILE = "not measured (--no-profile)"
+
+
+@dataclasses.dataclass
+class Settings:
+    """What to measure: every device x threads (cpu only) x batch x temperature combination."""
+
+    devices: list[str]
+    batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8, 64])
+    threads: list[Optional[int]] = dataclasses.field(default_factory=lambda: [None])  # None: all cores
+    temperatures: list[float] = dataclasses.field(default_factory=lambda: [0.0])  # 0: greedy
+    top_p: float = 0.9
+    prompt_len: Optional[int] = None  # prefill positions before the decode; None: min(seq_len/2, 128)
+    steps: int = 64  # decode steps per timed run
+    repeat: int = 3
+    profile: bool = True
+
+
+def summarize(values: list[float]) -> dict:
+    """median, min, max and spread = (max - min) / median of one figure's runs (None when empty)."""
+    if not values:
+        return {"median": None, "min": None, "max": None, "spread": None}
+    med = float(statistics.median(values))
+    lo, hi = float(min(values)), float(max(values))
+    return {"median": med, "min": lo, "max": hi, "spread": (hi - lo) / med if med > 0 else None}
+
+
+def fit_lengths(seq_len: int, steps: int, prompt_len: Optional[int]) -> tuple[int, int]:
+    """(prompt_len, steps) so that prefill then decode stay inside the context; prompt_len 0 means
+    no prefill (decode from position 0)."""
+    p = prompt_len if prompt_len is not None else max(1, min(seq_len // 2, 128))
+    steps = max(1, min(steps, seq_len))
+    p = max(0, min(p, seq_len - steps))
+    return p, steps
+
+
+def estimate_bytes(config: Config, batch: int, prompt_len: int) -> int:
+    """Rough host memory a backend needs: float32 weights, KV cache and the largest activations."""
+    c = config
+    act = (
+        4 * batch * prompt_len * (3 * c.hidden_dim + 6 * c.dim + 3 * c.n_heads * prompt_len) + 8 * batch * c.vocab_size
+    )
+    return c.weight_bytes() + c.kv_cache_bytes(batch) + act
+
+
+def weight_bytes_of(config: Config, backend, group_size: Optional[int]) -> tuple[str, Optional[int]]:
+    """(weight type, bytes of the weights it holds) of a backend; backends without a weight_type
+    hold float32 (a v2 file dequantized on load)."""
+    weight_type = str(getattr(backend, "weight_type", "f32"))
+    try:
+        return weight_type, config.weight_bytes(weight_type, getattr(backend, "group_size", None) or group_size)
+    except ValueError:  # a weight type Config does not know (yet)
+        return weight_type, None
+
+
+def row_label(row: dict) -> str:
+    parts = [row["device"]]
+    if row.get("threads") is not None:
+        parts.append(f"{row['threads']} threads")
+    if row.get("batch") is not None:
+        parts.append(f"batch {row['batch']}")
+    if row.get("temperature") is not None:
+        parts.append("greedy" if row["temperature"] == 0 else f"-t {row['temperature']:g} -p {row['top_p']:g}")
+    return " ".join(parts)
+
+
+_FIGURES = ("prefill_tok_s", "decode_tok_s")
+
+
+def empty_row(
+    device: str,
+    batch: Optional[int],
+    status: str,
+    reason: Optional[str] = None,
+    threads: Optional[int] = None,
+    temperature: Optional[float] = None,
+    top_p: Optional[float] = None,
+) -> dict:
+    row = {
+        "device": device,
+        "threads": threads,
+        "batch": batch,
+        "temperature": temperature,
+        "top_p": top_p,
+        "status": status,
+        "reason": reason,
+        "backend": None,
+        "weight_type": None,
+        "load_s": None,
+        "prefill_tokens": None,
+        "prefill_s": None,
+        "decode_start": None,
+        "decode_steps": None,
+        "decode_s": None,
+        "decode_steps_per_s": None,
+        "noisy": False,
+        "weight_bytes": None,
+        "weight_bandwidth_gb_s": None,
+        "peak_rss_bytes": None,
+        "backend_memory_bytes": None,
+        "device_memory_bytes": None,
+        "profile": None,
+        "profile_total_s": None,
+        "profile_note": None,
+    }
+    for fig in _FIGURES:
+        row.update({fig: None, f"{fig}_min": None, f"{fig}_max": None, f"{fig}_runs": [], f"{fig}_spread": None})
+    return row
+
+
+def _put_figure(row: dict, fig: str, work: float, seconds: list[float]) -> None:
+    """work / seconds of every run into row[fig + '_runs'] and, from the median, shortest and
+    longest run: row[fig] = work / median seconds, row[fig + '_min'|'_max'|'_spread']."""
+    seconds = [s for s in seconds if s > 0]
+    if not seconds:
+        return
+    med = float(statistics.median(seconds))
+    row[fig], row[f"{fig}_min"], row[f"{fig}_max"] = work / med, work / max(seconds), work / min(seconds)
+    row[f"{fig}_runs"] = [work / s for s in seconds]
+    row[f"{fig}_spread"] = (row[f"{fig}_max"] - row[f"{fig}_min"]) / row[fig]
+
+
+def _profile(backend, config: Config, batch: int, pos: int, repeat: int) -> tuple[Optional[dict], float, str]:
+    """One decode step kernel by kernel through backend.profile (median per key over `repeat`
+    calls): ({key: {seconds, share}}, total seconds, note)."""
+    tok = np.full(batch, 3 % config.vocab_size, np.int32)
+    try:
+        profs = [backend.profile(tok, pos) for _ in range(max(1, repeat))]
+    except NotImplementedError as e:
+        return None, 0.0, f"unavailable: {e}"
+    keys = [k for k in PROFILE_KEYS if any(k in p for p in profs)]
+    keys += sorted({k for p in profs for k in p} - set(keys))
+    med = {k: float(statistics.median(float(p.get(k, 0.0)) for p in profs)) for k in keys}
+    total = sum(med.values())
+    return {k: {"seconds": v, "share": (v / total if total > 0 else 0.0)} for k, v in med.items()}, total, ""
+
+
+def bench_backend(
+    path: str | os.PathLike,
+    device: str,
+    threads: Optional[int],
+    batch: int,
+    settings: Settings,
+    prompt_len: int,
+    steps: int,
+    make_backend: Callable = create_backend,
+    clock: Clock = time.perf_counter,
+) -> list[dict]:
+    """Load the checkpoint, make one backend for (device, threads, batch) and measure every
+    temperature on it, the temperatures alternating round by round. One row per temperature.
+    Raises what the backend raises (bench() turns it into a row)."""
+    gc.collect()
+    reset_peak_rss()
+    t0 = clock()
+    ck = load_checkpoint(path)
+    c = ck.config
+    backend = make_backend(device, c, ck.weights, max_batch=batch, threads=threads)
+    load_s = clock() - t0
+    try:
+        rng = np.random.default_rng(0)
+        # never BOS (1): any other id is as good a prompt as a real one for timing
+        low = 3 if c.vocab_size > 3 else 0
+        prompt = rng.integers(low, c.vocab_size, size=(batch, max(1, prompt_len)), dtype=np.int32)
+
+        def one_run(n_steps: int, temperature: float) -> tuple[Optional[float], float]:
+            backend.set_seeds(list(range(batch)))  # every run samples the same stories: the same work
+            t_prefill = None
+            if prompt_len > 0:
+                t = clock()
+                logits = backend.prefill(prompt, 0, logits="last")
+                t_prefill = clock() - t
+                tok = np.ascontiguousarray(np.argmax(logits, axis=-1).astype(np.int32))
+            else:
+                tok = np.ascontiguousarray(prompt[:, 0])
+            t = clock()
+            for i in range(n_steps):
+                tok, _ = backend.step(tok, prompt_len + i, temperature, settings.top_p)
+            return t_prefill, clock() - t
+
+        for temperature in settings.temperatures:
+            one_run(min(steps, 4), temperature)  # warm-up: first touch of the weights, JIT, graph capture
+        prefills: dict[float, list[float]] = {t: [] for t in settings.temperatures}
+        decodes: dict[float, list[float]] = {t: [] for t in settings.temperatures}
+        for _ in range(settings.repeat):
+            for temperature in settings.temperatures:
+                tp, td = one_run(steps, temperature)
+                if tp is not None:
+                    prefills[temperature].append(tp)
+                decodes[temperature].append(td)
+
+        shared = empty_row(device, batch, "ok", threads=threads, top_p=settings.top_p)
+        shared["backend"] = backend.describe()
+        shared["load_s"] = load_s
+        shared["weight_type"], shared["weight_bytes"] = weight_bytes_of(c, backend, ck.group_size)
+        if settings.profile:
+            shared["profile"], shared["profile_total_s"], shared["profile_note"] = _profile(
+                backend, c, batch, prompt_len + steps // 2, settings.repeat
+            )
+            if shared["profile"] is None:
+                shared["profile_total_s"] = None
+        else:
+            shared["profile_note"] = NO_PROFILE
+        shared["peak_rss_bytes"] = peak_rss()
+        shared["backend_memory_bytes"] = backend.memory_bytes()
+        if device == "cuda":
+            shared["device_memory_bytes"] = backend.memory_bytes()
+        rows = []
+        for temperature in settings.temperatures:
+            row = dict(shared, temperature=temperature)
+            if prompt_len > 0:
+                row["prefill_tokens"] = batch * prompt_len
+                row["prefill_s"] = float(statistics.median(prefills[temperature]))  # sec. of one call
+                _put_figure(row, "prefill_tok_s", batch * prompt_len, prefills[temperature])
+            row["decode_start"] = prompt_len
+            row["decode_steps"] = steps
+            row["decode_s"] = float(statistics.median(decodes[temperature]))
+            _put_figure(row, "decode_tok_s", batch * steps, decodes[temperature])
+            if row["decode_tok_s"]:
+                row["decode_steps_per_s"] = row["decode_tok_s"] / batch
+                if row["weight_bytes"]:
+                    row["weight_bandwidth_gb_s"] = row["weight_bytes"] * row["decode_steps_per_s"] / 1e9
+            rows.append(row)
+        return rows
+    finally:
+        backend.close()
+        backend = None  # drop the weights and buffers before the next row
+        gc.collect()
+
+
+def spread_warnings(row: dict) -> list[str]:
+    """One warning per figure whose runs disagree by more than SPREAD_LIMIT."""
+    out = []
+    for fig, name in (("prefill_tok_s", "prefill"), ("decode_tok_s", "decode")):
+        spread = row.get(f"{fig}_spread")
+        if spread is not None and spread > SPREAD_LIMIT:
+            out.append(
+                f"{row_label(row)}: {name} runs differ by {100 * spread:.0f}% of the median "
+                f"({row[f'{fig}_min']:.1f} to {row[f'{fig}_max']:.1f} tok/s; limit {100 * SPREAD_LIMIT:.0f}%): "
+                "do not trust this figure, rerun on a quiet machine"
+            )
+    return out
+
+
+def load_warning(load: Optional[float]) -> Optional[str]:
+    if load is not None and load > BUSY_LOAD:
+        return f"load average {load:.2f} at the start (above {BUSY_LOAD}): timings on a busy machine are not comparable"
+    return None
+
+
+def checkpoint_info(path: str | os.PathLike, ck) -> dict:
+    c = ck.config
+    return {
+        "path": str(path),
+        "shape": None,
+        "version": ck.version,
+        "group_size": ck.group_size,
+        "config": {
+            "dim": c.dim,
+            "hidden_dim": c.hidden_dim,
+            "n_layers": c.n_layers,
+            "n_heads": c.n_heads,
+            "n_kv_heads": c.n_kv_heads,
+            "vocab_size": c.vocab_size,
+            "seq_len": c.seq_len,
+            "shared_classifier": c.shared_classifier,
+        },
+        "parameters": ck.n_params,
+        "file_bytes": ck.file_bytes,
+        "weight_bytes": c.weight_bytes(),
+    }
+
+
+def _failure_row(e: Exception, device: str, batch: int, threads: Optional[int], first: bool) -> tuple[dict, bool]:
+    """(the row that reports a failed measurement, whether the device as a whole is unusable)."""
+    if isinstance(e, (DeviceError, ImportError)):
+        reason = str(e)
+        if isinstance(e, ImportError):
+            reason = f"{device} backend not available ({e}); build it with `pip install -e .`"
+        if first:  # the device itself is unusable: one row says why
+            return empty_row(device, None, "unavailable", reason, threads), True
+        return empty_row(device, batch, "skipped", reason, threads), False  # e.g. cuda refusing a big batch
+    if isinstance(e, (MemoryError, ValueError, RuntimeError, OSError, Llama2pyError)):
+        return empty_row(device, batch, "error", f"{e.__class__.__name__}: {e}", threads), False
+    return empty_row(device, batch, "skipped", f"{e.__class__.__name__}: {e}", threads), False
+
+
+def bench(
+    path: str | os.PathLike,
+    settings: Settings,
+    progress: Optional[Callable[[str], None]] = None,
+    raise_errors: bool = False,
+    make_backend: Optional[Callable] = None,
+    clock: Clock = time.perf_counter,
+    host: Optional[dict] = None,
+) -> dict:
+    """The whole report as a dict (the JSON document). Unusable devices and batches that do not
+    fit become rows with status and reason; nothing here prints. make_backend: create_backend's
+    signature (tests inject backends); clock: the time source of every figure; host: host_info()
+    when the caller already took it."""
+    make_backend = make_backend or create_backend
+    ck = load_checkpoint(path)
+    c = ck.config
+    p_len, steps = fit_lengths(c.seq_len, settings.steps, settings.prompt_len)
+    host = host or host_info()
+    report = {
+        "schema": SCHEMA,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "checkpoint": checkpoint_info(path, ck),
+        "host": host,
+        "settings": {
+            "devices": list(settings.devices),
+            "batches": list(settings.batches),
+            "threads": list(settings.threads),
+            "temperatures": list(settings.temperatures),
+            "top_p": settings.top_p,
+            "prompt_len": p_len,
+            "steps": steps,
+            "positions": [p_len, p_len + steps],
+            "repeat": settings.repeat,
+            "spread_limit": SPREAD_LIMIT,
+        },
+        "results": [],
+        "vs_run": None,
+        "warnings": [],
+    }
+    busy = load_warning(host["load_average"])
+    if busy:
+        report["warnings"].append(busy)
+    if steps != settings.steps or settings.prompt_len not in (None, p_len):
+        report["warnings"].append(
+            f"positions {p_len}..{p_len + steps - 1} ran: what was asked does not fit the context of {c.seq_len}"
+        )
+    del ck
+    for device in settings.devices:
+        _bench_device(report, path, c, device, settings, p_len, steps, progress, raise_errors, make_backend, clock)
+    return report
+
+
+def _bench_device(report, path, config, device, settings, p_len, steps, progress, raise_errors, make_backend, clock):
+    """Every (threads, batch) of one device into report["results"]; stops at an unusable device."""
+    for threads in settings.threads if device == "cpu" else [None]:
+        for batch in settings.batches:
+            if progress:
+                progress(row_label({"device": device, "threads": threads, "batch": batch}))
+            need, avail = estimate_bytes(config, batch, p_len), mem_available()
+            if device != "cuda" and avail is not None and need > 0.9 * avail:
+                reason = f"needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
+                report["results"].append(empty_row(device, batch, "skipped", reason, threads))
+                continue
+            try:
+                rows = bench_backend(path, device, threads, batch, settings, p_len, steps, make_backend, clock)
+            except Exception as e:
+                expected = isinstance(
+                    e, (DeviceError, ImportError, MemoryError, ValueError, RuntimeError, OSError, Llama2pyError)
+                )
+                if raise_errors or not (expected or "memory" in type(e).__name__.lower()):
+                    raise  # a bug, not a failed measurement (cupy's OutOfMemoryError is one of those)
+                row, dead = _failure_row(e, device, batch, threads, batch == settings.batches[0])
+                report["results"].append(row)
+                if dead:
+                    return
+                continue
+            for row in rows:
+                warnings = spread_warnings(row)
+                row["noisy"] = bool(warnings)
+                report["results"].append(row)
+                report["warnings"] += warnings
+            if device == "cuda" and report["host"]["gpu"] is None:
+                report["host"]["gpu"] = gpu_name()

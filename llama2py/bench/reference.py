@@ -1,0 +1,155 @@
+"""llama2.c's compiled `run` programs (run, runomp, runq, ...) side by side with llama2py.
+
+All programs and llama2py take turns in one loop, round after round, so a busy moment of the
+machine hits them alike; each reports run's own `achieved tok/s` figure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..checkpoint import load_checkpoint
+from ..errors import Llama2pyError
+from .measure import SPREAD_LIMIT, summarize
+
+_ACHIEVED = re.compile(r"achieved tok/s:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)")
+SEED = 42  # sampled comparisons: run and llama2py tell the same story, so they do the same work
+
+
+def run_command(
+    binary: str, checkpoint: str, tokenizer: str, steps: int, temperature: float, top_p: float
+) -> list[str]:
+    cmd = [str(binary), str(checkpoint), "-t", f"{temperature:g}", "-n", str(steps), "-z", str(tokenizer)]
+    if temperature > 0:
+        cmd += ["-p", f"{top_p:g}", "-s", str(SEED)]
+    return cmd
+
+
+def run_binary_once(cmd: list[str], threads: Optional[int], timeout: float = 600.0) -> float:
+    """Run one of llama2.c's programs and return its `achieved tok/s`."""
+    binary = cmd[0]
+    env = dict(os.environ)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    try:
+        r = subprocess.run(cmd, capture_output=True, env=env, timeout=timeout)
+    except FileNotFoundError:
+        raise Llama2pyError(f"--vs-run {binary}: no such program (pass the path of llama2.c's compiled `run`)")
+    except PermissionError:
+        raise Llama2pyError(f"--vs-run {binary}: not executable (chmod +x it)")
+    except subprocess.TimeoutExpired:
+        raise Llama2pyError(f"--vs-run {binary}: still running after {timeout:.0f} s: {' '.join(cmd)}")
+    out = r.stderr.decode(errors="replace") + "\n" + r.stdout.decode(errors="replace")
+    m = _ACHIEVED.search(out)
+    if r.returncode != 0 or not m:
+        tail = " ".join(out.split())[-200:]
+        raise Llama2pyError(
+            f"--vs-run: `{' '.join(cmd)}` exited {r.returncode} without an "
+            f"'achieved tok/s' line; its output ends: {tail!r}"
+        )
+    return float(m.group(1))
+
+
+def _entry(program: str, binary: Optional[str], command: str, temperature: float, top_p: float) -> dict:
+    return {
+        "program": program,
+        "binary": binary,
+        "command": command,
+        "temperature": temperature,
+        "top_p": top_p,
+        "tok_s_runs": [],
+        "tok_s": None,
+        "tok_s_min": None,
+        "tok_s_max": None,
+        "tok_s_spread": None,
+        "noisy": False,
+        "ratio": None,
+    }
+
+
+def vs_run(
+    binaries: list[str],
+    checkpoint: str,
+    tokenizer: Optional[str],
+    steps: int,
+    repeat: int,
+    threads: Optional[int],
+    temperatures: list[float],
+    top_p: float = 0.9,
+    device: str = "cpu",
+    progress: Optional[Callable[[str], None]] = None,
+) -> dict:
+    """Every binary and llama2py's batch-1 run (Llama.run) at every temperature, alternating in
+    one loop `repeat` times after one warm-up each. Returns one entry per (program, temperature)
+    with median, min, max, spread, and ratio = llama2py / program at that temperature."""
+    from ..model import Llama, find_tokenizer
+
+    ck_path = Path(checkpoint)
+    if tokenizer is None:
+        tokenizer = str(find_tokenizer(ck_path, load_checkpoint(ck_path).config.vocab_size))
+    model = Llama.load(ck_path, tokenizer=tokenizer, device=device, threads=threads)
+    entries: list[tuple[dict, Callable[[int], float]]] = []
+    for temperature in temperatures:
+        for binary in binaries:
+            cmd = run_command(binary, checkpoint, tokenizer, steps, temperature, top_p)
+            entry = _entry(Path(binary).name, str(binary), " ".join(cmd), temperature, top_p)
+            entries.append(
+                (
+                    entry,
+                    lambda n, b=binary, t=temperature: run_binary_once(
+                        run_command(b, checkpoint, tokenizer, n, t, top_p), threads
+                    ),
+                )
+            )
+        entry = _entry(
+            "llama2py",
+            None,
+            f"Llama.run(steps={steps}, temperature={temperature:g}, top_p={top_p:g}, seed={SEED}) on {model.device}",
+            temperature,
+            top_p,
+        )
+        entries.append(
+            (entry, lambda n, t=temperature: model.run("", steps=n, temperature=t, top_p=top_p, seed=SEED).tok_per_s)
+        )
+    if progress:
+        progress("vs run: warm-up")
+    for _, measure in entries:
+        measure(min(steps, 16))
+    for i in range(repeat):
+        if progress:
+            progress(f"vs run: round {i + 1}/{repeat}")
+        for entry, measure in entries:
+            entry["tok_s_runs"].append(measure(steps))
+    for entry, _ in entries:
+        s = summarize(entry["tok_s_runs"])
+        entry["tok_s"], entry["tok_s_min"], entry["tok_s_max"] = s["median"], s["min"], s["max"]
+        entry["tok_s_spread"] = s["spread"]
+        entry["noisy"] = s["spread"] is not None and s["spread"] > SPREAD_LIMIT
+    ours = {e["temperature"]: e["tok_s"] for e, _ in entries if e["binary"] is None}
+    for entry, _ in entries:
+        if entry["tok_s"] and entry["binary"] is not None:
+            entry["ratio"] = ours[entry["temperature"]] / entry["tok_s"]
+    return {
+        "tokenizer": str(tokenizer),
+        "device": model.device,
+        "steps": steps,
+        "threads": threads,
+        "repeat": repeat,
+        "seed": SEED,
+        "programs": [e for e, _ in entries],
+    }
+
+
+def vs_run_warnings(result: dict) -> list[str]:
+    """One warning per program whose rounds disagree by more than SPREAD_LIMIT."""
+    return [
+        f"vs run, {e['program']} -t {e['temperature']:g}: runs differ by {100 * e['tok_s_spread']:.0f}% of the "
+        f"median ({e['tok_s_min']:.1f} to {e['tok_s_max']:.1f} tok/s; limit {100 * SPREAD_LIMIT:.0f}%): "
+        "do not trust this comparison, rerun on a quiet machine"
+        for e in result["programs"]
+        if e["noisy"]
+    ]
