@@ -1,13 +1,18 @@
 """llama2py: run llama2.c checkpoints from Python on C++ (CPU) and CUDA kernels."""
 
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
 from .checkpoint import Config, load_checkpoint  # noqa: E402
 from .errors import Llama2pyError  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402
 
+if TYPE_CHECKING:  # type checkers see Llama; at run time it is imported on first use
+    from .model import Llama
 
-def __getattr__(name):  # Llama pulls in the backends: import it on first use
+
+def __getattr__(name: str):  # Llama pulls in the backends: import it on first use
     if name == "Llama":
         from .model import Llama
 

@@ -18,6 +18,8 @@ same loop:
 * Log-probabilities are those of the raw logits (log-softmax, no temperature) at the returned
   token. The first token of a sequence (BOS) has no predecessor, so it has no log-probability:
   as in Meta's code its entry is 0.0 (only visible with echo).
+* Stop strings (llama2py.stops) end a sequence through the stop_at callback, which sees each
+  sampled token; the caller decodes and matches, this loop only cuts.
 
 Nothing here prints or exits; errors are llama2py.errors.PromptError or ValueError.
 """
@@ -27,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -140,13 +142,20 @@ def run_batch(
     prompt_logprobs: bool = False,
     stop_tokens: Sequence[int] = STOP_TOKENS,
     stats: Optional[BatchStats] = None,
+    stop_at: Optional[Callable[[int, int], Optional[int]]] = None,
+    on_done: Optional[Callable[[int, list[int]], None]] = None,
 ) -> BatchResult:
     """The batched loop. Sequence b keeps token indices 0..ends[b]-1 at most (cut earlier at a
     generated stop token); positions ends[b]-1 and later are never fed for it. ends[b] may be up to
     seq_len + 1 (the last position's logits give one more token, as `run` does).
 
     logprobs: also return log-probs of the generated tokens; prompt_logprobs: of the prompt tokens
-    too (needs the prefill's logits for every position)."""
+    too (needs the prefill's logits for every position).
+
+    stop_at(b, token) is called with each token sequence b samples (stop tokens excepted), in
+    order; it returns None to go on, or how many of b's generated tokens to keep (stop strings,
+    llama2py.stops): b then ends there. on_done(b, tokens) is called once per sequence as soon as
+    it is finished, with its kept tokens (the CLI prints each story then)."""
     c = backend.config
     check_batch(prompt_tokens, backend.max_batch, c.seq_len, c.vocab_size)
     B = len(prompt_tokens)
@@ -188,6 +197,9 @@ def run_batch(
     stopped = np.zeros(B, bool)
     cut = end.copy()  # exclusive end of the kept tokens
     done = end <= k + 1  # nothing left to produce
+    if on_done is not None:
+        for b in np.nonzero(done)[0]:
+            on_done(int(b), tokens[b, : cut[b]].tolist())
     forced = np.full(B, -1, np.int32)
     pos = k
     while pos < L - 1 and not done.all():
@@ -212,9 +224,18 @@ def run_batch(
         hit = sampled & np.isin(nxt, stop_set)
         stopped[:Bp] |= hit
         cut[:Bp] = np.where(hit, nxt_idx, cut[:Bp])
+        if stop_at is not None:
+            for b in np.nonzero(sampled & ~hit)[0]:
+                keep = stop_at(int(b), int(nxt[b]))
+                if keep is not None:  # a stop string: b keeps `keep` generated tokens
+                    hit[b] = stopped[b] = True
+                    cut[b] = lens[b] + keep
         finished = live & (hit | (nxt_idx + 1 >= end[:Bp]))
         finish_s[:Bp][finished] = now
         done[:Bp] |= finished
+        if on_done is not None:
+            for b in np.nonzero(finished)[0]:
+                on_done(int(b), tokens[b, : cut[b]].tolist())
         pos += 1
     stats.decode_s = time.perf_counter() - t1
     stats.generated, stats.finish_s = generated.tolist(), finish_s.tolist()
@@ -234,6 +255,7 @@ def generate(
     logprobs: bool = False,
     echo: bool = False,
     stats: Optional[BatchStats] = None,
+    stop_at: Optional[Callable[[int, int], Optional[int]]] = None,
 ) -> tuple[list[list[int]], Optional[list[list[float]]]]:
     """Meta's generate(): returns (tokens, logprobs) per sequence, the generated tokens only (or,
     with echo, prompt + generated), cut at max_gen_len and before the stop token."""
@@ -245,7 +267,16 @@ def generate(
     tl = total_len(lens, max_gen_len, c.seq_len)
     ends = [min(n + max_gen_len, tl) for n in lens]
     res = run_batch(
-        backend, prompt_tokens, ends, temperature, top_p, seeds, logprobs, prompt_logprobs=echo, stats=stats
+        backend,
+        prompt_tokens,
+        ends,
+        temperature,
+        top_p,
+        seeds,
+        logprobs,
+        prompt_logprobs=echo,
+        stats=stats,
+        stop_at=stop_at,
     )
     starts = [0 if echo else n for n in lens]
     toks = [t[s:] for t, s in zip(res.tokens, starts)]

@@ -479,20 +479,21 @@ def header_bytes(config: Config, version: int, group_size: Optional[int] = None)
 
 
 def weights_source(config: Config, weights: Weights) -> ChunkSource:
-    """A Weights as a chunk source: one layer per chunk (views, no copies). Shapes are checked
-    here, before anything is written."""
+    """A Weights as a chunk source: one layer per chunk (views of float arrays, no copies; a
+    quantized tensor, anything with dequantize(), gives one dequantized layer at a time). Shapes are
+    checked here, before anything is written."""
     shapes = weight_shapes(config)
     tensors = weights.tensors()
     for name, shape in shapes.items():
-        if tuple(np.shape(tensors[name])) != shape:
-            raise ValueError(f"weight {name} has shape {np.shape(tensors[name])}, config needs {shape}")
+        got = tuple(getattr(tensors[name], "shape", ()))
+        if got != shape:
+            raise ValueError(f"weight {name} has shape {got}, config needs {shape}")
 
     def chunks(name: str) -> Iterator[np.ndarray]:
         tensor = tensors[name]
-        if _layers(name, config) == 1 or name in NORM_TENSORS:
-            yield tensor
-        else:
-            yield from tensor
+        whole = _layers(name, config) == 1 or name in NORM_TENSORS
+        for part in [tensor] if whole else (tensor[layer] for layer in range(config.n_layers)):
+            yield part.dequantize() if hasattr(part, "dequantize") else part
 
     return chunks
 
@@ -570,7 +571,7 @@ def write_checkpoint(
     """Write a llama2.c checkpoint of `version` (docs/FORMAT.md); return its size in bytes.
 
     source: a Weights, or chunks(name) -> float arrays whose row-major concatenation is the tensor
-    weight_shapes(config)[name]. Memory: one chunk plus ~4 MiB (and a v2 part's scales); for v2
+    weight_shapes(config)[name] (asked for "wcls" only when the classifier is not shared). Memory: one chunk plus ~4 MiB (and a v2 part's scales); for v2
     each layer of a layered tensor is quantized separately, as llama2.c's export does.
     group_size (v2 only): default as llama2.c's export (default_group_size); it must divide dim.
     progress(bytes written, total bytes) after every write. inputs: files the output must not be.

@@ -23,7 +23,7 @@ from .errors import Llama2pyError
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
     "info": ("llama2py.info", "describe a checkpoint (format, config, parameters, bytes)"),
-    "download": ("llama2py.download", "fetch stories15M/42M/110M/260K and tokenizers into models/"),
+    "download": ("llama2py.download", "fetch stories15M/42M/110M/260K and tokenizers into the model store; --list"),
     "synth": ("llama2py.synth", "write a random-weight checkpoint of a given shape"),
     "quantize": ("llama2py.quantize", "write a v0/v1 checkpoint as v2 (Q8_0), as llama2.c's export does"),
     "bench": ("llama2py.bench", "tokens/s per backend and batch size, kernel by kernel"),
@@ -34,7 +34,7 @@ EPILOG = f"""subcommands (llama2py SUBCOMMAND --help for each):
 
 examples:
   llama2py                                   # stories15M (downloaded on first use), a random story
-  llama2py models/stories15M.bin -t 0 -n 64  # greedy, 64 positions
+  llama2py stories15M.bin -t 0 -n 64         # greedy, 64 positions
   llama2py stories260K.bin -z tok512.bin -t 0.8 -p 0.95 -s 7 -i "Once upon a time, Lily"
   llama2py model.bin -m chat -y "You are a helpful assistant."
   llama2py model.bin --prompts-file prompts.txt -t 0.8 -s 7   # one story per line, batched
@@ -58,7 +58,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "checkpoint",
         nargs="?",
-        help="llama2.c .bin checkpoint (default: models/stories15M.bin, downloaded on first use)",
+        help="llama2.c .bin checkpoint (default: stories15M from the model store, downloaded on first use)",
     )
     p.add_argument(
         "-t",
@@ -89,7 +89,7 @@ def run_parser() -> argparse.ArgumentParser:
         "-z",
         dest="tokenizer",
         default=None,
-        help="tokenizer file (default: tok{vocab}.bin or tokenizer.bin beside the checkpoint or in models/)",
+        help="tokenizer file (default: tok{vocab}.bin or tokenizer.bin beside the checkpoint, else in the model store)",
     )
     p.add_argument("-m", dest="mode", choices=("generate", "chat"), default="generate", help="mode (default generate)")
     p.add_argument("-y", dest="system", default=None, help="system prompt in chat mode")
@@ -127,9 +127,36 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int_at_least(1, "--threads"), default=None, help="CPU threads (default: all cores)"
     )
+    p.add_argument(
+        "--verbose", action="store_true", help="say which device runs and why (default: only when a GPU is unusable)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--version", action="version", version=f"llama2py {__version__}")
     return p
+
+
+def _gpu_expected() -> bool:
+    """Whether the user set up for a GPU (CuPy installed, e.g. through the [cuda] extra): only
+    then is a fallback from --device auto to the cpu worth a line by default."""
+    import importlib.util
+
+    return importlib.util.find_spec("cupy") is not None
+
+
+def _report_device(model, args) -> None:
+    """Quiet by default: one short line only where a GPU was expected and is not usable; with
+    --verbose the device, why, threads and load time."""
+    verbose = getattr(args, "verbose", False)
+    if verbose:
+        for note in model.notes:
+            print(f"llama2py: {note}", file=sys.stderr)
+        threads = f", {args.threads} threads" if args.threads else ""
+        print(
+            f"llama2py: device: {model.backend.describe()}{threads}, loaded in {model.load_seconds:.2f} s",
+            file=sys.stderr,
+        )
+    elif model.notes and _gpu_expected():
+        print(f"llama2py: GPU not usable, running on {model.device} (--verbose says why)", file=sys.stderr)
 
 
 def _load(args, max_batch_size=1):
@@ -149,8 +176,7 @@ def _load(args, max_batch_size=1):
     model = Llama.load(
         checkpoint, tokenizer=tokenizer, device=args.device, threads=args.threads, max_batch_size=max_batch_size
     )
-    for note in model.notes:
-        print(f"llama2py: {note}", file=sys.stderr)
+    _report_device(model, args)
     return model
 
 
@@ -232,6 +258,12 @@ def read_prompts_file(path: str) -> list[str]:
     return prompts
 
 
+def _batch_head(args, i: int, j: int, n_samples: int) -> str:
+    if args.prompts_file is not None:
+        return f"--- prompt {i + 1}" + (f", sample {j + 1}" if n_samples > 1 else "")
+    return f"--- sample {j + 1}"
+
+
 def cmd_batch(args) -> int:
     """Stories for many prompts (and/or seeds) at once, each equal to run's story for its prompt and
     seed (up to an EOS, where a batched story ends), printed under a header, then tok/s on stderr."""
@@ -281,8 +313,23 @@ def cmd_batch(args) -> int:
     for idx in chunks:
         seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in idx]
         stats = BatchStats()
+        finished: dict[int, list[int]] = {}  # row -> its tokens, until every earlier row is printed
+        printed = [0]  # rows of this chunk printed so far (in order)
+
+        def print_ready(r: int, t: list[int], idx=idx, seeds=seeds, finished=finished, printed=printed) -> None:
+            """Print each story as soon as it and all before it are finished."""
+            finished[r] = t
+            while printed[0] in finished:
+                q = printed[0]
+                i, j, _ = seqs[idx[q]]
+                toks = finished.pop(q)
+                out.write(f"{_batch_head(args, i, j, n_samples)} (seed {seeds[q]}) ---\n".encode())
+                out.write(b"".join(tok.printable_bytes(toks[u], toks[u + 1]) for u in range(len(toks) - 1)) + b"\n")
+                out.flush()
+                printed[0] += 1
+
         # run feeds positions 0..steps-1, so a story holds tokens 0..steps (prompt included)
-        res = run_batch(
+        run_batch(
             model.backend,
             [prompts[b] for b in idx],
             [steps + 1] * len(idx),
@@ -290,18 +337,11 @@ def cmd_batch(args) -> int:
             args.top_p,
             seeds,
             stats=stats,
+            on_done=print_ready,
         )
         for r, b in enumerate(idx):
             i, j, _ = seqs[b]
-            if args.prompts_file is not None:
-                head = f"--- prompt {i + 1}" + (f", sample {j + 1}" if n_samples > 1 else "")
-            else:
-                head = f"--- sample {j + 1}"
-            out.write(f"{head} (seed {seeds[r]}) ---\n".encode())
-            t = res.tokens[r]
-            out.write(b"".join(tok.printable_bytes(t[q], t[q + 1]) for q in range(len(t) - 1)) + b"\n")
-            per_seq.append((head[4:], stats.seq_tok_per_s(r), stats.generated[r]))
-        out.flush()
+            per_seq.append((_batch_head(args, i, j, n_samples)[4:], stats.seq_tok_per_s(r), stats.generated[r]))
         total_tokens += stats.total_generated
         total_s += stats.decode_s
     agg = total_tokens / total_s if total_s > 0 else 0.0

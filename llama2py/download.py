@@ -1,27 +1,36 @@
-"""Known llama2.c checkpoints and tokenizers, and fetching them on first use.
+"""Known llama2.c checkpoints and tokenizers, the per-user model store, and fetching on first use.
 
-With no CHECKPOINT the CLI runs stories15M with the Llama 2 tokenizer from the models folder
-(`default_models_dir()`), downloading both from their published addresses the first time:
-streamed to NAME.part, resumed with an HTTP Range request after an interruption, checked against
-the published size and sha256, then renamed into place. A file that is already there and checks
-out is never fetched again.
+With no CHECKPOINT the CLI runs stories15M with the Llama 2 tokenizer from the model store
+(`default_models_dir()`: $LLAMA2PY_MODELS, else the platform's user cache folder, whatever the
+current directory), downloading both from their published addresses the first time: streamed to
+NAME.part (never past the published size), resumed with an HTTP Range request after an
+interruption, checked against the published size and sha256, then renamed into place. One lock
+file per destination (NAME.lock) makes concurrent downloads of one file wait for each other.
 
-Library functions here never print (except the progress bar on stderr when progress=True) and never
-exit; every failure is a DownloadError whose message names the URL to fetch by hand and the path
-to put the file at.
+A file found in the store is trusted only after its sha256 was checked once; the check is
+remembered in the folder's .verified.json, keyed by size and mtime, so later runs only stat it.
+
+Library functions here never print (except the progress bar and a "waiting for" line on stderr
+when progress=True) and never exit; every failure is a DownloadError whose message names the URL
+to fetch by hand and the path to put the file at.
 
 Environment:
-    LLAMA2PY_MODELS     the models folder (default: models/ of a source checkout, else ./models)
+    LLAMA2PY_MODELS     the model store (default: user_cache_dir())
     LLAMA2PY_MODEL_URL  base URL of a mirror that holds the files by name (NAME.bin appended)
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import json
 import os
 import sys
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -34,11 +43,15 @@ __all__ = [
     "DEFAULT_MODEL",
     "lookup",
     "default_models_dir",
+    "user_cache_dir",
+    "is_trusted",
+    "missing_message",
     "resolve_url",
     "download",
     "ensure_default_model",
     "verify_file",
     "add_arguments",
+    "list_store",
     "run",
     "epilog",
 ]
@@ -51,6 +64,8 @@ _LLAMA2C = "https://raw.githubusercontent.com/karpathy/llama2.c/master"
 
 CHUNK = 1 << 20  # bytes read per socket read while streaming
 TIMEOUT_S = 30.0  # socket timeout (per read, not for the whole download)
+UNKNOWN_SIZE_CAP = 64 << 30  # bytes: the most a download of a file without a published size may take
+VERIFIED_JSON = ".verified.json"  # in the store: {filename: {"size", "mtime_ns", "sha256"}}
 
 
 @dataclass(frozen=True)
@@ -62,7 +77,7 @@ class KnownFile:
     """
 
     name: str  # registry key: "stories15M", "tokenizer", ...
-    filename: str  # file name in the models folder
+    filename: str  # file name in the model store
     url: str  # published address
     size: Optional[int]  # bytes
     sha256: Optional[str]  # lowercase hex, or None: size-only check
@@ -154,15 +169,25 @@ def lookup(name: Union[str, KnownFile]) -> KnownFile:
     )
 
 
+def user_cache_dir() -> Path:
+    """The platform's per-user cache folder for llama2py: $XDG_CACHE_HOME/llama2py or
+    ~/.cache/llama2py on Linux, ~/Library/Caches/llama2py on macOS, %LOCALAPPDATA%\\llama2py on Windows."""
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA")
+        return (Path(base) if base else Path.home() / "AppData" / "Local") / "llama2py"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "llama2py"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg and Path(xdg).expanduser().is_absolute() else Path.home() / ".cache"
+    return base / "llama2py"
+
+
 def default_models_dir() -> Path:
-    """$LLAMA2PY_MODELS if set; else models/ next to the package in a source checkout; else ./models."""
+    """The model store: $LLAMA2PY_MODELS if set, else user_cache_dir() (never the current directory)."""
     env = os.environ.get(MODELS_ENV)
     if env:
         return Path(env).expanduser()
-    checkout = Path(__file__).resolve().parent.parent / "models"
-    if checkout.is_dir():
-        return checkout
-    return Path.cwd() / "models"
+    return user_cache_dir()
 
 
 def resolve_url(entry: KnownFile, url: Optional[str] = None) -> str:
@@ -198,6 +223,60 @@ def verify_file(path: Union[str, Path], name: Union[str, KnownFile]) -> Optional
         if actual != entry.sha256:
             return f"{path} has sha256 {actual}, expected {entry.sha256}"
     return None
+
+
+def _read_verified(folder: Path) -> dict:
+    try:
+        data = json.loads((folder / VERIFIED_JSON).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember_verified(path: Path, sha256: str) -> None:
+    """Record that path (at its current size and mtime) has sha256; best effort (a read-only store
+    just means the file is hashed again next time)."""
+    try:
+        st = path.stat()
+        records = _read_verified(path.parent)
+        records[path.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+        fd, tmp = tempfile.mkstemp(prefix=VERIFIED_JSON + ".", suffix=".tmp", dir=path.parent)
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(records, f, indent=1, sort_keys=True)
+        os.replace(tmp, path.parent / VERIFIED_JSON)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def is_trusted(path: Union[str, Path], name: Union[str, KnownFile]) -> bool:
+    """True if path is the entry's file: right size, and a sha256 that matched once at this size
+    and mtime (remembered in .verified.json) or matches now (then remembered)."""
+    entry = lookup(name)
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    if not path.is_file() or (entry.size is not None and st.st_size != entry.size):
+        return False
+    if entry.sha256 is None:
+        return True
+    seen = _read_verified(path.parent).get(path.name)
+    if (
+        isinstance(seen, dict)
+        and seen.get("size") == st.st_size
+        and seen.get("mtime_ns") == st.st_mtime_ns
+        and seen.get("sha256") == entry.sha256
+    ):
+        return True
+    if _sha256_of(path) != entry.sha256:
+        return False
+    _remember_verified(path, entry.sha256)
+    return True
 
 
 def _by_hand(entry: KnownFile, dest: Path) -> str:
@@ -311,10 +390,17 @@ def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool) -
                 ) from e
             with out:
                 expected = int(length) if length and length.isdigit() else None
+                # Never write past the published size: a server that streams forever (or a wrong
+                # file) must not fill the disk. The sha256 check then decides.
+                room = (entry.size if entry.size is not None else UNKNOWN_SIZE_CAP) - offset
+                if expected is not None:
+                    expected = min(expected, room)
                 received = 0
                 while True:
+                    if received >= room:
+                        break
                     try:
-                        block = response.read(CHUNK)
+                        block = response.read(min(CHUNK, room - received))
                         # http.client returns b"" rather than raising when the server hangs up
                         # before Content-Length bytes: treat that as the lost connection it is.
                         if not block and expected is not None and received < expected:
@@ -348,6 +434,49 @@ def _content_range_start(value: Optional[str]) -> Optional[int]:
     return int(first) if first.isdigit() else None
 
 
+@contextlib.contextmanager
+def _lock(dest: Path, progress: bool) -> Iterator[None]:
+    """Hold DEST.lock exclusively: a second process downloading the same file waits here (and then
+    finds it in place) instead of writing the same .part. fcntl.flock on POSIX, msvcrt.locking on
+    Windows; where neither works (some network filesystems) the download runs unlocked. The lock
+    file stays (removing it would race with a waiting process)."""
+    path = dest.with_name(dest.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise DownloadError(
+            f"cannot create {path} ({e.strerror or e}): choose a writable folder with ${MODELS_ENV} or --dir"
+        ) from e
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            fcntl = None
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if progress:
+                        print(f"waiting for another download of {dest.name} to finish ...", file=sys.stderr)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                import msvcrt
+
+                while True:
+                    try:
+                        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises
+                        break
+                    except OSError as e:
+                        if e.errno not in (errno.EDEADLK, errno.EACCES):  # not "held by another"
+                            raise
+        except OSError:  # a filesystem without locks: go on without one
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def download(
     name: Union[str, KnownFile],
     dest_dir: Union[str, Path, None] = None,
@@ -356,11 +485,12 @@ def download(
 ) -> Path:
     """Fetch a known file into dest_dir (default_models_dir()) and return its path.
 
-    An existing file that matches the published size and sha256 is returned as is. Otherwise the
-    file is streamed to FILENAME.part (resuming an existing .part with a Range request), checked,
-    and renamed into place; the old file, if any, is replaced only by a verified one. A .part that
-    fails the check is deleted and, if it was a resumed one, fetched once more from the start.
-    Raises DownloadError naming the URL and the destination.
+    An existing file that is trusted (is_trusted: size, and sha256 checked once) is returned as is.
+    Otherwise, holding DEST.lock, the file is streamed to FILENAME.part (resuming an existing .part
+    with a Range request, never past the published size), checked, and renamed into place; the old
+    file, if any, is replaced only by a verified one. A .part that fails the check is deleted and,
+    if it was a resumed one, fetched once more from the start. Raises DownloadError naming the URL
+    and the destination.
     """
     entry = lookup(name)
     src = resolve_url(entry, url)
@@ -368,38 +498,59 @@ def download(
     dest = folder / entry.filename
     part = dest.with_name(dest.name + ".part")
 
-    if dest.is_file() and verify_file(dest, entry) is None:
+    if is_trusted(dest, entry):
         return dest
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(
-            f"cannot create the models folder {folder} ({e.strerror or e}): choose another with ${MODELS_ENV} or --dir"
+            f"cannot create the model store {folder} ({e.strerror or e}): choose another with ${MODELS_ENV} or --dir"
         ) from e
 
-    for attempt in (1, 2):
-        resumed = part.exists() and part.stat().st_size > 0
-        _fetch(entry, src, dest, part, progress)
-        problem = verify_file(part, entry)
-        if problem is None:
-            break
-        part.unlink(missing_ok=True)
-        if not (resumed and attempt == 1):
-            raise DownloadError(
-                f"{entry.filename} downloaded from {src} failed its check: {problem}. The partial "
-                f"file was deleted; try again, or fetch it by hand and put it at {dest}"
-            )
-    try:
-        os.replace(part, dest)
-    except OSError as e:
-        raise DownloadError(f"cannot move {part} to {dest} ({e.strerror or e})") from e
+    with _lock(dest, progress):
+        if is_trusted(dest, entry):  # another process finished it while we waited
+            return dest
+        for attempt in (1, 2):
+            resumed = part.exists() and part.stat().st_size > 0
+            _fetch(entry, src, dest, part, progress)
+            problem = verify_file(part, entry)
+            if problem is None:
+                break
+            part.unlink(missing_ok=True)
+            if not (resumed and attempt == 1):
+                raise DownloadError(
+                    f"{entry.filename} downloaded from {src} failed its check: {problem}. The partial "
+                    f"file was deleted; try again, or fetch it by hand and put it at {dest}"
+                )
+        try:
+            os.replace(part, dest)
+        except OSError as e:
+            raise DownloadError(f"cannot move {part} to {dest} ({e.strerror or e})") from e
+        if entry.sha256 is not None:
+            _remember_verified(dest, entry.sha256)
     return dest
 
 
-def _present(entry: KnownFile, path: Path) -> bool:
-    # A file at a registry name is either one we renamed into place after its sha256 check, or
-    # one the user put there: check the (cheap) size on every run, not the sha256.
-    return path.is_file() and (entry.size is None or path.stat().st_size == entry.size)
+def missing_message(entries: list[KnownFile], folder: Path, cause: Optional[str] = None) -> str:
+    """One message naming every missing file: its URL, size, sha256 and the exact path to put it
+    at, then the ways to point elsewhere."""
+    names = " and ".join(e.filename for e in entries)
+    head = f"no checkpoint was given and the default model's {names} "
+    if cause is None:
+        head += ("is" if len(entries) == 1 else "are") + " not in the model store"
+    else:
+        head += f"could not be downloaded ({cause})"
+    lines = [head + ". Fetch " + ("it" if len(entries) == 1 else "each") + " by hand and put it in place:"]
+    for e in entries:
+        size = f"{e.size:,} bytes" if e.size is not None else "size unknown"
+        sha = f"sha256 {e.sha256}" if e.sha256 else "no published sha256"
+        lines.append(f"  {resolve_url(e)}  ({size}, {sha})")
+        lines.append(f"      -> {folder / e.filename}")
+    lines.append(
+        f"or set ${MODELS_ENV} to a folder that holds them, set ${URL_ENV} to a mirror's base URL "
+        f"(or `llama2py download NAME --url URL`), or pass a checkpoint path (and -z TOKENIZER)"
+    )
+    return "\n".join(lines)
 
 
 def ensure_default_model(
@@ -407,25 +558,23 @@ def ensure_default_model(
 ) -> tuple[Path, Path]:
     """(checkpoint, tokenizer) paths of the default model (stories15M + tokenizer.bin).
 
-    Files already in models_dir (default_models_dir()) with the right size are used as they are;
-    missing ones are downloaded unless allow_download is False, in which case the DownloadError
-    says what to fetch and where to put it.
+    Files already in models_dir (default_models_dir()) that are trusted (is_trusted) are used as
+    they are; the others are downloaded unless allow_download is False. When any cannot be had,
+    one DownloadError names every missing file with its URL, size, sha256 and destination.
     """
     folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
     model = REGISTRY[DEFAULT_MODEL]
-    paths = []
-    for entry in (model, REGISTRY[model.tokenizer]):
-        path = folder / entry.filename
-        if not _present(entry, path):
-            if not allow_download:
-                raise DownloadError(
-                    f"no checkpoint was given and the default {entry.filename} is not at {path}. "
-                    f"Download it from {resolve_url(entry)} and put it there, run "
-                    f"`llama2py download {model.name}`, or pass a checkpoint path"
-                )
-            path = download(entry, folder, progress=progress)
-        paths.append(path)
-    return paths[0], paths[1]
+    entries = [model, REGISTRY[model.tokenizer]]
+    missing = [e for e in entries if not is_trusted(folder / e.filename, e)]
+    if missing and not allow_download:
+        raise DownloadError(missing_message(missing, folder))
+    for i, entry in enumerate(missing):
+        try:
+            download(entry, folder, progress=progress)
+        except DownloadError as e:
+            # the first sentence says what failed; the rest (fetch by hand ...) the message repeats for all
+            raise DownloadError(missing_message(missing[i:], folder, cause=str(e).split(". ")[0])) from e
+    return folder / model.filename, folder / entries[1].filename
 
 
 # ---- command line: `llama2py download NAME...` (cli.py builds the parser and calls these) ----
@@ -443,18 +592,21 @@ def epilog() -> str:
     for e in REGISTRY.values():
         check = "" if e.sha256 else "  (no published sha256: size checked only)"
         lines.append(f"  {e.name:<12} {_human(e.size):>9}  {e.filename}{check}")
-    lines.append(f"files go to ${MODELS_ENV} if set, else {default_models_dir()};")
+    lines.append(f"files go to ${MODELS_ENV} if set, else {user_cache_dir()} (the model store);")
     lines.append(f"set ${URL_ENV} to a mirror's base URL to download from it instead")
     return "\n".join(lines)
 
 
 def add_arguments(parser) -> None:
-    """Add NAME..., --dir, --url and --quiet to an argparse (sub)parser."""
+    """Add NAME..., --list, --dir, --url and --quiet to an argparse (sub)parser."""
     import argparse
 
-    parser.add_argument("names", nargs="+", metavar="NAME", help=f"what to fetch: {', '.join(REGISTRY)}, or all")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"what to fetch: {', '.join(REGISTRY)}, or all")
     parser.add_argument(
-        "--dir", metavar="DIR", default=None, help="folder to put the files in (default: the models folder)"
+        "--list", action="store_true", help="show the model store: which known files are there, checked or not"
+    )
+    parser.add_argument(
+        "--dir", metavar="DIR", default=None, help="folder to put the files in (default: the model store)"
     )
     parser.add_argument(
         "--url",
@@ -464,13 +616,60 @@ def add_arguments(parser) -> None:
         "NAMEs or a URL ending in /, URL is a base the file name is appended to",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(download_parser=parser)
     if parser.epilog is None:
         parser.epilog = epilog()
         parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
+def list_store(folder: Union[str, Path, None] = None) -> str:
+    """What the model store holds: each known file (checked, wrong size, changed, absent) and any
+    other checkpoint there. Checks nothing but sizes and the remembered sha256 (never hashes)."""
+    folder = Path(folder).expanduser() if folder is not None else default_models_dir()
+    verified = _read_verified(folder)
+    lines = [f"model store: {folder}" + ("" if folder.is_dir() else " (does not exist yet)")]
+    known = set()
+    for e in REGISTRY.values():
+        path = folder / e.filename
+        known.add(e.filename)
+        if not path.is_file():
+            part = path.with_name(path.name + ".part")
+            state = f"absent ({part.stat().st_size:,} bytes so far in {part.name})" if part.is_file() else "absent"
+        else:
+            st = path.stat()
+            seen = verified.get(e.filename)
+            if e.size is not None and st.st_size != e.size:
+                state = f"wrong size: {st.st_size:,} bytes, expected {e.size:,}"
+            elif e.sha256 is None:
+                state = "present (size checked; no published sha256)"
+            elif isinstance(seen, dict) and (seen.get("size"), seen.get("mtime_ns"), seen.get("sha256")) == (
+                st.st_size,
+                st.st_mtime_ns,
+                e.sha256,
+            ):
+                state = "present, sha256 checked"
+            else:
+                state = f"present, sha256 not checked yet (`llama2py download {e.name}` checks it)"
+        lines.append(f"  {e.name:<12} {_human(e.size):>9}  {e.filename:<16} {state}")
+    if folder.is_dir():
+        others = sorted(p.name for p in folder.glob("*.bin") if p.name not in known)
+        for name in others:
+            lines.append(f"  {'(other)':<12} {_human((folder / name).stat().st_size):>9}  {name}")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
-    """Download each NAME and print its path. DownloadError propagates for the CLI to print."""
+    """Download each NAME and print its path, or with --list describe the store. DownloadError
+    propagates for the CLI to print."""
+    if getattr(args, "list", False):
+        print(list_store(getattr(args, "dir", None)))
+        return 0
+    if not args.names:
+        parser = getattr(args, "download_parser", None)
+        message = f"name what to download ({', '.join(REGISTRY)}, or all), or pass --list"
+        if parser is not None:
+            parser.error(message)  # exit 2, as for any bad flag
+        raise ValueError(message)
     names = []
     for n in args.names:
         for key in REGISTRY if n.strip().lower() == "all" else [lookup(n).name]:

@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import secrets
+import signal
 import sys
-import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Union
 
+from .argtypes import int_at_least
 from .errors import OutputError
 
 PathLike = Union[str, os.PathLike]
@@ -41,11 +44,9 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Path
     return path
 
 
-def _umask_mode() -> int:
-    """The permission bits open() would give a new file (mkstemp's are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
+def _create_exclusive(path: Path) -> int:
+    """A new file for writing (never an existing one), with the permissions open() would give it."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
 
 
 @contextlib.contextmanager
@@ -55,18 +56,29 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Iterator
 
     `inputs`: files the output must not be (also through another path or a link)."""
     path = check_output_path(path, inputs)
+    # The name is known before the file exists, so an interrupt at any point can still remove it.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    with _sigterm_interrupts():
+        yield from _write_then_rename(path, tmp)
+
+
+def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder")
-    tmp = Path(tmp_name)
-    try:
+        try:
+            fd = _create_exclusive(tmp)
+        except FileExistsError:
+            raise  # another writer's file by that name: not ours to remove
+        except OSError as e:
+            raise OutputError(
+                f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder"
+            )
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-            os.fchmod(f.fileno(), _umask_mode())
         os.replace(tmp, path)
+    except FileExistsError:
+        raise
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -79,11 +91,46 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Iterator
             os.close(dir_fd)
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While a file is written: SIGTERM (`kill`, a job scheduler, `timeout`) raises KeyboardInterrupt
+    like Ctrl-C, so the temporary file is removed. Only in the main thread, and only where SIGTERM
+    still has its default action (a program's own handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def add_progress_arguments(parser: argparse.ArgumentParser) -> None:
     """--progress / --no-progress for a writing subcommand; neither: a bar only on a terminal."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
+    group.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_true",
+        default=None,
+        help="show a progress bar on stderr (default: only on a terminal)",
+    )
     group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def add_group_size_argument(parser: argparse.ArgumentParser) -> None:
+    """--group-size for a subcommand that writes v2 files (checkpoint.check_group_size checks it)."""
+    parser.add_argument(
+        "--group-size",
+        type=int_at_least(1, "--group-size"),
+        default=None,
+        help="v2 values per scale; must divide dim (default: 64, halved until it divides dim, as llama2.c's export)",
+    )
 
 
 def progress_bar(total: int, desc: str, enabled: Optional[bool] = None) -> contextlib.AbstractContextManager:

@@ -112,11 +112,70 @@ def run_loop(
         stats.seconds = time.perf_counter() - t_end_first
 
 
+# The Llama 2 chat template (Meta's llama/generation.py); run's chat mode applies the same strings.
+B_INST, E_INST = "[INST]", "[/INST]"
+B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
+SPECIAL_TAGS = (B_INST, E_INST, "<<SYS>>", "<</SYS>>")
+UNSAFE_ERROR = "Error: special tags are not allowed as part of the prompt."  # Meta's reply to them
+ROLES = ("system", "user", "assistant")
+
+
 def render_chat(user: str, system: str = "") -> str:
-    """The Llama 2 chat template as run applies it."""
+    """The Llama 2 chat template as run applies it (one user turn; no stripping)."""
     if system:
-        return f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST]"
-    return f"[INST] {user} [/INST]"
+        return f"{B_INST} {B_SYS}{system}{E_SYS}{user} {E_INST}"
+    return f"{B_INST} {user} {E_INST}"
+
+
+def check_dialog(dialog, index: int = 0) -> list[dict]:
+    """A dialog as Meta's chat_completion takes it: an optional system message, then user and
+    assistant messages alternating, ending with a user message. Returns it as a list of dicts;
+    raises PromptError naming the dialog, the message and what to change."""
+    where = f"dialog {index}"
+    if isinstance(dialog, (str, dict)) or not hasattr(dialog, "__iter__"):
+        raise PromptError(f'{where}: a dialog is a list of {{"role": ..., "content": ...}} messages')
+    msgs = list(dialog)
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise PromptError(
+                f'{where}, message {i}: expected {{"role": "system"|"user"|"assistant", "content": str}}, got {m!r}'
+            )
+    turns = msgs[1:] if msgs and msgs[0]["role"] == "system" else msgs
+    if not turns:
+        raise PromptError(f"{where}: no user message; a dialog ends with a user message")
+    offset = len(msgs) - len(turns)
+    for i, m in enumerate(turns):
+        want = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != want:
+            raise PromptError(
+                f"{where}, message {i + offset}: role {m['role']!r} where {want!r} belongs; after an "
+                f"optional system message, user and assistant must alternate (u/a/u/...), ending with user"
+            )
+    if turns[-1]["role"] != "user":
+        raise PromptError(f"{where}: the last message is from the assistant; a dialog ends with a user message")
+    return msgs
+
+
+def dialog_tokens(tokenizer: Tokenizer, dialog) -> list[int]:
+    """The prompt tokens of a dialog, as Meta's chat_completion builds them: the system message
+    folded into the first user message inside <<SYS>>, each finished user/assistant pair as
+    BOS "[INST] user [/INST] answer " EOS, then BOS "[INST] last user [/INST]" left open.
+    Contents are stripped (run's chat mode does not strip, and omits an empty system prompt)."""
+    msgs = check_dialog(dialog)
+    if msgs[0]["role"] == "system":
+        first = msgs[1]
+        msgs = [{"role": "user", "content": B_SYS + msgs[0]["content"] + E_SYS + first["content"]}] + msgs[2:]
+    tokens: list[int] = []
+    for user, answer in zip(msgs[::2], msgs[1::2]):
+        text = f"{B_INST} {user['content'].strip()} {E_INST} {answer['content'].strip()} "
+        tokens += tokenizer.encode(text, bos=True, eos=True)
+    tokens += tokenizer.encode(f"{B_INST} {msgs[-1]['content'].strip()} {E_INST}", bos=True)
+    return tokens
+
+
+def has_special_tags(dialog) -> bool:
+    """Meta's unsafe-request check: a message that contains one of the template's tags."""
+    return any(tag in m["content"] for m in dialog for tag in SPECIAL_TAGS)
 
 
 def chat_loop(

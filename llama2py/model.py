@@ -6,7 +6,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -15,11 +15,15 @@ import numpy as np
 
 from .backends import create_backend
 from .backends.base import Backend
+from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, load_checkpoint
-from .errors import PromptError, TokenizerError
+from .errors import Llama2pyError, PromptError, TokenizerError
 from .generate import RunStats, check_prompt, run_loop
 from .sampler import resolve_seed
+from .stops import StopMatcher, check_stops, cut_stream
 from .tokenizer import BOS, Tokenizer
+
+DEFAULT_STEPS = 256  # run's -n
 
 
 @dataclass
@@ -31,8 +35,9 @@ class RunResult:
 
 
 def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
-    """The tokenizer to use when none is given: tok{vocab}.bin or tokenizer.bin beside the
-    checkpoint, then in the models folder (llama2.c's naming)."""
+    """The tokenizer to use when none is given: tok{vocab}.bin (vocabularies other than 32000) or
+    tokenizer.bin, beside the checkpoint, then in the model store (llama2.c's naming; README's
+    Command line section documents this order)."""
     from .download import default_models_dir  # local import: download is optional machinery
 
     names = ([f"tok{vocab_size}.bin"] if vocab_size != 32000 else []) + ["tokenizer.bin"]
@@ -57,7 +62,10 @@ def validate_sampling(temperature: float, top_p: float, steps: int) -> None:
 
 
 class Llama:
-    """A loaded checkpoint, its tokenizer and a backend ready to run it."""
+    """A loaded checkpoint, its tokenizer and a backend ready to run it.
+
+    Use it as a context manager (or call close()) to free device memory and the mapped file
+    before the object is garbage-collected."""
 
     def __init__(
         self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: Backend, load_seconds: float, notes: list[str]
@@ -75,10 +83,13 @@ class Llama:
         cls,
         checkpoint: str | os.PathLike,
         tokenizer: Optional[str | os.PathLike] = None,
-        device: str = "cpu",
+        device: str = "auto",
         threads: Optional[int] = None,
         max_batch_size: int = 1,
     ) -> Llama:
+        """Load a checkpoint and its tokenizer (found as find_tokenizer says when None) onto a
+        backend: "auto" (the default, as in the CLI) = cuda when CuPy and a GPU are usable, else
+        cpu, with the reason in .notes; or "cpu", "cuda", "numpy". .device says which one runs."""
         t0 = time.perf_counter()
         ck = load_checkpoint(checkpoint)
         tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(ck.path, ck.config.vocab_size)
@@ -91,61 +102,142 @@ class Llama:
         backend = create_backend(device, ck.config, ck.weights, max_batch_size, threads, notes)
         return cls(ck, tok, backend, time.perf_counter() - t0, notes)
 
+    # -- lifetime ---------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free the backend's memory (device memory on cuda) and unmap the checkpoint file. The
+        model cannot generate afterwards; closing twice is harmless."""
+        backend, checkpoint = self.__dict__.get("backend"), self.__dict__.get("checkpoint")
+        self.backend = None  # type: ignore[assignment]
+        self.checkpoint = None  # type: ignore[assignment]
+        if backend is not None:
+            backend.close()
+            del backend  # the cpu backend borrows the mapped weights: drop it before the map
+        if checkpoint is not None:
+            mm = checkpoint._mmap
+            checkpoint.weights = None  # type: ignore[assignment]
+            checkpoint._mmap = None
+            del checkpoint
+            raw = getattr(mm, "_mmap", None)
+            del mm
+            if raw is not None:
+                try:
+                    raw.close()
+                except BufferError:  # a caller still holds a view of the weights: it unmaps with it
+                    pass
+
+    @property
+    def closed(self) -> bool:
+        return self.backend is None
+
+    def __enter__(self) -> Llama:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            raise Llama2pyError("this Llama was closed; load the checkpoint again with Llama.load(...)")
+        return self.backend
+
     # -- run's semantics --------------------------------------------------------------------------
     def _start(
         self,
         prompt: str | bytes,
-        steps: int,
+        steps: Optional[int],
         temperature: float,
         top_p: float,
         seed: Optional[int],
         stats: Optional[RunStats] = None,
-    ):
-        """Validate eagerly (so errors surface before any output), then return the piece iterator."""
+        max_new_tokens: Optional[int] = None,
+    ) -> tuple[Iterator[bytes], RunStats, int]:
+        """Validate eagerly (so errors surface before any output), then return the piece iterator,
+        the stats it fills and the prompt's token count."""
+        backend = self._backend()
+        if max_new_tokens is not None:
+            if steps is not None:
+                raise ValueError("give steps (positions, prompt included) or max_new_tokens, not both")
+            if max_new_tokens < 0:
+                raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        steps = DEFAULT_STEPS if steps is None else steps
         validate_sampling(temperature, top_p, steps)
         tokens = self.tokenizer.encode(prompt, bos=True)
         check_prompt(tokens, self.config.seq_len)
         stats = stats if stats is not None else RunStats()
-        pieces = run_loop(self.backend, self.tokenizer, tokens, steps, temperature, top_p, resolve_seed(seed), stats)
-        return pieces, stats
+        if max_new_tokens is not None:
+            # run feeds positions 0..steps-1 and the prompt's last one predicts the first new token
+            steps = len(tokens) - 1 + max_new_tokens
+            if steps == 0:  # nothing to generate, and run's 0 would mean the whole context
+                stats.tokens, stats.prompt_tokens = list(tokens), len(tokens)
+                return iter(()), stats, len(tokens)
+            steps = min(steps, self.config.seq_len)
+        pieces = run_loop(backend, self.tokenizer, tokens, steps, temperature, top_p, resolve_seed(seed), stats)
+        return pieces, stats, len(tokens)
+
+    def _text(self, pieces: Iterator[bytes], n_prompt: int, stop, stats: RunStats) -> Iterator[str]:
+        """Text of run's pieces; with stop strings, cut at the first one in the generated text
+        (the prompt's n_prompt - 1 pieces are not searched) and trim stats.tokens to match."""
+        stops = check_stops(stop)
+        if not stops:
+            return _utf8_pieces(pieces)
+        matcher = StopMatcher(stops)
+
+        def cut() -> Iterator[str]:
+            yield from cut_stream(_utf8_pieces(pieces, keep_empty=True), matcher, skip=n_prompt - 1)
+            if matcher.hit is not None:
+                del stats.tokens[n_prompt + matcher.kept_pieces :]
+
+        return cut()
 
     def stream_bytes(
         self,
         prompt: str | bytes = "",
-        steps: int = 256,
+        steps: Optional[int] = None,
         temperature: float = 1.0,
         top_p: float = 0.9,
         seed: Optional[int] = None,
         stats: Optional[RunStats] = None,
+        max_new_tokens: Optional[int] = None,
     ) -> Iterator[bytes]:
         """The raw bytes run prints, piece by piece (the CLI writes these as they come)."""
-        pieces, _ = self._start(prompt, steps, temperature, top_p, seed, stats)
+        pieces, _, _ = self._start(prompt, steps, temperature, top_p, seed, stats, max_new_tokens)
         return pieces
 
     def stream(
         self,
         prompt: str = "",
-        steps: int = 256,
+        steps: Optional[int] = None,
         temperature: float = 1.0,
         top_p: float = 0.9,
         seed: Optional[int] = None,
+        stop: Optional[Sequence[str]] = None,
+        max_new_tokens: Optional[int] = None,
     ) -> Iterator[str]:
         """Yield the story as text pieces while it is generated (whole UTF-8 characters only).
-        Bad arguments raise here, before anything is generated."""
-        pieces, _ = self._start(prompt, steps, temperature, top_p, seed)
-        return _utf8_pieces(pieces)
+
+        steps counts positions, the prompt's included (run's -n, default 256); max_new_tokens
+        counts generated tokens instead (give one of them). stop: strings that end the story at
+        their first appearance in the generated text, which then excludes them (text that could
+        begin a stop string is held back until it cannot). Bad arguments raise here, before
+        anything is generated."""
+        pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens)
+        return self._text(pieces, n, stop, stats)
 
     def run(
         self,
         prompt: str = "",
-        steps: int = 256,
+        steps: Optional[int] = None,
         temperature: float = 1.0,
         top_p: float = 0.9,
         seed: Optional[int] = None,
+        stop: Optional[Sequence[str]] = None,
+        max_new_tokens: Optional[int] = None,
     ) -> RunResult:
-        """Tell a story as llama2.c's run would: returns its text, token ids and tok/s."""
-        pieces, stats = self._start(prompt, steps, temperature, top_p, seed)
-        text = b"".join(pieces).decode("utf-8", errors="replace")
+        """Tell a story as llama2.c's run would: returns its text, token ids and tok/s.
+        steps / max_new_tokens / stop as for stream(); with a stop string, text and tokens end
+        before it."""
+        pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens)
+        text = "".join(self._text(pieces, n, stop, stats))
         return RunResult(text, stats.tokens, stats.tok_per_s, stats)
 
     # -- batched generation, Meta's Llama 2 generate() / text_completion() (llama2py.batch) -------------
@@ -158,7 +250,8 @@ class Llama:
         logprobs: bool = False,
         echo: bool = False,
         seed: Optional[int] = None,
-        stats=None,
+        stats: Optional[BatchStats] = None,
+        stop: Optional[Sequence[str]] = None,
     ) -> tuple[list[list[int]], Optional[list[list[float]]]]:
         """Complete a batch of token prompts (each starting with BOS) at shared positions.
 
@@ -166,18 +259,41 @@ class Llama:
         at most max_gen_len of them, ending before the first EOS/BOS it generated; with logprobs the
         log-softmax of the raw logits at each returned token (the first prompt token has none: 0.0,
         as in Meta's code). Sequence b samples with seed + b (seed None or 0: the current time), so
-        it equals that prompt generated alone with seed + b. stats: an optional batch.BatchStats
-        to fill with timings."""
+        it equals that prompt generated alone with seed + b. stop: strings over the decoded
+        generated text; a sequence ends at its first one, keeping the tokens before it
+        (llama2py.stops). stats: an optional batch.BatchStats to fill with timings."""
+        toks, lps, _ = self._generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop)
+        return toks, lps
+
+    def _generate(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop):
+        """generate(), also returning each sequence's StopMatcher (None without stop strings)."""
         from . import batch
 
+        backend = self._backend()
         validate_sampling(temperature, top_p, 0)
         if max_gen_len < 0:
             raise ValueError(f"max_gen_len must be >= 0, got {max_gen_len}")
+        stops = check_stops(stop)
         prompts = [list(map(int, p)) for p in prompt_tokens]
-        batch.check_batch(prompts, self.backend.max_batch, self.config.seq_len, self.config.vocab_size)
+        batch.check_batch(prompts, backend.max_batch, self.config.seq_len, self.config.vocab_size)
         base = resolve_seed(seed)
         seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in range(len(prompts))]
-        return batch.generate(self.backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo, stats)
+        matchers: list[Optional[StopMatcher]] = [None] * len(prompts)
+        stop_at = None
+        if stops:
+            matchers = [StopMatcher(stops) for _ in prompts]
+            prev = [p[-1] for p in prompts]
+            decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in prompts]
+
+            def stop_at(b: int, token: int) -> Optional[int]:
+                text = decoders[b].decode(self.tokenizer.piece_bytes(prev[b], token))
+                prev[b] = token
+                return matchers[b].kept_pieces if matchers[b].feed(text) else None
+
+        toks, lps = batch.generate(
+            backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo, stats, stop_at
+        )
+        return toks, lps, matchers
 
     def text_completion(
         self,
@@ -188,7 +304,8 @@ class Llama:
         logprobs: bool = False,
         echo: bool = False,
         seed: Optional[int] = None,
-        stats=None,
+        stats: Optional[BatchStats] = None,
+        stop: Optional[Sequence[str]] = None,
     ) -> list[dict]:
         """Complete a batch of text prompts: a dict per prompt with "generation" (text) and, with
         logprobs, "tokens" (each token's text piece) and "logprobs". max_gen_len None means
@@ -197,25 +314,83 @@ class Llama:
         The generation is decoded following its prompt, so prompt + generation reads as run prints
         it (a leading space is kept; Meta's sentencepiece decode drops it). With echo it starts with
         the prompt text. "tokens" are the pieces in the same way, so "".join(tokens) == generation
-        (BOS and EOS pieces are "")."""
+        (BOS and EOS pieces are ""). stop: strings that end a generation, which then excludes
+        them (see generate)."""
         if isinstance(prompts, str):
             raise TypeError("text_completion takes a list of prompts; wrap a single prompt in [ ]")
         if max_gen_len is None:
             max_gen_len = self.config.seq_len - 1
         prompt_tokens = [self.tokenizer.encode(p, bos=True) for p in prompts]
-        toks, lps = self.generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats)
+        return self._completions(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop)
+
+    def _completions(
+        self, prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop, first_prev=None
+    ) -> list[dict]:
+        """generate() decoded: {"generation": text[, "tokens", "logprobs"]} per prompt. The text
+        follows the prompt's last token (first_prev: decode as if after that token instead)."""
+        toks, lps, matchers = self._generate(
+            prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop
+        )
         out = []
-        for prompt, t in zip(prompt_tokens, toks):
-            prev = BOS if echo else prompt[-1]
+        for prompt, t, matcher in zip(prompt_tokens, toks, matchers):
+            start = BOS if echo else (first_prev if first_prev is not None else prompt[-1])
             pieces = []
+            prev = start
             for tok in t:
                 pieces.append(self.tokenizer.decode([tok], prev=prev))
                 prev = tok
-            gen = self.tokenizer.decode(t, prev=BOS if echo else prompt[-1])
+            gen = self.tokenizer.decode(t, prev=start)
+            if matcher is not None and matcher.hit is not None and first_prev is None:
+                # exactly up to the stop string (the text of a token straddling its start included);
+                # with first_prev (chat) the kept tokens' text, decoded as asked
+                gen = (self.tokenizer.decode(prompt, prev=BOS) if echo else "") + matcher.kept_text
             out.append({"generation": gen, "tokens": pieces} if logprobs else {"generation": gen})
         if logprobs:
             for d, p in zip(out, lps):
                 d["logprobs"] = p
+        return out
+
+    def chat_completion(
+        self,
+        dialogs: list[list[dict]],
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        max_gen_len: Optional[int] = None,
+        logprobs: bool = False,
+        seed: Optional[int] = None,
+        stop: Optional[Sequence[str]] = None,
+        stats: Optional[BatchStats] = None,
+    ) -> list[dict]:
+        """Meta's chat_completion(): answer a batch of dialogs with the Llama 2 chat template.
+
+        A dialog is a list of {"role": "system"|"user"|"assistant", "content": str}: an optional
+        system message, then user/assistant alternating, ending with a user message (anything
+        else raises PromptError). Each finished pair becomes BOS "[INST] user [/INST] answer " EOS,
+        the last user turn BOS "[INST] user [/INST]" (llama2py.generate.dialog_tokens). Returns
+        per dialog {"generation": {"role": "assistant", "content": text}} (plus "tokens" and
+        "logprobs" with logprobs); content is decoded as Meta's tokenizer does (no leading space).
+        A message holding a template tag ([INST], <<SYS>>, ...) gets Meta's error text as content.
+        Batched, seeded and stopped as text_completion."""
+        from .generate import UNSAFE_ERROR, dialog_tokens, has_special_tags
+
+        if isinstance(dialogs, dict) or (dialogs and isinstance(dialogs[0], dict)):
+            raise TypeError("chat_completion takes a list of dialogs; wrap a single dialog in [ ]")
+        if max_gen_len is None:
+            max_gen_len = self.config.seq_len - 1
+        from .generate import check_dialog
+
+        checked = [check_dialog(d, i) for i, d in enumerate(dialogs)]
+        prompt_tokens = [dialog_tokens(self.tokenizer, d) for d in checked]
+        results = self._completions(
+            prompt_tokens, max_gen_len, temperature, top_p, logprobs, False, seed, stats, stop, first_prev=BOS
+        )
+        out = []
+        for dialog, r in zip(checked, results):
+            content = UNSAFE_ERROR if has_special_tags(dialog) else r["generation"]
+            d = {"generation": {"role": "assistant", "content": content}}
+            if logprobs:
+                d["tokens"], d["logprobs"] = r["tokens"], r["logprobs"]
+            out.append(d)
         return out
 
     # -- inspection ---------------------------------------------------------------------------------
@@ -227,14 +402,16 @@ class Llama:
         check_prompt(list(ids), self.config.seq_len)
         if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             raise PromptError(f"token ids must be in 0..{self.config.vocab_size - 1}")
-        return self.backend.prefill(ids.astype(np.int32)[None, :], 0, logits="all")[0]
+        return self._backend().prefill(ids.astype(np.int32)[None, :], 0, logits="all")[0]
 
 
-def _utf8_pieces(pieces: Iterator[bytes]) -> Iterator[str]:
+def _utf8_pieces(pieces: Iterator[bytes], keep_empty: bool = False) -> Iterator[str]:
+    """Decode bytes pieces incrementally (a character split over pieces comes out whole). With
+    keep_empty, one str per piece (possibly ""), so piece i still is token i (stop strings)."""
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for b in pieces:
         s = dec.decode(b)
-        if s:
+        if s or keep_empty:
             yield s
     tail = dec.decode(b"", final=True)
     if tail:

@@ -19,7 +19,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .argtypes import int_at_least
 from .checkpoint import (
     Checkpoint,
     ChunkSource,
@@ -31,7 +30,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .errors import CheckpointError
-from .files import add_progress_arguments, check_output_path, progress_bar
+from .files import add_group_size_argument, add_progress_arguments, check_output_path, progress_bar
 
 BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 mapped at a time
 
@@ -80,12 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("input", help="v0 or v1 llama2.c checkpoint (.bin)")
     p.add_argument("output", help="the v2 file to write (not the input)")
-    p.add_argument(
-        "--group-size",
-        type=int_at_least(1, "--group-size"),
-        default=None,
-        help="values per scale; must divide dim (default: 64, halved until it divides dim, as llama2.c's export)",
-    )
+    add_group_size_argument(p)
     add_progress_arguments(p)
 
 

@@ -23,10 +23,11 @@ from collections.abc import Iterator
 from typing import Callable, Optional
 
 import numpy as np
+import numpy.random  # noqa: F401  (imported up front: a Ctrl-C during a lazy import is lost)
 
 from .argtypes import int_at_least
 from .checkpoint import MODEL_SHAPES, ChunkSource, Config, checkpoint_bytes, weight_shapes, write_checkpoint
-from .files import add_progress_arguments, progress_bar
+from .files import add_group_size_argument, add_progress_arguments, progress_bar
 
 BOS = 1
 BOS_SCALE = 0.01
@@ -132,12 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--version", type=int, choices=(0, 1, 2), default=0, help="file format: 0 legacy fp32 (default), 1 fp32, 2 Q8_0"
     )
-    p.add_argument(
-        "--group-size",
-        type=int_at_least(1, "--group-size"),
-        default=None,
-        help="v2 group size (default: 64 halved until it divides dim, as llama2.c's export)",
-    )
+    add_group_size_argument(p)
     add_progress_arguments(p)
 
 
@@ -163,6 +159,8 @@ def config_from_args(args) -> Config:
 
 def run(args) -> int:
     config = config_from_args(args)
+    if args.group_size is not None and args.version != 2:
+        raise ValueError(f"--group-size is for v2 (Q8_0) files; add --version 2 (got --version {args.version})")
     total = checkpoint_bytes(config, args.version, args.group_size)
     with progress_bar(total, os.path.basename(args.out), args.progress) as progress:
         n = write_synthetic(args.out, config, args.version, args.seed, args.group_size, progress)

@@ -311,8 +311,9 @@ def test_a_mapped_checkpoint_keeps_its_contents_while_rewritten(tmp_path, versio
     assert os.listdir(tmp_path) == ["m.bin"]
 
 
-def test_ctrl_c_during_a_write_leaves_nothing(tmp_path):
-    """SIGINT while `llama2py synth` writes: exit 130, neither the file nor the temporary remains."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_write_leaves_nothing(tmp_path, signum):
+    """Ctrl-C or `kill` while `llama2py synth` writes: exit 130, neither the file nor the temporary."""
     out = tmp_path / "big.bin"
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama2py", "synth", "--shape", "stories110M", "--no-progress", str(out)],
@@ -324,7 +325,45 @@ def test_ctrl_c_during_a_write_leaves_nothing(tmp_path):
         assert proc.poll() is None, "synth ended before it could be interrupted"
         assert time.monotonic() < deadline, "no temporary file appeared"
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    proc.send_signal(signum)
+    out_text, err_text = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out_text, err_text)
     assert os.listdir(tmp_path) == []
+
+
+class _Int8Tensor:
+    """A stand-in for a quantized weight type: shape, per-layer indexing and dequantize()."""
+
+    def __init__(self, values: np.ndarray, group_size: int):
+        self.values, self.group_size, self.shape = values, group_size, values.shape
+
+    def __getitem__(self, layer: int) -> "_Int8Tensor":
+        return _Int8Tensor(self.values[layer], self.group_size)
+
+    def dequantize(self) -> np.ndarray:
+        q, s = quantize_q80(self.values, self.group_size)
+        return (q.reshape(-1, self.group_size) * s[:, None]).reshape(self.shape)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_quantized_weights_are_written_as_their_values(tmp_path, version):
+    """Weights holding int8 tensors (a loaded v2 file) are written from their dequantized values,
+    one layer at a time; written again as v2 with their group size they give the same bytes."""
+    c = SHAPES["gqa_unshared"]
+    w = random_weights(c, 9)
+    gs = default_group_size(c.dim)
+    write_checkpoint(tmp_path / "ref.bin", c, w, 2)
+    mixed = Weights(**{n: a if n in NORM_TENSORS else _Int8Tensor(a, gs) for n, a in w.tensors().items()})
+    write_checkpoint(tmp_path / "out.bin", c, mixed, version)
+    if version == 2:
+        assert (tmp_path / "out.bin").read_bytes() == (tmp_path / "ref.bin").read_bytes()
+    else:
+        got = load_checkpoint(tmp_path / "out.bin").weights
+        for name, tensor in mixed.tensors().items():
+            if name in NORM_TENSORS:
+                want = tensor
+            elif name in ("token_embedding", "wcls"):
+                want = tensor.dequantize()
+            else:
+                want = np.stack([tensor[layer].dequantize() for layer in range(c.n_layers)])
+            np.testing.assert_array_equal(getattr(got, name), want, err_msg=name)

@@ -1,5 +1,6 @@
 """Model download against a local HTTP server on 127.0.0.1: fresh, resumed, Range ignored,
-checksum mismatch, connection lost, unreachable, already present; the default model and the CLI hook."""
+checksum mismatch, connection lost, unreachable, already present, a server that streams forever,
+two processes at once; the model store, the offline message, the default model and the CLI hook."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import hashlib
 import os
 import re
 import socket
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -16,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from llama2py import download as dl
+from llama2py.checkpoint import MODEL_SHAPES
 from llama2py.errors import DownloadError
 
 DATA = os.urandom(5000 + 123)  # a few KB, not a multiple of anything
@@ -59,8 +64,25 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         chunk = body[start:]
+        if srv.endless:  # no Content-Length: the body, then junk until the client hangs up
+            self.end_headers()
+            try:
+                self.wfile.write(chunk)
+                for _ in range(10_000):  # bounded, so a client without a size cap gets a wrong file
+                    self.wfile.write(b"j" * 1024)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         self.send_header("Content-Length", str(len(chunk)))
         self.end_headers()
+        if srv.gate is not None:  # half the body, then wait for the test to let the rest go
+            half = len(chunk) // 2
+            self.wfile.write(chunk[:half])
+            self.wfile.flush()
+            srv.gate.wait(60)
+            self.wfile.write(chunk[half:])
+            return
         if srv.cut_after is not None:  # promise the whole body, send part of it, hang up
             self.wfile.write(chunk[: srv.cut_after])
             self.wfile.flush()
@@ -77,6 +99,8 @@ def server():
     srv.requests = []
     srv.ignore_range = False
     srv.cut_after = None
+    srv.endless = False
+    srv.gate = None
     srv.base = f"http://127.0.0.1:{srv.server_address[1]}/m"
     thread = threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True)
     thread.start()
@@ -252,13 +276,32 @@ def test_progress_bar_goes_to_stderr_only(server, tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_default_models_dir(monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "platform,env,expected",
+    [
+        ("linux", {"XDG_CACHE_HOME": "/xdg"}, Path("/xdg/llama2py")),
+        ("linux", {"XDG_CACHE_HOME": ""}, Path.home() / ".cache" / "llama2py"),
+        ("linux", {"XDG_CACHE_HOME": "relative"}, Path.home() / ".cache" / "llama2py"),  # XDG: ignore relative
+        ("darwin", {}, Path.home() / "Library" / "Caches" / "llama2py"),
+        ("win32", {"LOCALAPPDATA": "/lad"}, Path("/lad") / "llama2py"),
+    ],
+)
+def test_user_cache_dir(monkeypatch, platform, env, expected):
+    monkeypatch.setattr(dl.sys, "platform", platform)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert dl.user_cache_dir() == expected
+
+
+def test_default_models_dir_is_the_store_whatever_the_cwd(monkeypatch, tmp_path):
     monkeypatch.setenv(dl.MODELS_ENV, str(tmp_path / "x"))
     assert dl.default_models_dir() == tmp_path / "x"
     monkeypatch.delenv(dl.MODELS_ENV)
-    repo_models = Path(dl.__file__).resolve().parent.parent / "models"
-    expected = repo_models if repo_models.is_dir() else Path.cwd() / "models"
-    assert dl.default_models_dir() == expected
+    monkeypatch.setattr(dl.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    for cwd in (tmp_path, Path(dl.__file__).resolve().parent.parent):  # a source checkout's root too
+        monkeypatch.chdir(cwd)
+        assert dl.default_models_dir() == tmp_path / "cache" / "llama2py"
 
 
 def test_ensure_default_model_downloads_then_reuses(server, tmp_path, monkeypatch):
@@ -271,17 +314,107 @@ def test_ensure_default_model_downloads_then_reuses(server, tmp_path, monkeypatc
     assert len(server.requests) == n
 
 
-def test_ensure_default_model_offline_says_what_to_fetch(tmp_path, monkeypatch):
+def test_ensure_default_model_offline_names_every_missing_file(tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
+    entries = [dl.REGISTRY["testmodel"], dl.REGISTRY["testtok"]]
     with pytest.raises(DownloadError) as err:
         dl.ensure_default_model(tmp_path, allow_download=False)
     msg = str(err.value)
-    assert dl.REGISTRY["testmodel"].url in msg and str(tmp_path / "test.bin") in msg
-    # and with downloads allowed but no network, the same facts
+    for e in entries:  # every file: URL, size, sha256, the exact destination
+        assert e.url in msg and f"{e.size:,} bytes" in msg and e.sha256 in msg
+        assert str(tmp_path / e.filename) in msg
+    assert dl.MODELS_ENV in msg and dl.URL_ENV in msg
+    # and with downloads allowed but no network: one message, both files, the mirror's URLs
     monkeypatch.setenv(dl.URL_ENV, f"http://127.0.0.1:{closed_port()}/m")
     with pytest.raises(DownloadError) as err:
         dl.ensure_default_model(tmp_path, progress=False)
-    assert "/m/test.bin" in str(err.value) and str(tmp_path / "test.bin") in str(err.value)
+    msg = str(err.value)
+    assert "could not be downloaded" in msg and "Connection refused" in msg
+    for e in entries:
+        assert f"/m/{e.filename}" in msg and e.sha256 in msg and str(tmp_path / e.filename) in msg
+
+
+def test_ensure_default_model_offline_names_only_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "tok.bin").write_bytes(TOKDATA)
+    with pytest.raises(DownloadError) as err:
+        dl.ensure_default_model(tmp_path, allow_download=False)
+    assert "test.bin" in str(err.value) and "tok.bin" not in str(err.value)
+
+
+def test_preexisting_file_is_trusted_only_after_its_sha256(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
+    monkeypatch.setenv(dl.URL_ENV, server.base)
+    (tmp_path / "test.bin").write_bytes(b"z" * len(DATA))  # right size, wrong bytes
+    (tmp_path / "tok.bin").write_bytes(TOKDATA)  # right bytes
+    hashed = []
+    real = dl._sha256_of
+    monkeypatch.setattr(dl, "_sha256_of", lambda p: hashed.append(Path(p).name) or real(p))
+    ckpt, tok = dl.ensure_default_model(tmp_path, progress=False)
+    assert ckpt.read_bytes() == DATA and tok.read_bytes() == TOKDATA  # the bad one was replaced
+    assert [r[0] for r in server.requests] == ["/m/test.bin"]
+    assert "tok.bin" in hashed
+    # checked once: the next runs only stat the files
+    hashed.clear()
+    assert dl.ensure_default_model(tmp_path, progress=False) == (ckpt, tok)
+    assert hashed == [] and len(server.requests) == 1
+    # a file changed in place (new mtime) is hashed again
+    os.utime(tok, ns=(0, 0))
+    assert dl.is_trusted(tok, "testtok") and hashed == ["tok.bin"]
+    assert "sha256 checked" in dl.list_store(tmp_path)
+
+
+def test_download_stops_at_the_published_size(server, tmp_path):
+    server.endless = True  # DATA, then junk for as long as the client reads
+    path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert path.read_bytes() == DATA
+
+
+def test_download_of_a_longer_file_stops_and_fails_its_check(server, tmp_path):
+    server.files["/m/test.bin"] = os.urandom(len(DATA) * 3)
+    with pytest.raises(DownloadError, match="sha256"):
+        dl.download("testmodel", tmp_path, url=url(server), progress=False)
+    assert not (tmp_path / "test.bin").exists() and not (tmp_path / "test.bin.part").exists()
+
+
+_CHILD = """
+import sys
+from llama2py import download as dl
+entry = dl.KnownFile("testmodel", "test.bin", sys.argv[1], int(sys.argv[2]), sys.argv[3], "checkpoint", "t")
+print(dl.download(entry, sys.argv[4], progress=sys.argv[5] == "1"))
+"""
+
+
+def test_two_processes_downloading_one_file_wait_for_each_other(server, tmp_path):
+    server.gate = threading.Event()  # the server sends half the file, then waits for the test
+    args = [url(server), str(len(DATA)), hashlib.sha256(DATA).hexdigest(), str(tmp_path)]
+    env = dict(os.environ, no_proxy="127.0.0.1,localhost")
+
+    def child(progress: str) -> subprocess.Popen:
+        argv = [sys.executable, "-c", _CHILD, *args, progress]
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = child("0")
+    deadline = time.monotonic() + 60
+    while not server.requests and time.monotonic() < deadline:  # the first one is downloading
+        time.sleep(0.01)
+    second = child("1")
+    said = []
+    reader = threading.Thread(target=lambda: said.append(second.stderr.readline()), daemon=True)
+    reader.start()
+    while not said and len(server.requests) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    server.gate.set()
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    reader.join(5)
+    assert said and "waiting for another download of test.bin" in said[0], (said, server.requests)
+    for p, (out, err) in zip((first, second), outs):
+        assert p.returncode == 0, err
+        assert out.strip() == str(tmp_path / "test.bin")
+    assert (tmp_path / "test.bin").read_bytes() == DATA
+    assert len(server.requests) == 1  # the second one found the file in place once the lock was free
+    assert not (tmp_path / "test.bin.part").exists()
 
 
 def test_cli_hook(server, tmp_path, capsys):
@@ -307,13 +440,9 @@ def _v0_size(dim, hidden, layers, heads, kv_heads, vocab, seq):
 
 
 def test_registry_is_consistent():
-    shapes = {
-        "stories15M": (288, 768, 6, 6, 6, 32000, 256),
-        "stories42M": (512, 1376, 8, 8, 8, 32000, 1024),
-        "stories110M": (768, 2048, 12, 12, 12, 32000, 1024),
-        "stories260K": (64, 172, 5, 8, 4, 512, 512),
-    }
-    for name, shape in shapes.items():
+    for name in ("stories15M", "stories42M", "stories110M", "stories260K"):
+        c = MODEL_SHAPES[name]
+        shape = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len)
         entry = dl.REGISTRY[name]
         assert entry.size == _v0_size(*shape), name  # the header fixes the file size
         assert entry.tokenizer in dl.REGISTRY
@@ -343,3 +472,68 @@ def test_range_past_the_end_restarts_then_reports_the_short_file(server, tmp_pat
     assert server.requests[0] == ("/m/test.bin", "bytes=1000-")  # answered 416
     assert ("/m/test.bin", None) in server.requests
     assert not (tmp_path / "test.bin.part").exists() and not (tmp_path / "test.bin").exists()
+
+
+def test_cli_list_and_no_names(tmp_path, capsys):
+    from llama2py.cli import main
+
+    (tmp_path / "tok.bin").write_bytes(TOKDATA)
+    (tmp_path / "mine.bin").write_bytes(b"12345")
+    assert main(["download", "--list", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"model store: {tmp_path}" in out
+    assert re.search(r"testtok .* tok\.bin +present, sha256 not checked yet", out)
+    assert re.search(r"testmodel .* test\.bin +absent", out) and "mine.bin" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["download"])
+    assert exc.value.code == 2 and "--list" in capsys.readouterr().err
+
+
+def test_cli_offline_message_names_every_missing_file(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in (dl.MODELS_ENV, dl.URL_ENV)}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), no_proxy="127.0.0.1,localhost")
+    env[dl.URL_ENV] = f"http://127.0.0.1:{closed_port()}/m"
+    proc = subprocess.run(
+        [sys.executable, "-m", "llama2py", "-n", "5"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    store = tmp_path / "cache" / "llama2py"
+    for name in ("stories15M", "tokenizer"):
+        e = dl.REGISTRY[name]
+        assert f"/m/{e.filename}" in proc.stderr and f"{e.size:,} bytes" in proc.stderr
+        assert e.sha256 in proc.stderr and str(store / e.filename) in proc.stderr
+    assert dl.MODELS_ENV in proc.stderr and dl.URL_ENV in proc.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_model_store_is_shared_by_two_working_directories(server, tmp_path, monkeypatch, capsys):
+    from conftest import require_device
+
+    from llama2py.cli import main
+
+    require_device("cpu")
+    real = Path(REAL_MODELS)
+    if not (real / "stories260K.bin").is_file() or not (real / "tok512.bin").is_file():
+        pytest.skip(f"stories260K.bin and tok512.bin not in {real}")
+    server.files["/m/stories260K.bin"] = (real / "stories260K.bin").read_bytes()
+    server.files["/m/tok512.bin"] = (real / "tok512.bin").read_bytes()
+    monkeypatch.setattr(dl, "DEFAULT_MODEL", "stories260K")
+    monkeypatch.setenv(dl.URL_ENV, server.base)
+    monkeypatch.delenv(dl.MODELS_ENV)
+    monkeypatch.setattr(dl.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    stories = []
+    for cwd in ("a", "b"):
+        (tmp_path / cwd).mkdir()
+        monkeypatch.chdir(tmp_path / cwd)
+        assert main(["-t", "0", "-n", "12", "--device", "cpu"]) == 0
+        stories.append(capsys.readouterr().out)
+        assert list((tmp_path / cwd).iterdir()) == []  # nothing written where we stand
+    assert stories[0] == stories[1] and stories[0].startswith("Once upon a time")
+    assert sorted(p for p, _ in server.requests) == ["/m/stories260K.bin", "/m/tok512.bin"]  # one download
+    assert (tmp_path / "cache" / "llama2py" / "stories260K.bin").is_file()

@@ -10,7 +10,6 @@ one-sequence decode steps.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 from typing import Optional
@@ -18,20 +17,13 @@ from typing import Optional
 import numpy as np
 
 from ..checkpoint import Config, Weights
-from ..errors import DeviceError
 from .base import PROFILE_KEYS, Backend
 
 
 def _load_extension():
-    try:
-        _cpu = importlib.import_module("llama2py._cpu")
-    except ImportError as e:
-        raise DeviceError(
-            "the cpu backend's C++ extension llama2py._cpu is not built or does not load "
-            f"({e}); build it with `pip install -e .` in the llama2py source folder "
-            "(needs a C++17 compiler with OpenMP), or use device='numpy'"
-        ) from e
-    return _cpu
+    from .._extension import load_cpu_extension  # also finds an installed build a source tree shadows
+
+    return load_cpu_extension()
 
 
 def _f32(a: np.ndarray) -> np.ndarray:

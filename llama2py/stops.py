@@ -1,0 +1,97 @@
+"""Stop strings: generation ends where the generated text first contains one of them.
+
+The one home of the rule, used by Llama.run/stream/generate/text_completion/chat_completion:
+
+* Matching is over the decoded text of the generated tokens only (never the prompt), so a stop
+  string may span several tokens ("The end" over "The", " end").
+* The text ends just before the first occurrence of the earliest stop string; the stop string
+  itself is never returned.
+* Token lists keep the tokens whose text ends at or before that point: a token whose text
+  straddles the start of the stop string is dropped with it.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Optional, Union
+
+
+def check_stops(stop: Union[str, Iterable[str], None]) -> tuple[str, ...]:
+    """The stop strings as a tuple; a lone string is one stop string. Empty strings are an error."""
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    for s in stops:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+    return stops
+
+
+class StopMatcher:
+    """Feed the text of each generated token in order; feed() says when a stop string appeared."""
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.text = ""  # generated text so far
+        self.ends: list[int] = []  # ends[j]: len(text) after piece j
+        self.hit: Optional[int] = None  # where the first stop string starts in text
+
+    def feed(self, piece: str) -> bool:
+        """Add one token's text; True once a stop string has appeared (then feed no more)."""
+        if self.hit is not None:
+            return True
+        start = max(0, len(self.text) - self.longest + 1)  # an earlier match would have ended sooner
+        self.text += piece
+        self.ends.append(len(self.text))
+        found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+        if found:
+            self.hit = min(found)
+        return self.hit is not None
+
+    @property
+    def kept_text(self) -> str:
+        return self.text if self.hit is None else self.text[: self.hit]
+
+    @property
+    def kept_pieces(self) -> int:
+        """How many fed pieces end at or before the stop string (all of them without a hit)."""
+        return len(self.ends) if self.hit is None else bisect_right(self.ends, self.hit)
+
+    def safe_len(self) -> int:
+        """Length of the text that no later piece can turn into the start of a stop string."""
+        if self.hit is not None:
+            return self.hit
+        n = len(self.text)
+        for k in range(min(self.longest - 1, n), 0, -1):  # longest tail that begins some stop string
+            tail = self.text[n - k :]
+            if any(s.startswith(tail) for s in self.stops):
+                return n - k
+        return n
+
+
+def cut_stream(pieces: Iterator[str], matcher: StopMatcher, skip: int = 0) -> Iterator[str]:
+    """Pass text through, holding back what could begin a stop string; end at the first one
+    (closing pieces, so the generation behind it stops too). The first `skip` pieces (a prompt's
+    text) pass unsearched."""
+    emitted = 0
+    try:
+        for i, piece in enumerate(pieces):
+            if i < skip:
+                if piece:
+                    yield piece
+                continue
+            matcher.feed(piece)
+            safe = matcher.safe_len()
+            if safe > emitted:
+                yield matcher.text[emitted:safe]
+                emitted = safe
+            if matcher.hit is not None:
+                return
+        if len(matcher.text) > emitted:
+            yield matcher.text[emitted:]
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()

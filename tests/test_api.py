@@ -1,0 +1,234 @@
+"""The public API beyond run/stream: stop strings, max_new_tokens, chat_completion (Meta's template,
+checked against the CLI's chat mode), close() and the context manager, load(device="auto"), and
+the CLI's quiet device line."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import HOST_DEVICES, require_device
+
+from llama2py import Llama
+from llama2py.errors import Llama2pyError, PromptError
+from llama2py.generate import UNSAFE_ERROR, dialog_tokens, render_chat
+from llama2py.stops import StopMatcher, check_stops
+from llama2py.tokenizer import BOS, EOS
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(params=HOST_DEVICES)
+def model(request, stories260k):
+    require_device(request.param)
+    ckpt, tok = stories260k
+    m = Llama.load(ckpt, tok, device=request.param, max_batch_size=4)
+    yield m
+    m.close()
+
+
+def _spanning_stop(m: Llama, tokens: list[int], n_prompt: int) -> tuple[str, int]:
+    """A stop string made of the end of one generated token and the start of the next, and the
+    index of the first of the two among the generated tokens."""
+    tok = m.tokenizer
+    for j in range(n_prompt + 3, len(tokens) - 1):
+        a = tok.decode([tokens[j]], prev=tokens[j - 1])
+        b = tok.decode([tokens[j + 1]], prev=tokens[j])
+        if len(a) >= 2 and len(b) >= 2 and a.strip() and b.strip():
+            return a[-2:] + b[:2], j - n_prompt
+    raise AssertionError("no two adjacent multi-character tokens in the story")
+
+
+def test_stop_string_spanning_two_tokens(model):
+    full = model.run(PROMPT, steps=80, temperature=0)
+    n = len(model.tokenizer.encode(PROMPT))
+    stop, j = _spanning_stop(model, full.tokens, n)
+    gen_text = model.tokenizer.decode(full.tokens[n:], prev=full.tokens[n - 1])
+    cut_at = gen_text.index(stop)
+    prompt_text = full.text[: len(full.text) - len(gen_text)]
+
+    res = model.run(PROMPT, steps=80, temperature=0, stop=[stop, "never appears"])
+    assert res.text == prompt_text + gen_text[:cut_at]
+    assert stop not in res.text[len(prompt_text) :]
+    assert res.tokens == full.tokens[: n + j]  # the token holding the stop's start is dropped
+    streamed = list(model.stream(PROMPT, steps=80, temperature=0, stop=stop))
+    assert "".join(streamed) == res.text
+
+    out = model.text_completion([PROMPT], temperature=0, max_gen_len=79, stop=[stop])[0]["generation"]
+    assert out == gen_text[:cut_at]
+    toks, _ = model.generate([full.tokens[:n]], max_gen_len=79, temperature=0, stop=[stop])
+    assert toks[0] == full.tokens[n : n + j]
+
+
+def test_stop_string_in_a_batch_ends_only_its_sequence(model):
+    prompts = [PROMPT, "Tom and"]
+    free = model.text_completion(prompts, temperature=0.8, max_gen_len=60, seed=5)
+    stop = free[0]["generation"][20:26]
+    cut = model.text_completion(prompts, temperature=0.8, max_gen_len=60, seed=5, stop=[stop])
+    assert cut[0]["generation"] == free[0]["generation"][: free[0]["generation"].index(stop)]
+    expected_1 = free[1]["generation"]
+    if stop in expected_1:
+        expected_1 = expected_1[: expected_1.index(stop)]
+    assert cut[1]["generation"] == expected_1
+
+
+def test_stop_strings_absent_change_nothing(model):
+    a = model.run(PROMPT, steps=40, temperature=0.9, seed=3)
+    b = model.run(PROMPT, steps=40, temperature=0.9, seed=3, stop=["qqqzzz"])
+    assert (a.text, a.tokens) == (b.text, b.tokens)
+
+
+def test_stop_matcher_holds_back_a_possible_start():
+    m = StopMatcher(["The end"])
+    assert not m.feed("and The")
+    assert m.text[: m.safe_len()] == "and "  # "The" may begin "The end"
+    assert m.feed(" e") is False and m.feed("nd!") is True
+    assert m.kept_text == "and " and m.kept_pieces == 0
+    with pytest.raises(ValueError, match="non-empty"):
+        check_stops(["ok", ""])
+    assert check_stops("one") == ("one",)
+
+
+def test_max_new_tokens_counts_generated_tokens(model):
+    n = len(model.tokenizer.encode(PROMPT))
+    res = model.run(PROMPT, temperature=0, max_new_tokens=7)
+    assert len(res.tokens) == n + 7
+    same = model.run(PROMPT, temperature=0, steps=n - 1 + 7)
+    assert (res.text, res.tokens) == (same.text, same.tokens)
+    assert "".join(model.stream(PROMPT, temperature=0, max_new_tokens=7)) == res.text
+    none = model.run(PROMPT, temperature=0, max_new_tokens=0)
+    assert none.tokens == model.tokenizer.encode(PROMPT) and none.text == PROMPT
+    assert model.run("", temperature=0, max_new_tokens=0).text == ""
+    with pytest.raises(ValueError, match="not both"):
+        model.run(PROMPT, steps=10, max_new_tokens=3)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        model.run(PROMPT, max_new_tokens=-1)
+
+
+SYSTEM, USER = "You are a storyteller.", "Tell me about a cat."
+
+
+def test_chat_template_tokens_equal_the_cli_chat_mode(stories260k):
+    ckpt, tok_path = stories260k
+    with Llama.load(ckpt, tok_path, device="numpy") as m:
+        tok = m.tokenizer
+        single = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
+        assert dialog_tokens(tok, single) == tok.encode(render_chat(USER, SYSTEM), bos=True)
+        assert dialog_tokens(tok, single[1:]) == tok.encode(render_chat(USER), bos=True)
+        # Meta strips contents; run's chat mode does not (documented in README)
+        padded = [{"role": "user", "content": "  " + USER + "\n"}]
+        assert dialog_tokens(tok, padded) == tok.encode(render_chat(USER), bos=True)
+        multi = single + [{"role": "assistant", "content": "Once."}, {"role": "user", "content": "More."}]
+        toks = dialog_tokens(tok, multi)
+        first = tok.encode(f"{render_chat(USER, SYSTEM)} Once. ", bos=True, eos=True)
+        assert toks == first + tok.encode("[INST] More. [/INST]", bos=True)
+        assert toks.count(BOS) == 2 and toks.count(EOS) == 1 and toks[-1] != EOS
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_chat_completion_greedy_equals_the_cli_chat_mode(stories260k, device, tmp_path):
+    require_device(device)
+    ckpt, tok_path = stories260k
+    n_new = 40
+    with Llama.load(ckpt, tok_path, device=device) as m:
+        dialog = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
+        res = m.chat_completion([dialog], temperature=0, max_gen_len=n_new, seed=7)
+        content = res[0]["generation"]["content"]
+        assert res[0]["generation"]["role"] == "assistant" and content
+        n = len(dialog_tokens(m.tokenizer, dialog))
+    argv = [sys.executable, "-m", "llama2py", str(ckpt), "-z", str(tok_path), "-m", "chat", "-y", SYSTEM]
+    argv += ["-i", USER, "-t", "0", "-s", "7", "-n", str(n - 1 + n_new), "--device", device]
+    out = subprocess.run(argv, input=b"", capture_output=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr.decode()
+    text = out.stdout.decode()
+    assert text.startswith("Assistant: ")
+    # run prints the first piece with its leading space; Meta's decode (chat_completion) drops it
+    assert text[len("Assistant: ") :].lstrip(" ").startswith(content)
+
+
+def test_chat_completion_batched_errors_and_unsafe(model):
+    d1 = [{"role": "user", "content": "Tell me about a dog."}]
+    d2 = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": USER}]
+    both = model.chat_completion([d1, d2], temperature=0.8, max_gen_len=24, seed=11, logprobs=True)
+    alone = model.chat_completion([d2], temperature=0.8, max_gen_len=24, seed=12)  # sequence 1: seed + 1
+    assert both[1]["generation"] == alone[0]["generation"]
+    assert len(both[0]["tokens"]) == len(both[0]["logprobs"])
+    bad = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(PromptError, match=r"dialog 1, message 1: role 'user' where 'assistant'"):
+        model.chat_completion([d1, bad])
+    with pytest.raises(PromptError, match="ends with a user message"):
+        model.chat_completion([[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]])
+    with pytest.raises(PromptError, match="message 0"):
+        model.chat_completion([[{"role": "robot", "content": "a"}]])
+    with pytest.raises(TypeError, match="list of dialogs"):
+        model.chat_completion(d1)
+    unsafe = [{"role": "user", "content": "hi [INST] there"}]
+    assert model.chat_completion([unsafe], max_gen_len=4)[0]["generation"]["content"] == UNSAFE_ERROR
+
+
+def _mapped(path: Path) -> bool:
+    with open("/proc/self/maps") as f:
+        return str(path.resolve()) in f.read()
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES + ["cuda"])
+def test_close_and_context_manager_unmap_the_checkpoint(stories260k, device):
+    require_device(device)
+    ckpt, tok = stories260k
+    linux = os.path.exists("/proc/self/maps")
+    with Llama.load(ckpt, tok, device=device) as m:
+        assert m.run(PROMPT, steps=8, temperature=0).text
+        if linux:
+            assert _mapped(ckpt)
+    assert m.closed
+    if linux:
+        assert not _mapped(ckpt)
+    with pytest.raises(Llama2pyError, match="closed"):
+        m.run(PROMPT, steps=8)
+    with pytest.raises(Llama2pyError, match="closed"):
+        m.text_completion([PROMPT])
+    m.close()  # twice is fine
+
+
+def test_load_auto_picks_a_usable_backend(stories260k):
+    require_device("cpu")
+    ckpt, tok = stories260k
+    with Llama.load(ckpt, tok) as m:  # device="auto" is the default, as in the CLI
+        assert m.device in ("cpu", "cuda")
+        assert m.device == "cuda" or all("cuda" in n for n in m.notes)
+
+
+def test_cli_is_quiet_on_a_cpu_machine_and_says_more_with_verbose(stories260k, tmp_path):
+    require_device("cpu")
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is installed here: a GPU is expected, so an unusable one is worth a line")
+    ckpt, tok = stories260k
+    argv = [sys.executable, "-m", "llama2py", str(ckpt), "-z", str(tok), "-t", "0", "-n", "20"]
+    out = subprocess.run(argv, capture_output=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0
+    lines = out.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("achieved tok/s"), lines
+    out = subprocess.run(argv + ["--verbose"], capture_output=True, cwd=tmp_path, timeout=300)
+    err = out.stderr.decode()
+    assert out.returncode == 0 and "device:" in err
+
+
+@pytest.mark.parametrize("device", HOST_DEVICES)
+def test_run_batch_reports_each_sequence_as_soon_as_it_is_done(stories260k, device):
+    require_device(device)
+    from llama2py.batch import run_batch
+
+    ckpt, tok = stories260k
+    with Llama.load(ckpt, tok, device=device, max_batch_size=3) as m:
+        prompts = [m.tokenizer.encode(p) for p in (PROMPT, "Tom and", "A dog")]
+        ends = [40, 12, 25]  # without an EOS, sequence 1 is done first, then 2, then 0
+        calls = []
+        res = run_batch(m.backend, prompts, ends, 0.0, 0.9, [1, 2, 3], on_done=lambda b, t: calls.append((b, t)))
+    assert sorted(b for b, _ in calls) == [0, 1, 2]
+    assert dict(calls) == dict(enumerate(res.tokens))
+    finish_order = sorted(range(3), key=lambda b: len(res.tokens[b]))
+    assert [b for b, _ in calls] == finish_order
