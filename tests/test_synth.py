@@ -216,11 +216,7 @@ def test_cli_errors_are_one_line(tmp_path):
         (["--group-size", "16"], "add --version 2"),
         (["--version", "2", "--group-size", "48"], "group size 48 does not divide dim 64"),
     ):
-        r = subprocess.run(
-            [sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", *flags, str(tmp_path / "g.bin")],
-            capture_output=True,
-            text=True,
-        )
+        r = cli("synth", "--shape", "stories260K", *flags, tmp_path / "g.bin", text=True)
         assert r.returncode == 1 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert list(tmp_path.iterdir()) == []
 
