@@ -3,7 +3,8 @@
 Project metadata lives in pyproject.toml (including the CUDA kernel sources, package data in
 llama2py/backends/cuda_kernels/); this file only adds the pybind11 extension from csrc/cpu/*.cpp:
 C++17, -O3, OpenMP, and -march=native unless the environment sets LLAMA2PY_PORTABLE=1 (for wheels
-that must run on other CPUs).
+that must run on other CPUs); LLAMA2PY_SANITIZE=1 builds it with AddressSanitizer and UBSan
+at -O1 instead (scripts/sanitize.sh).
 """
 
 import glob
@@ -25,6 +26,10 @@ def _cpu_flags():
     compile_args = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"]
     if not portable:
         compile_args.append("-march=native")
+    if os.environ.get("LLAMA2PY_SANITIZE", "") not in ("", "0"):  # scripts/sanitize.sh: ASan + UBSan
+        san = ["-fsanitize=address,undefined,float-cast-overflow", "-fno-sanitize-recover=all"]
+        compile_args = [a for a in compile_args if a != "-O3"] + ["-O1", "-g", "-fno-omit-frame-pointer"] + san
+        return compile_args, ["-fopenmp"] + san[:1]
     return compile_args, ["-fopenmp"]
 
 

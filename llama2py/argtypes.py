@@ -1,12 +1,14 @@
-"""argparse value types shared by the CLI and its subcommands: range errors name the flag."""
+"""argparse value types shared by the CLI and its subcommands: range errors name the flag (and
+exit 2, as every bad flag does)."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Optional
 
 
-def int_at_least(lo: int, name: str):
+def int_at_least(lo: int, name: str, hi: Optional[int] = None):
     def parse(s: str) -> int:
         try:
             v = int(s)
@@ -14,6 +16,8 @@ def int_at_least(lo: int, name: str):
             raise argparse.ArgumentTypeError(f"{name} must be an integer, got {s!r}")
         if v < lo:
             raise argparse.ArgumentTypeError(f"{name} must be >= {lo}, got {s}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"{name} must be in {lo}..{hi}, got {s}")
         return v
 
     return parse
@@ -25,10 +29,29 @@ def float_in(lo: float, hi: Optional[float], name: str):
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {s!r}")
+        if not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {s}")
         if not (v >= lo and (hi is None or v <= hi)):
             raise argparse.ArgumentTypeError(
                 f"{name} must be in [{lo}, {hi}], got {s}" if hi is not None else f"{name} must be >= {lo}, got {s}"
             )
+        return v
+
+    return parse
+
+
+def temperature(name: str):
+    """A temperature as the kernels use it (float32; see backends.base.check_sampling)."""
+    finite = float_in(0.0, None, name)
+
+    def parse(s: str) -> float:
+        from .backends.base import check_sampling
+
+        v = finite(s)
+        try:
+            check_sampling(v, 0.5)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{name}: {e}")
         return v
 
     return parse

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, as_token_ids, check_int, check_sampling
 from .errors import PromptError
 from .tokenizer import BOS, EOS
 
@@ -88,8 +88,13 @@ class BatchResult:
     stats: BatchStats
 
 
-def check_batch(prompt_tokens: Sequence[Sequence[int]], max_batch: int, seq_len: int, vocab_size: int) -> None:
-    """Refuse a batch that the backend cannot run, with a message that says what to change."""
+def check_batch(
+    prompt_tokens: Sequence[Sequence[int]], max_batch: int, seq_len: int, vocab_size: int
+) -> list[list[int]]:
+    """Refuse a batch that the backend cannot run, with a message that says what to change;
+    return the prompts as lists of Python ints (ids are integers: floats and bools are refused)."""
+    if isinstance(prompt_tokens, (str, bytes)) or not hasattr(prompt_tokens, "__len__"):
+        raise TypeError("prompts must be a list of token-id lists; encode text with the tokenizer first")
     n = len(prompt_tokens)
     if n == 0:
         raise PromptError("no prompts given: a batch needs at least one prompt")
@@ -98,16 +103,22 @@ def check_batch(prompt_tokens: Sequence[Sequence[int]], max_batch: int, seq_len:
             f"a batch of {n} prompts, but the model was loaded with max_batch_size={max_batch}; "
             f"load it with max_batch_size={n} (or more), or split the prompts"
         )
+    prompts = []
     for b, p in enumerate(prompt_tokens):
-        if len(p) == 0:
+        try:
+            ids = as_token_ids(p, vocab_size, f"prompt {b}")
+        except (TypeError, ValueError) as e:
+            raise PromptError(f"{e} (the vocabulary is 0..{vocab_size - 1})") from None
+        if ids.ndim != 1:
+            raise PromptError(f"prompt {b} must be a flat list of token ids, got shape {ids.shape}")
+        if ids.size == 0:
             raise PromptError(f"prompt {b} is empty: every prompt needs at least one token (BOS, 1)")
-        if len(p) > seq_len:
+        if ids.size > seq_len:
             raise PromptError(
-                f"prompt {b} is {len(p)} tokens but the model's context (seq_len) is {seq_len}; shorten it"
+                f"prompt {b} is {ids.size} tokens but the model's context (seq_len) is {seq_len}; shorten it"
             )
-        lo, hi = min(p), max(p)
-        if lo < 0 or hi >= vocab_size:
-            raise PromptError(f"prompt {b} holds token ids {lo}..{hi}, outside the vocabulary 0..{vocab_size - 1}")
+        prompts.append(ids.tolist())
+    return prompts
 
 
 def total_len(prompt_lens: Sequence[int], max_gen_len: int, seq_len: int) -> int:
@@ -150,21 +161,55 @@ def run_batch(
     seq_len + 1 (the last position's logits give one more token, as `run` does).
 
     logprobs: also return log-probs of the generated tokens; prompt_logprobs: of the prompt tokens
-    too (needs the prefill's logits for every position).
+    too (needs the prefill's logits for every position). Every argument is checked here, once.
 
     stop_at(b, token) is called with each token sequence b samples (stop tokens excepted), in
     order; it returns None to go on, or how many of b's generated tokens to keep (stop strings,
     llama2py.stops): b then ends there. on_done(b, tokens) is called once per sequence as soon as
     it is finished, with its kept tokens (the CLI prints each story then)."""
     c = backend.config
-    check_batch(prompt_tokens, backend.max_batch, c.seq_len, c.vocab_size)
+    prompt_tokens = check_batch(prompt_tokens, backend.max_batch, c.seq_len, c.vocab_size)
+    temperature, top_p = check_sampling(temperature, top_p)
     B = len(prompt_tokens)
     if len(ends) != B or len(seeds) != B:
         raise ValueError(f"{B} prompts need {B} ends and {B} seeds, got {len(ends)} and {len(seeds)}")
+    ends = [check_int("ends[b]", e, 1, c.seq_len + 1) for e in ends]
+    seeds = [check_int("seeds[b]", s, 0, (1 << 64) - 1) for s in seeds]
+    return _run_batch(
+        backend,
+        prompt_tokens,
+        ends,
+        temperature,
+        top_p,
+        seeds,
+        logprobs,
+        prompt_logprobs,
+        stop_tokens,
+        stats,
+        stop_at,
+        on_done,
+    )
+
+
+def _run_batch(
+    backend: Backend,
+    prompt_tokens: list[list[int]],
+    ends: list[int],
+    temperature: float,
+    top_p: float,
+    seeds: list[int],
+    logprobs: bool,
+    prompt_logprobs: bool,
+    stop_tokens: Sequence[int],
+    stats: Optional[BatchStats],
+    stop_at: Optional[Callable[[int, int], Optional[int]]] = None,
+    on_done: Optional[Callable[[int, list[int]], None]] = None,
+) -> BatchResult:
+    """run_batch with arguments already checked."""
+    c = backend.config
+    B = len(prompt_tokens)
     lens = np.array([len(p) for p in prompt_tokens], np.int64)
     end = np.array(ends, np.int64)
-    if end.min() < 1 or end.max() > c.seq_len + 1:
-        raise ValueError(f"ends must be in 1..{c.seq_len + 1}, got {end.min()}..{end.max()}")
     L = int(max(end.max(), lens.max()))
     tokens = np.zeros((B, L), np.int32)  # (B, L); 0 is a valid id for unused cells
     for b, p in enumerate(prompt_tokens):
@@ -258,25 +303,21 @@ def generate(
     stop_at: Optional[Callable[[int, int], Optional[int]]] = None,
 ) -> tuple[list[list[int]], Optional[list[list[float]]]]:
     """Meta's generate(): returns (tokens, logprobs) per sequence, the generated tokens only (or,
-    with echo, prompt + generated), cut at max_gen_len and before the stop token."""
-    if max_gen_len < 0:
-        raise ValueError(f"max_gen_len must be >= 0, got {max_gen_len}")
+    with echo, prompt + generated), cut at max_gen_len and before the stop token. Every argument
+    is checked here, once."""
+    max_gen_len = check_int("max_gen_len", max_gen_len, 0)
     c = backend.config
-    check_batch(prompt_tokens, backend.max_batch, c.seq_len, c.vocab_size)
+    prompt_tokens = check_batch(prompt_tokens, backend.max_batch, c.seq_len, c.vocab_size)
+    temperature, top_p = check_sampling(temperature, top_p)
+    B = len(prompt_tokens)
+    if len(seeds) != B:
+        raise ValueError(f"{B} prompts need {B} seeds, got {len(seeds)}")
+    seeds = [check_int("seeds[b]", s, 0, (1 << 64) - 1) for s in seeds]
     lens = [len(p) for p in prompt_tokens]
     tl = total_len(lens, max_gen_len, c.seq_len)
     ends = [min(n + max_gen_len, tl) for n in lens]
-    res = run_batch(
-        backend,
-        prompt_tokens,
-        ends,
-        temperature,
-        top_p,
-        seeds,
-        logprobs,
-        prompt_logprobs=echo,
-        stats=stats,
-        stop_at=stop_at,
+    res = _run_batch(
+        backend, prompt_tokens, ends, temperature, top_p, seeds, logprobs, echo, STOP_TOKENS, stats, stop_at
     )
     starts = [0 if echo else n for n in lens]
     toks = [t[s:] for t, s in zip(res.tokens, starts)]

@@ -249,18 +249,14 @@ def _v2_bytes(c: Config, gs: int) -> int:
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a llama2.c checkpoint of version 0, 1 or 2; raise CheckpointError on anything odd."""
+    from .input_files import read_regular_file, regular_file_size
+
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"checkpoint {path}: no such file (run `llama2py download stories15M` or pass the path of a llama2.c .bin)"
-        )
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path}: is a directory, expected a llama2.c .bin file")
-    size = path.stat().st_size
+    hint = " (run `llama2py download stories15M` or pass the path of a llama2.c .bin)"
+    size = regular_file_size(path, "checkpoint", CheckpointError, hint)  # no FIFO, device, directory
     if size < 28:
         raise CheckpointError(f"checkpoint {path}: only {size} bytes, too short for a llama2.c header")
-    with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
+    head = read_regular_file(path, "checkpoint", CheckpointError, hint, first=HEADER_BYTES)
     magic = struct.unpack_from("<I", head, 0)[0]
     if magic == MAGIC:
         if len(head) < 41:

@@ -11,13 +11,14 @@ Errors print one line on stderr and exit non-zero; --debug shows the traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
 from typing import Optional
 
 from . import __version__
-from .argtypes import float_in, int_at_least
+from .argtypes import float_in, int_at_least, temperature
 from .errors import Llama2pyError
 
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
@@ -63,7 +64,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-t",
         dest="temperature",
-        type=float_in(0.0, None, "-t temperature"),
+        type=temperature("-t temperature"),
         default=1.0,
         help="temperature, 0 = greedy (default 1.0)",
     )
@@ -75,7 +76,11 @@ def run_parser() -> argparse.ArgumentParser:
         help="top-p (nucleus) sampling in [0,1]; 0 or 1 = off (default 0.9)",
     )
     p.add_argument(
-        "-s", dest="seed", type=int_at_least(0, "-s seed"), default=0, help="random seed (default: the current time)"
+        "-s",
+        dest="seed",
+        type=int_at_least(0, "-s seed", (1 << 64) - 1),
+        default=0,
+        help="random seed, 0..2**64-1 (default: the current time)",
     )
     p.add_argument(
         "-n",
@@ -117,6 +122,13 @@ def run_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="M",
         help="with --prompts-file/--num-samples: at most M sequences at once (default: all)",
+    )
+    p.add_argument(
+        "--context",
+        type=int_at_least(1, "--context"),
+        default=None,
+        metavar="N",
+        help="use at most N positions of the model's context (caps the KV cache's memory; default: seq_len)",
     )
     p.add_argument(
         "--device",
@@ -174,7 +186,12 @@ def _load(args, max_batch_size=1):
 
         max_batch_size = max_batch_size(load_checkpoint(checkpoint).config)
     model = Llama.load(
-        checkpoint, tokenizer=tokenizer, device=args.device, threads=args.threads, max_batch_size=max_batch_size
+        checkpoint,
+        tokenizer=tokenizer,
+        device=args.device,
+        threads=args.threads,
+        max_batch_size=max_batch_size,
+        context=args.context,
     )
     _report_device(model, args)
     return model
@@ -185,10 +202,15 @@ def _prompt_bytes(prompt: Optional[str]) -> bytes:
     return os.fsencode(prompt) if prompt else b""
 
 
+LINE_LIMIT = 1 << 20  # bytes of one chat line read at most (longer lines are split, as run's fgets)
+
+
 def cmd_run(args) -> int:
     from .generate import RunStats, chat_loop
     from .sampler import resolve_seed
 
+    if args.system is not None and args.mode != "chat":
+        run_parser().error("-y (system prompt) only applies with -m chat")
     if args.prompts_file is not None or args.num_samples is not None:
         return cmd_batch(args)
     if args.max_batch is not None:
@@ -196,12 +218,18 @@ def cmd_run(args) -> int:
     model = _load(args)
     out = sys.stdout.buffer
     if args.mode == "chat":
+        stdin = getattr(sys.stdin, "buffer", None)  # None when stdin is closed (<&-)
 
         def read_user(prompt_text: str) -> Optional[str]:
             out.write(prompt_text.encode())
             out.flush()
-            line = sys.stdin.readline()
-            return None if line == "" else line.rstrip("\n")
+            # Bytes as they come (run reads raw bytes; not-UTF-8 input is no error): surrogate
+            # escapes carry undecodable bytes through to the tokenizer unchanged. At most LINE_LIMIT
+            # bytes per read, so a line without end cannot exhaust memory.
+            line = stdin.readline(LINE_LIMIT) if stdin is not None else b""
+            if line == b"":
+                return None
+            return line.rstrip(b"\n").decode("utf-8", errors="surrogateescape")
 
         system = args.system
         if system is None:
@@ -236,17 +264,16 @@ def cmd_run(args) -> int:
 
 
 # -- batched generation (--prompts-file / --num-samples) --------------------------------------------
-BATCH_KV_LIMIT = 8 << 30  # refuse one batch whose KV cache would exceed this (bytes): use --max-batch
+PROMPTS_FILE_LIMIT = 256 << 20  # bytes: a prompts file larger than this is refused, not read
 
 
 def read_prompts_file(path: str) -> list[str]:
-    """One prompt per line (trailing newline and CR stripped, blank lines skipped)."""
+    """One prompt per line (trailing newline and CR stripped, blank lines skipped). Only a regular
+    file is read (a FIFO or /dev/zero would block or never end), at most its size."""
     from .errors import PromptError
+    from .input_files import read_regular_file
 
-    try:
-        data = open(path, "rb").read()
-    except OSError as e:
-        raise PromptError(f"--prompts-file {path}: cannot read it ({e.strerror or e})")
+    data = read_regular_file(path, "--prompts-file", PromptError, " (cannot read it)", limit=PROMPTS_FILE_LIMIT)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -267,9 +294,11 @@ def _batch_head(args, i: int, j: int, n_samples: int) -> str:
 def cmd_batch(args) -> int:
     """Stories for many prompts (and/or seeds) at once, each equal to run's story for its prompt and
     seed (up to an EOS, where a batched story ends), printed under a header, then tok/s on stderr."""
-    from .batch import BatchStats, check_batch, run_batch
-    from .errors import PromptError
+    from .backends.base import batch_that_fits
+    from .batch import BatchStats, run_batch
+    from .errors import ResourceError
     from .generate import resolve_steps
+    from .model import encode_prompt
     from .sampler import resolve_seed
 
     if args.mode == "chat":
@@ -281,36 +310,37 @@ def cmd_batch(args) -> int:
     else:
         texts = [_prompt_bytes(args.prompt)]
     n_samples = args.num_samples or 1
-    seqs = [(i, j, t) for i, t in enumerate(texts) for j in range(n_samples)]  # (prompt #, sample #, text)
-    limit = min(args.max_batch or len(seqs), len(seqs))
+    n_seqs = len(texts) * n_samples  # sequence s: prompt s // n_samples, sample s % n_samples (never listed)
+    limit = min(args.max_batch or n_seqs, n_seqs)
 
     def batch_size(config) -> int:
-        kv = config.kv_cache_bytes(1)  # per sequence
-        if limit * kv > BATCH_KV_LIMIT:
-            fit = max(1, BATCH_KV_LIMIT // kv)
-            raise PromptError(
-                f"{limit} sequences at once need {limit * kv / 2**30:.1f} GiB of KV cache for this "
-                f"model; pass --max-batch {fit} (or less) to run them in batches"
+        if args.context is not None:
+            config = dataclasses.replace(config, seq_len=min(args.context, config.seq_len))
+        fit = batch_that_fits(config, args.threads, limit)
+        if 1 <= fit < limit:
+            raise ResourceError(
+                f"{limit} sequences at once need more memory than is available (KV cache "
+                f"{config.kv_cache_bytes(1) / 2**20:.1f} MiB per sequence of {config.seq_len} positions); "
+                f"pass --max-batch {fit} (or less) to run them in batches, or a shorter --context"
             )
-        return limit
+        return limit  # fit 0: not even one sequence fits; the backend says so (and names --context)
 
     model = _load(args, max_batch_size=batch_size)
     c = model.config
     steps = resolve_steps(args.steps, c.seq_len)
-    prompts = [model.tokenizer.encode(t, bos=True) for _, _, t in seqs]
-    for (i, _, _), p in zip(seqs, prompts):
-        if len(p) > c.seq_len:
-            raise PromptError(
-                f"prompt {i + 1} is {len(p)} tokens but the model's context (seq_len) is {c.seq_len}; shorten it"
-            )
-    chunks = [list(range(a, min(a + limit, len(seqs)))) for a in range(0, len(seqs), limit)]
-    for idx in chunks:  # every error before the first story
-        check_batch([prompts[b] for b in idx], model.backend.max_batch, c.seq_len, c.vocab_size)
+    # each distinct prompt encoded once (refused before encoding when it cannot fit); every error
+    # comes before the first story
+    prompts = [encode_prompt(model.tokenizer, t, c.seq_len, f"prompt {i + 1}") for i, t in enumerate(texts)]
+
+    def seq(s: int) -> tuple[int, int]:
+        return divmod(s, n_samples)
+
     base = resolve_seed(args.seed)
     out = sys.stdout.buffer
     tok = model.tokenizer
     total_tokens, total_s, per_seq = 0, 0.0, []
-    for idx in chunks:
+    for a in range(0, n_seqs, limit):
+        idx = range(a, min(a + limit, n_seqs))
         seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in idx]
         stats = BatchStats()
         finished: dict[int, list[int]] = {}  # row -> its tokens, until every earlier row is printed
@@ -321,7 +351,7 @@ def cmd_batch(args) -> int:
             finished[r] = t
             while printed[0] in finished:
                 q = printed[0]
-                i, j, _ = seqs[idx[q]]
+                i, j = seq(idx[q])
                 toks = finished.pop(q)
                 out.write(f"{_batch_head(args, i, j, n_samples)} (seed {seeds[q]}) ---\n".encode())
                 out.write(b"".join(tok.printable_bytes(toks[u], toks[u + 1]) for u in range(len(toks) - 1)) + b"\n")
@@ -331,7 +361,7 @@ def cmd_batch(args) -> int:
         # run feeds positions 0..steps-1, so a story holds tokens 0..steps (prompt included)
         run_batch(
             model.backend,
-            [prompts[b] for b in idx],
+            [prompts[seq(b)[0]] for b in idx],
             [steps + 1] * len(idx),
             args.temperature,
             args.top_p,
@@ -340,12 +370,12 @@ def cmd_batch(args) -> int:
             on_done=print_ready,
         )
         for r, b in enumerate(idx):
-            i, j, _ = seqs[b]
+            i, j = seq(b)
             per_seq.append((_batch_head(args, i, j, n_samples)[4:], stats.seq_tok_per_s(r), stats.generated[r]))
         total_tokens += stats.total_generated
         total_s += stats.decode_s
     agg = total_tokens / total_s if total_s > 0 else 0.0
-    print(f"achieved tok/s: {agg:f} (aggregate over {len(seqs)} sequences, batches of up to {limit})", file=sys.stderr)
+    print(f"achieved tok/s: {agg:f} (aggregate over {n_seqs} sequences, batches of up to {limit})", file=sys.stderr)
     for name, rate, n in per_seq:
         print(f"  {name}: {rate:f} tok/s ({n} tokens)", file=sys.stderr)
     return 0
@@ -365,15 +395,27 @@ def _dispatch(argv: list[str]) -> int:
     return _guarded(lambda: cmd_run(args), args.debug)
 
 
+ERROR_CHARS = 2000  # an error message is one line of at most this many characters (no dumped arrays)
+
+
 def _guarded(fn, debug: bool) -> int:
     try:
         return fn()
-    except (Llama2pyError, ValueError, OSError) as e:
+    except (Llama2pyError, ValueError, OSError, MemoryError) as e:
         if debug:
             raise
         if isinstance(e, BrokenPipeError):
             return 141
-        print(f"llama2py: error: {e}", file=sys.stderr)
+        if isinstance(e, MemoryError):
+            msg = (
+                f"out of memory ({e or 'MemoryError'}); use a smaller batch (--max-batch), a shorter "
+                "context (--context N) or a smaller model"
+            )
+        else:
+            msg = " ".join(str(e).split())  # one line, whatever the message held
+        if len(msg) > ERROR_CHARS:
+            msg = msg[: ERROR_CHARS - 3] + "..."
+        print(f"llama2py: error: {msg}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("", file=sys.stderr)

@@ -8,13 +8,13 @@ chat mode. Both yield decoded pieces as they come; the caller decides where they
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
 
-from .backends.base import Backend
+from .backends.base import Backend, as_token_ids, check_int, check_sampling
 from .errors import PromptError
 from .tokenizer import BOS, EOS, Tokenizer
 
@@ -42,20 +42,43 @@ class RunStats:
 
 def resolve_steps(steps: int, seq_len: int) -> int:
     """run's rule: 0 (or more than the context) means the whole context."""
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+    steps = check_int("steps", steps, 0)
     return seq_len if steps == 0 or steps > seq_len else steps
 
 
-def check_prompt(prompt_tokens: list[int], seq_len: int) -> None:
+def check_prompt(prompt_tokens: Sequence[int], seq_len: int, what: str = "the prompt") -> None:
     if len(prompt_tokens) > seq_len:
         raise PromptError(
-            f"the prompt is {len(prompt_tokens)} tokens but the model's context (seq_len) is "
-            f"{seq_len}; shorten the prompt"
+            f"{what} is {len(prompt_tokens)} tokens but the model's context (seq_len) is {seq_len}; shorten it"
         )
 
 
 def run_loop(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    prompt_tokens: Sequence[int],
+    steps: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    stats: RunStats,
+    prefill: bool = True,
+) -> Iterator[bytes]:
+    """The bytes run would print for each position (possibly b"" for skipped pieces), as an
+    iterator. Every argument is checked here, before the iterator is returned, so errors come
+    before any output."""
+    c = backend.config
+    steps = resolve_steps(steps, c.seq_len)
+    temperature, top_p = check_sampling(temperature, top_p)
+    seed = check_int("seed", seed, 0, (1 << 64) - 1)
+    tokens = as_token_ids(prompt_tokens, c.vocab_size, "prompt token ids")
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise PromptError(f"the prompt must be a non-empty list of token ids (BOS first), got shape {tokens.shape}")
+    check_prompt(tokens, c.seq_len)
+    return _run_loop(backend, tokenizer, tokens.tolist(), steps, temperature, top_p, seed, stats, prefill)
+
+
+def _run_loop(
     backend: Backend,
     tokenizer: Tokenizer,
     prompt_tokens: list[int],
@@ -64,13 +87,8 @@ def run_loop(
     top_p: float,
     seed: int,
     stats: RunStats,
-    prefill: bool = True,
+    prefill: bool,
 ) -> Iterator[bytes]:
-    """Yield the bytes run would print for each position (possibly b"" for skipped pieces)."""
-    steps = resolve_steps(steps, backend.config.seq_len)
-    check_prompt(prompt_tokens, backend.config.seq_len)
-    if not prompt_tokens:
-        raise PromptError("the prompt must hold at least one token (BOS)")
     n = len(prompt_tokens)
     stats.prompt_tokens = n
     stats.tokens = list(prompt_tokens)
@@ -190,11 +208,29 @@ def chat_loop(
     first_user: Optional[str] = None,
 ) -> Iterator[bytes]:
     """run's chat mode. read_user(prompt_text) returns a line, or None at end of input (then the
-    chat ends: run would spin forever). Yields bytes to print, including "Assistant: " headers.
+    chat ends: run would spin forever). Returns an iterator of the bytes to print, including
+    "Assistant: " headers; the arguments are checked before it is returned.
 
     As in run, every position (prompt ones too) samples a token, so the generator advances the
-    same way and a seeded chat matches run's."""
+    same way and a seeded chat matches run's. Text may be str (surrogate-escaped bytes stay the
+    bytes they stand for) or bytes."""
     steps = resolve_steps(steps, backend.config.seq_len)
+    temperature, top_p = check_sampling(temperature, top_p)
+    seed = check_int("seed", seed, 0, (1 << 64) - 1)
+    return _chat_loop(backend, tokenizer, steps, temperature, top_p, seed, read_user, system, first_user)
+
+
+def _chat_loop(
+    backend: Backend,
+    tokenizer: Tokenizer,
+    steps: int,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    read_user: Callable[[str], Optional[str]],
+    system: str,
+    first_user: Optional[str],
+) -> Iterator[bytes]:
     backend.set_seeds([seed])
     seq_len = backend.config.seq_len
     user_turn, pos = True, 0
@@ -210,11 +246,15 @@ def chat_loop(
                 user = read_user("User: ")
                 if user is None:
                     return
-            prompt = tokenizer.encode(render_chat(user, system if pos == 0 else ""), bos=True)
-            if pos + len(prompt) > seq_len:
+            text = render_chat(user, system if pos == 0 else "")
+            need = tokenizer.min_tokens(text)  # a bound without encoding: a huge line costs nothing
+            if pos + need <= seq_len:
+                prompt = tokenizer.encode(text, bos=True)
+                need = len(prompt)
+            if pos + need > seq_len:
                 if pos == 0:
                     raise PromptError(
-                        f"the first turn needs {len(prompt)} tokens but the model's context "
+                        f"the first turn needs at least {need} tokens but the model's context "
                         f"(seq_len) is {seq_len}; shorten it"
                     )
                 return  # the context is full: the chat ends, as run's does at `steps`

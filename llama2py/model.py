@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from .backends import create_backend
-from .backends.base import Backend
+from .backends.base import Backend, as_token_ids, check_int, check_sampling
 from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, load_checkpoint
 from .errors import Llama2pyError, PromptError, TokenizerError
@@ -52,13 +53,17 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
     )
 
 
-def validate_sampling(temperature: float, top_p: float, steps: int) -> None:
-    if not temperature >= 0.0 or not np.isfinite(temperature):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if not 0.0 <= top_p <= 1.0:
-        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
+def encode_prompt(tokenizer: Tokenizer, prompt: str | bytes, seq_len: int, what: str = "the prompt") -> list[int]:
+    """run's encoding of a prompt (BOS first), refused before encoding when it cannot fit the
+    context: a long prompt costs nothing before it is refused."""
+    if tokenizer.min_tokens(prompt) > seq_len:
+        raise PromptError(
+            f"{what} is {len(prompt):,} {'character(s)' if isinstance(prompt, str) else 'byte(s)'}, at least "
+            f"{tokenizer.min_tokens(prompt):,} tokens, but the model's context (seq_len) is {seq_len}; shorten it"
+        )
+    tokens = tokenizer.encode(prompt, bos=True)
+    check_prompt(tokens, seq_len, what)
+    return tokens
 
 
 class Llama:
@@ -71,7 +76,7 @@ class Llama:
         self, checkpoint: Checkpoint, tokenizer: Tokenizer, backend: Backend, load_seconds: float, notes: list[str]
     ):
         self.checkpoint = checkpoint
-        self.config: Config = checkpoint.config
+        self.config: Config = backend.config  # the checkpoint's, with seq_len capped by context=
         self.tokenizer = tokenizer
         self.backend = backend
         self.device = backend.name
@@ -86,20 +91,27 @@ class Llama:
         device: str = "auto",
         threads: Optional[int] = None,
         max_batch_size: int = 1,
+        context: Optional[int] = None,
     ) -> Llama:
         """Load a checkpoint and its tokenizer (found as find_tokenizer says when None) onto a
         backend: "auto" (the default, as in the CLI) = cuda when CuPy and a GPU are usable, else
-        cpu, with the reason in .notes; or "cpu", "cuda", "numpy". .device says which one runs."""
+        cpu, with the reason in .notes; or "cpu", "cuda", "numpy". .device says which one runs.
+
+        context: at most this many positions (caps the checkpoint's seq_len and so the KV
+        cache, as llama.cpp's -c; None: the checkpoint's seq_len). The memory the KV cache and
+        buffers need is checked against the available memory before anything is allocated."""
         t0 = time.perf_counter()
+        max_batch_size = check_int("max_batch_size", max_batch_size, 1)
+        if threads is not None:
+            threads = check_int("threads", threads, 1)
         ck = load_checkpoint(checkpoint)
-        tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(ck.path, ck.config.vocab_size)
-        tok = Tokenizer(tok_path, ck.config.vocab_size)
-        if threads is not None and threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        config = ck.config
+        if context is not None:
+            config = dataclasses.replace(config, seq_len=min(check_int("context", context, 1), config.seq_len))
+        tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(ck.path, config.vocab_size)
+        tok = Tokenizer(tok_path, config.vocab_size)
         notes: list[str] = []
-        backend = create_backend(device, ck.config, ck.weights, max_batch_size, threads, notes)
+        backend = create_backend(device, config, ck.weights, max_batch_size, threads, notes)
         return cls(ck, tok, backend, time.perf_counter() - t0, notes)
 
     # -- lifetime ---------------------------------------------------------------------------------
@@ -157,21 +169,21 @@ class Llama:
         if max_new_tokens is not None:
             if steps is not None:
                 raise ValueError("give steps (positions, prompt included) or max_new_tokens, not both")
-            if max_new_tokens < 0:
-                raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+            max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
         steps = DEFAULT_STEPS if steps is None else steps
-        validate_sampling(temperature, top_p, steps)
-        tokens = self.tokenizer.encode(prompt, bos=True)
-        check_prompt(tokens, self.config.seq_len)
+        seed = resolve_seed(seed)
+        tokens = encode_prompt(self.tokenizer, prompt, self.config.seq_len)
         stats = stats if stats is not None else RunStats()
         if max_new_tokens is not None:
             # run feeds positions 0..steps-1 and the prompt's last one predicts the first new token
             steps = len(tokens) - 1 + max_new_tokens
             if steps == 0:  # nothing to generate, and run's 0 would mean the whole context
+                check_sampling(temperature, top_p)  # (run_loop checks them otherwise)
                 stats.tokens, stats.prompt_tokens = list(tokens), len(tokens)
                 return iter(()), stats, len(tokens)
             steps = min(steps, self.config.seq_len)
-        pieces = run_loop(backend, self.tokenizer, tokens, steps, temperature, top_p, resolve_seed(seed), stats)
+        # run_loop checks steps, temperature and top_p (once, before returning the iterator)
+        pieces = run_loop(backend, self.tokenizer, tokens, steps, temperature, top_p, seed, stats)
         return pieces, stats, len(tokens)
 
     def _text(self, pieces: Iterator[bytes], n_prompt: int, stop, stats: RunStats) -> Iterator[str]:
@@ -270,22 +282,22 @@ class Llama:
         from . import batch
 
         backend = self._backend()
-        validate_sampling(temperature, top_p, 0)
-        if max_gen_len < 0:
-            raise ValueError(f"max_gen_len must be >= 0, got {max_gen_len}")
         stops = check_stops(stop)
-        prompts = [list(map(int, p)) for p in prompt_tokens]
-        batch.check_batch(prompts, backend.max_batch, self.config.seq_len, self.config.vocab_size)
         base = resolve_seed(seed)
+        if isinstance(prompt_tokens, (str, bytes)) or not hasattr(prompt_tokens, "__len__"):
+            raise TypeError("generate takes a list of token-id lists; encode text with m.tokenizer.encode")
+        prompts = prompt_tokens  # batch.generate checks them, max_gen_len, temperature and top_p (once)
         seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in range(len(prompts))]
         matchers: list[Optional[StopMatcher]] = [None] * len(prompts)
         stop_at = None
         if stops:
             matchers = [StopMatcher(stops) for _ in prompts]
-            prev = [p[-1] for p in prompts]
+            prev: list[Optional[int]] = [None] * len(prompts)  # set at the first call: prompts checked by then
             decoders = [codecs.getincrementaldecoder("utf-8")(errors="replace") for _ in prompts]
 
             def stop_at(b: int, token: int) -> Optional[int]:
+                if prev[b] is None:
+                    prev[b] = int(prompts[b][-1])
                 text = decoders[b].decode(self.tokenizer.piece_bytes(prev[b], token))
                 prev[b] = token
                 return matchers[b].kept_pieces if matchers[b].feed(text) else None
@@ -320,7 +332,9 @@ class Llama:
             raise TypeError("text_completion takes a list of prompts; wrap a single prompt in [ ]")
         if max_gen_len is None:
             max_gen_len = self.config.seq_len - 1
-        prompt_tokens = [self.tokenizer.encode(p, bos=True) for p in prompts]
+        prompt_tokens = [
+            encode_prompt(self.tokenizer, p, self.config.seq_len, f"prompt {b}") for b, p in enumerate(prompts)
+        ]
         return self._completions(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop)
 
     def _completions(
@@ -396,13 +410,11 @@ class Llama:
     # -- inspection ---------------------------------------------------------------------------------
     def logits(self, token_ids) -> np.ndarray:
         """Logits (len, vocab) float32 for a token sequence starting at position 0."""
-        ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+        ids = as_token_ids(token_ids, self.config.vocab_size).reshape(-1)
         if ids.size == 0:
             raise PromptError("logits() needs at least one token")
-        check_prompt(list(ids), self.config.seq_len)
-        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
-            raise PromptError(f"token ids must be in 0..{self.config.vocab_size - 1}")
-        return self._backend().prefill(ids.astype(np.int32)[None, :], 0, logits="all")[0]
+        check_prompt(ids, self.config.seq_len)
+        return self._backend().prefill(ids[None, :], 0, logits="all")[0]
 
 
 def _utf8_pieces(pieces: Iterator[bytes], keep_empty: bool = False) -> Iterator[str]:

@@ -16,9 +16,14 @@ _MASK64 = (1 << 64) - 1
 
 
 def resolve_seed(seed: int | None) -> int:
-    """run's rule: no seed (or 0) means the current time in seconds."""
-    s = int(seed or 0) & _MASK64  # a state of 0 would stay 0 (every coin 0.0): treat it as no seed
-    return s if s else int(time.time())
+    """run's rule: no seed (or 0) means the current time in seconds. A seed is a 64-bit
+    unsigned integer: anything else is refused rather than wrapped (2**64 would become 0)."""
+    if seed is None:
+        return int(time.time())
+    from .backends.base import check_int  # the one integer check
+
+    s = check_int("seed", seed, 0, _MASK64)
+    return s if s else int(time.time())  # a state of 0 would stay 0 (every coin 0.0)
 
 
 class Rng:
@@ -60,6 +65,8 @@ def sample_topp(probs: np.ndarray, top_p: float, coin: np.float32) -> int:
     n = probs.size
     cutoff = np.float32((np.float32(1.0) - np.float32(top_p)) / np.float32(n - 1))
     idx = np.nonzero(probs >= cutoff)[0]
+    if idx.size == 0:  # only for top_p < 1/n or NaN probabilities; as the kernels: the argmax
+        return int(np.argmax(probs))
     # Descending by probability; ties keep index order (run's qsort leaves them unspecified).
     order = idx[np.argsort(-probs[idx], kind="stable")]
     p = probs[order]

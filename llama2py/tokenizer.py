@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 import struct
 from pathlib import Path
 
-from .errors import TokenizerError
+from .errors import PromptError, TokenizerError
+from .input_files import read_regular_file
 
 UNK, BOS, EOS = 0, 1, 2
 _BYTE_PIECE = re.compile(rb"^<0x([0-9A-Fa-f]{1,2})")
@@ -21,16 +23,16 @@ class Tokenizer:
 
     def __init__(self, path: str | os.PathLike, vocab_size: int):
         self.path = Path(path)
-        if vocab_size <= 0:
-            raise TokenizerError(f"tokenizer {path}: vocab_size must be positive, got {vocab_size}")
-        if not self.path.exists():
-            raise TokenizerError(
-                f"tokenizer {path}: no such file (pass -z PATH; stories15M/42M/110M use "
-                "the Llama 2 tokenizer.bin: `llama2py download tokenizer`)"
-            )
-        if self.path.is_dir():
-            raise TokenizerError(f"tokenizer {path}: is a directory, expected a llama2.c tokenizer file (-z)")
-        data = self.path.read_bytes()
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
+            raise TokenizerError(f"tokenizer {path}: vocab_size must be a positive integer, got {vocab_size!r}")
+        data = read_regular_file(
+            path,
+            "tokenizer",
+            TokenizerError,
+            " (pass -z PATH; stories15M/42M/110M use the Llama 2 tokenizer.bin: `llama2py download tokenizer`)",
+            # a token's record is at least 8 bytes and at most 8 + max_token_length (<= 2**16)
+            limit=4 + vocab_size * (8 + (1 << 16)),
+        )
         if len(data) < 4:
             raise TokenizerError(f"tokenizer {path}: {len(data)} bytes, too short to be a tokenizer file")
         self.max_token_length = struct.unpack_from("<i", data, 0)[0]
@@ -73,9 +75,15 @@ class Tokenizer:
             self._ids.setdefault(p, i)
 
     # ------------------------------------------------------------------------------------------
+    def min_tokens(self, text: str | bytes) -> int:
+        """A lower bound on len(encode(text)) computed without encoding: no piece is longer than
+        max_token_length bytes (so a prompt too long for the context is refused in O(1))."""
+        n = len(_text_bytes(text)) + 1  # + the dummy-prefix space
+        return 1 + -(-n // self.max_token_length)
+
     def encode(self, text: str | bytes, bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of text as `run` encodes it: BOS, a dummy-prefix space, code points, merges."""
-        raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        raw = _text_bytes(text)
         tokens: list[int] = []
         if bos:
             tokens.append(BOS)
@@ -95,7 +103,9 @@ class Tokenizer:
             if tid is not None:
                 tokens.append(tid)
             else:
-                tokens.extend(b + 3 for b in cp)  # byte fallback: <0x00> is token 3
+                # byte fallback: <0x00> is token 3; a vocabulary without byte tokens (under 259
+                # entries) has no id for the byte: <unk>, as sentencepiece without byte fallback
+                tokens.extend(b + 3 if b + 3 < self.vocab_size else UNK for b in cp)
             i = j
         self._merge(tokens)
         if eos:
@@ -103,22 +113,58 @@ class Tokenizer:
         return tokens
 
     def _merge(self, tokens: list[int]) -> None:
+        """run's merge loop: repeatedly merge the adjacent pair whose concatenation is a piece with
+        the highest score (> -1e10; the leftmost pair among equal scores) until none is left.
+
+        The same merges in O(n log n) instead of run's O(n^2): the candidate pairs sit in a heap
+        ordered by (-score, position of the left symbol) over a linked list of symbols; a merge
+        replaces the left symbol and unlinks the right one, and entries that no longer describe
+        two adjacent current symbols are skipped when popped. Positions keep their order under
+        merges, so "leftmost" is the smallest original index. The BOS token takes part as in run."""
+        n = len(tokens)
+        if n < 2:
+            return
         pieces, scores, ids = self.pieces, self.scores, self._ids
-        # Merge the best-scoring adjacent pair until none concatenates to a piece. The BOS token
-        # takes part as in run (its piece never forms a merge with real text in practice).
-        while True:
-            best_score, best_id, best_i = -1e10, -1, -1
-            for i in range(len(tokens) - 1):
-                tid = ids.get(pieces[tokens[i]] + pieces[tokens[i + 1]])
-                if tid is not None and scores[tid] > best_score:
-                    best_score, best_id, best_i = scores[tid], tid, i
-            if best_i < 0:
+        sym = list(tokens)  # current token id of each symbol (by original index)
+        nxt = list(range(1, n + 1))  # next live symbol (n: none)
+        prv = list(range(-1, n - 1))  # previous live symbol (-1: none)
+        ver = [0] * n  # bumped when a symbol changes: older heap entries about it are stale
+        heap: list[tuple[float, int, int, int, int, int]] = []
+
+        def push(i: int) -> None:
+            j = nxt[i]
+            if j >= n:
                 return
-            tokens[best_i : best_i + 2] = [best_id]
+            tid = ids.get(pieces[sym[i]] + pieces[sym[j]])
+            if tid is not None and scores[tid] > -1e10:  # run's initial best score; NaN never wins
+                heapq.heappush(heap, (-scores[tid], i, ver[i], j, ver[j], tid))
+
+        for i in range(n - 1):
+            push(i)
+        while heap:
+            _, i, vi, j, vj, tid = heapq.heappop(heap)
+            if ver[i] != vi or ver[j] != vj or nxt[i] != j:
+                continue  # stale: a symbol changed or was merged away since this entry was made
+            sym[i] = tid
+            ver[i] += 1
+            ver[j] += 1  # j is gone
+            nxt[i] = nxt[j]
+            if nxt[j] < n:
+                prv[nxt[j]] = i
+            if prv[i] >= 0:
+                push(prv[i])
+            push(i)
+        out, i = [], 0
+        while i < n:
+            out.append(sym[i])
+            i = nxt[i]
+        tokens[:] = out
 
     # ------------------------------------------------------------------------------------------
     def piece_bytes(self, prev: int, token: int) -> bytes:
         """Raw bytes of `token` following `prev`: run's decode (drop the space after BOS)."""
+        if not 0 <= token < self.vocab_size:
+            raise ValueError(f"token id {token!r} is outside the vocabulary 0..{self.vocab_size - 1}")
         piece = self.pieces[token]
         if prev == BOS and piece[:1] == b" ":
             piece = piece[1:]
@@ -135,11 +181,24 @@ class Tokenizer:
 
     def decode(self, tokens: list[int], prev: int = BOS) -> str:
         """Text of a token sequence; BOS/EOS are dropped, the first piece after BOS loses its space."""
+        from .backends.base import as_token_ids  # the one check of token ids
+
+        ids = as_token_ids(tokens, self.vocab_size).reshape(-1).tolist()
         out = bytearray()
-        for t in tokens:
+        for t in ids:
             if t in (BOS, EOS):
                 prev = t
                 continue
             out += self.piece_bytes(prev, t)
             prev = t
         return out.decode("utf-8", errors="replace")
+
+
+def _text_bytes(text: str | bytes) -> bytes:
+    """A prompt as bytes: str as UTF-8, bytes as they are (run takes argv bytes). Anything else
+    (an int would make bytes(5) = five NUL bytes) is refused."""
+    if isinstance(text, str):
+        return text.encode("utf-8", errors="surrogateescape")
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    raise PromptError(f"a prompt must be text (str) or bytes, got {type(text).__name__} {text!r:.40}")

@@ -71,10 +71,17 @@ def test_topp_equals_its_definition(top_p):
         assert sample_topp(p, top_p, coin) == topp_by_definition(p, top_p, coin), trial
 
 
-def test_seed_that_masks_to_zero_is_no_seed():
+def test_seed_zero_is_no_seed_and_out_of_range_seeds_are_refused():
     from llama2py.sampler import resolve_seed
 
-    assert resolve_seed(2**64) != 0 and resolve_seed(0) != 0 and resolve_seed(5) == 5
+    assert resolve_seed(0) != 0 and resolve_seed(None) != 0 and resolve_seed(5) == 5
+    assert resolve_seed(2**64 - 1) == 2**64 - 1
+    for bad in (2**64, -1):  # 2**64 used to wrap to 0, silently a time seed
+        with pytest.raises(ValueError, match="seed must be in 0..18446744073709551615"):
+            resolve_seed(bad)
+    for bad in (1.5, True, "7"):
+        with pytest.raises(TypeError):
+            resolve_seed(bad)
 
 
 def test_sampler_distribution_matches_softmax():

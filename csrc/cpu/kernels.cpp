@@ -333,9 +333,12 @@ void residual(float* x, const float* y, int rows, int n) {
 // 2 ulp of libm's expf, but 8 lanes at a time: libm's scalar expf was most of a sampled step's
 // softmax over 32000 logits. Vector and scalar tail do the same operations (FMA included), so a
 // value's result does not depend on its place in the row. Inputs below -87.3 (exp < 1.2e-38)
-// are clamped there: a probability that small never changes a sampling decision.
+// are clamped there: a probability that small never changes a sampling decision. NaN stays NaN on
+// both paths (as expf does): the scalar path returns it before any float-to-int conversion (which
+// would be undefined), the vector clamps take x as their second operand, which they return for NaN.
 #ifdef L2P_AVX2
 static inline float exp_scalar(float x) {
+    if (std::isnan(x)) return x;
     x = std::min(std::max(x, -87.3f), 88.3f);
     const float fx = std::floor(std::fma(x, 1.44269504088896341f, 0.5f));
     x = std::fma(-fx, 0.693359375f, x);
@@ -355,7 +358,7 @@ static inline float exp_scalar(float x) {
 }
 
 static inline __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
+    x = _mm256_min_ps(_mm256_set1_ps(88.3f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));  // NaN passes through
     const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
     x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);

@@ -47,6 +47,8 @@ class Backend(ABC):
         self.config = config
         self.max_batch = max_batch
         self.threads = threads
+        self._sampling_key: tuple = ()  # the last (temperature, top_p) given to step() and
+        self._sampling = (0.0, 0.0)  # its checked float32 values
         check_memory(self.host_bytes(config, max_batch, threads), config, max_batch)
 
     # -- memory ---------------------------------------------------------------------------------
@@ -97,20 +99,27 @@ class Backend(ABC):
         the checkpoint's weights, or activations that overflow float32)."""
         t, pos = self.check_tokens(tokens, pos, 1)
         B = t.shape[0]
-        temperature, top_p = check_sampling(temperature, top_p)
-        f = None if forced is None else self.check_forced(forced, B)
+        key = (temperature, top_p)
+        if type(temperature) is float and type(top_p) is float and key == self._sampling_key:
+            temperature, top_p = self._sampling  # the same pair as the last step: already checked
+        else:
+            temperature, top_p = check_sampling(temperature, top_p)
+            self._sampling_key, self._sampling = key, (temperature, top_p)
+        f, forced_ids = (None, None) if forced is None else self.check_forced(forced, B)
         nxt, lp = self._step(t, pos, temperature, top_p, f, bool(want_logprobs))
-        sampled = np.ones(B, bool) if f is None else f < 0  # (B,) rows whose token came from the logits
-        if sampled.any():
-            # Cheap: the logit (and log-prob) of each sampled id, not a scan of every logit. NaN/Inf
-            # weights make the whole row non-finite, and then the chosen id's logit is too.
-            ids = nxt[sampled]
-            bad = bool((ids < 0).any() or (ids >= self.config.vocab_size).any())
-            if lp is not None:
-                bad = bad or not np.isfinite(lp[sampled]).all()
-            chosen = self._chosen_logits(nxt, B)
-            if chosen is not None:
-                bad = bad or not np.isfinite(chosen[sampled]).all()
+        # Cheap: the logit (and log-prob) of each sampled id, not a scan of every logit. NaN/Inf
+        # weights make the whole row non-finite, and then the chosen id's logit is too.
+        rows = range(B) if forced_ids is None else [b for b in range(B) if forced_ids[b] < 0]
+        if rows:
+            ids = nxt.tolist()
+            V = self.config.vocab_size
+            bad = any(not 0 <= ids[b] < V for b in rows)
+            if not bad and lp is not None:
+                lps = lp.tolist()
+                bad = not all(math.isfinite(lps[b]) for b in rows)
+            if not bad:
+                chosen = self._chosen_logits(ids, rows)
+                bad = chosen is not None and not all(math.isfinite(x) for x in chosen)
             if bad:
                 raise non_finite_error(pos, temperature)
         return nxt, lp
@@ -159,15 +168,22 @@ class Backend(ABC):
     def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
         raise NotImplementedError(f"{self.name} backend has no per-kernel profile")
 
-    def _chosen_logits(self, next_ids: np.ndarray, B: int) -> Optional[np.ndarray]:
-        """The logit (B,) of each id the last _step returned, when the backend has it at little
-        cost (step() refuses non-finite ones); None where it has not."""
+    def _chosen_logits(self, ids: list[int], rows: Sequence[int]) -> Optional[list[float]]:
+        """The logit of ids[b] in row b of the last _step's logits, for b in rows (ids in range),
+        when the backend has them at little cost (step() refuses non-finite ones); else None."""
         return None
 
     # -- argument checks (the one home of each) --------------------------------------------------
     def check_tokens(self, tokens, pos, ndim: int) -> tuple[np.ndarray, int]:
         """Token block (B,) or (B, T) and its start position -> (int32 C-contiguous array, int pos)."""
-        t = as_token_ids(tokens, self.config.vocab_size, "tokens")
+        if type(tokens) is np.ndarray and tokens.dtype == np.int32 and 0 < tokens.size <= 64:
+            # the per-token case (a few int32 ids): range-checked in Python, no numpy reductions
+            ids = tokens.ravel().tolist()
+            if min(ids) < 0 or max(ids) >= self.config.vocab_size:
+                raise ValueError(f"tokens must be in 0..{self.config.vocab_size - 1}, got {min(ids)}..{max(ids)}")
+            t = np.ascontiguousarray(tokens)
+        else:
+            t = as_token_ids(tokens, self.config.vocab_size, "tokens")
         if t.ndim != ndim:
             raise ValueError(f"tokens must have {ndim} dimension(s), got shape {t.shape}")
         B = t.shape[0]
@@ -179,19 +195,20 @@ class Backend(ABC):
             raise ValueError(f"positions {pos}..{pos + T - 1} are outside the context 0..{self.config.seq_len - 1}")
         return t, pos
 
-    def check_forced(self, forced, B: int) -> np.ndarray:
-        """forced (B,) integer ids < vocab, or < 0 for "sample" -> int32 C-contiguous."""
+    def check_forced(self, forced, B: int) -> tuple[np.ndarray, list[int]]:
+        """forced (B,) integer ids < vocab, or < 0 for "sample" -> (int32 C-contiguous, as ints)."""
         f = np.asarray(forced)
         if f.dtype == np.bool_ or f.dtype.kind not in "iu":
             raise ValueError(f"forced must hold integer token ids, got dtype {f.dtype}")
         if f.shape != (B,):
             raise ValueError(f"forced must have shape ({B},), got {f.shape}")
-        if f.size and (int(f.max()) >= self.config.vocab_size or int(f.min()) < np.iinfo(np.int32).min):
+        ids = f.tolist()
+        if max(ids) >= self.config.vocab_size or min(ids) < -(1 << 31):
             raise ValueError(
                 f"forced token ids must be in -2**31..{self.config.vocab_size - 1} (negative: sample), "
-                f"got {f.min()}..{f.max()}"
+                f"got {min(ids)}..{max(ids)}"
             )
-        return np.ascontiguousarray(f, np.int32)
+        return np.ascontiguousarray(f, np.int32), ids
 
     # -- reporting ------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -235,11 +252,22 @@ def as_token_ids(tokens, vocab_size: int, what: str = "token ids") -> np.ndarray
                 f"{what} must be integer ids in 0..{vocab_size - 1}, got {_describe_values(a)}; no silent casts"
             )
         a = a.astype(np.int32)  # an empty list: no ids to check
+    if not isinstance(tokens, np.ndarray) and a.size and _holds_bool(tokens):
+        raise ValueError(f"{what} must be integer ids in 0..{vocab_size - 1}, got a bool; no silent casts")
     if a.size:
         lo, hi = int(a.min()), int(a.max())
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"{what} must be in 0..{vocab_size - 1}, got {lo}..{hi}")
     return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _holds_bool(items) -> bool:
+    """Whether a (nested) list of integers holds a bool (numpy makes True an integer 1)."""
+    if isinstance(items, (bool, np.bool_)):
+        return True
+    if isinstance(items, (list, tuple)):
+        return any(_holds_bool(x) for x in items)
+    return False
 
 
 def _describe_values(a: np.ndarray) -> str:
@@ -339,3 +367,23 @@ def check_memory(parts: dict[str, int], config: Config, max_batch: int) -> None:
         f"this model needs {_gib(need)} of memory ({detail} for {max_batch} sequence(s) of "
         f"{config.seq_len} positions) but only {_gib(avail)} is available; use {' or '.join(fix)}"
     )
+
+
+def batch_that_fits(config: Config, threads: Optional[int], upper: int) -> int:
+    """The largest batch in 0..upper whose KV cache and buffers (the host backends' estimate) fit
+    the available memory (upper where it is unknown)."""
+    avail = available_memory()
+    if avail is None:
+        return upper
+
+    def need(b: int) -> int:
+        return config.kv_cache_bytes(b) + buffer_bytes(config, b, threads)
+
+    lo, hi = 0, upper  # need(lo) fits (0: nothing), answer in lo..hi
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if need(mid) <= avail:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

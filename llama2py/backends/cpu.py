@@ -112,11 +112,11 @@ class CpuBackend(Backend):
         self._model.step(nxt, lp, tokens, pos, temperature, top_p, forced)
         return nxt.copy(), (lp.copy() if want_logprobs else None)
 
-    def _chosen_logits(self, next_ids: np.ndarray, B: int) -> Optional[np.ndarray]:
+    def _chosen_logits(self, ids: list[int], rows) -> Optional[list[float]]:
         view = self._logits_view  # (max_batch, vocab) over the C++ logits of the last step, no copy
         if view is None:
             return None
-        return view[np.arange(B), np.clip(next_ids, 0, self.config.vocab_size - 1)]
+        return [view.item(b, ids[b]) for b in rows]
 
     # -- reporting ------------------------------------------------------------------------------
     def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:

@@ -127,5 +127,5 @@ class NumpyBackend(Backend):
             lp = np.array([log_softmax_at(logits[b], int(nxt[b])) for b in range(B)], np.float32)
         return nxt, lp
 
-    def _chosen_logits(self, next_ids: np.ndarray, B: int) -> np.ndarray:
-        return self._last_logits[np.arange(B), np.clip(next_ids, 0, self.config.vocab_size - 1)]
+    def _chosen_logits(self, ids: list[int], rows) -> list[float]:
+        return [self._last_logits.item(b, ids[b]) for b in rows]

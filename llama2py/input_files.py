@@ -1,0 +1,55 @@
+"""Reading the files a user names (checkpoint, tokenizer, prompts): regular files only, never
+more than their size, and every failure a one-line error that names the file and its role."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Optional
+
+from .errors import Llama2pyError
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def regular_file_size(path: str | os.PathLike, what: str, error: type[Llama2pyError], missing_hint: str = "") -> int:
+    """Size in bytes of `path`, which must be an existing regular file (checked with stat, before
+    anything opens it: opening a FIFO blocks, reading /dev/zero never ends). `what` names the
+    file's role in messages ("checkpoint", "tokenizer", "--prompts-file")."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{what} {path}: no such file{missing_hint}") from None
+    except OSError as e:
+        raise error(f"{what} {path}: cannot access it ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise error(f"{what} {path}: is {kind}, expected a regular file")
+    return st.st_size
+
+
+def read_regular_file(
+    path: str | os.PathLike,
+    what: str,
+    error: type[Llama2pyError],
+    missing_hint: str = "",
+    limit: Optional[int] = None,
+    first: Optional[int] = None,
+) -> bytes:
+    """The bytes of a regular file, at most its stat size (a longer file than `limit` is an error
+    rather than a read without end); with `first`, only its first bytes (a header)."""
+    size = regular_file_size(path, what, error, missing_hint)
+    if limit is not None and size > limit:
+        raise error(f"{what} {path}: {size:,} bytes, more than the {limit:,} it may have")
+    try:
+        with open(Path(path), "rb") as f:
+            return f.read(size if first is None else min(size, first))
+    except OSError as e:
+        raise error(f"{what} {path}: cannot read it ({e.strerror or e}); check that it is readable") from None
