@@ -4,6 +4,10 @@ from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
+from .threads import set_thread_wait_defaults  # noqa: E402
+
+set_thread_wait_defaults()  # before anything loads libgomp (llama2py.threads)
+
 from .checkpoint import Config, load_checkpoint  # noqa: E402
 from .errors import Llama2pyError  # noqa: E402
 from .tokenizer import Tokenizer  # noqa: E402

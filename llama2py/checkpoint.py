@@ -170,28 +170,138 @@ def model_shape(name: str) -> Config:
     return MODEL_SHAPES[name]
 
 
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """A Q8_0 weight tensor as a v2 file stores it (FORMAT.md): int8 values and one float32 scale per
+    group of group_size consecutive values (row-major), each layer quantized separately.
+
+    parts[i] = (values (rows, cols) int8, scales (rows * cols / group_size,) float32) of layer i (one
+    part for the token embedding and the classifier); usually views into the memory-mapped file.
+    value = int8 * scale of its group. Groups may straddle rows (a group size that does not divide
+    the row length): the group of element (r, k) of a part is (r * cols + k) // group_size."""
+
+    parts: tuple[tuple[np.ndarray, np.ndarray], ...]
+    shape: tuple[int, ...]  # the float tensor's shape, e.g. (n_layers, hidden_dim, dim)
+    group_size: int
+
+    dtype = np.dtype(np.int8)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(q.nbytes + s.nbytes for q, s in self.parts)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, layer: int) -> QuantizedTensor:
+        """One layer of a layer-stacked tensor, as a one-part QuantizedTensor."""
+        if len(self.shape) != 3:
+            raise TypeError("index a layer-stacked tensor; use rows() for the token embedding")
+        return QuantizedTensor((self.parts[layer],), self.shape[1:], self.group_size)
+
+    def dequantize(self) -> np.ndarray:
+        """Float32 values (value = int8 * scale); a new array of the tensor's shape."""
+        out = [(q.reshape(-1, self.group_size).astype(np.float32) * s[:, None]).reshape(-1) for q, s in self.parts]
+        return np.concatenate(out).reshape(self.shape)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Dequantized rows of a one-part 2-D tensor (the embedding lookup): index (...) -> (..., cols)."""
+        (q, s), cols = self.parts[0], self.shape[-1]
+        index = np.asarray(index)
+        flat = index.reshape(-1)
+        start = flat[:, None] * cols + np.arange(cols)[None, :]  # (n, cols) flat offsets
+        vals = q.reshape(-1)[start].astype(np.float32) * s[start // self.group_size]
+        return vals.reshape(index.shape + (cols,))
+
+
+def quantize_tensor(w: np.ndarray, group_size: int, per_layer: bool) -> QuantizedTensor:
+    """Q8_0-quantize a float tensor as a v2 file would hold it (each layer separately if per_layer)."""
+    w = np.asarray(w, dtype=np.float32)
+    layers = list(w) if per_layer else [w]
+    parts = []
+    for part in layers:
+        if part.size % group_size:
+            raise ValueError(f"group size {group_size} does not divide a tensor part of {part.size} values")
+        q, s = quantize_q80(part, group_size)
+        parts.append((q.reshape(part.shape), s))
+    return QuantizedTensor(tuple(parts), tuple(w.shape), group_size)
+
+
 @dataclass
 class Weights:
-    """Float32 weights, usually views into a memory-mapped file (never copied on load)."""
+    """The weights, usually views into a memory-mapped file (never copied on load).
 
-    token_embedding: np.ndarray  # (vocab, dim)
+    Float32 arrays, or (weight type q8_0: a v2 file, or quantized at load) QuantizedTensor for the
+    matrices and the token embedding, the norms staying float32."""
+
+    token_embedding: np.ndarray | QuantizedTensor  # (vocab, dim)
     rms_att: np.ndarray  # (n_layers, dim)
-    wq: np.ndarray  # (n_layers, dim, dim)
-    wk: np.ndarray  # (n_layers, kv_dim, dim)
-    wv: np.ndarray  # (n_layers, kv_dim, dim)
-    wo: np.ndarray  # (n_layers, dim, dim)
+    wq: np.ndarray | QuantizedTensor  # (n_layers, dim, dim)
+    wk: np.ndarray | QuantizedTensor  # (n_layers, kv_dim, dim)
+    wv: np.ndarray | QuantizedTensor  # (n_layers, kv_dim, dim)
+    wo: np.ndarray | QuantizedTensor  # (n_layers, dim, dim)
     rms_ffn: np.ndarray  # (n_layers, dim)
-    w1: np.ndarray  # (n_layers, hidden_dim, dim)
-    w2: np.ndarray  # (n_layers, dim, hidden_dim)
-    w3: np.ndarray  # (n_layers, hidden_dim, dim)
+    w1: np.ndarray | QuantizedTensor  # (n_layers, hidden_dim, dim)
+    w2: np.ndarray | QuantizedTensor  # (n_layers, dim, hidden_dim)
+    w3: np.ndarray | QuantizedTensor  # (n_layers, hidden_dim, dim)
     rms_final: np.ndarray  # (dim,)
-    wcls: np.ndarray  # (vocab, dim); the same array as token_embedding when shared
+    wcls: np.ndarray | QuantizedTensor  # (vocab, dim); the same object as token_embedding when shared
 
-    def tensors(self) -> dict[str, np.ndarray]:
+    def tensors(self) -> dict[str, np.ndarray | QuantizedTensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def nbytes(self, shared_classifier: bool) -> int:
         return sum(a.nbytes for n, a in self.tensors().items() if not (n == "wcls" and shared_classifier))
+
+    @property
+    def weight_type(self) -> str:
+        """The weight type: "q8_0" when the matrices are int8 (QuantizedTensor), else "f32"."""
+        return "q8_0" if isinstance(self.wq, QuantizedTensor) else "f32"
+
+    @property
+    def group_size(self) -> Optional[int]:
+        return self.wq.group_size if isinstance(self.wq, QuantizedTensor) else None
+
+    def dequantized(self) -> Weights:
+        """Float32 weights (self when already float32)."""
+        if self.weight_type == "f32":
+            return self
+        t = {n: a.dequantize() if isinstance(a, QuantizedTensor) else a for n, a in self.tensors().items()}
+        if self.wcls is self.token_embedding:
+            t["wcls"] = t["token_embedding"]
+        return Weights(**t)
+
+    def quantized(self, group_size: int) -> Weights:
+        """Q8_0 weights in groups of group_size (self when already int8 with that group size)."""
+        if self.weight_type == "q8_0" and self.group_size == group_size:
+            return self
+        src = self.dequantized()
+        t = dict(src.tensors())
+        for name in _Q_ORDER + ("wcls",):
+            if name == "wcls" and src.wcls is src.token_embedding:
+                continue
+            t[name] = quantize_tensor(t[name], group_size, per_layer=name not in ("token_embedding", "wcls"))
+        if src.wcls is src.token_embedding:
+            t["wcls"] = t["token_embedding"]
+        return Weights(**t)
+
+
+WEIGHT_TYPES = ("f32", "q8_0")
+
+
+def convert_weights(weights: Weights, config: Config, weight_type: Optional[str]) -> Weights:
+    """The weights in memory as weight_type: None keeps the file's (a v2 file int8, else float32);
+    "q8_0" quantizes float weights at load time (group size as llama2.c's exporter picks it);
+    "f32" dequantizes a v2 file's."""
+    if weight_type is None:
+        return weights
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_TYPES)}, got {weight_type!r}")
+    if weight_type == "f32":
+        return weights.dequantized()
+    if weights.weight_type == "q8_0":
+        return weights
+    return weights.quantized(default_group_size(config.dim))
 
 
 @dataclass
@@ -208,6 +318,11 @@ class Checkpoint:
     def n_params(self) -> int:
         return self.config.n_params
 
+    @property
+    def weight_type(self) -> str:
+        """How the weights are held in memory: "q8_0" (int8, a v2 file) or "f32"."""
+        return self.weights.weight_type
+
     def describe(self) -> str:
         c = self.config
         fmt = {
@@ -223,7 +338,7 @@ class Checkpoint:
             f"{'grouped-query attention (' + str(c.kv_mul) + ' query heads per kv head)' if c.kv_mul > 1 else 'multi-head attention'}",
             f"parameters:  {self.n_params:,}",
             f"file bytes:  {self.file_bytes:,}",
-            f"fp32 bytes:  {self.weights.nbytes(c.shared_classifier):,} (in memory once loaded)",
+            f"weights:     {self.weight_type}, {self.weights.nbytes(c.shared_classifier):,} bytes in memory once loaded",
         ]
         return "\n".join(lines)
 
@@ -327,7 +442,10 @@ def _load_v1(path: Path, config: Config, size: int) -> Checkpoint:
 
 def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
     if gs <= 0 or config.dim % gs:
-        raise CheckpointError(f"checkpoint {path}: v2 group size {gs} must be positive and divide dim {config.dim}")
+        raise CheckpointError(
+            f"checkpoint {path}: v2 group size {gs} must be positive and divide dim {config.dim} "
+            "(llama2.c's export picks such a size); the file is damaged or not from llama2.c"
+        )
     shapes = weight_shapes(config)  # every tensor has a factor dim, so groups never straddle tensors
     expected = _v2_bytes(config, gs)
     if size != expected:
@@ -339,19 +457,22 @@ def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
         n = int(np.prod(shapes[name]))
         arrays[name] = raw[off : off + 4 * n].view("<f4").reshape(shapes[name])
         off += 4 * n
-    # Dequantize to float32 (Q8_0: value = int8 * scale of its group of gs consecutive values).
+    # Q8_0 stays int8 (value = int8 * scale of its group of gs consecutive values): views into the
+    # file, layer by layer (a tensor's layers alternate values and scales, so they are separate parts).
     names = list(_Q_ORDER) + ([] if config.shared_classifier else ["wcls"])
     for name in names:
         shape = shapes[name]
+        n_parts = _layers(name, config)
+        part_shape = shape[1:] if len(shape) == 3 else shape  # a layer of a stacked tensor
+        per = int(np.prod(shape)) // n_parts
         parts = []
-        per = int(np.prod(shape)) // _layers(name, config)
-        for _ in range(_layers(name, config)):
-            q = raw[off : off + per].view(np.int8)
+        for _ in range(n_parts):
+            q = raw[off : off + per].view(np.int8).reshape(part_shape)
             off += per
             s = raw[off : off + 4 * (per // gs)].view("<f4")
             off += 4 * (per // gs)
-            parts.append((q.reshape(-1, gs).astype(np.float32) * s[:, None]).reshape(-1))
-        arrays[name] = np.concatenate(parts).reshape(shape)
+            parts.append((q, s))
+        arrays[name] = QuantizedTensor(tuple(parts), shape, gs)
     if config.shared_classifier:
         arrays["wcls"] = arrays["token_embedding"]
     return Checkpoint(path, 2, config, Weights(**arrays), size, group_size=gs, _mmap=raw)

@@ -140,6 +140,13 @@ def run_parser() -> argparse.ArgumentParser:
         "--threads", type=int_at_least(1, "--threads"), default=None, help="CPU threads (default: all cores)"
     )
     p.add_argument(
+        "--weights",
+        choices=("f32", "q8_0"),
+        default=None,
+        help="weights in memory: f32 or q8_0 (int8, runq's arithmetic on the cpu); "
+        "default: the file's (a v2 file int8, others float32)",
+    )
+    p.add_argument(
         "--verbose", action="store_true", help="say which device runs and why (default: only when a GPU is unusable)"
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -191,6 +198,7 @@ def _load(args, max_batch_size=1):
         device=args.device,
         threads=args.threads,
         max_batch_size=max_batch_size,
+        weights=getattr(args, "weights", None),
         context=args.context,
     )
     _report_device(model, args)

@@ -17,7 +17,7 @@ import numpy as np
 from .backends import create_backend
 from .backends.base import Backend, as_token_ids, check_int, check_sampling
 from .batch import BatchStats
-from .checkpoint import Checkpoint, Config, load_checkpoint
+from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
 from .errors import Llama2pyError, PromptError, TokenizerError
 from .generate import RunStats, check_prompt, run_loop
 from .sampler import resolve_seed
@@ -91,11 +91,16 @@ class Llama:
         device: str = "auto",
         threads: Optional[int] = None,
         max_batch_size: int = 1,
+        weights: Optional[str] = None,
         context: Optional[int] = None,
     ) -> Llama:
         """Load a checkpoint and its tokenizer (found as find_tokenizer says when None) onto a
         backend: "auto" (the default, as in the CLI) = cuda when CuPy and a GPU are usable, else
         cpu, with the reason in .notes; or "cpu", "cuda", "numpy". .device says which one runs.
+
+        weights: "f32" or "q8_0" (int8, runq's arithmetic), or None for the file's own type (a v2
+        file int8, others float32); a float file is quantized at load time as llama2.c's export
+        would (group size 64, halved until it divides dim).
 
         context: at most this many positions (caps the checkpoint's seq_len and so the KV
         cache, as llama.cpp's -c; None: the checkpoint's seq_len). The memory the KV cache and
@@ -105,6 +110,7 @@ class Llama:
         if threads is not None:
             threads = check_int("threads", threads, 1)
         ck = load_checkpoint(checkpoint)
+        ck.weights = convert_weights(ck.weights, ck.config, weights)
         config = ck.config
         if context is not None:
             config = dataclasses.replace(config, seq_len=min(check_int("context", context, 1), config.seq_len))

@@ -33,5 +33,6 @@ export LLAMA2PY_REQUIRE_CPU=1
 cd "$BUILD" # not the source folder: its llama2py (the normal build) would shadow the sanitized one
 "$PY" -c "import llama2py._cpu as c; assert c.__file__.startswith('$PKG'), c.__file__; print('sanitized:', c.__file__)"
 "$PY" -m pytest -q -s -p no:cacheprovider --rootdir "$ROOT" -c "$ROOT/pyproject.toml" \
-    "$ROOT/tests/test_cpu_backend.py" "$ROOT/tests/test_hostile.py" "$ROOT/tests/test_fuzz.py" \
+    "$ROOT/tests/test_cpu_backend.py" "$ROOT/tests/test_q8.py" "$ROOT/tests/test_isa.py" "$ROOT/tests/test_hostile.py" \
+    "$ROOT/tests/test_fuzz.py" \
     -k "not cli and not non_regular and not unreadable and not chat_with and not missing_extension" "$@"

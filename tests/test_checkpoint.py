@@ -60,7 +60,7 @@ def test_q80_dequantization_error(make_checkpoint):
     assert ck.group_size == 16  # 64 -> 32 -> 16 divides dim 48
     ref = random_weights(c, 0)
     for name in ("wq", "w2", "token_embedding"):
-        w, d = getattr(ref, name).reshape(-1, 16), getattr(ck.weights, name).reshape(-1, 16)
+        w, d = getattr(ref, name).reshape(-1, 16), getattr(ck.weights, name).dequantize().reshape(-1, 16)
         step = np.abs(w).max(axis=1, keepdims=True) / 127
         assert (np.abs(w - d) <= step / 2 + 1e-7).all(), name
 
@@ -202,8 +202,9 @@ def test_v2_roundtrip_is_per_layer_q80(tmp_path, shape):
     ck = load_checkpoint(tmp_path / "q.bin")
     assert ck.group_size == gs and ck.file_bytes == checkpoint_bytes(c, 2, gs)
     worst = 0.0
+    loaded = ck.weights.dequantized()  # v2 loads as int8 (QuantizedTensor)
     for name, arr in w.tensors().items():
-        got = getattr(ck.weights, name)
+        got = getattr(loaded, name)
         if name in NORM_TENSORS:
             np.testing.assert_array_equal(got, arr, err_msg=name)
             continue
@@ -237,7 +238,9 @@ def test_v2_with_groups_across_rows(tmp_path):
     ck = load_checkpoint(tmp_path / "q.bin")
     assert ck.group_size == 64
     q, s = quantize_q80(w.w2[1], 64)
-    np.testing.assert_array_equal(ck.weights.w2[1].reshape(-1), (q.reshape(-1, 64) * s[:, None]).reshape(-1))
+    np.testing.assert_array_equal(
+        ck.weights.w2.dequantize()[1].reshape(-1), (q.reshape(-1, 64) * s[:, None]).reshape(-1)
+    )
 
 
 @pytest.mark.parametrize(
@@ -281,10 +284,11 @@ def test_writer_refuses_bad_arguments(tmp_path):
 _READER = """
 import sys
 from llama2py.checkpoint import load_checkpoint
-ck = load_checkpoint(sys.argv[1])  # memory-mapped
-print(float(ck.weights.wq.sum()), float(ck.weights.w2.sum()), flush=True)
+ck = load_checkpoint(sys.argv[1])  # memory-mapped (v2: int8, dequantized from the map on each read)
+w = ck.weights
+print(float(w.dequantized().wq.sum()), float(w.dequantized().w2.sum()), flush=True)
 sys.stdin.readline()  # the file is rewritten meanwhile
-print(float(ck.weights.wq.sum()), float(ck.weights.w2.sum()), flush=True)
+print(float(w.dequantized().wq.sum()), float(w.dequantized().w2.sum()), flush=True)
 """
 
 
@@ -307,7 +311,9 @@ def test_a_mapped_checkpoint_keeps_its_contents_while_rewritten(tmp_path, versio
         reader.kill()
     assert reader.returncode == 0, f"the reader died (signal {-reader.returncode})"
     assert out == before
-    assert load_checkpoint(path).weights.wq.sum() == pytest.approx(random_weights(c, 2).wq.sum(), rel=0.02)
+    assert load_checkpoint(path).weights.dequantized().wq.sum() == pytest.approx(
+        random_weights(c, 2).wq.sum(), rel=0.02
+    )
     assert os.listdir(tmp_path) == ["m.bin"]
 
 

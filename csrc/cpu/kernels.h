@@ -6,23 +6,69 @@
 // of the team must call it and share the work; called outside one, it simply runs on one thread.
 // Work-sharing loops end with the implied barrier, so consecutive calls are ordered.
 //
-// Numerics: every dot product of a matrix-vector (GEMV) and matrix-matrix (GEMM) product is
-// accumulated in the same order (8 lanes over k in steps of 8, a zero-masked tail, then a fixed
-// horizontal sum), whatever the tiling. A batch row, a prefill row and a single decode step are
-// therefore bitwise equal.
+// Numerics: every float32 dot product of a matrix-vector (GEMV) and matrix-matrix (GEMM) product is
+// accumulated in the same order at one ISA level (8 lanes over k in steps of 8, a zero-masked tail,
+// then a fixed horizontal sum), whatever the tiling or the number of independent chains a kernel
+// keeps in flight. A batch row, a prefill row and a single decode step are therefore bitwise equal.
+// Q8_0 products: exact int32 dots per group, then a sequential float sum over the groups.
 #pragma once
 
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace l2p {
+
+// ---- weights --------------------------------------------------------------------------------------
+// One Q8_0 matrix (d, n) as a v2 file stores a part of a tensor: int8 values row-major and one float
+// scale per group of gs consecutive values of the flattened part (value = q * s). A group may
+// straddle rows when gs does not divide n: the group of (r, k) is (r * n + k) / gs.
+struct QMat {
+    const int8_t* q = nullptr;  // (d, n)
+    const float* s = nullptr;   // (d * n / gs,)
+};
+// One (d, n) weight matrix: float32 (f) or Q8_0 (q); exactly one is set.
+struct Matrix {
+    const float* f = nullptr;  // (d, n)
+    QMat q;
+};
+// Activation rows quantized for Q8_0 products (runq.c's arithmetic): per row, groups of gs values
+// along the row (the last one shorter when gs does not divide n), s = max|x| / 127,
+// q = round(x / s) with halves away from zero (C's roundf); a group of zeros gets s = 0, q = 0.
+struct QRows {
+    const int8_t* q;  // (rows, ldq) int8
+    const float* s;   // (rows, lds) one scale per group
+    long ldq, lds;
+    int gs;
+};
+// Quantize one row x (n,) into q (n,) and s (ceil(n / gs),); the same bits at every ISA level
+// (the level's kernel: exact rounding either way).
+void quantize_row(int8_t* q, float* s, const float* x, int n, int gs);
+// C's round() (halves away from zero) for |v| < 2^31, without a libm call: the truncation is
+// exact, and so is v - trunc(v).
+inline int round_half_away(float v) {
+    int i = (int)v;
+    const float frac = v - (float)i;
+    if (frac >= 0.5f) ++i;
+    if (frac <= -0.5f) --i;
+    return i;
+}
+inline int q8_groups(int n, int gs) {
+    return (n + gs - 1) / gs;
+}
 
 // ---- matrix products -----------------------------------------------------------------------------
 // One product: out[r * ldo + j] = sum_k x[r * ldx + k] * w[j * n + k]
 //   w   (d, n) row-major weights (the (out, in) layout of llama2.c)
 //   x   (rows, n) activations, row stride ldx
 //   out (rows, d) outputs, row stride ldo
+// Q8_0 weights (w.q): x is read already quantized (QRows) and every output is runq's
+//   acc = 0; for each run of k where the weight's group and x's group are both constant, in order:
+//   acc += ((float)int32 dot of the run * w scale) * x scale.
+// When gs divides n the runs are the groups (runq exactly); otherwise a slower general path.
+// Integer dots are exact and the float sum is sequential, so Q8_0 results are bitwise the same at
+// every ISA level, in every tiling and batch size.
 // Work fused into a product: called by the thread that computed output features [r0, r0 + nr)
 // for every activation row, right after computing them (RoPE, cache stores, residual, SwiGLU).
 struct Epilogue {
@@ -31,27 +77,68 @@ struct Epilogue {
 };
 
 struct MatJob {
-    const float* w;
+    Matrix w;
     int d;  // output features (rows of w)
     float* out;
-    long ldo;                       // row stride of out
-    const float* w_gate = nullptr;  // optional second (d, n) matrix, same block, into out_gate (w3 next to w1)
+    long ldo;         // row stride of out
+    Matrix w_gate{};  // optional second (d, n) matrix, same block, into out_gate (w3 next to w1)
     float* out_gate = nullptr;
     const Epilogue* epi = nullptr;
 };
 
 // Run up to a few products that share the same input rows in one work-sharing loop
-// (q/k/v, or w1/w3): fewer barriers per layer.
+// (q/k/v, or w1/w3): fewer barriers per layer. xq: the rows quantized, for Q8_0 jobs (else null).
 // stream: the weights come from DRAM rather than cache (models much larger than the caches);
 // picks the GEMV access pattern that streams best. Results are bitwise the same either way.
-void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n, bool stream = false);
+void matmul_jobs(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n, bool stream = false,
+                 const QRows* xq = nullptr);
 
-// Convenience: one product.
+// Convenience: one float32 product.
 void matmul(float* out, long ldo, const float* x, long ldx, int rows, const float* w, int d, int n,
             bool stream = false);
 
 // Weights larger than this (bytes) are treated as streamed from DRAM.
 constexpr long STREAM_BYTES = 16L << 20;
+
+// ---- instruction-set levels -------------------------------------------------------------------------
+// The kernels whose speed depends on SIMD are compiled once per level (kernels_isa.inc included by
+// isa_*.cpp, each with its own target pragma and namespace); one table is chosen when the extension
+// loads: the best level the CPU supports (__builtin_cpu_supports), or a lower one forced by
+// LLAMA2PY_ISA. Within one level a decode step, a batch row and a prefill row are bitwise equal;
+// across levels float32 results differ by rounding (FMA vs separate multiply-add), Q8_0 ones not.
+enum Isa { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AVX512VNNI = 3, ISA_COUNT };
+
+struct KernelTable {
+    Isa isa;
+    void (*matmul_jobs)(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n, bool stream,
+                        const QRows* xq);
+    void (*rmsnorm_row)(float* o, const float* x, const float* w, int n);
+    void (*attention)(float* out, const float* q, const float* k_cache, const float* v_cache, const int* seq,
+                      const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
+                      float* scratch);
+    void (*exp_sub)(float* a, int n, float mx);  // a[i] = exp(a[i] - mx)
+    void (*quantize_row)(int8_t* q, float* s, const float* x, int n, int gs);
+};
+namespace isa_generic {
+extern const KernelTable table;
+}
+namespace isa_avx2 {
+extern const KernelTable table;
+}
+namespace isa_avx512 {
+extern const KernelTable table;
+}
+namespace isa_avx512vnni {
+extern const KernelTable table;
+}
+
+const char* isa_name(Isa isa);
+bool isa_supported(Isa isa);  // the CPU (and the OS) can run this level
+Isa isa_best();
+// The table in use. select_isa: by name ("generic", "avx2", "avx512", "avx512vnni") or "" for the
+// best; returns an error message ("" when done).
+const KernelTable& kernels();
+std::string select_isa(const std::string& name);
 
 // ---- shared elementwise helpers (the fused and the separate kernels use the same arithmetic) -----
 // Rotate the pairs of v[i0..i1) (i0 even) whose index inside a head is i % head_size;

@@ -14,13 +14,16 @@ namespace l2p {
 ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads)
     : c_(c),
       w_(w),
+      kt_(&kernels()),
       max_batch_(max_batch),
       n_threads_(n_threads > 0 ? n_threads : omp_get_max_threads()),
       cap_(std::max(max_batch, PREFILL_ROWS)) {
+    team_ = n_threads_;
+    team_chooser_.adaptive = n_threads <= 0 && n_threads_ > 1;
     {
         const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim();
-        const long bytes = 4 * ((long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D);
-        stream_ = bytes > STREAM_BYTES;
+        const long params = (long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D;
+        stream_ = (w.group_size ? params : 4 * params) > STREAM_BYTES;
     }
     const long kv = c.kv_dim();
     const long cache = (long)c.n_layers * max_batch * c.seq_len * kv;
@@ -29,8 +32,12 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     rope_.resize((long)c.seq_len * c.head_size());
     rope_table(rope_.data(), c.seq_len, c.head_size());
     x_.resize((long)cap_ * c.dim);
-    xb_.resize((long)cap_ * c.dim);
     xbt_.resize((long)n_threads_ * cap_ * c.dim);
+    if (w.group_size) {
+        qn_ = std::max(c.dim, c.hidden_dim);
+        xq_.resize((long)n_threads_ * cap_ * qn_);
+        xqs_.resize((long)n_threads_ * cap_ * q8_groups(qn_, w.group_size));
+    }
     q_.resize((long)cap_ * c.dim);
     k_.resize(cap_ * kv);
     v_.resize(cap_ * kv);
@@ -52,36 +59,57 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
 }
 
 size_t ModelCore::buffer_bytes() const {
-    size_t f = key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() + xb_.size() + xbt_.size() +
+    size_t f = key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() + xqs_.size() + xbt_.size() +
                q_.size() + k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() + hb2_.size() +
                scores_.size() + logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
     size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
-    return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t);
+    return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size();
 }
 
 namespace {
 using Clock = std::chrono::steady_clock;
 
-// Per-category timing inside a parallel region: all threads call mark(); only when profiling does
-// it add a barrier, and the master thread books the time since the previous mark.
+// Per-category timing inside the parallel region, without barriers of its own: the master thread
+// books the time since its previous mark. Marks sit right after the pass's work-sharing loops (whose
+// implied barriers make the master's clock everyone's) or after work every thread does alike.
 struct Profiler {
-    double* acc;
+    double* acc;  // (P_COUNT,) or null: not profiling
     Clock::time_point last;
     void mark(int cat) {
-        if (!acc) return;
-#pragma omp barrier
-#pragma omp master
-        {
-            const auto now = Clock::now();
-            acc[cat] += std::chrono::duration<double>(now - last).count();
-            last = now;
-        }
-#pragma omp barrier
+        if (!acc || omp_get_thread_num() != 0) return;
+        const auto now = Clock::now();
+        acc[cat] += std::chrono::duration<double>(now - last).count();
+        last = now;
     }
 };
 }  // namespace
 
+int ModelCore::TeamChooser::pick(int kind) {
+    if (!adaptive) return 1;
+    ++calls;
+    const double one = per_row[kind][0], full = per_row[kind][1];
+    if (full == 0) return 1;  // time each choice once
+    if (one == 0) return 0;
+    const int best = one < full ? 0 : 1;
+    if (calls < next_probe) return best;
+    // Now and then time the other choice again (the load changes): the longer one choice keeps
+    // winning, the rarer (16 calls, doubling up to 512), so a probe costs little on a steady machine.
+    interval = best == last_best ? std::min(2 * interval, 512L) : 16;
+    last_best = best;
+    next_probe = calls + interval;
+    return 1 - best;
+}
+
+void ModelCore::TeamChooser::record(int kind, int choice, double seconds_per_row) {
+    double& est = per_row[kind][choice];
+    est = est == 0 ? seconds_per_row : 0.75 * est + 0.25 * seconds_per_row;
+}
+
 void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mode, float* out, double* prof) {
+    const int kind = T == 1 ? 0 : 1;
+    const int choice = team_chooser_.pick(kind);
+    team_ = choice ? n_threads_ : 1;
+    const auto started = Clock::now();
     // Chunks of Tc positions for all B sequences: B * Tc <= cap_ rows.
     const int Tc = std::max(1, std::min(T, cap_ / B));
     for (int t0 = 0; t0 < T; t0 += Tc) {
@@ -96,11 +124,10 @@ void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mod
         const bool last_chunk = t0 + n == T;
         LogitsMode m =
             mode == LOGITS_ALL ? LOGITS_ALL : (mode == LOGITS_LAST && last_chunk ? LOGITS_LAST : LOGITS_NONE);
-        if (prof)
-            run_chunk_profiled(B, n, T, t0, m, out, prof);
-        else
-            run_chunk(B, n, T, t0, m, out);
+        run_chunk(B, n, T, t0, m, out, prof);
     }
+    if (team_chooser_.adaptive)
+        team_chooser_.record(kind, choice, std::chrono::duration<double>(Clock::now() - started).count() / (B * T));
 }
 
 ModelCore::Cls ModelCore::classifier_io(int B, int Tc, int T, LogitsMode mode, float* out) {
@@ -203,77 +230,123 @@ struct Argmax : Epilogue {
     }
 };
 
-// The decode/prefill path: 5 barriers per layer. The norms are computed redundantly by every thread
-// into its own buffer (no barrier); RoPE, the cache stores, the residual adds and SwiGLU run as
-// epilogues of the products that produce their inputs.
-void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out) {
+QRows ModelCore::quantize_rows(const float* x, long ldx, int rows, int n) {
+    const int gs = w_.group_size;
+    const long lds = q8_groups(qn_, gs);
+    const int t = omp_get_thread_num();
+    QRows q{xq_.data() + (long)t * cap_ * qn_, xqs_.data() + (long)t * cap_ * lds, qn_, lds, gs};
+    for (int r = 0; r < rows; ++r)
+        kt_->quantize_row(const_cast<int8_t*>(q.q) + r * q.ldq, const_cast<float*>(q.s) + r * q.lds, x + r * ldx, n,
+                          gs);
+    return q;
+}
+
+// The decode/prefill path: 5 barriers per layer. The norms (and for Q8_0 the quantized inputs) are
+// computed redundantly by every thread into its own buffer (no barrier); RoPE, the cache stores, the
+// residual adds and SwiGLU run as epilogues of the products that produce their inputs.
+void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof) {
     const ModelConfig& c = c_;
+    const KernelTable& kern = *kt_;
     const int rows = B * Tc;
     const int dim = c.dim, hid = c.hidden_dim, hs = c.head_size(), kv = c.kv_dim(), V = c.vocab_size;
     const long cache_layer = (long)max_batch_ * c.seq_len * kv;
+    const bool q8 = w_.group_size > 0;
     const Cls cls = classifier_io(B, Tc, T, mode, out);
     // OpenMP may run a smaller team than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC): slots of threads that
     // never ran must not look like candidates when the partial argmaxes are combined.
     std::fill(part_.begin(), part_.end(), Best{0.f, -1});
 
-#pragma omp parallel num_threads(n_threads_)
+#pragma omp parallel num_threads(team_)
     {
+        Profiler timer{prof, Clock::now()};
         float* xb = xbt_.data() + (long)omp_get_thread_num() * cap_ * dim;  // (cap, dim) this thread's normed x
+        // Q8_0 inputs of a product: quantized by this thread (null for float32 weights)
+        auto quantized = [&](const float* x, long ldx, int n_rows, int n, QRows& q) -> const QRows* {
+            if (!q8) return nullptr;
+            q = quantize_rows(x, ldx, n_rows, n);
+            return &q;
+        };
+        QRows qrows;
 #pragma omp for schedule(static)
-        for (int r = 0; r < rows; ++r)
-            std::memcpy(x_.data() + (long)r * dim, w_.token_embedding + (long)tok_[r] * dim, dim * sizeof(float));
+        for (int r = 0; r < rows; ++r) {
+            const int tok = tok_[r];
+            float* x = x_.data() + (long)r * dim;
+            if (!q8) {
+                std::memcpy(x, w_.token_embedding.f + (long)tok * dim, dim * sizeof(float));
+            } else {  // dequantize just this row (runq dequantizes the whole table, to the same values)
+                const long off = (long)tok * dim;
+                for (int i = 0; i < dim; ++i)
+                    x[i] = w_.token_embedding.q.q[off + i] * w_.token_embedding.q.s[(off + i) / w_.group_size];
+            }
+        }
+        timer.mark(P_EMBEDDING);
 
         for (int l = 0; l < c.n_layers; ++l) {
             float* kc = key_cache_.data() + l * cache_layer;
             float* vc = value_cache_.data() + l * cache_layer;
             for (int r = 0; r < rows; ++r)
-                rmsnorm_row(xb + (long)r * dim, x_.data() + (long)r * dim, w_.rms_att + (long)l * dim, dim);
-            const RopeStore eq{q_.data(), dim,     rows,        hs,           c.seq_len,
-                               true,      nullptr, seq_.data(), posv_.data(), rope_.data()};
-            const RopeStore ek{k_.data(), kv, rows, hs, c.seq_len, true, kc, seq_.data(), posv_.data(), rope_.data()};
-            const RopeStore ev{v_.data(), kv, rows, hs, c.seq_len, false, vc, seq_.data(), posv_.data(), rope_.data()};
+                kern.rmsnorm_row(xb + (long)r * dim, x_.data() + (long)r * dim, w_.rms_att + (long)l * dim, dim);
+            timer.mark(P_RMSNORM);
+            const RopeStore rope_q{q_.data(), dim,     rows,        hs,           c.seq_len,
+                                   true,      nullptr, seq_.data(), posv_.data(), rope_.data()};
+            const RopeStore rope_k{k_.data(), kv, rows,        hs,           c.seq_len,
+                                   true,      kc, seq_.data(), posv_.data(), rope_.data()};
+            const RopeStore store_v{v_.data(), kv, rows,        hs,           c.seq_len,
+                                    false,     vc, seq_.data(), posv_.data(), rope_.data()};
             MatJob qkv[3] = {
-                {w_.wq + (long)l * dim * dim, dim, q_.data(), dim},
-                {w_.wk + (long)l * kv * dim, kv, k_.data(), kv},
-                {w_.wv + (long)l * kv * dim, kv, v_.data(), kv},
+                {w_.wq[l], dim, q_.data(), dim},
+                {w_.wk[l], kv, k_.data(), kv},
+                {w_.wv[l], kv, v_.data(), kv},
             };
-            qkv[0].epi = &eq;
-            qkv[1].epi = &ek;
-            qkv[2].epi = &ev;
-            matmul_jobs(qkv, 3, xb, dim, rows, dim, stream_);
-            attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads, hs,
-                      c.seq_len, scores_.data());
-            const Residual ro{x_.data(), tmp_.data(), dim, rows};
-            MatJob o{w_.wo + (long)l * dim * dim, dim, tmp_.data(), dim};
-            o.epi = &ro;
-            matmul_jobs(&o, 1, att_.data(), dim, rows, dim, stream_);
+            qkv[0].epi = &rope_q;
+            qkv[1].epi = &rope_k;
+            qkv[2].epi = &store_v;
+            kern.matmul_jobs(qkv, 3, xb, dim, rows, dim, stream_, quantized(xb, dim, rows, dim, qrows));
+            timer.mark(P_MATMUL);
+            kern.attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads, hs,
+                           c.seq_len, scores_.data());
+            timer.mark(P_ATTENTION);
+            const Residual add_attn{x_.data(), tmp_.data(), dim, rows};
+            MatJob proj{w_.wo[l], dim, tmp_.data(), dim};
+            proj.epi = &add_attn;
+            kern.matmul_jobs(&proj, 1, att_.data(), dim, rows, dim, stream_,
+                             quantized(att_.data(), dim, rows, dim, qrows));
+            timer.mark(P_MATMUL);
 
             for (int r = 0; r < rows; ++r)
-                rmsnorm_row(xb + (long)r * dim, x_.data() + (long)r * dim, w_.rms_ffn + (long)l * dim, dim);
-            const SwiGLU sw{hb_.data(), hb2_.data(), hid, rows};
-            MatJob up{w_.w1 + (long)l * hid * dim, hid, hb_.data(), hid};
-            up.w_gate = w_.w3 + (long)l * hid * dim;
+                kern.rmsnorm_row(xb + (long)r * dim, x_.data() + (long)r * dim, w_.rms_ffn + (long)l * dim, dim);
+            timer.mark(P_RMSNORM);
+            const SwiGLU gate{hb_.data(), hb2_.data(), hid, rows};
+            MatJob up{w_.w1[l], hid, hb_.data(), hid};
+            up.w_gate = w_.w3[l];
             up.out_gate = hb2_.data();
-            up.epi = &sw;
-            matmul_jobs(&up, 1, xb, dim, rows, dim, stream_);
-            const Residual rd{x_.data(), tmp_.data(), dim, rows};
-            MatJob down{w_.w2 + (long)l * dim * hid, dim, tmp_.data(), dim};
-            down.epi = &rd;
-            matmul_jobs(&down, 1, hb_.data(), hid, rows, hid, stream_);
+            up.epi = &gate;
+            kern.matmul_jobs(&up, 1, xb, dim, rows, dim, stream_, quantized(xb, dim, rows, dim, qrows));
+            timer.mark(P_MATMUL);
+            const Residual add_ffn{x_.data(), tmp_.data(), dim, rows};
+            MatJob down{w_.w2[l], dim, tmp_.data(), dim};
+            down.epi = &add_ffn;
+            kern.matmul_jobs(&down, 1, hb_.data(), hid, rows, hid, stream_,
+                             quantized(hb_.data(), hid, rows, hid, qrows));
+            timer.mark(P_MATMUL);
         }
         if (mode != LOGITS_NONE) {
             // every thread normalizes the rows the classifier reads, into its own buffer
             for (int i = 0; i < cls.rows; ++i) {
                 const long off = (cls.in - x_.data()) + i * cls.ldx;
-                rmsnorm_row(xb + off, x_.data() + off, w_.rms_final, dim);
+                kern.rmsnorm_row(xb + off, x_.data() + off, w_.rms_final, dim);
             }
-            MatJob cj{w_.wcls, V, cls.out, V};
-            const Argmax am(cls.out, V, cls.rows, part_.data() + (long)omp_get_thread_num() * max_batch_);
+            timer.mark(P_RMSNORM);
+            MatJob logits{w_.wcls, V, cls.out, V};
+            const Argmax best(cls.out, V, cls.rows, part_.data() + (long)omp_get_thread_num() * max_batch_);
             if (mode == LOGITS_LAST) {
                 for (int b = 0; b < cls.rows; ++b) part_[(long)omp_get_thread_num() * max_batch_ + b] = {0.f, -1};
-                cj.epi = &am;  // greedy decoding's argmax rides along, split like the rows
+                logits.epi = &best;  // greedy decoding's argmax rides along, split like the rows
             }
-            matmul_jobs(&cj, 1, xb + (cls.in - x_.data()), cls.ldx, cls.rows, dim, stream_);
+            const float* in = xb + (cls.in - x_.data());
+            kern.matmul_jobs(&logits, 1, in, cls.ldx, cls.rows, dim, stream_,
+                             quantized(in, cls.ldx, cls.rows, dim, qrows));
+            timer.mark(P_CLASSIFIER);
         }
     }
     copy_all_logits(cls, B, Tc, T, t0, out);
@@ -288,83 +361,6 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
             best_[b] = best.i;
         }
     }
-}
-
-// The same forward pass as separate kernels with a barrier and a timer after each: for profile().
-void ModelCore::run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof) {
-    argmax_ready_ = false;
-    const ModelConfig& c = c_;
-    const int rows = B * Tc;
-    const int dim = c.dim, hid = c.hidden_dim, hs = c.head_size(), kv = c.kv_dim(), V = c.vocab_size;
-    const long cache_layer = (long)max_batch_ * c.seq_len * kv;
-
-    const Cls cls = classifier_io(B, Tc, T, mode, out);
-
-#pragma omp parallel num_threads(n_threads_)
-    {
-        Profiler P{prof, Clock::now()};
-        // embedding
-#pragma omp for schedule(static)
-        for (int r = 0; r < rows; ++r)
-            std::memcpy(x_.data() + (long)r * dim, w_.token_embedding + (long)tok_[r] * dim, dim * sizeof(float));
-        P.mark(P_EMBEDDING);
-
-        for (int l = 0; l < c.n_layers; ++l) {
-            rmsnorm(xb_.data(), x_.data(), w_.rms_att + (long)l * dim, rows, dim);
-            P.mark(P_RMSNORM);
-            const MatJob qkv[3] = {
-                {w_.wq + (long)l * dim * dim, dim, q_.data(), dim},
-                {w_.wk + (long)l * kv * dim, kv, k_.data(), kv},
-                {w_.wv + (long)l * kv * dim, kv, v_.data(), kv},
-            };
-            matmul_jobs(qkv, 3, xb_.data(), dim, rows, dim, stream_);
-            P.mark(P_MATMUL);
-            // RoPE on q and k, then k and v into the cache at (l, slot, position)
-            float* kc = key_cache_.data() + l * cache_layer;
-            float* vc = value_cache_.data() + l * cache_layer;
-#pragma omp for schedule(static)
-            for (int r = 0; r < rows; ++r) {
-                const int p = posv_[r];
-                const float* cs = rope_.data() + (long)p * hs;  // (hs/2, 2)
-                rope_span(q_.data() + (long)r * dim, 0, dim, hs, cs);
-                rope_span(k_.data() + (long)r * kv, 0, kv, hs, cs);
-                const long at = ((long)seq_[r] * c.seq_len + p) * kv;
-                std::memcpy(kc + at, k_.data() + (long)r * kv, kv * sizeof(float));
-                std::memcpy(vc + at, v_.data() + (long)r * kv, kv * sizeof(float));
-            }
-            P.mark(P_ROPE);
-            attention(att_.data(), q_.data(), kc, vc, seq_.data(), posv_.data(), rows, c.n_heads, c.n_kv_heads, hs,
-                      c.seq_len, scores_.data());
-            P.mark(P_ATTENTION);
-            matmul(tmp_.data(), dim, att_.data(), dim, rows, w_.wo + (long)l * dim * dim, dim, dim, stream_);
-            P.mark(P_MATMUL);
-            residual(x_.data(), tmp_.data(), rows, dim);
-            P.mark(P_RESIDUAL);
-
-            rmsnorm(xb_.data(), x_.data(), w_.rms_ffn + (long)l * dim, rows, dim);
-            P.mark(P_RMSNORM);
-            const MatJob up[2] = {
-                {w_.w1 + (long)l * hid * dim, hid, hb_.data(), hid},
-                {w_.w3 + (long)l * hid * dim, hid, hb2_.data(), hid},
-            };
-            matmul_jobs(up, 2, xb_.data(), dim, rows, dim, stream_);
-            P.mark(P_MATMUL);
-            swiglu(hb_.data(), hb2_.data(), rows, hid);
-            P.mark(P_SWIGLU);
-            matmul(tmp_.data(), dim, hb_.data(), hid, rows, w_.w2 + (long)l * dim * hid, dim, hid, stream_);
-            P.mark(P_MATMUL);
-            residual(x_.data(), tmp_.data(), rows, dim);
-            P.mark(P_RESIDUAL);
-        }
-        if (mode != LOGITS_NONE) {
-            // The final norm only matters for rows that get logits, but prefill "none" skips it all.
-            rmsnorm(x_.data(), x_.data(), w_.rms_final, rows, dim);
-            P.mark(P_RMSNORM);
-            matmul(cls.out, V, cls.in, cls.ldx, cls.rows, w_.wcls, V, dim, stream_);
-            P.mark(P_CLASSIFIER);
-        }
-    }
-    copy_all_logits(cls, B, Tc, T, t0, out);
 }
 
 void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature, double top_p,
@@ -388,7 +384,7 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
     if (B == 1) {
         one(0);
     } else {
-#pragma omp parallel for num_threads(n_threads_) schedule(static)
+#pragma omp parallel for num_threads(team_) schedule(static)
         for (int b = 0; b < B; ++b) one(b);
     }
     if (prof) prof[P_SAMPLING] += std::chrono::duration<double>(Clock::now() - t0).count();

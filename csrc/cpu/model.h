@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels.h"
+
 namespace l2p {
 
 struct ModelConfig {
@@ -15,20 +17,22 @@ struct ModelConfig {
     int kv_dim() const { return dim / n_heads * n_kv_heads; }
 };
 
-// Borrowed (never copied) float32 C-contiguous weights; shapes as in llama2py.checkpoint.Weights.
+// Borrowed (never copied) weights; shapes as in llama2py.checkpoint.Weights. The matrices are float32
+// or (group_size > 0) Q8_0 parts as a v2 file holds them, one Matrix per layer.
 struct WeightPtrs {
-    const float* token_embedding;  // (vocab, dim)
-    const float* rms_att;          // (n_layers, dim)
-    const float* wq;               // (n_layers, dim, dim)
-    const float* wk;               // (n_layers, kv_dim, dim)
-    const float* wv;               // (n_layers, kv_dim, dim)
-    const float* wo;               // (n_layers, dim, dim)
-    const float* rms_ffn;          // (n_layers, dim)
-    const float* w1;               // (n_layers, hidden_dim, dim)
-    const float* w2;               // (n_layers, dim, hidden_dim)
-    const float* w3;               // (n_layers, hidden_dim, dim)
-    const float* rms_final;        // (dim,)
-    const float* wcls;             // (vocab, dim)
+    int group_size = 0;      // 0: float32 matrices; else Q8_0 in groups of group_size
+    Matrix token_embedding;  // (vocab, dim); a Q8_0 row is dequantized when looked up
+    const float* rms_att;    // (n_layers, dim)
+    std::vector<Matrix> wq;  // n_layers x (dim, dim)
+    std::vector<Matrix> wk;  // n_layers x (kv_dim, dim)
+    std::vector<Matrix> wv;  // n_layers x (kv_dim, dim)
+    std::vector<Matrix> wo;  // n_layers x (dim, dim)
+    const float* rms_ffn;    // (n_layers, dim)
+    std::vector<Matrix> w1;  // n_layers x (hidden_dim, dim)
+    std::vector<Matrix> w2;  // n_layers x (dim, hidden_dim)
+    std::vector<Matrix> w3;  // n_layers x (hidden_dim, dim)
+    const float* rms_final;  // (dim,)
+    Matrix wcls;             // (vocab, dim)
 };
 
 // Profile categories, in the order of llama2py.backends.base.PROFILE_KEYS.
@@ -57,7 +61,9 @@ public:
 
     // tokens (B, T) row-major at positions pos..pos+T-1 for slots 0..B-1 (caller validated).
     // LOGITS_LAST: out (B, vocab); LOGITS_ALL: out (B, T, vocab); LOGITS_NONE: out unused.
-    // prof (P_COUNT,) seconds added per category when non-null (needs extra barriers).
+    // prof (P_COUNT,) seconds added per category when non-null: the master thread's clock read at
+    // the pass's own barriers (RoPE, SwiGLU and the residual adds run fused inside the products and
+    // are counted there).
     void forward(const int* tokens, int B, int T, int pos, LogitsMode mode, float* out, double* prof);
 
     // One decode step: forward at pos, then sampling per slot. next (B,), logprobs (B,) or null,
@@ -76,12 +82,16 @@ public:
     int threads() const { return n_threads_; }
     int max_batch() const { return max_batch_; }
     const ModelConfig& config() const { return c_; }
+    const WeightPtrs& weights() const { return w_; }
+    Isa isa() const { return kt_->isa; }
     size_t buffer_bytes() const;  // KV cache + buffers owned here (weights are borrowed)
 
 private:
     // Rows r = b * Tc + t (b < B, t < Tc): tok_, seq_, posv_ filled by forward().
-    void run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out);
-    void run_chunk_profiled(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof);
+    void run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof);
+    // Q8_0: the calling thread quantizes rows of x (rows, n) into its own buffers (every thread does
+    // the same work: no barrier, and each thread reads only what it wrote).
+    QRows quantize_rows(const float* x, long ldx, int rows, int n);
     struct Cls {          // the classifier's rows for a chunk
         float* out;       // (rows, vocab) destination, null for LOGITS_NONE
         const float* in;  // first input row inside x_
@@ -93,34 +103,49 @@ private:
 
     ModelConfig c_;
     WeightPtrs w_;
+    const KernelTable* kt_;            // the instruction-set level chosen when the model was made
     bool stream_ = false;              // weights too big for the caches: streaming GEMV
     int max_batch_, n_threads_, cap_;  // cap_ = rows the buffers hold = max(max_batch, PREFILL_ROWS)
-    std::vector<float> key_cache_;     // (n_layers, max_batch, seq_len, kv_dim)
-    std::vector<float> value_cache_;   // (n_layers, max_batch, seq_len, kv_dim)
-    std::vector<float> rope_;          // (seq_len, head_size/2, 2) cos, sin
-    std::vector<float> x_;             // (cap, dim) residual stream
-    std::vector<float> xb_;            // (cap, dim) normed input of a block (profiled path)
-    std::vector<float> xbt_;           // (n_threads, cap, dim) per-thread normed input (fused path)
-    std::vector<float> q_;             // (cap, dim) queries
-    std::vector<float> k_;             // (cap, kv_dim) new keys (before they go to the cache)
-    std::vector<float> v_;             // (cap, kv_dim) new values
-    std::vector<float> att_;           // (cap, dim) attention output, heads concatenated
-    std::vector<float> tmp_;           // (cap, dim) projection output before the residual add
-    std::vector<float> hb_;            // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
-    std::vector<float> hb2_;           // (cap, hidden_dim) w3 x
-    std::vector<float> scores_;        // (n_threads, n_heads, seq_len) attention scores per thread
-    std::vector<int> tok_;             // (cap,) token of each row
-    std::vector<int> seq_;             // (cap,) KV slot of each row
-    std::vector<int> posv_;            // (cap,) position of each row
-    std::vector<float> logits_;        // (max_batch, vocab) logits of the last step
-    std::vector<float> logits_all_;    // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
-    std::vector<float> probs_;         // (max_batch, vocab) sampling scratch
-    std::vector<float> cand_;          // (max_batch, vocab) top-p running sums
-    std::vector<int> idx_;             // (max_batch, vocab) top-p candidate ids
-    std::vector<uint64_t> rng_;        // (max_batch,) xorshift64* states
-    std::vector<Best> part_;           // (n_threads, max_batch) per-thread argmax of the classifier rows
-    std::vector<int> best_;            // (max_batch,) argmax of the last LOGITS_LAST chunk
-    bool argmax_ready_ = false;        // best_ belongs to logits_ of the last forward
+    // Adaptive team (threads not given): a parallel region runs n_threads_ or 1 thread, whichever
+    // has been faster per row lately (results are the same bits either way). On a busy machine a
+    // team waits at every barrier for a member that lost its core; one thread has no barriers.
+    struct TeamChooser {
+        bool adaptive = false;
+        double per_row[2][2] = {{0, 0}, {0, 0}};         // [decode (T == 1) or prefill][1 thread, full team]
+        long calls = 0, next_probe = 16, interval = 16;  // calls between probes of the other choice
+        int last_best = 1;
+        int pick(int kind);  // 0: one thread, 1: the full team
+        void record(int kind, int choice, double seconds_per_row);
+    } team_chooser_;
+    int team_;                        // threads of the current parallel regions
+    std::vector<float> key_cache_;    // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> value_cache_;  // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> rope_;         // (seq_len, head_size/2, 2) cos, sin
+    std::vector<float> x_;            // (cap, dim) residual stream
+    std::vector<float> xbt_;          // (n_threads, cap, dim) per-thread normed input
+    int qn_ = 0;                      // longest quantized row: max(dim, hidden_dim) (Q8_0 only)
+    std::vector<int8_t> xq_;          // (n_threads, cap, qn) per-thread quantized input rows (Q8_0)
+    std::vector<float> xqs_;          // (n_threads, cap, groups(qn)) their scales
+    std::vector<float> q_;            // (cap, dim) queries
+    std::vector<float> k_;            // (cap, kv_dim) new keys (before they go to the cache)
+    std::vector<float> v_;            // (cap, kv_dim) new values
+    std::vector<float> att_;          // (cap, dim) attention output, heads concatenated
+    std::vector<float> tmp_;          // (cap, dim) projection output before the residual add
+    std::vector<float> hb_;           // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
+    std::vector<float> hb2_;          // (cap, hidden_dim) w3 x
+    std::vector<float> scores_;       // (n_threads, n_heads, seq_len) attention scores per thread
+    std::vector<int> tok_;            // (cap,) token of each row
+    std::vector<int> seq_;            // (cap,) KV slot of each row
+    std::vector<int> posv_;           // (cap,) position of each row
+    std::vector<float> logits_;       // (max_batch, vocab) logits of the last step
+    std::vector<float> logits_all_;   // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
+    std::vector<float> probs_;        // (max_batch, vocab) sampling scratch
+    std::vector<float> cand_;         // (max_batch, vocab) top-p running sums
+    std::vector<int> idx_;            // (max_batch, vocab) top-p candidate ids
+    std::vector<uint64_t> rng_;       // (max_batch,) xorshift64* states
+    std::vector<Best> part_;          // (n_threads, max_batch) per-thread argmax of the classifier rows
+    std::vector<int> best_;           // (max_batch,) argmax of the last LOGITS_LAST chunk
+    bool argmax_ready_ = false;       // best_ belongs to logits_ of the last forward
 };
 
 }  // namespace l2p

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <sstream>
@@ -18,8 +19,10 @@
 #include "model.h"
 
 namespace py = pybind11;
+using l2p::Matrix;
 using l2p::ModelConfig;
 using l2p::ModelCore;
+using l2p::QMat;
 using l2p::WeightPtrs;
 
 namespace {
@@ -43,16 +46,21 @@ std::string shape_str(const std::vector<long>& shape) {
 // Check dtype, C-contiguity, shape (-1 = any) and writability; return the checked shape.
 template <typename T>
 std::vector<long> check(const py::array& a, const char* name, std::vector<long> shape, bool writable) {
-    const char* tname = std::is_same<T, float>::value     ? "float32"
-                        : std::is_same<T, int32_t>::value ? "int32"
-                        : std::is_same<T, double>::value  ? "float64"
-                                                          : "uint64";
+    const char* tname = std::is_same<T, float>::value      ? "float32"
+                        : std::is_same<T, int32_t>::value  ? "int32"
+                        : std::is_same<T, double>::value   ? "float64"
+                        : std::is_same<T, int8_t>::value   ? "int8"
+                        : std::is_same<T, uint32_t>::value ? "uint32"
+                                                           : "uint64";
     if (!py::dtype::of<T>().is(a.dtype()) &&
         !(a.dtype().kind() == py::dtype::of<T>().kind() && a.dtype().itemsize() == (py::ssize_t)sizeof(T)))
         throw std::invalid_argument(std::string(name) + ": expected a " + tname + " array, got dtype " +
                                     std::string(py::str(a.dtype())));
     if (!(a.flags() & py::array::c_style))
         throw std::invalid_argument(std::string(name) + ": expected a C-contiguous array");
+    if (reinterpret_cast<uintptr_t>(a.data()) % alignof(T))
+        throw std::invalid_argument(std::string(name) +
+                                    ": expected an aligned array (np.require(a, requirements='CA'))");
     if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": output array is read-only");
     bool ok = a.ndim() == (py::ssize_t)shape.size();
     for (size_t i = 0; ok && i < shape.size(); ++i) {
@@ -66,11 +74,11 @@ std::vector<long> check(const py::array& a, const char* name, std::vector<long> 
 }
 
 template <typename T>
-T* mut(py::array& a) {
+T* writable_ptr(py::array& a) {
     return static_cast<T*>(a.mutable_data());
 }
 template <typename T>
-const T* cst(const py::array& a) {
+const T* data_ptr(const py::array& a) {
     return static_cast<const T*>(a.data());
 }
 
@@ -92,42 +100,40 @@ static py::array as_ndarray(const py::object& o, const char* name) {
 
 class Model {
 public:
+    // Matrices: float32 arrays (n_layers, d, n) (or (d, n) for token_embedding and wcls), or with
+    // group_size > 0 the Q8_0 parts as checkpoint.QuantizedTensor.parts holds them: a sequence of
+    // one (values int8 (d, n), scales float32 (d * n / group_size,)) pair per layer (one for the
+    // token embedding and the classifier). Every array is borrowed, never copied.
     Model(int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int seq_len,
-          int max_batch, int threads, py::array token_embedding, py::array rms_att, py::array wq, py::array wk,
-          py::array wv, py::array wo, py::array rms_ffn, py::array w1, py::array w2, py::array w3, py::array rms_final,
-          py::array wcls) {
+          int max_batch, int threads, py::object token_embedding, py::array rms_att, py::object wq, py::object wk,
+          py::object wv, py::object wo, py::array rms_ffn, py::object w1, py::object w2, py::object w3,
+          py::array rms_final, py::object wcls, int group_size) {
         if (dim <= 0 || hidden_dim <= 0 || n_layers <= 0 || n_heads <= 0 || n_kv_heads <= 0 || vocab_size <= 0 ||
             seq_len <= 0 || dim % n_heads || n_heads % n_kv_heads || (dim / n_heads) % 2)
             throw std::invalid_argument("inconsistent model config");
         if (max_batch < 1) throw std::invalid_argument("max_batch must be >= 1");
         if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0 = OpenMP default)");
+        if (group_size < 0) throw std::invalid_argument("group_size must be >= 0 (0 = float32 weights)");
         ModelConfig c{dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len};
         const long L = n_layers, D = dim, H = hidden_dim, KV = c.kv_dim(), V = vocab_size;
-        check<float>(token_embedding, "token_embedding", {V, D}, false);
+        WeightPtrs w;
+        w.group_size = group_size;
+        w.token_embedding = matrices(token_embedding, "token_embedding", 0, V, D, group_size)[0];
         check<float>(rms_att, "rms_att", {L, D}, false);
-        check<float>(wq, "wq", {L, D, D}, false);
-        check<float>(wk, "wk", {L, KV, D}, false);
-        check<float>(wv, "wv", {L, KV, D}, false);
-        check<float>(wo, "wo", {L, D, D}, false);
+        w.wq = matrices(wq, "wq", L, D, D, group_size);
+        w.wk = matrices(wk, "wk", L, KV, D, group_size);
+        w.wv = matrices(wv, "wv", L, KV, D, group_size);
+        w.wo = matrices(wo, "wo", L, D, D, group_size);
         check<float>(rms_ffn, "rms_ffn", {L, D}, false);
-        check<float>(w1, "w1", {L, H, D}, false);
-        check<float>(w2, "w2", {L, D, H}, false);
-        check<float>(w3, "w3", {L, H, D}, false);
+        w.w1 = matrices(w1, "w1", L, H, D, group_size);
+        w.w2 = matrices(w2, "w2", L, D, H, group_size);
+        w.w3 = matrices(w3, "w3", L, H, D, group_size);
         check<float>(rms_final, "rms_final", {D}, false);
-        check<float>(wcls, "wcls", {V, D}, false);
-        keep_ = {token_embedding, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, wcls};
-        WeightPtrs w{cst<float>(token_embedding),
-                     cst<float>(rms_att),
-                     cst<float>(wq),
-                     cst<float>(wk),
-                     cst<float>(wv),
-                     cst<float>(wo),
-                     cst<float>(rms_ffn),
-                     cst<float>(w1),
-                     cst<float>(w2),
-                     cst<float>(w3),
-                     cst<float>(rms_final),
-                     cst<float>(wcls)};
+        w.wcls = matrices(wcls, "wcls", 0, V, D, group_size)[0];
+        keep_.insert(keep_.end(), {rms_att, rms_ffn, rms_final});
+        w.rms_att = data_ptr<float>(rms_att);
+        w.rms_ffn = data_ptr<float>(rms_ffn);
+        w.rms_final = data_ptr<float>(rms_final);
         core_ = std::make_unique<ModelCore>(c, w, max_batch, threads);
     }
 
@@ -136,8 +142,8 @@ public:
         const int B = check_batch(tokens, 1)[0];
         check_pos(pos, 1);
         check<float>(logits, "logits", {B, core_->config().vocab_size}, true);
-        float* out = mut<float>(logits);
-        const int* t = cst<int32_t>(tokens);
+        float* out = writable_ptr<float>(logits);
+        const int* t = data_ptr<int32_t>(tokens);
         py::gil_scoped_release nogil;
         core_->forward(t, B, 1, pos, l2p::LOGITS_LAST, out, nullptr);
     }
@@ -162,11 +168,11 @@ public:
                 check<float>(a, "logits", {B, T, V}, true);
                 m = l2p::LOGITS_ALL;
             }
-            out = mut<float>(a);
+            out = writable_ptr<float>(a);
         } else {
             throw std::invalid_argument("prefill: mode must be 'last', 'all' or 'none', got '" + mode + "'");
         }
-        const int* t = cst<int32_t>(tokens);
+        const int* t = data_ptr<int32_t>(tokens);
         py::gil_scoped_release nogil;
         core_->forward(t, B, T, pos, m, out, nullptr);
     }
@@ -182,19 +188,19 @@ public:
         if (!logprobs.is_none()) {
             py::array a = as_ndarray(logprobs, "logprobs");
             check<float>(a, "logprobs", {B}, true);
-            lp = mut<float>(a);
+            lp = writable_ptr<float>(a);
         }
         const int* f = nullptr;
         if (!forced.is_none()) {
             py::array a = as_ndarray(forced, "forced");
             check<int32_t>(a, "forced", {B}, false);
-            f = cst<int32_t>(a);
+            f = data_ptr<int32_t>(a);
             for (int b = 0; b < B; ++b)
                 if (f[b] >= core_->config().vocab_size)
                     throw std::invalid_argument("forced token id " + std::to_string(f[b]) + " outside the vocabulary");
         }
-        int* n = mut<int32_t>(next);
-        const int* t = cst<int32_t>(tokens);
+        int* n = writable_ptr<int32_t>(next);
+        const int* t = data_ptr<int32_t>(tokens);
         py::gil_scoped_release nogil;
         core_->step(n, lp, t, B, pos, temperature, top_p, f, nullptr);
     }
@@ -204,8 +210,8 @@ public:
         const int B = check_batch(tokens, 1)[0];
         check_pos(pos, 1);
         check<double>(times, "times", {l2p::P_COUNT}, true);
-        double* tm = mut<double>(times);
-        const int* t = cst<int32_t>(tokens);
+        double* tm = writable_ptr<double>(times);
+        const int* t = data_ptr<int32_t>(tokens);
         std::vector<int> next(B);
         py::gil_scoped_release nogil;
         core_->step(next.data(), nullptr, t, B, pos, 0.0, 0.0, nullptr, tm);
@@ -216,7 +222,7 @@ public:
         if (s[0] > core_->max_batch())
             throw std::invalid_argument(std::to_string(s[0]) + " seeds for max_batch " +
                                         std::to_string(core_->max_batch()));
-        const uint64_t* p = cst<uint64_t>(seeds);
+        const uint64_t* p = data_ptr<uint64_t>(seeds);
         for (long b = 0; b < s[0]; ++b) core_->set_seed((int)b, p[b]);
     }
 
@@ -245,7 +251,76 @@ public:
     int threads() const { return core_->threads(); }
     int max_batch() const { return core_->max_batch(); }
 
+    // Address of a weight matrix's data as the model reads it (tests: the weights are not copied).
+    // part: the layer; values: the int8 values (else the Q8_0 scales); float32 matrices: values only.
+    uintptr_t weight_address(const std::string& name, int part, bool values) const {
+        const WeightPtrs& w = core_->weights();
+        const std::vector<Matrix>* per_layer = name == "wq"   ? &w.wq
+                                               : name == "wk" ? &w.wk
+                                               : name == "wv" ? &w.wv
+                                               : name == "wo" ? &w.wo
+                                               : name == "w1" ? &w.w1
+                                               : name == "w2" ? &w.w2
+                                               : name == "w3" ? &w.w3
+                                                              : nullptr;
+        Matrix m;
+        if (per_layer) {
+            if (part < 0 || part >= (int)per_layer->size()) throw std::out_of_range("layer out of range");
+            m = (*per_layer)[part];
+        } else if (name == "token_embedding") {
+            m = w.token_embedding;
+        } else if (name == "wcls") {
+            m = w.wcls;
+        } else {
+            throw std::invalid_argument("no weight matrix named '" + name + "'");
+        }
+        if (m.f) return reinterpret_cast<uintptr_t>(m.f);
+        return values ? reinterpret_cast<uintptr_t>(m.q.q) : reinterpret_cast<uintptr_t>(m.q.s);
+    }
+    const char* isa() const { return l2p::isa_name(core_->isa()); }
+    int group_size() const { return core_->weights().group_size; }
+
 private:
+    // One matrix tensor of `layers` x (d, n) (layers = 0: a single (d, n) matrix): float32
+    // (layers, d, n) or (d, n), or with gs > 0 a sequence of one (values int8 (d, n), scales float32
+    // (d * n / gs,)) pair per layer (one pair when layers = 0). Kept alive here.
+    std::vector<Matrix> matrices(const py::object& o, const char* name, long layers, long d, long n, int gs) {
+        const long parts = layers ? layers : 1;
+        std::vector<Matrix> out(parts);
+        if (gs == 0) {
+            py::array a = as_ndarray(o, name);
+            if (!layers)
+                check<float>(a, name, {d, n}, false);
+            else
+                check<float>(a, name, {parts, d, n}, false);
+            keep_.push_back(a);
+            for (long p = 0; p < parts; ++p) out[p].f = data_ptr<float>(a) + p * d * n;
+            return out;
+        }
+        if (py::isinstance<py::array>(o) || !py::isinstance<py::sequence>(o))
+            throw std::invalid_argument(std::string(name) + ": Q8_0 weights (group_size " + std::to_string(gs) +
+                                        ") must be a sequence of (values, scales) pairs");
+        if ((d * n) % gs)
+            throw std::invalid_argument(std::string(name) + ": group size " + std::to_string(gs) +
+                                        " does not divide a part of " + std::to_string(d * n) + " values");
+        py::sequence seq = py::reinterpret_borrow<py::sequence>(o);
+        if ((long)py::len(seq) != parts)
+            throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(parts) + " parts, got " +
+                                        std::to_string(py::len(seq)));
+        for (long p = 0; p < parts; ++p) {
+            py::sequence pair = py::reinterpret_borrow<py::sequence>(seq[p]);
+            if (py::len(pair) != 2)
+                throw std::invalid_argument(std::string(name) + ": each part must be a (values, scales) pair");
+            py::array values = as_ndarray(pair[0], name), scales = as_ndarray(pair[1], name);
+            check<int8_t>(values, (std::string(name) + " values").c_str(), {d, n}, false);
+            check<float>(scales, (std::string(name) + " scales").c_str(), {d * n / gs}, false);
+            keep_.push_back(values);
+            keep_.push_back(scales);
+            out[p].q = QMat{data_ptr<int8_t>(values), data_ptr<float>(scales)};
+        }
+        return out;
+    }
+
     std::vector<long> check_batch(const py::array& tokens, int ndim) {
         std::vector<long> shape(ndim, -1);
         shape = check<int32_t>(tokens, "tokens", shape, false);
@@ -255,7 +330,7 @@ private:
         if (ndim == 2 && shape[1] < 1) throw std::invalid_argument("tokens: empty run of positions");
         long n = 1;
         for (long s : shape) n *= s;
-        check_tokens(cst<int32_t>(tokens), n, core_->config().vocab_size);
+        check_tokens(data_ptr<int32_t>(tokens), n, core_->config().vocab_size);
         return shape;
     }
     void check_pos(int pos, int T) {
@@ -269,7 +344,7 @@ private:
 };
 
 // ---- standalone kernels for tests: outputs first, whole arrays, default OpenMP threads -------------
-void k_matmul(py::array out, py::array x, py::array w) {
+void standalone_matmul(py::array out, py::array x, py::array w) {
     auto ws = check<float>(w, "w", {-1, -1}, false);
     const long d = ws[0], n = ws[1];
     long rows;
@@ -281,36 +356,75 @@ void k_matmul(py::array out, py::array x, py::array w) {
         rows = check<float>(x, "x", {-1, n}, false)[0];
         check<float>(out, "out", {rows, d}, true);
     }
-    float* o = mut<float>(out);
-    const float* xp = cst<float>(x);
-    const float* wp = cst<float>(w);
+    float* o = writable_ptr<float>(out);
+    const float* xp = data_ptr<float>(x);
+    const float* wp = data_ptr<float>(w);
     py::gil_scoped_release nogil;
     const bool stream = d * n * 4 > l2p::STREAM_BYTES;
 #pragma omp parallel
     l2p::matmul(o, d, xp, n, (int)rows, wp, (int)d, (int)n, stream);
 }
 
-void k_rmsnorm(py::array out, py::array x, py::array w) {
+// Q8_0: q (rows, n) int8 and s (rows, ceil(n / gs)) float32 <- x (rows, n), runq's activation quantization
+void standalone_quantize(py::array q, py::array s, py::array x, int group_size) {
+    if (group_size < 1) throw std::invalid_argument("group_size must be >= 1");
+    auto xs = check<float>(x, "x", {-1, -1}, false);
+    check<int8_t>(q, "q", xs, true);
+    check<float>(s, "s", {xs[0], l2p::q8_groups((int)xs[1], group_size)}, true);
+    int8_t* qp = writable_ptr<int8_t>(q);
+    float* sp = writable_ptr<float>(s);
+    const float* xp = data_ptr<float>(x);
+    const long groups = l2p::q8_groups((int)xs[1], group_size);
+    for (long r = 0; r < xs[0]; ++r)
+        l2p::quantize_row(qp + r * xs[1], sp + r * groups, xp + r * xs[1], (int)xs[1], group_size);
+}
+
+// out (rows, d) = x (rows, n) @ w.T for a Q8_0 matrix w: values (d, n) int8, scales (d * n / gs,) float32;
+// x is quantized per row first (as the model does), then every output is runq's group sum.
+void standalone_matmul_q8(py::array out, py::array x, py::array values, py::array scales, int group_size) {
+    auto vs = check<int8_t>(values, "values", {-1, -1}, false);
+    const long d = vs[0], n = vs[1];
+    if (group_size < 1 || (d * n) % group_size)
+        throw std::invalid_argument("group_size must be >= 1 and divide the matrix's " + std::to_string(d * n) +
+                                    " values");
+    check<float>(scales, "scales", {d * n / group_size}, false);
+    const long rows = check<float>(x, "x", {-1, n}, false)[0];
+    check<float>(out, "out", {rows, d}, true);
+    const long groups = l2p::q8_groups((int)n, group_size);
+    std::vector<int8_t> xq(rows * n);
+    std::vector<float> xs(rows * groups);
+    const float* xp = data_ptr<float>(x);
+    for (long r = 0; r < rows; ++r)
+        l2p::quantize_row(xq.data() + r * n, xs.data() + r * groups, xp + r * n, (int)n, group_size);
+    l2p::QRows qrows{xq.data(), xs.data(), n, groups, group_size};
+    l2p::MatJob job{Matrix{nullptr, QMat{data_ptr<int8_t>(values), data_ptr<float>(scales)}}, (int)d,
+                    writable_ptr<float>(out), d};
+    py::gil_scoped_release nogil;
+#pragma omp parallel
+    l2p::matmul_jobs(&job, 1, nullptr, 0, (int)rows, (int)n, false, &qrows);
+}
+
+void standalone_rmsnorm(py::array out, py::array x, py::array w) {
     const long n = check<float>(w, "w", {-1}, false)[0];
     const long rows = x.ndim() == 1 ? 1 : -1;
     std::vector<long> xs = x.ndim() == 1 ? check<float>(x, "x", {n}, false) : check<float>(x, "x", {rows, n}, false);
     const int R = x.ndim() == 1 ? 1 : (int)xs[0];
     check<float>(out, "out", xs, true);
-    float* o = mut<float>(out);
-    const float* xp = cst<float>(x);
-    const float* wp = cst<float>(w);
+    float* o = writable_ptr<float>(out);
+    const float* xp = data_ptr<float>(x);
+    const float* wp = data_ptr<float>(w);
     py::gil_scoped_release nogil;
 #pragma omp parallel
     l2p::rmsnorm(o, xp, wp, R, (int)n);
 }
 
 // x (rows, n_heads * head_size) in place, row r at positions[r]
-void k_rope(py::array x, py::array positions, int head_size) {
+void standalone_rope(py::array x, py::array positions, int head_size) {
     auto xs = check<float>(x, "x", {-1, -1}, true);
     auto ps = check<int32_t>(positions, "positions", {xs[0]}, false);
     if (head_size <= 0 || head_size % 2 || xs[1] % head_size)
         throw std::invalid_argument("head_size must be even and divide the row length");
-    const int* p = cst<int32_t>(positions);
+    const int* p = data_ptr<int32_t>(positions);
     int mx = 0;
     for (long i = 0; i < ps[0]; ++i) {
         if (p[i] < 0) throw std::invalid_argument("negative position");
@@ -318,15 +432,15 @@ void k_rope(py::array x, py::array positions, int head_size) {
     }
     std::vector<float> table((long)(mx + 1) * head_size);
     l2p::rope_table(table.data(), mx + 1, head_size);
-    float* xp = mut<float>(x);
+    float* xp = writable_ptr<float>(x);
     py::gil_scoped_release nogil;
 #pragma omp parallel
     l2p::rope(xp, (int)xs[0], (int)(xs[1] / head_size), head_size, p, table.data());
 }
 
 // out (rows, n_heads*hs) <- q (rows, n_heads*hs), caches (n_slots, seq_len, kv_dim), rows r -> (slot[r], pos[r])
-void k_attention(py::array out, py::array q, py::array k_cache, py::array v_cache, py::array slots, py::array positions,
-                 int n_heads, int n_kv_heads) {
+void standalone_attention(py::array out, py::array q, py::array k_cache, py::array v_cache, py::array slots,
+                          py::array positions, int n_heads, int n_kv_heads) {
     auto qs = check<float>(q, "q", {-1, -1}, false);
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || qs[1] % n_heads)
         throw std::invalid_argument("inconsistent head counts");
@@ -336,102 +450,127 @@ void k_attention(py::array out, py::array q, py::array k_cache, py::array v_cach
     check<float>(out, "out", qs, true);
     check<int32_t>(slots, "slots", {qs[0]}, false);
     check<int32_t>(positions, "positions", {qs[0]}, false);
-    const int* sp = cst<int32_t>(slots);
-    const int* pp = cst<int32_t>(positions);
+    const int* sp = data_ptr<int32_t>(slots);
+    const int* pp = data_ptr<int32_t>(positions);
     for (long r = 0; r < qs[0]; ++r)
         if (sp[r] < 0 || sp[r] >= ks[0] || pp[r] < 0 || pp[r] >= ks[1])
             throw std::invalid_argument("slot or position outside the cache");
     std::vector<float> scratch((long)omp_get_max_threads() * n_heads * ks[1]);
-    float* o = mut<float>(out);
-    const float *qp = cst<float>(q), *kp = cst<float>(k_cache), *vp = cst<float>(v_cache);
+    float* o = writable_ptr<float>(out);
+    const float *qp = data_ptr<float>(q), *kp = data_ptr<float>(k_cache), *vp = data_ptr<float>(v_cache);
     py::gil_scoped_release nogil;
 #pragma omp parallel
     l2p::attention(o, qp, kp, vp, sp, pp, (int)qs[0], n_heads, n_kv_heads, (int)hs, (int)ks[1], scratch.data());
 }
 
-void k_swiglu(py::array h, py::array g) {
+void standalone_swiglu(py::array h, py::array g) {
     auto s = check<float>(h, "h", {-1, -1}, true);
     check<float>(g, "g", s, false);
-    float* hp = mut<float>(h);
-    const float* gp = cst<float>(g);
+    float* hp = writable_ptr<float>(h);
+    const float* gp = data_ptr<float>(g);
     py::gil_scoped_release nogil;
 #pragma omp parallel
     l2p::swiglu(hp, gp, (int)s[0], (int)s[1]);
 }
 
-void k_softmax(py::array out, py::array x) {
+void standalone_softmax(py::array out, py::array x) {
     auto s = check<float>(x, "x", {-1}, false);
     if (s[0] < 1) throw std::invalid_argument("x: empty");
     check<float>(out, "out", s, true);
-    l2p::softmax(mut<float>(out), cst<float>(x), (int)s[0]);
+    l2p::softmax(writable_ptr<float>(out), data_ptr<float>(x), (int)s[0]);
 }
 
-int k_argmax(py::array x) {
+int standalone_argmax(py::array x) {
     auto s = check<float>(x, "x", {-1}, false);
     if (s[0] < 1) throw std::invalid_argument("x: empty");
-    return l2p::argmax(cst<float>(x), (int)s[0]);
+    return l2p::argmax(data_ptr<float>(x), (int)s[0]);
 }
 
 // One sampling decision as the run-compatible sampler makes it; state (1,) uint64 is advanced.
-int k_sample(py::array logits, double temperature, double top_p, py::array state) {
+int standalone_sample(py::array logits, double temperature, double top_p, py::array state) {
     auto s = check<float>(logits, "logits", {-1}, false);
     if (s[0] < 2) throw std::invalid_argument("logits: need at least 2 entries");
     if (!(temperature >= 0.0)) throw std::invalid_argument("temperature must be >= 0");
     check<uint64_t>(state, "state", {1}, true);
     std::vector<float> probs(s[0]), cand(s[0]);
     std::vector<int> idx(s[0]);
-    return l2p::sample(cst<float>(logits), (int)s[0], temperature, top_p, mut<uint64_t>(state), probs.data(),
-                       idx.data(), cand.data());
+    return l2p::sample(data_ptr<float>(logits), (int)s[0], temperature, top_p, writable_ptr<uint64_t>(state),
+                       probs.data(), idx.data(), cand.data());
 }
 
 // out (n,) uint32 draws of the generator; state (1,) uint64 advanced
-void k_rng_u32(py::array out, py::array state) {
+void standalone_rng_u32(py::array out, py::array state) {
     auto s = check<uint32_t>(out, "out", {-1}, true);
     check<uint64_t>(state, "state", {1}, true);
-    uint32_t* o = mut<uint32_t>(out);
-    uint64_t* st = mut<uint64_t>(state);
+    uint32_t* o = writable_ptr<uint32_t>(out);
+    uint64_t* st = writable_ptr<uint64_t>(state);
     for (long i = 0; i < s[0]; ++i) o[i] = l2p::rng_u32(st);
 }
 
-double k_log_softmax_at(py::array x, int token) {
+double standalone_log_softmax_at(py::array x, int token) {
     auto s = check<float>(x, "x", {-1}, false);
     if (token < 0 || token >= s[0]) throw std::invalid_argument("token outside x");
-    return l2p::log_softmax_at(cst<float>(x), (int)s[0], token);
+    return l2p::log_softmax_at(data_ptr<float>(x), (int)s[0], token);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
     m.doc() = "llama2py C++ CPU kernels (OpenMP) and the Model used by llama2py.backends.cpu";
-#if defined(__AVX2__) && defined(__FMA__)
-    m.attr("simd") = "avx2+fma";
-#else
-    m.attr("simd") = "generic";
-#endif
-    m.def("max_threads", []() { return omp_get_max_threads(); }, "OpenMP's default thread count");
-    m.def("matmul", &k_matmul, py::arg("out"), py::arg("x"), py::arg("w"),
+    {  // the instruction-set level: the best this CPU runs, or a lower one forced by LLAMA2PY_ISA
+        const char* env = std::getenv("LLAMA2PY_ISA");
+        const std::string err = l2p::select_isa(env ? env : "");
+        if (!err.empty()) throw py::import_error("LLAMA2PY_ISA=" + std::string(env) + ": " + err);
+    }
+    m.def(
+        "isa", []() { return std::string(l2p::isa_name(l2p::kernels().isa)); },
+        "the instruction-set level whose kernels new models and the standalone kernels use");
+    m.def(
+        "isa_levels",
+        []() {
+            py::list out;
+            for (int i = 0; i < l2p::ISA_COUNT; ++i)
+                if (l2p::isa_supported((l2p::Isa)i)) out.append(l2p::isa_name((l2p::Isa)i));
+            return out;
+        },
+        "the levels this CPU supports, lowest first");
+    m.def(
+        "set_isa",
+        [](const std::string& name) {
+            const std::string err = l2p::select_isa(name);
+            if (!err.empty()) throw std::invalid_argument(err);
+        },
+        py::arg("name"), "use this level for models made from now on (\"\" = the best)");
+    m.def("matmul", &standalone_matmul, py::arg("out"), py::arg("x"), py::arg("w"),
           "out (d,) or (rows, d) = x (n,) or (rows, n) @ w (d, n).T");
-    m.def("rmsnorm", &k_rmsnorm, py::arg("out"), py::arg("x"), py::arg("w"),
+    m.def("quantize", &standalone_quantize, py::arg("q"), py::arg("s"), py::arg("x"), py::arg("group_size"),
+          "Q8_0 activations: q (rows, n) int8, s (rows, groups) <- x (rows, n)");
+    m.def("matmul_q8", &standalone_matmul_q8, py::arg("out"), py::arg("x"), py::arg("values"), py::arg("scales"),
+          py::arg("group_size"),
+          "out (rows, d) = x (rows, n) @ w.T, w Q8_0 (values (d, n), scales), runq's arithmetic");
+    m.def("rmsnorm", &standalone_rmsnorm, py::arg("out"), py::arg("x"), py::arg("w"),
           "out = w * x / sqrt(mean(x^2) + 1e-5) per row");
-    m.def("rope", &k_rope, py::arg("x"), py::arg("positions"), py::arg("head_size"),
+    m.def("rope", &standalone_rope, py::arg("x"), py::arg("positions"), py::arg("head_size"),
           "rotate x (rows, n_heads*head_size) in place, row r at positions[r]");
-    m.def("attention", &k_attention, py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+    m.def("attention", &standalone_attention, py::arg("out"), py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
           py::arg("slots"), py::arg("positions"), py::arg("n_heads"), py::arg("n_kv_heads"),
           "causal GQA attention of q rows over cache slot slots[r], positions 0..positions[r]");
-    m.def("swiglu", &k_swiglu, py::arg("h"), py::arg("g"), "h = silu(h) * g in place");
-    m.def("softmax", &k_softmax, py::arg("out"), py::arg("x"));
-    m.def("argmax", &k_argmax, py::arg("x"));
-    m.def("sample", &k_sample, py::arg("logits"), py::arg("temperature"), py::arg("top_p"), py::arg("state"));
-    m.def("rng_u32", &k_rng_u32, py::arg("out"), py::arg("state"));
-    m.def("log_softmax_at", &k_log_softmax_at, py::arg("x"), py::arg("token"));
+    m.def("swiglu", &standalone_swiglu, py::arg("h"), py::arg("g"), "h = silu(h) * g in place");
+    m.def("softmax", &standalone_softmax, py::arg("out"), py::arg("x"));
+    m.def("argmax", &standalone_argmax, py::arg("x"));
+    m.def("sample", &standalone_sample, py::arg("logits"), py::arg("temperature"), py::arg("top_p"), py::arg("state"));
+    m.def("rng_u32", &standalone_rng_u32, py::arg("out"), py::arg("state"));
+    m.def("log_softmax_at", &standalone_log_softmax_at, py::arg("x"), py::arg("token"));
 
     py::class_<Model>(m, "Model")
-        .def(py::init<int, int, int, int, int, int, int, int, int, py::array, py::array, py::array, py::array,
-                      py::array, py::array, py::array, py::array, py::array, py::array, py::array, py::array>(),
+        .def(py::init<int, int, int, int, int, int, int, int, int, py::object, py::array, py::object, py::object,
+                      py::object, py::object, py::array, py::object, py::object, py::object, py::array, py::object,
+                      int>(),
              py::arg("dim"), py::arg("hidden_dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads"),
              py::arg("vocab_size"), py::arg("seq_len"), py::arg("max_batch"), py::arg("threads"),
              py::arg("token_embedding"), py::arg("rms_att"), py::arg("wq"), py::arg("wk"), py::arg("wv"), py::arg("wo"),
-             py::arg("rms_ffn"), py::arg("w1"), py::arg("w2"), py::arg("w3"), py::arg("rms_final"), py::arg("wcls"))
+             py::arg("rms_ffn"), py::arg("w1"), py::arg("w2"), py::arg("w3"), py::arg("rms_final"), py::arg("wcls"),
+             py::arg("group_size") = 0)
         .def("forward", &Model::forward, py::arg("logits"), py::arg("tokens"), py::arg("pos"))
         .def("prefill", &Model::prefill, py::arg("logits"), py::arg("tokens"), py::arg("pos"), py::arg("mode"))
         .def("step", &Model::step, py::arg("next"), py::arg("logprobs"), py::arg("tokens"), py::arg("pos"),
@@ -443,5 +582,8 @@ PYBIND11_MODULE(_cpu, m) {
         .def("logits_view", &Model::logits_view)
         .def_property_readonly("buffer_bytes", &Model::buffer_bytes)
         .def_property_readonly("threads", &Model::threads)
-        .def_property_readonly("max_batch", &Model::max_batch);
+        .def_property_readonly("max_batch", &Model::max_batch)
+        .def_property_readonly("isa", &Model::isa)
+        .def_property_readonly("group_size", &Model::group_size)
+        .def("weight_address", &Model::weight_address, py::arg("name"), py::arg("part") = 0, py::arg("values") = true);
 }

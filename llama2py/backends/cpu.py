@@ -1,4 +1,10 @@
-"""The cpu backend: the C++ extension llama2py._cpu (OpenMP, AVX2/FMA when built for it).
+"""The cpu backend: the C++ extension llama2py._cpu (OpenMP; SIMD kernels for the best instruction
+set this CPU has, chosen when the extension loads: generic, avx2, avx512 or avx512vnni; the
+environment variable LLAMA2PY_ISA forces a lower one).
+
+Weights are float32, or int8 (Q8_0: a v2 file, or weights="q8_0" at load) used as int8 with
+runq.c's arithmetic (activations quantized per group, int32 dot products per group, group results
+scaled and summed in float); the numpy backend's matmul_q8 is the spec.
 
 The C++ Model borrows the weight arrays (memory-mapped views stay memory-mapped: nothing is
 copied), owns the KV cache (n_layers, max_batch, seq_len, kv_dim) and its buffers, and does all
@@ -10,27 +16,44 @@ one-sequence decode steps.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 
-from ..checkpoint import Config, Weights
+from ..checkpoint import Config, QuantizedTensor, Weights
+from ..errors import DeviceError
+from ..threads import set_thread_wait_defaults
 from .base import PROFILE_KEYS, Backend
 
 
 def _load_extension():
+    set_thread_wait_defaults()
+    try:  # a bad LLAMA2PY_ISA stops the import: say that, not "not built"
+        importlib.import_module("llama2py._cpu")
+    except ImportError as e:
+        if "LLAMA2PY_ISA" in str(e):
+            raise DeviceError(f"{e} (unset LLAMA2PY_ISA to use the best level)") from None
     from .._extension import load_cpu_extension  # also finds an installed build a source tree shadows
 
     return load_cpu_extension()
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
-    """The array itself when it already is C-contiguous float32 (memmaps included), else a copy."""
-    if a.dtype == np.float32 and a.flags.c_contiguous:
+    """The array itself when it already is aligned C-contiguous float32 (memmaps included), else a copy."""
+    if a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned:
         return a
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.require(np.ascontiguousarray(a, dtype=np.float32), requirements="CA")
+
+
+def _matrix(t: np.ndarray | QuantizedTensor):
+    """A matrix tensor as the extension takes it: float32 array, or Q8_0 (values, scales) parts
+    (memory-mapped views; scales that a file leaves unaligned are copied: 1/group_size of the values)."""
+    if isinstance(t, QuantizedTensor):
+        return [(np.require(q, np.int8, "C"), np.require(s, np.float32, "CA")) for q, s in t.parts]
+    return _f32(t)
 
 
 class CpuBackend(Backend):
@@ -48,7 +71,9 @@ class CpuBackend(Backend):
         ext = _load_extension()
         self._ext = ext
         c = config
-        w = {k: _f32(v) for k, v in weights.tensors().items()}
+        self.weight_type = weights.weight_type
+        self.group_size = weights.group_size
+        w = {k: _matrix(v) for k, v in weights.tensors().items()}
         self._weights_bytes = weights.nbytes(c.shared_classifier)
         self._model = ext.Model(
             c.dim,
@@ -72,6 +97,7 @@ class CpuBackend(Backend):
             w["w3"],
             w["rms_final"],
             w["wcls"],
+            self.group_size or 0,
         )
         # Reusable outputs of step(); callers get copies.
         self._next = np.empty(max_batch, np.int32)  # (max_batch,)
@@ -128,4 +154,10 @@ class CpuBackend(Backend):
         return self._weights_bytes + self._model.buffer_bytes
 
     def describe(self) -> str:
-        return f"cpu (C++ {self._ext.simd}, {self._model.threads} OpenMP threads)"
+        weights = "float32" if self.weight_type == "f32" else f"int8 Q8_0 group {self.group_size}"
+        return f"cpu (C++ {self._model.isa}, {weights}, {self._model.threads} OpenMP threads)"
+
+    @property
+    def isa(self) -> str:
+        """The instruction-set level of this model's kernels (generic, avx2, avx512, avx512vnni)."""
+        return self._model.isa

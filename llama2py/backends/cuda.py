@@ -161,6 +161,7 @@ class CudaBackend(Backend):
         gemm_tiles: Sequence[int] = GEMM_TILES,
     ):
         """gemm_tiles: the GEMM tile sizes to choose from, largest first (tests force one at a time)."""
+        weights = weights.dequantized()  # int8 (Q8_0) weights run as float32 here: dequantized for the upload
         super().__init__(config, weights, max_batch, threads)
         if not gemm_tiles or any(t not in GEMM_TILES for t in gemm_tiles):
             raise ValueError(f"gemm_tiles must be a non-empty selection of {GEMM_TILES}, got {tuple(gemm_tiles)}")

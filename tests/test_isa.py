@@ -1,0 +1,149 @@
+"""Kernels picked at run time: every instruction-set level this CPU supports runs the float32 kernels
+and the whole forward pass against the numpy oracle, keeps batch/prefill/decode bitwise equal within
+the level, and LLAMA2PY_ISA forces a level (or fails with one clear line)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import rel_err, require_device
+
+from llama2py.backends import numpy_backend as nbk
+from llama2py.backends.numpy_backend import NumpyBackend
+from llama2py.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = ["generic", "avx2", "avx512", "avx512vnni"]
+TOL = 1e-5
+
+
+@pytest.fixture(params=LEVELS)
+def isa(request):
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    if request.param not in ext.isa_levels():
+        pytest.skip(f"this CPU does not run the {request.param} level")
+    ext.set_isa(request.param)
+    assert ext.isa() == request.param
+    yield request.param
+    ext.set_isa("")
+
+
+def test_levels_listed_and_best_chosen():
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    levels = ext.isa_levels()
+    assert levels[0] == "generic" and all(level in LEVELS for level in levels)
+    ext.set_isa("")
+    assert ext.isa() == levels[-1]  # the best level by default
+    with pytest.raises(ValueError, match="unknown instruction set level"):
+        ext.set_isa("sse9")
+
+
+@pytest.mark.parametrize("d,n,rows", [(7, 13, 1), (37, 70, 3), (300, 96, 7), (33, 260, 12), (100, 17, 70)])
+def test_matmul_every_level(isa, d, n, rows):
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(d + n)
+    w = rng.standard_normal((d, n)).astype(np.float32)
+    x = rng.standard_normal((rows, n)).astype(np.float32)
+    out = np.empty((rows, d), np.float32)
+    ext.matmul(out, x, w)
+    ref = x.astype(np.float64) @ w.T.astype(np.float64)
+    assert rel_err(out, ref) <= TOL, f"{isa}: worst relative error {rel_err(out, ref):.3g}"
+    for r in range(rows):
+        one = np.empty(d, np.float32)
+        ext.matmul(one, x[r], w)
+        assert np.array_equal(one, out[r]), f"{isa}: GEMV row {r} differs from the GEMM's"
+
+
+def test_attention_rmsnorm_softmax_every_level(isa):
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((3, 40)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    out = np.empty_like(x)
+    ext.rmsnorm(out, x, w)
+    assert rel_err(out, nbk.rmsnorm(x, w)) <= TOL
+    logits = (rng.standard_normal(1001) * 5).astype(np.float32)
+    probs = np.empty_like(logits)
+    ext.softmax(probs, logits)
+    ref = np.exp(logits.astype(np.float64) - logits.max())
+    assert rel_err(probs, ref / ref.sum()) <= 1e-5
+    n_heads, n_kv, hs, seq = 4, 2, 8, 9
+    kc = rng.standard_normal((2, seq, n_kv * hs)).astype(np.float32)
+    vc = rng.standard_normal((2, seq, n_kv * hs)).astype(np.float32)
+    q = rng.standard_normal((2, n_heads * hs)).astype(np.float32)
+    att = np.empty_like(q)
+    ext.attention(att, q, kc, vc, np.array([0, 1], np.int32), np.array([8, 3], np.int32), n_heads, n_kv)
+    for r, (slot, pos) in enumerate([(0, 8), (1, 3)]):
+        for h in range(n_heads):
+            k = kc[slot, : pos + 1, (h // 2) * hs : (h // 2 + 1) * hs].astype(np.float64)
+            v = vc[slot, : pos + 1, (h // 2) * hs : (h // 2 + 1) * hs].astype(np.float64)
+            s = k @ q[r, h * hs : (h + 1) * hs] / np.sqrt(hs)
+            p = np.exp(s - s.max())
+            want = (p / p.sum()) @ v
+            assert rel_err(att[r, h * hs : (h + 1) * hs], want) <= 1e-5, f"{isa}: row {r} head {h}"
+
+
+@pytest.mark.parametrize("shape", ["gqa_unshared", "odd_tiny", "wide"])
+def test_forward_every_level(isa, make_checkpoint, shape):
+    from llama2py.backends.cpu import CpuBackend
+
+    ck = load_checkpoint(make_checkpoint(shape))
+    c = ck.config
+    cb, nb = CpuBackend(c, ck.weights, 2), NumpyBackend(c, ck.weights, 2)
+    assert cb.isa == isa and isa in cb.describe()
+    tokens = np.random.default_rng(5).integers(0, c.vocab_size, (2, c.seq_len)).astype(np.int32)
+    T = c.seq_len - 1
+    got = cb.prefill(tokens[:, :T], 0, "all")
+    want = nb.prefill(tokens[:, :T], 0, "all")
+    assert rel_err(got, want) <= TOL, f"{shape} {isa}: worst relative error {rel_err(got, want):.3g}"
+    single = CpuBackend(c, ck.weights, 1)
+    for pos in range(T):
+        assert np.array_equal(single.forward(tokens[:1, pos], pos)[0], got[0, pos]), f"{shape} {isa}: pos {pos}"
+
+
+def _run_with_isa(value: str):
+    code = "import llama2py._cpu as e; print(e.isa())"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        timeout=60,
+        env=dict(os.environ, LLAMA2PY_ISA=value, PYTHONPATH=str(ROOT)),
+    )
+
+
+def test_environment_forces_a_level():
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    for level in ext.isa_levels():
+        r = _run_with_isa(level)
+        assert r.returncode == 0 and r.stdout.decode().strip() == level, r.stderr.decode()[-500:]
+    r = _run_with_isa("avx1024")
+    assert r.returncode != 0 and b"LLAMA2PY_ISA=avx1024" in r.stderr and b"unknown instruction set level" in r.stderr
+    missing = [level for level in LEVELS if level not in ext.isa_levels()]
+    if missing:
+        r = _run_with_isa(missing[0])
+        assert r.returncode != 0 and b"not supported by this CPU" in r.stderr
+
+
+def test_cli_bad_isa_is_one_line(stories260k):
+    require_device("cpu")
+    path, tok = stories260k
+    r = subprocess.run(
+        [sys.executable, "-m", "llama2py", str(path), "-z", str(tok), "-n", "4", "--device", "cpu"],
+        capture_output=True,
+        timeout=60,
+        env=dict(os.environ, LLAMA2PY_ISA="avx1024", PYTHONPATH=str(ROOT)),
+    )
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and "Traceback" not in err and len(err.splitlines()) == 1 and "LLAMA2PY_ISA" in err

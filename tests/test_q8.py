@@ -1,0 +1,354 @@
+"""Int8 (Q8_0) weights: the numpy spec (runq.c's arithmetic) against its definition, the cpu kernels
+and whole cpu forward/prefill/step against the spec, loading (v2 files stay int8, weights="q8_0"
+quantizes at load), bad v2 files, and greedy stories260K as v2 against llama2.c's runq.
+
+Q8_0 arithmetic is exact integer dots plus a sequential float sum, so the cpu kernels must equal the
+spec bit for bit given the same float input; whole forwards differ from numpy only through the
+float32 parts (rmsnorm, attention) and are compared with a tolerance.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SHAPES, rel_err, require_device
+
+from llama2py.backends import numpy_backend as nbk
+from llama2py.backends.numpy_backend import NumpyBackend
+from llama2py.checkpoint import (
+    HEADER_BYTES,
+    Config,
+    QuantizedTensor,
+    default_group_size,
+    load_checkpoint,
+    quantize_tensor,
+    random_weights,
+    write_checkpoint,
+)
+from llama2py.errors import CheckpointError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL = 1e-4  # whole forwards: float32 differences may move an activation across a rounding boundary
+
+# Q8_0 shapes beyond conftest's (whose group sizes, picked from dim, all straddle w2's rows):
+Q8_SHAPES = {
+    **SHAPES,
+    # stories260K's shape: group 64 (from dim 64) does not divide hidden_dim 172
+    "s260k_like": Config(64, 172, 2, 8, 4, 96, 12, True),
+    # every row length a multiple of the group (32): the SIMD path of every level
+    "aligned": Config(64, 128, 2, 4, 2, 80, 12, False),
+}
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ---- the spec against its definition ------------------------------------------------------------------
+def test_quantize_activations_definition():
+    # group max 127 -> scale 1: halves round away from zero (C's round), not to even
+    x = np.array([[127.0, 2.5, -3.5, 0.49999997, -0.5, 0, 1, 2, 0, 0, 0, 0]], np.float32)
+    q, s = nbk.quantize_activations(x, 8)
+    assert s.tolist() == [[1.0, 0.0]]  # the second group (zeros) gets scale 0
+    assert q.tolist() == [[127, 3, -4, 0, -1, 0, 1, 2, 0, 0, 0, 0]]
+
+
+def test_matmul_q8_spec_is_close_to_float():
+    """The spec (also its straddling path) approximates x @ dequantized(w).T."""
+    rng = np.random.default_rng(0)
+    for d, n, gs in [(12, 64, 32), (64, 172, 64), (8, 37, 2)]:
+        w = quantize_tensor(_rand(rng, d, n), gs, per_layer=False)
+        x = _rand(rng, 3, n)
+        ref = x.astype(np.float64) @ w.dequantize().T.astype(np.float64)
+        assert rel_err(nbk.matmul_q8(x, w), ref) < 0.02
+
+
+# ---- cpu kernels against the spec, bit for bit, at every ISA level -----------------------------------
+@pytest.fixture(params=["generic", "avx2", "avx512", "avx512vnni"])
+def isa(request):
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    if request.param not in ext.isa_levels():
+        pytest.skip(f"this CPU does not run the {request.param} level")
+    ext.set_isa(request.param)
+    yield request.param
+    ext.set_isa("")
+
+
+@pytest.mark.parametrize(
+    "d,n,gs,rows",
+    [
+        (1, 32, 32, 1),
+        (9, 64, 32, 3),  # aligned, SIMD groups
+        (40, 288, 32, 2),  # stories15M's dim and group
+        (33, 768, 64, 5),  # stories110M's group
+        (17, 48, 16, 4),
+        (64, 172, 64, 3),  # groups straddle rows (stories260K's w2)
+        (172, 64, 64, 2),
+        (14, 37, 2, 3),
+        (4, 70, 8, 1),
+        (300, 96, 48, 7),  # a group size that is no power of two
+    ],
+)
+def test_cpu_q8_matmul_equals_spec(isa, d, n, gs, rows):
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(d * 100 + n)
+    w = quantize_tensor(_rand(rng, d, n), gs, per_layer=False)
+    x = _rand(rng, rows, n)
+    x[0, : min(gs, n)] = 0  # a group of zeros (scale 0)
+    (values, scales) = w.parts[0]
+    out = np.empty((rows, d), np.float32)
+    ext.matmul_q8(out, x, values, scales, gs)
+    want = nbk.matmul_q8(x, w)
+    worst = float(np.abs(out - want).max())
+    assert np.array_equal(out, want), f"{isa}: worst difference {worst:.3g}"
+    for r in range(rows):  # a GEMV row equals the GEMM's
+        one = np.empty((1, d), np.float32)
+        ext.matmul_q8(one, x[r : r + 1], values, scales, gs)
+        assert np.array_equal(one[0], out[r]), f"{isa}: row {r}"
+
+
+@pytest.mark.parametrize("n,gs", [(1, 1), (37, 8), (64, 32), (172, 64), (300, 48)])
+def test_cpu_quantize_equals_spec(n, gs):
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(n)
+    x = _rand(rng, 3, n)
+    x[1, :gs] = 0
+    q = np.empty((3, n), np.int8)
+    s = np.empty((3, -(-n // gs)), np.float32)
+    ext.quantize(q, s, x, gs)
+    want_q, want_s = nbk.quantize_activations(x, gs)
+    assert np.array_equal(q, want_q) and np.array_equal(s, want_s)
+    # halves away from zero, values just below a half, zeros: as C's round()
+    edge = np.array([[127.0, 2.5, -3.5, 0.49999997, -0.5, -0.49999997, 126.5, -126.5]], np.float32)
+    q, s = np.empty((1, 8), np.int8), np.empty((1, 1), np.float32)
+    ext.quantize(q, s, edge, 8)
+    assert q.tolist() == [[127, 3, -4, 0, -1, 0, 127, -127]] and s.tolist() == [[1.0]]
+
+
+# ---- whole cpu backend on int8 weights against the numpy spec ----------------------------------------
+def _v2_backends(make_checkpoint, shape, max_batch=3, threads=None):
+    from llama2py.backends.cpu import CpuBackend
+
+    config = Q8_SHAPES[shape]
+    ck = load_checkpoint(make_checkpoint(config, 2, group_size=default_group_size(config.dim)))
+    assert ck.weight_type == "q8_0" and isinstance(ck.weights.wq, QuantizedTensor)
+    nb = NumpyBackend(ck.config, ck.weights, max_batch)
+    cb = CpuBackend(ck.config, ck.weights, max_batch, threads)
+    assert cb.weight_type == "q8_0" and "int8" in cb.describe()
+    return ck, nb, cb
+
+
+@pytest.mark.parametrize("shape", list(Q8_SHAPES))
+def test_cpu_v2_forward_prefill_step_match_spec(isa, make_checkpoint, shape):
+    from llama2py.backends.cpu import CpuBackend
+
+    ck, nb, cb = _v2_backends(make_checkpoint, shape)
+    c = ck.config
+    B, T = 3, min(c.seq_len - 2, 8)
+    tokens = np.random.default_rng(11).integers(0, c.vocab_size, (B, c.seq_len)).astype(np.int32)
+    got = cb.prefill(tokens[:, :T], 0, "all")
+    want = nb.prefill(tokens[:, :T], 0, "all")
+    assert rel_err(got, want) <= TOL, f"{shape} {isa}: prefill worst relative error {rel_err(got, want):.3g}"
+    nxt = cb.forward(tokens[:, T], T)
+    assert rel_err(nxt, nb.forward(tokens[:, T], T)) <= TOL
+    # bitwise within a level: prefill rows == single decode steps == rows of a decode batch
+    single = CpuBackend(c, ck.weights, 1)
+    for b in range(B):
+        for pos in range(T):
+            row = single.forward(tokens[b : b + 1, pos], pos)[0]
+            assert np.array_equal(row, got[b, pos]), f"{shape} {isa}: seq {b} pos {pos} differs from one step"
+    batch = CpuBackend(c, ck.weights, B)
+    for pos in range(T):
+        assert np.array_equal(batch.forward(tokens[:, pos], pos), got[:, pos]), f"{shape}: batch at pos {pos}"
+    # sampling on int8 weights: same ids as the spec
+    nb2, cb2 = NumpyBackend(c, ck.weights, 2), CpuBackend(c, ck.weights, 2)
+    nb2.set_seeds([3, 4])
+    cb2.set_seeds([3, 4])
+    tn = tc = tokens[:2, 0]
+    for pos in range(T):
+        tn, _ = nb2.step(tn, pos, 0.8, 0.9)
+        tc, _ = cb2.step(tc, pos, 0.8, 0.9)
+        assert tc.tolist() == tn.tolist(), f"{shape} {isa}: pos {pos}"
+
+
+def test_cpu_v2_threads_do_not_change_results(make_checkpoint):
+    require_device("cpu")
+    from llama2py.backends.cpu import CpuBackend
+
+    config = Q8_SHAPES["s260k_like"]
+    ck = load_checkpoint(make_checkpoint(config, 2, group_size=64))
+    tokens = np.random.default_rng(3).integers(0, config.vocab_size, (2, 10)).astype(np.int32)
+    outs = [CpuBackend(config, ck.weights, 2, threads=t).prefill(tokens, 0, "all") for t in (1, 2, 3)]
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def test_v2_weights_stay_int8_and_borrowed(make_checkpoint):
+    """A v2 file is used as int8 straight from the memory map: the C++ model reads the file's pages."""
+    require_device("cpu")
+    from llama2py.backends.cpu import CpuBackend
+
+    config = Q8_SHAPES["aligned"]
+    ck = load_checkpoint(make_checkpoint(config, 2, group_size=32))
+    w = ck.weights
+    cb = CpuBackend(config, w, 1)
+    for name in ("wq", "w2", "token_embedding", "wcls"):
+        t = getattr(w, name)
+        values, scales = t.parts[-1]
+        assert values.dtype == np.int8 and isinstance(values.base, np.memmap | np.ndarray)
+        assert np.shares_memory(values, ck._mmap), name  # a view into the file, never a copy
+        part = len(t.parts) - 1
+        addr = cb._model.weight_address(name, part, True)
+        assert addr == values.__array_interface__["data"][0], f"{name}: the model copied the values"
+        if scales.flags.aligned:
+            assert cb._model.weight_address(name, part, False) == scales.__array_interface__["data"][0]
+    assert cb.memory_bytes() < config.weight_bytes("f32") // 2 + config.kv_cache_bytes(1) * 4 + (8 << 20)
+
+
+# ---- loading: weights="q8_0" / "f32" --------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_load_time_quantization_equals_a_v2_file(tmp_path, stories260k, device):
+    """weights="q8_0" on a float file computes exactly what the v2 file of the same weights does."""
+    require_device(device)
+    from llama2py.model import Llama
+
+    path, tok = stories260k
+    ck = load_checkpoint(path)
+    gs = default_group_size(ck.config.dim)
+    v2_path = tmp_path / "s260k_v2.bin"
+    write_checkpoint(v2_path, ck.config, ck.weights, 2, gs)
+    a = Llama.load(path, tok, device=device, weights="q8_0")
+    b = Llama.load(v2_path, tok, device=device)
+    f = Llama.load(v2_path, tok, device=device, weights="f32")
+    assert a.backend.weight_type == b.backend.weight_type == "q8_0" and f.backend.weight_type == "f32"
+    assert a.checkpoint.weight_type == "q8_0" and f.checkpoint.weight_type == "f32"
+    ids = [1, 403, 407, 261, 378]
+    assert np.array_equal(a.logits(ids), b.logits(ids))
+    assert rel_err(f.logits(ids), b.logits(ids)) < 0.05
+    with pytest.raises(ValueError, match="weights"):
+        Llama.load(path, tok, device=device, weights="int4")
+
+
+def test_cli_weights_flag(stories260k):
+    path, tok = stories260k
+    cmd = [sys.executable, "-m", "llama2py", str(path), "-z", str(tok), "-t", "0", "-n", "40", "--device", "cpu"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    q8 = subprocess.run([*cmd, "--weights", "q8_0"], capture_output=True, timeout=120, env=env)
+    assert q8.returncode == 0 and q8.stdout.startswith(b"Once upon a time"), q8.stderr.decode()[-500:]
+    bad = subprocess.run([*cmd, "--weights", "q4"], capture_output=True, timeout=120, env=env)
+    assert bad.returncode == 2 and b"Traceback" not in bad.stderr
+
+
+# ---- bad v2 files -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("group_size,fragment", [(0, "group size 0"), (-32, "group size -32"), (7, "divide dim")])
+def test_bad_v2_group_size_refused(make_checkpoint, group_size, fragment):
+    path = make_checkpoint("mha_shared", 2, group_size=16)
+    data = bytearray(path.read_bytes())
+    data[37:41] = np.int32(group_size).tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=fragment) as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_v2_group_size_inconsistent_with_file_size(make_checkpoint):
+    path = make_checkpoint("mha_shared", 2, group_size=16)
+    data = bytearray(path.read_bytes())
+    data[37:41] = np.int32(8).tobytes()  # divides dim 48, but the scales would take more bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="must be exactly") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+    assert len(data) > HEADER_BYTES
+
+
+def test_cli_bad_v2_file_one_line_error(make_checkpoint, stories260k):
+    path = make_checkpoint("mha_shared", 2, group_size=16)
+    data = bytearray(path.read_bytes())
+    data[37:41] = np.int32(0).tobytes()
+    path.write_bytes(bytes(data))
+    r = subprocess.run(
+        [sys.executable, "-m", "llama2py", str(path), "-z", str(stories260k[1]), "-n", "4"],
+        capture_output=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    err = r.stderr.decode().strip()
+    assert r.returncode == 1 and "Traceback" not in err and len(err.splitlines()) == 1 and "group size" in err
+
+
+# ---- the same story as runq ----------------------------------------------------------------------------------
+# runq (llama2.c, gcc -O3) on stories260K written as v2 with group size 4 (every row length divides
+# by 4, so runq is correct there): `runq s260K_q4.bin -z tok512.bin -t 0 -n 200`.
+RUNQ_260K_GS4 = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she "
+    "saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to "
+    "the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't "
+    "find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to "
+    "do.\"\nLily didn't want to help, but she did\n"
+)
+
+
+@pytest.fixture
+def stories260k_v2(stories260k, tmp_path):
+    ck = load_checkpoint(stories260k[0])
+    path = tmp_path / "s260K_q4.bin"
+    write_checkpoint(path, ck.config, ck.weights, 2, 4)
+    return path, stories260k[1]
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_stories260k_v2_greedy_equals_runq(stories260k_v2, device):
+    require_device(device)
+    path, tok = stories260k_v2
+    cmd = [str(path), "-z", str(tok), "-t", "0", "-n", "200"]
+    got = subprocess.run(
+        [sys.executable, "-m", "llama2py", *cmd, "--device", device],
+        capture_output=True,
+        timeout=600,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert got.returncode == 0, got.stderr.decode()[-1000:]
+    assert got.stdout.decode() == RUNQ_260K_GS4
+    runq = os.environ.get("LLAMA2PY_RUNQ_BINARY")
+    if runq:  # live, when a developer points at llama2.c's runq
+        want = subprocess.run([runq, *cmd], capture_output=True, timeout=120)
+        assert want.returncode == 0 and got.stdout == want.stdout
+
+
+def test_stories260k_v2_straddling_groups_match_spec(stories260k, tmp_path):
+    """Group 64 (what llama2.c's export picks for dim 64) straddles w2's rows of 172: runq is wrong
+    there; the cpu backend follows the spec's correct path."""
+    require_device("cpu")
+    from llama2py.backends.cpu import CpuBackend
+
+    ck = load_checkpoint(stories260k[0])
+    path = tmp_path / "s260K_q64.bin"
+    write_checkpoint(path, ck.config, ck.weights, 2, default_group_size(ck.config.dim))
+    v2 = load_checkpoint(path)
+    assert v2.group_size == 64 and ck.config.hidden_dim % 64
+    ids = np.array([[1, 403, 407, 261, 378, 80, 30, 45]], np.int32)
+    got = CpuBackend(v2.config, v2.weights, 1).prefill(ids, 0, "all")
+    want = NumpyBackend(v2.config, v2.weights, 1).prefill(ids, 0, "all")
+    assert rel_err(got, want) <= TOL, f"worst relative error {rel_err(got, want):.3g}"
+    fp32 = NumpyBackend(ck.config, ck.weights, 1).prefill(ids, 0, "all")
+    assert rel_err(got, fp32) < 0.05  # and it is a good approximation of the float model
+
+
+def test_random_weights_quantized_roundtrip():
+    c = Q8_SHAPES["s260k_like"]
+    w = random_weights(c, 1)
+    q = w.quantized(64)
+    assert q.weight_type == "q8_0" and q.wcls is q.token_embedding and q.group_size == 64
+    back = q.dequantized()
+    assert rel_err(back.w2, w.w2) < 0.01 and back.wcls is back.token_embedding
+    assert q.nbytes(True) == c.weight_bytes("q8_0", 64)
