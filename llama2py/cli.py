@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "synth": ("llama2py.synth", "write a random-weight checkpoint of a given shape"),
     "quantize": ("llama2py.quantize", "write a v0/v1 checkpoint as v2 (Q8_0), as llama2.c's export does"),
     "bench": ("llama2py.bench", "tokens/s per backend and batch size, kernel by kernel"),
+    "convert": ("llama2py.convert", "a Hugging Face/Meta Llama or a tokenizer.model into llama2.c files"),
 }
 
 EPILOG = f"""subcommands (llama2py SUBCOMMAND --help for each):

@@ -126,6 +126,13 @@ def test_info(stories260k):
     assert "dim=64" in r.stdout.decode() and "260,032" in r.stdout.decode()
 
 
+def test_info_names_the_cpu_kernel_level(stories260k, monkeypatch):
+    monkeypatch.setenv("LLAMA2PY_ISA", "generic")  # every x86-64 CPU has it; a forced level must show
+    r = cli("info", stories260k[0])
+    assert r.returncode == 0
+    assert "cpu kernels: generic (this CPU supports: generic" in r.stdout.decode()
+
+
 # -- errors -------------------------------------------------------------------------------------------
 @pytest.fixture
 def small_model(tmp_path):
