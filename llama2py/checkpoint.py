@@ -172,7 +172,7 @@ def model_shape(name: str) -> Config:
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """A Q8_0 weight tensor as a v2 file stores it (FORMAT.md): int8 values and one float32 scale per
+    """A Q8_0 weight tensor as a v2 file stores it (docs/FORMAT.md): int8 values and one float32 scale per
     group of group_size consecutive values (row-major), each layer quantized separately.
 
     parts[i] = (values (rows, cols) int8, scales (rows * cols / group_size,) float32) of layer i (one

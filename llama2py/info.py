@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", help="llama2.c checkpoint (.bin)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="llama2.c checkpoint (.bin)")
 
 
 def run(args: argparse.Namespace) -> int:
