@@ -404,7 +404,8 @@ def _dispatch(argv: list[str]) -> int:
     return _guarded(lambda: cmd_run(args), args.debug)
 
 
-ERROR_CHARS = 2000  # an error message is one line of at most this many characters (no dumped arrays)
+ERROR_CHARS = 2000  # an error message is at most this many characters (no dumped arrays); one line
+# unless it is one of ours laid out in lines
 
 
 def _guarded(fn, debug: bool) -> int:
@@ -420,8 +421,10 @@ def _guarded(fn, debug: bool) -> int:
                 f"out of memory ({e or 'MemoryError'}); use a smaller batch (--max-batch), a shorter "
                 "context (--context N) or a smaller model"
             )
+        elif isinstance(e, Llama2pyError) and "\n" in str(e):
+            msg = str(e).strip()  # our own layout (the offline message lists one file per line)
         else:
-            msg = " ".join(str(e).split())  # one line, whatever the message held
+            msg = " ".join(str(e).split())  # one line, whatever a foreign message held
         if len(msg) > ERROR_CHARS:
             msg = msg[: ERROR_CHARS - 3] + "..."
         print(f"llama2py: error: {msg}", file=sys.stderr)
