@@ -172,7 +172,7 @@ def model_shape(name: str) -> Config:
 
 @dataclass(frozen=True)
 class QuantizedTensor:
-    """A Q8_0 weight tensor as a v2 file stores it (FORMAT.md): int8 values and one float32 scale per
+    """A Q8_0 weight tensor as a v2 file stores it (docs/FORMAT.md): int8 values and one float32 scale per
     group of group_size consecutive values (row-major), each layer quantized separately.
 
     parts[i] = (values (rows, cols) int8, scales (rows * cols / group_size,) float32) of layer i (one
@@ -338,8 +338,14 @@ class Checkpoint:
             f"{'grouped-query attention (' + str(c.kv_mul) + ' query heads per kv head)' if c.kv_mul > 1 else 'multi-head attention'}",
             f"parameters:  {self.n_params:,}",
             f"file bytes:  {self.file_bytes:,}",
-            f"weights:     {self.weight_type}, {self.weights.nbytes(c.shared_classifier):,} bytes in memory once loaded",
         ]
+        # Sizes from the one home of size formulas (Config), not from arrays: right for any file size.
+        weight_type = self.weight_type
+        line = f"weights:     {weight_type}, {c.weight_bytes(weight_type, self.weights.group_size):,} bytes in memory once loaded"
+        if weight_type != "f32":
+            line += f" ({c.weight_bytes('f32'):,} as float32)"
+        lines.append(line)
+        lines.append(f"KV cache:    {c.kv_cache_bytes(1):,} bytes per sequence of seq_len {c.seq_len} positions")
         return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "synth": ("llama2py.synth", "write a random-weight checkpoint of a given shape"),
     "quantize": ("llama2py.quantize", "write a v0/v1 checkpoint as v2 (Q8_0), as llama2.c's export does"),
     "bench": ("llama2py.bench", "tokens/s per backend and batch size, kernel by kernel"),
+    "convert": ("llama2py.convert", "a Hugging Face/Meta Llama or a tokenizer.model into llama2.c files"),
 }
 
 EPILOG = f"""subcommands (llama2py SUBCOMMAND --help for each):
@@ -403,7 +404,8 @@ def _dispatch(argv: list[str]) -> int:
     return _guarded(lambda: cmd_run(args), args.debug)
 
 
-ERROR_CHARS = 2000  # an error message is one line of at most this many characters (no dumped arrays)
+ERROR_CHARS = 2000  # an error message is at most this many characters (no dumped arrays); one line
+# unless it is one of ours laid out in lines
 
 
 def _guarded(fn, debug: bool) -> int:
@@ -419,8 +421,10 @@ def _guarded(fn, debug: bool) -> int:
                 f"out of memory ({e or 'MemoryError'}); use a smaller batch (--max-batch), a shorter "
                 "context (--context N) or a smaller model"
             )
+        elif isinstance(e, Llama2pyError) and "\n" in str(e):
+            msg = str(e).strip()  # our own layout (the offline message lists one file per line)
         else:
-            msg = " ".join(str(e).split())  # one line, whatever the message held
+            msg = " ".join(str(e).split())  # one line, whatever a foreign message held
         if len(msg) > ERROR_CHARS:
             msg = msg[: ERROR_CHARS - 3] + "..."
         print(f"llama2py: error: {msg}", file=sys.stderr)

@@ -35,3 +35,7 @@ class DownloadError(Llama2pyError):
 
 class OutputError(Llama2pyError):
     """An output file cannot be written: missing or unwritable folder, a directory, or an input file."""
+
+
+class ConvertError(Llama2pyError):
+    """A model to convert (Hugging Face, Meta, sentencepiece) is unreadable or not llama2.c-shaped."""

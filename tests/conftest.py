@@ -19,15 +19,20 @@ MODELS_ENV = "LLAMA2PY_MODELS"
 GOLDEN_ENV = "LLAMA2PY_GOLDEN"
 ROOT = Path(__file__).resolve().parents[1]
 
-# stories260K.bin + tok512.bin, temperature 0, 200 positions, no prompt: run's stdout without its
-# final newline (docs/FORMAT.md, "Reference output").
-REFERENCE_260K = (
-    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she "
-    "saw a big, red ball. She wanted to play with it, but it was too high.\nLily's mom said, \"Lily, let's go to "
-    "the park.\" Lily was sad and didn't know what to do. She said, \"I want to play with your ball, but I can't "
-    "find it.\"\nLily was sad and didn't know what to do. She said, \"I'm sorry, Lily. I didn't know what to "
-    "do.\"\nLily didn't want to help her mom, so she"
-)
+
+def _reference_story() -> str:
+    """stories260K.bin + tok512.bin, temperature 0, 200 positions, no prompt: run's stdout without
+    its final newline, read from its one home, docs/FORMAT.md ("Reference output", the first fenced
+    block), so the tests hold the document to the truth too."""
+    doc = (ROOT / "docs" / "FORMAT.md").read_text(encoding="utf-8")
+    section = doc.split("\n## Reference output\n", 1)[1]
+    return section.split("```\n", 2)[1].rstrip("\n")
+
+
+REFERENCE_260K = _reference_story()
+assert REFERENCE_260K.startswith("Once upon a time, there was a little girl named Lily.") and REFERENCE_260K.endswith(
+    "so she"
+), "docs/FORMAT.md's reference output block moved or changed shape"
 
 # Shapes the tests sweep: GQA, unshared classifiers, sizes that are not multiples of 8 or 16,
 # short contexts. Each must stay small: the numpy oracle runs them too.
@@ -86,15 +91,18 @@ def golden_dir() -> Path:
     return folder
 
 
-def cli(*args, stdin: bytes | None = None, cwd=None, env=None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(
+    *args, stdin: bytes | None = None, cwd=None, env=None, timeout: float = 300, text: bool = False
+) -> subprocess.CompletedProcess:
     """`python -m llama2py ARGS` in a fresh process with this checkout importable; stdout and
-    stderr captured as bytes. Arguments may be paths or numbers; a bytes argument goes through
-    as raw argv bytes."""
+    stderr captured, as bytes (as str with text=True). Arguments may be paths or numbers; a bytes
+    argument goes through as raw argv bytes."""
     argv = [a if isinstance(a, bytes) else str(a) for a in args]
     return subprocess.run(
         [sys.executable, "-m", "llama2py", *argv],
         capture_output=True,
-        input=stdin,
+        input=stdin.decode() if text and stdin is not None else stdin,
+        text=text,
         cwd=cwd,
         env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
         timeout=timeout,
@@ -104,10 +112,10 @@ def cli(*args, stdin: bytes | None = None, cwd=None, env=None, timeout: float = 
 def first_difference(got: bytes, want: bytes) -> str:
     """Where two outputs part: the byte offset, both lengths, and 40 bytes of context of each."""
     n = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    lo = max(0, n - 40)
+    start = max(0, n - 40)
     return (
         f"first difference at byte {n} (got {len(got)} bytes, want {len(want)}):\n"
-        f"  got:  {got[lo : n + 40]!r}\n  want: {want[lo : n + 40]!r}"
+        f"  got:  {got[start : n + 40]!r}\n  want: {want[start : n + 40]!r}"
     )
 
 

@@ -34,26 +34,26 @@ def tokenizer_for(path: Path, vocab_size: int) -> Path:
     return write_tokenizer(path, pieces[:vocab_size])
 
 
-def load(device: str, ck: Path, max_batch: int) -> Llama:
+def load(device: str, model_path: Path, max_batch: int) -> Llama:
     require_device(device)
-    tok = tokenizer_for(ck.with_suffix(".tok"), load_checkpoint(ck).config.vocab_size)
+    tok = tokenizer_for(model_path.with_suffix(".tok"), load_checkpoint(model_path).config.vocab_size)
     try:
-        return Llama.load(ck, tok, device=device, max_batch_size=max_batch)
+        return Llama.load(model_path, tok, device=device, max_batch_size=max_batch)
     except DeviceError as e:
         pytest.skip(f"{device}: {e}")
 
 
 def oracle(
-    ck: Path, prompt: list[int], end: int, temperature: float, top_p: float, seed: int, stop=(EOS, BOS)
+    model_path: Path, prompt: list[int], end: int, temperature: float, top_p: float, seed: int, stop=(EOS, BOS)
 ) -> tuple[list[int], list[float]]:
     """The spec, one position at a time: tokens 0..end-1 at most (prompt forced, then sampled,
     cut before a sampled stop token) and the log-prob of each (0.0 for the first)."""
-    c = load_checkpoint(ck)
-    be = NumpyBackend(c.config, c.weights, 1)
+    c = load_checkpoint(model_path)
+    spec = NumpyBackend(c.config, c.weights, 1)
     sampler = Sampler(temperature, top_p, seed)
     toks, lps = list(prompt[:1]), [0.0]
     for pos in range(end - 1):
-        logits = be.forward(np.array([toks[pos]], np.int32), pos)[0]
+        logits = spec.forward(np.array([toks[pos]], np.int32), pos)[0]
         if pos + 1 < len(prompt):
             nxt = prompt[pos + 1]
         else:
@@ -93,28 +93,28 @@ def eos_checkpoint(tmp_path):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", ["gqa_unshared", "mha_shared", "wide"])
 def test_greedy_batch_equals_alone_and_spec(device, shape, make_checkpoint):
-    ck = make_checkpoint(shape)
+    model_path = make_checkpoint(shape)
     c = SHAPES[shape]
     # longest first: trailing (shorter) sequences finish first and are dropped from the step batch
     lens = [c.seq_len // 2, 5, 3, 3, 1]
     prompts = random_prompts(c.vocab_size, lens)
     max_gen_len = c.seq_len // 2 - 1
-    m = load(device, ck, len(prompts))
+    m = load(device, model_path, len(prompts))
     toks, lps = m.generate(prompts, max_gen_len, temperature=0.0)
     assert lps is None
     ends = meta_end(lens, max_gen_len, c.seq_len)
     for b, p in enumerate(prompts):
         alone, _ = m.generate([p], max_gen_len, temperature=0.0)
         assert toks[b] == alone[0], f"sequence {b}"
-        want, _ = oracle(ck, p, ends[b], 0.0, 0.9, 1)
+        want, _ = oracle(model_path, p, ends[b], 0.0, 0.9, 1)
         assert p + toks[b] == want, f"sequence {b} vs spec"
         assert len(toks[b]) <= max_gen_len
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_b1_greedy_equals_run(device, make_checkpoint):
-    ck = make_checkpoint("wide")
-    m = load(device, ck, 1)
+    model_path = make_checkpoint("wide")
+    m = load(device, model_path, 1)
     for text in ["", "t5 t9 t200"]:
         prompt = m.tokenizer.encode(text, bos=True)
         gen, _ = m.generate([prompt], 20, temperature=0.0)
@@ -127,18 +127,18 @@ def test_b1_greedy_equals_run(device, make_checkpoint):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 0.9), (0.8, 1.0), (1.2, 0.5)])
 def test_seeded_sampling_equals_alone_with_seed_plus_b(device, temperature, top_p, make_checkpoint):
-    ck = make_checkpoint("mha_shared")
+    model_path = make_checkpoint("mha_shared")
     c = SHAPES["mha_shared"]
     lens = [2, 9, 4, 6]
     prompts = random_prompts(c.vocab_size, lens, seed=1)
-    m = load(device, ck, len(prompts))
+    m = load(device, model_path, len(prompts))
     seed = 1234
     toks, _ = m.generate(prompts, 12, temperature, top_p, seed=seed)
     ends = meta_end(lens, 12, c.seq_len)
     for b, p in enumerate(prompts):
         alone, _ = m.generate([p], 12, temperature, top_p, seed=seed + b)
         assert toks[b] == alone[0], f"sequence {b}"
-        want, _ = oracle(ck, p, ends[b], temperature, top_p, seed + b)
+        want, _ = oracle(model_path, p, ends[b], temperature, top_p, seed + b)
         assert p + toks[b] == want, f"sequence {b} vs spec"
     # B = 1 is run's sampling for the same seed
     r = m.run("t7 t8", steps=len(m.tokenizer.encode("t7 t8")) + 11, temperature=temperature, top_p=top_p, seed=seed)
@@ -152,13 +152,13 @@ def test_seeded_sampling_equals_alone_with_seed_plus_b(device, temperature, top_
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("echo", [False, True])
 def test_logprobs_are_log_softmax_of_spec_logits(device, echo, make_checkpoint):
-    ck = make_checkpoint("gqa_unshared")
+    model_path = make_checkpoint("gqa_unshared")
     c = SHAPES["gqa_unshared"]
     lens = [3, 7, 1]
     prompts = random_prompts(c.vocab_size, lens, seed=2)
-    m = load(device, ck, 3)
+    m = load(device, model_path, 3)
     toks, lps = m.generate(prompts, 6, temperature=1.0, top_p=0.95, logprobs=True, echo=echo, seed=77)
-    spec = load("numpy", ck, 1)
+    spec = load("numpy", model_path, 1)
     for b, p in enumerate(prompts):
         full = toks[b] if echo else p + toks[b]
         if echo:
@@ -175,18 +175,18 @@ def test_logprobs_are_log_softmax_of_spec_logits(device, echo, make_checkpoint):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_echo_returns_prompt_and_prompt_logprobs(device, make_checkpoint):
-    ck = make_checkpoint("wide")
+    model_path = make_checkpoint("wide")
     c = SHAPES["wide"]
     lens = [4, 11, 2]
     prompts = random_prompts(c.vocab_size, lens, seed=3)
-    m = load(device, ck, 3)
+    m = load(device, model_path, 3)
     toks, lps = m.generate(prompts, 5, temperature=0.0, logprobs=True, echo=True)
     plain, plps = m.generate(prompts, 5, temperature=0.0, logprobs=True)
     ends = meta_end(lens, 5, c.seq_len)
     for b, p in enumerate(prompts):
         assert toks[b] == p + plain[b]
         np.testing.assert_allclose(lps[b][len(p) :], plps[b], rtol=1e-5, atol=1e-6)
-        want_t, want_lp = oracle(ck, p, ends[b], 0.0, 0.9, 1)
+        want_t, want_lp = oracle(model_path, p, ends[b], 0.0, 0.9, 1)
         assert toks[b] == want_t
         np.testing.assert_allclose(lps[b], want_lp, rtol=1e-4, atol=1e-4)
 
@@ -194,17 +194,17 @@ def test_echo_returns_prompt_and_prompt_logprobs(device, make_checkpoint):
 # -- stopping and cutting -------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 def test_each_sequence_stops_at_its_own_eos(device, eos_checkpoint):
-    ck = eos_checkpoint
-    c = load_checkpoint(ck).config
+    model_path = eos_checkpoint
+    c = load_checkpoint(model_path).config
     prompts = random_prompts(c.vocab_size, [3, 5, 2, 4, 3, 6], seed=4)
-    m = load(device, ck, len(prompts))
+    m = load(device, model_path, len(prompts))
     max_gen_len = 30
     toks, lps = m.generate(prompts, max_gen_len, temperature=1.0, top_p=1.0, logprobs=True, seed=11)
     ends = meta_end([len(p) for p in prompts], max_gen_len, c.seq_len)
     n_short = 0
     for b, p in enumerate(prompts):
         # the uncut stream of the same generator: the cut must fall right before its first stop token
-        stream, _ = oracle(ck, p, ends[b], 1.0, 1.0, 11 + b, stop=())
+        stream, _ = oracle(model_path, p, ends[b], 1.0, 1.0, 11 + b, stop=())
         gen = stream[len(p) :]
         stops = [i for i, t in enumerate(gen) if t in (EOS, BOS)]
         # (parenthesized: `a == b if c else d` would assert the bare `d` when there is no stop)
@@ -217,9 +217,9 @@ def test_each_sequence_stops_at_its_own_eos(device, eos_checkpoint):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_loop_ends_when_all_sequences_are_done(device, eos_checkpoint):
-    ck = eos_checkpoint
-    c = load_checkpoint(ck).config
-    m = load(device, ck, 2)
+    model_path = eos_checkpoint
+    c = load_checkpoint(model_path).config
+    m = load(device, model_path, 2)
     prompts = random_prompts(c.vocab_size, [2, 3], seed=5)
     stats = BatchStats()
     toks, _ = m.generate(prompts, 40, temperature=1.0, top_p=1.0, seed=11, stats=stats)
@@ -232,16 +232,16 @@ def test_loop_ends_when_all_sequences_are_done(device, eos_checkpoint):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_max_gen_len_and_context_cut(device, make_checkpoint):
-    ck = make_checkpoint("gqa_unshared")  # seq_len 16
+    model_path = make_checkpoint("gqa_unshared")  # seq_len 16
     c = SHAPES["gqa_unshared"]
     prompts = random_prompts(c.vocab_size, [2, 5, 16, 12], seed=6)
-    m = load(device, ck, 4)
+    m = load(device, model_path, 4)
     lengths = set()
     for max_gen_len in [0, 1, 3, 20]:
         toks, lps = m.generate(prompts, max_gen_len, temperature=0.0, logprobs=True)
         ends = meta_end([len(p) for p in prompts], max_gen_len, c.seq_len)
         for b, p in enumerate(prompts):
-            want, _ = oracle(ck, p, ends[b], 0.0, 0.9, 1)
+            want, _ = oracle(model_path, p, ends[b], 0.0, 0.9, 1)
             assert p + toks[b] == want
             assert len(toks[b]) <= min(max_gen_len, c.seq_len - len(p))
             lengths.add(len(toks[b]))
@@ -255,21 +255,21 @@ def test_max_gen_len_and_context_cut(device, make_checkpoint):
 
 def test_run_batch_cli_ends_past_meta_cap(make_checkpoint):
     """The CLI's rule (run's -n): every story holds tokens 0..steps, even steps = seq_len."""
-    ck = make_checkpoint("odd_tiny")  # seq_len 9
+    model_path = make_checkpoint("odd_tiny")  # seq_len 9
     c = SHAPES["odd_tiny"]
-    m = load("numpy", ck, 2)
+    m = load("numpy", model_path, 2)
     prompts = random_prompts(c.vocab_size, [1, 4], seed=7)
     res = run_batch(m.backend, prompts, [c.seq_len + 1] * 2, 0.0, 0.9, [1, 2], stop_tokens=())
     for b, p in enumerate(prompts):
-        want, _ = oracle(ck, p, c.seq_len + 1, 0.0, 0.9, 1, stop=())
+        want, _ = oracle(model_path, p, c.seq_len + 1, 0.0, 0.9, 1, stop=())
         assert res.tokens[b] == want and len(want) == c.seq_len + 1
 
 
 # -- errors ---------------------------------------------------------------------------------------
 def test_errors(make_checkpoint):
-    ck = make_checkpoint("gqa_unshared")
+    model_path = make_checkpoint("gqa_unshared")
     c = SHAPES["gqa_unshared"]
-    m = load("numpy", ck, 2)
+    m = load("numpy", model_path, 2)
     ok = [BOS, 5]
     with pytest.raises(PromptError, match="max_batch_size=2"):
         m.generate([ok, ok, ok], 4)
@@ -295,9 +295,9 @@ def test_errors(make_checkpoint):
 @pytest.mark.parametrize("device", DEVICES)
 def test_text_completion_stories260k(device, stories260k):
     require_device(device)
-    ck, tok = stories260k
+    model_path, tok = stories260k
     try:
-        m = Llama.load(ck, tok, device=device, max_batch_size=3)
+        m = Llama.load(model_path, tok, device=device, max_batch_size=3)
     except DeviceError as e:
         pytest.skip(f"{device}: {e}")
     prompts = ["Once upon a time", "Lily and Tom", ""]
@@ -310,7 +310,7 @@ def test_text_completion_stories260k(device, stories260k):
         assert e["generation"] == ran
         assert "".join(e["tokens"]) == e["generation"]
         assert len(e["tokens"]) == len(e["logprobs"]) and e["logprobs"][0] == 0.0
-        assert all(lp <= 0.0 for lp in e["logprobs"])
+        assert all(logprob <= 0.0 for logprob in e["logprobs"])
     sampled = m.text_completion(prompts, temperature=0.8, top_p=0.9, max_gen_len=30, seed=42)
     for b, (p, d) in enumerate(zip(prompts, sampled)):
         n = len(m.tokenizer.encode(p))
@@ -340,10 +340,12 @@ def split_stories(stdout: bytes) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("device", ["numpy", "cpu"])
 def test_cli_prompts_file_and_num_samples(device, stories260k, tmp_path):
     require_device(device)
-    ck, tok = stories260k
-    pf = tmp_path / "prompts.txt"
-    pf.write_text("Once upon a time\n\nLily went to\r\nThe dog\n")
-    r = cli(ck, "-z", tok, "--device", device, "--prompts-file", pf, "-t", "0.8", "-s", "7", "-n", "60")
+    model_path, tok = stories260k
+    prompts_path = tmp_path / "prompts.txt"
+    prompts_path.write_text("Once upon a time\n\nLily went to\r\nThe dog\n")
+    r = cli(
+        model_path, "-z", tok, "--device", device, "--prompts-file", prompts_path, "-t", "0.8", "-s", "7", "-n", "60"
+    )
     assert r.returncode == 0, r.stderr.decode()
     stories = split_stories(r.stdout)
     assert [h for h, _ in stories] == [
@@ -351,13 +353,13 @@ def test_cli_prompts_file_and_num_samples(device, stories260k, tmp_path):
         "--- prompt 2 (seed 8) ---",
         "--- prompt 3 (seed 9) ---",
     ]
-    m = Llama.load(ck, tok, device=device)  # run's story alone (the API prints what the CLI prints)
+    m = Llama.load(model_path, tok, device=device)  # run's story alone (the API prints what the CLI prints)
     for (h, body), (prompt, seed) in zip(stories, [("Once upon a time", 7), ("Lily went to", 8), ("The dog", 9)]):
         assert body == m.run(prompt, 60, 0.8, 0.9, seed).text + "\n", h
     err = r.stderr.decode()
     assert "achieved tok/s:" in err and "aggregate over 3 sequences" in err and "prompt 3:" in err
 
-    r = cli(ck, "-z", tok, "--device", device, "--num-samples", "3", "-s", "42", "-n", "40", "--max-batch", "2")
+    r = cli(model_path, "-z", tok, "--device", device, "--num-samples", "3", "-s", "42", "-n", "40", "--max-batch", "2")
     assert r.returncode == 0, r.stderr.decode()
     stories = split_stories(r.stdout)
     assert [h for h, _ in stories] == [f"--- sample {i + 1} (seed {42 + i}) ---" for i in range(3)]
@@ -367,8 +369,8 @@ def test_cli_prompts_file_and_num_samples(device, stories260k, tmp_path):
 
 
 def test_cli_batch_errors(stories260k, tmp_path):
-    ck, tok = stories260k
-    base = [ck, "-z", tok, "--device", "numpy"]
+    model_path, tok = stories260k
+    base = [model_path, "-z", tok, "--device", "numpy"]
     one_line_error(cli(*base, "--prompts-file", tmp_path / "missing.txt"), "cannot read")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")

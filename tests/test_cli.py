@@ -21,15 +21,15 @@ def assert_clean_error(r, *fragments):
 @pytest.mark.parametrize("device", HOST_DEVICES)
 def test_reference_story(stories260k, device):
     require_device(device)
-    ck, tok = stories260k
-    r = cli(ck, "-z", tok, "-t", "0", "-n", "200", "--device", device)
+    model_path, tok = stories260k
+    r = cli(model_path, "-z", tok, "-t", "0", "-n", "200", "--device", device)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.decode() == REFERENCE
     assert "achieved tok/s: " in r.stderr.decode()
 
 
 def test_seeded_sampling_same_on_every_backend(stories260k):
-    ck, tok = stories260k
+    model_path, tok = stories260k
     outs = {}
     for device in HOST_DEVICES:
         require_device(device)
@@ -38,7 +38,7 @@ def test_seeded_sampling_same_on_every_backend(stories260k):
             ["-t", "0.8", "-p", "0.95", "-s", "7", "-i", "Once upon a time, Lily"],
             ["-t", "1.0", "-p", "0", "-s", "5", "-n", "100"],
         ):
-            r = cli(ck, "-z", tok, "--device", device, *flags)
+            r = cli(model_path, "-z", tok, "--device", device, *flags)
             assert r.returncode == 0, r.stderr.decode()
             outs.setdefault(tuple(flags), []).append(r.stdout)
     for flags, texts in outs.items():
@@ -54,8 +54,8 @@ def test_api_matches_cli(stories260k):
     seeded, and run's tokens (BOS + one per position)."""
     from llama2py import Llama
 
-    ck, tok = stories260k
-    m = Llama.load(ck, tokenizer=tok, device="numpy")
+    model_path, tok = stories260k
+    m = Llama.load(model_path, tokenizer=tok, device="numpy")
     assert m.config.vocab_size == 512 and m.tokenizer.vocab_size == 512
     res = m.run(steps=200, temperature=0.0)
     assert res.text + "\n" == REFERENCE
@@ -63,7 +63,7 @@ def test_api_matches_cli(stories260k):
     assert "".join(m.stream(steps=200, temperature=0.0)) == res.text
     flags = dict(prompt="Once upon a time", steps=60, temperature=1.0, top_p=0.9, seed=9)
     seeded = m.run(**flags)
-    r = cli(ck, "-z", tok, "-i", flags["prompt"], "-n", 60, "-t", 1.0, "-p", 0.9, "-s", 9, "--device", "numpy")
+    r = cli(model_path, "-z", tok, "-i", flags["prompt"], "-n", 60, "-t", 1.0, "-p", 0.9, "-s", 9, "--device", "numpy")
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout == (seeded.text + "\n").encode(), "API and CLI disagree for the same flags"
     assert seeded.text.startswith("Once upon a time") and len(seeded.text) > len(flags["prompt"]) + 20
@@ -76,8 +76,8 @@ def test_logits_api(stories260k, device):
     from llama2py.backends.numpy_backend import NumpyBackend
 
     require_device(device)
-    ck, tok = stories260k
-    m = Llama.load(ck, tokenizer=tok, device=device)
+    model_path, tok = stories260k
+    m = Llama.load(model_path, tokenizer=tok, device=device)
     ids = m.tokenizer.encode("Lily saw a cat")
     got = m.logits(ids)
     ref = NumpyBackend(m.config, m.checkpoint.weights)
@@ -100,12 +100,12 @@ def test_chat_mode(stories260k, flags, stdin, template):
     chat template (written out here, not taken from the library), cut at the first EOS."""
     from llama2py import Llama
 
-    ck, tok = stories260k
+    model_path, tok = stories260k
     steps = 60
-    r = cli(ck, "-z", tok, "-m", "chat", *flags, "-t", "0", "-n", steps, "--device", "numpy", stdin=stdin)
+    r = cli(model_path, "-z", tok, "-m", "chat", *flags, "-t", "0", "-n", steps, "--device", "numpy", stdin=stdin)
     assert r.returncode == 0, r.stderr.decode()
 
-    m = Llama.load(ck, tokenizer=tok, device="numpy")
+    m = Llama.load(model_path, tokenizer=tok, device="numpy")
     prompt = m.tokenizer.encode(template, bos=True)
     ran = m.run(template, steps=steps, temperature=0.0).tokens  # prompt + one token per later position
     assert ran[: len(prompt)] == prompt and len(ran) == steps + 1, "generate mode stopped early: pick another prompt"
@@ -124,6 +124,13 @@ def test_info(stories260k):
     r = cli("info", stories260k[0])
     assert r.returncode == 0
     assert "dim=64" in r.stdout.decode() and "260,032" in r.stdout.decode()
+
+
+def test_info_names_the_cpu_kernel_level(stories260k, monkeypatch):
+    monkeypatch.setenv("LLAMA2PY_ISA", "generic")  # every x86-64 CPU has it; a forced level must show
+    r = cli("info", stories260k[0])
+    assert r.returncode == 0
+    assert "cpu kernels: generic (this CPU supports: generic" in r.stdout.decode()
 
 
 # -- errors -------------------------------------------------------------------------------------------
@@ -209,8 +216,8 @@ def test_error_absurd_thread_count(stories260k):
 def test_prompt_bytes_that_are_not_utf8(stories260k):
     """run takes argv bytes; so does -i (the invalid bytes fall back to byte tokens, unprinted)."""
     require_device("cpu")
-    ck, tok = stories260k
-    r = cli(ck, "-z", tok, "-t", 0, "-n", 30, "--device", "cpu", "-i", b"\xff\xfeLily", timeout=120)
+    model_path, tok = stories260k
+    r = cli(model_path, "-z", tok, "-t", 0, "-n", 30, "--device", "cpu", "-i", b"\xff\xfeLily", timeout=120)
     assert r.returncode == 0, r.stderr.decode()
     assert r.stdout.startswith(b"Lily and Anna")
 
@@ -224,9 +231,9 @@ def test_tok_per_s_when_the_prefill_covers_every_position(stories260k):
     prompt = m.tokenizer.encode("Once upon a time", bos=True)
     assert len(prompt) > 4
     res = m.run("Once upon a time", steps=3, temperature=0.0)
-    st = res.stats
-    assert st.positions == 3 and st.first_call_positions == 3 and st.first_call_s > 0
-    assert res.tok_per_s == pytest.approx(3 / st.first_call_s)
+    stats = res.stats
+    assert stats.positions == 3 and stats.first_call_positions == 3 and stats.first_call_s > 0
+    assert res.tok_per_s == pytest.approx(3 / stats.first_call_s)
     assert res.text == b"".join(m.tokenizer.printable_bytes(prompt[i], prompt[i + 1]) for i in range(3)).decode()
     assert res.tokens == prompt  # nothing sampled
 

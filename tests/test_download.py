@@ -507,7 +507,12 @@ def test_cli_offline_message_names_every_missing_file(tmp_path):
         e = dl.REGISTRY[name]
         assert f"/m/{e.filename}" in proc.stderr and f"{e.size:,} bytes" in proc.stderr
         assert e.sha256 in proc.stderr and str(store / e.filename) in proc.stderr
+        # laid out one file per line, its destination on the next: readable, and easy to copy
+        url_line = next(line for line in proc.stderr.splitlines() if line.strip().endswith(")") and e.filename in line)
+        following = proc.stderr.splitlines()[proc.stderr.splitlines().index(url_line) + 1]
+        assert following.strip() == f"-> {store / e.filename}"
     assert dl.MODELS_ENV in proc.stderr and dl.URL_ENV in proc.stderr
+    assert proc.stderr.startswith("llama2py: error: ")
     assert not (tmp_path / "models").exists()
 
 

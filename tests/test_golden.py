@@ -43,7 +43,7 @@ def test_same_stdout_as_run(name, device):
     folder = golden_dir()  # skips with the reason when absent
     require_device(device)
     case, want = load_case(name)
-    models = models_dir() or (folder / ".." / "models")
+    models = (models_dir() or folder / ".." / "models").resolve()
     for arg in case["argv"]:
         if arg.endswith(".bin") and not (models / arg).is_file():
             pytest.skip(f"{arg} not found in the models folder {models} (set $LLAMA2PY_MODELS)")

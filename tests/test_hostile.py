@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 import random
 import stat
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HOST_DEVICES, SHAPES, require_device
+from conftest import HOST_DEVICES, SHAPES, require_device, write_tokenizer
+from conftest import cli as run_cli  # llama2py.cli is `cli` here
 
 from llama2py import cli
 from llama2py.backends import base, create_backend
@@ -27,12 +27,6 @@ from llama2py.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 1 << 30
-
-
-def run_cli(*args, stdin=None, timeout=120, shell_prefix=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    argv = [sys.executable, "-m", "llama2py", *map(str, args)]
-    return subprocess.run(argv, capture_output=True, input=stdin, env=env, timeout=timeout)
 
 
 def clean_error(r, fragment, rc=None):
@@ -55,15 +49,6 @@ def main_in_process(capsys, *argv) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
-def write_tok(path, pieces, scores=None):
-    scores = scores if scores is not None else [0.0] * len(pieces)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<i", max(len(p) for p in pieces)))
-        for p, s in zip(pieces, scores):
-            f.write(struct.pack("<fi", s, len(p)) + p)
-    return path
-
-
 def tiny_model(tmp_path, version=1, **over) -> tuple[Path, Path]:
     """A random checkpoint of a small shape (vocab 300) and a fitting tokenizer."""
     fields = dict(dim=16, hidden_dim=24, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=300, seq_len=32)
@@ -74,7 +59,7 @@ def tiny_model(tmp_path, version=1, **over) -> tuple[Path, Path]:
     pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [f"<0x{i:02X}>".encode() for i in range(256)]
     pieces += [bytes([c_]) for c_ in b" abcdefghijklmnopqrstuvwxyz"][: c.vocab_size - len(pieces)]
     pieces += [b"w%d" % i for i in range(c.vocab_size - len(pieces))]
-    return ck, write_tok(tmp_path / "tiny_tok.bin", pieces, [float(i % 7) for i in range(len(pieces))])
+    return ck, write_tokenizer(tmp_path / "tiny_tok.bin", pieces, [float(i % 7) for i in range(len(pieces))])
 
 
 @pytest.fixture
@@ -174,7 +159,7 @@ def tie_heavy_tokenizer(tmp_path) -> Tokenizer:
     scores = [0.0] * 260 + [float(rng.choice([0, 1, 2])) for _ in pieces[260:]]
     scores[pieces.index(b"ca")] = -2e10
     scores[pieces.index(b"bb")] = float("nan")
-    return Tokenizer(write_tok(tmp_path / "ties.bin", pieces, scores), len(pieces))
+    return Tokenizer(write_tokenizer(tmp_path / "ties.bin", pieces, scores), len(pieces))
 
 
 def test_heap_encoding_equals_runs_merge_loop(tmp_path, stories260k, llama_tokenizer):
@@ -407,7 +392,7 @@ def test_softmax_nan_is_nan_on_vector_and_scalar_paths():
 # ---- 6. tracebacks ---------------------------------------------------------------------------------------
 def test_vocabulary_without_byte_tokens(tmp_path):
     pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n", b" ", b"a", b"b", b"ab"] + [b"x%d" % i for i in range(193)]
-    tok = Tokenizer(write_tok(tmp_path / "small.bin", pieces), len(pieces))
+    tok = Tokenizer(write_tokenizer(tmp_path / "small.bin", pieces), len(pieces))
     ids = tok.encode("ab \u00e9\u4f60\xff")  # bytes 0xC3 + 3 etc. would index past 200 entries
     assert all(0 <= i < len(pieces) for i in ids) and 0 in ids
     assert tok.decode(ids)

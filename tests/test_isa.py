@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import rel_err, require_device
+from conftest import cli, rel_err, require_device
 
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -139,11 +139,6 @@ def test_environment_forces_a_level():
 def test_cli_bad_isa_is_one_line(stories260k):
     require_device("cpu")
     path, tok = stories260k
-    r = subprocess.run(
-        [sys.executable, "-m", "llama2py", str(path), "-z", str(tok), "-n", "4", "--device", "cpu"],
-        capture_output=True,
-        timeout=60,
-        env=dict(os.environ, LLAMA2PY_ISA="avx1024", PYTHONPATH=str(ROOT)),
-    )
+    r = cli(path, "-z", tok, "-n", "4", "--device", "cpu", env={"LLAMA2PY_ISA": "avx1024"}, timeout=60)
     err = r.stderr.decode().strip()
     assert r.returncode == 1 and "Traceback" not in err and len(err.splitlines()) == 1 and "LLAMA2PY_ISA" in err

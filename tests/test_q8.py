@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHAPES, rel_err, require_device
+from conftest import SHAPES, cli, rel_err, require_device
 
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -240,11 +239,10 @@ def test_load_time_quantization_equals_a_v2_file(tmp_path, stories260k, device):
 
 def test_cli_weights_flag(stories260k):
     path, tok = stories260k
-    cmd = [sys.executable, "-m", "llama2py", str(path), "-z", str(tok), "-t", "0", "-n", "40", "--device", "cpu"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    q8 = subprocess.run([*cmd, "--weights", "q8_0"], capture_output=True, timeout=120, env=env)
+    cmd = [path, "-z", tok, "-t", "0", "-n", "40", "--device", "cpu"]
+    q8 = cli(*cmd, "--weights", "q8_0", timeout=120)
     assert q8.returncode == 0 and q8.stdout.startswith(b"Once upon a time"), q8.stderr.decode()[-500:]
-    bad = subprocess.run([*cmd, "--weights", "q4"], capture_output=True, timeout=120, env=env)
+    bad = cli(*cmd, "--weights", "q4", timeout=120)
     assert bad.returncode == 2 and b"Traceback" not in bad.stderr
 
 
@@ -276,12 +274,7 @@ def test_cli_bad_v2_file_one_line_error(make_checkpoint, stories260k):
     data = bytearray(path.read_bytes())
     data[37:41] = np.int32(0).tobytes()
     path.write_bytes(bytes(data))
-    r = subprocess.run(
-        [sys.executable, "-m", "llama2py", str(path), "-z", str(stories260k[1]), "-n", "4"],
-        capture_output=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    r = cli(path, "-z", stories260k[1], "-n", "4", timeout=120)
     err = r.stderr.decode().strip()
     assert r.returncode == 1 and "Traceback" not in err and len(err.splitlines()) == 1 and "group size" in err
 
@@ -311,12 +304,7 @@ def test_stories260k_v2_greedy_equals_runq(stories260k_v2, device):
     require_device(device)
     path, tok = stories260k_v2
     cmd = [str(path), "-z", str(tok), "-t", "0", "-n", "200"]
-    got = subprocess.run(
-        [sys.executable, "-m", "llama2py", *cmd, "--device", device],
-        capture_output=True,
-        timeout=600,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
+    got = cli(*cmd, "--device", device, timeout=600)
     assert got.returncode == 0, got.stderr.decode()[-1000:]
     assert got.stdout.decode() == RUNQ_260K_GS4
     runq = os.environ.get("LLAMA2PY_RUNQ_BINARY")

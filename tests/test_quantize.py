@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import SHAPES, rel_err
+from conftest import SHAPES, cli, rel_err
 
 import llama2py.quantize as quantize
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -29,7 +28,7 @@ from llama2py.files import atomic_output
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "llama2py", "quantize", *args], capture_output=True, text=True)
+    return cli("quantize", *args, text=True)
 
 
 def _one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> None:

@@ -4,11 +4,10 @@ never stop early, and the CLI."""
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import cli
 
 from llama2py.backends import create_backend
 from llama2py.checkpoint import (
@@ -208,49 +207,22 @@ def test_cli_writes_shape_and_free_fields(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "llama2py", "synth", "--dim", "16", str(tmp_path / "y.bin")],
-        capture_output=True,
-        text=True,
-    )
+    r = cli("synth", "--dim", "16", tmp_path / "y.bin", text=True)
     assert r.returncode == 1
     assert "--hidden" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run(
-        [sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", "--heads", "5", str(tmp_path / "y.bin")],
-        capture_output=True,
-        text=True,
-    )
+    r = cli("synth", "--shape", "stories260K", "--heads", "5", tmp_path / "y.bin", text=True)
     assert r.returncode == 1 and "multiple of n_heads" in r.stderr
     for flags, needle in (
         (["--group-size", "16"], "add --version 2"),
         (["--version", "2", "--group-size", "48"], "group size 48 does not divide dim 64"),
     ):
-        r = subprocess.run(
-            [sys.executable, "-m", "llama2py", "synth", "--shape", "stories260K", *flags, str(tmp_path / "g.bin")],
-            capture_output=True,
-            text=True,
-        )
+        r = cli("synth", "--shape", "stories260K", *flags, tmp_path / "g.bin", text=True)
         assert r.returncode == 1 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_bar_on_stderr(tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "llama2py",
-            "synth",
-            "--shape",
-            "stories260K",
-            "--layers",
-            "1",
-            "--progress",
-            str(tmp_path / "p.bin"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    r = cli("synth", "--shape", "stories260K", "--layers", "1", "--progress", tmp_path / "p.bin", text=True)
     assert r.returncode == 0, r.stderr
     assert "100%" in r.stderr and "wrote" in r.stdout
 

@@ -32,9 +32,9 @@ def run_binary():
 @pytest.mark.parametrize("flags", CASES, ids=lambda f: " ".join(f))
 def test_same_story_as_run(run_binary, stories260k, device, flags):
     require_device(device)
-    ck, tok = stories260k
-    want = subprocess.run([run_binary, ck, "-z", tok, *flags], capture_output=True, timeout=120)
-    got = cli(ck, "-z", tok, "--device", device, *flags)
+    model_path, tok = stories260k
+    want = subprocess.run([run_binary, model_path, "-z", tok, *flags], capture_output=True, timeout=120)
+    got = cli(model_path, "-z", tok, "--device", device, *flags)
     assert want.returncode == 0, want.stderr.decode(errors="replace")
     assert got.returncode == 0, got.stderr.decode(errors="replace")
     assert len(want.stdout) > 20, f"run printed too little to compare: {want.stdout!r}"
