@@ -137,8 +137,15 @@ int ModelCore::TeamChooser::pick(int kind) {
 }
 
 void ModelCore::TeamChooser::record(int kind, int choice, double seconds_per_row) {
+    // The first call of each choice pays one-time costs (OpenMP starts its threads, caches fill):
+    // it is not a sample. Later samples weigh half, so one probe can overturn a stale estimate
+    // (a single slow warm-up used to keep the full team out for hundreds of calls).
+    if (!warm[kind][choice]) {
+        warm[kind][choice] = true;
+        return;
+    }
     double& est = per_row[kind][choice];
-    est = est == 0 ? seconds_per_row : 0.75 * est + 0.25 * seconds_per_row;
+    est = est == 0 ? seconds_per_row : 0.5 * est + 0.5 * seconds_per_row;
 }
 
 void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mode, float* out, double* prof) {

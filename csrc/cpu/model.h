@@ -112,8 +112,9 @@ private:
     // team waits at every barrier for a member that lost its core; one thread has no barriers.
     struct TeamChooser {
         bool adaptive = false;
-        double per_row[2][2] = {{0, 0}, {0, 0}};         // [decode (T == 1) or prefill][1 thread, full team]
-        long calls = 0, next_probe = 16, interval = 16;  // calls between probes of the other choice
+        double per_row[2][2] = {{0, 0}, {0, 0}};             // [decode (T == 1) or prefill][1 thread, full team]
+        bool warm[2][2] = {{false, false}, {false, false}};  // a choice's first (warm-up) call was seen
+        long calls = 0, next_probe = 16, interval = 16;      // calls between probes of the other choice
         int last_best = 1;
         int pick(int kind);  // 0: one thread, 1: the full team
         void record(int kind, int choice, double seconds_per_row);
