@@ -19,6 +19,12 @@ MODELS_ENV = "LLAMA2PY_MODELS"
 GOLDEN_ENV = "LLAMA2PY_GOLDEN"
 ROOT = Path(__file__).resolve().parents[1]
 
+# The README's command gives a relative folder (../shared/models); tests that run the CLI in another
+# working directory must still find it, so make both folders absolute once, for every child process.
+for _name in (MODELS_ENV, GOLDEN_ENV):
+    if os.environ.get(_name):
+        os.environ[_name] = os.path.abspath(os.environ[_name])
+
 
 def _reference_story() -> str:
     """stories260K.bin + tok512.bin, temperature 0, 200 positions, no prompt: run's stdout without
