@@ -151,9 +151,9 @@ def _v2_backends(make_checkpoint, shape, max_batch=3, threads=None):
 def test_cpu_v2_forward_prefill_step_match_spec(isa, make_checkpoint, shape):
     from llama2py.backends.cpu import CpuBackend
 
-    ck, nb, cb = _v2_backends(make_checkpoint, shape)
+    ck, nb, cb = _v2_backends(make_checkpoint, shape, max_batch=5)
     c = ck.config
-    B, T = 3, min(c.seq_len - 2, 8)
+    B, T = 5, min(c.seq_len - 2, 8)  # 5 rows: a 4-row int8 tile and a leftover row
     tokens = np.random.default_rng(11).integers(0, c.vocab_size, (B, c.seq_len)).astype(np.int32)
     got = cb.prefill(tokens[:, :T], 0, "all")
     want = nb.prefill(tokens[:, :T], 0, "all")
