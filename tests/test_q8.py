@@ -93,6 +93,8 @@ def isa(request):
         (14, 37, 2, 3),
         (4, 70, 8, 1),
         (300, 96, 48, 7),  # a group size that is no power of two
+        (32, 40, 8, 13),  # packed blocks (VNNI): activation rows 8 + 4 + 1
+        (50, 12, 4, 11),  # packed, the smallest group, rows 8 + 2 + 1, two tail rows
     ],
 )
 def test_cpu_q8_matmul_equals_spec(isa, d, n, gs, rows):
@@ -112,6 +114,26 @@ def test_cpu_q8_matmul_equals_spec(isa, d, n, gs, rows):
         one = np.empty((1, d), np.float32)
         ext.matmul_q8(one, x[r : r + 1], values, scales, gs)
         assert np.array_equal(one[0], out[r]), f"{isa}: row {r}"
+
+
+def test_cpu_q8_matmul_extreme_values(isa):
+    """-128 and 127 weights and activations at full scale: every level's integer tricks stay exact
+    (VNNI's packed kernel stores w + 128 as unsigned; AVX2's takes |w|)."""
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(7)
+    d, n, gs = 35, 64, 32
+    w = quantize_tensor(_rand(rng, d, n), gs, per_layer=False)
+    values, scales = w.parts[0]
+    values = np.array(values)  # writable copy
+    values[::2] = -128
+    values[1::2] = 127
+    w = QuantizedTensor(((values, scales),), w.shape, gs)
+    x = np.where(rng.random((4, n)) < 0.5, -1.0, 1.0).astype(np.float32)  # quantizes to -127 / 127
+    out = np.empty((4, d), np.float32)
+    ext.matmul_q8(out, x, values, scales, gs)
+    want = nbk.matmul_q8(x, w)
+    assert np.array_equal(out, want), f"{isa}: worst difference {float(np.abs(out - want).max()):.3g}"
 
 
 @pytest.mark.parametrize("n,gs", [(1, 1), (37, 8), (64, 32), (172, 64), (300, 48)])
@@ -180,6 +202,25 @@ def test_cpu_v2_forward_prefill_step_match_spec(isa, make_checkpoint, shape):
         assert tc.tolist() == tn.tolist(), f"{shape} {isa}: pos {pos}"
 
 
+def test_cpu_v2_packed_copy_is_counted(isa, make_checkpoint):
+    """At a level with packed kernels (VNNI) a v2 model copies its products' int8 values once into
+    16-row blocks: the memory check and memory_bytes count them; other levels make no copy."""
+    import llama2py._cpu as ext
+
+    ck, _, cb = _v2_backends(make_checkpoint, "s260k_like")
+    c, gs = ck.config, ck.weights.group_size
+    kv = c.dim // c.n_heads * c.n_kv_heads
+    shapes = [(c.dim, c.dim), (kv, c.dim), (kv, c.dim), (c.dim, c.dim)] + [(c.hidden_dim, c.dim)] * 2
+    shapes = shapes * c.n_layers + [(c.dim, c.hidden_dim)] * c.n_layers + [(c.vocab_size, c.dim)]
+    want = sum(d // 16 * 16 * (n + 4 * (n // gs)) for d, n in shapes if n % gs == 0 and gs % 4 == 0 and d >= 16)
+    packs = isa == "avx512vnni"
+    args = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, gs)
+    assert ext.packed_q8_bytes(*args) == (want if packs else 0) and want > 0
+    parts = cb.host_bytes(c, 3, None)
+    assert parts.get("packed int8 weights", 0) == (want if packs else 0), parts
+    assert cb.memory_bytes() >= ck.weights.nbytes(c.shared_classifier) + (want if packs else 0)
+
+
 def test_cpu_v2_threads_do_not_change_results(make_checkpoint):
     require_device("cpu")
     from llama2py.backends.cpu import CpuBackend
@@ -192,7 +233,9 @@ def test_cpu_v2_threads_do_not_change_results(make_checkpoint):
 
 
 def test_v2_weights_stay_int8_and_borrowed(make_checkpoint):
-    """A v2 file is used as int8 straight from the memory map: the C++ model reads the file's pages."""
+    """A v2 file is used as int8 straight from the memory map: the C++ model borrows the file's
+    values and scales (at a VNNI level it also makes the packed copy of the products counted above;
+    the embedding rows and any tail of rows past the last 16-row block are read from the file)."""
     require_device("cpu")
     from llama2py.backends.cpu import CpuBackend
 

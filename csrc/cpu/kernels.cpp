@@ -108,6 +108,29 @@ void turn_scales(float* st, const float* s, long d, long groups) {
             for (int j = 0; j < 8; ++j) st[(b * groups + g) * 8 + j] = s[(b * 8 + j) * groups + g];
 }
 
+void pack_q8(uint8_t* packed, float* st16, const int8_t* q, const float* s, long d, long n, int gs) {
+    const long groups = n / gs, chunks = gs / 4;
+#pragma omp parallel for schedule(static)
+    for (long b = 0; b < d / 16; ++b)
+        for (long g = 0; g < groups; ++g) {
+            uint8_t* dst = packed + (b * groups + g) * gs * 16;  // (chunks, 16, 4)
+            for (int r = 0; r < 16; ++r) {
+                const int8_t* src = q + (b * 16 + r) * n + g * gs;
+                for (long k = 0; k < chunks; ++k)
+                    for (int j = 0; j < 4; ++j) dst[(k * 16 + r) * 4 + j] = (uint8_t)(src[4 * k + j] ^ 0x80);
+                st16[(b * groups + g) * 16 + r] = s[((b * 16 + r) * n) / gs + g];
+            }
+        }
+}
+
+void q8_group_sums(int32_t* sum, const int8_t* q, int n, int gs) {
+    for (int g = 0; g * gs < n; ++g) {
+        int32_t t = 0;
+        for (int k = g * gs; k < std::min(n, (g + 1) * gs); ++k) t += q[k];
+        sum[g] = t;
+    }
+}
+
 void quantize_row(int8_t* q, float* s, const float* x, int n, int gs) {
     kernels().quantize_row(q, s, x, n, gs);
 }

@@ -30,12 +30,30 @@ struct QMat {
     // Optional copy of s turned so that a block of 8 rows is a lane each, built by turn_scales
     // (gs divides n): the 8-row GEMV reads each group's 8 scales with one load instead of a gather.
     const float* st = nullptr;  // (d / 8, n / gs, 8); null: read s
+    // Optional packed copy for the VNNI kernels (pack_q8, levels with KernelTable::q8_packed): whole
+    // blocks of 16 rows, each group's values 4 bytes of each row side by side, so one 64-byte load
+    // feeds one vpdpbusd that advances 16 outputs (no horizontal sums), and their scales 16 wide.
+    const uint8_t* packed = nullptr;  // (d / 16, n / gs, gs / 4, 16, 4) values + 128 (as unsigned)
+    const float* st16 = nullptr;      // (d / 16, n / gs, 16) scales of the packed blocks
 };
 // st (d / 8, groups, 8) <- s (d, groups) for the whole blocks of 8 rows (groups = n / gs).
 void turn_scales(float* st, const float* s, long d, long groups);
 inline long turned_scales_size(long d, long groups) {
     return d / 8 * groups * 8;
 }
+// Packing (QMat::packed) needs whole groups per row and 4-byte steps: gs divides n, 4 divides gs.
+// Rows past the last whole block of 16 stay on the unpacked path.
+inline bool q8_packable(long d, long n, int gs) {
+    return gs > 0 && n % gs == 0 && gs % 4 == 0 && d >= 16;
+}
+inline long packed_q8_bytes(long d, long n) {  // values; the scales take packed_q8_scales floats
+    return d / 16 * 16 * n;
+}
+inline long packed_q8_scales(long d, long n, int gs) {
+    return d / 16 * 16 * (n / gs);
+}
+// packed (packed_q8_bytes) and st16 (packed_q8_scales) <- q (d, n), s (d * n / gs,); needs q8_packable.
+void pack_q8(uint8_t* packed, float* st16, const int8_t* q, const float* s, long d, long n, int gs);
 // One (d, n) weight matrix: float32 (f) or Q8_0 (q); exactly one is set.
 struct Matrix {
     const float* f = nullptr;  // (d, n)
@@ -49,7 +67,10 @@ struct QRows {
     const float* s;   // (rows, lds) one scale per group
     long ldq, lds;
     int gs;
+    const int32_t* sum = nullptr;  // (rows, lds) each group's sum of q (the packed kernels need it); or null
 };
+// sum (ceil(n / gs),) <- each group's sum of q (n,)
+void q8_group_sums(int32_t* sum, const int8_t* q, int n, int gs);
 // Quantize one row x (n,) into q (n,) and s (ceil(n / gs),); the same bits at every ISA level
 // (the level's kernel: exact rounding either way).
 void quantize_row(int8_t* q, float* s, const float* x, int n, int gs);
@@ -118,6 +139,7 @@ enum Isa { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AVX512VNNI = 3, IS
 
 struct KernelTable {
     Isa isa;
+    bool q8_packed;  // its Q8_0 products read QMat::packed where set (and need QRows::sum)
     void (*matmul_jobs)(const MatJob* jobs, int njobs, const float* x, long ldx, int rows, int n, bool stream,
                         const QRows* xq);
     void (*rmsnorm_row)(float* o, const float* x, const float* w, int n);

@@ -20,12 +20,17 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
       cap_(std::max(max_batch, PREFILL_ROWS)) {
     team_ = n_threads_;
     team_chooser_.adaptive = n_threads <= 0 && n_threads_ > 1;
+    if (n_threads_ > 1) {  // start the team's threads now, not inside the first timed call
+#pragma omp parallel num_threads(n_threads_)
+        {
+        }
+    }
     {
         const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim();
         const long params = (long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D;
         stream_ = (w.group_size ? params : 4 * params) > STREAM_BYTES;
     }
-    turn_all_scales();
+    prepare_q8_weights();
     const long kv = c.kv_dim();
     const long cache = (long)c.n_layers * max_batch * c.seq_len * kv;
     key_cache_.assign(cache, 0.f);
@@ -38,6 +43,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
         qn_ = std::max(c.dim, c.hidden_dim);
         xq_.resize((long)n_threads_ * cap_ * qn_);
         xqs_.resize((long)n_threads_ * cap_ * q8_groups(qn_, w.group_size));
+        if (kt_->q8_packed) xqsum_.resize(xqs_.size());
     }
     q_.resize((long)cap_ * c.dim);
     k_.resize(cap_ * kv);
@@ -60,46 +66,82 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
 }
 
 // Q8_0 products read the scales of 8-row blocks turned (QMat::st): one copy of the layers' and the
-// classifier's scales (1/8 of the int8 values' bytes), made once here; the values stay borrowed.
-void ModelCore::turn_all_scales() {
+// classifier's scales (1/8 of the int8 values' bytes), made once here. At a level with packed
+// kernels (VNNI) the values are also copied once into the 16-row packed layout (QMat::packed, the
+// same number of bytes) and the borrowed values are read only for rows outside whole blocks.
+namespace {
+struct Product {
+    Matrix* m;  // null when only the shapes are wanted
+    long d, n;
+};
+// Every weight matrix a forward pass multiplies by, with its shape (d, n).
+std::vector<Product> products(const ModelConfig& c, WeightPtrs* w) {
+    const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim(), V = c.vocab_size;
+    std::vector<Product> parts;
+    for (int l = 0; l < c.n_layers; ++l) {
+        parts.push_back({w ? &w->wq[l] : nullptr, D, D});
+        parts.push_back({w ? &w->wk[l] : nullptr, KV, D});
+        parts.push_back({w ? &w->wv[l] : nullptr, KV, D});
+        parts.push_back({w ? &w->wo[l] : nullptr, D, D});
+        parts.push_back({w ? &w->w1[l] : nullptr, H, D});
+        parts.push_back({w ? &w->w2[l] : nullptr, D, H});
+        parts.push_back({w ? &w->w3[l] : nullptr, H, D});
+    }
+    parts.push_back({w ? &w->wcls : nullptr, V, D});
+    return parts;
+}
+}  // namespace
+
+size_t ModelCore::packed_q8_size(const ModelConfig& c, int gs) {
+    size_t bytes = 0;
+    if (gs <= 0 || !kernels().q8_packed) return 0;
+    for (const Product& p : products(c, nullptr))
+        if (q8_packable(p.d, p.n, gs))
+            bytes += packed_q8_bytes(p.d, p.n) + sizeof(float) * packed_q8_scales(p.d, p.n, gs);
+    return bytes;
+}
+
+void ModelCore::prepare_q8_weights() {
     const int gs = w_.group_size;
     if (!gs) return;
-    const long D = c_.dim, H = c_.hidden_dim, KV = c_.kv_dim(), V = c_.vocab_size;
-    struct Part {
-        Matrix* m;
-        long d, n;
-    };
-    std::vector<Part> parts;
-    for (int l = 0; l < c_.n_layers; ++l) {
-        parts.push_back({&w_.wq[l], D, D});
-        parts.push_back({&w_.wk[l], KV, D});
-        parts.push_back({&w_.wv[l], KV, D});
-        parts.push_back({&w_.wo[l], D, D});
-        parts.push_back({&w_.w1[l], H, D});
-        parts.push_back({&w_.w2[l], D, H});
-        parts.push_back({&w_.w3[l], H, D});
-    }
-    parts.push_back({&w_.wcls, V, D});
-    long total = 0;
-    for (const Part& p : parts)
+    const std::vector<Product> parts = products(c_, &w_);
+    const bool pack = kt_->q8_packed;
+    long total = 0, packed_bytes = 0, packed_scales = 0;
+    for (const Product& p : parts) {
         if (p.n % gs == 0) total += turned_scales_size(p.d, p.n / gs);
+        if (pack && q8_packable(p.d, p.n, gs)) {
+            packed_bytes += packed_q8_bytes(p.d, p.n);
+            packed_scales += packed_q8_scales(p.d, p.n, gs);
+        }
+    }
     scales_turned_.resize(total);
-    long at = 0;
-    for (const Part& p : parts) {
+    packed_.resize(packed_bytes);
+    scales_packed_.resize(packed_scales);
+    long at = 0, at_packed = 0, at_scales = 0;
+    for (const Product& p : parts) {
         if (p.n % gs) continue;  // groups straddle rows: the general path reads s
         float* st = scales_turned_.data() + at;
         turn_scales(st, p.m->q.s, p.d, p.n / gs);
         p.m->q.st = st;
         at += turned_scales_size(p.d, p.n / gs);
+        if (!pack || !q8_packable(p.d, p.n, gs)) continue;
+        uint8_t* values = packed_.data() + at_packed;
+        float* scales = scales_packed_.data() + at_scales;
+        pack_q8(values, scales, p.m->q.q, p.m->q.s, p.d, p.n, gs);
+        p.m->q.packed = values;
+        p.m->q.st16 = scales;
+        at_packed += packed_q8_bytes(p.d, p.n);
+        at_scales += packed_q8_scales(p.d, p.n, gs);
     }
 }
 
 size_t ModelCore::buffer_bytes() const {
-    size_t f = scales_turned_.size() + key_cache_.size() + value_cache_.size() + rope_.size() + x_.size() +
-               xqs_.size() + xbt_.size() + q_.size() + k_.size() + v_.size() + att_.size() + tmp_.size() + hb_.size() +
-               hb2_.size() + scores_.size() + logits_.size() + logits_all_.size() + probs_.size() + cand_.size();
+    size_t f = scales_turned_.size() + scales_packed_.size() + xqsum_.size() + key_cache_.size() + value_cache_.size() +
+               rope_.size() + x_.size() + xqs_.size() + xbt_.size() + q_.size() + k_.size() + v_.size() + att_.size() +
+               tmp_.size() + hb_.size() + hb2_.size() + scores_.size() + logits_.size() + logits_all_.size() +
+               probs_.size() + cand_.size();
     size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
-    return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size();
+    return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size() + packed_.size();
 }
 
 namespace {
@@ -120,32 +162,44 @@ struct Profiler {
 };
 }  // namespace
 
+double ModelCore::TeamChooser::estimate(int kind, int choice) const {
+    double best = 0;
+    for (int i = 0; i < std::min(taken[kind][choice], 3); ++i)
+        if (best == 0 || recent[kind][choice][i] < best) best = recent[kind][choice][i];
+    return best;
+}
+
 int ModelCore::TeamChooser::pick(int kind) {
     if (!adaptive) return 1;
     ++calls;
-    const double one = per_row[kind][0], full = per_row[kind][1];
-    if (full == 0) return 1;  // time each choice once
-    if (one == 0) return 0;
+    if (!warmed) return 0;  // the warm-up call: one thread (cheap on a busy machine too)
+    const double one = estimate(kind, 0), full = estimate(kind, 1);
+    if (one == 0) return 0;  // time each choice once
+    if (full == 0) return 1;
     const int best = one < full ? 0 : 1;
     if (calls < next_probe) return best;
     // Now and then time the other choice again (the load changes): the longer one choice keeps
-    // winning, the rarer (16 calls, doubling up to 512), so a probe costs little on a steady machine.
+    // winning, the rarer (16 calls, doubling up to 512), and a probe that lost by a factor r waits
+    // at least 32 * (r - 1) calls, so losing probes cost at most about 3% (on a busy machine the full
+    // team can be 8x slower than one thread: its barriers wait for members that lost their core).
+    const double ratio = best ? one / full : full / one;
     interval = best == last_best ? std::min(2 * interval, 512L) : 16;
+    interval = std::max(interval, (long)std::min(32.0 * (ratio - 1.0), 4096.0));
     last_best = best;
     next_probe = calls + interval;
     return 1 - best;
 }
 
 void ModelCore::TeamChooser::record(int kind, int choice, double seconds_per_row) {
-    // The first call of each choice pays one-time costs (OpenMP starts its threads, caches fill):
-    // it is not a sample. Later samples weigh half, so one probe can overturn a stale estimate
-    // (a single slow warm-up used to keep the full team out for hundreds of calls).
-    if (!warm[kind][choice]) {
-        warm[kind][choice] = true;
+    // The model's first call pays one-time costs (page faults, cold caches): not a sample. Later
+    // ones fill a ring of 3 per choice whose least value is the estimate, so one slow call (a
+    // preempted thread on a quiet machine) cannot keep the full team out, and a lasting change of
+    // load shows within 3 samples.
+    if (!warmed) {
+        warmed = true;
         return;
     }
-    double& est = per_row[kind][choice];
-    est = est == 0 ? seconds_per_row : 0.5 * est + 0.5 * seconds_per_row;
+    recent[kind][choice][taken[kind][choice]++ % 3] = seconds_per_row;
 }
 
 void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mode, float* out, double* prof) {
@@ -277,10 +331,13 @@ QRows ModelCore::quantize_rows(const float* x, long ldx, int rows, int n) {
     const int gs = w_.group_size;
     const long lds = q8_groups(qn_, gs);
     const int t = omp_get_thread_num();
-    QRows q{xq_.data() + (long)t * cap_ * qn_, xqs_.data() + (long)t * cap_ * lds, qn_, lds, gs};
-    for (int r = 0; r < rows; ++r)
-        kt_->quantize_row(const_cast<int8_t*>(q.q) + r * q.ldq, const_cast<float*>(q.s) + r * q.lds, x + r * ldx, n,
-                          gs);
+    int32_t* sum = xqsum_.empty() ? nullptr : xqsum_.data() + (long)t * cap_ * lds;
+    QRows q{xq_.data() + (long)t * cap_ * qn_, xqs_.data() + (long)t * cap_ * lds, qn_, lds, gs, sum};
+    for (int r = 0; r < rows; ++r) {
+        int8_t* qr = const_cast<int8_t*>(q.q) + r * q.ldq;
+        kt_->quantize_row(qr, const_cast<float*>(q.s) + r * q.lds, x + r * ldx, n, gs);
+        if (sum) q8_group_sums(sum + r * lds, qr, n, gs);
+    }
     return q;
 }
 

@@ -85,6 +85,9 @@ public:
     const WeightPtrs& weights() const { return w_; }
     Isa isa() const { return kt_->isa; }
     size_t buffer_bytes() const;  // KV cache + buffers owned here (weights are borrowed)
+    // Bytes of the packed Q8_0 copy (QMat::packed, st16) a model of this shape makes at the current
+    // level (0 for float32 weights or a level without packed kernels); part of buffer_bytes.
+    static size_t packed_q8_size(const ModelConfig& c, int group_size);
 
 private:
     // Rows r = b * Tc + t (b < B, t < Tc): tok_, seq_, posv_ filled by forward().
@@ -98,7 +101,7 @@ private:
         long ldx;         // input row stride
         int rows;
     };
-    void turn_all_scales();  // Q8_0: fill scales_turned_ and point the matrices' st at it
+    void prepare_q8_weights();  // Q8_0: turned scales (and packed values) for every matrix
     Cls classifier_io(int B, int Tc, int T, LogitsMode mode, float* out);
     void copy_all_logits(const Cls& cls, int B, int Tc, int T, int t0, float* out);
 
@@ -112,11 +115,13 @@ private:
     // team waits at every barrier for a member that lost its core; one thread has no barriers.
     struct TeamChooser {
         bool adaptive = false;
-        double per_row[2][2] = {{0, 0}, {0, 0}};             // [decode (T == 1) or prefill][1 thread, full team]
-        bool warm[2][2] = {{false, false}, {false, false}};  // a choice's first (warm-up) call was seen
-        long calls = 0, next_probe = 16, interval = 16;      // calls between probes of the other choice
+        bool warmed = false;          // the first call (page faults, cold caches) ran, on one thread, unrecorded
+        double recent[2][2][3] = {};  // [decode (T == 1) or prefill][1 thread, full team] last 3 s/row, 0: none
+        int taken[2][2] = {};         // samples recorded per [kind][choice]
+        long calls = 0, next_probe = 16, interval = 16;  // calls between probes of the other choice
         int last_best = 1;
-        int pick(int kind);  // 0: one thread, 1: the full team
+        double estimate(int kind, int choice) const;  // the least recent sample: hiccups only slow runs down
+        int pick(int kind);                           // 0: one thread, 1: the full team
         void record(int kind, int choice, double seconds_per_row);
     } team_chooser_;
     int team_;                        // threads of the current parallel regions
@@ -150,6 +155,9 @@ private:
     bool argmax_ready_ = false;       // best_ belongs to logits_ of the last forward
 
     std::vector<float> scales_turned_;  // Q8_0: every product's QMat::st, (d / 8, groups, 8) each
+    std::vector<uint8_t> packed_;       // Q8_0 at a packed level: every QMat::packed, (d / 16, groups, gs / 4, 16, 4)
+    std::vector<float> scales_packed_;  // their QMat::st16, (d / 16, groups, 16) each
+    std::vector<int32_t> xqsum_;        // (n_threads, cap, groups(qn)) group sums of xq_ (packed kernels)
 };
 
 }  // namespace l2p

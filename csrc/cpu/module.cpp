@@ -399,11 +399,26 @@ void standalone_matmul_q8(py::array out, py::array x, py::array values, py::arra
     l2p::QRows qrows{xq.data(), xs.data(), n, groups, group_size};
     l2p::MatJob job{Matrix{nullptr, QMat{data_ptr<int8_t>(values), data_ptr<float>(scales)}}, (int)d,
                     writable_ptr<float>(out), d};
-    std::vector<float> turned;  // as a Model reads them (QMat::st), where groups do not straddle rows
+    // As a Model reads them: turned scales where groups do not straddle rows, and at a packed level
+    // the packed values with the activations' group sums.
+    std::vector<float> turned, packed_scales;
+    std::vector<uint8_t> packed;
+    std::vector<int32_t> sums;
     if (n % group_size == 0) {
         turned.resize(l2p::turned_scales_size(d, n / group_size));
         l2p::turn_scales(turned.data(), job.w.q.s, d, n / group_size);
         job.w.q.st = turned.data();
+    }
+    if (l2p::kernels().q8_packed && l2p::q8_packable(d, n, group_size)) {
+        packed.resize(l2p::packed_q8_bytes(d, n));
+        packed_scales.resize(l2p::packed_q8_scales(d, n, group_size));
+        l2p::pack_q8(packed.data(), packed_scales.data(), job.w.q.q, job.w.q.s, d, n, group_size);
+        job.w.q.packed = packed.data();
+        job.w.q.st16 = packed_scales.data();
+        sums.resize(rows * groups);
+        for (long r = 0; r < rows; ++r)
+            l2p::q8_group_sums(sums.data() + r * groups, xq.data() + r * n, (int)n, group_size);
+        qrows.sum = sums.data();
     }
     py::gil_scoped_release nogil;
 #pragma omp parallel
@@ -551,6 +566,15 @@ PYBIND11_MODULE(_cpu, m) {
           "out (d,) or (rows, d) = x (n,) or (rows, n) @ w (d, n).T");
     m.def("quantize", &standalone_quantize, py::arg("q"), py::arg("s"), py::arg("x"), py::arg("group_size"),
           "Q8_0 activations: q (rows, n) int8, s (rows, groups) <- x (rows, n)");
+    m.def(
+        "packed_q8_bytes",
+        [](int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int group_size) {
+            ModelConfig c{dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, 1};
+            return l2p::ModelCore::packed_q8_size(c, group_size);
+        },
+        py::arg("dim"), py::arg("hidden_dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads"),
+        py::arg("vocab_size"), py::arg("group_size"),
+        "bytes of the packed int8 copy a Q8_0 Model of this shape makes at the current level (0: none)");
     m.def("matmul_q8", &standalone_matmul_q8, py::arg("out"), py::arg("x"), py::arg("values"), py::arg("scales"),
           py::arg("group_size"),
           "out (rows, d) = x (rows, n) @ w.T, w Q8_0 (values (d, n), scales), runq's arithmetic");

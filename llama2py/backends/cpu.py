@@ -7,7 +7,8 @@ runq.c's arithmetic (activations quantized per group, int32 dot products per gro
 scaled and summed in float); the numpy backend's matmul_q8 is the spec.
 
 The C++ Model borrows the weight arrays (memory-mapped views stay memory-mapped: nothing is
-copied), owns the KV cache (n_layers, max_batch, seq_len, kv_dim) and its buffers, and does all
+copied; on CPUs with AVX-512 VNNI, Q8_0 products read one packed int8 copy made at load, 16 rows
+interleaved 4 bytes at a time, the same size as the values: see csrc/cpu/kernels.h), owns the KV cache (n_layers, max_batch, seq_len, kv_dim) and its buffers, and does all
 the work of a step, sampling included, in one extension call with the GIL released. Prefill runs
 matrix-matrix products over chunks of (sequence, position) rows; every dot product is summed in
 the same order as a single decode step, so batch rows and prefill logits are bitwise equal to
@@ -60,6 +61,17 @@ class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
+        ext = _load_extension()
+        c = config
+        # Q8_0 at a level with packed kernels (VNNI): the Model copies the int8 values once into its
+        # packed layout, which the memory check below must count.
+        self._packed_bytes = (
+            ext.packed_q8_bytes(
+                c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, weights.group_size
+            )
+            if weights.group_size
+            else 0
+        )
         super().__init__(config, weights, max_batch, threads)
         cores = os.cpu_count() or 1
         if threads is not None and threads > max(64, 4 * cores):
@@ -68,9 +80,7 @@ class CpuBackend(Backend):
                 f"threads={threads} is far more than the {cores} cores here; "
                 f"use at most {max(64, 4 * cores)} (the default uses every core)"
             )
-        ext = _load_extension()
         self._ext = ext
-        c = config
         self.weight_type = weights.weight_type
         self.group_size = weights.group_size
         w = {k: _matrix(v) for k, v in weights.tensors().items()}
@@ -108,6 +118,12 @@ class CpuBackend(Backend):
         self._logits_view = view() if view is not None else None
         if self._logits_view is not None:
             self._logits_view.flags.writeable = False
+
+    def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
+        parts = super().host_bytes(config, max_batch, threads)
+        if self._packed_bytes:
+            parts["packed int8 weights"] = self._packed_bytes
+        return parts
 
     # -- the model ------------------------------------------------------------------------------
     def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
