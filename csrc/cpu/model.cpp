@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "kernels.h"
@@ -169,22 +170,46 @@ double ModelCore::TeamChooser::estimate(int kind, int choice) const {
     return best;
 }
 
+// More threads ready to run than this process may use cores (Linux: /proc/loadavg's count of
+// runnable threads, ours included, team mates still spinning counted too): a full team would wait
+// at every barrier for a member without a core. False where it cannot tell.
+static bool cores_taken() {
+#ifdef __linux__
+    FILE* f = std::fopen("/proc/loadavg", "r");
+    if (!f) return false;
+    double one_min, five_min, fifteen_min;
+    int running = 0, total = 0;
+    const int got = std::fscanf(f, "%lf %lf %lf %d/%d", &one_min, &five_min, &fifteen_min, &running, &total);
+    std::fclose(f);
+    return got == 5 && running > omp_get_num_procs();
+#else
+    return false;
+#endif
+}
+
 int ModelCore::TeamChooser::pick(int kind) {
     if (!adaptive) return 1;
     ++calls;
     if (!warmed) return 0;  // the warm-up call: one thread (cheap on a busy machine too)
     const double one = estimate(kind, 0), full = estimate(kind, 1);
-    if (one == 0) return 0;  // time each choice once
-    if (full == 0) return 1;
-    const int best = one < full ? 0 : 1;
+    if (one == 0) return 0;  // time one thread first, then the team
+    const int best = full == 0 || one < full ? 0 : 1;
     if (calls < next_probe) return best;
     // Now and then time the other choice again (the load changes): the longer one choice keeps
     // winning, the rarer (16 calls, doubling up to 512), and a probe that lost by a factor r waits
     // at least 32 * (r - 1) calls, so losing probes cost at most about 3% (on a busy machine the full
-    // team can be 8x slower than one thread: its barriers wait for members that lost their core).
-    const double ratio = best ? one / full : full / one;
-    interval = best == last_best ? std::min(2 * interval, 512L) : 16;
-    interval = std::max(interval, (long)std::min(32.0 * (ratio - 1.0), 4096.0));
+    // team can be 10x slower than one thread: its barriers wait for members that lost their core).
+    // The team is not tried at all while the machine has more runnable threads than cores.
+    if (best == 0 && cores_taken()) {
+        interval = std::min(2 * interval, 512L);
+        next_probe = calls + interval;
+        return 0;
+    }
+    if (full != 0) {
+        const double ratio = best ? one / full : full / one;
+        interval = best == last_best ? std::min(2 * interval, 512L) : 16;
+        interval = std::max(interval, (long)std::min(32.0 * (ratio - 1.0), 4096.0));
+    }
     last_best = best;
     next_probe = calls + interval;
     return 1 - best;

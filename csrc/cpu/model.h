@@ -118,7 +118,7 @@ private:
         bool warmed = false;          // the first call (page faults, cold caches) ran, on one thread, unrecorded
         double recent[2][2][3] = {};  // [decode (T == 1) or prefill][1 thread, full team] last 3 s/row, 0: none
         int taken[2][2] = {};         // samples recorded per [kind][choice]
-        long calls = 0, next_probe = 16, interval = 16;  // calls between probes of the other choice
+        long calls = 0, next_probe = 0, interval = 16;  // calls between probes of the other choice
         int last_best = 1;
         double estimate(int kind, int choice) const;  // the least recent sample: hiccups only slow runs down
         int pick(int kind);                           // 0: one thread, 1: the full team
