@@ -14,9 +14,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint
 
-    print(load_checkpoint(args.file).describe())
+    ck = load_checkpoint(args.file)
+    print(ck.describe())
     print(f"cpu kernels: {cpu_kernel_level()}")
+    packed = packed_copy_bytes(ck)
+    if packed:
+        print(f"cpu int8:    products packed for VNNI at load: +{packed:,} bytes")
     return 0
+
+
+def packed_copy_bytes(ck) -> int:
+    """Bytes of the packed int8 copy the cpu backend makes of this Q8_0 checkpoint here (0: none)."""
+    from .backends.cpu import _load_extension
+    from .errors import Llama2pyError
+
+    if not ck.group_size:
+        return 0
+    try:
+        ext = _load_extension()
+    except (Llama2pyError, ImportError):
+        return 0
+    c = ck.config
+    return ext.packed_q8_bytes(c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, ck.group_size)
 
 
 def cpu_kernel_level() -> str:

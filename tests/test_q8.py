@@ -383,3 +383,23 @@ def test_random_weights_quantized_roundtrip():
     back = q.dequantized()
     assert rel_err(back.w2, w.w2) < 0.01 and back.wcls is back.token_embedding
     assert q.nbytes(True) == c.weight_bytes("q8_0", 64)
+
+
+def test_info_names_the_packed_copy(make_checkpoint, monkeypatch):
+    """`llama2py info` on a v2 file says whether (and how big) the cpu backend's packed copy is."""
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    config = Q8_SHAPES["aligned"]
+    path = make_checkpoint(config, 2, group_size=32)
+    args = (config.dim, config.hidden_dim, config.n_layers, config.n_heads, config.n_kv_heads, config.vocab_size, 32)
+    for level in ext.isa_levels():
+        monkeypatch.setenv("LLAMA2PY_ISA", level)
+        r = cli("info", path)
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.decode()
+        ext.set_isa(level)
+        packed = ext.packed_q8_bytes(*args)
+        ext.set_isa("")
+        assert (packed > 0) == (level == "avx512vnni")
+        assert (f"+{packed:,} bytes" in out) == (packed > 0), f"{level}: {out}"
