@@ -148,6 +148,9 @@ struct KernelTable {
                       float* scratch);
     void (*exp_sub)(float* a, int n, float mx);  // a[i] = exp(a[i] - mx)
     void (*quantize_row)(int8_t* q, float* s, const float* x, int n, int gs);
+    // One float32 dot product a (n,) . b (n,) summed exactly as every product above sums an output,
+    // so it equals that output bit for bit (the greedy classifier recomputes single logits with it).
+    float (*dot)(const float* a, const float* b, int n);
 };
 namespace isa_generic {
 extern const KernelTable table;

@@ -32,6 +32,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
         stream_ = (w.group_size ? params : 4 * params) > STREAM_BYTES;
     }
     prepare_q8_weights();
+    prepare_sketch();
     const long kv = c.kv_dim();
     const long cache = (long)c.n_layers * max_batch * c.seq_len * kv;
     key_cache_.assign(cache, 0.f);
@@ -45,6 +46,16 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
         xq_.resize((long)n_threads_ * cap_ * qn_);
         xqs_.resize((long)n_threads_ * cap_ * q8_groups(qn_, w.group_size));
         if (kt_->q8_packed) xqsum_.resize(xqs_.size());
+    }
+    if (sketch_.gs) {
+        const long groups = c.dim / sketch_.gs;
+        sketch_xq_.resize((long)n_threads_ * max_batch * c.dim);
+        sketch_xs_.resize((long)n_threads_ * max_batch * groups);
+        sketch_xsum_.resize((long)n_threads_ * max_batch * groups);
+        sketch_stats_.resize((long)n_threads_ * max_batch * 3);
+        approx_.resize((long)max_batch * c.vocab_size);
+        lower_.resize((long)n_threads_ * max_batch);
+        cls_x_.resize((long)max_batch * c.dim);
     }
     q_.resize((long)cap_ * c.dim);
     k_.resize(cap_ * kv);
@@ -136,13 +147,85 @@ void ModelCore::prepare_q8_weights() {
     }
 }
 
+// The sketch's group size: the largest of 64, 32, 16, 8, 4 that divides dim (0: none fits).
+static int sketch_group(const ModelConfig& c) {
+    for (int gs = 64; gs >= 4; gs /= 2)
+        if (c.dim % gs == 0) return gs;
+    return 0;
+}
+
+size_t ModelCore::sketch_size(const ModelConfig& c) {
+    const int gs = sketch_group(c);
+    if (!gs || c.vocab_size < SKETCH_MIN_VOCAB) return 0;
+    const long V = c.vocab_size, D = c.dim;
+    size_t bytes = V * D + sizeof(float) * (V * D / gs + 2 * V + turned_scales_size(V, D / gs));
+    if (kernels().q8_packed && q8_packable(V, D, gs))
+        bytes += packed_q8_bytes(V, D) + sizeof(float) * packed_q8_scales(V, D, gs);
+    return bytes;  // (and per-thread buffers of a few rows, counted by buffer_bytes)
+}
+
+void ModelCore::prepare_sketch() {
+    if (w_.group_size || !sketch_size(c_)) return;
+    const int gs = sketch_group(c_);
+    const long V = c_.vocab_size, D = c_.dim, G = D / gs;
+    const float* w = w_.wcls.f;
+    // Non-finite weights: no sketch (the full product keeps its own NaN semantics).
+    bool finite = true;
+#pragma omp parallel for reduction(&& : finite) schedule(static)
+    for (long i = 0; i < V * D; ++i) finite = finite && std::isfinite(w[i]);
+    if (!finite) return;
+    Sketch& k = sketch_;
+    k.q.resize(V * D);
+    k.s.resize(V * G);
+    k.s_max.resize(V);
+    k.l1.resize(V);
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < V; ++i) {
+        // runq's weight quantization: per group scale = max|w| / 127, q = round(w / scale)
+        float s_max = 0.f;
+        double l1 = 0.0;
+        for (long g = 0; g < G; ++g) {
+            const float* wg = w + i * D + g * gs;
+            float amax = 0.f;
+            for (int j = 0; j < gs; ++j) amax = std::max(amax, std::fabs(wg[j]));
+            const float scale = amax / 127.0f;
+            k.s[i * G + g] = scale;
+            s_max = std::max(s_max, scale);
+            for (int j = 0; j < gs; ++j) {
+                k.q[i * D + g * gs + j] = (int8_t)(scale > 0.f ? round_half_away(wg[j] / scale) : 0);
+                l1 += std::fabs(wg[j]);
+            }
+        }
+        k.s_max[i] = s_max;
+        k.l1[i] = (float)(l1 * (1.0 + 1e-6)) + 0.5f * (float)D * s_max;  // >= sum |q * scale|
+    }
+    k.m.q.q = k.q.data();
+    k.m.q.s = k.s.data();
+    k.turned.resize(turned_scales_size(V, G));
+    turn_scales(k.turned.data(), k.s.data(), V, G);
+    k.m.q.st = k.turned.data();
+    if (kt_->q8_packed && q8_packable(V, D, gs)) {
+        k.packed.resize(packed_q8_bytes(V, D));
+        k.st16.resize(packed_q8_scales(V, D, gs));
+        pack_q8(k.packed.data(), k.st16.data(), k.q.data(), k.s.data(), V, D, gs);
+        k.m.q.packed = k.packed.data();
+        k.m.q.st16 = k.st16.data();
+    }
+    k.gs = gs;
+}
+
 size_t ModelCore::buffer_bytes() const {
     size_t f = scales_turned_.size() + scales_packed_.size() + xqsum_.size() + key_cache_.size() + value_cache_.size() +
                rope_.size() + x_.size() + xqs_.size() + xbt_.size() + q_.size() + k_.size() + v_.size() + att_.size() +
                tmp_.size() + hb_.size() + hb2_.size() + scores_.size() + logits_.size() + logits_all_.size() +
                probs_.size() + cand_.size();
     size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
-    return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size() + packed_.size();
+    const size_t sketch =
+        sketch_.q.size() + sketch_.packed.size() + sketch_xq_.size() +
+        sizeof(float) * (sketch_.s.size() + sketch_.s_max.size() + sketch_.l1.size() + sketch_.turned.size() +
+                         sketch_.st16.size() + sketch_xs_.size() + sketch_xsum_.size() + sketch_stats_.size() +
+                         approx_.size() + lower_.size() + cls_x_.size());
+    return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size() + packed_.size() + sketch;
 }
 
 namespace {
@@ -244,8 +327,9 @@ void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mod
                 posv_[r] = pos + t0 + t;
             }
         const bool last_chunk = t0 + n == T;
-        LogitsMode m =
-            mode == LOGITS_ALL ? LOGITS_ALL : (mode == LOGITS_LAST && last_chunk ? LOGITS_LAST : LOGITS_NONE);
+        LogitsMode m = mode == LOGITS_ALL                                             ? LOGITS_ALL
+                       : (mode == LOGITS_LAST || mode == LOGITS_ARGMAX) && last_chunk ? mode
+                                                                                      : LOGITS_NONE;
         run_chunk(B, n, T, t0, m, out, prof);
     }
     if (team_chooser_.adaptive)
@@ -254,7 +338,7 @@ void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mod
 
 ModelCore::Cls ModelCore::classifier_io(int B, int Tc, int T, LogitsMode mode, float* out) {
     Cls cls{nullptr, x_.data(), (long)c_.dim, 0};
-    if (mode == LOGITS_LAST) {  // row (b, Tc - 1) of each sequence
+    if (mode == LOGITS_LAST || mode == LOGITS_ARGMAX) {  // row (b, Tc - 1) of each sequence
         cls.out = out;
         cls.in = x_.data() + (long)(Tc - 1) * c_.dim;
         cls.ldx = (long)Tc * c_.dim;
@@ -462,6 +546,12 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
                 kern.rmsnorm_row(xb + off, x_.data() + off, w_.rms_final, dim);
             }
             timer.mark(P_RMSNORM);
+            if (mode == LOGITS_ARGMAX) {
+                argmax_classifier(xb + (cls.in - x_.data()), cls.ldx, cls.rows, cls.out);
+                timer.mark(P_CLASSIFIER);
+            }
+        }
+        if (mode == LOGITS_LAST || mode == LOGITS_ALL) {
             MatJob logits{w_.wcls, V, cls.out, V};
             const Argmax best(cls.out, V, cls.rows, part_.data() + (long)omp_get_thread_num() * max_batch_);
             if (mode == LOGITS_LAST) {
@@ -475,7 +565,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
         }
     }
     copy_all_logits(cls, B, Tc, T, t0, out);
-    argmax_ready_ = mode == LOGITS_LAST;
+    argmax_ready_ = mode == LOGITS_LAST || mode == LOGITS_ARGMAX;
     if (argmax_ready_) {  // combine the threads' partial maxima: larger value, then smaller index
         for (int b = 0; b < cls.rows; ++b) {
             Best best{0.f, -1};
@@ -488,9 +578,128 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
     }
 }
 
+namespace {
+// Sketch bound terms of one input row: sum |x|, max |x| and the largest scale of its quantization.
+struct RowStats {
+    float l1, amax, t;
+};
+// After the sketch product of a block: each row's best lower bound a - m over the block, into lower.
+struct SketchBound : Epilogue {
+    const float* approx;  // (rows, V) sketch logits
+    const float* s_max;   // (V,)
+    const float* l1;      // (V,)
+    const RowStats* st;   // (rows,)
+    float* lower;         // (rows,) this thread's running maxima
+    int V, rows;
+    float g;  // relative rounding allowance of the two float sums
+    SketchBound(const float* approx, const float* s_max, const float* l1, const RowStats* st, float* lower, int V,
+                int rows, float g)
+        : approx(approx), s_max(s_max), l1(l1), st(st), lower(lower), V(V), rows(rows), g(g) {}
+    // |exact - a| <= m: rounding of w to its group's step (<= s/2 each) against sum |x|, of x to its
+    // step (<= t/2) against sum |q * s| (<= l1), and the float sums of both products (g), padded.
+    static float margin(float a, float s_max, float l1, const RowStats& r, float g) {
+        return 1.001f * (0.501f * s_max * r.l1 + 0.501f * r.t * l1 + g * l1 * (r.amax + 0.501f * r.t)) +
+               1e-6f * std::fabs(a);
+    }
+    void run(int r0, int nr) const override {
+        for (int b = 0; b < rows; ++b) {
+            const float* a = approx + (long)b * V;
+            float best = lower[b];
+            for (int i = r0; i < r0 + nr; ++i) {
+                const float lo = a[i] - margin(a[i], s_max[i], l1[i], st[b], g);
+                if (lo > best) best = lo;  // NaN never wins: its row stays a candidate below
+            }
+            lower[b] = best;
+        }
+    }
+};
+}  // namespace
+
+void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* out) {
+    const KernelTable& kern = *kt_;
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int D = c_.dim, V = c_.vocab_size, gs = sketch_.gs, G = D / gs;
+    // This thread's quantization of the input rows (every thread the same, no barrier) and stats.
+    int8_t* xq = sketch_xq_.data() + (long)t * max_batch_ * D;
+    float* xs = sketch_xs_.data() + (long)t * max_batch_ * G;
+    int32_t* xsum = sketch_xsum_.data() + (long)t * max_batch_ * G;
+    RowStats* st = reinterpret_cast<RowStats*>(sketch_stats_.data() + (long)t * max_batch_ * 3);
+    for (int b = 0; b < rows; ++b) {
+        const float* x = in + b * ldx;
+        kern.quantize_row(xq + (long)b * D, xs + (long)b * G, x, D, gs);
+        q8_group_sums(xsum + (long)b * G, xq + (long)b * D, D, gs);
+        RowStats r{0.f, 0.f, 0.f};
+        for (int k = 0; k < D; ++k) {
+            r.l1 += std::fabs(x[k]);
+            r.amax = std::max(r.amax, std::fabs(x[k]));
+        }
+        for (int g = 0; g < G; ++g) r.t = std::max(r.t, xs[(long)b * G + g]);
+        if (!std::isfinite(r.l1)) r.l1 = NAN;  // every row stays a candidate
+        st[b] = r;
+        lower_[(long)t * max_batch_ + b] = -INFINITY;
+        part_[(long)t * max_batch_ + b] = {0.f, -1};
+    }
+    // Both float sums round at most once per term (a fused multiply-add, or a multiply then an add
+    // at the generic level): 4 (D + G + 2) units in the last place covers them.
+    const float g = 4.0f * (float)(D + G + 2) * 5.9604645e-8f;
+    const QRows q{xq, xs, D, G, gs, xsum};
+    MatJob job{sketch_.m, V, approx_.data(), V};
+    const SketchBound bound(approx_.data(), sketch_.s_max.data(), sketch_.l1.data(), st,
+                            lower_.data() + (long)t * max_batch_, V, rows, g);
+    job.epi = &bound;
+    kern.matmul_jobs(&job, 1, nullptr, 0, rows, D, false, &q);  // ends with a barrier
+    // Every id whose a + m reaches the best a - m of its row gets its exact logit; the argmax of
+    // those is the full product's (same kernel sums, first index on ties within a thread).
+    constexpr int BLOCK = 256;
+    float best_lower[64];
+    const int nb = std::min(rows, 64);
+    for (int b = 0; b < nb; ++b) {
+        float m = -INFINITY;
+        for (int u = 0; u < nt; ++u) m = std::max(m, lower_[(long)u * max_batch_ + b]);
+        best_lower[b] = m;
+    }
+    Best* part = part_.data() + (long)t * max_batch_;
+    long exact = 0;
+#pragma omp for schedule(static)
+    for (int blk = 0; blk < (V + BLOCK - 1) / BLOCK; ++blk) {
+        for (int b = 0; b < rows; ++b) {
+            const float* a = approx_.data() + (long)b * V;
+            const float floor = b < nb ? best_lower[b] : -INFINITY;  // (more than 64 rows: no pruning)
+            const float* x = in + b * ldx;
+            for (int i = blk * BLOCK; i < std::min(V, (blk + 1) * BLOCK); ++i) {
+                if (a[i] + SketchBound::margin(a[i], sketch_.s_max[i], sketch_.l1[i], st[b], g) < floor) continue;
+                const float e = kern.dot(w_.wcls.f + (long)i * D, x, D);
+                ++exact;
+                out[(long)b * V + i] = e;
+                if (part[b].i < 0 || e > part[b].v) part[b] = {e, i};
+            }
+        }
+    }
+    if (t == 0) exact_logits_ = 0;
+#pragma omp barrier
+#pragma omp atomic
+    exact_logits_ += exact;
+    if (t == 0) {  // the rows, for complete_logits()
+        for (int b = 0; b < rows; ++b) std::memcpy(cls_x_.data() + (long)b * D, in + b * ldx, D * sizeof(float));
+        cls_rows_ = rows;
+    }
+}
+
+void ModelCore::complete_logits() {
+    if (!logits_partial_) return;
+    const int D = c_.dim, V = c_.vocab_size;
+    MatJob job{w_.wcls, V, logits_.data(), V};
+#pragma omp parallel num_threads(n_threads_)
+    kt_->matmul_jobs(&job, 1, cls_x_.data(), D, cls_rows_, D, stream_, nullptr);
+    logits_partial_ = false;
+}
+
 void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature, double top_p,
                      const int* forced, double* prof) {
-    forward(tokens, B, 1, pos, LOGITS_LAST, logits_.data(), prof);
+    // Greedy steps without log-probs need only the argmax: the sketch's bounds (float32 models).
+    const bool argmax_only = temperature == 0.0 && !logprobs && sketch_.gs;
+    forward(tokens, B, 1, pos, argmax_only ? LOGITS_ARGMAX : LOGITS_LAST, logits_.data(), prof);
+    logits_partial_ = argmax_only;
     const auto t0 = Clock::now();
     const int V = c_.vocab_size;
     auto one = [&](int b) {

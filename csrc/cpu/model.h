@@ -49,13 +49,18 @@ enum Prof {
     P_COUNT
 };
 
-enum LogitsMode { LOGITS_NONE = 0, LOGITS_LAST = 1, LOGITS_ALL = 2 };
+// LOGITS_ARGMAX (float32 models with a classifier sketch; decode steps): like LOGITS_LAST, but only
+// the argmax is certain to be computed: logits the sketch's bounds rule out are left stale.
+enum LogitsMode { LOGITS_NONE = 0, LOGITS_LAST = 1, LOGITS_ALL = 2, LOGITS_ARGMAX = 3 };
 
 class ModelCore {
 public:
     // Rows (sequence, position) processed together per prefill chunk: enough to reuse each weight
     // row from cache many times, small enough to keep the activation buffers small.
     static constexpr int PREFILL_ROWS = 64;
+    // Float32 models with at least this many classifier rows get the greedy sketch (below it the
+    // float32 classifier is small enough to read whole).
+    static constexpr int SKETCH_MIN_VOCAB = 1024;
 
     ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads);
 
@@ -88,6 +93,13 @@ public:
     // Bytes of the packed Q8_0 copy (QMat::packed, st16) a model of this shape makes at the current
     // level (0 for float32 weights or a level without packed kernels); part of buffer_bytes.
     static size_t packed_q8_size(const ModelConfig& c, int group_size);
+    // Bytes of the greedy classifier sketch a float32 model of this shape makes (0: none).
+    static size_t sketch_size(const ModelConfig& c);
+    // After a greedy step only the chosen ids' logits are sure to be current: compute the rest
+    // (last_logits() calls this; a no-op when the logits are whole).
+    void complete_logits();
+    bool has_sketch() const { return sketch_.gs > 0; }
+    long exact_logits() const { return exact_logits_; }  // computed exactly by the last greedy step
 
 private:
     // Rows r = b * Tc + t (b < B, t < Tc): tok_, seq_, posv_ filled by forward().
@@ -102,6 +114,10 @@ private:
         int rows;
     };
     void prepare_q8_weights();  // Q8_0: turned scales (and packed values) for every matrix
+    void prepare_sketch();      // float32: the classifier's int8 sketch and its bound terms
+    // The greedy classifier, called by every thread of the region: in (rows, ldx) normed rows,
+    // out (rows, vocab) gets the logits of the rows the bounds cannot rule out; part_ the argmax.
+    void argmax_classifier(const float* in, long ldx, int rows, float* out);
     Cls classifier_io(int B, int Tc, int T, LogitsMode mode, float* out);
     void copy_all_logits(const Cls& cls, int B, int Tc, int T, int t0, float* out);
 
@@ -158,6 +174,32 @@ private:
     std::vector<uint8_t> packed_;       // Q8_0 at a packed level: every QMat::packed, (d / 16, groups, gs / 4, 16, 4)
     std::vector<float> scales_packed_;  // their QMat::st16, (d / 16, groups, 16) each
     std::vector<int32_t> xqsum_;        // (n_threads, cap, groups(qn)) group sums of xq_ (packed kernels)
+
+    // Greedy decoding on float32 weights reads an int8 sketch of the classifier (Q8_0 groups of gs)
+    // instead of the float32 one: each logit's sketch value a, with a bound m on |exact - a| from
+    // the quantization steps and float rounding, rules out every id whose a + m is below the best
+    // a - m; only the others get their exact float32 logit (the same bits as the full product).
+    // The argmax is therefore exactly the full product's, from about a quarter of the bytes.
+    struct Sketch {
+        int gs = 0;                       // 0: no sketch (int8 weights, or an unfit shape)
+        std::vector<int8_t> q;            // (vocab, dim) int8 values of wcls
+        std::vector<float> s;             // (vocab * dim / gs,) their scales
+        std::vector<float> s_max;         // (vocab,) the largest scale of each row
+        std::vector<float> l1;            // (vocab,) sum |w_i| + dim * s_max_i / 2
+        std::vector<float> turned, st16;  // QMat::st, QMat::st16
+        std::vector<uint8_t> packed;      // QMat::packed (levels with packed kernels)
+        Matrix m;                         // the sketch as a Q8_0 matrix
+    } sketch_;
+    std::vector<int8_t> sketch_xq_;     // (n_threads, max_batch, dim) each thread's quantized rows
+    std::vector<float> sketch_xs_;      // (n_threads, max_batch, dim / gs) their scales
+    std::vector<int32_t> sketch_xsum_;  // (n_threads, max_batch, dim / gs) their group sums
+    std::vector<float> sketch_stats_;   // (n_threads, max_batch, 3) sum |x|, max |x|, max x scale
+    std::vector<float> approx_;         // (max_batch, vocab) sketch logits
+    std::vector<float> lower_;          // (n_threads, max_batch) each thread's best a - m
+    std::vector<float> cls_x_;          // (max_batch, dim) the normed rows of the last greedy step
+    int cls_rows_ = 0;                  // rows of cls_x_
+    bool logits_partial_ = false;       // logits_ holds only what the last greedy step needed
+    long exact_logits_ = 0;             // ids the last greedy step could not rule out (all rows)
 };
 
 }  // namespace l2p

@@ -232,7 +232,11 @@ public:
     }
 
     // The logits of the last step() (B rows valid), as a copy (max_batch, vocab).
-    py::array_t<float> last_logits() const {
+    py::array_t<float> last_logits() {
+        {
+            py::gil_scoped_release nogil;
+            core_->complete_logits();
+        }
         const auto& c = core_->config();
         py::array_t<float> a({(py::ssize_t)core_->max_batch(), (py::ssize_t)c.vocab_size});
         std::memcpy(a.mutable_data(), core_->logits(), sizeof(float) * core_->max_batch() * c.vocab_size);
@@ -240,7 +244,9 @@ public:
     }
 
     // The logits of the last step() as a view (max_batch, vocab) of the model's own buffer, no
-    // copy (B rows valid); the array keeps the model alive. For the finiteness check of step().
+    // copy (B rows valid); the array keeps the model alive. For the finiteness check of step(): after
+    // a greedy step on float32 weights only the chosen ids' logits are sure to be current there
+    // (last_logits() completes them).
     static py::array logits_view(py::object self) {
         Model& m = self.cast<Model&>();
         const long V = m.core_->config().vocab_size;
@@ -248,6 +254,8 @@ public:
     }
 
     size_t buffer_bytes() const { return core_->buffer_bytes(); }
+    bool greedy_sketch() const { return core_->has_sketch(); }
+    long exact_logits() const { return core_->exact_logits(); }
     int threads() const { return core_->threads(); }
     int max_batch() const { return core_->max_batch(); }
 
@@ -575,6 +583,14 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("dim"), py::arg("hidden_dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads"),
         py::arg("vocab_size"), py::arg("group_size"),
         "bytes of the packed int8 copy a Q8_0 Model of this shape makes at the current level (0: none)");
+    m.def(
+        "sketch_bytes",
+        [](int dim, int vocab_size) {
+            ModelConfig c{dim, 1, 1, 1, 1, vocab_size, 1};
+            return l2p::ModelCore::sketch_size(c);
+        },
+        py::arg("dim"), py::arg("vocab_size"),
+        "bytes of the int8 classifier sketch a float32 Model of this shape makes for greedy steps (0: none)");
     m.def("matmul_q8", &standalone_matmul_q8, py::arg("out"), py::arg("x"), py::arg("values"), py::arg("scales"),
           py::arg("group_size"),
           "out (rows, d) = x (rows, n) @ w.T, w Q8_0 (values (d, n), scales), runq's arithmetic");
@@ -611,6 +627,8 @@ PYBIND11_MODULE(_cpu, m) {
         .def("last_logits", &Model::last_logits)
         .def("logits_view", &Model::logits_view)
         .def_property_readonly("buffer_bytes", &Model::buffer_bytes)
+        .def_property_readonly("greedy_sketch", &Model::greedy_sketch)
+        .def_property_readonly("exact_logits", &Model::exact_logits)
         .def_property_readonly("threads", &Model::threads)
         .def_property_readonly("max_batch", &Model::max_batch)
         .def_property_readonly("isa", &Model::isa)

@@ -8,7 +8,10 @@ scaled and summed in float); the numpy backend's matmul_q8 is the spec.
 
 The C++ Model borrows the weight arrays (memory-mapped views stay memory-mapped: nothing is
 copied; on CPUs with AVX-512 VNNI, Q8_0 products read one packed int8 copy made at load, 16 rows
-interleaved 4 bytes at a time, the same size as the values: see csrc/cpu/kernels.h), owns the KV cache (n_layers, max_batch, seq_len, kv_dim) and its buffers, and does all
+interleaved 4 bytes at a time, the same size as the values: see csrc/cpu/kernels.h; float32 models
+keep an int8 sketch of the classifier with which greedy steps find the argmax exactly while
+reading about a quarter of its bytes: csrc/cpu/model.h), owns the KV cache (n_layers, max_batch,
+seq_len, kv_dim) and its buffers, and does all
 the work of a step, sampling included, in one extension call with the GIL released. Prefill runs
 matrix-matrix products over chunks of (sequence, position) rows; every dot product is summed in
 the same order as a single decode step, so batch rows and prefill logits are bitwise equal to
@@ -72,6 +75,8 @@ class CpuBackend(Backend):
             if weights.group_size
             else 0
         )
+        # float32: an int8 sketch of the classifier for greedy steps (csrc/cpu/model.h, ModelCore::Sketch)
+        self._sketch_bytes = 0 if weights.group_size else ext.sketch_bytes(c.dim, c.vocab_size)
         super().__init__(config, weights, max_batch, threads)
         cores = os.cpu_count() or 1
         if threads is not None and threads > max(64, 4 * cores):
@@ -123,6 +128,8 @@ class CpuBackend(Backend):
         parts = super().host_bytes(config, max_batch, threads)
         if self._packed_bytes:
             parts["packed int8 weights"] = self._packed_bytes
+        if self._sketch_bytes:
+            parts["greedy classifier sketch"] = self._sketch_bytes
         return parts
 
     # -- the model ------------------------------------------------------------------------------

@@ -1,0 +1,132 @@
+"""The greedy classifier of float32 models on the cpu backend (csrc/cpu/model.h, ModelCore::Sketch).
+
+A decode step at temperature 0 (no log-probs) finds the argmax from an int8 sketch of the classifier
+and the exact float32 logits of only the ids whose bounds it cannot rule out. Its ids must be those
+of the full float32 product, at every instruction-set level, for every shape and batch, ties
+included; last_logits() must still give the whole row."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from conftest import require_device
+
+from llama2py.checkpoint import Config, random_weights
+
+SKETCH_SHAPES = {
+    # gs 16; vocab not a multiple of 16 (rows past the last packed block); grouped-query attention
+    "tail_rows_gqa": Config(dim=48, hidden_dim=64, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=1500, seq_len=24),
+    # gs 4, an unshared classifier
+    "gs4_unshared": Config(
+        dim=36, hidden_dim=40, n_layers=2, n_heads=3, n_kv_heads=3, vocab_size=1100, seq_len=16, shared_classifier=False
+    ),
+    # gs 64
+    "gs64": Config(dim=128, hidden_dim=96, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=2048, seq_len=12),
+}
+
+
+@pytest.fixture(params=["generic", "avx2", "avx512", "avx512vnni"])
+def isa(request):
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    if request.param not in ext.isa_levels():
+        pytest.skip(f"this CPU does not run the {request.param} level")
+    ext.set_isa(request.param)
+    yield request.param
+    ext.set_isa("")
+
+
+def _greedy_against_full(config: Config, weights, B: int, label: str) -> list[int]:
+    """Greedy steps of B sequences against the argmax of full forward() logits; returns how many
+    logits each step computed exactly (the ids its bounds could not rule out, all rows)."""
+    from llama2py.backends.cpu import CpuBackend
+
+    greedy, full = CpuBackend(config, weights, B), CpuBackend(config, weights, B)
+    tok = np.random.default_rng(5).integers(0, config.vocab_size, B).astype(np.int32)
+    exact = []
+    for pos in range(config.seq_len):
+        ids, _ = greedy.step(tok, pos, 0.0, 0.9)
+        exact.append(greedy._model.exact_logits)
+        logits = full.forward(tok, pos)
+        want = np.argmax(logits, axis=-1)  # first index of the maximum, as run's argmax
+        assert ids.tolist() == want.tolist(), f"{label}: pos {pos}"
+        view = greedy._model.logits_view()  # the chosen ids' logits are exact
+        for b in range(B):
+            assert view[b, ids[b]] == logits[b, ids[b]], f"{label}: pos {pos} row {b}"
+        if pos % 5 == 0:  # the rest of the row on demand, the same bits as the full product
+            assert np.array_equal(greedy._model.last_logits()[:B], logits), f"{label}: last_logits at {pos}"
+        tok = ids
+    return exact
+
+
+@pytest.mark.parametrize("shape", list(SKETCH_SHAPES))
+def test_greedy_steps_equal_the_full_argmax(isa, shape):
+    import llama2py._cpu as ext
+
+    config = SKETCH_SHAPES[shape]
+    assert ext.sketch_bytes(config.dim, config.vocab_size) > 0  # the sketch is in use here
+    weights = random_weights(config, 1)
+    exact = _greedy_against_full(config, weights, 3, f"{shape} {isa}")
+    assert max(exact) < 3 * config.vocab_size // 4, f"the bounds ruled out too little: {exact}"
+
+
+def test_greedy_ties_take_the_first_id(isa):
+    """Every classifier row the same: every logit ties, no id can be ruled out, the first wins."""
+    config = SKETCH_SHAPES["tail_rows_gqa"]
+    w = random_weights(config, 2)
+    row = w.wcls[7].copy()
+    same = np.broadcast_to(row, w.wcls.shape).copy()
+    w = replace(w, token_embedding=same, wcls=same)
+    from llama2py.backends.cpu import CpuBackend
+
+    b = CpuBackend(config, w, 2)
+    ids, _ = b.step(np.array([3, 9], np.int32), 0, 0.0, 0.9)
+    assert ids.tolist() == [0, 0]
+    assert b._model.exact_logits == 2 * config.vocab_size  # nothing could be ruled out
+    _greedy_against_full(config, w, 2, f"ties {isa}")
+
+
+def test_greedy_close_logits(isa):
+    """Classifier rows that differ by less than the sketch's quantization step: many candidates,
+    the exact logits decide."""
+    config = SKETCH_SHAPES["gs64"]
+    w = random_weights(config, 3)
+    rng = np.random.default_rng(0)
+    base = w.wcls[0]
+    close = (base[None, :] * (1 + 1e-4 * rng.standard_normal((config.vocab_size, 1)))).astype(np.float32)
+    w = replace(w, token_embedding=close, wcls=close)
+    exact = _greedy_against_full(config, w, 2, f"close {isa}")
+    assert max(exact) > 2, f"expected near-ties to need several exact logits: {exact}"
+
+
+def test_non_finite_classifier_has_no_sketch():
+    """A NaN in the classifier: no sketch (greedy steps read the full product, with its NaN
+    semantics); finite weights of the same shape have one."""
+    require_device("cpu")
+    from llama2py.backends.cpu import CpuBackend
+
+    config = SKETCH_SHAPES["gs4_unshared"]
+    w = random_weights(config, 4)
+    assert CpuBackend(config, w, 1)._model.greedy_sketch
+    wcls = w.wcls.copy()
+    wcls[40, 3] = np.nan
+    assert not CpuBackend(config, replace(w, wcls=wcls), 1)._model.greedy_sketch
+
+
+def test_sketch_is_counted_and_only_where_it_fits():
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    from llama2py.backends.cpu import CpuBackend
+
+    assert ext.sketch_bytes(64, 512) == 0  # a small vocabulary is read whole
+    assert ext.sketch_bytes(70, 4096) == 0  # no group size of 4..64 divides 70
+    config = SKETCH_SHAPES["gs64"]
+    want = ext.sketch_bytes(config.dim, config.vocab_size)
+    assert want >= config.vocab_size * config.dim  # at least the int8 values
+    b = CpuBackend(config, random_weights(config, 0), 1)
+    assert b.host_bytes(config, 1, None)["greedy classifier sketch"] == want
+    assert b.memory_bytes() >= want
