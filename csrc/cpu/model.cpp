@@ -190,7 +190,8 @@ void ModelCore::prepare_sketch() {
             for (int j = 0; j < gs; ++j) amax = std::max(amax, std::fabs(wg[j]));
             const float scale = amax / 127.0f;
             k.s[i * G + g] = scale;
-            s_max = std::max(s_max, scale);
+            // a scale too small to divide by safely: no bound for this row, it is always computed
+            s_max = amax > 0.f && scale < 1e-30f ? INFINITY : std::max(s_max, scale);
             for (int j = 0; j < gs; ++j) {
                 k.q[i * D + g * gs + j] = (int8_t)(scale > 0.f ? round_half_away(wg[j] / scale) : 0);
                 l1 += std::fabs(wg[j]);
@@ -634,7 +635,9 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
             r.amax = std::max(r.amax, std::fabs(x[k]));
         }
         for (int g = 0; g < G; ++g) r.t = std::max(r.t, xs[(long)b * G + g]);
-        if (!std::isfinite(r.l1)) r.l1 = NAN;  // every row stays a candidate
+        // Non-finite input, or one so small that its quantization steps may underflow: every id of
+        // this row stays a candidate.
+        if (!std::isfinite(r.l1) || r.amax < 1e-30f) r.l1 = NAN;
         st[b] = r;
         lower_[(long)t * max_batch_ + b] = -INFINITY;
         part_[(long)t * max_batch_ + b] = {0.f, -1};
@@ -651,8 +654,8 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
     // Every id whose a + m reaches the best a - m of its row gets its exact logit; the argmax of
     // those is the full product's (same kernel sums, first index on ties within a thread).
     constexpr int BLOCK = 256;
-    float best_lower[64];
-    const int nb = std::min(rows, 64);
+    float best_lower[SKETCH_MAX_ROWS];
+    const int nb = std::min(rows, SKETCH_MAX_ROWS);
     for (int b = 0; b < nb; ++b) {
         float m = -INFINITY;
         for (int u = 0; u < nt; ++u) m = std::max(m, lower_[(long)u * max_batch_ + b]);
@@ -664,7 +667,7 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
     for (int blk = 0; blk < (V + BLOCK - 1) / BLOCK; ++blk) {
         for (int b = 0; b < rows; ++b) {
             const float* a = approx_.data() + (long)b * V;
-            const float floor = b < nb ? best_lower[b] : -INFINITY;  // (more than 64 rows: no pruning)
+            const float floor = b < nb ? best_lower[b] : -INFINITY;
             const float* x = in + b * ldx;
             for (int i = blk * BLOCK; i < std::min(V, (blk + 1) * BLOCK); ++i) {
                 if (a[i] + SketchBound::margin(a[i], sketch_.s_max[i], sketch_.l1[i], st[b], g) < floor) continue;
@@ -697,7 +700,7 @@ void ModelCore::complete_logits() {
 void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int pos, double temperature, double top_p,
                      const int* forced, double* prof) {
     // Greedy steps without log-probs need only the argmax: the sketch's bounds (float32 models).
-    const bool argmax_only = temperature == 0.0 && !logprobs && sketch_.gs;
+    const bool argmax_only = temperature == 0.0 && !logprobs && sketch_.gs && B <= SKETCH_MAX_ROWS;
     forward(tokens, B, 1, pos, argmax_only ? LOGITS_ARGMAX : LOGITS_LAST, logits_.data(), prof);
     logits_partial_ = argmax_only;
     const auto t0 = Clock::now();

@@ -61,6 +61,7 @@ public:
     // Float32 models with at least this many classifier rows get the greedy sketch (below it the
     // float32 classifier is small enough to read whole).
     static constexpr int SKETCH_MIN_VOCAB = 1024;
+    static constexpr int SKETCH_MAX_ROWS = 64;  // greedy batches up to this size use the sketch
 
     ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads);
 
