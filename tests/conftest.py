@@ -198,3 +198,21 @@ def require_device(device: str) -> None:
 
 
 HOST_DEVICES = ["numpy", "cpu"]
+
+
+ISA_LEVELS = ["generic", "avx2", "avx512", "avx512vnni"]
+
+
+@pytest.fixture(params=ISA_LEVELS)
+def isa(request):
+    """Each instruction-set level of the cpu kernels this CPU runs (the others skip), selected for
+    the test and reset to the best level after it."""
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    if request.param not in ext.isa_levels():
+        pytest.skip(f"this CPU does not run the {request.param} level")
+    ext.set_isa(request.param)
+    assert ext.isa() == request.param
+    yield request.param
+    ext.set_isa("")

@@ -27,18 +27,6 @@ SKETCH_SHAPES = {
 }
 
 
-@pytest.fixture(params=["generic", "avx2", "avx512", "avx512vnni"])
-def isa(request):
-    require_device("cpu")
-    import llama2py._cpu as ext
-
-    if request.param not in ext.isa_levels():
-        pytest.skip(f"this CPU does not run the {request.param} level")
-    ext.set_isa(request.param)
-    yield request.param
-    ext.set_isa("")
-
-
 def _greedy_against_full(config: Config, weights, B: int, label: str) -> list[int]:
     """Greedy steps of B sequences against the argmax of full forward() logits; returns how many
     logits each step computed exactly (the ids its bounds could not rule out, all rows)."""

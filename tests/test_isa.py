@@ -11,28 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli, rel_err, require_device
+from conftest import ISA_LEVELS, cli, rel_err, require_device
 
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-LEVELS = ["generic", "avx2", "avx512", "avx512vnni"]
+LEVELS = ISA_LEVELS
 TOL = 1e-5
-
-
-@pytest.fixture(params=LEVELS)
-def isa(request):
-    require_device("cpu")
-    import llama2py._cpu as ext
-
-    if request.param not in ext.isa_levels():
-        pytest.skip(f"this CPU does not run the {request.param} level")
-    ext.set_isa(request.param)
-    assert ext.isa() == request.param
-    yield request.param
-    ext.set_isa("")
 
 
 def test_levels_listed_and_best_chosen():

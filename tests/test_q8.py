@@ -68,16 +68,6 @@ def test_matmul_q8_spec_is_close_to_float():
 
 
 # ---- cpu kernels against the spec, bit for bit, at every ISA level -----------------------------------
-@pytest.fixture(params=["generic", "avx2", "avx512", "avx512vnni"])
-def isa(request):
-    require_device("cpu")
-    import llama2py._cpu as ext
-
-    if request.param not in ext.isa_levels():
-        pytest.skip(f"this CPU does not run the {request.param} level")
-    ext.set_isa(request.param)
-    yield request.param
-    ext.set_isa("")
 
 
 @pytest.mark.parametrize(
