@@ -202,10 +202,12 @@ def test_cpu_v2_packed_copy_is_counted(isa, make_checkpoint):
     kv = c.dim // c.n_heads * c.n_kv_heads
     shapes = [(c.dim, c.dim), (kv, c.dim), (kv, c.dim), (c.dim, c.dim)] + [(c.hidden_dim, c.dim)] * 2
     shapes = shapes * c.n_layers + [(c.dim, c.hidden_dim)] * c.n_layers + [(c.vocab_size, c.dim)]
-    want = sum(d // 16 * 16 * (n + 4 * (n // gs)) for d, n in shapes if n % gs == 0 and gs % 4 == 0 and d >= 16)
+    packed_groups = (4, 8, 16, 32, 64)  # the group sizes the packed kernels are built for
+    want = sum(d // 16 * 16 * (n + 4 * (n // gs)) for d, n in shapes if n % gs == 0 and gs in packed_groups and d >= 16)
     packs = isa == "avx512vnni"
     args = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, gs)
     assert ext.packed_q8_bytes(*args) == (want if packs else 0) and want > 0
+    assert ext.packed_q8_bytes(96, 96, 1, 2, 2, 64, 48) == 0  # group 48: no packed kernel, no copy
     parts = cb.host_bytes(c, 3, None)
     assert parts.get("packed int8 weights", 0) == (want if packs else 0), parts
     assert cb.memory_bytes() >= ck.weights.nbytes(c.shared_classifier) + (want if packs else 0)

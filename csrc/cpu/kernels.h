@@ -41,10 +41,14 @@ void turn_scales(float* st, const float* s, long d, long groups);
 inline long turned_scales_size(long d, long groups) {
     return d / 8 * groups * 8;
 }
-// Packing (QMat::packed) needs whole groups per row and 4-byte steps: gs divides n, 4 divides gs.
-// Rows past the last whole block of 16 stay on the unpacked path.
+// Packing (QMat::packed) needs whole groups per row and a group size the packed kernels are built
+// for (the sizes llama2.c's export picks that are multiples of 4). Rows past the last whole block
+// of 16 stay on the unpacked path.
+inline bool q8_packed_group(int gs) {
+    return gs == 4 || gs == 8 || gs == 16 || gs == 32 || gs == 64;
+}
 inline bool q8_packable(long d, long n, int gs) {
-    return gs > 0 && n % gs == 0 && gs % 4 == 0 && d >= 16;
+    return q8_packed_group(gs) && n % gs == 0 && d >= 16;
 }
 inline long packed_q8_bytes(long d, long n) {  // values; the scales take packed_q8_scales floats
     return d / 16 * 16 * n;

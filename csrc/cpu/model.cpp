@@ -8,6 +8,10 @@
 #include <cstdio>
 #include <cstring>
 
+#ifdef __linux__
+#include <unistd.h>
+#endif
+
 #include "kernels.h"
 
 namespace l2p {
@@ -254,7 +258,7 @@ double ModelCore::TeamChooser::estimate(int kind, int choice) const {
     return best;
 }
 
-// More threads ready to run than this process may use cores (Linux: /proc/loadavg's count of
+// More threads ready to run than the machine has processors (Linux: /proc/loadavg's count of
 // runnable threads, ours included, team mates still spinning counted too): a full team would wait
 // at every barrier for a member without a core. False where it cannot tell.
 static bool cores_taken() {
@@ -265,7 +269,8 @@ static bool cores_taken() {
     int running = 0, total = 0;
     const int got = std::fscanf(f, "%lf %lf %lf %d/%d", &one_min, &five_min, &fifteen_min, &running, &total);
     std::fclose(f);
-    return got == 5 && running > omp_get_num_procs();
+    // the machine's processors, not this process's affinity: /proc/loadavg counts the whole host
+    return got == 5 && running > sysconf(_SC_NPROCESSORS_ONLN);
 #else
     return false;
 #endif
@@ -273,29 +278,32 @@ static bool cores_taken() {
 
 int ModelCore::TeamChooser::pick(int kind) {
     if (!adaptive) return 1;
-    ++calls;
-    if (!warmed) return 0;  // the warm-up call: one thread (cheap on a busy machine too)
+    const long call = ++calls[kind];
     const double one = estimate(kind, 0), full = estimate(kind, 1);
-    if (one == 0) return 0;  // time one thread first, then the team
+    // Nothing timed yet for this kind (the model's first call is never timed): the team, unless
+    // every processor is taken; then one thread is timed first.
+    if (one == 0 && full == 0) return cores_taken() ? 0 : 1;
+    if (one == 0) return 0;
     const int best = full == 0 || one < full ? 0 : 1;
-    if (calls < next_probe) return best;
+    if (call < next_probe[kind]) return best;
     // Now and then time the other choice again (the load changes): the longer one choice keeps
     // winning, the rarer (16 calls, doubling up to 512), and a probe that lost by a factor r waits
     // at least 32 * (r - 1) calls, so losing probes cost at most about 3% (on a busy machine the full
     // team can be 10x slower than one thread: its barriers wait for members that lost their core).
-    // The team is not tried at all while the machine has more runnable threads than cores.
+    // The team is not tried at all while the machine has more runnable threads than processors.
+    long& gap = interval[kind];
     if (best == 0 && cores_taken()) {
-        interval = std::min(2 * interval, 512L);
-        next_probe = calls + interval;
+        gap = std::max(gap, std::min(2 * gap, 512L));
+        next_probe[kind] = call + gap;
         return 0;
     }
     if (full != 0) {
         const double ratio = best ? one / full : full / one;
-        interval = best == last_best ? std::min(2 * interval, 512L) : 16;
-        interval = std::max(interval, (long)std::min(32.0 * (ratio - 1.0), 4096.0));
+        gap = best == last_best[kind] ? std::max(gap, std::min(2 * gap, 512L)) : 16;
+        gap = std::max(gap, (long)std::min(32.0 * (ratio - 1.0), 4096.0));
     }
-    last_best = best;
-    next_probe = calls + interval;
+    last_best[kind] = best;
+    next_probe[kind] = call + gap;
     return 1 - best;
 }
 
@@ -599,8 +607,11 @@ struct SketchBound : Epilogue {
     // |exact - a| <= m: rounding of w to its group's step (<= s/2 each) against sum |x|, of x to its
     // step (<= t/2) against sum |q * s| (<= l1), and the float sums of both products (g), padded.
     static float margin(float a, float s_max, float l1, const RowStats& r, float g) {
-        return 1.001f * (0.501f * s_max * r.l1 + 0.501f * r.t * l1 + g * l1 * (r.amax + 0.501f * r.t)) +
-               1e-6f * std::fabs(a);
+        // 1e-37: the absolute rounding of sums whose terms fall below the normal range; logits near
+        // float32's overflow get no bound (an exact sum could overflow where a did not).
+        const float m = 1.001f * (0.501f * s_max * r.l1 + 0.501f * r.t * l1 + g * l1 * (r.amax + 0.501f * r.t)) +
+                        1e-6f * std::fabs(a) + 1e-37f;
+        return std::fabs(a) + m < 1e30f ? m : INFINITY;
     }
     void run(int r0, int nr) const override {
         for (int b = 0; b < rows; ++b) {

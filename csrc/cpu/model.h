@@ -132,11 +132,14 @@ private:
     // team waits at every barrier for a member that lost its core; one thread has no barriers.
     struct TeamChooser {
         bool adaptive = false;
-        bool warmed = false;          // the first call (page faults, cold caches) ran, on one thread, unrecorded
+        bool warmed = false;          // the model's first call (page faults, cold caches) ran, unrecorded
         double recent[2][2][3] = {};  // [decode (T == 1) or prefill][1 thread, full team] last 3 s/row, 0: none
         int taken[2][2] = {};         // samples recorded per [kind][choice]
-        long calls = 0, next_probe = 0, interval = 16;  // calls between probes of the other choice
-        int last_best = 1;
+        // per kind (decode steps and prefill calls keep their own schedule: a rare prefill must not
+        // lose its probes to the decode steps between): calls, the call of the next probe of the
+        // other choice, calls between probes, the last choice that won
+        long calls[2] = {0, 0}, next_probe[2] = {16, 16}, interval[2] = {16, 16};
+        int last_best[2] = {1, 1};
         double estimate(int kind, int choice) const;  // the least recent sample: hiccups only slow runs down
         int pick(int kind);                           // 0: one thread, 1: the full team
         void record(int kind, int choice, double seconds_per_row);
