@@ -325,6 +325,9 @@ def test_an_interrupted_write_leaves_nothing(tmp_path, signum):
         [sys.executable, "-m", "llama2py", "synth", "--shape", "stories110M", "--no-progress", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # a shell's background job inherits SIGINT ignored, and Python keeps it ignored: give the
+        # child the default, as a terminal's foreground process has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):
