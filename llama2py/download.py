@@ -546,6 +546,10 @@ def missing_message(entries: list[KnownFile], folder: Path, cause: Optional[str]
         sha = f"sha256 {e.sha256}" if e.sha256 else "no published sha256"
         lines.append(f"  {resolve_url(e)}  ({size}, {sha})")
         lines.append(f"      -> {folder / e.filename}")
+        if (folder / e.filename).exists():  # there, but not the published file: say why it was passed over
+            problem = verify_file(folder / e.filename, e)
+            if problem:
+                lines.append(f"      (the file there is not the published one: {problem}; replace it)")
     lines.append(
         f"or set ${MODELS_ENV} to a folder that holds them, set ${URL_ENV} to a mirror's base URL "
         f"(or `llama2py download NAME --url URL`), or pass a checkpoint path (and -z TOKENIZER)"

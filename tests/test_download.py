@@ -343,6 +343,20 @@ def test_ensure_default_model_offline_names_only_what_is_missing(tmp_path, monke
     assert "test.bin" in str(err.value) and "tok.bin" not in str(err.value)
 
 
+def test_offline_message_says_why_a_present_file_was_passed_over(tmp_path, monkeypatch):
+    """A file in the store that is not the published one (a different export, a synthetic model
+    of the same shape): the message says so, instead of only asking to download it."""
+    monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
+    monkeypatch.setenv(dl.URL_ENV, f"http://127.0.0.1:{closed_port()}/m")
+    (tmp_path / "test.bin").write_bytes(b"z" * len(DATA))  # right size, wrong bytes
+    (tmp_path / "tok.bin").write_bytes(TOKDATA)
+    with pytest.raises(DownloadError) as err:
+        dl.ensure_default_model(tmp_path, progress=False)
+    msg = str(err.value)
+    assert "the file there is not the published one" in msg and "sha256" in msg, msg
+    assert str(tmp_path / "test.bin") in msg and "tok.bin" not in msg
+
+
 def test_preexisting_file_is_trusted_only_after_its_sha256(server, tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
     monkeypatch.setenv(dl.URL_ENV, server.base)
