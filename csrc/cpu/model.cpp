@@ -162,9 +162,11 @@ size_t ModelCore::sketch_size(const ModelConfig& c) {
     const int gs = sketch_group(c);
     if (!gs || c.vocab_size < SKETCH_MIN_VOCAB) return 0;
     const long V = c.vocab_size, D = c.dim;
-    size_t bytes = V * D + sizeof(float) * (V * D / gs + 2 * V + turned_scales_size(V, D / gs));
-    if (kernels().q8_packed && q8_packable(V, D, gs))
-        bytes += packed_q8_bytes(V, D) + sizeof(float) * packed_q8_scales(V, D, gs);
+    size_t bytes = sizeof(float) * 2 * V;  // s_max, l1
+    const bool packed = kernels().q8_packed && q8_packable(V, D, gs);
+    if (packed) bytes += packed_q8_bytes(V, D) + sizeof(float) * packed_q8_scales(V, D, gs);
+    if (!packed || V % 16)  // the unpacked copy, read where rows are not all in packed blocks
+        bytes += V * D + sizeof(float) * (V * D / gs + turned_scales_size(V, D / gs));
     return bytes;  // (and per-thread buffers of a few rows, counted by buffer_bytes)
 }
 
@@ -215,6 +217,14 @@ void ModelCore::prepare_sketch() {
         pack_q8(k.packed.data(), k.st16.data(), k.q.data(), k.s.data(), V, D, gs);
         k.m.q.packed = k.packed.data();
         k.m.q.st16 = k.st16.data();
+        if (V % 16 == 0) {  // every row is in a packed block: the unpacked copy is never read
+            std::vector<int8_t>().swap(k.q);
+            std::vector<float>().swap(k.s);
+            std::vector<float>().swap(k.turned);
+            k.m.q.q = nullptr;
+            k.m.q.s = nullptr;
+            k.m.q.st = nullptr;
+        }
     }
     k.gs = gs;
 }
