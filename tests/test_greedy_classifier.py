@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import require_device
+from conftest import cli, require_device
 
 from llama2py.checkpoint import Config, random_weights
 
@@ -118,3 +118,14 @@ def test_sketch_is_counted_and_only_where_it_fits():
     b = CpuBackend(config, random_weights(config, 0), 1)
     assert b.host_bytes(config, 1, None)["greedy classifier sketch"] == want
     assert b.memory_bytes() >= want
+
+
+def test_info_names_the_sketch(make_checkpoint):
+    """`llama2py info` on a float32 file with a sketch-sized vocabulary names the sketch's bytes."""
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    config = SKETCH_SHAPES["gs64"]
+    r = cli("info", make_checkpoint(config))
+    assert r.returncode == 0, r.stderr
+    assert f"+{ext.sketch_bytes(config.dim, config.vocab_size):,} bytes" in r.stdout.decode()
