@@ -7,13 +7,14 @@ included; last_logits() must still give the whole row."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import cli, require_device
+from conftest import cli, find_golden, first_difference, model_file, require_device
 
-from llama2py.checkpoint import Config, random_weights
+from llama2py.checkpoint import Config, load_checkpoint, random_weights
 
 SKETCH_SHAPES = {
     # gs 16; vocab not a multiple of 16 (rows past the last packed block); grouped-query attention
@@ -129,3 +130,77 @@ def test_info_names_the_sketch(make_checkpoint):
     r = cli("info", make_checkpoint(config))
     assert r.returncode == 0, r.stderr
     assert f"+{ext.sketch_bytes(config.dim, config.vocab_size):,} bytes" in r.stdout.decode()
+
+
+def test_trained_model_through_the_sketch_tells_runs_story(monkeypatch):
+    """stories260K (trained weights; its 512-token vocabulary is below the sketch's minimum, which
+    LLAMA2PY_SKETCH_MIN_VOCAB lowers): greedy steps through the sketch give the full product's ids
+    at every position, and the CLI prints run's greedy golden story byte for byte."""
+    require_device("cpu")
+    from llama2py.backends.cpu import CpuBackend
+
+    monkeypatch.setenv("LLAMA2PY_SKETCH_MIN_VOCAB", "1")
+    path = model_file("stories260K.bin")
+    ck = load_checkpoint(path)
+    greedy, full = CpuBackend(ck.config, ck.weights, 1), CpuBackend(ck.config, ck.weights, 1)
+    assert greedy._model.greedy_sketch
+    tok, pruned = np.array([1], np.int32), 0
+    for pos in range(200):
+        ids, _ = greedy.step(tok, pos, 0.0, 0.9)
+        want = int(np.argmax(full.forward(tok, pos)[0]))
+        assert int(ids[0]) == want, f"pos {pos}"
+        pruned += greedy._model.exact_logits < ck.config.vocab_size
+        tok = np.array([want], np.int32)
+    assert pruned >= 150, f"the bounds ruled ids out at only {pruned} of 200 positions"
+    folder, why = find_golden()
+    if folder is None:
+        pytest.skip(why)
+    case = next(
+        c for c in json.loads((folder / "cases.json").read_text("utf-8"))["cases"] if c["name"] == "s260K_greedy_tom"
+    )
+    want = (folder / case["stdout"]).read_bytes()
+    r = cli(*case["argv"], "--device", "cpu", cwd=path.parent, env={"LLAMA2PY_SKETCH_MIN_VOCAB": "1"})
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert r.stdout == want, first_difference(r.stdout, want)
+
+
+def test_bound_keeps_an_argmax_the_sketch_ranks_second(isa):
+    """An adversarial classifier: rows A and B where the int8 sketch ranks B above A by a whole
+    quantization step while the exact float32 logits put A first. Only a bound of the size the
+    rounding really allows keeps A a candidate (a bound a hundred times too small loses it).
+
+    The layers are zero, so the classifier's input is the normed token embedding, which the test
+    knows; the classifier is unshared."""
+    config = Config(
+        dim=64, hidden_dim=32, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=1024, seq_len=4, shared_classifier=False
+    )
+    w = random_weights(config, 6)
+    zero = {name: np.zeros_like(getattr(w, name)) for name in ("wq", "wk", "wv", "wo", "w1", "w2", "w3")}
+    w = replace(w, rms_final=np.ones_like(w.rms_final), **zero)
+    token = 5
+    e = w.token_embedding[token].astype(np.float64)
+    x = e / np.sqrt(np.mean(e * e) + 1e-5)  # the classifier's input (rms weights are 1)
+    rng = np.random.default_rng(0)
+    wcls = (0.001 * rng.standard_normal((config.vocab_size, config.dim))).astype(np.float32)
+    top = int(np.argmax(np.abs(x)))
+    a = x / np.abs(x).max()  # row A: aligned with x, max |a| = 1, so its quantization step is 1/127
+    positive = [k for k in np.argsort(-x) if k != top and x[k] > 0]
+    j, k = positive[0], positive[1]
+    eta = 0.01
+    q_j, q_k = np.round(a[j] * 127), np.round(a[k] * 127)
+    a[j] = (q_j + 0.5 - eta) / 127  # just below a rounding midpoint: the sketch rounds it down
+    a[k] = q_k / 127  # on the grid
+    b = a.copy()
+    b[j] = (q_j + 0.5 + eta) / 127  # just above: the sketch rounds it up, a whole step
+    b[k] = a[k] - 4 * eta * x[j] / x[k] / 127  # and B loses more than that gains, exactly
+    ia, ib = 100, 700
+    wcls[ia], wcls[ib] = a, b
+    w = replace(w, wcls=wcls)
+    from llama2py.backends.cpu import CpuBackend
+
+    greedy, full = CpuBackend(config, w, 1), CpuBackend(config, w, 1)
+    logits = full.forward(np.array([token], np.int32), 0)[0]
+    assert int(np.argmax(logits)) == ia and logits[ia] > logits[ib], "the construction: A first, B second"
+    ids, _ = greedy.step(np.array([token], np.int32), 0, 0.0, 0.9)
+    assert int(ids[0]) == ia, f"{isa}: the sketch's second-ranked exact argmax was ruled out"
+    assert greedy._model.exact_logits >= 2  # both A and B had to be computed exactly

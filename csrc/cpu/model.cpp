@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #ifdef __linux__
@@ -160,7 +161,11 @@ static int sketch_group(const ModelConfig& c) {
 
 size_t ModelCore::sketch_size(const ModelConfig& c) {
     const int gs = sketch_group(c);
-    if (!gs || c.vocab_size < SKETCH_MIN_VOCAB) return 0;
+    // LLAMA2PY_SKETCH_MIN_VOCAB lowers the vocabulary size from which the sketch is made (tests run
+    // the trained 512-token stories260K through it)
+    const char* env = std::getenv("LLAMA2PY_SKETCH_MIN_VOCAB");
+    const long min_vocab = env && *env ? std::max(1L, std::atol(env)) : (long)SKETCH_MIN_VOCAB;
+    if (!gs || c.vocab_size < min_vocab) return 0;
     const long V = c.vocab_size, D = c.dim;
     size_t bytes = sizeof(float) * 2 * V;  // s_max, l1
     const bool packed = kernels().q8_packed && q8_packable(V, D, gs);
