@@ -164,12 +164,6 @@ void swiglu(float* h, const float* g, int rows, int n) {
     for (long i = 0; i < total; ++i) h[i] = silu_mul(h[i], g[i]);
 }
 
-void residual(float* x, const float* y, int rows, int n) {
-    const long total = (long)rows * n;
-#pragma omp for schedule(static)
-    for (long i = 0; i < total; ++i) x[i] += y[i];
-}
-
 // ---- sampling ----------------------------------------------------------------------------------------
 uint32_t rng_u32(uint64_t* state) {
     *state ^= *state >> 12;

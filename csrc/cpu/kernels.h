@@ -203,8 +203,6 @@ void rmsnorm_row(float* o, const float* x, const float* w, int n);
 void rope(float* x, int rows, int n_heads, int head_size, const int* positions, const float* cos_sin);
 // h (rows, n) = silu(h) * g
 void swiglu(float* h, const float* g, int rows, int n);
-// x (rows, n) += y
-void residual(float* x, const float* y, int rows, int n);
 
 // ---- attention ------------------------------------------------------------------------------------
 // For each row r = (b, t) and query head h:

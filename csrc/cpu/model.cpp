@@ -192,44 +192,41 @@ void ModelCore::prepare_sketch() {
     k.l1.resize(V);
 #pragma omp parallel for schedule(static)
     for (long i = 0; i < V; ++i) {
-        // runq's weight quantization: per group scale = max|w| / 127, q = round(w / scale)
+        kt_->quantize_row(k.q.data() + i * D, k.s.data() + i * G, w + i * D, (int)D, gs);  // runq's, per group
         float s_max = 0.f;
         double l1 = 0.0;
         for (long g = 0; g < G; ++g) {
             const float* wg = w + i * D + g * gs;
             float amax = 0.f;
-            for (int j = 0; j < gs; ++j) amax = std::max(amax, std::fabs(wg[j]));
-            const float scale = amax / 127.0f;
-            k.s[i * G + g] = scale;
-            // a scale too small to divide by safely: no bound for this row, it is always computed
-            s_max = amax > 0.f && scale < 1e-30f ? INFINITY : std::max(s_max, scale);
             for (int j = 0; j < gs; ++j) {
-                k.q[i * D + g * gs + j] = (int8_t)(scale > 0.f ? round_half_away(wg[j] / scale) : 0);
+                amax = std::max(amax, std::fabs(wg[j]));
                 l1 += std::fabs(wg[j]);
             }
+            // a scale too small to divide by safely: no bound for this row, it is always computed
+            s_max = amax > 0.f && k.s[i * G + g] < 1e-30f ? INFINITY : std::max(s_max, k.s[i * G + g]);
         }
         k.s_max[i] = s_max;
         k.l1[i] = (float)(l1 * (1.0 + 1e-6)) + 0.5f * (float)D * s_max;  // >= sum |q * scale|
     }
     k.m.q.q = k.q.data();
     k.m.q.s = k.s.data();
-    k.turned.resize(turned_scales_size(V, G));
-    turn_scales(k.turned.data(), k.s.data(), V, G);
-    k.m.q.st = k.turned.data();
-    if (kt_->q8_packed && q8_packable(V, D, gs)) {
+    const bool pack = kt_->q8_packed && q8_packable(V, D, gs);
+    if (pack) {
         k.packed.resize(packed_q8_bytes(V, D));
         k.st16.resize(packed_q8_scales(V, D, gs));
         pack_q8(k.packed.data(), k.st16.data(), k.q.data(), k.s.data(), V, D, gs);
         k.m.q.packed = k.packed.data();
         k.m.q.st16 = k.st16.data();
-        if (V % 16 == 0) {  // every row is in a packed block: the unpacked copy is never read
-            std::vector<int8_t>().swap(k.q);
-            std::vector<float>().swap(k.s);
-            std::vector<float>().swap(k.turned);
-            k.m.q.q = nullptr;
-            k.m.q.s = nullptr;
-            k.m.q.st = nullptr;
-        }
+    }
+    if (pack && V % 16 == 0) {  // every row is in a packed block: the unpacked copy is never read
+        std::vector<int8_t>().swap(k.q);
+        std::vector<float>().swap(k.s);
+        k.m.q.q = nullptr;
+        k.m.q.s = nullptr;
+    } else {
+        k.turned.resize(turned_scales_size(V, G));
+        turn_scales(k.turned.data(), k.s.data(), V, G);
+        k.m.q.st = k.turned.data();
     }
     k.gs = gs;
 }
@@ -388,7 +385,7 @@ void ModelCore::copy_all_logits(const Cls& cls, int B, int Tc, int T, int t0, fl
 }
 
 namespace {
-// Fused epilogues (same arithmetic as the separate kernels of the profiled path).
+// Fused epilogues: work that runs right after the product block that produces its inputs.
 // RoPE on the block's features of every row; for keys and values also the store into the cache.
 struct RopeStore : Epilogue {
     float* vec;  // (rows, n) q or k or v
@@ -488,6 +485,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
     // OpenMP may run a smaller team than asked (OMP_THREAD_LIMIT, OMP_DYNAMIC): slots of threads that
     // never ran must not look like candidates when the partial argmaxes are combined.
     std::fill(part_.begin(), part_.end(), Best{0.f, -1});
+    if (mode == LOGITS_ARGMAX) exact_logits_ = 0;  // the threads add their counts
 
 #pragma omp parallel num_threads(team_)
     {
@@ -609,15 +607,15 @@ struct RowStats {
 };
 // After the sketch product of a block: each row's best lower bound a - m over the block, into lower.
 struct SketchBound : Epilogue {
-    const float* approx;  // (rows, V) sketch logits
-    const float* s_max;   // (V,)
-    const float* l1;      // (V,)
-    const RowStats* st;   // (rows,)
-    float* lower;         // (rows,) this thread's running maxima
+    float* approx;       // (rows, V) sketch logits, turned into their upper bounds
+    const float* s_max;  // (V,)
+    const float* l1;     // (V,)
+    const RowStats* st;  // (rows,)
+    float* lower;        // (rows,) this thread's running maxima
     int V, rows;
     float g;  // relative rounding allowance of the two float sums
-    SketchBound(const float* approx, const float* s_max, const float* l1, const RowStats* st, float* lower, int V,
-                int rows, float g)
+    SketchBound(float* approx, const float* s_max, const float* l1, const RowStats* st, float* lower, int V, int rows,
+                float g)
         : approx(approx), s_max(s_max), l1(l1), st(st), lower(lower), V(V), rows(rows), g(g) {}
     // |exact - a| <= m: rounding of w to its group's step (<= s/2 each) against sum |x|, of x to its
     // step (<= t/2) against sum |q * s| (<= l1), and the float sums of both products (g), padded.
@@ -628,13 +626,17 @@ struct SketchBound : Epilogue {
                         1e-6f * std::fabs(a) + 1e-37f;
         return std::fabs(a) + m < 1e30f ? m : INFINITY;
     }
+    // Each sketch logit a becomes its upper bound a + m in place (the candidate pass reads that),
+    // and the block's best a - m goes into lower.
     void run(int r0, int nr) const override {
         for (int b = 0; b < rows; ++b) {
-            const float* a = approx + (long)b * V;
+            float* a = approx + (long)b * V;
             float best = lower[b];
             for (int i = r0; i < r0 + nr; ++i) {
-                const float lo = a[i] - margin(a[i], s_max[i], l1[i], st[b], g);
+                const float m = margin(a[i], s_max[i], l1[i], st[b], g);
+                const float lo = a[i] - m;
                 if (lo > best) best = lo;  // NaN never wins: its row stays a candidate below
+                a[i] += m;
             }
             lower[b] = best;
         }
@@ -665,8 +667,7 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
         // this row stays a candidate.
         if (!std::isfinite(r.l1) || r.amax < 1e-30f) r.l1 = NAN;
         st[b] = r;
-        lower_[(long)t * max_batch_ + b] = -INFINITY;
-        part_[(long)t * max_batch_ + b] = {0.f, -1};
+        lower_[(long)t * max_batch_ + b] = -INFINITY;  // (part_ was reset before the region)
     }
     // Both float sums round at most once per term (a fused multiply-add, or a multiply then an add
     // at the generic level): 4 (D + G + 2) units in the last place covers them.
@@ -692,11 +693,11 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
 #pragma omp for schedule(static)
     for (int blk = 0; blk < (V + BLOCK - 1) / BLOCK; ++blk) {
         for (int b = 0; b < rows; ++b) {
-            const float* a = approx_.data() + (long)b * V;
+            const float* upper = approx_.data() + (long)b * V;  // a + m (SketchBound)
             const float floor = b < nb ? best_lower[b] : -INFINITY;
             const float* x = in + b * ldx;
             for (int i = blk * BLOCK; i < std::min(V, (blk + 1) * BLOCK); ++i) {
-                if (a[i] + SketchBound::margin(a[i], sketch_.s_max[i], sketch_.l1[i], st[b], g) < floor) continue;
+                if (upper[i] < floor) continue;  // NaN bounds stay candidates
                 const float e = kern.dot(w_.wcls.f + (long)i * D, x, D);
                 ++exact;
                 out[(long)b * V + i] = e;
@@ -704,8 +705,6 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
             }
         }
     }
-    if (t == 0) exact_logits_ = 0;
-#pragma omp barrier
 #pragma omp atomic
     exact_logits_ += exact;
     if (t == 0) {  // the rows, for complete_logits()
