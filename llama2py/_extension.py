@@ -76,6 +76,8 @@ def load_cpu_extension() -> ModuleType:
     try:
         return importlib.import_module(NAME)
     except ImportError as e:
+        if "LLAMA2PY_ISA" in str(e):  # a bad LLAMA2PY_ISA stops the import: say that, not "not built"
+            raise DeviceError(f"{e} (unset LLAMA2PY_ISA to use the best level)") from None
         error = e
     root = source_tree()
     if root is not None:

@@ -110,9 +110,12 @@ def _run_loop(
     forced = np.full(1, -1, np.int32)  # (1,)
     while pos < steps:
         tok_arr[0] = token
-        forced[0] = prompt_tokens[pos + 1] if pos < n - 1 else -1
+        prompt_left = pos < n - 1
+        if prompt_left:
+            forced[0] = prompt_tokens[pos + 1]
         t0 = time.perf_counter()
-        nxt = int(backend.step(tok_arr, pos, temperature, top_p, forced)[0][0])
+        # past the prompt no token is forced: None spares step() checking an array of -1s every token
+        nxt = int(backend.step(tok_arr, pos, temperature, top_p, forced if prompt_left else None)[0][0])
         pos += 1
         if t_end_first is None:
             t_end_first = time.perf_counter()

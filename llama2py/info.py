@@ -26,20 +26,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def cpu_extra_bytes(ck) -> tuple[int, int]:
-    """Bytes the cpu backend adds here to a model of this checkpoint: the packed int8 copy of a
-    Q8_0 one (VNNI CPUs) and the classifier sketch of a float32 one (greedy steps); 0 for none."""
-    from .backends.cpu import _load_extension
+    """(packed int8 copy, greedy sketch) bytes the cpu backend adds here to a model of this file."""
+    from .backends.cpu import _load_extension, extra_bytes
     from .errors import Llama2pyError
 
     try:
         ext = _load_extension()
     except (Llama2pyError, ImportError):
         return 0, 0
-    c = ck.config
-    if ck.group_size:
-        args = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, ck.group_size)
-        return ext.packed_q8_bytes(*args), 0
-    return 0, ext.sketch_bytes(c.dim, c.vocab_size)
+    return extra_bytes(ext, ck.config, ck.group_size)
 
 
 def cpu_kernel_level() -> str:

@@ -20,7 +20,6 @@ one-sequence decode steps.
 
 from __future__ import annotations
 
-import importlib
 import os
 from collections.abc import Sequence
 from typing import Optional
@@ -28,21 +27,25 @@ from typing import Optional
 import numpy as np
 
 from ..checkpoint import Config, QuantizedTensor, Weights
-from ..errors import DeviceError
 from ..threads import set_thread_wait_defaults
 from .base import PROFILE_KEYS, Backend
 
 
 def _load_extension():
     set_thread_wait_defaults()
-    try:  # a bad LLAMA2PY_ISA stops the import: say that, not "not built"
-        importlib.import_module("llama2py._cpu")
-    except ImportError as e:
-        if "LLAMA2PY_ISA" in str(e):
-            raise DeviceError(f"{e} (unset LLAMA2PY_ISA to use the best level)") from None
     from .._extension import load_cpu_extension  # also finds an installed build a source tree shadows
 
     return load_cpu_extension()
+
+
+def extra_bytes(ext, config: Config, group_size: Optional[int]) -> tuple[int, int]:
+    """Bytes the C++ Model adds to weights of this shape at the current level: (the packed int8
+    copy of a Q8_0 model on VNNI CPUs, the greedy classifier sketch of a float32 one); 0 for none."""
+    c = config
+    if group_size:
+        args = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, group_size)
+        return ext.packed_q8_bytes(*args), 0
+    return 0, ext.sketch_bytes(c.dim, c.vocab_size)
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -66,17 +69,9 @@ class CpuBackend(Backend):
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
         ext = _load_extension()
         c = config
-        # Q8_0 at a level with packed kernels (VNNI): the Model copies the int8 values once into its
-        # packed layout, which the memory check below must count.
-        self._packed_bytes = (
-            ext.packed_q8_bytes(
-                c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, weights.group_size
-            )
-            if weights.group_size
-            else 0
-        )
-        # float32: an int8 sketch of the classifier for greedy steps (csrc/cpu/model.h, ModelCore::Sketch)
-        self._sketch_bytes = 0 if weights.group_size else ext.sketch_bytes(c.dim, c.vocab_size)
+        # what the Model adds to the weights (a packed int8 copy, the greedy sketch): the memory
+        # check below must count it
+        self._packed_bytes, self._sketch_bytes = extra_bytes(ext, config, weights.group_size)
         super().__init__(config, weights, max_batch, threads)
         cores = os.cpu_count() or 1
         if threads is not None and threads > max(64, 4 * cores):

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from .. import __version__
+from ..backends.base import available_memory
 
 BUSY_LOAD = 0.3  # 1-minute load average above which timings are not comparable
 
@@ -97,16 +98,7 @@ def host_info() -> dict:
     }
 
 
-def mem_available() -> Optional[int]:
-    """MemAvailable from /proc/meminfo in bytes, None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+mem_available = available_memory  # MemAvailable in bytes, None where unknown (one reader: base.py)
 
 
 def _status_bytes(field: str) -> Optional[int]:
