@@ -4,6 +4,7 @@ way to run the CLI, and stories260K's greedy reference story (docs/FORMAT.md).""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -113,6 +114,16 @@ def cli(
         env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})),
         timeout=timeout,
     )
+
+
+def load_case(name: str) -> tuple[dict, bytes]:
+    """One golden case (cases.json entry) and run's exact stdout for it; skips without the folder."""
+    folder = golden_dir()
+    cases = {c["name"]: c for c in json.loads((folder / "cases.json").read_text("utf-8"))["cases"]}
+    case = cases[name]
+    want = (folder / case["stdout"]).read_bytes()
+    assert len(want) == case["bytes"], f"{case['stdout']} has {len(want)} bytes, cases.json says {case['bytes']}"
+    return case, want
 
 
 def first_difference(got: bytes, want: bytes) -> str:

@@ -325,7 +325,7 @@ def assert_refused(capsys, argv, out: Path, *needles: str) -> str:
 def test_refuses_what_llama2c_cannot_hold(tmp_path, capsys, case):
     changes, needle = REFUSALS[case]
     cfg = {**BASE_CONFIG, **changes}
-    write_hf_model(tmp_path / "hf", {**cfg, **changes}, hf_tensors(BASE_CONFIG))
+    write_hf_model(tmp_path / "hf", cfg, hf_tensors(BASE_CONFIG))
     out = tmp_path / "out" / "m.bin"
     out.parent.mkdir()
     assert_refused(capsys, ["convert", str(tmp_path / "hf"), str(out)], out, needle, "config.json")

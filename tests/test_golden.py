@@ -9,21 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import HOST_DEVICES, cli, find_golden, first_difference, golden_dir, models_dir, require_device
+from conftest import HOST_DEVICES, cli, find_golden, first_difference, golden_dir, load_case, models_dir, require_device
 
 # The cases as the golden folder lists them, read at collection so each case is its own test;
 # without the folder, one placeholder that skips saying why.
 _FOLDER, _ = find_golden()
 _NAMES = [c["name"] for c in json.loads((_FOLDER / "cases.json").read_text("utf-8"))["cases"]] if _FOLDER else []
-
-
-def load_case(name: str) -> tuple[dict, bytes]:
-    folder = golden_dir()
-    cases = {c["name"]: c for c in json.loads((folder / "cases.json").read_text("utf-8"))["cases"]}
-    case = cases[name]
-    want = (folder / case["stdout"]).read_bytes()
-    assert len(want) == case["bytes"], f"{case['stdout']} has {len(want)} bytes, cases.json says {case['bytes']}"
-    return case, want
 
 
 def test_golden_folder_is_complete():

@@ -7,12 +7,11 @@ included; last_logits() must still give the whole row."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import cli, find_golden, first_difference, model_file, require_device
+from conftest import cli, first_difference, load_case, model_file, require_device
 
 from llama2py.checkpoint import Config, load_checkpoint, random_weights
 
@@ -152,13 +151,7 @@ def test_trained_model_through_the_sketch_tells_runs_story(monkeypatch):
         pruned += greedy._model.exact_logits < ck.config.vocab_size
         tok = np.array([want], np.int32)
     assert pruned >= 150, f"the bounds ruled ids out at only {pruned} of 200 positions"
-    folder, why = find_golden()
-    if folder is None:
-        pytest.skip(why)
-    case = next(
-        c for c in json.loads((folder / "cases.json").read_text("utf-8"))["cases"] if c["name"] == "s260K_greedy_tom"
-    )
-    want = (folder / case["stdout"]).read_bytes()
+    case, want = load_case("s260K_greedy_tom")
     r = cli(*case["argv"], "--device", "cpu", cwd=path.parent, env={"LLAMA2PY_SKETCH_MIN_VOCAB": "1"})
     assert r.returncode == 0, r.stderr.decode(errors="replace")
     assert r.stdout == want, first_difference(r.stdout, want)

@@ -212,8 +212,9 @@ def test_non_regular_files_are_refused_without_opening(tmp_path, kind, role):
     if role == "prompts":
         args += ["--prompts-file", bad]
     what = {"checkpoint": "checkpoint", "tokenizer": "tokenizer", "prompts": "--prompts-file"}[role]
-    clean_error(run_cli(*args, "--device", "numpy", timeout=60), f"{what} {bad}: is a", rc=1)
-    clean_error(run_cli(*args, "--device", "numpy", timeout=60), expect)
+    r = run_cli(*args, "--device", "numpy", timeout=60)
+    clean_error(r, f"{what} {bad}: is a", rc=1)
+    clean_error(r, expect)
 
 
 def test_unreadable_file_names_the_file_and_its_role(tmp_path):

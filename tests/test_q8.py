@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +30,6 @@ from llama2py.checkpoint import (
 )
 from llama2py.errors import CheckpointError
 
-ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-4  # whole forwards: float32 differences may move an activation across a rounding boundary
 
 # Q8_0 shapes beyond conftest's (whose group sizes, picked from dim, all straddle w2's rows):
