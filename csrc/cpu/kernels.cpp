@@ -123,6 +123,31 @@ void pack_q8(uint8_t* packed, float* st16, const int8_t* q, const float* s, long
         }
 }
 
+Q8Extras q8_extras(long d, long n, int gs, bool pack) {
+    Q8Extras e;
+    const bool packs = pack && q8_packable(d, n, gs);
+    if (packs) {
+        e.packed = packed_q8_bytes(d, n);
+        e.packed_scales = packed_q8_scales(d, n, gs);
+    }
+    const long unpacked_rows = packs ? d % 16 : d;
+    if (n % gs == 0 && unpacked_rows > 0) e.turned = turned_scales_size(d, n / gs);
+    return e;
+}
+
+void prepare_q8(QMat& m, long d, long n, int gs, bool pack, float* turned, uint8_t* packed, float* st16) {
+    const Q8Extras e = q8_extras(d, n, gs, pack);
+    if (e.turned) {
+        turn_scales(turned, m.s, d, n / gs);
+        m.st = turned;
+    }
+    if (e.packed) {
+        pack_q8(packed, st16, m.q, m.s, d, n, gs);
+        m.packed = packed;
+        m.st16 = st16;
+    }
+}
+
 void q8_group_sums(int32_t* sum, const int8_t* q, int n, int gs) {
     for (int g = 0; g * gs < n; ++g) {
         int32_t t = 0;

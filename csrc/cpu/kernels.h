@@ -58,6 +58,19 @@ inline long packed_q8_scales(long d, long n, int gs) {
 }
 // packed (packed_q8_bytes) and st16 (packed_q8_scales) <- q (d, n), s (d * n / gs,); needs q8_packable.
 void pack_q8(uint8_t* packed, float* st16, const int8_t* q, const float* s, long d, long n, int gs);
+// The copies one Q8_0 product (d, n) reads besides its values and scales, sized in one place: at a
+// packed level (pack) the packed values and their scales, where q8_packable; the turned scales where
+// groups do not straddle rows and some rows stay outside the packed blocks.
+struct Q8Extras {
+    long turned = 0;         // floats of QMat::st (turned_scales_size), 0: none
+    long packed = 0;         // bytes of QMat::packed (packed_q8_bytes), 0: none
+    long packed_scales = 0;  // floats of QMat::st16 (packed_q8_scales)
+    size_t bytes() const { return sizeof(float) * (turned + packed_scales) + packed; }
+};
+Q8Extras q8_extras(long d, long n, int gs, bool pack);
+// Make the copies q8_extras(d, n, gs, pack) lists for m (q and s set) into turned, packed and st16
+// (of those sizes; null where 0) and point m at them.
+void prepare_q8(QMat& m, long d, long n, int gs, bool pack, float* turned, uint8_t* packed, float* st16);
 // One (d, n) weight matrix: float32 (f) or Q8_0 (q); exactly one is set.
 struct Matrix {
     const float* f = nullptr;  // (d, n)

@@ -34,7 +34,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     {
         const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim();
         const long params = (long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D;
-        stream_ = (w.group_size ? params : 4 * params) > STREAM_BYTES;
+        stream_ = !w.group_size && 4 * params > STREAM_BYTES;  // (int8 products have one access pattern)
     }
     prepare_q8_weights();
     prepare_sketch();
@@ -46,17 +46,14 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     rope_table(rope_.data(), c.seq_len, c.head_size());
     x_.resize((long)cap_ * c.dim);
     xbt_.resize((long)n_threads_ * cap_ * c.dim);
-    if (w.group_size) {
-        qn_ = std::max(c.dim, c.hidden_dim);
-        xq_.resize((long)n_threads_ * cap_ * qn_);
-        xqs_.resize((long)n_threads_ * cap_ * q8_groups(qn_, w.group_size));
+    if (w.group_size || sketch_.gs) {  // the int8 products' inputs: every layer's, or the sketch's
+        qn_ = w.group_size ? std::max(c.dim, c.hidden_dim) : c.dim;
+        q_rows_ = w.group_size ? cap_ : max_batch;
+        xq_.resize((long)n_threads_ * q_rows_ * qn_);
+        xqs_.resize((long)n_threads_ * q_rows_ * q8_groups(qn_, w.group_size ? w.group_size : sketch_.gs));
         if (kt_->q8_packed) xqsum_.resize(xqs_.size());
     }
     if (sketch_.gs) {
-        const long groups = c.dim / sketch_.gs;
-        sketch_xq_.resize((long)n_threads_ * max_batch * c.dim);
-        sketch_xs_.resize((long)n_threads_ * max_batch * groups);
-        sketch_xsum_.resize((long)n_threads_ * max_batch * groups);
         sketch_stats_.resize((long)n_threads_ * max_batch * 3);
         approx_.resize((long)max_batch * c.vocab_size);
         lower_.resize((long)n_threads_ * max_batch);
@@ -82,10 +79,11 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     best_.resize(max_batch);
 }
 
-// Q8_0 products read the scales of 8-row blocks turned (QMat::st): one copy of the layers' and the
-// classifier's scales (1/8 of the int8 values' bytes), made once here. At a level with packed
-// kernels (VNNI) the values are also copied once into the 16-row packed layout (QMat::packed, the
-// same number of bytes) and the borrowed values are read only for rows outside whole blocks.
+// Q8_0 products read the copies prepare_q8 makes (kernels.h, q8_extras), once here for the layers and
+// the classifier: at a level with packed kernels (VNNI) the values in the 16-row packed layout
+// (QMat::packed, the same number of bytes), the borrowed values then read only for rows outside
+// whole blocks; the scales of 8-row blocks turned (QMat::st, 1/8 of the values' bytes) where such
+// rows remain.
 namespace {
 struct Product {
     Matrix* m;  // null when only the shapes are wanted
@@ -112,9 +110,10 @@ std::vector<Product> products(const ModelConfig& c, WeightPtrs* w) {
 size_t ModelCore::packed_q8_size(const ModelConfig& c, int gs) {
     size_t bytes = 0;
     if (gs <= 0 || !kernels().q8_packed) return 0;
-    for (const Product& p : products(c, nullptr))
-        if (q8_packable(p.d, p.n, gs))
-            bytes += packed_q8_bytes(p.d, p.n) + sizeof(float) * packed_q8_scales(p.d, p.n, gs);
+    for (const Product& p : products(c, nullptr)) {
+        const Q8Extras e = q8_extras(p.d, p.n, gs, true);
+        bytes += e.packed + sizeof(float) * e.packed_scales;
+    }
     return bytes;
 }
 
@@ -123,32 +122,24 @@ void ModelCore::prepare_q8_weights() {
     if (!gs) return;
     const std::vector<Product> parts = products(c_, &w_);
     const bool pack = kt_->q8_packed;
-    long total = 0, packed_bytes = 0, packed_scales = 0;
+    Q8Extras total;
     for (const Product& p : parts) {
-        if (p.n % gs == 0) total += turned_scales_size(p.d, p.n / gs);
-        if (pack && q8_packable(p.d, p.n, gs)) {
-            packed_bytes += packed_q8_bytes(p.d, p.n);
-            packed_scales += packed_q8_scales(p.d, p.n, gs);
-        }
+        const Q8Extras e = q8_extras(p.d, p.n, gs, pack);
+        total.turned += e.turned;
+        total.packed += e.packed;
+        total.packed_scales += e.packed_scales;
     }
-    scales_turned_.resize(total);
-    packed_.resize(packed_bytes);
-    scales_packed_.resize(packed_scales);
-    long at = 0, at_packed = 0, at_scales = 0;
+    scales_turned_.resize(total.turned);
+    packed_.resize(total.packed);
+    scales_packed_.resize(total.packed_scales);
+    long at_turned = 0, at_packed = 0, at_scales = 0;
     for (const Product& p : parts) {
-        if (p.n % gs) continue;  // groups straddle rows: the general path reads s
-        float* st = scales_turned_.data() + at;
-        turn_scales(st, p.m->q.s, p.d, p.n / gs);
-        p.m->q.st = st;
-        at += turned_scales_size(p.d, p.n / gs);
-        if (!pack || !q8_packable(p.d, p.n, gs)) continue;
-        uint8_t* values = packed_.data() + at_packed;
-        float* scales = scales_packed_.data() + at_scales;
-        pack_q8(values, scales, p.m->q.q, p.m->q.s, p.d, p.n, gs);
-        p.m->q.packed = values;
-        p.m->q.st16 = scales;
-        at_packed += packed_q8_bytes(p.d, p.n);
-        at_scales += packed_q8_scales(p.d, p.n, gs);
+        const Q8Extras e = q8_extras(p.d, p.n, gs, pack);
+        prepare_q8(p.m->q, p.d, p.n, gs, pack, scales_turned_.data() + at_turned, packed_.data() + at_packed,
+                   scales_packed_.data() + at_scales);
+        at_turned += e.turned;
+        at_packed += e.packed;
+        at_scales += e.packed_scales;
     }
 }
 
@@ -167,11 +158,10 @@ size_t ModelCore::sketch_size(const ModelConfig& c) {
     const long min_vocab = env && *env ? std::max(1L, std::atol(env)) : (long)SKETCH_MIN_VOCAB;
     if (!gs || c.vocab_size < min_vocab) return 0;
     const long V = c.vocab_size, D = c.dim;
-    size_t bytes = sizeof(float) * 2 * V;  // s_max, l1
-    const bool packed = kernels().q8_packed && q8_packable(V, D, gs);
-    if (packed) bytes += packed_q8_bytes(V, D) + sizeof(float) * packed_q8_scales(V, D, gs);
-    if (!packed || V % 16)  // the unpacked copy, read where rows are not all in packed blocks
-        bytes += V * D + sizeof(float) * (V * D / gs + turned_scales_size(V, D / gs));
+    const Q8Extras e = q8_extras(V, D, gs, kernels().q8_packed);
+    size_t bytes = sizeof(float) * 2 * V + e.bytes();  // s_max, l1, the copies
+    if (!e.packed || V % 16)  // the int8 values and scales, read where rows are outside packed blocks
+        bytes += V * D + sizeof(float) * (V * D / gs);
     return bytes;  // (and per-thread buffers of a few rows, counted by buffer_bytes)
 }
 
@@ -210,23 +200,16 @@ void ModelCore::prepare_sketch() {
     }
     k.m.q.q = k.q.data();
     k.m.q.s = k.s.data();
-    const bool pack = kt_->q8_packed && q8_packable(V, D, gs);
-    if (pack) {
-        k.packed.resize(packed_q8_bytes(V, D));
-        k.st16.resize(packed_q8_scales(V, D, gs));
-        pack_q8(k.packed.data(), k.st16.data(), k.q.data(), k.s.data(), V, D, gs);
-        k.m.q.packed = k.packed.data();
-        k.m.q.st16 = k.st16.data();
-    }
-    if (pack && V % 16 == 0) {  // every row is in a packed block: the unpacked copy is never read
+    const Q8Extras e = q8_extras(V, D, gs, kt_->q8_packed);
+    k.turned.resize(e.turned);
+    k.packed.resize(e.packed);
+    k.st16.resize(e.packed_scales);
+    prepare_q8(k.m.q, V, D, gs, kt_->q8_packed, k.turned.data(), k.packed.data(), k.st16.data());
+    if (e.packed && V % 16 == 0) {  // every row is in a packed block: the unpacked copy is never read
         std::vector<int8_t>().swap(k.q);
         std::vector<float>().swap(k.s);
         k.m.q.q = nullptr;
         k.m.q.s = nullptr;
-    } else {
-        k.turned.resize(turned_scales_size(V, G));
-        turn_scales(k.turned.data(), k.s.data(), V, G);
-        k.m.q.st = k.turned.data();
     }
     k.gs = gs;
 }
@@ -238,10 +221,9 @@ size_t ModelCore::buffer_bytes() const {
                probs_.size() + cand_.size();
     size_t i = tok_.size() + seq_.size() + posv_.size() + idx_.size();
     const size_t sketch =
-        sketch_.q.size() + sketch_.packed.size() + sketch_xq_.size() +
+        sketch_.q.size() + sketch_.packed.size() +
         sizeof(float) * (sketch_.s.size() + sketch_.s_max.size() + sketch_.l1.size() + sketch_.turned.size() +
-                         sketch_.st16.size() + sketch_xs_.size() + sketch_xsum_.size() + sketch_stats_.size() +
-                         approx_.size() + lower_.size() + cls_x_.size());
+                         sketch_.st16.size() + sketch_stats_.size() + approx_.size() + lower_.size() + cls_x_.size());
     return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size() + packed_.size() + sketch;
 }
 
@@ -457,12 +439,11 @@ struct Argmax : Epilogue {
     }
 };
 
-QRows ModelCore::quantize_rows(const float* x, long ldx, int rows, int n) {
-    const int gs = w_.group_size;
+QRows ModelCore::quantize_rows(const float* x, long ldx, int rows, int n, int gs) {
     const long lds = q8_groups(qn_, gs);
     const int t = omp_get_thread_num();
-    int32_t* sum = xqsum_.empty() ? nullptr : xqsum_.data() + (long)t * cap_ * lds;
-    QRows q{xq_.data() + (long)t * cap_ * qn_, xqs_.data() + (long)t * cap_ * lds, qn_, lds, gs, sum};
+    int32_t* sum = xqsum_.empty() ? nullptr : xqsum_.data() + (long)t * q_rows_ * lds;
+    QRows q{xq_.data() + (long)t * q_rows_ * qn_, xqs_.data() + (long)t * q_rows_ * lds, qn_, lds, gs, sum};
     for (int r = 0; r < rows; ++r) {
         int8_t* qr = const_cast<int8_t*>(q.q) + r * q.ldq;
         kt_->quantize_row(qr, const_cast<float*>(q.s) + r * q.lds, x + r * ldx, n, gs);
@@ -494,7 +475,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
         // Q8_0 inputs of a product: quantized by this thread (null for float32 weights)
         auto quantized = [&](const float* x, long ldx, int n_rows, int n, QRows& q) -> const QRows* {
             if (!q8) return nullptr;
-            q = quantize_rows(x, ldx, n_rows, n);
+            q = quantize_rows(x, ldx, n_rows, n, w_.group_size);
             return &q;
         };
         QRows qrows;
@@ -649,20 +630,16 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int D = c_.dim, V = c_.vocab_size, gs = sketch_.gs, G = D / gs;
     // This thread's quantization of the input rows (every thread the same, no barrier) and stats.
-    int8_t* xq = sketch_xq_.data() + (long)t * max_batch_ * D;
-    float* xs = sketch_xs_.data() + (long)t * max_batch_ * G;
-    int32_t* xsum = sketch_xsum_.data() + (long)t * max_batch_ * G;
+    const QRows q = quantize_rows(in, ldx, rows, D, gs);
     RowStats* st = reinterpret_cast<RowStats*>(sketch_stats_.data() + (long)t * max_batch_ * 3);
     for (int b = 0; b < rows; ++b) {
         const float* x = in + b * ldx;
-        kern.quantize_row(xq + (long)b * D, xs + (long)b * G, x, D, gs);
-        q8_group_sums(xsum + (long)b * G, xq + (long)b * D, D, gs);
         RowStats r{0.f, 0.f, 0.f};
         for (int k = 0; k < D; ++k) {
             r.l1 += std::fabs(x[k]);
             r.amax = std::max(r.amax, std::fabs(x[k]));
         }
-        for (int g = 0; g < G; ++g) r.t = std::max(r.t, xs[(long)b * G + g]);
+        for (int g = 0; g < G; ++g) r.t = std::max(r.t, q.s[b * q.lds + g]);
         // Non-finite input, or one so small that its quantization steps may underflow: every id of
         // this row stays a candidate.
         if (!std::isfinite(r.l1) || r.amax < 1e-30f) r.l1 = NAN;
@@ -672,7 +649,6 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
     // Both float sums round at most once per term (a fused multiply-add, or a multiply then an add
     // at the generic level): 4 (D + G + 2) units in the last place covers them.
     const float g = 4.0f * (float)(D + G + 2) * 5.9604645e-8f;
-    const QRows q{xq, xs, D, G, gs, xsum};
     MatJob job{sketch_.m, V, approx_.data(), V};
     const SketchBound bound(approx_.data(), sketch_.s_max.data(), sketch_.l1.data(), st,
                             lower_.data() + (long)t * max_batch_, V, rows, g);

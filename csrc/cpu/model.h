@@ -105,9 +105,10 @@ public:
 private:
     // Rows r = b * Tc + t (b < B, t < Tc): tok_, seq_, posv_ filled by forward().
     void run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof);
-    // Q8_0: the calling thread quantizes rows of x (rows, n) into its own buffers (every thread does
+    // The inputs of int8 products (Q8_0 layers, or the greedy sketch): the calling thread quantizes
+    // rows of x (rows <= q_rows_, n <= qn_) in groups of gs into its own buffers (every thread does
     // the same work: no barrier, and each thread reads only what it wrote).
-    QRows quantize_rows(const float* x, long ldx, int rows, int n);
+    QRows quantize_rows(const float* x, long ldx, int rows, int n, int gs);
     struct Cls {          // the classifier's rows for a chunk
         float* out;       // (rows, vocab) destination, null for LOGITS_NONE
         const float* in;  // first input row inside x_
@@ -150,9 +151,10 @@ private:
     std::vector<float> rope_;         // (seq_len, head_size/2, 2) cos, sin
     std::vector<float> x_;            // (cap, dim) residual stream
     std::vector<float> xbt_;          // (n_threads, cap, dim) per-thread normed input
-    int qn_ = 0;                      // longest quantized row: max(dim, hidden_dim) (Q8_0 only)
-    std::vector<int8_t> xq_;          // (n_threads, cap, qn) per-thread quantized input rows (Q8_0)
-    std::vector<float> xqs_;          // (n_threads, cap, groups(qn)) their scales
+    int qn_ = 0;                      // longest quantized row: max(dim, hidden_dim) for Q8_0, dim for the sketch
+    int q_rows_ = 0;                  // quantized rows per thread: cap for Q8_0, max_batch for the sketch
+    std::vector<int8_t> xq_;          // (n_threads, q_rows, qn) per-thread quantized input rows
+    std::vector<float> xqs_;          // (n_threads, q_rows, groups(qn)) their scales
     std::vector<float> q_;            // (cap, dim) queries
     std::vector<float> k_;            // (cap, kv_dim) new keys (before they go to the cache)
     std::vector<float> v_;            // (cap, kv_dim) new values
@@ -177,7 +179,7 @@ private:
     std::vector<float> scales_turned_;  // Q8_0: every product's QMat::st, (d / 8, groups, 8) each
     std::vector<uint8_t> packed_;       // Q8_0 at a packed level: every QMat::packed, (d / 16, groups, gs / 4, 16, 4)
     std::vector<float> scales_packed_;  // their QMat::st16, (d / 16, groups, 16) each
-    std::vector<int32_t> xqsum_;        // (n_threads, cap, groups(qn)) group sums of xq_ (packed kernels)
+    std::vector<int32_t> xqsum_;        // (n_threads, q_rows, groups(qn)) group sums of xq_ (packed kernels)
 
     // Greedy decoding on float32 weights reads an int8 sketch of the classifier (Q8_0 groups of gs)
     // instead of the float32 one: each logit's sketch value a, with a bound m on |exact - a| from
@@ -194,16 +196,13 @@ private:
         std::vector<uint8_t> packed;      // QMat::packed (levels with packed kernels)
         Matrix m;                         // the sketch as a Q8_0 matrix
     } sketch_;
-    std::vector<int8_t> sketch_xq_;     // (n_threads, max_batch, dim) each thread's quantized rows
-    std::vector<float> sketch_xs_;      // (n_threads, max_batch, dim / gs) their scales
-    std::vector<int32_t> sketch_xsum_;  // (n_threads, max_batch, dim / gs) their group sums
-    std::vector<float> sketch_stats_;   // (n_threads, max_batch, 3) sum |x|, max |x|, max x scale
-    std::vector<float> approx_;         // (max_batch, vocab) sketch logits
-    std::vector<float> lower_;          // (n_threads, max_batch) each thread's best a - m
-    std::vector<float> cls_x_;          // (max_batch, dim) the normed rows of the last greedy step
-    int cls_rows_ = 0;                  // rows of cls_x_
-    bool logits_partial_ = false;       // logits_ holds only what the last greedy step needed
-    long exact_logits_ = 0;             // ids the last greedy step could not rule out (all rows)
+    std::vector<float> sketch_stats_;  // (n_threads, max_batch, 3) sum |x|, max |x|, max x scale
+    std::vector<float> approx_;        // (max_batch, vocab) sketch logits
+    std::vector<float> lower_;         // (n_threads, max_batch) each thread's best a - m
+    std::vector<float> cls_x_;         // (max_batch, dim) the normed rows of the last greedy step
+    int cls_rows_ = 0;                 // rows of cls_x_
+    bool logits_partial_ = false;      // logits_ holds only what the last greedy step needed
+    long exact_logits_ = 0;            // ids the last greedy step could not rule out (all rows)
 };
 
 }  // namespace l2p

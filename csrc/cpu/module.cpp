@@ -407,22 +407,14 @@ void standalone_matmul_q8(py::array out, py::array x, py::array values, py::arra
     l2p::QRows qrows{xq.data(), xs.data(), n, groups, group_size};
     l2p::MatJob job{Matrix{nullptr, QMat{data_ptr<int8_t>(values), data_ptr<float>(scales)}}, (int)d,
                     writable_ptr<float>(out), d};
-    // As a Model reads them: turned scales where groups do not straddle rows, and at a packed level
-    // the packed values with the activations' group sums.
-    std::vector<float> turned, packed_scales;
-    std::vector<uint8_t> packed;
+    // As a Model reads them (prepare_q8), and at a packed level the activations' group sums.
+    const bool pack = l2p::kernels().q8_packed;
+    const l2p::Q8Extras e = l2p::q8_extras(d, n, group_size, pack);
+    std::vector<float> turned(e.turned), packed_scales(e.packed_scales);
+    std::vector<uint8_t> packed(e.packed);
+    l2p::prepare_q8(job.w.q, d, n, group_size, pack, turned.data(), packed.data(), packed_scales.data());
     std::vector<int32_t> sums;
-    if (n % group_size == 0) {
-        turned.resize(l2p::turned_scales_size(d, n / group_size));
-        l2p::turn_scales(turned.data(), job.w.q.s, d, n / group_size);
-        job.w.q.st = turned.data();
-    }
-    if (l2p::kernels().q8_packed && l2p::q8_packable(d, n, group_size)) {
-        packed.resize(l2p::packed_q8_bytes(d, n));
-        packed_scales.resize(l2p::packed_q8_scales(d, n, group_size));
-        l2p::pack_q8(packed.data(), packed_scales.data(), job.w.q.q, job.w.q.s, d, n, group_size);
-        job.w.q.packed = packed.data();
-        job.w.q.st16 = packed_scales.data();
+    if (e.packed) {
         sums.resize(rows * groups);
         for (long r = 0; r < rows; ++r)
             l2p::q8_group_sums(sums.data() + r * groups, xq.data() + r * n, (int)n, group_size);
