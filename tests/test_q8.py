@@ -83,6 +83,7 @@ def test_matmul_q8_spec_is_close_to_float():
         (300, 96, 48, 7),  # a group size that is no power of two
         (32, 40, 8, 13),  # packed blocks (VNNI): activation rows 8 + 4 + 1
         (50, 12, 4, 11),  # packed, the smallest group, rows 8 + 2 + 1, two tail rows
+        (4099, 64, 32, 11),  # work items of several packed blocks (rows outermost), 3 tail rows
     ],
 )
 def test_cpu_q8_matmul_equals_spec(isa, d, n, gs, rows):
