@@ -16,6 +16,7 @@ from conftest import ISA_LEVELS, cli, rel_err, require_device
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.checkpoint import load_checkpoint
+from llama2py.sampler import Sampler, softmax
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = ISA_LEVELS
@@ -96,6 +97,54 @@ def test_forward_every_level(isa, make_checkpoint, shape):
     single = CpuBackend(c, ck.weights, 1)
     for pos in range(T):
         assert np.array_equal(single.forward(tokens[:1, pos], pos)[0], got[0, pos]), f"{shape} {isa}: pos {pos}"
+
+
+def _first_max(x: np.ndarray) -> int:
+    """run's argmax loop: the first index whose value is greater than every earlier one."""
+    best = 0
+    for i in range(1, x.size):
+        if x[i] > x[best]:
+            best = i
+    return best
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 16, 17, 33, 1001])
+def test_sampling_row_kernels_every_level(isa, n):
+    """argmax, softmax and the sampler (its top-p filter) against run's plain loops at every level,
+    lengths around the vector widths: ties, NaN first or later, signed zeros, the maximum last."""
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(n)
+    cases = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    cases[1][-1] = cases[1].max() + 1  # the maximum in the scalar tail
+    cases.append(np.full(n, -np.inf, np.float32))
+    cases.append(-np.abs(rng.standard_normal(n)).astype(np.float32) - 1)  # every value below 0
+    cases.append(-np.abs(rng.standard_normal(n)).astype(np.float32) - 1)
+    cases[-1][n // 2] = -0.0
+    cases[-1][-1] = 0.0  # a -0 before a +0: the first one is the argmax
+    tied = np.round(rng.standard_normal(n), 0).astype(np.float32)
+    tied[n // 3 :: 3] = tied.max()
+    cases.append(tied)
+    nan_late = rng.standard_normal(n).astype(np.float32)
+    nan_late[n // 2] = np.nan  # run's loop skips it
+    cases.append(nan_late)
+    nan_first = rng.standard_normal(n).astype(np.float32)
+    nan_first[0] = np.nan  # nothing is greater than NaN: index 0
+    cases.append(nan_first)
+    for k, x in enumerate(cases):
+        assert ext.argmax(x) == _first_max(x), f"{isa}: case {k}"
+    for k, x in enumerate(cases[:3] + [tied]):
+        probs = np.empty_like(x)
+        ext.softmax(probs, x)
+        assert rel_err(probs, softmax(x)) <= 1e-5, f"{isa}: case {k}: worst {rel_err(probs, softmax(x)):.3g}"
+    draws = [(1.0, 0.9), (0.7, 0.5), (1.3, 1.0)] if n > 1 else []  # a sampler needs two entries
+    for temperature, top_p in draws:
+        sampler = Sampler(temperature, top_p, seed=n)
+        state = np.array([n], np.uint64)
+        for i in range(40):
+            logits = (rng.standard_normal(n) * (1 + i % 4)).astype(np.float32)
+            got, want = ext.sample(logits, temperature, top_p, state), sampler.sample(logits)
+            assert got == want, f"{isa}: t {temperature} p {top_p} draw {i}: {got} vs the spec's {want}"
 
 
 def _run_with_isa(value: str):

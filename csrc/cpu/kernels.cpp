@@ -202,24 +202,11 @@ float rng_coin(uint64_t* state) {
 }
 
 int argmax(const float* x, int n) {
-    int best = 0;
-    float mx = x[0];
-    for (int i = 1; i < n; ++i)
-        if (x[i] > mx) {
-            mx = x[i];
-            best = i;
-        }
-    return best;
+    return kernels().argmax(x, n);
 }
 
 void softmax(float* probs, const float* x, int n) {
-    float mx = x[0];
-    for (int i = 1; i < n; ++i) mx = std::max(mx, x[i]);
-    float sum = 0.f;
-    if (probs != x) std::memcpy(probs, x, sizeof(float) * n);
-    kernels().exp_sub(probs, n, mx);
-    for (int i = 0; i < n; ++i) sum += probs[i];  // sequential float32, as run
-    for (int i = 0; i < n; ++i) probs[i] /= sum;
+    kernels().softmax(probs, x, n, 1.0f);
 }
 
 int sample_mult(const float* probs, int n, float coin) {
@@ -233,9 +220,7 @@ int sample_mult(const float* probs, int n, float coin) {
 
 int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, float* cand) {
     const float cutoff = (1.0f - top_p) / (float)(n - 1);
-    int m = 0;
-    for (int i = 0; i < n; ++i)
-        if (probs[i] >= cutoff) idx[m++] = i;
+    const int m = kernels().at_least(idx, probs, n, cutoff);
     if (m == 0) return argmax(probs, n);  // only possible for top_p < 1/n; keep it defined
     // descending probability, ties in index order
     if (m <= 256) {
@@ -286,9 +271,7 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
 int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state, float* probs, int* idx,
            float* cand) {
     if (temperature == 0.0) return argmax(logits, n);
-    const float t = (float)temperature;
-    for (int i = 0; i < n; ++i) probs[i] = logits[i] / t;
-    softmax(probs, probs, n);
+    kernels().softmax(probs, logits, n, (float)temperature);
     const float coin = rng_coin(state);
     if (top_p <= 0.0 || top_p >= 1.0) return sample_mult(probs, n, coin);
     return sample_topp(probs, n, (float)top_p, coin, idx, cand);

@@ -164,6 +164,12 @@ struct KernelTable {
                       const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
                       float* scratch);
     void (*exp_sub)(float* a, int n, float mx);  // a[i] = exp(a[i] - mx)
+    // Sampling's row kernels, each bitwise the plain loop it replaces (kernels.cpp: softmax, argmax,
+    // sample_topp): probs = softmax(x / temperature), the first index of the maximum, and the
+    // indices (in order) of the values >= cutoff.
+    void (*softmax)(float* probs, const float* x, int n, float temperature);
+    int (*argmax)(const float* x, int n);
+    int (*at_least)(int* idx, const float* p, int n, float cutoff);
     void (*quantize_row)(int8_t* q, float* s, const float* x, int n, int gs);
     // One float32 dot product a (n,) . b (n,) summed exactly as every product above sums an output,
     // so it equals that output bit for bit (the greedy classifier recomputes single logits with it).
