@@ -206,7 +206,7 @@ int argmax(const float* x, int n) {
 }
 
 void softmax(float* probs, const float* x, int n) {
-    kernels().softmax(probs, x, n, 1.0f);
+    kernels().softmax(&probs, &x, 1, n, 1.0f);
 }
 
 int sample_mult(const float* probs, int n, float coin) {
@@ -271,7 +271,11 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
 int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state, float* probs, int* idx,
            float* cand) {
     if (temperature == 0.0) return argmax(logits, n);
-    kernels().softmax(probs, logits, n, (float)temperature);
+    kernels().softmax(&probs, &logits, 1, n, (float)temperature);
+    return sample_probs(probs, n, top_p, state, idx, cand);
+}
+
+int sample_probs(const float* probs, int n, double top_p, uint64_t* state, int* idx, float* cand) {
     const float coin = rng_coin(state);
     if (top_p <= 0.0 || top_p >= 1.0) return sample_mult(probs, n, coin);
     return sample_topp(probs, n, (float)top_p, coin, idx, cand);

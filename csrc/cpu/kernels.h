@@ -165,9 +165,9 @@ struct KernelTable {
                       float* scratch);
     void (*exp_sub)(float* a, int n, float mx);  // a[i] = exp(a[i] - mx)
     // Sampling's row kernels, each bitwise the plain loop it replaces (kernels.cpp: softmax, argmax,
-    // sample_topp): probs = softmax(x / temperature), the first index of the maximum, and the
-    // indices (in order) of the values >= cutoff.
-    void (*softmax)(float* probs, const float* x, int n, float temperature);
+    // sample_topp): probs[r] (n,) = softmax(x[r] / temperature) for k rows (probs[r] may be x[r]),
+    // the first index of the maximum, and the indices (in order) of the values >= cutoff.
+    void (*softmax)(float* const* probs, const float* const* x, int k, int n, float temperature);
     int (*argmax)(const float* x, int n);
     int (*at_least)(int* idx, const float* p, int n, float cutoff);
     void (*quantize_row)(int8_t* q, float* s, const float* x, int n, int gs);
@@ -246,6 +246,8 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
 // one coin, multinomial or top-p). probs (n,), idx (n,), cand (n,) are scratch.
 int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state, float* probs, int* idx,
            float* cand);
+// The draw of sample() once probs (n,) holds the tempered softmax: one coin, multinomial or top-p.
+int sample_probs(const float* probs, int n, double top_p, uint64_t* state, int* idx, float* cand);
 // log softmax(x)[token] in double precision
 double log_softmax_at(const float* x, int n, int token);
 

@@ -721,9 +721,33 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
     };
     if (B == 1) {
         one(0);
-    } else {
+    } else if (temperature == 0.0) {
 #pragma omp parallel for num_threads(team_) schedule(static)
         for (int b = 0; b < B; ++b) one(b);
+    } else {
+        // Sampled rows in fours: their softmax sums run as independent chains (kernels.h, softmax).
+#pragma omp parallel for num_threads(team_) schedule(static)
+        for (int g = 0; g < (B + 3) / 4; ++g) {
+            float* probs[4];
+            const float* lg[4];
+            int rows[4], k = 0;
+            for (int b = 4 * g; b < std::min(B, 4 * g + 4); ++b) {
+                if (forced && forced[b] >= 0) {
+                    one(b);
+                    continue;
+                }
+                probs[k] = probs_.data() + (long)b * V;
+                lg[k] = logits_.data() + (long)b * V;
+                rows[k++] = b;
+            }
+            kt_->softmax(probs, lg, k, V, (float)temperature);
+            for (int j = 0; j < k; ++j) {
+                const int b = rows[j];
+                next[b] =
+                    sample_probs(probs[j], V, top_p, &rng_[b], idx_.data() + (long)b * V, cand_.data() + (long)b * V);
+                if (logprobs) logprobs[b] = (float)log_softmax_at(lg[j], V, next[b]);
+            }
+        }
     }
     if (prof) prof[P_SAMPLING] += std::chrono::duration<double>(Clock::now() - t0).count();
 }
