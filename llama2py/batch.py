@@ -35,6 +35,7 @@ import numpy as np
 
 from .backends.base import Backend, as_token_ids, check_int, check_sampling
 from .errors import PromptError
+from .sampler import check_seed
 from .tokenizer import BOS, EOS
 
 STOP_TOKENS = (EOS, BOS)
@@ -174,7 +175,7 @@ def run_batch(
     if len(ends) != B or len(seeds) != B:
         raise ValueError(f"{B} prompts need {B} ends and {B} seeds, got {len(ends)} and {len(seeds)}")
     ends = [check_int("ends[b]", e, 1, c.seq_len + 1) for e in ends]
-    seeds = [check_int("seeds[b]", s, 0, (1 << 64) - 1) for s in seeds]
+    seeds = [check_seed("seeds[b]", s) for s in seeds]
     return _run_batch(
         backend,
         prompt_tokens,
@@ -312,7 +313,7 @@ def generate(
     B = len(prompt_tokens)
     if len(seeds) != B:
         raise ValueError(f"{B} prompts need {B} seeds, got {len(seeds)}")
-    seeds = [check_int("seeds[b]", s, 0, (1 << 64) - 1) for s in seeds]
+    seeds = [check_seed("seeds[b]", s) for s in seeds]
     lens = [len(p) for p in prompt_tokens]
     tl = total_len(lens, max_gen_len, c.seq_len)
     ends = [min(n + max_gen_len, tl) for n in lens]

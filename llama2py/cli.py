@@ -20,6 +20,7 @@ from typing import Optional
 from . import __version__
 from .argtypes import float_in, int_at_least, temperature
 from .errors import Llama2pyError
+from .sampler import SEED_BITS, SEED_MAX, nth_seed
 
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
@@ -79,9 +80,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-s",
         dest="seed",
-        type=int_at_least(0, "-s seed", (1 << 64) - 1),
+        type=int_at_least(0, "-s seed", SEED_MAX),
         default=0,
-        help="random seed, 0..2**64-1 (default: the current time)",
+        help=f"random seed, 0..2**{SEED_BITS}-1 (default: the current time)",
     )
     p.add_argument(
         "-n",
@@ -350,7 +351,7 @@ def cmd_batch(args) -> int:
     total_tokens, total_s, per_seq = 0, 0.0, []
     for a in range(0, n_seqs, limit):
         idx = range(a, min(a + limit, n_seqs))
-        seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in idx]
+        seeds = [nth_seed(base, b) for b in idx]
         stats = BatchStats()
         finished: dict[int, list[int]] = {}  # row -> its tokens, until every earlier row is printed
         printed = [0]  # rows of this chunk printed so far (in order)

@@ -16,6 +16,7 @@ import numpy as np
 
 from .backends.base import Backend, as_token_ids, check_int, check_sampling
 from .errors import PromptError
+from .sampler import check_seed
 from .tokenizer import BOS, EOS, Tokenizer
 
 
@@ -70,7 +71,7 @@ def run_loop(
     c = backend.config
     steps = resolve_steps(steps, c.seq_len)
     temperature, top_p = check_sampling(temperature, top_p)
-    seed = check_int("seed", seed, 0, (1 << 64) - 1)
+    seed = check_seed("seed", seed)
     tokens = as_token_ids(prompt_tokens, c.vocab_size, "prompt token ids")
     if tokens.ndim != 1 or tokens.size == 0:
         raise PromptError(f"the prompt must be a non-empty list of token ids (BOS first), got shape {tokens.shape}")
@@ -219,7 +220,7 @@ def chat_loop(
     bytes they stand for) or bytes."""
     steps = resolve_steps(steps, backend.config.seq_len)
     temperature, top_p = check_sampling(temperature, top_p)
-    seed = check_int("seed", seed, 0, (1 << 64) - 1)
+    seed = check_seed("seed", seed)
     return _chat_loop(backend, tokenizer, steps, temperature, top_p, seed, read_user, system, first_user)
 
 

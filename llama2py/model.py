@@ -20,7 +20,7 @@ from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
 from .errors import Llama2pyError, PromptError, TokenizerError
 from .generate import RunStats, check_prompt, run_loop
-from .sampler import resolve_seed
+from .sampler import nth_seed, resolve_seed
 from .stops import StopMatcher, check_stops, cut_stream
 from .tokenizer import BOS, Tokenizer
 
@@ -293,7 +293,7 @@ class Llama:
         if isinstance(prompt_tokens, (str, bytes)) or not hasattr(prompt_tokens, "__len__"):
             raise TypeError("generate takes a list of token-id lists; encode text with m.tokenizer.encode")
         prompts = prompt_tokens  # batch.generate checks them, max_gen_len, temperature and top_p (once)
-        seeds = [(base + b) & 0xFFFFFFFFFFFFFFFF for b in range(len(prompts))]
+        seeds = [nth_seed(base, b) for b in range(len(prompts))]
         matchers: list[Optional[StopMatcher]] = [None] * len(prompts)
         stop_at = None
         if stops:

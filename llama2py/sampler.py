@@ -12,17 +12,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_MASK64 = (1 << 64) - 1
+SEED_BITS = 64  # a seed is the generator's state: a 64-bit unsigned integer (run's unsigned long long)
+SEED_MAX = (1 << SEED_BITS) - 1
+_MASK64 = SEED_MAX  # the state's arithmetic wraps at 64 bits
+
+
+def check_seed(name: str, value) -> int:
+    """A seed: an integer in 0..SEED_MAX -> int. Anything else is refused rather than wrapped
+    (2**64 would become 0); the one check of every seed the library takes."""
+    from .backends.base import check_int  # the one integer check (a local import: base imports this module)
+
+    return check_int(name, value, 0, SEED_MAX)
+
+
+def nth_seed(base: int, b: int) -> int:
+    """The seed of sequence b of a batch seeded with base: base + b, wrapping at 2**64."""
+    return (base + b) & SEED_MAX
 
 
 def resolve_seed(seed: int | None) -> int:
-    """run's rule: no seed (or 0) means the current time in seconds. A seed is a 64-bit
-    unsigned integer: anything else is refused rather than wrapped (2**64 would become 0)."""
+    """run's rule: no seed (or 0) means the current time in seconds; otherwise check_seed's."""
     if seed is None:
         return int(time.time())
-    from .backends.base import check_int  # the one integer check
-
-    s = check_int("seed", seed, 0, _MASK64)
+    s = check_seed("seed", seed)
     return s if s else int(time.time())  # a state of 0 would stay 0 (every coin 0.0)
 
 

@@ -30,11 +30,11 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..errors import NonFiniteError, ResourceError
+from ..sampler import check_seed
 
 PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
 LOGITS_MODES = ("last", "all", "none")
 _F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: below it logits / t overflows
-_U64 = 1 << 64
 
 
 class Backend(ABC):
@@ -126,12 +126,12 @@ class Backend(ABC):
 
     def set_seeds(self, seeds: Sequence[int]) -> None:
         """Reset the run-compatible generator of each slot b to seeds[b] (len(seeds) <= max_batch);
-        seeds are integers in 0..2**64-1."""
+        seeds are integers in 0..2**64-1 (sampler.check_seed)."""
         if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__"):
             raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}")
         if len(seeds) > self.max_batch:
             raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
-        self._set_seeds([check_int("seed", s, 0, _U64 - 1) for s in seeds])
+        self._set_seeds([check_seed("seed", s) for s in seeds])
 
     def profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
         """Seconds spent per kernel category in one decode step at pos for tokens (B,): keys from
