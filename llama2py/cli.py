@@ -11,7 +11,6 @@ Errors print one line on stderr and exit non-zero; --debug shows the traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import os
 import sys
@@ -181,7 +180,7 @@ def _report_device(model, args) -> None:
 
 
 def _load(args, max_batch_size=1):
-    """Load the model; max_batch_size may be a function of the checkpoint's Config."""
+    """Load the model for up to max_batch_size sequences at once."""
     from .model import Llama
 
     checkpoint, tokenizer = args.checkpoint, args.tokenizer
@@ -190,10 +189,6 @@ def _load(args, max_batch_size=1):
 
         checkpoint, default_tok = ensure_default_model(progress=sys.stderr.isatty())
         tokenizer = tokenizer or default_tok
-    if callable(max_batch_size):
-        from .checkpoint import load_checkpoint
-
-        max_batch_size = max_batch_size(load_checkpoint(checkpoint).config)
     model = Llama.load(
         checkpoint,
         tokenizer=tokenizer,
@@ -304,9 +299,7 @@ def _batch_head(args, i: int, j: int, n_samples: int) -> str:
 def cmd_batch(args) -> int:
     """Stories for many prompts (and/or seeds) at once, each equal to run's story for its prompt and
     seed (up to an EOS, where a batched story ends), printed under a header, then tok/s on stderr."""
-    from .backends.base import batch_that_fits
     from .batch import BatchStats, run_batch
-    from .errors import ResourceError
     from .generate import resolve_steps
     from .model import encode_prompt
     from .sampler import resolve_seed
@@ -323,19 +316,9 @@ def cmd_batch(args) -> int:
     n_seqs = len(texts) * n_samples  # sequence s: prompt s // n_samples, sample s % n_samples (never listed)
     limit = min(args.max_batch or n_seqs, n_seqs)
 
-    def batch_size(config) -> int:
-        if args.context is not None:
-            config = dataclasses.replace(config, seq_len=min(args.context, config.seq_len))
-        fit = batch_that_fits(config, args.threads, limit)
-        if 1 <= fit < limit:
-            raise ResourceError(
-                f"{limit} sequences at once need more memory than is available (KV cache "
-                f"{config.kv_cache_bytes(1) / 2**20:.1f} MiB per sequence of {config.seq_len} positions); "
-                f"pass --max-batch {fit} (or less) to run them in batches, or a shorter --context"
-            )
-        return limit  # fit 0: not even one sequence fits; the backend says so (and names --context)
-
-    model = _load(args, max_batch_size=batch_size)
+    # the backend refuses a batch that does not fit the memory before allocating it, naming the
+    # --max-batch that fits (backends.base.check_memory)
+    model = _load(args, max_batch_size=limit)
     c = model.config
     steps = resolve_steps(args.steps, c.seq_len)
     # each distinct prompt encoded once (refused before encoding when it cannot fit); every error

@@ -24,7 +24,7 @@ import operator
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Backend(ABC):
         self.threads = threads
         self._sampling_key: tuple = ()  # the last (temperature, top_p) given to step() and
         self._sampling = (0.0, 0.0)  # its checked float32 values
-        check_memory(self.host_bytes(config, max_batch, threads), config, max_batch)
+        check_memory(lambda b: self.host_bytes(config, b, threads), config, max_batch)
 
     # -- memory ---------------------------------------------------------------------------------
     def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
@@ -351,17 +351,21 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
-def check_memory(parts: dict[str, int], config: Config, max_batch: int) -> None:
-    """Refuse (ResourceError) what would not fit the available memory, naming both figures and
-    what lowers the need: a smaller max_batch (--max-batch) or a shorter context (--context)."""
+def check_memory(parts_of: Callable[[int], dict[str, int]], config: Config, max_batch: int) -> None:
+    """Refuse (ResourceError) what would not fit the available memory. parts_of(b): the bytes a
+    backend of max_batch b allocates, by item (Backend.host_bytes). The message names both figures
+    and what lowers the need: the largest batch that fits (max_batch_size / --max-batch N), where
+    one sequence fits at all, and a shorter context (--context)."""
+    parts = parts_of(max_batch)
     need = sum(parts.values())
     avail = available_memory()
     if avail is None or need <= avail:
         return
     detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v)
+    fit = _largest_batch(parts_of, max_batch - 1, avail)
     fix = []
-    if max_batch > 1:
-        fix.append("a smaller batch (max_batch_size / --max-batch)")
+    if fit >= 1:
+        fix.append(f"a smaller batch (max_batch_size / --max-batch {fit} or less)")
     fix.append(f"a shorter context than seq_len {config.seq_len} (context= / --context N)")
     raise ResourceError(
         f"this model needs {_gib(need)} of memory ({detail} for {max_batch} sequence(s) of "
@@ -369,20 +373,12 @@ def check_memory(parts: dict[str, int], config: Config, max_batch: int) -> None:
     )
 
 
-def batch_that_fits(config: Config, threads: Optional[int], upper: int) -> int:
-    """The largest batch in 0..upper whose KV cache and buffers (the host backends' estimate) fit
-    the available memory (upper where it is unknown)."""
-    avail = available_memory()
-    if avail is None:
-        return upper
-
-    def need(b: int) -> int:
-        return config.kv_cache_bytes(b) + buffer_bytes(config, b, threads)
-
-    lo, hi = 0, upper  # need(lo) fits (0: nothing), answer in lo..hi
+def _largest_batch(parts_of: Callable[[int], dict[str, int]], upper: int, avail: int) -> int:
+    """The largest batch b in 0..upper whose parts_of(b) fit avail bytes (0: not even one)."""
+    lo, hi = 0, upper  # lo fits (0: nothing), the answer is in lo..hi
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if need(mid) <= avail:
+        if sum(parts_of(mid).values()) <= avail:
             lo = mid
         else:
             hi = mid - 1
