@@ -133,24 +133,32 @@ def add_group_size_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def progress_bar(total: int, desc: str, enabled: Optional[bool] = None) -> contextlib.AbstractContextManager:
-    """A byte progress bar on stderr for the writers' `progress(done, total)` callback.
+def progress_bar(desc: str, enabled: Optional[bool] = None) -> contextlib.AbstractContextManager:
+    """A byte progress bar on stderr for the writers' `progress(done, total)` callback. The bar
+    appears at the first call, with the total it brings: a writer's checks run before it writes a
+    byte, so a refusal prints its one line and no bar.
 
     enabled None: only when stderr is a terminal. Yields the callback (None when disabled)."""
     if enabled is None:
         enabled = sys.stderr.isatty()
     if not enabled:
         return contextlib.nullcontext(None)
-    return _tqdm_callback(total, desc)
+    return _tqdm_callback(desc)
 
 
 @contextlib.contextmanager
-def _tqdm_callback(total: int, desc: str) -> Iterator[Callable[[int, int], None]]:
+def _tqdm_callback(desc: str) -> Iterator[Callable[[int, int], None]]:
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=desc) as bar:
+    with contextlib.ExitStack() as stack:
+        bar = None
 
-        def update(done: int, _total: int) -> None:
+        def update(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                bar = stack.enter_context(
+                    tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=desc)
+                )
             bar.update(done - bar.n)
 
         yield update

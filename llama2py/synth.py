@@ -26,7 +26,7 @@ import numpy as np
 import numpy.random  # noqa: F401  (imported up front: a Ctrl-C during a lazy import is lost)
 
 from .argtypes import int_at_least
-from .checkpoint import MODEL_SHAPES, ChunkSource, Config, checkpoint_bytes, weight_shapes, write_checkpoint
+from .checkpoint import MODEL_SHAPES, ChunkSource, Config, weight_shapes, write_checkpoint
 from .files import add_group_size_argument, add_progress_arguments, progress_bar
 
 BOS = 1
@@ -161,8 +161,7 @@ def run(args) -> int:
     config = config_from_args(args)
     if args.group_size is not None and args.version != 2:
         raise ValueError(f"--group-size is for v2 (Q8_0) files; add --version 2 (got --version {args.version})")
-    total = checkpoint_bytes(config, args.version, args.group_size)
-    with progress_bar(total, os.path.basename(args.out), args.progress) as progress:
+    with progress_bar(os.path.basename(args.out), args.progress) as progress:
         n = write_synthetic(args.out, config, args.version, args.seed, args.group_size, progress)
     print(f"wrote {args.out}: {n:,} bytes, llama2.c v{args.version}, {config.describe()}, seed {args.seed}")
     return 0

@@ -9,7 +9,6 @@ into llama2.c files, streamed in blocks of rows (memory: a few blocks, whatever 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -110,17 +109,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     import sys
 
-    with contextlib.ExitStack() as stack:
-        bar = None
-
-        def progress(done: int, total: int) -> None:  # the bar starts once the total is known
-            nonlocal bar
-            if bar is None:
-                bar = stack.enter_context(progress_bar(total, Path(args.out).name, args.progress)) or (
-                    lambda done, total: None
-                )
-            bar(done, total)
-
+    with progress_bar(Path(args.out).name, args.progress) as progress:
         config = convert(
             args.src,
             args.out,
