@@ -23,14 +23,13 @@ from .checkpoint import (
     Checkpoint,
     ChunkSource,
     check_group_size,
-    checkpoint_bytes,
     float_tensor_offsets,
     load_checkpoint,
     weight_shapes,
     write_checkpoint,
 )
 from .errors import CheckpointError
-from .files import add_group_size_argument, add_progress_arguments, check_output_path, progress_bar
+from .files import add_group_size_argument, add_progress_arguments, progress_bar
 
 BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 mapped at a time
 
@@ -67,7 +66,18 @@ def quantize_checkpoint(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> int:
     """Write the v0/v1 checkpoint src as the v2 file dst; return its size in bytes."""
-    ck = open_float_checkpoint(src)
+    return _write_v2(open_float_checkpoint(src), src, dst, group_size, progress)
+
+
+def _write_v2(
+    ck: Checkpoint,
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    group_size: Optional[int],
+    progress: Optional[Callable[[int, int], None]],
+) -> int:
+    """The opened input ck (of the file src) as the v2 file dst. write_checkpoint checks the group
+    size and the output path, once, before it writes a byte."""
     return write_checkpoint(dst, ck.config, mapped_source(ck), 2, group_size, progress, inputs=(src,))
 
 
@@ -85,11 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     ck = open_float_checkpoint(args.input)
-    group_size = check_group_size(ck.config, args.group_size)
-    check_output_path(args.output, inputs=(args.input,))  # before the bar: a refusal prints one line only
-    total = checkpoint_bytes(ck.config, 2, group_size)
-    with progress_bar(total, Path(args.output).name, args.progress) as progress:
-        n = quantize_checkpoint(args.input, args.output, group_size, progress)
+    with progress_bar(Path(args.output).name, args.progress) as progress:  # no bar before the checks
+        n = _write_v2(ck, args.input, args.output, args.group_size, progress)
+    group_size = check_group_size(ck.config, args.group_size)  # the group the file got (checked as written)
     print(
         f"wrote {args.output}: {n:,} bytes, llama2.c v2 (Q8_0, group {group_size}), "
         f"from {args.input} (v{ck.version}, {ck.file_bytes:,} bytes), {ck.config.describe()}"
