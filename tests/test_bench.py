@@ -361,8 +361,7 @@ def test_host_reads_the_machine():
     if _cpu_built():
         import llama2py._cpu as ext
 
-        isa = getattr(ext, "isa", None)
-        assert h["cpu_isa"] == (isa() if callable(isa) else ext.simd)
+        assert h["cpu_isa"] == ext.isa()
     if Path("/proc/self/status").exists():
         assert h["mem_available_bytes"] > 0
         assert host.reset_peak_rss()

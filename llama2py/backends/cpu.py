@@ -112,12 +112,10 @@ class CpuBackend(Backend):
         # Reusable outputs of step(); callers get copies.
         self._next = np.empty(max_batch, np.int32)  # (max_batch,)
         self._logprobs = np.empty(max_batch, np.float32)  # (max_batch,)
-        # Read-only view of the step logits (max_batch, vocab) where the extension offers one: step()
-        # checks the chosen ids' logits are finite without copying the rows.
-        view = getattr(self._model, "logits_view", None)
-        self._logits_view = view() if view is not None else None
-        if self._logits_view is not None:
-            self._logits_view.flags.writeable = False
+        # Read-only view of the step logits (max_batch, vocab): step() checks the chosen ids' logits
+        # are finite without copying the rows.
+        self._logits_view = self._model.logits_view()
+        self._logits_view.flags.writeable = False
 
     def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
         parts = super().host_bytes(config, max_batch, threads)
@@ -158,8 +156,6 @@ class CpuBackend(Backend):
 
     def _chosen_logits(self, ids: list[int], rows) -> Optional[list[float]]:
         view = self._logits_view  # (max_batch, vocab) over the C++ logits of the last step, no copy
-        if view is None:
-            return None
         return [view.item(b, ids[b]) for b in rows]
 
     # -- reporting ------------------------------------------------------------------------------

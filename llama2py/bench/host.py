@@ -32,17 +32,12 @@ def cpu_model() -> str:
 
 
 def cpu_isa() -> Optional[str]:
-    """The kernel level the C++ extension dispatches to (`_cpu.isa()`), else its build's SIMD
-    string, else None when the extension is not built."""
+    """The kernel level the C++ extension dispatches to (`_cpu.isa()`), None when it is not built."""
     try:
         from .. import _cpu
     except ImportError:
         return None
-    isa = getattr(_cpu, "isa", None)
-    if callable(isa):
-        return str(isa())
-    simd = getattr(_cpu, "simd", None)
-    return str(simd) if simd is not None else None
+    return str(_cpu.isa())
 
 
 def load_average() -> Optional[float]:
