@@ -392,7 +392,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         config = Config(*dims, shared_classifier=shared)
         config.validate(f"checkpoint {path}")
         if version == 1:
-            return _load_v1(path, config, size)
+            return _load_float(path, config, size, 1)
         return _load_v2(path, config, size, struct.unpack_from("<i", head, 37)[0])
     dims = _read_header_ints(head, 0, 7)
     if dims[5] == 0 or any(d <= 0 for i, d in enumerate(dims) if i != 5):
@@ -402,7 +402,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         )
     config = Config(*dims[:5], abs(dims[5]), dims[6], shared_classifier=dims[5] > 0)
     config.validate(f"checkpoint {path}")
-    return _load_v0(path, config, size)
+    return _load_float(path, config, size, 0)
 
 
 def _size_error(path: Path, version: int, config: Config, expected: int, size: int) -> CheckpointError:
@@ -413,37 +413,21 @@ def _size_error(path: Path, version: int, config: Config, expected: int, size: i
     )
 
 
-def _carve(mm: np.ndarray, offset: int, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
-    n = int(np.prod(shape))
-    return mm[offset : offset + n].reshape(shape), offset + n
-
-
-def _load_v0(path: Path, config: Config, size: int) -> Checkpoint:
-    expected = checkpoint_bytes(config, 0)
+def _load_float(path: Path, config: Config, size: int, version: int) -> Checkpoint:
+    """A v0 or v1 file: every tensor a float32 view of one memory map, where float_tensor_offsets
+    (tensor_order) puts it; v0's RoPE tables are skipped."""
+    expected = checkpoint_bytes(config, version)
     if size != expected:
-        raise _size_error(path, 0, config, expected, size)
-    mm = np.memmap(path, dtype="<f4", mode="r", offset=V0_HEADER_BYTES, shape=((size - V0_HEADER_BYTES) // 4,))
+        raise _size_error(path, version, config, expected, size)
+    mm = np.memmap(path, dtype="<f4", mode="r", shape=(size // 4,))  # headers are whole floats: 28 or 256 bytes
     shapes = weight_shapes(config)
-    arrays, off = {}, 0
-    for name in _V0_ORDER:
-        arrays[name], off = _carve(mm, off, shapes[name])
-    off += _rope_floats(config)  # skip the obsolete RoPE tables
-    arrays["wcls"] = arrays["token_embedding"] if config.shared_classifier else _carve(mm, off, shapes["wcls"])[0]
-    return Checkpoint(path, 0, config, Weights(**arrays), size, _mmap=mm)
-
-
-def _load_v1(path: Path, config: Config, size: int) -> Checkpoint:
-    shapes = weight_shapes(config)
-    expected = checkpoint_bytes(config, 1)
-    if size != expected:
-        raise _size_error(path, 1, config, expected, size)
-    n = (expected - HEADER_BYTES) // 4
-    mm = np.memmap(path, dtype="<f4", mode="r", offset=HEADER_BYTES, shape=(n,))
-    arrays, off = {}, 0
-    for name in _V1_ORDER:
-        arrays[name], off = _carve(mm, off, shapes[name])
-    arrays["wcls"] = arrays["token_embedding"] if config.shared_classifier else _carve(mm, off, shapes["wcls"])[0]
-    return Checkpoint(path, 1, config, Weights(**arrays), size, _mmap=mm)
+    arrays = {}
+    for name, offset in float_tensor_offsets(config, version).items():
+        if name != "rope":
+            arrays[name] = mm[offset // 4 : offset // 4 + math.prod(shapes[name])].reshape(shapes[name])
+    if config.shared_classifier:
+        arrays["wcls"] = arrays["token_embedding"]
+    return Checkpoint(path, version, config, Weights(**arrays), size, _mmap=mm)
 
 
 def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
@@ -459,15 +443,15 @@ def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     off = HEADER_BYTES
     arrays: dict[str, np.ndarray] = {}
-    for name in ("rms_att", "rms_ffn", "rms_final"):
-        n = int(np.prod(shapes[name]))
-        arrays[name] = raw[off : off + 4 * n].view("<f4").reshape(shapes[name])
-        off += 4 * n
-    # Q8_0 stays int8 (value = int8 * scale of its group of gs consecutive values): views into the
-    # file, layer by layer (a tensor's layers alternate values and scales, so they are separate parts).
-    names = list(_Q_ORDER) + ([] if config.shared_classifier else ["wcls"])
-    for name in names:
+    for name in tensor_order(config, 2):
         shape = shapes[name]
+        if name in NORM_TENSORS:  # float32
+            n = math.prod(shape)
+            arrays[name] = raw[off : off + 4 * n].view("<f4").reshape(shape)
+            off += 4 * n
+            continue
+        # Q8_0 stays int8 (value = int8 * scale of its group of gs consecutive values): views into the
+        # file, layer by layer (a tensor's layers alternate values and scales, so they are separate parts).
         n_parts = _layers(name, config)
         part_shape = shape[1:] if len(shape) == 3 else shape  # a layer of a stacked tensor
         per = int(np.prod(shape)) // n_parts

@@ -191,6 +191,64 @@ def test_v0_and_v1_of_the_same_weights_load_equal(tmp_path, shape):
         np.testing.assert_array_equal(arr, getattr(loaded[1].weights, name), err_msg=name)
 
 
+# docs/FORMAT.md's layouts, spelled out here rather than taken from tensor_order: the loaders read
+# every tensor where the document puts it, not merely where the writer (sharing that order) wrote it.
+DOC_ORDER = {
+    0: ["token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final", "rope"],
+    1: ["rms_att", "rms_ffn", "rms_final", "token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3"],
+    2: ["rms_att", "rms_ffn", "rms_final", "token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3"],
+}
+
+
+@pytest.mark.parametrize("shape", ["gqa_unshared", "mha_shared"])
+@pytest.mark.parametrize("version", [0, 1, 2])
+def test_loaders_follow_the_documented_layout(tmp_path, shape, version):
+    """A file built by hand from docs/FORMAT.md loads as exactly the arrays put into it."""
+    c = SHAPES[shape]
+    gs = 2  # divides every dim in SHAPES
+    rng = np.random.default_rng(9)
+    arrays = {name: rng.standard_normal(shp).astype("<f4") for name, shp in weight_shapes(c).items()}
+    if c.shared_classifier:
+        del arrays["wcls"]
+    dims = [c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, c.seq_len]
+    if version == 0:
+        dims[5] = dims[5] if c.shared_classifier else -dims[5]
+        data = [struct.pack("<7i", *dims)]
+    else:
+        head = struct.pack("<Ii7iB", 0x616B3432, version, *dims, int(c.shared_classifier))
+        data = [(head + (struct.pack("<i", gs) if version == 2 else b"")).ljust(256, b"\0")]
+    parts = {}  # v2: each quantized tensor's (int8 values, scales) per layer, as written
+    for name in DOC_ORDER[version] + ([] if c.shared_classifier else ["wcls"]):
+        if name == "rope":  # two obsolete tables, not zero here: the loader must skip them
+            data.append(rng.standard_normal(c.seq_len * c.head_size).astype("<f4").tobytes())
+        elif version < 2 or name in NORM_TENSORS:
+            data.append(arrays[name].tobytes())
+        else:
+            layers = [arrays[name]] if name in ("token_embedding", "wcls") else list(arrays[name])
+            parts[name] = []
+            for layer in layers:
+                groups = layer.reshape(-1, gs)
+                scales = (np.abs(groups).max(axis=1) / np.float32(127)).astype("<f4")
+                values = np.round(groups / scales[:, None]).astype(np.int8).reshape(layer.shape)
+                parts[name].append((values, scales))
+                data += [values.tobytes(), scales.tobytes()]
+    path = tmp_path / f"hand_v{version}.bin"
+    path.write_bytes(b"".join(data))
+    ck = load_checkpoint(path)
+    assert ck.version == version and ck.config == c
+    for name, want in arrays.items():
+        got = getattr(ck.weights, name)
+        if name in parts:
+            assert got.shape == want.shape and len(got.parts) == len(parts[name]), name
+            for (q, s), (want_q, want_s) in zip(got.parts, parts[name]):
+                np.testing.assert_array_equal(q, want_q, err_msg=name)
+                np.testing.assert_array_equal(s, want_s, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    if c.shared_classifier:
+        assert ck.weights.wcls is ck.weights.token_embedding
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_v2_roundtrip_is_per_layer_q80(tmp_path, shape):
     """Each layer of each matrix is quantized on its own (llama2.c's export); the norms stay exact."""
