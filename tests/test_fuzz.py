@@ -100,6 +100,6 @@ def test_header_fuzz(tmp_path, monkeypatch, device):
             msg = str(e)
             assert msg and "\n" not in msg and len(msg) < 600, f"case {case}: {msg!r}"
             outcomes[type(e).__name__] += 1
-    assert sum(outcomes.values()) == CASES
-    # the fuzzer reaches both sides: files that still load and run, and refused ones
+    # every case ran or raised one of the clean errors above (anything else fails the test); the
+    # fuzzer reaches both sides: files that still load and run, and refused ones
     assert outcomes["ran"] >= 5 and outcomes["CheckpointError"] >= CASES // 3, outcomes

@@ -19,9 +19,9 @@ from conftest import SHAPES, cli, rel_err, require_device
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.checkpoint import (
-    HEADER_BYTES,
     Config,
     QuantizedTensor,
+    checkpoint_bytes,
     default_group_size,
     load_checkpoint,
     quantize_tensor,
@@ -300,7 +300,10 @@ def test_v2_group_size_inconsistent_with_file_size(make_checkpoint):
     with pytest.raises(CheckpointError, match="must be exactly") as e:
         load_checkpoint(path)
     assert "\n" not in str(e.value)
-    assert len(data) > HEADER_BYTES
+    # the size group 8 implies (more scales) against the file's, which holds group 16's
+    want = checkpoint_bytes(SHAPES["mha_shared"], 2, 8)
+    assert want > len(data) == checkpoint_bytes(SHAPES["mha_shared"], 2, 16)
+    assert f"must be exactly {want:,} bytes, found {len(data):,}" in str(e.value)
 
 
 def test_cli_bad_v2_file_one_line_error(make_checkpoint, stories260k):
