@@ -173,11 +173,53 @@ def make_checkpoint(tmp_path):
     return make
 
 
+def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarray:
+    """Standard normal float32 values of `shape`, times scale."""
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def assert_one_line_error(r, *fragments: str, rc: int | None = None) -> str:
+    """A CLI failure as the README promises it: a non-zero exit (rc, when given), no traceback, and
+    one error line on stderr ("PROG: error: ...") holding every fragment; besides it only argparse's
+    usage lines and "PROG: warning: ..." lines (bench's busy-machine note). r: a CompletedProcess
+    (bytes or text) or (exit code, stderr) of an in-process main(). Returns stderr."""
+    code, err = r if isinstance(r, tuple) else (r.returncode, r.stderr)
+    err = err.decode(errors="replace") if isinstance(err, bytes) else err
+    assert code != 0, f"expected an error, got exit code 0: {err}"
+    assert rc is None or code == rc, f"exit code {code}, expected {rc}: {err}"
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith(("usage:", " "))]
+    errors = [ln for ln in lines if ": error: " in ln]
+    assert len(errors) == 1 and all(": warning: " in ln for ln in lines if ln not in errors), err
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    return err
+
+
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     """Worst error relative to the reference's scale: max|a - b| / max|b|."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+REQUIRE_CPU_ENV = "LLAMA2PY_REQUIRE_CPU"  # CI sets it to 1: a broken extension build fails instead of skipping
+
+
+def _cpu_import_error() -> ImportError | None:
+    """Why llama2py._cpu does not import (None when it does); raised where $LLAMA2PY_REQUIRE_CPU=1."""
+    try:
+        import llama2py._cpu  # noqa: F401
+    except ImportError as e:
+        if os.environ.get(REQUIRE_CPU_ENV) == "1":
+            raise
+        return e
+    return None
+
+
+def cpu_built() -> bool:
+    """Whether the C++ extension is built (never False where $LLAMA2PY_REQUIRE_CPU=1: it raises)."""
+    return _cpu_import_error() is None
 
 
 def require_device(device: str) -> None:
@@ -186,11 +228,8 @@ def require_device(device: str) -> None:
     if device == "numpy":
         return
     if device == "cpu":
-        try:
-            import llama2py._cpu  # noqa: F401
-        except ImportError as e:
-            if os.environ.get("LLAMA2PY_REQUIRE_CPU") == "1":
-                raise
+        e = _cpu_import_error()
+        if e is not None:
             pytest.skip(f"C++ extension not built ({e}); run `pip install -e .`")
         return
     if device == "cuda":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHAPES, cli, require_device, write_tokenizer
+from conftest import SHAPES, assert_one_line_error, cli, require_device, write_tokenizer
 
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.batch import BatchStats, run_batch
@@ -317,12 +317,6 @@ def test_text_completion_stories260k(device, stories260k):
         assert p + d["generation"] == m.run(p, steps=n + 29, temperature=0.8, top_p=0.9, seed=42 + b).text
 
 
-def one_line_error(r, fragment):
-    err = r.stderr.decode()
-    assert r.returncode != 0 and "Traceback" not in err and fragment in err, err
-    assert len(err.strip().splitlines()) == 1 or err.startswith("usage"), err
-
-
 def split_stories(stdout: bytes) -> list[tuple[str, str]]:
     out, head, body = [], None, []
     for line in stdout.decode().split("\n"):
@@ -371,18 +365,18 @@ def test_cli_prompts_file_and_num_samples(device, stories260k, tmp_path):
 def test_cli_batch_errors(stories260k, tmp_path):
     model_path, tok = stories260k
     base = [model_path, "-z", tok, "--device", "numpy"]
-    one_line_error(cli(*base, "--prompts-file", tmp_path / "missing.txt"), "cannot read")
+    assert_one_line_error(cli(*base, "--prompts-file", tmp_path / "missing.txt"), "cannot read")
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
-    one_line_error(cli(*base, "--prompts-file", empty), "no prompts")
+    assert_one_line_error(cli(*base, "--prompts-file", empty), "no prompts")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe hello\n")
-    one_line_error(cli(*base, "--prompts-file", bad), "UTF-8")
+    assert_one_line_error(cli(*base, "--prompts-file", bad), "UTF-8")
     long = tmp_path / "long.txt"
     long.write_text("Once upon a time\n" + "Lily " * 600 + "\n")
-    one_line_error(cli(*base, "--prompts-file", long), "prompt 2")
-    one_line_error(cli(*base, "--num-samples", "1000000"), "--max-batch")
-    one_line_error(cli(*base, "--num-samples", "2", "-m", "chat"), "chat")
-    one_line_error(cli(*base, "--prompts-file", empty, "-i", "x"), "not both")
-    one_line_error(cli(*base, "--max-batch", "2"), "--max-batch")
-    one_line_error(cli(*base, "--num-samples", "0"), "--num-samples")
+    assert_one_line_error(cli(*base, "--prompts-file", long), "prompt 2")
+    assert_one_line_error(cli(*base, "--num-samples", "1000000"), "--max-batch")
+    assert_one_line_error(cli(*base, "--num-samples", "2", "-m", "chat"), "chat")
+    assert_one_line_error(cli(*base, "--prompts-file", empty, "-i", "x"), "not both")
+    assert_one_line_error(cli(*base, "--max-batch", "2"), "--max-batch")
+    assert_one_line_error(cli(*base, "--num-samples", "0"), "--num-samples")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_tokenizer
+from conftest import assert_one_line_error, cpu_built, write_tokenizer
 
 import llama2py.bench.cli as bench_cli
 from llama2py.bench import host, measure, reference, report
@@ -27,18 +27,8 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
 FAST = ["--steps", "3", "--repeat", "2", "--quiet"]
 
 
-def _cpu_built() -> bool:
-    try:
-        import llama2py._cpu  # noqa: F401
-    except ImportError:
-        if os.environ.get("LLAMA2PY_REQUIRE_CPU") == "1":
-            raise
-        return False
-    return True
-
-
 # the backend users run when it is built, else the numpy spec
-DEVICE = "cpu" if _cpu_built() else "numpy"
+DEVICE = "cpu" if cpu_built() else "numpy"
 
 
 @pytest.fixture
@@ -358,7 +348,7 @@ def test_host_reads_the_machine():
     assert h["cpu_model"] and h["cpu_count"] == os.cpu_count()
     if hasattr(os, "getloadavg"):
         assert h["load_average"] == pytest.approx(os.getloadavg()[0], abs=1.0)
-    if _cpu_built():
+    if cpu_built():
         import llama2py._cpu as ext
 
         assert h["cpu_isa"] == ext.isa()
@@ -460,10 +450,7 @@ def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
     for binary, msg in ((bad, "exited 3"), (tmp_path / "missing", "no such program")):
         rc = main(["bench", str(tiny), "--device", "numpy", "--batch", "1", "--steps", "2", "--repeat", "1",
                    "--vs-run", str(binary), "--vs-device", "numpy", "-z", str(tok), "--quiet"])  # fmt: skip
-        assert rc == 1
-        err = capsys.readouterr().err
-        errors = [line for line in err.splitlines() if "error:" in line]
-        assert len(errors) == 1 and msg in errors[0] and "Traceback" not in err
+        assert_one_line_error((rc, capsys.readouterr().err), msg, rc=1)
 
 
 @pytest.mark.parametrize(
@@ -485,10 +472,7 @@ def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
     ],
 )
 def test_bad_flags_are_one_line_errors(tiny, capsys, args, msg):
-    assert _exit_code(["bench", str(tiny), *args]) == 2
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if "error" in line]
-    assert len(errors) == 1 and msg in errors[0] and "Traceback" not in err, err
+    assert_one_line_error((_exit_code(["bench", str(tiny), *args]), capsys.readouterr().err), msg, rc=2)
 
 
 def test_no_checkpoint_is_a_flag_error(capsys):

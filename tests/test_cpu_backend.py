@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import REFERENCE_260K, SHAPES, rel_err
+from conftest import REFERENCE_260K, SHAPES, cpu_built, randn, rel_err
 
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.base import PROFILE_KEYS
@@ -20,18 +20,13 @@ from llama2py.checkpoint import load_checkpoint
 from llama2py.errors import DeviceError
 from llama2py.sampler import Rng, Sampler, log_softmax_at, softmax
 
-if os.environ.get("LLAMA2PY_REQUIRE_CPU") == "1":  # CI: a broken build fails here instead of skipping
-    import llama2py._cpu as _cpu
-else:
-    _cpu = pytest.importorskip("llama2py._cpu", reason="C++ extension not built (pip install -e .)")
+if not cpu_built():  # (where $LLAMA2PY_REQUIRE_CPU=1, CI, a broken build fails here instead)
+    pytest.skip("C++ extension not built (pip install -e .)", allow_module_level=True)
+from llama2py import _cpu  # noqa: E402
 from llama2py.backends.cpu import CpuBackend  # noqa: E402
 
 TOL = 1e-5
 SHAPE_NAMES = list(SHAPES)
-
-
-def _rand(rng, *shape, scale=1.0):
-    return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
 # ---- kernels -----------------------------------------------------------------------------------
@@ -51,8 +46,8 @@ def _rand(rng, *shape, scale=1.0):
 )  # the last: > 16 MiB, streamed
 def test_matmul_matches_numpy(d, n, rows):
     rng = np.random.default_rng(d * 1000 + n)
-    w = _rand(rng, d, n)
-    x = _rand(rng, rows, n)
+    w = randn(rng, d, n)
+    x = randn(rng, rows, n)
     out = np.empty((rows, d), np.float32)
     _cpu.matmul(out, x, w)
     ref = x.astype(np.float64) @ w.T.astype(np.float64)
@@ -67,7 +62,7 @@ def test_matmul_matches_numpy(d, n, rows):
 @pytest.mark.parametrize("rows,n", [(1, 18), (3, 40), (5, 97)])
 def test_rmsnorm_matches_numpy(rows, n):
     rng = np.random.default_rng(n)
-    x, w = _rand(rng, rows, n), _rand(rng, n)
+    x, w = randn(rng, rows, n), randn(rng, n)
     out = np.empty_like(x)
     _cpu.rmsnorm(out, x, w)
     ref = nbk.rmsnorm(x, w)
@@ -78,7 +73,7 @@ def test_rmsnorm_matches_numpy(rows, n):
 def test_rope_matches_numpy(n_heads, head_size):
     rng = np.random.default_rng(head_size)
     positions = np.array([0, 1, 5, 17, 255], np.int32)
-    x = _rand(rng, len(positions), n_heads * head_size)
+    x = randn(rng, len(positions), n_heads * head_size)
     ref = nbk.rope(x.reshape(1, len(positions), n_heads, head_size), positions, head_size).reshape(x.shape)
     _cpu.rope(x, positions, head_size)
     assert rel_err(x, ref) <= TOL, f"worst relative error {rel_err(x, ref):.3g}"
@@ -88,10 +83,10 @@ def test_rope_matches_numpy(n_heads, head_size):
 def test_attention_matches_numpy(n_heads, n_kv_heads, head_size):
     rng = np.random.default_rng(n_heads * 10 + n_kv_heads)
     slots_n, seq_len, kv_dim = 3, 12, n_kv_heads * head_size
-    kc, vc = _rand(rng, slots_n, seq_len, kv_dim), _rand(rng, slots_n, seq_len, kv_dim)
+    kc, vc = randn(rng, slots_n, seq_len, kv_dim), randn(rng, slots_n, seq_len, kv_dim)
     slots = np.array([0, 2, 1, 2], np.int32)
     positions = np.array([0, 11, 4, 7], np.int32)
-    q = _rand(rng, len(slots), n_heads * head_size)
+    q = randn(rng, len(slots), n_heads * head_size)
     out = np.empty_like(q)
     _cpu.attention(out, q, kc, vc, slots, positions, n_heads, n_kv_heads)
     ref = np.empty_like(q)
@@ -109,11 +104,11 @@ def test_attention_matches_numpy(n_heads, n_kv_heads, head_size):
 
 def test_swiglu_softmax_argmax_logsoftmax():
     rng = np.random.default_rng(3)
-    h, g = _rand(rng, 3, 37, scale=3), _rand(rng, 3, 37)
+    h, g = randn(rng, 3, 37, scale=3), randn(rng, 3, 37)
     ref = nbk.silu(h) * g
     _cpu.swiglu(h, g)
     assert rel_err(h, ref) <= TOL
-    x = _rand(rng, 53, scale=4)
+    x = randn(rng, 53, scale=4)
     p = np.empty_like(x)
     _cpu.softmax(p, x)
     assert rel_err(p, softmax(x)) <= TOL
@@ -139,7 +134,7 @@ def test_sample_matches_sampler(temperature, top_p):
     sampler = Sampler(temperature, top_p, seed=1234)
     state = np.array([1234], np.uint64)
     for i in range(200):
-        logits = _rand(rng, 97 if i % 2 else 512, scale=2.0 + i % 5)
+        logits = randn(rng, 97 if i % 2 else 512, scale=2.0 + i % 5)
         got = _cpu.sample(logits, temperature, top_p, state)
         want = sampler.sample(logits)
         assert got == want, f"draw {i}: cpu sampled {got}, spec sampler {want}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ISA_LEVELS, cli, rel_err, require_device
+from conftest import ISA_LEVELS, assert_one_line_error, cli, rel_err, require_device
 
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -176,5 +176,4 @@ def test_cli_bad_isa_is_one_line(stories260k):
     require_device("cpu")
     path, tok = stories260k
     r = cli(path, "-z", tok, "-n", "4", "--device", "cpu", env={"LLAMA2PY_ISA": "avx1024"}, timeout=60)
-    err = r.stderr.decode().strip()
-    assert r.returncode == 1 and "Traceback" not in err and len(err.splitlines()) == 1 and "LLAMA2PY_ISA" in err
+    assert_one_line_error(r, "LLAMA2PY_ISA", rc=1)

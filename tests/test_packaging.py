@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import REQUIRE_CPU_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,7 +89,7 @@ def test_sdist_license_metadata(sdist):
 
 def test_a_few_tests_run_from_the_unpacked_sdist(sdist):
     root, _ = sdist
-    env = {k: v for k, v in os.environ.items() if k != "LLAMA2PY_REQUIRE_CPU"}
+    env = {k: v for k, v in os.environ.items() if k != REQUIRE_CPU_ENV}
     env["PYTHONPATH"] = str(root)  # the unpacked package, not this tree's
     code = "import llama2py, sys; print(llama2py.__file__)"
     where = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)

@@ -14,7 +14,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import SHAPES, cli, rel_err, require_device
+from conftest import SHAPES, assert_one_line_error, cli, randn, rel_err, require_device
 
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -42,10 +42,6 @@ Q8_SHAPES = {
 }
 
 
-def _rand(rng, *shape):
-    return rng.standard_normal(shape).astype(np.float32)
-
-
 # ---- the spec against its definition ------------------------------------------------------------------
 def test_quantize_activations_definition():
     # group max 127 -> scale 1: halves round away from zero (C's round), not to even
@@ -59,8 +55,8 @@ def test_matmul_q8_spec_is_close_to_float():
     """The spec (also its straddling path) approximates x @ dequantized(w).T."""
     rng = np.random.default_rng(0)
     for d, n, gs in [(12, 64, 32), (64, 172, 64), (8, 37, 2)]:
-        w = quantize_tensor(_rand(rng, d, n), gs, per_layer=False)
-        x = _rand(rng, 3, n)
+        w = quantize_tensor(randn(rng, d, n), gs, per_layer=False)
+        x = randn(rng, 3, n)
         ref = x.astype(np.float64) @ w.dequantize().T.astype(np.float64)
         assert rel_err(nbk.matmul_q8(x, w), ref) < 0.02
 
@@ -90,8 +86,8 @@ def test_cpu_q8_matmul_equals_spec(isa, d, n, gs, rows):
     import llama2py._cpu as ext
 
     rng = np.random.default_rng(d * 100 + n)
-    w = quantize_tensor(_rand(rng, d, n), gs, per_layer=False)
-    x = _rand(rng, rows, n)
+    w = quantize_tensor(randn(rng, d, n), gs, per_layer=False)
+    x = randn(rng, rows, n)
     x[0, : min(gs, n)] = 0  # a group of zeros (scale 0)
     (values, scales) = w.parts[0]
     out = np.empty((rows, d), np.float32)
@@ -112,7 +108,7 @@ def test_cpu_q8_matmul_extreme_values(isa):
 
     rng = np.random.default_rng(7)
     d, n, gs = 35, 64, 32
-    w = quantize_tensor(_rand(rng, d, n), gs, per_layer=False)
+    w = quantize_tensor(randn(rng, d, n), gs, per_layer=False)
     values, scales = w.parts[0]
     values = np.array(values)  # writable copy
     values[::2] = -128
@@ -131,7 +127,7 @@ def test_cpu_quantize_equals_spec(n, gs):
     import llama2py._cpu as ext
 
     rng = np.random.default_rng(n)
-    x = _rand(rng, 3, n)
+    x = randn(rng, 3, n)
     x[1, :gs] = 0
     q = np.empty((3, n), np.int8)
     s = np.empty((3, -(-n // gs)), np.float32)
@@ -311,9 +307,7 @@ def test_cli_bad_v2_file_one_line_error(make_checkpoint, stories260k):
     data = bytearray(path.read_bytes())
     data[37:41] = np.int32(0).tobytes()
     path.write_bytes(bytes(data))
-    r = cli(path, "-z", stories260k[1], "-n", "4", timeout=120)
-    err = r.stderr.decode().strip()
-    assert r.returncode == 1 and "Traceback" not in err and len(err.splitlines()) == 1 and "group size" in err
+    assert_one_line_error(cli(path, "-z", stories260k[1], "-n", "4", timeout=120), "group size", rc=1)
 
 
 # ---- the same story as runq ----------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from conftest import SHAPES, cli, rel_err
+from conftest import SHAPES, assert_one_line_error, cli, rel_err
 
 import llama2py.quantize as quantize
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -29,16 +29,6 @@ from llama2py.files import atomic_output
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return cli("quantize", *args, text=True)
-
-
-def _one_line_error(r: subprocess.CompletedProcess, code: int, *needles: str) -> None:
-    assert r.returncode == code, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert "Traceback" not in r.stderr and lines, r.stderr
-    if code == 1:
-        assert len(lines) == 1 and lines[0].startswith("llama2py: error: "), r.stderr
-    for needle in needles:
-        assert needle in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
@@ -110,7 +100,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, make_args, code, nee
     os.link(src, tmp_path / "hard.bin")
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     # --progress: every check runs before the first byte, so a refusal shows no bar either
-    _one_line_error(_cli(*make_args(str(src), tmp_path), "--progress"), code, *needles)
+    assert_one_line_error(_cli(*make_args(str(src), tmp_path), "--progress"), *needles, rc=code)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before  # the input untouched, no output, no temporary file
     assert os.listdir(tmp_path / "sub") == []
@@ -123,7 +113,7 @@ def test_unwritable_folder(tmp_path, make_checkpoint):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        _one_line_error(_cli(str(src), str(ro / "x.bin")), 1, "not writable")
+        assert_one_line_error(_cli(str(src), str(ro / "x.bin")), "not writable", rc=1)
         assert os.listdir(ro) == []
     finally:
         ro.chmod(0o700)

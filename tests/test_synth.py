@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import assert_one_line_error, cli
 
 from llama2py.backends import create_backend
 from llama2py.checkpoint import (
@@ -207,17 +207,16 @@ def test_cli_writes_shape_and_free_fields(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = cli("synth", "--dim", "16", tmp_path / "y.bin", text=True)
-    assert r.returncode == 1
-    assert "--hidden" in r.stderr and "Traceback" not in r.stderr
+    assert_one_line_error(cli("synth", "--dim", "16", tmp_path / "y.bin", text=True), "--hidden", rc=1)
     r = cli("synth", "--shape", "stories260K", "--heads", "5", tmp_path / "y.bin", text=True)
-    assert r.returncode == 1 and "multiple of n_heads" in r.stderr
+    assert_one_line_error(r, "multiple of n_heads", rc=1)
     for flags, needle in (
         (["--group-size", "16"], "add --version 2"),
         (["--version", "2", "--group-size", "48"], "group size 48 does not divide dim 64"),
     ):
-        r = cli("synth", "--shape", "stories260K", *flags, tmp_path / "g.bin", text=True)
-        assert r.returncode == 1 and needle in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert_one_line_error(
+            cli("synth", "--shape", "stories260K", *flags, tmp_path / "g.bin", text=True), needle, rc=1
+        )
     assert list(tmp_path.iterdir()) == []
 
 
