@@ -198,6 +198,7 @@ def test_error_tokenizer_is_a_directory(stories260k, tmp_path):
 
 
 def test_error_absurd_thread_count(stories260k):
+    require_device("cpu")
     assert_one_line_error(
         cli(*stories260k[:1], "-z", stories260k[1], "-n", "4", "--device", "cpu", "--threads", "100000"),
         "threads=100000 is far more than",

@@ -259,6 +259,7 @@ def test_temperature_in_float32(device, stories260k):
 
 
 def test_cli_temperature_and_seed_flags(stories260k):
+    require_device("cpu")
     ck, tok = stories260k
     greedy = run_cli(ck, "-z", tok, "-t", "0", "-n", "24", "--device", "cpu")
     tiny = run_cli(ck, "-z", tok, "-t", "1e-300", "-n", "24", "--device", "cpu")
@@ -294,6 +295,7 @@ def test_non_finite_weights_stop_with_a_clear_error(tmp_path, device, value, tem
 
 
 def test_non_finite_weights_cli_exit_1(tmp_path):
+    require_device("cpu")
     ck, tok = nan_checkpoint(tmp_path, np.nan, "w2")
     assert_one_line_error(run_cli(ck, "-z", tok, "--device", "cpu", "-t", "0"), "non-finite logits", rc=1)
 
@@ -397,6 +399,7 @@ def test_vocabulary_without_byte_tokens(tmp_path):
 
 
 def test_chat_with_stdin_closed_and_raw_bytes(tmp_path, stories260k):
+    require_device("cpu")  # the default device: cpu where there is no GPU
     ck, tok = stories260k
     base_args = [sys.executable, "-m", "llama2py", str(ck), "-z", str(tok), "-m", "chat", "-n", "40", "-t", "0"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))

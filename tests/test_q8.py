@@ -268,6 +268,7 @@ def test_load_time_quantization_equals_a_v2_file(tmp_path, stories260k, device):
 
 
 def test_cli_weights_flag(stories260k):
+    require_device("cpu")
     path, tok = stories260k
     cmd = [path, "-z", tok, "-t", "0", "-n", "40", "--device", "cpu"]
     q8 = cli(*cmd, "--weights", "q8_0", timeout=120)
