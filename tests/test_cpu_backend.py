@@ -29,46 +29,7 @@ TOL = 1e-5
 SHAPE_NAMES = list(SHAPES)
 
 
-# ---- kernels -----------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "d,n,rows",
-    [
-        (1, 1, 1),
-        (7, 13, 1),
-        (37, 70, 1),
-        (64, 96, 5),
-        (300, 96, 7),
-        (33, 260, 12),
-        (9, 8, 3),
-        (100, 17, 2),
-        (4300, 1001, 3),
-    ],
-)  # the last: > 16 MiB, streamed
-def test_matmul_matches_numpy(d, n, rows):
-    rng = np.random.default_rng(d * 1000 + n)
-    w = randn(rng, d, n)
-    x = randn(rng, rows, n)
-    out = np.empty((rows, d), np.float32)
-    _cpu.matmul(out, x, w)
-    ref = x.astype(np.float64) @ w.T.astype(np.float64)
-    assert rel_err(out, ref) <= TOL, f"worst relative error {rel_err(out, ref):.3g}"
-    # GEMV (one row) gives bitwise the GEMM's row: one accumulation order for both
-    for r in range(rows):
-        one = np.empty(d, np.float32)
-        _cpu.matmul(one, x[r], w)
-        assert np.array_equal(one, out[r]), f"row {r}: GEMV and GEMM differ"
-
-
-@pytest.mark.parametrize("rows,n", [(1, 18), (3, 40), (5, 97)])
-def test_rmsnorm_matches_numpy(rows, n):
-    rng = np.random.default_rng(n)
-    x, w = randn(rng, rows, n), randn(rng, n)
-    out = np.empty_like(x)
-    _cpu.rmsnorm(out, x, w)
-    ref = nbk.rmsnorm(x, w)
-    assert rel_err(out, ref) <= TOL, f"worst relative error {rel_err(out, ref):.3g}"
-
-
+# ---- kernels (matmul, rmsnorm and attention: test_isa.py, at every instruction-set level) ----------
 @pytest.mark.parametrize("n_heads,head_size", [(3, 6), (4, 10), (6, 8)])
 def test_rope_matches_numpy(n_heads, head_size):
     rng = np.random.default_rng(head_size)
@@ -77,29 +38,6 @@ def test_rope_matches_numpy(n_heads, head_size):
     ref = nbk.rope(x.reshape(1, len(positions), n_heads, head_size), positions, head_size).reshape(x.shape)
     _cpu.rope(x, positions, head_size)
     assert rel_err(x, ref) <= TOL, f"worst relative error {rel_err(x, ref):.3g}"
-
-
-@pytest.mark.parametrize("n_heads,n_kv_heads,head_size", [(4, 2, 10), (6, 6, 8), (3, 1, 6)])
-def test_attention_matches_numpy(n_heads, n_kv_heads, head_size):
-    rng = np.random.default_rng(n_heads * 10 + n_kv_heads)
-    slots_n, seq_len, kv_dim = 3, 12, n_kv_heads * head_size
-    kc, vc = randn(rng, slots_n, seq_len, kv_dim), randn(rng, slots_n, seq_len, kv_dim)
-    slots = np.array([0, 2, 1, 2], np.int32)
-    positions = np.array([0, 11, 4, 7], np.int32)
-    q = randn(rng, len(slots), n_heads * head_size)
-    out = np.empty_like(q)
-    _cpu.attention(out, q, kc, vc, slots, positions, n_heads, n_kv_heads)
-    ref = np.empty_like(q)
-    kv_mul = n_heads // n_kv_heads
-    for r, (s, p) in enumerate(zip(slots, positions)):
-        for h in range(n_heads):
-            g = h // kv_mul
-            K = kc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
-            V = vc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
-            sc = K @ q[r, h * head_size : (h + 1) * head_size] / np.sqrt(head_size)
-            a = np.exp(sc - sc.max())
-            ref[r, h * head_size : (h + 1) * head_size] = (a / a.sum()) @ V
-    assert rel_err(out, ref) <= TOL, f"worst relative error {rel_err(out, ref):.3g}"
 
 
 def test_swiglu_softmax_argmax_logsoftmax():

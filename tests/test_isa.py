@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ISA_LEVELS, assert_one_line_error, cli, rel_err, require_device
+from conftest import ISA_LEVELS, assert_one_line_error, cli, randn, rel_err, require_device
 
 from llama2py.backends import numpy_backend as nbk
 from llama2py.backends.numpy_backend import NumpyBackend
@@ -35,50 +35,84 @@ def test_levels_listed_and_best_chosen():
         ext.set_isa("sse9")
 
 
-@pytest.mark.parametrize("d,n,rows", [(7, 13, 1), (37, 70, 3), (300, 96, 7), (33, 260, 12), (100, 17, 70)])
+# The float32 kernels against numpy references at every level (the best one, the default, included).
+@pytest.mark.parametrize(
+    "d,n,rows",
+    [
+        (1, 1, 1),
+        (7, 13, 1),
+        (37, 70, 1),
+        (37, 70, 3),
+        (64, 96, 5),
+        (300, 96, 7),
+        (33, 260, 12),
+        (9, 8, 3),
+        (100, 17, 2),
+        (100, 17, 70),
+        (4300, 1001, 3),
+    ],
+)  # the last: > 16 MiB, streamed
 def test_matmul_every_level(isa, d, n, rows):
     import llama2py._cpu as ext
 
-    rng = np.random.default_rng(d + n)
-    w = rng.standard_normal((d, n)).astype(np.float32)
-    x = rng.standard_normal((rows, n)).astype(np.float32)
+    rng = np.random.default_rng(d * 1000 + n)
+    w = randn(rng, d, n)
+    x = randn(rng, rows, n)
     out = np.empty((rows, d), np.float32)
     ext.matmul(out, x, w)
     ref = x.astype(np.float64) @ w.T.astype(np.float64)
     assert rel_err(out, ref) <= TOL, f"{isa}: worst relative error {rel_err(out, ref):.3g}"
+    # GEMV (one row) gives bitwise the GEMM's row: one accumulation order for both
     for r in range(rows):
         one = np.empty(d, np.float32)
         ext.matmul(one, x[r], w)
         assert np.array_equal(one, out[r]), f"{isa}: GEMV row {r} differs from the GEMM's"
 
 
-def test_attention_rmsnorm_softmax_every_level(isa):
+@pytest.mark.parametrize("rows,n", [(1, 18), (3, 40), (5, 97)])
+def test_rmsnorm_every_level(isa, rows, n):
     import llama2py._cpu as ext
 
-    rng = np.random.default_rng(1)
-    x, w = rng.standard_normal((3, 40)).astype(np.float32), rng.standard_normal(40).astype(np.float32)
+    rng = np.random.default_rng(n)
+    x, w = randn(rng, rows, n), randn(rng, n)
     out = np.empty_like(x)
     ext.rmsnorm(out, x, w)
-    assert rel_err(out, nbk.rmsnorm(x, w)) <= TOL
-    logits = (rng.standard_normal(1001) * 5).astype(np.float32)
+    assert rel_err(out, nbk.rmsnorm(x, w)) <= TOL, f"{isa}: worst relative error {rel_err(out, nbk.rmsnorm(x, w)):.3g}"
+
+
+def test_softmax_every_level(isa):
+    import llama2py._cpu as ext
+
+    logits = randn(np.random.default_rng(1), 1001, scale=5)
     probs = np.empty_like(logits)
     ext.softmax(probs, logits)
     ref = np.exp(logits.astype(np.float64) - logits.max())
     assert rel_err(probs, ref / ref.sum()) <= 1e-5
-    n_heads, n_kv, hs, seq = 4, 2, 8, 9
-    kc = rng.standard_normal((2, seq, n_kv * hs)).astype(np.float32)
-    vc = rng.standard_normal((2, seq, n_kv * hs)).astype(np.float32)
-    q = rng.standard_normal((2, n_heads * hs)).astype(np.float32)
-    att = np.empty_like(q)
-    ext.attention(att, q, kc, vc, np.array([0, 1], np.int32), np.array([8, 3], np.int32), n_heads, n_kv)
-    for r, (slot, pos) in enumerate([(0, 8), (1, 3)]):
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads,head_size", [(4, 2, 10), (6, 6, 8), (3, 1, 6), (4, 2, 8)])
+def test_attention_every_level(isa, n_heads, n_kv_heads, head_size):
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(n_heads * 10 + n_kv_heads)
+    slots_n, seq_len, kv_dim = 3, 12, n_kv_heads * head_size
+    kc, vc = randn(rng, slots_n, seq_len, kv_dim), randn(rng, slots_n, seq_len, kv_dim)
+    slots = np.array([0, 2, 1, 2], np.int32)
+    positions = np.array([0, 11, 4, 7], np.int32)
+    q = randn(rng, len(slots), n_heads * head_size)
+    out = np.empty_like(q)
+    ext.attention(out, q, kc, vc, slots, positions, n_heads, n_kv_heads)
+    ref = np.empty_like(q)
+    kv_mul = n_heads // n_kv_heads
+    for r, (s, p) in enumerate(zip(slots, positions)):
         for h in range(n_heads):
-            k = kc[slot, : pos + 1, (h // 2) * hs : (h // 2 + 1) * hs].astype(np.float64)
-            v = vc[slot, : pos + 1, (h // 2) * hs : (h // 2 + 1) * hs].astype(np.float64)
-            s = k @ q[r, h * hs : (h + 1) * hs] / np.sqrt(hs)
-            p = np.exp(s - s.max())
-            want = (p / p.sum()) @ v
-            assert rel_err(att[r, h * hs : (h + 1) * hs], want) <= 1e-5, f"{isa}: row {r} head {h}"
+            g = h // kv_mul
+            K = kc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
+            V = vc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
+            sc = K @ q[r, h * head_size : (h + 1) * head_size] / np.sqrt(head_size)
+            a = np.exp(sc - sc.max())
+            ref[r, h * head_size : (h + 1) * head_size] = (a / a.sum()) @ V
+    assert rel_err(out, ref) <= TOL, f"{isa}: worst relative error {rel_err(out, ref):.3g}"
 
 
 @pytest.mark.parametrize("shape", ["gqa_unshared", "odd_tiny", "wide"])
