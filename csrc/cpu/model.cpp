@@ -40,8 +40,8 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     prepare_sketch();
     const long kv = c.kv_dim();
     const long cache = (long)c.n_layers * max_batch * c.seq_len * kv;
-    key_cache_.assign(cache, 0.f);
-    value_cache_.assign(cache, 0.f);
+    key_cache_.reset(cache);
+    value_cache_.reset(cache);
     rope_.resize((long)c.seq_len * c.head_size());
     rope_table(rope_.data(), c.seq_len, c.head_size());
     x_.resize((long)cap_ * c.dim);
@@ -130,7 +130,7 @@ void ModelCore::prepare_q8_weights() {
         total.packed_scales += e.packed_scales;
     }
     scales_turned_.resize(total.turned);
-    packed_.resize(total.packed);
+    packed_.reset(total.packed);
     scales_packed_.resize(total.packed_scales);
     long at_turned = 0, at_packed = 0, at_scales = 0;
     for (const Product& p : parts) {
@@ -202,7 +202,7 @@ void ModelCore::prepare_sketch() {
     k.m.q.s = k.s.data();
     const Q8Extras e = q8_extras(V, D, gs, kt_->q8_packed);
     k.turned.resize(e.turned);
-    k.packed.resize(e.packed);
+    k.packed.reset(e.packed);
     k.st16.resize(e.packed_scales);
     prepare_q8(k.m.q, V, D, gs, kt_->q8_packed, k.turned.data(), k.packed.data(), k.st16.data());
     if (e.packed && V % 16 == 0) {  // every row is in a packed block: the unpacked copy is never read

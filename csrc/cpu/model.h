@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "buffer.h"
 #include "kernels.h"
 
 namespace l2p {
@@ -145,39 +146,39 @@ private:
         int pick(int kind);                           // 0: one thread, 1: the full team
         void record(int kind, int choice, double seconds_per_row);
     } team_chooser_;
-    int team_;                        // threads of the current parallel regions
-    std::vector<float> key_cache_;    // (n_layers, max_batch, seq_len, kv_dim)
-    std::vector<float> value_cache_;  // (n_layers, max_batch, seq_len, kv_dim)
-    std::vector<float> rope_;         // (seq_len, head_size/2, 2) cos, sin
-    std::vector<float> x_;            // (cap, dim) residual stream
-    std::vector<float> xbt_;          // (n_threads, cap, dim) per-thread normed input
-    int qn_ = 0;                      // longest quantized row: max(dim, hidden_dim) for Q8_0, dim for the sketch
-    int q_rows_ = 0;                  // quantized rows per thread: cap for Q8_0, max_batch for the sketch
-    std::vector<int8_t> xq_;          // (n_threads, q_rows, qn) per-thread quantized input rows
-    std::vector<float> xqs_;          // (n_threads, q_rows, groups(qn)) their scales
-    std::vector<float> q_;            // (cap, dim) queries
-    std::vector<float> k_;            // (cap, kv_dim) new keys (before they go to the cache)
-    std::vector<float> v_;            // (cap, kv_dim) new values
-    std::vector<float> att_;          // (cap, dim) attention output, heads concatenated
-    std::vector<float> tmp_;          // (cap, dim) projection output before the residual add
-    std::vector<float> hb_;           // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
-    std::vector<float> hb2_;          // (cap, hidden_dim) w3 x
-    std::vector<float> scores_;       // (n_threads, n_heads, seq_len) attention scores per thread
-    std::vector<int> tok_;            // (cap,) token of each row
-    std::vector<int> seq_;            // (cap,) KV slot of each row
-    std::vector<int> posv_;           // (cap,) position of each row
-    std::vector<float> logits_;       // (max_batch, vocab) logits of the last step
-    std::vector<float> logits_all_;   // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
-    std::vector<float> probs_;        // (max_batch, vocab) sampling scratch
-    std::vector<float> cand_;         // (max_batch, vocab) top-p running sums
-    std::vector<int> idx_;            // (max_batch, vocab) top-p candidate ids
-    std::vector<uint64_t> rng_;       // (max_batch,) xorshift64* states
-    std::vector<Best> part_;          // (n_threads, max_batch) per-thread argmax of the classifier rows
-    std::vector<int> best_;           // (max_batch,) argmax of the last LOGITS_LAST chunk
-    bool argmax_ready_ = false;       // best_ belongs to logits_ of the last forward
+    int team_;                       // threads of the current parallel regions
+    HugeArray<float> key_cache_;     // (n_layers, max_batch, seq_len, kv_dim)
+    HugeArray<float> value_cache_;   // (n_layers, max_batch, seq_len, kv_dim)
+    std::vector<float> rope_;        // (seq_len, head_size/2, 2) cos, sin
+    std::vector<float> x_;           // (cap, dim) residual stream
+    std::vector<float> xbt_;         // (n_threads, cap, dim) per-thread normed input
+    int qn_ = 0;                     // longest quantized row: max(dim, hidden_dim) for Q8_0, dim for the sketch
+    int q_rows_ = 0;                 // quantized rows per thread: cap for Q8_0, max_batch for the sketch
+    std::vector<int8_t> xq_;         // (n_threads, q_rows, qn) per-thread quantized input rows
+    std::vector<float> xqs_;         // (n_threads, q_rows, groups(qn)) their scales
+    std::vector<float> q_;           // (cap, dim) queries
+    std::vector<float> k_;           // (cap, kv_dim) new keys (before they go to the cache)
+    std::vector<float> v_;           // (cap, kv_dim) new values
+    std::vector<float> att_;         // (cap, dim) attention output, heads concatenated
+    std::vector<float> tmp_;         // (cap, dim) projection output before the residual add
+    std::vector<float> hb_;          // (cap, hidden_dim) w1 x, then silu(w1 x) * w3 x
+    std::vector<float> hb2_;         // (cap, hidden_dim) w3 x
+    std::vector<float> scores_;      // (n_threads, n_heads, seq_len) attention scores per thread
+    std::vector<int> tok_;           // (cap,) token of each row
+    std::vector<int> seq_;           // (cap,) KV slot of each row
+    std::vector<int> posv_;          // (cap,) position of each row
+    std::vector<float> logits_;      // (max_batch, vocab) logits of the last step
+    std::vector<float> logits_all_;  // (cap, vocab) chunk logits for LOGITS_ALL; allocated on use
+    std::vector<float> probs_;       // (max_batch, vocab) sampling scratch
+    std::vector<float> cand_;        // (max_batch, vocab) top-p running sums
+    std::vector<int> idx_;           // (max_batch, vocab) top-p candidate ids
+    std::vector<uint64_t> rng_;      // (max_batch,) xorshift64* states
+    std::vector<Best> part_;         // (n_threads, max_batch) per-thread argmax of the classifier rows
+    std::vector<int> best_;          // (max_batch,) argmax of the last LOGITS_LAST chunk
+    bool argmax_ready_ = false;      // best_ belongs to logits_ of the last forward
 
     std::vector<float> scales_turned_;  // Q8_0: every product's QMat::st, (d / 8, groups, 8) each
-    std::vector<uint8_t> packed_;       // Q8_0 at a packed level: every QMat::packed, (d / 16, groups, gs / 4, 16, 4)
+    HugeArray<uint8_t> packed_;         // Q8_0 at a packed level: every QMat::packed, (d / 16, groups, gs / 4, 16, 4)
     std::vector<float> scales_packed_;  // their QMat::st16, (d / 16, groups, 16) each
     std::vector<int32_t> xqsum_;        // (n_threads, q_rows, groups(qn)) group sums of xq_ (packed kernels)
 
@@ -193,7 +194,7 @@ private:
         std::vector<float> s_max;         // (vocab,) the largest scale of each row
         std::vector<float> l1;            // (vocab,) sum |w_i| + dim * s_max_i / 2
         std::vector<float> turned, st16;  // QMat::st, QMat::st16
-        std::vector<uint8_t> packed;      // QMat::packed (levels with packed kernels)
+        HugeArray<uint8_t> packed;        // QMat::packed (levels with packed kernels)
         Matrix m;                         // the sketch as a Q8_0 matrix
     } sketch_;
     std::vector<float> sketch_stats_;  // (n_threads, max_batch, 3) sum |x|, max |x|, max x scale
