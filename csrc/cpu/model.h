@@ -106,10 +106,12 @@ public:
 private:
     // Rows r = b * Tc + t (b < B, t < Tc): tok_, seq_, posv_ filled by forward().
     void run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof);
-    // The inputs of int8 products (Q8_0 layers, or the greedy sketch): the calling thread quantizes
-    // rows of x (rows <= q_rows_, n <= qn_) in groups of gs into its own buffers (every thread does
-    // the same work: no barrier, and each thread reads only what it wrote).
+    // The inputs of int8 products (Q8_0 layers, or the greedy sketch), called by every thread of the
+    // region: rows of x (rows <= q_rows_, n <= qn_) quantized in groups of gs. Below
+    // SHARED_QUANTIZE_ROWS rows each thread quantizes all of them into its own buffers (no barrier,
+    // each thread reads only what it wrote); from there the team shares the work (one barrier).
     QRows quantize_rows(const float* x, long ldx, int rows, int n, int gs);
+    static constexpr int SHARED_QUANTIZE_ROWS = 16;
     struct Cls {          // the classifier's rows for a chunk
         float* out;       // (rows, vocab) destination, null for LOGITS_NONE
         const float* in;  // first input row inside x_
