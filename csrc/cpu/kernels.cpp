@@ -130,8 +130,9 @@ Q8Extras q8_extras(long d, long n, int gs, bool pack) {
         e.packed = packed_q8_bytes(d, n);
         e.packed_scales = packed_q8_scales(d, n, gs);
     }
+    // the unpacked path reads turned scales for whole blocks of 8 rows only
     const long unpacked_rows = packs ? d % 16 : d;
-    if (n % gs == 0 && unpacked_rows > 0) e.turned = turned_scales_size(d, n / gs);
+    if (n % gs == 0 && unpacked_rows >= 8) e.turned = turned_scales_size(d, n / gs);
     return e;
 }
 
@@ -268,10 +269,10 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
     return idx[last];
 }
 
-int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state, float* probs, int* idx,
-           float* cand) {
-    if (temperature == 0.0) return argmax(logits, n);
-    kernels().softmax(&probs, &logits, 1, n, (float)temperature);
+int sample(const KernelTable& kt, const float* logits, int n, double temperature, double top_p, uint64_t* state,
+           float* probs, int* idx, float* cand) {
+    if (temperature == 0.0) return kt.argmax(logits, n);
+    kt.softmax(&probs, &logits, 1, n, (float)temperature);
     return sample_probs(probs, n, top_p, state, idx, cand);
 }
 

@@ -244,8 +244,9 @@ int sample_mult(const float* probs, int n, float coin);
 int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, float* cand);
 // One full sampling decision for a logits row (temperature 0 -> argmax, else temper, softmax,
 // one coin, multinomial or top-p). probs (n,), idx (n,), cand (n,) are scratch.
-int sample(const float* logits, int n, double temperature, double top_p, uint64_t* state, float* probs, int* idx,
-           float* cand);
+// kt: the kernels of the caller's level (a Model's own, so that its batch and single-row steps agree).
+int sample(const KernelTable& kt, const float* logits, int n, double temperature, double top_p, uint64_t* state,
+           float* probs, int* idx, float* cand);
 // The draw of sample() once probs (n,) holds the tempered softmax: one coin, multinomial or top-p.
 int sample_probs(const float* probs, int n, double top_p, uint64_t* state, int* idx, float* cand);
 // log softmax(x)[token] in double precision

@@ -465,9 +465,10 @@ QRows ModelCore::quantize_rows(const float* x, long ldx, int rows, int n, int gs
     return q;
 }
 
-// The decode/prefill path: 5 barriers per layer. The norms (and for Q8_0 the quantized inputs) are
-// computed redundantly by every thread into its own buffer (no barrier); RoPE, the cache stores, the
-// residual adds and SwiGLU run as epilogues of the products that produce their inputs.
+// The decode/prefill path: 5 barriers per layer. The norms (and for Q8_0 the quantized inputs of
+// fewer than SHARED_QUANTIZE_ROWS rows) are computed redundantly by every thread into its own buffer
+// (no barrier; more rows are quantized once by the team, one barrier per product); RoPE, the cache
+// stores, the residual adds and SwiGLU run as epilogues of the products that produce their inputs.
 void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* out, double* prof) {
     const ModelConfig& c = c_;
     const KernelTable& kern = *kt_;
@@ -485,7 +486,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
     {
         Profiler timer{prof, Clock::now()};
         float* xb = xbt_.data() + (long)omp_get_thread_num() * cap_ * dim;  // (cap, dim) this thread's normed x
-        // Q8_0 inputs of a product: quantized by this thread (null for float32 weights)
+        // Q8_0 inputs of a product (quantize_rows; null for float32 weights)
         auto quantized = [&](const float* x, long ldx, int n_rows, int n, QRows& q) -> const QRows* {
             if (!q8) return nullptr;
             q = quantize_rows(x, ldx, n_rows, n, w_.group_size);
@@ -642,7 +643,7 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
     const KernelTable& kern = *kt_;
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int D = c_.dim, V = c_.vocab_size, gs = sketch_.gs, G = D / gs;
-    // This thread's quantization of the input rows (every thread the same, no barrier) and stats.
+    // The input rows quantized (quantize_rows) and this thread's copy of their stats.
     const QRows q = quantize_rows(in, ldx, rows, D, gs);
     RowStats* st = reinterpret_cast<RowStats*>(sketch_stats_.data() + (long)t * max_batch_ * 3);
     for (int b = 0; b < rows; ++b) {
@@ -727,8 +728,8 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
         else if (temperature == 0.0 && argmax_ready_)
             id = best_[b];
         else
-            id = sample(lg, V, temperature, top_p, &rng_[b], probs_.data() + (long)b * V, idx_.data() + (long)b * V,
-                        cand_.data() + (long)b * V);
+            id = sample(*kt_, lg, V, temperature, top_p, &rng_[b], probs_.data() + (long)b * V,
+                        idx_.data() + (long)b * V, cand_.data() + (long)b * V);
         next[b] = id;
         if (logprobs) logprobs[b] = (float)log_softmax_at(lg, V, id);
     };

@@ -515,8 +515,8 @@ int standalone_sample(py::array logits, double temperature, double top_p, py::ar
     check<uint64_t>(state, "state", {1}, true);
     std::vector<float> probs(s[0]), cand(s[0]);
     std::vector<int> idx(s[0]);
-    return l2p::sample(data_ptr<float>(logits), (int)s[0], temperature, top_p, writable_ptr<uint64_t>(state),
-                       probs.data(), idx.data(), cand.data());
+    return l2p::sample(l2p::kernels(), data_ptr<float>(logits), (int)s[0], temperature, top_p,
+                       writable_ptr<uint64_t>(state), probs.data(), idx.data(), cand.data());
 }
 
 // out (n,) uint32 draws of the generator; state (1,) uint64 advanced
