@@ -342,12 +342,26 @@ def test_lengths_fit_the_context():
     assert measure.fit_lengths(32, 8, 0) == (0, 8)
 
 
+@pytest.mark.parametrize(
+    "text,want", [("always [madvise] never\n", "madvise"), ("[never]", "never"), ("always madvise never", None)]
+)
+def test_huge_page_mode_is_the_bracketed_word(tmp_path, text, want):
+    setting = tmp_path / "enabled"
+    setting.write_text(text)
+    assert host.huge_pages(str(setting)) == want
+    assert host.huge_pages(str(tmp_path / "missing")) is None
+
+
 def test_host_reads_the_machine():
     """host_info takes nothing to echo: it reads the machine."""
     h = host.host_info()
     assert h["cpu_model"] and h["cpu_count"] == os.cpu_count()
     if hasattr(os, "getloadavg"):
         assert h["load_average"] == pytest.approx(os.getloadavg()[0], abs=1.0)
+    if Path(host.THP_SETTING).exists():
+        assert h["huge_pages"] in ("always", "madvise", "never")
+    else:
+        assert h["huge_pages"] is None
     if cpu_built():
         import llama2py._cpu as ext
 

@@ -40,6 +40,22 @@ def cpu_isa() -> Optional[str]:
     return str(_cpu.isa())
 
 
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def huge_pages(path: str = THP_SETTING) -> Optional[str]:
+    """Linux's transparent huge page mode (always, madvise or never: the bracketed word of
+    THP_SETTING), None where there is none. The cpu backend advises its KV caches and packed
+    weights as huge pages, which `never` refuses (docs/PERFORMANCE.md, huge pages)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    start, end = text.find("["), text.find("]")
+    return text[start + 1 : end] if 0 <= start < end else None
+
+
 def load_average() -> Optional[float]:
     """The 1-minute load average, None where the OS has none."""
     try:
@@ -83,6 +99,7 @@ def host_info() -> dict:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_isa": cpu_isa(),
+        "huge_pages": huge_pages(),
         "load_average": load_average(),
         "mem_available_bytes": mem_available(),
         "gpu": None,  # filled in when cuda ran

@@ -77,7 +77,9 @@ def header_lines(report: dict) -> list[str]:
         f"{c['n_layers']} layers, {c['n_heads']}/{c['n_kv_heads']} heads, vocab {c['vocab_size']}, "
         f"seq_len {c['seq_len']}; {ck['parameters']:,} params)",
         f"cpu: {h['cpu_model']} ({h['cpu_count']} logical cores), kernels: {h.get('cpu_isa') or 'not built'}, "
-        f"load average {_fmt(load, '.2f')} at the start" + (f"; gpu: {h['gpu']}" if h["gpu"] else ""),
+        + (f"huge pages: {h['huge_pages']}, " if h.get("huge_pages") else "")
+        + f"load average {_fmt(load, '.2f')} at the start"
+        + (f"; gpu: {h['gpu']}" if h["gpu"] else ""),
         f"prefill: {s['prompt_len']} positions per sequence; decode: positions {p0}..{p1 - 1} "
         f"({s['steps']} steps); median of {s['repeat']} runs after a warm-up, spread = (max - min) / median",
     ]
