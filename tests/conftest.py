@@ -250,7 +250,7 @@ def require_device(device: str) -> None:
 HOST_DEVICES = ["numpy", "cpu"]
 
 
-ISA_LEVELS = ["generic", "avx2", "avx512", "avx512vnni"]
+ISA_LEVELS = ["generic", "avx2", "avxvnni", "avx512", "avx512vnni"]
 
 
 @pytest.fixture(params=ISA_LEVELS)

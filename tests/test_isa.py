@@ -29,6 +29,9 @@ def test_levels_listed_and_best_chosen():
 
     levels = ext.isa_levels()
     assert levels[0] == "generic" and all(level in LEVELS for level in levels)
+    assert levels == [level for level in LEVELS if level in levels]  # lowest first
+    if "avx512vnni" in levels:  # the avxvnni kernels run there in AVX-512 VNNI's encoding
+        assert "avxvnni" in levels
     ext.set_isa("")
     assert ext.isa() == levels[-1]  # the best level by default
     with pytest.raises(ValueError, match="unknown instruction set level"):

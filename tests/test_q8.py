@@ -199,7 +199,7 @@ def test_cpu_v2_packed_copy_is_counted(isa, make_checkpoint):
     shapes = shapes * c.n_layers + [(c.dim, c.hidden_dim)] * c.n_layers + [(c.vocab_size, c.dim)]
     packed_groups = (4, 8, 16, 32, 64)  # the group sizes the packed kernels are built for
     want = sum(d // 16 * 16 * (n + 4 * (n // gs)) for d, n in shapes if n % gs == 0 and gs in packed_groups and d >= 16)
-    packs = isa == "avx512vnni"
+    packs = isa in ("avxvnni", "avx512vnni")  # the levels with packed kernels
     args = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, gs)
     assert ext.packed_q8_bytes(*args) == (want if packs else 0) and want > 0
     assert ext.packed_q8_bytes(96, 96, 1, 2, 2, 64, 48) == 0  # group 48: no packed kernel, no copy
@@ -390,5 +390,5 @@ def test_info_names_the_packed_copy(make_checkpoint, monkeypatch):
         ext.set_isa(level)
         packed = ext.packed_q8_bytes(*args)
         ext.set_isa("")
-        assert (packed > 0) == (level == "avx512vnni")
+        assert (packed > 0) == (level in ("avxvnni", "avx512vnni"))
         assert (f"+{packed:,} bytes" in out) == (packed > 0), f"{level}: {out}"

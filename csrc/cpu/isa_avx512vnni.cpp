@@ -18,6 +18,8 @@
 #define L2P_AVX2 1
 #define L2P_AVX512 1
 #define L2P_VNNI 1
+#define L2P_VNNI256 1
+#define L2P_DPBUSD256 _mm256_dpbusd_epi32
 #endif
 #define L2P_ISA_NS isa_avx512vnni
 #define L2P_ISA ISA_AVX512VNNI

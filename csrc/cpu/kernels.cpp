@@ -15,35 +15,64 @@
 namespace l2p {
 
 // ---- instruction-set levels ----------------------------------------------------------------------------
-static const KernelTable* const TABLES[ISA_COUNT] = {&isa_generic::table, &isa_avx2::table, &isa_avx512::table,
-                                                     &isa_avx512vnni::table};
-static const char* const ISA_NAMES[ISA_COUNT] = {"generic", "avx2", "avx512", "avx512vnni"};
+static const char* const ISA_NAMES[ISA_COUNT] = {"generic", "avx2", "avxvnni", "avx512", "avx512vnni"};
 
 const char* isa_name(Isa isa) {
     return ISA_NAMES[isa];
 }
 
-bool isa_supported(Isa isa) {
+namespace {
+struct Cpu {
+    bool avx2 = false, avxvnni = false, avx512 = false, avx512vnni = false;
+};
+Cpu cpu() {
+    Cpu c;
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    c.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    c.avx512 = c.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    c.avx512vnni = c.avx512 && __builtin_cpu_supports("avx512vnni");
+#if L2P_HAVE_AVXVNNI_TARGET
+    c.avxvnni = c.avx2 && __builtin_cpu_supports("avxvnni");
+#endif
+#endif
+    return c;
+}
+}  // namespace
+
+bool isa_supported(Isa isa) {
+    const Cpu c = cpu();
     switch (isa) {
         case ISA_GENERIC:
             return true;
         case ISA_AVX2:
-            return avx2;
+            return c.avx2;
+        case ISA_AVXVNNI:
+            return c.avxvnni || c.avx512vnni;
         case ISA_AVX512:
-            return avx512;
+            return c.avx512;
         case ISA_AVX512VNNI:
-            return avx512 && __builtin_cpu_supports("avx512vnni");
+            return c.avx512vnni;
         default:
             return false;
     }
-#else
-    return isa == ISA_GENERIC;
-#endif
+}
+
+// The table of a level; the avxvnni level in the encoding this CPU runs.
+static const KernelTable* table_of(Isa isa) {
+    switch (isa) {
+        case ISA_AVX2:
+            return &isa_avx2::table;
+        case ISA_AVXVNNI:
+            return cpu().avxvnni ? &isa_avxvnni::table : &isa_avxvnni_evex::table;
+        case ISA_AVX512:
+            return &isa_avx512::table;
+        case ISA_AVX512VNNI:
+            return &isa_avx512vnni::table;
+        default:
+            return &isa_generic::table;
+    }
 }
 
 Isa isa_best() {
@@ -57,7 +86,7 @@ static std::atomic<const KernelTable*> current{nullptr};
 const KernelTable& kernels() {
     const KernelTable* t = current.load(std::memory_order_acquire);
     if (!t) {
-        t = TABLES[isa_best()];
+        t = table_of(isa_best());
         current.store(t, std::memory_order_release);
     }
     return *t;
@@ -65,7 +94,7 @@ const KernelTable& kernels() {
 
 std::string select_isa(const std::string& name) {
     if (name.empty()) {
-        current.store(TABLES[isa_best()]);
+        current.store(table_of(isa_best()));
         return "";
     }
     for (int i = 0; i < ISA_COUNT; ++i)
@@ -73,10 +102,13 @@ std::string select_isa(const std::string& name) {
             if (!isa_supported((Isa)i))
                 return std::string("instruction set level '") + name +
                        "' is not supported by this CPU (best: " + ISA_NAMES[isa_best()] + ")";
-            current.store(TABLES[i]);
+            current.store(table_of((Isa)i));
             return "";
         }
-    return "unknown instruction set level '" + name + "' (choose generic, avx2, avx512 or avx512vnni)";
+    std::string names;
+    for (int i = 0; i < ISA_COUNT; ++i)
+        names += std::string(i ? (i + 1 < ISA_COUNT ? ", " : " or ") : "") + ISA_NAMES[i];
+    return "unknown instruction set level '" + name + "' (choose " + names + ")";
 }
 
 // ---- the level's kernels behind the plain names --------------------------------------------------------

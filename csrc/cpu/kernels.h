@@ -152,7 +152,15 @@ constexpr long STREAM_BYTES = 16L << 20;
 // loads: the best level the CPU supports (__builtin_cpu_supports), or a lower one forced by
 // LLAMA2PY_ISA. Within one level a decode step, a batch row and a prefill row are bitwise equal;
 // across levels float32 results differ by rounding (FMA vs separate multiply-add), Q8_0 ones not.
-enum Isa { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AVX512VNNI = 3, ISA_COUNT };
+// avxvnni: AVX2 with the 256-bit vpdpbusd (Intel's cores without AVX-512 since Alder Lake, AMD's
+// Zen 5); on CPUs that have AVX-512 VNNI instead the same source runs with that encoding.
+enum Isa { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVXVNNI = 2, ISA_AVX512 = 3, ISA_AVX512VNNI = 4, ISA_COUNT };
+// Compilers that know the avxvnni target (its VEX-encoded instructions): GCC 11, clang 12 and later.
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define L2P_HAVE_AVXVNNI_TARGET 1
+#else
+#define L2P_HAVE_AVXVNNI_TARGET 0
+#endif
 
 struct KernelTable {
     Isa isa;
@@ -179,6 +187,12 @@ namespace isa_generic {
 extern const KernelTable table;
 }
 namespace isa_avx2 {
+extern const KernelTable table;
+}
+namespace isa_avxvnni {  // VEX encoding (isa_avxvnni.cpp)
+extern const KernelTable table;
+}
+namespace isa_avxvnni_evex {  // the same kernels, EVEX encoding (isa_avxvnni_evex.cpp)
 extern const KernelTable table;
 }
 namespace isa_avx512 {

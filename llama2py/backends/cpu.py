@@ -1,6 +1,6 @@
 """The cpu backend: the C++ extension llama2py._cpu (OpenMP; SIMD kernels for the best instruction
-set this CPU has, chosen when the extension loads: generic, avx2, avx512 or avx512vnni; the
-environment variable LLAMA2PY_ISA forces a lower one).
+set this CPU has, chosen when the extension loads: generic, avx2, avxvnni, avx512 or avx512vnni;
+the environment variable LLAMA2PY_ISA forces a lower one).
 
 Weights are float32, or int8 (Q8_0: a v2 file, or weights="q8_0" at load) used as int8 with
 runq.c's arithmetic (activations quantized per group, int32 dot products per group, group results
@@ -173,5 +173,5 @@ class CpuBackend(Backend):
 
     @property
     def isa(self) -> str:
-        """The instruction-set level of this model's kernels (generic, avx2, avx512, avx512vnni)."""
+        """The instruction-set level of this model's kernels (generic, avx2, avxvnni, avx512, avx512vnni)."""
         return self._model.isa
