@@ -1,4 +1,4 @@
-// A zero-filled, 64-byte-aligned heap array for the model's large buffers (the KV caches, the packed
+// A 64-byte-aligned heap array for the model's large buffers (the KV caches, the packed
 // int8 weights). From 2 MiB up it is 2 MiB-aligned and advised as transparent huge pages (Linux,
 // where the kernel allows them): one TLB entry then maps 2 MiB instead of 4 KiB, and on a virtual
 // machine, where each TLB miss walks two page tables, streaming reads ran up to 2x faster (a 113 MB
@@ -27,8 +27,9 @@ public:
     HugeArray& operator=(const HugeArray&) = delete;
     ~HugeArray() { release(); }
 
-    // n zero elements; the previous contents are dropped. Throws std::bad_alloc.
-    void reset(size_t n) {
+    // n elements, zero unless zero = false (a buffer its owner fills whole at once); the previous
+    // contents are dropped. Throws std::bad_alloc.
+    void reset(size_t n, bool zero = true) {
         release();
         if (n == 0) return;
         size_t bytes = n * sizeof(T);
@@ -43,7 +44,7 @@ public:
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
         if (align == HUGE_PAGE) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: nothing to do if refused
 #endif
-        std::memset(p, 0, bytes);
+        if (zero) std::memset(p, 0, bytes);
         p_ = static_cast<T*>(p);
         n_ = n;
     }

@@ -164,6 +164,7 @@ Q8Extras q8_extras(long d, long n, int gs, bool pack) {
     }
     // the unpacked path reads turned scales for whole blocks of 8 rows only
     const long unpacked_rows = packs ? d % 16 : d;
+    e.all_packed = packs && unpacked_rows == 0;
     if (n % gs == 0 && unpacked_rows >= 8) e.turned = turned_scales_size(d, n / gs);
     return e;
 }

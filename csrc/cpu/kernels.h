@@ -62,9 +62,10 @@ void pack_q8(uint8_t* packed, float* st16, const int8_t* q, const float* s, long
 // packed level (pack) the packed values and their scales, where q8_packable; the turned scales where
 // groups do not straddle rows and some rows stay outside the packed blocks.
 struct Q8Extras {
-    long turned = 0;         // floats of QMat::st (turned_scales_size), 0: none
-    long packed = 0;         // bytes of QMat::packed (packed_q8_bytes), 0: none
-    long packed_scales = 0;  // floats of QMat::st16 (packed_q8_scales)
+    long turned = 0;          // floats of QMat::st (turned_scales_size), 0: none
+    long packed = 0;          // bytes of QMat::packed (packed_q8_bytes), 0: none
+    long packed_scales = 0;   // floats of QMat::st16 (packed_q8_scales)
+    bool all_packed = false;  // every row in a packed block: QMat::q and s are never read
     size_t bytes() const { return sizeof(float) * (turned + packed_scales) + packed; }
 };
 Q8Extras q8_extras(long d, long n, int gs, bool pack);
@@ -171,7 +172,6 @@ struct KernelTable {
     void (*attention)(float* out, const float* q, const float* k_cache, const float* v_cache, const int* seq,
                       const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
                       float* scratch);
-    void (*exp_sub)(float* a, int n, float mx);  // a[i] = exp(a[i] - mx)
     // Sampling's row kernels, each bitwise the plain loop it replaces (kernels.cpp: softmax, argmax,
     // sample_topp): probs[r] (n,) = softmax(x[r] / temperature) for k rows (probs[r] may be x[r]),
     // the first index of the maximum, and the indices (in order) of the values >= cutoff.

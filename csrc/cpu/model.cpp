@@ -130,7 +130,7 @@ void ModelCore::prepare_q8_weights() {
         total.packed_scales += e.packed_scales;
     }
     scales_turned_.resize(total.turned);
-    packed_.reset(total.packed);
+    packed_.reset(total.packed, false);  // every byte written by pack_q8 below
     scales_packed_.resize(total.packed_scales);
     long at_turned = 0, at_packed = 0, at_scales = 0;
     for (const Product& p : parts) {
@@ -160,7 +160,7 @@ size_t ModelCore::sketch_size(const ModelConfig& c) {
     const long V = c.vocab_size, D = c.dim;
     const Q8Extras e = q8_extras(V, D, gs, kernels().q8_packed);
     size_t bytes = sizeof(float) * 2 * V + e.bytes();  // s_max, l1, the copies
-    if (!e.packed || V % 16)  // the int8 values and scales, read where rows are outside packed blocks
+    if (!e.all_packed)  // the int8 values and scales, read where rows are outside packed blocks
         bytes += V * D + sizeof(float) * (V * D / gs);
     return bytes;  // (and per-thread buffers of a few rows, counted by buffer_bytes)
 }
@@ -202,10 +202,10 @@ void ModelCore::prepare_sketch() {
     k.m.q.s = k.s.data();
     const Q8Extras e = q8_extras(V, D, gs, kt_->q8_packed);
     k.turned.resize(e.turned);
-    k.packed.reset(e.packed);
+    k.packed.reset(e.packed, false);  // every byte written by pack_q8
     k.st16.resize(e.packed_scales);
     prepare_q8(k.m.q, V, D, gs, kt_->q8_packed, k.turned.data(), k.packed.data(), k.st16.data());
-    if (e.packed && V % 16 == 0) {  // every row is in a packed block: the unpacked copy is never read
+    if (e.all_packed) {  // the unpacked copy is never read
         std::vector<int8_t>().swap(k.q);
         std::vector<float>().swap(k.s);
         k.m.q.q = nullptr;
@@ -448,19 +448,16 @@ QRows ModelCore::quantize_rows(const float* x, long ldx, int rows, int n, int gs
     const int t = shared ? 0 : omp_get_thread_num();
     int32_t* sum = xqsum_.empty() ? nullptr : xqsum_.data() + (long)t * q_rows_ * lds;
     QRows q{xq_.data() + (long)t * q_rows_ * qn_, xqs_.data() + (long)t * q_rows_ * lds, qn_, lds, gs, sum};
-    if (shared) {
-#pragma omp for schedule(static)
-        for (int r = 0; r < rows; ++r) {
-            int8_t* qr = const_cast<int8_t*>(q.q) + r * q.ldq;
-            kt_->quantize_row(qr, const_cast<float*>(q.s) + r * q.lds, x + r * ldx, n, gs);
-            if (sum) q8_group_sums(sum + r * lds, qr, n, gs);
-        }
-        return q;
-    }
-    for (int r = 0; r < rows; ++r) {
+    auto one = [&](int r) {
         int8_t* qr = const_cast<int8_t*>(q.q) + r * q.ldq;
         kt_->quantize_row(qr, const_cast<float*>(q.s) + r * q.lds, x + r * ldx, n, gs);
         if (sum) q8_group_sums(sum + r * lds, qr, n, gs);
+    };
+    if (shared) {
+#pragma omp for schedule(static)
+        for (int r = 0; r < rows; ++r) one(r);
+    } else {
+        for (int r = 0; r < rows; ++r) one(r);
     }
     return q;
 }
