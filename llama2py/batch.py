@@ -33,9 +33,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .backends.base import Backend, as_token_ids, check_int, check_sampling
+from .backends.base import Backend, as_token_ids, check_int, check_sampling, check_seed
 from .errors import PromptError
-from .sampler import check_seed
 from .tokenizer import BOS, EOS
 
 STOP_TOKENS = (EOS, BOS)
@@ -257,7 +256,10 @@ def _run_batch(
         in_prompt = nxt_idx < lens[:Bp]
         f[in_prompt] = tokens[:Bp][in_prompt, nxt_idx]
         f[done[:Bp]] = 0  # finished slots: no sampling, no generator draw
-        nxt, lps = backend.step(tokens[:Bp, pos], pos, temperature, top_p, f, want_logprobs=logprobs)
+        any_forced = bool(in_prompt.any() or done[:Bp].any())  # else all -1: no forced array to check
+        nxt, lps = backend.step(
+            tokens[:Bp, pos], pos, temperature, top_p, f if any_forced else None, want_logprobs=logprobs
+        )
         now = time.perf_counter() - t1
         stats.steps += 1
         stats.step_rows += Bp

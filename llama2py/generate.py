@@ -14,9 +14,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .backends.base import Backend, as_token_ids, check_int, check_sampling
+from .backends.base import Backend, as_token_ids, check_int, check_sampling, check_seed
 from .errors import PromptError
-from .sampler import check_seed
 from .tokenizer import BOS, EOS, Tokenizer
 
 

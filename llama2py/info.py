@@ -12,38 +12,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .backends.cpu import _load_extension, extra_bytes
     from .checkpoint import load_checkpoint
+    from .errors import Llama2pyError
 
     ck = load_checkpoint(args.file)
     print(ck.describe())
-    print(f"cpu kernels: {cpu_kernel_level()}")
-    packed, sketch = cpu_extra_bytes(ck)
+    try:
+        ext = _load_extension()
+    except (Llama2pyError, ImportError) as e:
+        print(f"cpu kernels: unavailable ({e})")
+        return 0
+    # the level the cpu backend runs here (LLAMA2PY_ISA may force a lower one), and what its Model
+    # adds to weights of this file there
+    print(f"cpu kernels: {ext.isa()} (this CPU supports: {', '.join(ext.isa_levels())})")
+    packed, sketch = extra_bytes(ext, ck.config, ck.group_size)
     if packed:
         print(f"cpu int8:    products packed for VNNI at load: +{packed:,} bytes")
     if sketch:
         print(f"cpu greedy:  int8 sketch of the classifier for greedy steps: +{sketch:,} bytes")
     return 0
-
-
-def cpu_extra_bytes(ck) -> tuple[int, int]:
-    """(packed int8 copy, greedy sketch) bytes the cpu backend adds here to a model of this file."""
-    from .backends.cpu import _load_extension, extra_bytes
-    from .errors import Llama2pyError
-
-    try:
-        ext = _load_extension()
-    except (Llama2pyError, ImportError):
-        return 0, 0
-    return extra_bytes(ext, ck.config, ck.group_size)
-
-
-def cpu_kernel_level() -> str:
-    """The instruction-set level the cpu backend runs here (LLAMA2PY_ISA may force a lower one)."""
-    from .backends.cpu import _load_extension
-    from .errors import Llama2pyError
-
-    try:
-        ext = _load_extension()
-    except (Llama2pyError, ImportError) as e:
-        return f"unavailable ({e})"
-    return f"{ext.isa()} (this CPU supports: {', '.join(ext.isa_levels())})"

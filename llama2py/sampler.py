@@ -13,16 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SEED_BITS = 64  # a seed is the generator's state: a 64-bit unsigned integer (run's unsigned long long)
-SEED_MAX = (1 << SEED_BITS) - 1
-_MASK64 = SEED_MAX  # the state's arithmetic wraps at 64 bits
-
-
-def check_seed(name: str, value) -> int:
-    """A seed: an integer in 0..SEED_MAX -> int. Anything else is refused rather than wrapped
-    (2**64 would become 0); the one check of every seed the library takes."""
-    from .backends.base import check_int  # the one integer check (a local import: base imports this module)
-
-    return check_int(name, value, 0, SEED_MAX)
+SEED_MAX = (1 << SEED_BITS) - 1  # also the mask of the state's 64-bit arithmetic
 
 
 def nth_seed(base: int, b: int) -> int:
@@ -34,6 +25,8 @@ def resolve_seed(seed: int | None) -> int:
     """run's rule: no seed (or 0) means the current time in seconds; otherwise check_seed's."""
     if seed is None:
         return int(time.time())
+    from .backends.base import check_seed  # the one seed check (base imports this module)
+
     s = check_seed("seed", seed)
     return s if s else int(time.time())  # a state of 0 would stay 0 (every coin 0.0)
 
@@ -42,15 +35,15 @@ class Rng:
     """xorshift64* as in run.c: one 64-bit state, 24-bit float coins in [0, 1)."""
 
     def __init__(self, seed: int):
-        self.state = int(seed) & _MASK64
+        self.state = int(seed) & SEED_MAX
 
     def u32(self) -> int:
         s = self.state
         s ^= s >> 12
-        s ^= (s << 25) & _MASK64
+        s ^= (s << 25) & SEED_MAX
         s ^= s >> 27
         self.state = s
-        return ((s * 0x2545F4914F6CDD1D) & _MASK64) >> 32
+        return ((s * 0x2545F4914F6CDD1D) & SEED_MAX) >> 32
 
     def coin(self) -> float:
         return np.float32((self.u32() >> 8) / 16777216.0)

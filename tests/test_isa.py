@@ -19,7 +19,6 @@ from llama2py.checkpoint import load_checkpoint
 from llama2py.sampler import Sampler, softmax
 
 ROOT = Path(__file__).resolve().parents[1]
-LEVELS = ISA_LEVELS
 TOL = 1e-5
 
 
@@ -28,8 +27,8 @@ def test_levels_listed_and_best_chosen():
     import llama2py._cpu as ext
 
     levels = ext.isa_levels()
-    assert levels[0] == "generic" and all(level in LEVELS for level in levels)
-    assert levels == [level for level in LEVELS if level in levels]  # lowest first
+    assert levels[0] == "generic" and all(level in ISA_LEVELS for level in levels)
+    assert levels == [level for level in ISA_LEVELS if level in levels]  # lowest first
     if "avx512vnni" in levels:  # the avxvnni kernels run there in AVX-512 VNNI's encoding
         assert "avxvnni" in levels
     ext.set_isa("")
@@ -152,20 +151,20 @@ def test_sampling_row_kernels_every_level(isa, n):
     import llama2py._cpu as ext
 
     rng = np.random.default_rng(n)
-    cases = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    cases = [randn(rng, n) for _ in range(3)]
     cases[1][-1] = cases[1].max() + 1  # the maximum in the scalar tail
     cases.append(np.full(n, -np.inf, np.float32))
-    cases.append(-np.abs(rng.standard_normal(n)).astype(np.float32) - 1)  # every value below 0
-    cases.append(-np.abs(rng.standard_normal(n)).astype(np.float32) - 1)
+    cases.append(-np.abs(randn(rng, n)) - 1)  # every value below 0
+    cases.append(-np.abs(randn(rng, n)) - 1)
     cases[-1][n // 2] = -0.0
     cases[-1][-1] = 0.0  # a -0 before a +0: the first one is the argmax
     tied = np.round(rng.standard_normal(n), 0).astype(np.float32)
     tied[n // 3 :: 3] = tied.max()
     cases.append(tied)
-    nan_late = rng.standard_normal(n).astype(np.float32)
+    nan_late = randn(rng, n)
     nan_late[n // 2] = np.nan  # run's loop skips it
     cases.append(nan_late)
-    nan_first = rng.standard_normal(n).astype(np.float32)
+    nan_first = randn(rng, n)
     nan_first[0] = np.nan  # nothing is greater than NaN: index 0
     cases.append(nan_first)
     for k, x in enumerate(cases):
@@ -179,7 +178,7 @@ def test_sampling_row_kernels_every_level(isa, n):
         sampler = Sampler(temperature, top_p, seed=n)
         state = np.array([n], np.uint64)
         for i in range(40):
-            logits = (rng.standard_normal(n) * (1 + i % 4)).astype(np.float32)
+            logits = randn(rng, n, scale=1 + i % 4)
             got, want = ext.sample(logits, temperature, top_p, state), sampler.sample(logits)
             assert got == want, f"{isa}: t {temperature} p {top_p} draw {i}: {got} vs the spec's {want}"
 
@@ -203,7 +202,7 @@ def test_environment_forces_a_level():
         assert r.returncode == 0 and r.stdout.decode().strip() == level, r.stderr.decode()[-500:]
     r = _run_with_isa("avx1024")
     assert r.returncode != 0 and b"LLAMA2PY_ISA=avx1024" in r.stderr and b"unknown instruction set level" in r.stderr
-    missing = [level for level in LEVELS if level not in ext.isa_levels()]
+    missing = [level for level in ISA_LEVELS if level not in ext.isa_levels()]
     if missing:
         r = _run_with_isa(missing[0])
         assert r.returncode != 0 and b"not supported by this CPU" in r.stderr

@@ -187,6 +187,14 @@ def test_cpu_v2_forward_prefill_step_match_spec(isa, make_checkpoint, shape):
         assert tc.tolist() == tn.tolist(), f"{shape} {isa}: pos {pos}"
 
 
+PACKED_LEVELS = ("avxvnni", "avx512vnni")  # the levels with packed int8 kernels
+
+
+def _packed_args(c, gs: int) -> tuple:
+    """ext.packed_q8_bytes's arguments for config c and group size gs."""
+    return (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, gs)
+
+
 def test_cpu_v2_packed_copy_is_counted(isa, make_checkpoint):
     """At a level with packed kernels (VNNI) a v2 model copies its products' int8 values once into
     16-row blocks: the memory check and memory_bytes count them; other levels make no copy."""
@@ -194,13 +202,13 @@ def test_cpu_v2_packed_copy_is_counted(isa, make_checkpoint):
 
     ck, _, cb = _v2_backends(make_checkpoint, "s260k_like")
     c, gs = ck.config, ck.weights.group_size
-    kv = c.dim // c.n_heads * c.n_kv_heads
+    kv = c.kv_dim
     shapes = [(c.dim, c.dim), (kv, c.dim), (kv, c.dim), (c.dim, c.dim)] + [(c.hidden_dim, c.dim)] * 2
     shapes = shapes * c.n_layers + [(c.dim, c.hidden_dim)] * c.n_layers + [(c.vocab_size, c.dim)]
     packed_groups = (4, 8, 16, 32, 64)  # the group sizes the packed kernels are built for
     want = sum(d // 16 * 16 * (n + 4 * (n // gs)) for d, n in shapes if n % gs == 0 and gs in packed_groups and d >= 16)
-    packs = isa in ("avxvnni", "avx512vnni")  # the levels with packed kernels
-    args = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, gs)
+    packs = isa in PACKED_LEVELS
+    args = _packed_args(c, gs)
     assert ext.packed_q8_bytes(*args) == (want if packs else 0) and want > 0
     assert ext.packed_q8_bytes(96, 96, 1, 2, 2, 64, 48) == 0  # group 48: no packed kernel, no copy
     parts = cb.host_bytes(c, 3, None)
@@ -381,7 +389,7 @@ def test_info_names_the_packed_copy(make_checkpoint, monkeypatch):
 
     config = Q8_SHAPES["aligned"]
     path = make_checkpoint(config, 2, group_size=32)
-    args = (config.dim, config.hidden_dim, config.n_layers, config.n_heads, config.n_kv_heads, config.vocab_size, 32)
+    args = _packed_args(config, 32)
     for level in ext.isa_levels():
         monkeypatch.setenv("LLAMA2PY_ISA", level)
         r = cli("info", path)
@@ -390,5 +398,5 @@ def test_info_names_the_packed_copy(make_checkpoint, monkeypatch):
         ext.set_isa(level)
         packed = ext.packed_q8_bytes(*args)
         ext.set_isa("")
-        assert (packed > 0) == (level in ("avxvnni", "avx512vnni"))
+        assert (packed > 0) == (level in PACKED_LEVELS)
         assert (f"+{packed:,} bytes" in out) == (packed > 0), f"{level}: {out}"

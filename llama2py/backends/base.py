@@ -30,7 +30,7 @@ import numpy as np
 
 from ..checkpoint import Config, Weights
 from ..errors import NonFiniteError, ResourceError
-from ..sampler import check_seed
+from ..sampler import SEED_MAX
 
 PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
 LOGITS_MODES = ("last", "all", "none")
@@ -126,7 +126,7 @@ class Backend(ABC):
 
     def set_seeds(self, seeds: Sequence[int]) -> None:
         """Reset the run-compatible generator of each slot b to seeds[b] (len(seeds) <= max_batch);
-        seeds are integers in 0..2**64-1 (sampler.check_seed)."""
+        seeds are integers in 0..2**64-1 (check_seed)."""
         if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__"):
             raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}")
         if len(seeds) > self.max_batch:
@@ -235,6 +235,12 @@ def check_int(name: str, value, lo: Optional[int] = None, hi: Optional[int] = No
         span = f"in {lo}..{hi}" if lo is not None and hi is not None else (f">= {lo}" if lo is not None else f"<= {hi}")
         raise ValueError(f"{name} must be {span}, got {v}")
     return v
+
+
+def check_seed(name: str, value) -> int:
+    """A seed: an integer in 0..SEED_MAX -> int. Anything else is refused rather than wrapped
+    (2**64 would become 0); the one check of every seed the library takes."""
+    return check_int(name, value, 0, SEED_MAX)
 
 
 def as_token_ids(tokens, vocab_size: int, what: str = "token ids") -> np.ndarray:

@@ -32,12 +32,15 @@ def cpu_model() -> str:
 
 
 def cpu_isa() -> Optional[str]:
-    """The kernel level the C++ extension dispatches to (`_cpu.isa()`), None when it is not built."""
+    """The kernel level the C++ extension dispatches to (`_cpu.isa()`), None when it cannot load
+    (loaded the way the cpu backend loads it)."""
+    from ..backends.cpu import _load_extension
+    from ..errors import Llama2pyError
+
     try:
-        from .. import _cpu
-    except ImportError:
+        return str(_load_extension().isa())
+    except (Llama2pyError, ImportError):
         return None
-    return str(_cpu.isa())
 
 
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
