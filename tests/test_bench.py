@@ -264,26 +264,34 @@ def test_load_average_printed_and_warned(tiny, tmp_path, monkeypatch, capsys, lo
 
 
 def test_profile_breakdown_shares(tiny):
-    """A backend with profile() gets time and share per key; shares add up to 1."""
+    """A backend with profile() gets time and share per key; shares add up to 1. Each row's
+    profile is of a step sampled as that row samples (a greedy float32 step reads less)."""
     from llama2py.backends import create_backend
     from llama2py.backends.numpy_backend import NumpyBackend
 
+    calls = []
+
     class Profiled(NumpyBackend):
-        def profile(self, tokens, pos):
+        def profile(self, tokens, pos, temperature, top_p):
             self.forward(tokens, pos)
-            return {"matmul": 0.003, "attention": 0.001}
+            calls.append((temperature, top_p))
+            return {"matmul": (3.0 if temperature == 0 else 5.0) / 1e3, "attention": 0.001}
 
     def make(device, config, weights, max_batch=1, threads=None):
         if device == "numpy":
             return Profiled(config, weights, max_batch, threads)
         return create_backend(device, config, weights, max_batch, threads)
 
-    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], steps=3, repeat=1), make_backend=make)
-    prof = rep["results"][0]["profile"]
-    assert list(prof) == ["matmul", "attention"]
-    assert prof["matmul"]["share"] == pytest.approx(0.75)
-    assert sum(v["share"] for v in prof.values()) == pytest.approx(1.0)
-    assert "matmul 3.000 ms (75%)" in report.render(rep)
+    settings = measure.Settings(["numpy"], [1], temperatures=[0.0, 1.0], top_p=0.7, steps=3, repeat=1)
+    rep = measure.bench(tiny, settings, make_backend=make)
+    assert calls == [(0.0, 0.7), (1.0, 0.7)]
+    text = report.render(rep)
+    for row, ms, share in zip(rep["results"], (3.0, 5.0), (75, 83)):
+        prof = row["profile"]
+        assert list(prof) == ["matmul", "attention"]
+        assert prof["matmul"]["share"] == pytest.approx(ms / (ms + 1))
+        assert sum(v["share"] for v in prof.values()) == pytest.approx(1.0)
+        assert f"  {measure.row_label(row)}: total {ms + 1:.3f} ms = matmul {ms:.3f} ms ({share}%)" in text
 
 
 def test_weight_type_read_from_the_backend(tiny):

@@ -348,17 +348,25 @@ def test_weights_are_borrowed_and_reporting(make_checkpoint):
     assert prof["matmul"] > 0 and prof["classifier"] > 0
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
 @pytest.mark.parametrize("shape", ["gqa_unshared", "odd_tiny"])
-def test_profiled_path_equals_fused_path(make_checkpoint, shape):
-    # profile() times the same fused pass step() runs (clock reads only, no extra work)
+def test_profiled_path_equals_fused_path(make_checkpoint, shape, temperature):
+    # profile() times the same fused pass step() runs with that sampling (clock reads only, no
+    # extra work) and leaves the generators as they were
     ck = load_checkpoint(make_checkpoint(shape))
     c = ck.config
     a, b = CpuBackend(c, ck.weights, 2), CpuBackend(c, ck.weights, 2)
+    a.set_seeds([5, 6])
     tokens = np.random.default_rng(4).integers(0, c.vocab_size, (2, c.seq_len)).astype(np.int32)
     for pos in range(c.seq_len):
-        a.profile(tokens[:, pos], pos)
-        b.step(tokens[:, pos], pos, 0.0, 0.9)
+        a.profile(tokens[:, pos], pos, temperature, 0.9)
+        b.step(tokens[:, pos], pos, temperature, 0.9)
         assert np.array_equal(a._model.last_logits(), b._model.last_logits()), f"pos {pos}"
+    assert [a._model.rng_state(s) for s in (0, 1)] == [5, 6]
+    if temperature:  # sampling advanced b's generators
+        b.set_seeds([5, 6])
+        b.step(tokens[:, 0], 0, temperature, 0.9)
+        assert [b._model.rng_state(s) for s in (0, 1)] != [5, 6]
 
 
 def test_missing_extension_raises_device_error(monkeypatch, make_checkpoint):

@@ -369,6 +369,9 @@ def test_profile_and_memory():
     for pos in range(3):
         dev.forward(tok, pos)
         ref.forward(tok, pos)
+    dev.set_seeds([7, 8])
+    dev.profile(tok, 3, 1.0, 0.9)  # sampled: the generators come back as they were
+    assert dev.rng_state[:2].get().tolist() == [7, 8]
     dev.profile(tok, 3)
     nxt, _ = dev.step(tok, 3, 0.0, 0.9)
     assert (nxt == ref.forward(tok, 3).argmax(1)).all()

@@ -205,16 +205,22 @@ public:
         core_->step(n, lp, t, B, pos, temperature, top_p, f, nullptr);
     }
 
-    // times (9,) float64 += seconds per category (base.PROFILE_KEYS order) of one greedy decode step
-    void profile(py::array times, py::array tokens, int pos) {
+    // times (9,) float64 += seconds per category (base.PROFILE_KEYS order) of one decode step with
+    // this sampling: the step() users run (a greedy float32 step reads the classifier sketch, a
+    // sampled one every logit). The generators are left as they were.
+    void profile(py::array times, py::array tokens, int pos, double temperature, double top_p) {
         const int B = check_batch(tokens, 1)[0];
         check_pos(pos, 1);
+        if (!(temperature >= 0.0)) throw std::invalid_argument("temperature must be >= 0");
         check<double>(times, "times", {l2p::P_COUNT}, true);
         double* tm = writable_ptr<double>(times);
         const int* t = data_ptr<int32_t>(tokens);
         std::vector<int> next(B);
+        std::vector<uint64_t> rng(B);  // (B,) generator states before the step
+        for (int b = 0; b < B; ++b) rng[b] = core_->rng_state(b);
         py::gil_scoped_release nogil;
-        core_->step(next.data(), nullptr, t, B, pos, 0.0, 0.0, nullptr, tm);
+        core_->step(next.data(), nullptr, t, B, pos, temperature, top_p, nullptr, tm);
+        for (int b = 0; b < B; ++b) core_->set_seed(b, rng[b]);
     }
 
     void set_seeds(py::array seeds) {
@@ -613,7 +619,8 @@ PYBIND11_MODULE(_cpu, m) {
         .def("prefill", &Model::prefill, py::arg("logits"), py::arg("tokens"), py::arg("pos"), py::arg("mode"))
         .def("step", &Model::step, py::arg("next"), py::arg("logprobs"), py::arg("tokens"), py::arg("pos"),
              py::arg("temperature"), py::arg("top_p"), py::arg("forced"))
-        .def("profile", &Model::profile, py::arg("times"), py::arg("tokens"), py::arg("pos"))
+        .def("profile", &Model::profile, py::arg("times"), py::arg("tokens"), py::arg("pos"), py::arg("temperature"),
+             py::arg("top_p"))
         .def("set_seeds", &Model::set_seeds, py::arg("seeds"))
         .def("rng_state", &Model::rng_state, py::arg("slot"))
         .def("last_logits", &Model::last_logits)

@@ -133,11 +133,14 @@ class Backend(ABC):
             raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
         self._set_seeds([check_seed("seed", s) for s in seeds])
 
-    def profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
-        """Seconds spent per kernel category in one decode step at pos for tokens (B,): keys from
-        PROFILE_KEYS (matmul = the layers' projections; classifier separate). For `bench`."""
+    def profile(self, tokens: np.ndarray, pos: int, temperature: float = 0.0, top_p: float = 0.9) -> dict[str, float]:
+        """Seconds spent per kernel category in one decode step at pos for tokens (B,), sampled
+        as step() samples with (temperature, top_p): keys from PROFILE_KEYS (matmul = the layers'
+        projections; classifier separate). The step writes the KV cache at pos as step() would;
+        the generators are left as they were. For `bench`."""
         t, pos = self.check_tokens(tokens, pos, 1)
-        return self._profile(t, pos)
+        temperature, top_p = check_sampling(temperature, top_p)
+        return self._profile(t, pos, temperature, top_p)
 
     # -- what a backend implements (arguments already validated) --------------------------------
     @abstractmethod
@@ -165,7 +168,7 @@ class Backend(ABC):
     def _set_seeds(self, seeds: list[int]) -> None:
         """seeds: Python ints in 0..2**64-1, len <= max_batch."""
 
-    def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
+    def _profile(self, tokens: np.ndarray, pos: int, temperature: float, top_p: float) -> dict[str, float]:
         raise NotImplementedError(f"{self.name} backend has no per-kernel profile")
 
     def _chosen_logits(self, ids: list[int], rows: Sequence[int]) -> Optional[list[float]]:

@@ -159,9 +159,9 @@ class CpuBackend(Backend):
         return [view.item(b, ids[b]) for b in rows]
 
     # -- reporting ------------------------------------------------------------------------------
-    def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
+    def _profile(self, tokens: np.ndarray, pos: int, temperature: float, top_p: float) -> dict[str, float]:
         times = np.zeros(len(PROFILE_KEYS), np.float64)
-        self._model.profile(times, tokens, pos)
+        self._model.profile(times, tokens, pos, temperature, top_p)
         return dict(zip(PROFILE_KEYS, (float(x) for x in times)))
 
     def memory_bytes(self) -> int:

@@ -609,19 +609,20 @@ class CudaBackend(Backend):
         return next_tokens, (self._pinned_logprobs[:B].copy() if want_logprobs else None)
 
     # -- profiling ------------------------------------------------------------------------------
-    def _profile(self, tokens: np.ndarray, pos: int) -> dict[str, float]:
-        """Seconds per PROFILE_KEYS category of one greedy decode step at pos: the launches the
+    def _profile(self, tokens: np.ndarray, pos: int, temperature: float, top_p: float) -> dict[str, float]:
+        """Seconds per PROFILE_KEYS category of one decode step at pos: the launches the
         decode graph holds, issued eagerly with CUDA events around each (_launch names each one's
         category). Fused kernels count as their matmul, so rope, swiglu and residual stay 0.
 
         The step runs twice, the first to warm up (lazy module loading); the second is queued
         behind a host function that holds the stream until every launch is issued, so that the
         events time the GPU's work, not the pace of the Python that issues it. A step writes the
-        KV cache at pos exactly as step() would; the generators are not advanced (greedy)."""
+        KV cache at pos exactly as step() would; the generators are restored afterwards."""
         B = tokens.shape[0]
         times = {key: 0.0 for key in PROFILE_KEYS}
         with self.device, self.stream:
-            self._set_sampling(0.0, 1.0, False)
+            rng = self.rng_state.copy()  # (max_batch,) the sampled steps below advance it
+            self._set_sampling(temperature, top_p, False)
             self._clear_forced()
             for measured in (False, True):
                 self._set_tokens(tokens)
@@ -630,6 +631,7 @@ class CudaBackend(Backend):
                 # the sampler overwrote the inputs and advanced the position
                 self._tokens_on_device[:] = -1
                 self._pos_on_device = None
+            self.rng_state[...] = rng  # in place: the captured graphs hold this buffer
         for category, start, end in events:
             times[category] += self.cp.cuda.get_elapsed_time(start, end) / 1e3
         return times

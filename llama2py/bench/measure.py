@@ -148,12 +148,14 @@ def _put_figure(row: dict, fig: str, work: float, seconds: list[float]) -> None:
     row[f"{fig}_spread"] = (row[f"{fig}_max"] - row[f"{fig}_min"]) / row[fig]
 
 
-def _profile(backend, config: Config, batch: int, pos: int, repeat: int) -> tuple[Optional[dict], float, str]:
-    """One decode step kernel by kernel through backend.profile (median per key over `repeat`
-    calls): ({key: {seconds, share}}, total seconds, note)."""
+def _profile(
+    backend, config: Config, batch: int, pos: int, repeat: int, temperature: float, top_p: float
+) -> tuple[Optional[dict], float, str]:
+    """One decode step with this sampling, kernel by kernel, through backend.profile (median per
+    key over `repeat` calls): ({key: {seconds, share}}, total seconds, note)."""
     tok = np.full(batch, 3 % config.vocab_size, np.int32)
     try:
-        profs = [backend.profile(tok, pos) for _ in range(max(1, repeat))]
+        profs = [backend.profile(tok, pos, temperature, top_p) for _ in range(max(1, repeat))]
     except NotImplementedError as e:
         return None, 0.0, f"unavailable: {e}"
     keys = [k for k in PROFILE_KEYS if any(k in p for p in profs)]
@@ -220,13 +222,7 @@ def bench_backend(
         shared["backend"] = backend.describe()
         shared["load_s"] = load_s
         shared["weight_type"], shared["weight_bytes"] = weight_bytes_of(c, backend, ck.group_size)
-        if settings.profile:
-            shared["profile"], shared["profile_total_s"], shared["profile_note"] = _profile(
-                backend, c, batch, prompt_len + steps // 2, settings.repeat
-            )
-            if shared["profile"] is None:
-                shared["profile_total_s"] = None
-        else:
+        if not settings.profile:
             shared["profile_note"] = NO_PROFILE
         shared["peak_rss_bytes"] = peak_rss()
         shared["backend_memory_bytes"] = backend.memory_bytes()
@@ -235,6 +231,12 @@ def bench_backend(
         rows = []
         for temperature in settings.temperatures:
             row = dict(shared, temperature=temperature)
+            if settings.profile:  # the step this row times: a greedy one may read less (the sketch)
+                row["profile"], row["profile_total_s"], row["profile_note"] = _profile(
+                    backend, c, batch, prompt_len + steps // 2, settings.repeat, temperature, settings.top_p
+                )
+                if row["profile"] is None:
+                    row["profile_total_s"] = None
             if prompt_len > 0:
                 row["prefill_tokens"] = batch * prompt_len
                 row["prefill_s"] = float(statistics.median(prefills[temperature]))  # sec. of one call

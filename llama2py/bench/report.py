@@ -131,13 +131,10 @@ def render(report: dict) -> str:
         )
     lines += _table(head, rows, left=3) + notes
     prof_lines = []
-    seen = set()
     for r in results:
-        key = (r["device"], r["threads"], r["batch"])
-        if r["status"] != "ok" or key in seen or r["profile_note"] == NO_PROFILE:  # one per backend
+        if r["status"] != "ok" or r["profile_note"] == NO_PROFILE:
             continue
-        seen.add(key)
-        label = row_label(dict(r, temperature=None))
+        label = row_label(r)
         if r["profile"]:
             parts = [f"{k} {v['seconds'] * 1e3:.3f} ms ({100 * v['share']:.0f}%)" for k, v in r["profile"].items()]
             prof_lines.append(f"  {label}: total {r['profile_total_s'] * 1e3:.3f} ms = " + ", ".join(parts))
