@@ -691,7 +691,7 @@ def write_checkpoint(
     total = checkpoint_bytes(config, version, group_size)
     chunks = weights_source(config, source) if isinstance(source, Weights) else source
     shapes = weight_shapes(config)
-    with atomic_output(path, inputs) as f:
+    with atomic_output(path, inputs, total) as f:
         out = _Output(f, total, progress)
         out.write(header_bytes(config, version, group_size))
         for name in tensor_order(config, version):

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,11 +29,17 @@ from .errors import OutputError
 PathLike = Union[str, os.PathLike]
 
 
-def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Path:
-    """Refuse, before any work, an output that cannot be written or would overwrite an input."""
-    path = Path(path)
+def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optional[int] = None) -> Path:
+    """Refuse, before any work, an output that cannot be written or would overwrite an input;
+    return the file to write (a symbolic link's target: the link stays a link). size: the bytes
+    the output will take, refused where the folder has less room (None: not known)."""
+    given = Path(path)
+    path = Path(os.path.realpath(given)) if given.is_symlink() else given
     if path.is_dir():
-        raise OutputError(f"output {path}: is a directory; give a file name (e.g. {path / 'model.bin'})")
+        raise OutputError(f"output {given}: is a directory; give a file name (e.g. {given / 'model.bin'})")
+    if path.exists() and not path.is_file():
+        # a device or a pipe: renaming a file over it would replace it (as root, /dev/null too)
+        raise OutputError(f"output {given}: is not a regular file ({_kind(path)}); give a file name")
     folder = path.parent
     if not folder.exists():
         raise OutputError(f"output {path}: folder {folder} does not exist; create it first")
@@ -41,7 +50,27 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Path
             raise OutputError(f"output {path}: is the input file {source}; write to another file")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"output {path}: folder {folder} is not writable; choose another folder")
+    if size is not None:
+        free = shutil.disk_usage(folder).free
+        if size > free:
+            raise OutputError(
+                f"output {path}: needs {size / 1e6:,.1f} MB but {folder} has {free / 1e6:,.1f} MB free; "
+                "free some space or choose another folder"
+            )
     return path
+
+
+def _kind(path: Path) -> str:
+    mode = path.stat().st_mode
+    for test, name in (
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a file"
 
 
 def _create_exclusive(path: Path) -> int:
@@ -50,12 +79,14 @@ def _create_exclusive(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = ()) -> Iterator[BinaryIO]:
+def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optional[int] = None) -> Iterator[BinaryIO]:
     """`with atomic_output(path) as f: f.write(...)`: path gets the bytes only if the block ends
-    normally; on any exception (KeyboardInterrupt included) the temporary file is removed.
+    normally; on any exception (KeyboardInterrupt included) the temporary file is removed. A
+    symbolic link gets its target written; a full disk is an OutputError naming the file.
 
-    `inputs`: files the output must not be (also through another path or a link)."""
-    path = check_output_path(path, inputs)
+    `inputs`: files the output must not be (also through another path or a link). `size`: the
+    bytes the block will write, when known (checked against the free space first)."""
+    path = check_output_path(path, inputs, size)
     # The name is known before the file exists, so an interrupt at any point can still remove it.
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     with _sigterm_interrupts():
@@ -72,10 +103,17 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
             raise OutputError(
                 f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder"
             )
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+                raise
+            raise OutputError(
+                f"output {path}: {e.strerror or 'no space left'} in {path.parent}; free some space or choose another folder"
+            ) from None
         os.replace(tmp, path)
     except FileExistsError:
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from llama2py.checkpoint import (
     write_checkpoint,
 )
 from llama2py.cli import main
+from llama2py.errors import OutputError
 from llama2py.files import atomic_output
 
 
@@ -184,6 +186,54 @@ def test_atomic_output_keeps_the_old_file_on_error(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600
+
+
+def test_output_that_is_not_a_regular_file_is_refused(tmp_path, make_checkpoint):
+    """A pipe or a device is never replaced by a renamed file (as root that would turn /dev/null
+    into a regular file); a symbolic link gets its target written and stays a link."""
+    src = make_checkpoint("odd_tiny")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert_one_line_error(_cli(str(src), str(fifo)), "is not a regular file (a named pipe)", rc=1)
+    assert fifo.is_fifo()
+    null = Path(os.devnull)
+    before = null.stat()
+    with pytest.raises(OutputError, match="a character device"), atomic_output(null) as f:
+        f.write(b"x")
+    assert null.stat().st_rdev == before.st_rdev and null.is_char_device()
+    target = tmp_path / "target.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    os.symlink(target.name, link)
+    assert _cli(str(src), str(link)).returncode == 0
+    assert link.is_symlink() and os.readlink(link) == target.name
+    assert load_checkpoint(target).version == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["link.bin", "pipe", "target.bin", src.name])
+
+
+def test_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, make_checkpoint, capsys):
+    """Too little room is refused before the first byte when the size is known; a disk that
+    fills up meanwhile (ENOSPC from a write) is one line too, and leaves no temporary file."""
+    import errno
+    import shutil
+
+    import llama2py.files
+
+    src = make_checkpoint("odd_tiny")
+    out = tmp_path / "x.bin"
+    real = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(llama2py.files.shutil, "disk_usage", lambda p: real._replace(free=100))
+    assert main(["quantize", str(src), str(out), "--progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "x.bin: needs" in err and "MB free" in err, err
+    assert os.listdir(tmp_path) == [src.name]
+    monkeypatch.undo()
+
+    with pytest.raises(OutputError, match=r"x\.bin: .*free some space"):
+        with atomic_output(out) as f:
+            f.write(b"some")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert os.listdir(tmp_path) == [src.name]
 
 
 def test_7b_input_is_read_in_mapped_blocks(tmp_path):
