@@ -190,6 +190,28 @@ def test_auto_falls_back_without_cuda(monkeypatch):
     assert b.name == "cpu" and notes and "cuda" in notes[0]
 
 
+def test_auto_without_cuda_keeps_int8_weights_int8(monkeypatch):
+    """A v2 model on a machine without CuPy: the cuda backend gives up before it makes the float32
+    copy it would upload (4x the int8 weights: a 7B Q8_0 file would need 27 GB for nothing)."""
+    from llama2py.backends import create_backend
+    from llama2py.checkpoint import Weights
+
+    require_device("cpu")
+    monkeypatch.setitem(sys.modules, "cupy", None)
+
+    def refuse(self):
+        raise AssertionError("dequantized before CuPy was found")
+
+    c = SHAPES["gqa_unshared"]
+    w = random_weights(c, 3).quantized(8)  # 8 divides dim 40
+    monkeypatch.setattr(Weights, "dequantized", refuse)
+    notes: list[str] = []
+    b = create_backend("auto", c, w, notes=notes)
+    assert b.name == "cpu" and b.weight_type == "q8_0" and "CuPy" in notes[0]
+    with pytest.raises(DeviceError, match="CuPy"):
+        create_backend("cuda", c, w)
+
+
 # -- on a GPU: logits against the numpy spec ----------------------------------------------------
 @needs_gpu
 @pytest.mark.parametrize("shape", list(SHAPES))

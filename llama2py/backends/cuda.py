@@ -161,7 +161,6 @@ class CudaBackend(Backend):
         gemm_tiles: Sequence[int] = GEMM_TILES,
     ):
         """gemm_tiles: the GEMM tile sizes to choose from, largest first (tests force one at a time)."""
-        weights = weights.dequantized()  # int8 (Q8_0) weights run as float32 here: dequantized for the upload
         super().__init__(config, weights, max_batch, threads)
         if not gemm_tiles or any(t not in GEMM_TILES for t in gemm_tiles):
             raise ValueError(f"gemm_tiles must be a non-empty selection of {GEMM_TILES}, got {tuple(gemm_tiles)}")
@@ -192,6 +191,9 @@ class CudaBackend(Backend):
                 f"{_mib(estimate['kv_cache'])}, buffers {_mib(estimate['buffers'])}) but only {_mib(free)} of "
                 f"{_mib(total)} is free; use a smaller batch, or {CPU_HINT}"
             )
+        # int8 (Q8_0) weights run as float32 here, dequantized for the upload: only now that CuPy and
+        # the GPU are known usable (--device auto on a machine without them must not pay for it)
+        weights = weights.dequantized()
         self.kernels = self._load_kernels()
         self._attention_shared = attention_shared_bytes(c)
         if self._attention_shared > SHARED_MEMORY_DEFAULT:
