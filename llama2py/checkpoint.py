@@ -388,7 +388,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                 f"checkpoint {path}: llama2.c magic with unknown version {version} (llama2py reads versions 0, 1 and 2)"
             )
         dims = _read_header_ints(head, 8, 7)
-        shared = head[36] == 1
+        shared = head[36] != 0  # as llama2.c's runq reads it (its export writes 0 or 1)
         config = Config(*dims, shared_classifier=shared)
         config.validate(f"checkpoint {path}")
         if version == 1:
@@ -432,13 +432,20 @@ def _load_float(path: Path, config: Config, size: int, version: int) -> Checkpoi
 
 def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
     if gs <= 0 or config.dim % gs:
+        fit = _fitting_group(config, size)
         raise CheckpointError(
             f"checkpoint {path}: v2 group size {gs} must be positive and divide dim {config.dim} "
-            "(llama2.c's export picks such a size); the file is damaged or not from llama2.c"
+            f"(llama2.c's export picks such a size){fit or '; the file is damaged or not from llama2.c'}"
         )
     shapes = weight_shapes(config)  # every tensor has a factor dim, so groups never straddle tensors
     expected = _v2_bytes(config, gs)
     if size != expected:
+        fit = _fitting_group(config, size)
+        if fit:
+            raise CheckpointError(
+                f"checkpoint {path}: v2 group size {gs} does not match the file's {size:,} bytes "
+                f"(with {config.describe()} it needs {expected:,}){fit}"
+            )
         raise _size_error(path, 2, config, expected, size)
     raw = np.memmap(path, dtype=np.uint8, mode="r")
     off = HEADER_BYTES
@@ -463,9 +470,38 @@ def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
             off += 4 * (per // gs)
             parts.append((q, s))
         arrays[name] = QuantizedTensor(tuple(parts), shape, gs)
+    _check_v2_floats(path, arrays)
     if config.shared_classifier:
         arrays["wcls"] = arrays["token_embedding"]
     return Checkpoint(path, 2, config, Weights(**arrays), size, group_size=gs, _mmap=raw)
+
+
+def _fitting_group(config: Config, size: int) -> str:
+    """When a v2 header's group size does not fit: the size that makes a file of exactly `size`
+    bytes, as a message tail ("" when none does)."""
+    for g in range(1, config.dim + 1):
+        if config.dim % g == 0 and _v2_bytes(config, g) == size:
+            return f"; the file's size fits group size {g}: its header is damaged"
+    return ""
+
+
+def _check_v2_floats(path: Path, arrays: dict) -> None:
+    """A v2 file's float parts (the norms and the scales, 1/group_size of its bytes) must be finite:
+    int8 products quantize their inputs (runq's arithmetic), which turns a NaN into an arbitrary
+    integer, so a damaged scale would tell a wrong story instead of failing the finiteness check
+    every step makes."""
+    for name, a in arrays.items():
+        floats = [s for _, s in a.parts] if isinstance(a, QuantizedTensor) else [a.reshape(-1)]
+        for part, f in enumerate(floats):
+            for i in range(0, f.size, _PIECE_VALUES):  # in pieces: no temporary of the file's size
+                bad = np.flatnonzero(~np.isfinite(f[i : i + _PIECE_VALUES]))
+                if bad.size:
+                    what = "scales" if isinstance(a, QuantizedTensor) else "values"
+                    where = f" layer {part}" if len(floats) > 1 else ""
+                    raise CheckpointError(
+                        f"checkpoint {path}: {name}{where} {what} hold {f[i + bad[0]]} at index {i + bad[0]:,}: "
+                        "the file is damaged (a v2 file's norms and scales are finite)"
+                    )
 
 
 # ----------------------------------------------------------------------------------------------

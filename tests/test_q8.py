@@ -298,17 +298,63 @@ def test_bad_v2_group_size_refused(make_checkpoint, group_size, fragment):
 
 
 def test_v2_group_size_inconsistent_with_file_size(make_checkpoint):
+    """A header whose group size does not fit the file's size: the message names the group size
+    the size fits (the header is what is damaged); a file that fits none is truncated or padded."""
     path = make_checkpoint("mha_shared", 2, group_size=16)
     data = bytearray(path.read_bytes())
     data[37:41] = np.int32(8).tobytes()  # divides dim 48, but the scales would take more bytes
     path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="must be exactly") as e:
+    with pytest.raises(CheckpointError, match="group size 8 does not match") as e:
         load_checkpoint(path)
     assert "\n" not in str(e.value)
     # the size group 8 implies (more scales) against the file's, which holds group 16's
     want = checkpoint_bytes(SHAPES["mha_shared"], 2, 8)
     assert want > len(data) == checkpoint_bytes(SHAPES["mha_shared"], 2, 16)
-    assert f"must be exactly {want:,} bytes, found {len(data):,}" in str(e.value)
+    assert f"the file's {len(data):,} bytes" in str(e.value) and f"it needs {want:,})" in str(e.value)
+    assert str(e.value).endswith("the file's size fits group size 16: its header is damaged")
+    data[37:41] = np.int32(0).tobytes()
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="group size 0 must be positive.*fits group size 16"):
+        load_checkpoint(path)
+    data[37:41] = np.int32(16).tobytes()
+    path.write_bytes(bytes(data[:-4]))  # truncated: no group size gives this size
+    with pytest.raises(CheckpointError, match=f"truncated: .* must be exactly {len(data):,} bytes"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["first scale", "last scale", "norm"])
+def test_v2_non_finite_scales_and_norms_refused(make_checkpoint, value, where):
+    """int8 products quantize their inputs, which turns NaN into an arbitrary integer: a damaged
+    scale or norm would tell a wrong story instead of failing the per-step finiteness check, so a
+    v2 file's float parts are checked when it is opened."""
+    path = make_checkpoint("gqa_unshared", 2, group_size=8)
+    c = SHAPES["gqa_unshared"]
+    data = bytearray(path.read_bytes())
+    # the token embedding's scales follow its values, after the header and the three norms
+    norms = 4 * (2 * c.n_layers * c.dim + c.dim)
+    at = {
+        "first scale": 256 + norms + c.vocab_size * c.dim,
+        "last scale": len(data) - 4,  # the unshared classifier's
+        "norm": 256 + 4 * 5,
+    }[where]
+    data[at : at + 4] = np.float32(value).tobytes()
+    path.write_bytes(bytes(data))
+    name = {"first scale": "token_embedding scales", "last scale": "wcls scales", "norm": "rms_att values"}[where]
+    with pytest.raises(CheckpointError, match=f"{name} hold {value} at index .*damaged") as e:
+        load_checkpoint(path)
+    assert "\n" not in str(e.value)
+
+
+def test_v2_shared_classifier_byte_as_runq_reads_it(make_checkpoint):
+    """runq treats any nonzero shared-classifier byte as shared."""
+    path = make_checkpoint("mha_shared", 2, group_size=16)
+    data = bytearray(path.read_bytes())
+    assert data[36] == 1
+    data[36] = 2
+    path.write_bytes(bytes(data))
+    ck = load_checkpoint(path)
+    assert ck.config.shared_classifier and ck.weights.wcls is ck.weights.token_embedding
 
 
 def test_cli_bad_v2_file_one_line_error(make_checkpoint, stories260k):
