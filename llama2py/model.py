@@ -39,7 +39,7 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
     """The tokenizer to use when none is given: tok{vocab}.bin (vocabularies other than 32000) or
     tokenizer.bin, beside the checkpoint, then in the model store (llama2.c's naming; README's
     Command line section documents this order)."""
-    from .download import default_models_dir  # local import: download is optional machinery
+    from .download import REGISTRY, default_models_dir  # local import: download is optional machinery
 
     names = ([f"tok{vocab_size}.bin"] if vocab_size != 32000 else []) + ["tokenizer.bin"]
     folders = [checkpoint.parent, default_models_dir()]
@@ -47,9 +47,15 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
         for name in names:
             if (folder / name).exists():
                 return folder / name
+    if vocab_size == 32000:
+        hint = "the Llama 2 tokenizer.bin: `llama2py download tokenizer`"
+    elif f"tok{vocab_size}" in REGISTRY:
+        hint = f"`llama2py download tok{vocab_size}`"
+    else:
+        hint = f"one of {vocab_size} tokens, as llama2.c's tokenizer export writes for this model"
     raise TokenizerError(
         f"no tokenizer given and none of {', '.join(names)} found beside {checkpoint} or in "
-        f"{folders[-1]}; pass one with -z (the Llama 2 tokenizer.bin: `llama2py download tokenizer`)"
+        f"{folders[-1]}; pass one with -z ({hint})"
     )
 
 

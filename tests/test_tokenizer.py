@@ -83,6 +83,22 @@ def test_missing_tokenizer(tmp_path):
         Tokenizer(tmp_path / "nope.bin", 10)
 
 
+@pytest.mark.parametrize(
+    "vocab_size,hint",
+    [(32000, "`llama2py download tokenizer`"), (512, "`llama2py download tok512`"), (97, "one of 97 tokens")],
+)
+def test_no_tokenizer_found_names_the_right_one(tmp_path, monkeypatch, vocab_size, hint):
+    """The hint matches the model's vocabulary: Llama 2's tokenizer.bin would be refused by a
+    512-token model."""
+    from llama2py.model import find_tokenizer
+
+    monkeypatch.setenv("LLAMA2PY_MODELS", str(tmp_path / "store"))
+    with pytest.raises(TokenizerError) as e:
+        find_tokenizer(tmp_path / "m.bin", vocab_size)
+    assert "pass one with -z (" in str(e.value) and hint in str(e.value), str(e.value)
+    assert ("tokenizer.bin: `llama2py download tokenizer`" in str(e.value)) == (vocab_size == 32000)
+
+
 def test_merge_order_is_by_score_then_leftmost(tmp_path):
     """The best-scoring pair merges first wherever it is; equal scores merge the leftmost pair."""
     pieces = byte_vocab() + [b" ", b"a", b"b", b"c", b"ab", b"bc", b"ca"]

@@ -108,6 +108,12 @@ def embed(table: np.ndarray | QuantizedTensor, tokens: np.ndarray) -> np.ndarray
     return np.array(table[tokens], dtype=np.float32)
 
 
+# NaN/Inf weights or float32 overflow: step() reports them as one NonFiniteError (the chosen
+# logits are checked); numpy's RuntimeWarnings would only repeat that on stderr, with source paths.
+def _quiet_floats() -> np.errstate:
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore")
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -134,6 +140,10 @@ class NumpyBackend(Backend):
     # -- the forward pass over a block of T positions for B sequences --------------------------
     def _block(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         """tokens (B, T) at positions pos..pos+T-1 -> final hidden states (B, T, dim)."""
+        with _quiet_floats():
+            return self._layers(tokens, pos)
+
+    def _layers(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         c, w = self.config, self.w
         B, T = tokens.shape
         hs, nh, nkv = c.head_size, c.n_heads, c.n_kv_heads
@@ -168,7 +178,8 @@ class NumpyBackend(Backend):
         return rmsnorm(x, w.rms_final)
 
     def _logits(self, x: np.ndarray) -> np.ndarray:
-        return matmul(x, self.w.wcls).astype(np.float32)  # (..., vocab)
+        with _quiet_floats():
+            return matmul(x, self.w.wcls).astype(np.float32)  # (..., vocab)
 
     def _forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
         return self._logits(self._block(tokens[:, None], pos)[:, 0])
@@ -197,10 +208,12 @@ class NumpyBackend(Backend):
                 continue
             s = Sampler(temperature, top_p)
             s.rng = self.rngs[b]
-            nxt[b] = s.sample(logits[b])
+            with _quiet_floats():
+                nxt[b] = s.sample(logits[b])
         lp = None
         if want_logprobs:
-            lp = np.array([log_softmax_at(logits[b], int(nxt[b])) for b in range(B)], np.float32)
+            with _quiet_floats():
+                lp = np.array([log_softmax_at(logits[b], int(nxt[b])) for b in range(B)], np.float32)
         return nxt, lp
 
     def _chosen_logits(self, ids: list[int], rows) -> list[float]:
