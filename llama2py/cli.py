@@ -175,6 +175,9 @@ def _report_device(model, args) -> None:
             f"llama2py: device: {model.backend.describe()}{threads}, loaded in {model.load_seconds:.2f} s",
             file=sys.stderr,
         )
+    elif model.device == "cuda":  # its notes say how it runs the weights (int8 as float32)
+        for note in model.notes:
+            print(f"llama2py: {note}", file=sys.stderr)
     elif model.notes and _gpu_expected():
         print(f"llama2py: GPU not usable, running on {model.device} (--verbose says why)", file=sys.stderr)
 

@@ -259,3 +259,21 @@ def test_chat_ends_when_the_context_is_full(tmp_path, stories260k):
     assert out.startswith(b"User: Assistant: ") and out.endswith(b"\n")
     # each turn's prompt takes several positions of the 32: far fewer turns than lines were read
     assert 1 <= out.count(b"User: ") < lines and out.count(b"Assistant: ") <= out.count(b"User: ")
+
+
+@pytest.mark.parametrize(
+    "device,gpu_expected,printed",
+    [("cuda", True, ["llama2py: note one"]), ("cpu", True, ["llama2py: GPU not usable, running on cpu (--verbose says why)"]),
+     ("cpu", False, [])],
+)  # fmt: skip
+def test_device_notes_without_verbose(monkeypatch, capsys, device, gpu_expected, printed):
+    """Without --verbose: a cuda model's notes (how it runs int8 weights) are shown; a fallback to
+    the cpu is one short line only where a GPU was expected."""
+    import types
+
+    import llama2py.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "_gpu_expected", lambda: gpu_expected)
+    model = types.SimpleNamespace(device=device, notes=["note one"])
+    cli_module._report_device(model, types.SimpleNamespace(verbose=False))
+    assert capsys.readouterr().err.splitlines() == printed

@@ -190,6 +190,30 @@ def test_auto_falls_back_without_cuda(monkeypatch):
     assert b.name == "cpu" and notes and "cuda" in notes[0]
 
 
+@pytest.mark.parametrize("weights", ["f32", "q8_0"])
+def test_cuda_says_when_int8_weights_run_as_float32(monkeypatch, weights):
+    """The cuda backend dequantizes Q8_0 weights: the notes (printed by the CLI) say so."""
+    from llama2py.backends import create_backend
+
+    made = []
+
+    class FakeCuda:
+        name = "cuda"
+
+        def __init__(self, *args):
+            made.append(args)
+
+    monkeypatch.setattr(cuda_module, "CudaBackend", FakeCuda)
+    c = SHAPES["gqa_unshared"]
+    w = random_weights(c, 3)
+    if weights == "q8_0":
+        w = w.quantized(8)
+    notes: list[str] = []
+    assert isinstance(create_backend("cuda", c, w, notes=notes), FakeCuda) and made
+    assert bool(notes) == (weights == "q8_0")
+    assert all("runs int8 (Q8_0) weights as float32" in n and "--device cpu" in n for n in notes)
+
+
 def test_auto_without_cuda_keeps_int8_weights_int8(monkeypatch):
     """A v2 model on a machine without CuPy: the cuda backend gives up before it makes the float32
     copy it would upload (4x the int8 weights: a 7B Q8_0 file would need 27 GB for nothing)."""

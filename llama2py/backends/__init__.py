@@ -31,7 +31,13 @@ def create_backend(
         try:
             from .cuda import CudaBackend
 
-            return CudaBackend(config, weights, max_batch, threads)
+            backend = CudaBackend(config, weights, max_batch, threads)
+            if weights.weight_type != "f32" and notes is not None:
+                notes.append(
+                    "the cuda backend runs int8 (Q8_0) weights as float32, dequantized at load: the text "
+                    "can differ from runq's; --device cpu keeps them int8"
+                )
+            return backend
         except (DeviceError, ImportError) as e:
             if device == "cuda":
                 raise e if isinstance(e, DeviceError) else DeviceError(f"cuda backend unavailable: {e}")
