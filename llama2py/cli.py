@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -416,9 +417,10 @@ def _guarded(fn, debug: bool) -> int:
             msg = msg[: ERROR_CHARS - 3] + "..."
         print(f"llama2py: error: {msg}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("", file=sys.stderr)
-        return 130
+        # 128 + the signal: 130 for Ctrl-C, 143 for a SIGTERM that files.atomic_output turned into this
+        return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -40,6 +40,8 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = (), size: O
     if path.exists() and not path.is_file():
         # a device or a pipe: renaming a file over it would replace it (as root, /dev/null too)
         raise OutputError(f"output {given}: is not a regular file ({_kind(path)}); give a file name")
+    if path.is_file() and not os.access(path, os.W_OK):  # the rename would replace it all the same
+        raise OutputError(f"output {given}: exists and is read-only; make it writable or remove it to replace it")
     folder = path.parent
     if not folder.exists():
         raise OutputError(f"output {path}: folder {folder} does not exist; create it first")
@@ -139,7 +141,7 @@ def _sigterm_interrupts() -> Iterator[None]:
         return
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise KeyboardInterrupt(int(signum))  # the CLI exits 128 + signum
 
     signal.signal(signal.SIGTERM, interrupt)
     try:
@@ -195,7 +197,8 @@ def _tqdm_callback(desc: str) -> Iterator[Callable[[int, int], None]]:
             nonlocal bar
             if bar is None:
                 bar = stack.enter_context(
-                    tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=desc)
+                    # "iB" after tqdm's K/M/G prefixes: the divisor is 1024, so these are KiB, MiB, GiB
+                    tqdm(total=total, unit="iB", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc=desc)
                 )
             bar.update(done - bar.n)
 

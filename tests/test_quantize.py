@@ -236,6 +236,41 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, make_check
     assert os.listdir(tmp_path) == [src.name]
 
 
+def test_note_when_runq_would_read_the_file_differently(tmp_path, capsys):
+    """A group size that does not divide hidden_dim: runq drops each w2 row's tail (docs/FORMAT.md),
+    so quantize says so on stderr and names a group size that divides both."""
+    assert quantize.runq_note(288, 768, 32) == ""
+    assert "last 44 values" in quantize.runq_note(64, 172, 64) and "--group-size 4 " in quantize.runq_note(64, 172, 64)
+    assert "--group-size" not in quantize.runq_note(64, 171, 64)  # only 1 divides both: no advice
+    c = Config(dim=64, hidden_dim=172, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=40, seq_len=8)
+    src = tmp_path / "in.bin"
+    write_checkpoint(src, c, random_weights(c, 1), 0)
+    for group, noted in ((None, True), (4, False)):
+        flags = ["--group-size", str(group)] if group else []
+        assert main(["quantize", str(src), str(tmp_path / f"q{group}.bin"), *flags]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("wrote ") and ("note: group size 64 does not divide hidden_dim 172" in err) == noted
+
+
+def test_read_only_output_is_refused(tmp_path, monkeypatch, make_checkpoint, capsys):
+    """A read-only file is not replaced (the rename would do it all the same)."""
+    import llama2py.files
+
+    src = make_checkpoint("odd_tiny")
+    out = tmp_path / "keep.bin"
+    out.write_bytes(b"precious")
+    out.chmod(0o444)
+    if os.geteuid() == 0:  # root may write anything: make access() answer as for a user
+        real = os.access
+        monkeypatch.setattr(
+            llama2py.files.os, "access", lambda p, mode: False if Path(p) == out and mode & os.W_OK else real(p, mode)
+        )
+    assert main(["quantize", str(src), str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "keep.bin: exists and is read-only" in err, err
+    assert out.read_bytes() == b"precious"
+
+
 def test_7b_input_is_read_in_mapped_blocks(tmp_path):
     """A Llama 2 7B-shaped v0 file (27 GB, sparse here): offsets past 2**32 are right, and every chunk
     the writer gets is a small memory map, never a loaded tensor. (Quantizing all of it: about 3
