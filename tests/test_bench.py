@@ -328,6 +328,25 @@ def test_unusable_device_is_a_row(tiny, monkeypatch):
     assert re.search(r"^cuda\s+-\s+-\s+unavailable", text, re.M) and "no CuPy here" in text
 
 
+@pytest.mark.parametrize(
+    "error, status, batch",
+    [(DeviceError("no CuPy here"), "unavailable", "-"), (ValueError("threads=1000 is too many"), "error", "1")],
+)
+def test_no_row_succeeds_still_a_table(tiny, error, status, batch):
+    """Every row failed: the table is its head and the failed rows with their reasons."""
+
+    def make(*a, **k):
+        raise error
+
+    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], steps=2, repeat=1), make_backend=make)
+    assert [r["status"] for r in rep["results"]] == [status]
+    lines = report.render(rep).splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("device"))
+    assert "decode tok/s" in lines[head]
+    assert re.fullmatch(rf"numpy\s+-\s+{batch}\s+{status}", lines[head + 1])
+    assert lines[head + 2].startswith("  numpy") and lines[head + 2].endswith(str(error))
+
+
 def test_cli_real_unusable_device_does_not_crash(tiny, capsys):
     if host.cuda_status()[0]:
         pytest.skip("cuda is usable on this machine")

@@ -55,7 +55,10 @@ def _vs_batch1(row: dict, rows: list[dict]) -> str:
 def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], left: int) -> list[str]:
     """Columns: the first `left` left-aligned, the rest right-aligned; short rows (a status and a
     reason) run on after the left columns."""
-    widths = [max(len(head[i]), *(len(x[i]) for x in rows if len(x) == len(head))) for i in range(len(head))]
+    # a short row counts for its left columns only; with no full row at all, the head alone
+    widths = [
+        max([len(head[i])] + [len(x[i]) for x in rows if len(x) == len(head) or i < left]) for i in range(len(head))
+    ]
 
     def line(cells) -> str:
         return "  ".join(t.ljust(w) if i < left else t.rjust(w) for i, (t, w) in enumerate(zip(cells, widths)))
