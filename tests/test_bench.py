@@ -275,7 +275,7 @@ def test_profile_breakdown_shares(tiny):
         def profile(self, tokens, pos, temperature, top_p):
             self.forward(tokens, pos)
             calls.append((temperature, top_p))
-            return {"matmul": (3.0 if temperature == 0 else 5.0) / 1e3, "attention": 0.001}
+            return {"matmul": (3.0 if temperature == 0 else 5.0) / 1e3, "rope": 0.0, "attention": 0.001}
 
     def make(device, config, weights, max_batch=1, threads=None):
         if device == "numpy":
@@ -288,10 +288,14 @@ def test_profile_breakdown_shares(tiny):
     text = report.render(rep)
     for row, ms, share in zip(rep["results"], (3.0, 5.0), (75, 83)):
         prof = row["profile"]
-        assert list(prof) == ["matmul", "attention"]
+        assert list(prof) == ["matmul", "rope", "attention"] and prof["rope"]["seconds"] == 0.0  # the JSON keeps it
         assert prof["matmul"]["share"] == pytest.approx(ms / (ms + 1))
         assert sum(v["share"] for v in prof.values()) == pytest.approx(1.0)
-        assert f"  {measure.row_label(row)}: total {ms + 1:.3f} ms = matmul {ms:.3f} ms ({share}%)" in text
+        line = f"  {measure.row_label(row)}: total {ms + 1:.3f} ms = matmul {ms:.3f} ms ({share}%), attention 1.000 ms"
+        assert f"{line} ({100 - share}%)" in text.splitlines()
+    # a category with no time of its own is left out of the lines and named once, with the reason
+    assert "rope 0.000" not in text
+    assert text.count("rope") == 1 and re.search(r"^  rope: left out, not timed separately", text, re.M)
 
 
 def test_weight_type_read_from_the_backend(tiny):

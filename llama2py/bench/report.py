@@ -134,15 +134,26 @@ def render(report: dict) -> str:
         )
     lines += _table(head, rows, left=3) + notes
     prof_lines = []
+    untimed: dict[str, None] = {}  # categories left out of some row (an ordered set)
     for r in results:
         if r["status"] != "ok" or r["profile_note"] == NO_PROFILE:
             continue
         label = row_label(r)
         if r["profile"]:
-            parts = [f"{k} {v['seconds'] * 1e3:.3f} ms ({100 * v['share']:.0f}%)" for k, v in r["profile"].items()]
+            parts = []
+            for k, v in r["profile"].items():
+                if v["seconds"] == 0:  # the backend gave it no time of its own: a fused category
+                    untimed[k] = None
+                    continue
+                parts.append(f"{k} {v['seconds'] * 1e3:.3f} ms ({100 * v['share']:.0f}%)")
             prof_lines.append(f"  {label}: total {r['profile_total_s'] * 1e3:.3f} ms = " + ", ".join(parts))
         else:
             prof_lines.append(f"  {label}: {r['profile_note']}")
+    if untimed:
+        prof_lines.append(
+            f"  {', '.join(untimed)}: left out, not timed separately (they run inside other kernels, "
+            "the matmuls on cpu and cuda, and are counted there)"
+        )
     if prof_lines:
         lines += ["", "one decode step, kernel by kernel:"] + prof_lines
     v = report.get("vs_run")
