@@ -434,6 +434,23 @@ def test_plot_without_matplotlib_says_how(tiny, monkeypatch, capsys):
     assert len(errors) == 1 and 'pip install "llama2py[plot]"' in errors[0]
 
 
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+@pytest.mark.parametrize(
+    "where, msg", [("dir", "is a directory"), ("missing/out", "does not exist"), ("tiny.bin", "is the input file")]
+)
+def test_output_refused_before_measuring(tiny, tmp_path, monkeypatch, capsys, flag, where, msg):
+    (tmp_path / "dir").mkdir()
+    if flag == "--plot":  # the path is the point here, not matplotlib
+        monkeypatch.setattr(bench_cli, "check_matplotlib", lambda: None)
+
+    def measured(*a, **k):
+        raise AssertionError("measured before the output was checked")
+
+    monkeypatch.setattr(bench_cli, "bench", measured)
+    rc = main(["bench", str(tiny), "--device", "numpy", "--quiet", flag, str(tmp_path / where)])
+    assert_one_line_error((rc, capsys.readouterr().err), msg, rc=1)
+
+
 def test_vs_run_alternates_several_programs(tiny, tmp_path, capsys):
     runomp, log_a = _fake_run(tmp_path, "runomp", ["100"])
     runq, log_b = _fake_run(tmp_path, "runqomp", ["50"])

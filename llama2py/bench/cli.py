@@ -15,6 +15,7 @@ from typing import Optional
 from ..argtypes import float_in, int_at_least
 from ..checkpoint import MODEL_SHAPES, checkpoint_bytes, model_shape
 from ..errors import Llama2pyError
+from ..files import check_output_path
 from .host import default_devices, host_info
 from .measure import Settings, bench, load_warning
 from .reference import vs_run, vs_run_warnings
@@ -213,8 +214,12 @@ def run(args) -> int:
     settings, problem = settings_from_args(args)
     if problem:
         return _usage_error(problem)
+    # fail before minutes of measuring, not after
     if args.plot:
-        check_matplotlib()  # fail before minutes of measuring, not after
+        check_matplotlib()
+    for out in (args.json_out, args.plot):
+        if out:
+            check_output_path(out, (args.checkpoint,) if args.checkpoint else ())
 
     def progress(msg: str) -> None:
         if not args.quiet:
