@@ -298,6 +298,52 @@ def test_profile_breakdown_shares(tiny):
     assert text.count("rope") == 1 and re.search(r"^  rope: left out, not timed separately", text, re.M)
 
 
+@pytest.mark.parametrize("temperatures", [[0.0], [0.0, 1.0]])
+def test_warm_up_takes_the_calls_the_backend_needs(tiny, temperatures):
+    """A backend whose first 3 calls of each kind are slow (the cpu backend's adaptive team times
+    both choices first) says warmup_calls = 3: the warm-up takes them, every timed run is settled,
+    decode included when a run makes a single step."""
+    from llama2py.backends.numpy_backend import NumpyBackend
+
+    now = [0.0]
+    calls = {"prefill": 0, "step": 0}
+
+    def tick(kind: str) -> None:
+        calls[kind] += 1
+        now[0] += 2.0 if calls[kind] <= 3 else 1.0
+
+    class Settling(NumpyBackend):
+        warmup_calls = 3
+
+        def prefill(self, *a, **k):
+            tick("prefill")
+            return super().prefill(*a, **k)
+
+        def step(self, *a, **k):
+            tick("step")
+            return super().step(*a, **k)
+
+    settings = measure.Settings(["numpy"], [1], temperatures=temperatures, steps=1, repeat=2, profile=False)
+    rep = measure.bench(tiny, settings, make_backend=lambda d, c, w, **k: Settling(c, w, **k), clock=lambda: now[0])
+    for r in rep["results"]:
+        assert r["prefill_tok_s_runs"] == [16.0, 16.0] and r["decode_tok_s_runs"] == [1.0, 1.0], r
+
+
+def test_cpu_backend_warm_up_covers_its_adaptive_team(tiny):
+    if not cpu_built():
+        pytest.skip("the cpu extension is not built")
+    from llama2py.backends import create_backend
+    from llama2py.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tiny)
+    for threads in (1, 2):  # threads given: no chooser
+        assert create_backend("cpu", ck.config, ck.weights, 1, threads).warmup_calls == 1
+    adaptive = create_backend("cpu", ck.config, ck.weights, 1, None)
+    if adaptive._model.threads < 2:
+        pytest.skip("one OpenMP thread here: nothing to choose")
+    assert adaptive.warmup_calls == 3  # untimed first call, the team timed, one thread timed
+
+
 def test_weight_type_read_from_the_backend(tiny):
     """A backend that holds int8 weights says so (weight_type, group_size): the row shows it and
     counts the bytes Config.weight_bytes gives for it."""

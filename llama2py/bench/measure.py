@@ -207,8 +207,12 @@ def bench_backend(
                 tok, _ = backend.step(tok, prompt_len + i, temperature, settings.top_p)
             return t_prefill, clock() - t
 
-        for temperature in settings.temperatures:
-            one_run(min(steps, 4), temperature)  # warm-up: first touch of the weights, JIT, graph capture
+        # warm-up: first touch of the weights, JIT, graph capture, and the calls of each kind the
+        # backend needs before its timings settle (every run makes one prefill and >= 1 step)
+        calls = max(1, backend.warmup_calls)
+        for _ in range(-(-calls // len(settings.temperatures))):
+            for temperature in settings.temperatures:
+                one_run(min(steps, 4), temperature)
         prefills: dict[float, list[float]] = {t: [] for t in settings.temperatures}
         decodes: dict[float, list[float]] = {t: [] for t in settings.temperatures}
         for _ in range(settings.repeat):
