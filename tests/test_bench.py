@@ -344,6 +344,15 @@ def test_cpu_backend_warm_up_covers_its_adaptive_team(tiny):
     assert adaptive.warmup_calls == 3  # untimed first call, the team timed, one thread timed
 
 
+def test_one_is_singular(tiny):
+    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], steps=1, repeat=1, profile=False))
+    rep["vs_run"] = {"repeat": 1, "steps": 1, "device": "numpy", "programs": []}
+    text = report.render(rep)
+    assert "(1 step); median of 1 run after a warm-up" in text and "median of 1 round, -n 1" in text
+    assert measure.row_label({"device": "cpu", "threads": 1, "batch": 2}) == "cpu 1 thread batch 2"
+    assert measure.row_label({"device": "cpu", "threads": 4}) == "cpu 4 threads"
+
+
 def test_weight_type_read_from_the_backend(tiny):
     """A backend that holds int8 weights says so (weight_type, group_size): the row shows it and
     counts the bytes Config.weight_bytes gives for it."""

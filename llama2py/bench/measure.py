@@ -81,10 +81,15 @@ def weight_bytes_of(config: Config, backend, group_size: Optional[int]) -> tuple
         return weight_type, None
 
 
+def count(n: int, noun: str) -> str:
+    """'1 thread', '2 threads': n and the noun, plural unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def row_label(row: dict) -> str:
     parts = [row["device"]]
     if row.get("threads") is not None:
-        parts.append(f"{row['threads']} threads")
+        parts.append(count(row["threads"], "thread"))
     if row.get("batch") is not None:
         parts.append(f"batch {row['batch']}")
     if row.get("temperature") is not None:

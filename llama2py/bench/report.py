@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..errors import Llama2pyError
 from ..files import atomic_output
-from .measure import NO_PROFILE, SPREAD_LIMIT, row_label
+from .measure import NO_PROFILE, SPREAD_LIMIT, count, row_label
 
 
 def _fmt(v, spec: str = ".1f", none: str = "-") -> str:
@@ -84,7 +84,8 @@ def header_lines(report: dict) -> list[str]:
         + f"load average {_fmt(load, '.2f')} at the start"
         + (f"; gpu: {h['gpu']}" if h["gpu"] else ""),
         f"prefill: {s['prompt_len']} positions per sequence; decode: positions {p0}..{p1 - 1} "
-        f"({s['steps']} steps); median of {s['repeat']} runs after a warm-up, spread = (max - min) / median",
+        f"({count(s['steps'], 'step')}); median of {count(s['repeat'], 'run')} after a warm-up, "
+        "spread = (max - min) / median",
     ]
 
 
@@ -160,7 +161,7 @@ def render(report: dict) -> str:
     if v:
         lines += [
             "",
-            f"vs llama2.c (alternating in one loop, median of {v['repeat']} rounds, -n {v['steps']}, "
+            f"vs llama2.c (alternating in one loop, median of {count(v['repeat'], 'round')}, -n {v['steps']}, "
             f"llama2py on {v['device']} at batch 1):",
         ]
         vhead = ("program", "sampling", "tok/s", "min", "max", "spread", "llama2py / it")
