@@ -586,6 +586,12 @@ def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
         (["--shape", "stories7B"], "--shape must be one of"),
         (["--shape", "stories260K"], "a checkpoint or --shape"),
         (["--vs-run", ","], "--vs-run takes a comma-separated list"),
+        (["--batch", "1,,2"], "--batch takes a comma-separated list without empty items, got '1,,2'"),
+        (["--batch", ""], "--batch takes a comma-separated list without empty items"),
+        (["--threads", "1,"], "--threads takes a comma-separated list without empty items"),
+        (["-t", " ,0"], "--temperature takes a comma-separated list without empty items"),
+        (["--device", "cpu,,numpy"], "--device takes a comma-separated list without empty items"),
+        (["--vs-run", "a,,b"], "--vs-run takes a comma-separated list without empty items"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tiny, capsys, args, msg):

@@ -25,13 +25,14 @@ DEVICES = ("cpu", "cuda", "numpy")
 
 
 def _list_of(parse_one, name: str):
-    """A comma-separated list of values, each parsed by parse_one; duplicates dropped."""
+    """A comma-separated list of values, each parsed by parse_one; duplicates dropped, empty items
+    refused (`1,,2` is more likely a typo than a wish for 1,2)."""
 
     def parse(s: str) -> list:
-        vals = [parse_one(x.strip()) for x in s.split(",") if x.strip()]
-        if not vals:
-            raise argparse.ArgumentTypeError(f"{name} takes a comma-separated list, got {s!r}")
-        return list(dict.fromkeys(vals))
+        items = [x.strip() for x in s.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{name} takes a comma-separated list without empty items, got {s!r}")
+        return list(dict.fromkeys(parse_one(x) for x in items))
 
     return parse
 
