@@ -506,6 +506,19 @@ def test_output_refused_before_measuring(tiny, tmp_path, monkeypatch, capsys, fl
     assert_one_line_error((rc, capsys.readouterr().err), msg, rc=1)
 
 
+def test_json_dash_is_stdout(tiny, tmp_path, monkeypatch, capsys):
+    """--json -: stdout holds the JSON alone (for a pipe), the table goes to stderr, no file "-"."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--json", "-"]) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["results"][0]["status"] == "ok" and "decode tok/s" in cap.err
+    assert list(tmp_path.iterdir()) == [tiny]
+    rc = main(["bench", str(tiny), "--device", "numpy", "--quiet", "--plot", "-"])
+    assert_one_line_error((rc, capsys.readouterr().err), "--plot -: give a file name", rc=1)
+    assert list(tmp_path.iterdir()) == [tiny]
+
+
 def test_vs_run_alternates_several_programs(tiny, tmp_path, capsys):
     runomp, log_a = _fake_run(tmp_path, "runomp", ["100"])
     runq, log_b = _fake_run(tmp_path, "runqomp", ["50"])

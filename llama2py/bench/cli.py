@@ -19,7 +19,7 @@ from ..files import check_output_path
 from .host import default_devices, host_info
 from .measure import Settings, bench, load_warning
 from .reference import vs_run, vs_run_warnings
-from .report import check_matplotlib, plot, render, write_json
+from .report import check_matplotlib, json_text, plot, render, write_json
 
 DEVICES = ("cpu", "cuda", "numpy")
 
@@ -138,7 +138,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="timed runs per figure after a warm-up; median, min, max and spread are reported (default 3)",
     )
     p.add_argument("--no-profile", action="store_true", help="skip the kernel-by-kernel profile of a decode step")
-    p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON to this file")
+    p.add_argument(
+        "--json",
+        dest="json_out",
+        default=None,
+        help="also write the report as JSON to this file; - writes it to stdout (the table then goes to stderr)",
+    )
     p.add_argument(
         "--plot", default=None, help='also write a PNG bar chart of decode tok/s (pip install "llama2py[plot]")'
     )
@@ -216,11 +221,15 @@ def run(args) -> int:
     if problem:
         return _usage_error(problem)
     # fail before minutes of measuring, not after
-    if args.plot:
-        check_matplotlib()
-    for out in (args.json_out, args.plot):
+    json_stdout = args.json_out == "-"
+    if args.plot == "-":
+        raise Llama2pyError("--plot -: give a file name for the PNG (only --json can go to stdout)")
+    for out in (None if json_stdout else args.json_out, args.plot):
         if out:
             check_output_path(out, (args.checkpoint,) if args.checkpoint else ())
+    if args.plot:
+        check_matplotlib()
+    text = sys.stderr if json_stdout else sys.stdout  # with --json -, stdout holds the JSON alone
 
     def progress(msg: str) -> None:
         if not args.quiet:
@@ -251,14 +260,16 @@ def run(args) -> int:
                 progress,
             )
             report["warnings"] += vs_run_warnings(report["vs_run"])
-    print(render(report))
+    print(render(report), file=text)
     for w in report["warnings"]:
         if w != busy:  # printed at the start
             print(f"llama2py bench: warning: {w}", file=sys.stderr)
-    if args.json_out:
+    if json_stdout:
+        sys.stdout.write(json_text(report))
+    elif args.json_out:
         write_json(report, args.json_out)
-        print(f"\nJSON: {args.json_out}")
+        print(f"\nJSON: {args.json_out}", file=text)
     if args.plot:
         plot(report, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {args.plot}", file=text)
     return 0

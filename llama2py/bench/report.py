@@ -188,8 +188,12 @@ def write_file(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def json_text(report: dict) -> str:
+    return json.dumps(report, indent=2) + "\n"
+
+
 def write_json(report: dict, path: str | os.PathLike) -> None:
-    write_file(path, (json.dumps(report, indent=2) + "\n").encode())
+    write_file(path, json_text(report).encode())
 
 
 PLOT_EXTRA = 'pip install "llama2py[plot]"'
