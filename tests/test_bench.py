@@ -353,6 +353,14 @@ def test_one_is_singular(tiny):
     assert measure.row_label({"device": "cpu", "threads": 4}) == "cpu 4 threads"
 
 
+def test_sampling_written_alike_in_table_and_labels(tiny):
+    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], temperatures=[0.0, 1.0], top_p=0.8, steps=1, repeat=1))
+    text = report.render(rep)
+    assert re.search(r"^numpy\s+-\s+1\s+f32\s+-t 1 -p 0\.8\s", text, re.M)
+    assert re.search(r"^  numpy batch 1 -t 1 -p 0\.8: ", text, re.M)  # the profile line's label
+    assert re.search(r"^numpy\s+-\s+1\s+f32\s+greedy\s", text, re.M) and "  numpy batch 1 greedy: " in text
+
+
 def test_weight_type_read_from_the_backend(tiny):
     """A backend that holds int8 weights says so (weight_type, group_size): the row shows it and
     counts the bytes Config.weight_bytes gives for it."""

@@ -86,6 +86,11 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
+def sampling_label(temperature: float, top_p: float) -> str:
+    """'greedy', or the flags that sample so: '-t 1 -p 0.9'."""
+    return "greedy" if temperature == 0 else f"-t {temperature:g} -p {top_p:g}"
+
+
 def row_label(row: dict) -> str:
     parts = [row["device"]]
     if row.get("threads") is not None:
@@ -93,7 +98,7 @@ def row_label(row: dict) -> str:
     if row.get("batch") is not None:
         parts.append(f"batch {row['batch']}")
     if row.get("temperature") is not None:
-        parts.append("greedy" if row["temperature"] == 0 else f"-t {row['temperature']:g} -p {row['top_p']:g}")
+        parts.append(sampling_label(row["temperature"], row["top_p"]))
     return " ".join(parts)
 
 

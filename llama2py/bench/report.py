@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..errors import Llama2pyError
 from ..files import atomic_output
-from .measure import NO_PROFILE, SPREAD_LIMIT, count, row_label
+from .measure import NO_PROFILE, SPREAD_LIMIT, count, row_label, sampling_label
 
 
 def _fmt(v, spec: str = ".1f", none: str = "-") -> str:
@@ -32,7 +32,7 @@ def _spread(row: dict, fig: str) -> str:
 def _sampling(temperature: Optional[float], top_p: Optional[float]) -> str:
     if temperature is None:
         return "-"
-    return "greedy" if temperature == 0 else f"t{temperature:g} p{top_p:g}"
+    return sampling_label(temperature, top_p)
 
 
 def _vs_batch1(row: dict, rows: list[dict]) -> str:
