@@ -361,6 +361,18 @@ def test_sampling_written_alike_in_table_and_labels(tiny):
     assert re.search(r"^numpy\s+-\s+1\s+f32\s+greedy\s", text, re.M) and "  numpy batch 1 greedy: " in text
 
 
+def test_default_threads_shown_as_auto(tiny):
+    """No --threads: the cpu backend picks 1 thread or all cores per call, so the table says auto
+    (not all); the JSON keeps null."""
+    from llama2py.backends.numpy_backend import NumpyBackend
+
+    settings = measure.Settings(["cpu"], [1], threads=[None, 2], steps=1, repeat=1, profile=False)
+    rep = measure.bench(tiny, settings, make_backend=lambda d, c, w, **k: NumpyBackend(c, w, **k))
+    assert [r["threads"] for r in rep["results"]] == [None, 2]
+    text = report.render(rep)
+    assert re.search(r"^cpu\s+auto\s+1\s", text, re.M) and re.search(r"^cpu\s+2\s+1\s", text, re.M)
+
+
 def test_weight_type_read_from_the_backend(tiny):
     """A backend that holds int8 weights says so (weight_type, group_size): the row shows it and
     counts the bytes Config.weight_bytes gives for it."""

@@ -97,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_list_of(int_at_least(1, "--threads"), "--threads"),
         default=[None],
         metavar="N[,N...]",
-        help="comma-separated CPU thread counts, each measured (default: all cores)",
+        help="comma-separated CPU thread counts, each measured (default: auto, each call on one thread or all "
+        "cores, whichever the cpu backend times faster)",
     )
     p.add_argument(
         "-t",

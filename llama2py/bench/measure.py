@@ -35,7 +35,7 @@ class Settings:
 
     devices: list[str]
     batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8, 64])
-    threads: list[Optional[int]] = dataclasses.field(default_factory=lambda: [None])  # None: all cores
+    threads: list[Optional[int]] = dataclasses.field(default_factory=lambda: [None])  # None: auto (1 or all cores)
     temperatures: list[float] = dataclasses.field(default_factory=lambda: [0.0])  # 0: greedy
     top_p: float = 0.9
     prompt_len: Optional[int] = None  # prefill positions before the decode; None: min(seq_len/2, 128)

@@ -111,7 +111,9 @@ def render(report: dict) -> str:
     results = report["results"]
     rows, notes = [], []
     for r in results:
-        left = (r["device"], _fmt(r["threads"], "d", "all" if r["device"] == "cpu" else "-"), _fmt(r["batch"], "d"))
+        # no count given: the cpu backend picks one thread or all cores per call
+        auto = "auto" if r["device"] == "cpu" else "-"
+        left = (r["device"], _fmt(r["threads"], "d", auto), _fmt(r["batch"], "d"))
         if r["status"] != "ok":
             rows.append(left + (r["status"],))
             notes.append(f"  {row_label(r)}: {r['reason']}")
