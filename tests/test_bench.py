@@ -19,7 +19,7 @@ import llama2py.bench.cli as bench_cli
 from llama2py.bench import host, measure, reference, report
 from llama2py.checkpoint import Config
 from llama2py.cli import main
-from llama2py.errors import DeviceError
+from llama2py.errors import DeviceError, Llama2pyError
 from llama2py.synth import write_synthetic
 
 TINY = Config(dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=32)
@@ -601,6 +601,22 @@ def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
         rc = main(["bench", str(tiny), "--device", "numpy", "--batch", "1", "--steps", "2", "--repeat", "1",
                    "--vs-run", str(binary), "--vs-device", "numpy", "-z", str(tok), "--quiet"])  # fmt: skip
         assert_one_line_error((rc, capsys.readouterr().err), msg, rc=1)
+
+
+@pytest.mark.parametrize("name, msg", [("missing", "no such program"), ("plain", "not executable")])
+def test_vs_run_program_checked_first(tiny, tmp_path, monkeypatch, capsys, name, msg):
+    """A program that cannot run is named before any measuring and before the tokenizer search
+    (no -z, none beside the checkpoint)."""
+    (tmp_path / "plain").write_text("#!/bin/sh\n")  # not executable
+
+    def measured(*a, **k):
+        raise AssertionError("measured before the programs were checked")
+
+    monkeypatch.setattr(bench_cli, "bench", measured)
+    rc = main(["bench", str(tiny), "--device", "numpy", "--quiet", "--vs-run", str(tmp_path / name)])
+    assert_one_line_error((rc, capsys.readouterr().err), f"--vs-run {tmp_path / name}: {msg}", rc=1)
+    with pytest.raises(Llama2pyError, match=msg):  # the library checks too, before the tokenizer
+        reference.vs_run([str(tmp_path / name)], str(tiny), None, 2, 1, None, [0.0], device="numpy")
 
 
 @pytest.mark.parametrize(

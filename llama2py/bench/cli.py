@@ -18,7 +18,7 @@ from ..errors import Llama2pyError
 from ..files import check_output_path
 from .host import default_devices, host_info
 from .measure import Settings, bench, load_warning
-from .reference import vs_run, vs_run_warnings
+from .reference import check_programs, vs_run, vs_run_warnings
 from .report import check_matplotlib, json_text, plot, render, write_json
 
 DEVICES = ("cpu", "cuda", "numpy")
@@ -230,6 +230,8 @@ def run(args) -> int:
             check_output_path(out, (args.checkpoint,) if args.checkpoint else ())
     if args.plot:
         check_matplotlib()
+    if args.vs_run:
+        check_programs(args.vs_run)
     text = sys.stderr if json_stdout else sys.stdout  # with --json -, stdout holds the JSON alone
 
     def progress(msg: str) -> None:
