@@ -19,7 +19,7 @@ import llama2py.bench.cli as bench_cli
 from llama2py.bench import host, measure, reference, report
 from llama2py.checkpoint import Config
 from llama2py.cli import main
-from llama2py.errors import DeviceError
+from llama2py.errors import DeviceError, Llama2pyError
 from llama2py.synth import write_synthetic
 
 TINY = Config(dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=32)
@@ -275,7 +275,7 @@ def test_profile_breakdown_shares(tiny):
         def profile(self, tokens, pos, temperature, top_p):
             self.forward(tokens, pos)
             calls.append((temperature, top_p))
-            return {"matmul": (3.0 if temperature == 0 else 5.0) / 1e3, "attention": 0.001}
+            return {"matmul": (3.0 if temperature == 0 else 5.0) / 1e3, "rope": 0.0, "attention": 0.001}
 
     def make(device, config, weights, max_batch=1, threads=None):
         if device == "numpy":
@@ -288,10 +288,89 @@ def test_profile_breakdown_shares(tiny):
     text = report.render(rep)
     for row, ms, share in zip(rep["results"], (3.0, 5.0), (75, 83)):
         prof = row["profile"]
-        assert list(prof) == ["matmul", "attention"]
+        assert list(prof) == ["matmul", "rope", "attention"] and prof["rope"]["seconds"] == 0.0  # the JSON keeps it
         assert prof["matmul"]["share"] == pytest.approx(ms / (ms + 1))
         assert sum(v["share"] for v in prof.values()) == pytest.approx(1.0)
-        assert f"  {measure.row_label(row)}: total {ms + 1:.3f} ms = matmul {ms:.3f} ms ({share}%)" in text
+        line = f"  {measure.row_label(row)}: total {ms + 1:.3f} ms = matmul {ms:.3f} ms ({share}%), attention 1.000 ms"
+        assert f"{line} ({100 - share}%)" in text.splitlines()
+    # a category with no time of its own is left out of the lines and named once, with the reason
+    assert "rope 0.000" not in text
+    assert text.count("rope") == 1 and re.search(r"^  rope: left out, not timed separately", text, re.M)
+
+
+@pytest.mark.parametrize("temperatures", [[0.0], [0.0, 1.0]])
+def test_warm_up_takes_the_calls_the_backend_needs(tiny, temperatures):
+    """A backend whose first 3 calls of each kind are slow (the cpu backend's adaptive team times
+    both choices first) says warmup_calls = 3: the warm-up takes them, every timed run is settled,
+    decode included when a run makes a single step."""
+    from llama2py.backends.numpy_backend import NumpyBackend
+
+    now = [0.0]
+    calls = {"prefill": 0, "step": 0}
+
+    def tick(kind: str) -> None:
+        calls[kind] += 1
+        now[0] += 2.0 if calls[kind] <= 3 else 1.0
+
+    class Settling(NumpyBackend):
+        warmup_calls = 3
+
+        def prefill(self, *a, **k):
+            tick("prefill")
+            return super().prefill(*a, **k)
+
+        def step(self, *a, **k):
+            tick("step")
+            return super().step(*a, **k)
+
+    settings = measure.Settings(["numpy"], [1], temperatures=temperatures, steps=1, repeat=2, profile=False)
+    rep = measure.bench(tiny, settings, make_backend=lambda d, c, w, **k: Settling(c, w, **k), clock=lambda: now[0])
+    for r in rep["results"]:
+        assert r["prefill_tok_s_runs"] == [16.0, 16.0] and r["decode_tok_s_runs"] == [1.0, 1.0], r
+
+
+def test_cpu_backend_warm_up_covers_its_adaptive_team(tiny):
+    if not cpu_built():
+        pytest.skip("the cpu extension is not built")
+    from llama2py.backends import create_backend
+    from llama2py.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(tiny)
+    for threads in (1, 2):  # threads given: no chooser
+        assert create_backend("cpu", ck.config, ck.weights, 1, threads).warmup_calls == 1
+    adaptive = create_backend("cpu", ck.config, ck.weights, 1, None)
+    if adaptive._model.threads < 2:
+        pytest.skip("one OpenMP thread here: nothing to choose")
+    assert adaptive.warmup_calls == 3  # untimed first call, the team timed, one thread timed
+
+
+def test_one_is_singular(tiny):
+    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], steps=1, repeat=1, profile=False))
+    rep["vs_run"] = {"repeat": 1, "steps": 1, "device": "numpy", "programs": []}
+    text = report.render(rep)
+    assert "(1 step); median of 1 run after a warm-up" in text and "median of 1 round, -n 1" in text
+    assert measure.row_label({"device": "cpu", "threads": 1, "batch": 2}) == "cpu 1 thread batch 2"
+    assert measure.row_label({"device": "cpu", "threads": 4}) == "cpu 4 threads"
+
+
+def test_sampling_written_alike_in_table_and_labels(tiny):
+    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], temperatures=[0.0, 1.0], top_p=0.8, steps=1, repeat=1))
+    text = report.render(rep)
+    assert re.search(r"^numpy\s+-\s+1\s+f32\s+-t 1 -p 0\.8\s", text, re.M)
+    assert re.search(r"^  numpy batch 1 -t 1 -p 0\.8: ", text, re.M)  # the profile line's label
+    assert re.search(r"^numpy\s+-\s+1\s+f32\s+greedy\s", text, re.M) and "  numpy batch 1 greedy: " in text
+
+
+def test_default_threads_shown_as_auto(tiny):
+    """No --threads: the cpu backend picks 1 thread or all cores per call, so the table says auto
+    (not all); the JSON keeps null."""
+    from llama2py.backends.numpy_backend import NumpyBackend
+
+    settings = measure.Settings(["cpu"], [1], threads=[None, 2], steps=1, repeat=1, profile=False)
+    rep = measure.bench(tiny, settings, make_backend=lambda d, c, w, **k: NumpyBackend(c, w, **k))
+    assert [r["threads"] for r in rep["results"]] == [None, 2]
+    text = report.render(rep)
+    assert re.search(r"^cpu\s+auto\s+1\s", text, re.M) and re.search(r"^cpu\s+2\s+1\s", text, re.M)
 
 
 def test_weight_type_read_from_the_backend(tiny):
@@ -326,6 +405,25 @@ def test_unusable_device_is_a_row(tiny, monkeypatch):
     assert "no CuPy" in rep["results"][0]["reason"]
     text = report.render(rep)
     assert re.search(r"^cuda\s+-\s+-\s+unavailable", text, re.M) and "no CuPy here" in text
+
+
+@pytest.mark.parametrize(
+    "error, status, batch",
+    [(DeviceError("no CuPy here"), "unavailable", "-"), (ValueError("threads=1000 is too many"), "error", "1")],
+)
+def test_no_row_succeeds_still_a_table(tiny, error, status, batch):
+    """Every row failed: the table is its head and the failed rows with their reasons."""
+
+    def make(*a, **k):
+        raise error
+
+    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], steps=2, repeat=1), make_backend=make)
+    assert [r["status"] for r in rep["results"]] == [status]
+    lines = report.render(rep).splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("device"))
+    assert "decode tok/s" in lines[head]
+    assert re.fullmatch(rf"numpy\s+-\s+{batch}\s+{status}", lines[head + 1])
+    assert lines[head + 2].startswith("  numpy") and lines[head + 2].endswith(str(error))
 
 
 def test_cli_real_unusable_device_does_not_crash(tiny, capsys):
@@ -411,6 +509,36 @@ def test_plot_without_matplotlib_says_how(tiny, monkeypatch, capsys):
     assert len(errors) == 1 and 'pip install "llama2py[plot]"' in errors[0]
 
 
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+@pytest.mark.parametrize(
+    "where, msg", [("dir", "is a directory"), ("missing/out", "does not exist"), ("tiny.bin", "is the input file")]
+)
+def test_output_refused_before_measuring(tiny, tmp_path, monkeypatch, capsys, flag, where, msg):
+    (tmp_path / "dir").mkdir()
+    if flag == "--plot":  # the path is the point here, not matplotlib
+        monkeypatch.setattr(bench_cli, "check_matplotlib", lambda: None)
+
+    def measured(*a, **k):
+        raise AssertionError("measured before the output was checked")
+
+    monkeypatch.setattr(bench_cli, "bench", measured)
+    rc = main(["bench", str(tiny), "--device", "numpy", "--quiet", flag, str(tmp_path / where)])
+    assert_one_line_error((rc, capsys.readouterr().err), msg, rc=1)
+
+
+def test_json_dash_is_stdout(tiny, tmp_path, monkeypatch, capsys):
+    """--json -: stdout holds the JSON alone (for a pipe), the table goes to stderr, no file "-"."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--json", "-"]) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["results"][0]["status"] == "ok" and "decode tok/s" in cap.err
+    assert list(tmp_path.iterdir()) == [tiny]
+    rc = main(["bench", str(tiny), "--device", "numpy", "--quiet", "--plot", "-"])
+    assert_one_line_error((rc, capsys.readouterr().err), "--plot -: give a file name", rc=1)
+    assert list(tmp_path.iterdir()) == [tiny]
+
+
 def test_vs_run_alternates_several_programs(tiny, tmp_path, capsys):
     runomp, log_a = _fake_run(tmp_path, "runomp", ["100"])
     runq, log_b = _fake_run(tmp_path, "runqomp", ["50"])
@@ -475,6 +603,22 @@ def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
         assert_one_line_error((rc, capsys.readouterr().err), msg, rc=1)
 
 
+@pytest.mark.parametrize("name, msg", [("missing", "no such program"), ("plain", "not executable")])
+def test_vs_run_program_checked_first(tiny, tmp_path, monkeypatch, capsys, name, msg):
+    """A program that cannot run is named before any measuring and before the tokenizer search
+    (no -z, none beside the checkpoint)."""
+    (tmp_path / "plain").write_text("#!/bin/sh\n")  # not executable
+
+    def measured(*a, **k):
+        raise AssertionError("measured before the programs were checked")
+
+    monkeypatch.setattr(bench_cli, "bench", measured)
+    rc = main(["bench", str(tiny), "--device", "numpy", "--quiet", "--vs-run", str(tmp_path / name)])
+    assert_one_line_error((rc, capsys.readouterr().err), f"--vs-run {tmp_path / name}: {msg}", rc=1)
+    with pytest.raises(Llama2pyError, match=msg):  # the library checks too, before the tokenizer
+        reference.vs_run([str(tmp_path / name)], str(tiny), None, 2, 1, None, [0.0], device="numpy")
+
+
 @pytest.mark.parametrize(
     "args, msg",
     [
@@ -491,6 +635,12 @@ def test_vs_run_broken_binary_is_a_clear_error(tiny, tmp_path, capsys):
         (["--shape", "stories7B"], "--shape must be one of"),
         (["--shape", "stories260K"], "a checkpoint or --shape"),
         (["--vs-run", ","], "--vs-run takes a comma-separated list"),
+        (["--batch", "1,,2"], "--batch takes a comma-separated list without empty items, got '1,,2'"),
+        (["--batch", ""], "--batch takes a comma-separated list without empty items"),
+        (["--threads", "1,"], "--threads takes a comma-separated list without empty items"),
+        (["-t", " ,0"], "--temperature takes a comma-separated list without empty items"),
+        (["--device", "cpu,,numpy"], "--device takes a comma-separated list without empty items"),
+        (["--vs-run", "a,,b"], "--vs-run takes a comma-separated list without empty items"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tiny, capsys, args, msg):

@@ -39,6 +39,9 @@ _F32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal float32: below i
 
 class Backend(ABC):
     name: str = "?"
+    # calls of each kind (prefill, decode step) before this backend's timings settle: `bench` warms
+    # up with that many; a backend that tunes itself on its first calls says more
+    warmup_calls: int = 1
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
         max_batch = check_int("max_batch", max_batch, 1)

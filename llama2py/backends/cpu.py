@@ -159,6 +159,12 @@ class CpuBackend(Backend):
         return [view.item(b, ids[b]) for b in rows]
 
     # -- reporting ------------------------------------------------------------------------------
+    @property
+    def warmup_calls(self) -> int:
+        # threads not given: the adaptive team leaves the model's first call untimed, then times the
+        # full team and one thread once for each kind before it runs the faster (csrc/cpu/model.h)
+        return 3 if self.threads is None and self._model.threads > 1 else 1
+
     def _profile(self, tokens: np.ndarray, pos: int, temperature: float, top_p: float) -> dict[str, float]:
         times = np.zeros(len(PROFILE_KEYS), np.float64)
         self._model.profile(times, tokens, pos, temperature, top_p)

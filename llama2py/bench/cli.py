@@ -15,22 +15,24 @@ from typing import Optional
 from ..argtypes import float_in, int_at_least
 from ..checkpoint import MODEL_SHAPES, checkpoint_bytes, model_shape
 from ..errors import Llama2pyError
+from ..files import check_output_path
 from .host import default_devices, host_info
 from .measure import Settings, bench, load_warning
-from .reference import vs_run, vs_run_warnings
-from .report import check_matplotlib, plot, render, write_json
+from .reference import check_programs, vs_run, vs_run_warnings
+from .report import check_matplotlib, json_text, plot, render, write_json
 
 DEVICES = ("cpu", "cuda", "numpy")
 
 
 def _list_of(parse_one, name: str):
-    """A comma-separated list of values, each parsed by parse_one; duplicates dropped."""
+    """A comma-separated list of values, each parsed by parse_one; duplicates dropped, empty items
+    refused (`1,,2` is more likely a typo than a wish for 1,2)."""
 
     def parse(s: str) -> list:
-        vals = [parse_one(x.strip()) for x in s.split(",") if x.strip()]
-        if not vals:
-            raise argparse.ArgumentTypeError(f"{name} takes a comma-separated list, got {s!r}")
-        return list(dict.fromkeys(vals))
+        items = [x.strip() for x in s.split(",")]
+        if not all(items):
+            raise argparse.ArgumentTypeError(f"{name} takes a comma-separated list without empty items, got {s!r}")
+        return list(dict.fromkeys(parse_one(x) for x in items))
 
     return parse
 
@@ -95,7 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=_list_of(int_at_least(1, "--threads"), "--threads"),
         default=[None],
         metavar="N[,N...]",
-        help="comma-separated CPU thread counts, each measured (default: all cores)",
+        help="comma-separated CPU thread counts, each measured (default: auto, each call on one thread or all "
+        "cores, whichever the cpu backend times faster)",
     )
     p.add_argument(
         "-t",
@@ -136,7 +139,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="timed runs per figure after a warm-up; median, min, max and spread are reported (default 3)",
     )
     p.add_argument("--no-profile", action="store_true", help="skip the kernel-by-kernel profile of a decode step")
-    p.add_argument("--json", dest="json_out", default=None, help="also write the report as JSON to this file")
+    p.add_argument(
+        "--json",
+        dest="json_out",
+        default=None,
+        help="also write the report as JSON to this file; - writes it to stdout (the table then goes to stderr)",
+    )
     p.add_argument(
         "--plot", default=None, help='also write a PNG bar chart of decode tok/s (pip install "llama2py[plot]")'
     )
@@ -213,8 +221,18 @@ def run(args) -> int:
     settings, problem = settings_from_args(args)
     if problem:
         return _usage_error(problem)
+    # fail before minutes of measuring, not after
+    json_stdout = args.json_out == "-"
+    if args.plot == "-":
+        raise Llama2pyError("--plot -: give a file name for the PNG (only --json can go to stdout)")
+    for out in (None if json_stdout else args.json_out, args.plot):
+        if out:
+            check_output_path(out, (args.checkpoint,) if args.checkpoint else ())
     if args.plot:
-        check_matplotlib()  # fail before minutes of measuring, not after
+        check_matplotlib()
+    if args.vs_run:
+        check_programs(args.vs_run)
+    text = sys.stderr if json_stdout else sys.stdout  # with --json -, stdout holds the JSON alone
 
     def progress(msg: str) -> None:
         if not args.quiet:
@@ -245,14 +263,16 @@ def run(args) -> int:
                 progress,
             )
             report["warnings"] += vs_run_warnings(report["vs_run"])
-    print(render(report))
+    print(render(report), file=text)
     for w in report["warnings"]:
         if w != busy:  # printed at the start
             print(f"llama2py bench: warning: {w}", file=sys.stderr)
-    if args.json_out:
+    if json_stdout:
+        sys.stdout.write(json_text(report))
+    elif args.json_out:
         write_json(report, args.json_out)
-        print(f"\nJSON: {args.json_out}")
+        print(f"\nJSON: {args.json_out}", file=text)
     if args.plot:
         plot(report, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {args.plot}", file=text)
     return 0

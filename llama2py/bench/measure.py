@@ -35,7 +35,7 @@ class Settings:
 
     devices: list[str]
     batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8, 64])
-    threads: list[Optional[int]] = dataclasses.field(default_factory=lambda: [None])  # None: all cores
+    threads: list[Optional[int]] = dataclasses.field(default_factory=lambda: [None])  # None: auto (1 or all cores)
     temperatures: list[float] = dataclasses.field(default_factory=lambda: [0.0])  # 0: greedy
     top_p: float = 0.9
     prompt_len: Optional[int] = None  # prefill positions before the decode; None: min(seq_len/2, 128)
@@ -81,14 +81,24 @@ def weight_bytes_of(config: Config, backend, group_size: Optional[int]) -> tuple
         return weight_type, None
 
 
+def count(n: int, noun: str) -> str:
+    """'1 thread', '2 threads': n and the noun, plural unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def sampling_label(temperature: float, top_p: float) -> str:
+    """'greedy', or the flags that sample so: '-t 1 -p 0.9'."""
+    return "greedy" if temperature == 0 else f"-t {temperature:g} -p {top_p:g}"
+
+
 def row_label(row: dict) -> str:
     parts = [row["device"]]
     if row.get("threads") is not None:
-        parts.append(f"{row['threads']} threads")
+        parts.append(count(row["threads"], "thread"))
     if row.get("batch") is not None:
         parts.append(f"batch {row['batch']}")
     if row.get("temperature") is not None:
-        parts.append("greedy" if row["temperature"] == 0 else f"-t {row['temperature']:g} -p {row['top_p']:g}")
+        parts.append(sampling_label(row["temperature"], row["top_p"]))
     return " ".join(parts)
 
 
@@ -207,8 +217,12 @@ def bench_backend(
                 tok, _ = backend.step(tok, prompt_len + i, temperature, settings.top_p)
             return t_prefill, clock() - t
 
-        for temperature in settings.temperatures:
-            one_run(min(steps, 4), temperature)  # warm-up: first touch of the weights, JIT, graph capture
+        # warm-up: first touch of the weights, JIT, graph capture, and the calls of each kind the
+        # backend needs before its timings settle (every run makes one prefill and >= 1 step)
+        calls = max(1, backend.warmup_calls)
+        for _ in range(-(-calls // len(settings.temperatures))):
+            for temperature in settings.temperatures:
+                one_run(min(steps, 4), temperature)
         prefills: dict[float, list[float]] = {t: [] for t in settings.temperatures}
         decodes: dict[float, list[float]] = {t: [] for t in settings.temperatures}
         for _ in range(settings.repeat):

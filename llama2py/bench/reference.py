@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,6 +30,22 @@ def run_command(
     return cmd
 
 
+def _no_program(binary: str) -> Llama2pyError:
+    return Llama2pyError(f"--vs-run {binary}: no such program (pass the path of llama2.c's compiled `run`)")
+
+
+def _not_executable(binary: str) -> Llama2pyError:
+    return Llama2pyError(f"--vs-run {binary}: not executable (chmod +x it)")
+
+
+def check_programs(binaries: list[str]) -> None:
+    """Refuse, before any work, a program that is not there or cannot run (found as the OS would
+    run it: a path, or a bare name on $PATH)."""
+    for binary in binaries:
+        if shutil.which(binary) is None:
+            raise _not_executable(binary) if Path(binary).is_file() else _no_program(binary)
+
+
 def run_binary_once(cmd: list[str], threads: Optional[int], timeout: float = 600.0) -> float:
     """Run one of llama2.c's programs and return its `achieved tok/s`."""
     binary = cmd[0]
@@ -38,9 +55,9 @@ def run_binary_once(cmd: list[str], threads: Optional[int], timeout: float = 600
     try:
         r = subprocess.run(cmd, capture_output=True, env=env, timeout=timeout)
     except FileNotFoundError:
-        raise Llama2pyError(f"--vs-run {binary}: no such program (pass the path of llama2.c's compiled `run`)")
+        raise _no_program(binary)
     except PermissionError:
-        raise Llama2pyError(f"--vs-run {binary}: not executable (chmod +x it)")
+        raise _not_executable(binary)
     except subprocess.TimeoutExpired:
         raise Llama2pyError(f"--vs-run {binary}: still running after {timeout:.0f} s: {' '.join(cmd)}")
     out = r.stderr.decode(errors="replace") + "\n" + r.stdout.decode(errors="replace")
@@ -88,6 +105,7 @@ def vs_run(
     with median, min, max, spread, and ratio = llama2py / program at that temperature."""
     from ..model import Llama, find_tokenizer
 
+    check_programs(binaries)  # a missing program says so, not whatever the tokenizer search finds
     ck_path = Path(checkpoint)
     if tokenizer is None:
         tokenizer = str(find_tokenizer(ck_path, load_checkpoint(ck_path).config.vocab_size))

@@ -10,7 +10,7 @@ from typing import Optional
 
 from ..errors import Llama2pyError
 from ..files import atomic_output
-from .measure import NO_PROFILE, SPREAD_LIMIT, row_label
+from .measure import NO_PROFILE, SPREAD_LIMIT, count, row_label, sampling_label
 
 
 def _fmt(v, spec: str = ".1f", none: str = "-") -> str:
@@ -32,7 +32,7 @@ def _spread(row: dict, fig: str) -> str:
 def _sampling(temperature: Optional[float], top_p: Optional[float]) -> str:
     if temperature is None:
         return "-"
-    return "greedy" if temperature == 0 else f"t{temperature:g} p{top_p:g}"
+    return sampling_label(temperature, top_p)
 
 
 def _vs_batch1(row: dict, rows: list[dict]) -> str:
@@ -55,7 +55,10 @@ def _vs_batch1(row: dict, rows: list[dict]) -> str:
 def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], left: int) -> list[str]:
     """Columns: the first `left` left-aligned, the rest right-aligned; short rows (a status and a
     reason) run on after the left columns."""
-    widths = [max(len(head[i]), *(len(x[i]) for x in rows if len(x) == len(head))) for i in range(len(head))]
+    # a short row counts for its left columns only; with no full row at all, the head alone
+    widths = [
+        max([len(head[i])] + [len(x[i]) for x in rows if len(x) == len(head) or i < left]) for i in range(len(head))
+    ]
 
     def line(cells) -> str:
         return "  ".join(t.ljust(w) if i < left else t.rjust(w) for i, (t, w) in enumerate(zip(cells, widths)))
@@ -81,7 +84,8 @@ def header_lines(report: dict) -> list[str]:
         + f"load average {_fmt(load, '.2f')} at the start"
         + (f"; gpu: {h['gpu']}" if h["gpu"] else ""),
         f"prefill: {s['prompt_len']} positions per sequence; decode: positions {p0}..{p1 - 1} "
-        f"({s['steps']} steps); median of {s['repeat']} runs after a warm-up, spread = (max - min) / median",
+        f"({count(s['steps'], 'step')}); median of {count(s['repeat'], 'run')} after a warm-up, "
+        "spread = (max - min) / median",
     ]
 
 
@@ -107,7 +111,9 @@ def render(report: dict) -> str:
     results = report["results"]
     rows, notes = [], []
     for r in results:
-        left = (r["device"], _fmt(r["threads"], "d", "all" if r["device"] == "cpu" else "-"), _fmt(r["batch"], "d"))
+        # no count given: the cpu backend picks one thread or all cores per call
+        auto = "auto" if r["device"] == "cpu" else "-"
+        left = (r["device"], _fmt(r["threads"], "d", auto), _fmt(r["batch"], "d"))
         if r["status"] != "ok":
             rows.append(left + (r["status"],))
             notes.append(f"  {row_label(r)}: {r['reason']}")
@@ -131,22 +137,33 @@ def render(report: dict) -> str:
         )
     lines += _table(head, rows, left=3) + notes
     prof_lines = []
+    untimed: dict[str, None] = {}  # categories left out of some row (an ordered set)
     for r in results:
         if r["status"] != "ok" or r["profile_note"] == NO_PROFILE:
             continue
         label = row_label(r)
         if r["profile"]:
-            parts = [f"{k} {v['seconds'] * 1e3:.3f} ms ({100 * v['share']:.0f}%)" for k, v in r["profile"].items()]
+            parts = []
+            for k, v in r["profile"].items():
+                if v["seconds"] == 0:  # the backend gave it no time of its own: a fused category
+                    untimed[k] = None
+                    continue
+                parts.append(f"{k} {v['seconds'] * 1e3:.3f} ms ({100 * v['share']:.0f}%)")
             prof_lines.append(f"  {label}: total {r['profile_total_s'] * 1e3:.3f} ms = " + ", ".join(parts))
         else:
             prof_lines.append(f"  {label}: {r['profile_note']}")
+    if untimed:
+        prof_lines.append(
+            f"  {', '.join(untimed)}: left out, not timed separately (they run inside other kernels, "
+            "the matmuls on cpu and cuda, and are counted there)"
+        )
     if prof_lines:
         lines += ["", "one decode step, kernel by kernel:"] + prof_lines
     v = report.get("vs_run")
     if v:
         lines += [
             "",
-            f"vs llama2.c (alternating in one loop, median of {v['repeat']} rounds, -n {v['steps']}, "
+            f"vs llama2.c (alternating in one loop, median of {count(v['repeat'], 'round')}, -n {v['steps']}, "
             f"llama2py on {v['device']} at batch 1):",
         ]
         vhead = ("program", "sampling", "tok/s", "min", "max", "spread", "llama2py / it")
@@ -173,8 +190,12 @@ def write_file(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+def json_text(report: dict) -> str:
+    return json.dumps(report, indent=2) + "\n"
+
+
 def write_json(report: dict, path: str | os.PathLike) -> None:
-    write_file(path, (json.dumps(report, indent=2) + "\n").encode())
+    write_file(path, json_text(report).encode())
 
 
 PLOT_EXTRA = 'pip install "llama2py[plot]"'
