@@ -433,6 +433,16 @@ def test_cli_real_unusable_device_does_not_crash(tiny, capsys):
     assert re.search(r"^cuda\s+-\s+-\s+unavailable", capsys.readouterr().out, re.M)
 
 
+def test_cli_nothing_measured_exits_1(tiny, capsys, monkeypatch):
+    """Every row failed (here: no memory for the batch): the table still says why per row, then
+    one error line and exit 1, so that a script does not take it for a measurement."""
+    monkeypatch.setattr(measure, "mem_available", lambda: 10_000)
+    assert main(["bench", str(tiny), "--device", "numpy", "--batch", "1", "--steps", "2", "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert re.search(r"^numpy\s+-\s+1\s+skipped", out, re.M)
+    assert err.strip().splitlines()[-1] == "llama2py bench: error: nothing could be measured (each row above says why)"
+
+
 def test_batch_too_big_for_memory_is_reported(tiny, monkeypatch):
     monkeypatch.setattr(measure, "mem_available", lambda: 10_000)  # 10 kB "available"
     rep = measure.bench(tiny, measure.Settings(["numpy"], [1], steps=2, repeat=1))

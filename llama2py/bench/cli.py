@@ -275,4 +275,8 @@ def run(args) -> int:
     if args.plot:
         plot(report, args.plot)
         print(f"plot: {args.plot}", file=text)
+    if not any(r["status"] == "ok" for r in report["results"]):
+        # the table says why for each row; a script must not take this for a measurement
+        print("llama2py bench: error: nothing could be measured (each row above says why)", file=sys.stderr)
+        return 1
     return 0
