@@ -71,6 +71,13 @@ def _load_from(path: Path) -> ModuleType:
     return module
 
 
+def isa_label(ext: ModuleType) -> str:
+    """The kernel level in use; where it is below the best this CPU runs, says so (LLAMA2PY_ISA
+    forced it): a figure taken at a forced level must not pass for the machine's best."""
+    level, best = ext.isa(), ext.isa_levels()[-1]
+    return level if level == best else f"{level} (forced by LLAMA2PY_ISA; best here: {best})"
+
+
 def load_cpu_extension() -> ModuleType:
     """llama2py._cpu, or DeviceError saying why not and what to run."""
     try:

@@ -32,13 +32,14 @@ def cpu_model() -> str:
 
 
 def cpu_isa() -> Optional[str]:
-    """The kernel level the C++ extension dispatches to (`_cpu.isa()`), None when it cannot load
-    (loaded the way the cpu backend loads it)."""
+    """The kernel level the C++ extension dispatches to (`_cpu.isa()`, with the best level where
+    LLAMA2PY_ISA forced a lower one), None when it cannot load (loaded as the cpu backend loads it)."""
+    from .._extension import isa_label
     from ..backends.cpu import _load_extension
     from ..errors import Llama2pyError
 
     try:
-        return str(_load_extension().isa())
+        return isa_label(_load_extension())
     except (Llama2pyError, ImportError):
         return None
 
