@@ -71,11 +71,11 @@ def _load_from(path: Path) -> ModuleType:
     return module
 
 
-def isa_label(ext: ModuleType) -> str:
-    """The kernel level in use; where it is below the best this CPU runs, says so (LLAMA2PY_ISA
-    forced it): a figure taken at a forced level must not pass for the machine's best."""
-    level, best = ext.isa(), ext.isa_levels()[-1]
-    return level if level == best else f"{level} (forced by LLAMA2PY_ISA; best here: {best})"
+def isa_label(level: str, best: Optional[str]) -> str:
+    """The kernel level in use (`_cpu.isa()`), and the best this CPU runs (`_cpu.isa_levels()[-1]`)
+    where a lower one was forced (LLAMA2PY_ISA): a figure taken there must not pass for the
+    machine's best."""
+    return level if best in (None, level) else f"{level} (forced; best here: {best})"
 
 
 def load_cpu_extension() -> ModuleType:

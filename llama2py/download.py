@@ -307,7 +307,7 @@ class _Progress:
         self._bar = tqdm(
             total=total,
             initial=initial,
-            unit="B",
+            unit="iB",  # after tqdm's K/M/G: the divisor is 1024
             unit_scale=True,
             unit_divisor=1024,
             desc=desc,

@@ -32,31 +32,41 @@ PathLike = Union[str, os.PathLike]
 def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optional[int] = None) -> Path:
     """Refuse, before any work, an output that cannot be written or would overwrite an input;
     return the file to write (a symbolic link's target: the link stays a link). size: the bytes
-    the output will take, refused where the folder has less room (None: not known)."""
+    the output will take, refused where the folder reports less room (None: not known)."""
     given = Path(path)
-    path = Path(os.path.realpath(given)) if given.is_symlink() else given
+    path, name = given, str(given)
+    if given.is_symlink():
+        try:
+            given.stat()
+        except OSError as e:  # a dangling link is fine (its target is created); a loop is not
+            if e.errno == errno.ELOOP:
+                raise OutputError(f"output {given}: a symbolic link that loops; give a file name") from None
+        path = Path(os.path.realpath(given))
+        name = f"{given} (a link to {path})"
+    for source in inputs:  # first: whatever else is wrong, the input is never the output
+        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
+            raise OutputError(f"output {name}: is the input file {source}; write to another file")
     if path.is_dir():
-        raise OutputError(f"output {given}: is a directory; give a file name (e.g. {given / 'model.bin'})")
+        raise OutputError(f"output {name}: is a directory; give a file name (e.g. {given / 'model.bin'})")
     if path.exists() and not path.is_file():
         # a device or a pipe: renaming a file over it would replace it (as root, /dev/null too)
-        raise OutputError(f"output {given}: is not a regular file ({_kind(path)}); give a file name")
+        raise OutputError(f"output {name}: is not a regular file ({_kind(path)}); give a file name")
     if path.is_file() and not os.access(path, os.W_OK):  # the rename would replace it all the same
-        raise OutputError(f"output {given}: exists and is read-only; make it writable or remove it to replace it")
+        raise OutputError(f"output {name}: exists and is read-only; make it writable or remove it to replace it")
     folder = path.parent
     if not folder.exists():
-        raise OutputError(f"output {path}: folder {folder} does not exist; create it first")
+        raise OutputError(f"output {name}: folder {folder} does not exist; create it first")
     if not folder.is_dir():
-        raise OutputError(f"output {path}: {folder} is not a folder")
-    for source in inputs:
-        if path.exists() and Path(source).exists() and os.path.samefile(path, source):
-            raise OutputError(f"output {path}: is the input file {source}; write to another file")
+        raise OutputError(f"output {name}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"output {path}: folder {folder} is not writable; choose another folder")
+        raise OutputError(f"output {name}: folder {folder} is not writable; choose another folder")
     if size is not None:
+        # 0 free: a file system that does not say (sysfs, some network mounts); a full disk is
+        # still one line, from the ENOSPC of the write (atomic_output)
         free = shutil.disk_usage(folder).free
-        if size > free:
+        if 0 < free < size:
             raise OutputError(
-                f"output {path}: needs {size / 1e6:,.1f} MB but {folder} has {free / 1e6:,.1f} MB free; "
+                f"output {name}: needs {size / 2**20:,.1f} MiB but {folder} has {free / 2**20:,.1f} MiB free; "
                 "free some space or choose another folder"
             )
     return path

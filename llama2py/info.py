@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     # the level the cpu backend runs here (LLAMA2PY_ISA may force a lower one), and what its Model
     # adds to weights of this file there
-    print(f"cpu kernels: {isa_label(ext)} (this CPU supports: {', '.join(ext.isa_levels())})")
+    print(f"cpu kernels: {isa_label(ext.isa(), ext.isa_levels()[-1])}; this CPU supports {', '.join(ext.isa_levels())}")
     packed, sketch = extra_bytes(ext, ck.config, ck.group_size)
     if packed:
         print(f"cpu int8:    products packed for VNNI at load: +{packed:,} bytes")

@@ -47,12 +47,17 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
         for name in names:
             if (folder / name).exists():
                 return folder / name
-    if vocab_size == 32000:
+    # the tokenizer the registry pairs with this very file; else by vocabulary size, which other
+    # models can share with a different vocabulary (aidreams260K and stories260K: 512 each)
+    known = next((e.tokenizer for e in REGISTRY.values() if e.filename == checkpoint.name and e.tokenizer), None)
+    if known:
+        hint = f"`llama2py download {known}`"
+    elif vocab_size == 32000:
         hint = "the Llama 2 tokenizer.bin: `llama2py download tokenizer`"
-    elif f"tok{vocab_size}" in REGISTRY:
-        hint = f"`llama2py download tok{vocab_size}`"
     else:
-        hint = f"one of {vocab_size} tokens, as llama2.c's tokenizer export writes for this model"
+        hint = f"the {vocab_size}-token tokenizer made with this model"
+        if f"tok{vocab_size}" in REGISTRY:
+            hint += f"; stories260K's is `llama2py download tok{vocab_size}`"
     raise TokenizerError(
         f"no tokenizer given and none of {', '.join(names)} found beside {checkpoint} or in "
         f"{folders[-1]}; pass one with -z ({hint})"

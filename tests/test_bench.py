@@ -354,7 +354,14 @@ def test_one_is_singular(tiny):
 
 
 def test_sampling_written_alike_in_table_and_labels(tiny):
-    rep = measure.bench(tiny, measure.Settings(["numpy"], [1], temperatures=[0.0, 1.0], top_p=0.8, steps=1, repeat=1))
+    from llama2py.backends.numpy_backend import NumpyBackend
+
+    class Profiled(NumpyBackend):
+        def profile(self, tokens, pos, temperature, top_p):
+            return {"matmul": 0.001}
+
+    settings = measure.Settings(["numpy"], [1], temperatures=[0.0, 1.0], top_p=0.8, steps=1, repeat=1)
+    rep = measure.bench(tiny, settings, make_backend=lambda d, c, w, **k: Profiled(c, w, **k))
     text = report.render(rep)
     assert re.search(r"^numpy\s+-\s+1\s+f32\s+-t 1 -p 0\.8\s", text, re.M)
     assert re.search(r"^  numpy batch 1 -t 1 -p 0\.8: ", text, re.M)  # the profile line's label
@@ -481,8 +488,11 @@ def test_host_reads_the_machine():
     if cpu_built():
         import llama2py._cpu as ext
 
-        assert h["cpu_isa"].split()[0] == ext.isa()
-        assert ("forced by LLAMA2PY_ISA" in h["cpu_isa"]) == (ext.isa() != ext.isa_levels()[-1])
+        assert (h["cpu_isa"], h["cpu_isa_best"]) == (ext.isa(), ext.isa_levels()[-1])
+        forced = dict(h, cpu_isa="generic")
+        assert report._isa(forced) == (
+            "generic" if h["cpu_isa_best"] == "generic" else f"generic (forced; best here: {h['cpu_isa_best']})"
+        )
     if Path("/proc/self/status").exists():
         assert h["mem_available_bytes"] > 0
         assert host.reset_peak_rss()
@@ -537,6 +547,20 @@ def test_output_refused_before_measuring(tiny, tmp_path, monkeypatch, capsys, fl
     assert_one_line_error((rc, capsys.readouterr().err), msg, rc=1)
 
 
+def test_json_and_plot_on_one_file_refused(tiny, tmp_path, capsys):
+    rc = main(["bench", str(tiny), "--device", "numpy", "--quiet", "--json", str(tmp_path / "r"),
+               "--plot", str(tmp_path / "." / "r")])  # fmt: skip
+    assert_one_line_error((rc, capsys.readouterr().err), "--json and --plot name the same file", rc=2)
+
+
+def test_no_profile_said_once_per_backend(tiny):
+    """numpy has no profile(): one line for its row, not one per temperature."""
+    settings = measure.Settings(["numpy"], [1], temperatures=[0.0, 1.0], steps=2, repeat=1)
+    text = report.render(measure.bench(tiny, settings))
+    lines = [line for line in text.splitlines() if "per-kernel profile" in line or "unavailable:" in line]
+    assert len(lines) == 1 and lines[0].startswith("  numpy batch 1: unavailable"), lines
+
+
 def test_json_dash_is_stdout(tiny, tmp_path, monkeypatch, capsys):
     """--json -: stdout holds the JSON alone (for a pipe), the table goes to stderr, no file "-"."""
     monkeypatch.chdir(tmp_path)
@@ -546,7 +570,7 @@ def test_json_dash_is_stdout(tiny, tmp_path, monkeypatch, capsys):
     assert doc["results"][0]["status"] == "ok" and "decode tok/s" in cap.err
     assert list(tmp_path.iterdir()) == [tiny]
     rc = main(["bench", str(tiny), "--device", "numpy", "--quiet", "--plot", "-"])
-    assert_one_line_error((rc, capsys.readouterr().err), "--plot -: give a file name", rc=1)
+    assert_one_line_error((rc, capsys.readouterr().err), "--plot -: give a file name", rc=2)
     assert list(tmp_path.iterdir()) == [tiny]
 
 
@@ -628,6 +652,21 @@ def test_vs_run_program_checked_first(tiny, tmp_path, monkeypatch, capsys, name,
     assert_one_line_error((rc, capsys.readouterr().err), f"--vs-run {tmp_path / name}: {msg}", rc=1)
     with pytest.raises(Llama2pyError, match=msg):  # the library checks too, before the tokenizer
         reference.vs_run([str(tmp_path / name)], str(tiny), None, 2, 1, None, [0.0], device="numpy")
+
+
+def test_vs_run_bare_name_in_this_folder(tmp_path, monkeypatch):
+    """A bare name is looked up on $PATH only (as the OS runs it): one in the current folder is
+    pointed out as ./NAME, not called not executable."""
+    prog = tmp_path / "run"
+    prog.write_text("#!/bin/sh\n")
+    prog.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(Llama2pyError, match=r"--vs-run run: not on PATH; .* give \./run$"):
+        reference.check_programs(["run"])
+    reference.check_programs(["./run"])  # the path runs
+    with pytest.raises(Llama2pyError, match="no such program"):
+        reference.check_programs(["nothere"])
 
 
 @pytest.mark.parametrize(

@@ -416,8 +416,7 @@ def test_refuses_unwritable_output_folder(tmp_path, capsys):
         assert main(["convert", str(hf), str(out)]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(out.parent) in err[0], err
-        # (sysfs also reports no free space, which the writer checks first)
-        assert any(w in err[0] for w in ("not writable", "cannot create a file", "MB free")), err
+        assert "not writable" in err[0] or "cannot create a file" in err[0], err
         assert not out.exists()
     finally:
         if out.parent != Path("/sys"):

@@ -209,7 +209,16 @@ def test_output_that_is_not_a_regular_file_is_refused(tmp_path, make_checkpoint)
     assert _cli(str(src), str(link)).returncode == 0
     assert link.is_symlink() and os.readlink(link) == target.name
     assert load_checkpoint(target).version == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["link.bin", "pipe", "target.bin", src.name])
+    loop = tmp_path / "loop.bin"
+    os.symlink(loop.name, loop)  # a link to itself: refused, not replaced by a file
+    assert_one_line_error(_cli(str(src), str(loop)), "loop.bin: a symbolic link that loops", rc=1)
+    assert loop.is_symlink()
+    to_dir = tmp_path / "to_dir"
+    os.symlink(tmp_path, to_dir)  # messages name the link and where it leads
+    assert_one_line_error(_cli(str(src), str(to_dir)), f"to_dir (a link to {tmp_path}): is a directory", rc=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["link.bin", "loop.bin", "pipe", "target.bin", "to_dir", src.name]
+    )
 
 
 def test_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, make_checkpoint, capsys):
@@ -226,7 +235,7 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, make_check
     monkeypatch.setattr(llama2py.files.shutil, "disk_usage", lambda p: real._replace(free=100))
     assert main(["quantize", str(src), str(out), "--progress"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "x.bin: needs" in err and "MB free" in err, err
+    assert err.count("\n") == 1 and "x.bin: needs" in err and "MiB free" in err, err
     assert os.listdir(tmp_path) == [src.name]
     monkeypatch.undo()
 
@@ -263,13 +272,22 @@ def test_read_only_output_is_refused(tmp_path, monkeypatch, make_checkpoint, cap
     out.chmod(0o444)
     if os.geteuid() == 0:  # root may write anything: make access() answer as for a user
         real = os.access
-        monkeypatch.setattr(
-            llama2py.files.os, "access", lambda p, mode: False if Path(p) == out and mode & os.W_OK else real(p, mode)
-        )
+
+        def access(p, mode, **kw):
+            return False if Path(p) in (out, src) and mode & os.W_OK else real(p, mode, **kw)
+
+        monkeypatch.setattr(llama2py.files.os, "access", access)
     assert main(["quantize", str(src), str(out)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "keep.bin: exists and is read-only" in err, err
     assert out.read_bytes() == b"precious"
+    # a read-only input given as the output is the input, not a file to make writable
+    src.chmod(0o444)
+    try:
+        assert main(["quantize", str(src), str(src)]) == 1
+        assert "is the input file" in capsys.readouterr().err
+    finally:
+        src.chmod(0o644)
 
 
 def test_7b_input_is_read_in_mapped_blocks(tmp_path):

@@ -84,17 +84,22 @@ def test_missing_tokenizer(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "vocab_size,hint",
-    [(32000, "`llama2py download tokenizer`"), (512, "`llama2py download tok512`"), (97, "one of 97 tokens")],
+    "name,vocab_size,hint",
+    [
+        ("m.bin", 32000, "(the Llama 2 tokenizer.bin: `llama2py download tokenizer`)"),
+        ("stories260K.bin", 512, "(`llama2py download tok512`)"),
+        ("aidreams260K.bin", 512, "(the 512-token tokenizer made with this model; stories260K's is `llama2py"),
+        ("m.bin", 97, "(the 97-token tokenizer made with this model)"),
+    ],
 )
-def test_no_tokenizer_found_names_the_right_one(tmp_path, monkeypatch, vocab_size, hint):
-    """The hint matches the model's vocabulary: Llama 2's tokenizer.bin would be refused by a
-    512-token model."""
+def test_no_tokenizer_found_names_the_right_one(tmp_path, monkeypatch, name, vocab_size, hint):
+    """The hint fits the model: Llama 2's tokenizer.bin would be refused by a 512-token model, and
+    another 512-token model (aidreams260K) is not told that stories260K's tok512 is its own."""
     from llama2py.model import find_tokenizer
 
     monkeypatch.setenv("LLAMA2PY_MODELS", str(tmp_path / "store"))
     with pytest.raises(TokenizerError) as e:
-        find_tokenizer(tmp_path / "m.bin", vocab_size)
+        find_tokenizer(tmp_path / name, vocab_size)
     assert "pass one with -z (" in str(e.value) and hint in str(e.value), str(e.value)
     assert ("tokenizer.bin: `llama2py download tokenizer`" in str(e.value)) == (vocab_size == 32000)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -224,10 +225,11 @@ def run(args) -> int:
     # fail before minutes of measuring, not after
     json_stdout = args.json_out == "-"
     if args.plot == "-":
-        raise Llama2pyError("--plot -: give a file name for the PNG (only --json can go to stdout)")
-    for out in (None if json_stdout else args.json_out, args.plot):
-        if out:
-            check_output_path(out, (args.checkpoint,) if args.checkpoint else ())
+        return _usage_error("--plot -: give a file name for the PNG (only --json can go to stdout)")
+    outputs = [check_output_path(out, (args.checkpoint,) if args.checkpoint else ())
+               for out in (None if json_stdout else args.json_out, args.plot) if out]  # fmt: skip
+    if len(outputs) == 2 and os.path.abspath(outputs[0]) == os.path.abspath(outputs[1]):
+        return _usage_error(f"--json and --plot name the same file ({args.json_out}): the chart would replace the JSON")
     if args.plot:
         check_matplotlib()
     if args.vs_run:

@@ -31,17 +31,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def cpu_isa() -> Optional[str]:
-    """The kernel level the C++ extension dispatches to (`_cpu.isa()`, with the best level where
-    LLAMA2PY_ISA forced a lower one), None when it cannot load (loaded as the cpu backend loads it)."""
-    from .._extension import isa_label
+def cpu_isa() -> tuple[Optional[str], Optional[str]]:
+    """The kernel level the C++ extension dispatches to (`_cpu.isa()`) and the best this CPU runs
+    (LLAMA2PY_ISA may force a lower one); None, None when it cannot load (loaded as the cpu
+    backend loads it)."""
     from ..backends.cpu import _load_extension
     from ..errors import Llama2pyError
 
     try:
-        return isa_label(_load_extension())
+        ext = _load_extension()
     except (Llama2pyError, ImportError):
-        return None
+        return None, None
+    return str(ext.isa()), str(ext.isa_levels()[-1])
 
 
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -99,10 +100,12 @@ def default_devices() -> list[str]:
 
 def host_info() -> dict:
     """The machine as the benchmark found it at the start (the JSON's `host`)."""
+    isa, best = cpu_isa()
     return {
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "cpu_isa": cpu_isa(),
+        "cpu_isa": isa,
+        "cpu_isa_best": best,
         "huge_pages": huge_pages(),
         "load_average": load_average(),
         "mem_available_bytes": mem_available(),

@@ -42,8 +42,13 @@ def check_programs(binaries: list[str]) -> None:
     """Refuse, before any work, a program that is not there or cannot run (found as the OS would
     run it: a path, or a bare name on $PATH)."""
     for binary in binaries:
-        if shutil.which(binary) is None:
+        if shutil.which(binary) is not None:
+            continue
+        if os.path.dirname(binary):  # a path: there or not, runnable or not
             raise _not_executable(binary) if Path(binary).is_file() else _no_program(binary)
+        if Path(binary).is_file():  # a bare name is looked up on $PATH, never in the current folder
+            raise Llama2pyError(f"--vs-run {binary}: not on PATH; to run the one in this folder give ./{binary}")
+        raise _no_program(binary)
 
 
 def run_binary_once(cmd: list[str], threads: Optional[int], timeout: float = 600.0) -> float:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from .._extension import isa_label
 from ..errors import Llama2pyError
 from ..files import atomic_output
 from .measure import NO_PROFILE, SPREAD_LIMIT, count, row_label, sampling_label
@@ -15,6 +16,11 @@ from .measure import NO_PROFILE, SPREAD_LIMIT, count, row_label, sampling_label
 
 def _fmt(v, spec: str = ".1f", none: str = "-") -> str:
     return none if v is None else format(v, spec)
+
+
+def _isa(host: dict) -> str:
+    level = host.get("cpu_isa")
+    return isa_label(level, host.get("cpu_isa_best")) if level else "not built"
 
 
 def _mib(v) -> str:
@@ -79,7 +85,7 @@ def header_lines(report: dict) -> list[str]:
         f"checkpoint: {ck['path']} (v{ck['version']}, dim {c['dim']}, hidden {c['hidden_dim']}, "
         f"{c['n_layers']} layers, {c['n_heads']}/{c['n_kv_heads']} heads, vocab {c['vocab_size']}, "
         f"seq_len {c['seq_len']}; {ck['parameters']:,} params)",
-        f"cpu: {h['cpu_model']} ({h['cpu_count']} logical cores), kernels: {h.get('cpu_isa') or 'not built'}, "
+        f"cpu: {h['cpu_model']} ({h['cpu_count']} logical cores), kernels: {_isa(h)}, "
         + (f"huge pages: {h['huge_pages']}, " if h.get("huge_pages") else "")
         + f"load average {_fmt(load, '.2f')} at the start"
         + (f"; gpu: {h['gpu']}" if h["gpu"] else ""),
@@ -138,10 +144,17 @@ def render(report: dict) -> str:
     lines += _table(head, rows, left=3) + notes
     prof_lines = []
     untimed: dict[str, None] = {}  # categories left out of some row (an ordered set)
+    unavailable = set()  # backends without a profile: said once, not per temperature
     for r in results:
         if r["status"] != "ok" or r["profile_note"] == NO_PROFILE:
             continue
         label = row_label(r)
+        if not r["profile"]:
+            key = (r["device"], r["threads"], r["batch"])
+            if key in unavailable:
+                continue
+            unavailable.add(key)
+            label = row_label(dict(r, temperature=None))
         if r["profile"]:
             parts = []
             for k, v in r["profile"].items():
