@@ -486,7 +486,7 @@ def _fitting_group(config: Config, size: int) -> str:
 
 
 def _check_v2_floats(path: Path, arrays: dict) -> None:
-    """A v2 file's float parts (the norms and the scales, 1/group_size of its bytes) must be finite:
+    """A v2 file's float parts (the norms and the scales: 4 of every group_size + 4 bytes, 1/17 at group 64) must be finite:
     int8 products quantize their inputs (runq's arithmetic), which turns a NaN into an arbitrary
     integer, so a damaged scale would tell a wrong story instead of failing the finiteness check
     every step makes."""
@@ -553,6 +553,25 @@ def check_group_size(config: Config, group_size: Optional[int]) -> int:
             f"tensor (leave it out to get {default_group_size(config.dim)}, as llama2.c's export picks)"
         )
     return group_size
+
+
+def runq_group_note(config: Config, group_size: int) -> str:
+    """What a user comparing with llama2.c should know about a v2 file of this group size: where it
+    does not divide hidden_dim (w2's rows), runq drops each row's last hidden_dim % group_size
+    products (docs/FORMAT.md, Q8_0 arithmetic; llama2py does not). "" when it divides."""
+    tail = config.hidden_dim % group_size
+    if not tail:
+        return ""
+    note = (
+        f"group size {group_size} does not divide hidden_dim {config.hidden_dim}: llama2.c's runq reads this "
+        f"file with the last {tail} values of each w2 row dropped (llama2py reads it whole)"
+    )
+    try:
+        both = default_group_size(math.gcd(config.dim, config.hidden_dim))
+    except CheckpointError:  # only 1 divides both: no v2 file both read alike
+        return note
+    mib = checkpoint_bytes(config, 2, both) / 2**20
+    return note + f"; --group-size {both} makes a file both read the same ({mib:,.1f} MiB)"
 
 
 def tensor_order(config: Config, version: int) -> list[str]:

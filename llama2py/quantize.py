@@ -26,6 +26,7 @@ from .checkpoint import (
     check_group_size,
     float_tensor_offsets,
     load_checkpoint,
+    runq_group_note,
     weight_shapes,
     write_checkpoint,
 )
@@ -103,22 +104,7 @@ def run(args) -> int:
         f"wrote {args.output}: {n:,} bytes, llama2.c v2 (Q8_0, group {group_size}), "
         f"from {args.input} (v{ck.version}, {ck.file_bytes:,} bytes), {ck.config.describe()}"
     )
-    note = runq_note(ck.config.dim, ck.config.hidden_dim, group_size)
+    note = runq_group_note(ck.config, group_size)
     if note:
         print(f"llama2py quantize: note: {note}", file=sys.stderr)
     return 0
-
-
-def runq_note(dim: int, hidden_dim: int, group_size: int) -> str:
-    """What to know when group_size does not divide hidden_dim (w2's rows): llama2.c's runq then
-    drops each w2 row's last hidden_dim % group_size products (llama2py does not); "" otherwise."""
-    if hidden_dim % group_size == 0:
-        return ""
-    both = 64
-    while dim % both or hidden_dim % both:
-        both //= 2
-    hint = f"; --group-size {both} makes a file both read the same" if both > 1 else ""
-    return (
-        f"group size {group_size} does not divide hidden_dim {hidden_dim}: llama2.c's runq reads this file "
-        f"with the last {hidden_dim % group_size} values of each w2 row dropped (llama2py reads it whole){hint}"
-    )

@@ -249,10 +249,19 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, make_check
 def test_note_when_runq_would_read_the_file_differently(tmp_path, capsys):
     """A group size that does not divide hidden_dim: runq drops each w2 row's tail (docs/FORMAT.md),
     so quantize says so on stderr and names a group size that divides both."""
-    assert quantize.runq_note(288, 768, 32) == ""
-    assert "last 44 values" in quantize.runq_note(64, 172, 64) and "--group-size 4 " in quantize.runq_note(64, 172, 64)
-    assert "--group-size" not in quantize.runq_note(64, 171, 64)  # only 1 divides both: no advice
-    c = Config(dim=64, hidden_dim=172, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=40, seq_len=8)
+    from llama2py.checkpoint import runq_group_note
+
+    def shape(dim, hidden):
+        return Config(dim=dim, hidden_dim=hidden, n_layers=1, n_heads=4, n_kv_heads=4, vocab_size=40, seq_len=8)
+
+    c = shape(64, 172)
+    assert runq_group_note(shape(288, 768), 32) == ""
+    mib = checkpoint_bytes(c, 2, 4) / 2**20
+    assert runq_group_note(c, 64) == (
+        "group size 64 does not divide hidden_dim 172: llama2.c's runq reads this file with the last 44 values "
+        f"of each w2 row dropped (llama2py reads it whole); --group-size 4 makes a file both read the same ({mib:,.1f} MiB)"
+    )
+    assert "--group-size" not in runq_group_note(shape(64, 171), 64)  # only 1 divides both: no advice
     src = tmp_path / "in.bin"
     write_checkpoint(src, c, random_weights(c, 1), 0)
     for group, noted in ((None, True), (4, False)):

@@ -216,11 +216,17 @@ public:
         double* tm = writable_ptr<double>(times);
         const int* t = data_ptr<int32_t>(tokens);
         std::vector<int> next(B);
-        std::vector<uint64_t> rng(B);  // (B,) generator states before the step
-        for (int b = 0; b < B; ++b) rng[b] = core_->rng_state(b);
+        // (B,) generator states before the step, put back however the step ends
+        struct Restore {
+            l2p::ModelCore* core;
+            std::vector<uint64_t> rng;
+            ~Restore() {
+                for (size_t b = 0; b < rng.size(); ++b) core->set_seed((int)b, rng[b]);
+            }
+        } restore{core_.get(), std::vector<uint64_t>(B)};
+        for (int b = 0; b < B; ++b) restore.rng[b] = core_->rng_state(b);
         py::gil_scoped_release nogil;
         core_->step(next.data(), nullptr, t, B, pos, temperature, top_p, nullptr, tm);
-        for (int b = 0; b < B; ++b) core_->set_seed(b, rng[b]);
     }
 
     void set_seeds(py::array seeds) {

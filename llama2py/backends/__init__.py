@@ -19,8 +19,9 @@ def create_backend(
     threads: Optional[int] = None,
     notes: Optional[list] = None,
 ) -> Backend:
-    """Make the backend for `device`. With "auto": cuda when usable, else cpu; the reason for a
-    fallback is appended to `notes` (the CLI prints it on stderr; the library never prints)."""
+    """Make the backend for `device`. With "auto": cuda when usable, else cpu. `notes` gets what
+    the user should know (the reason for a fallback to the cpu; that cuda runs int8 weights as
+    float32): the CLI prints it on stderr, the library never prints."""
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if device == "numpy":

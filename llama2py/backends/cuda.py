@@ -624,16 +624,18 @@ class CudaBackend(Backend):
         times = {key: 0.0 for key in PROFILE_KEYS}
         with self.device, self.stream:
             rng = self.rng_state.copy()  # (max_batch,) the sampled steps below advance it
-            self._set_sampling(temperature, top_p, False)
-            self._clear_forced()
-            for measured in (False, True):
-                self._set_tokens(tokens)
-                self._set_pos(pos)
-                events = self._profiled_decode(B, gated=measured)
-                # the sampler overwrote the inputs and advanced the position
-                self._tokens_on_device[:] = -1
-                self._pos_on_device = None
-            self.rng_state[...] = rng  # in place: the captured graphs hold this buffer
+            try:
+                self._set_sampling(temperature, top_p, False)
+                self._clear_forced()
+                for measured in (False, True):
+                    self._set_tokens(tokens)
+                    self._set_pos(pos)
+                    events = self._profiled_decode(B, gated=measured)
+                    # the sampler overwrote the inputs and advanced the position
+                    self._tokens_on_device[:] = -1
+                    self._pos_on_device = None
+            finally:
+                self.rng_state[...] = rng  # in place: the captured graphs hold this buffer
         for category, start, end in events:
             times[category] += self.cp.cuda.get_elapsed_time(start, end) / 1e3
         return times

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..argtypes import int_at_least
-from ..checkpoint import Config, write_checkpoint
+from ..checkpoint import Config, default_group_size, runq_group_note, write_checkpoint
 from ..errors import ConvertError
 from ..files import add_progress_arguments, atomic_output, check_output_path, progress_bar
 
@@ -84,9 +84,12 @@ def convert(
             f.write(data)
         return None
     source = open_model(src, seq_len, note)
-    write_checkpoint(
-        out, source.config, source.chunks, QUANTIZE_VERSIONS[quantize], None, progress, inputs=tuple(source.input_files)
-    )
+    version = QUANTIZE_VERSIONS[quantize]
+    write_checkpoint(out, source.config, source.chunks, version, None, progress, inputs=tuple(source.input_files))
+    if version == 2:
+        message = runq_group_note(source.config, default_group_size(source.config.dim))
+        if message:
+            note(message)
     return source.config
 
 
