@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -93,6 +95,8 @@ class Llama:
         self.device = backend.name
         self.load_seconds = load_seconds
         self.notes = notes  # e.g. why device="auto" fell back to the cpu
+        # one generation at a time: they share the backend's KV cache and generators
+        self._busy = threading.Lock()
 
     @classmethod
     def load(
@@ -169,6 +173,27 @@ class Llama:
             raise Llama2pyError("this Llama was closed; load the checkpoint again with Llama.load(...)")
         return self.backend
 
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the model for one generation; another one meanwhile (a second thread, or a call
+        while a stream of this model is unfinished) would interleave steps on the same KV cache and
+        tell noise, so it is refused."""
+        if not self._busy.acquire(blocking=False):
+            raise Llama2pyError(
+                "this Llama is busy with another generation (another thread, or a stream not yet "
+                "finished or closed): use one Llama per thread, and finish a stream or call its "
+                ".close() before the next call"
+            )
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+    def _held(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        """pieces, with the model held from the first piece until the last (or the stream's close)."""
+        with self._exclusive():
+            yield from pieces
+
     # -- run's semantics --------------------------------------------------------------------------
     def _start(
         self,
@@ -201,7 +226,7 @@ class Llama:
             steps = min(steps, self.config.seq_len)
         # run_loop checks steps, temperature and top_p (once, before returning the iterator)
         pieces = run_loop(backend, self.tokenizer, tokens, steps, temperature, top_p, seed, stats)
-        return pieces, stats, len(tokens)
+        return self._held(pieces), stats, len(tokens)
 
     def _text(self, pieces: Iterator[bytes], n_prompt: int, stop, stats: RunStats) -> Iterator[str]:
         """Text of run's pieces; with stop strings, cut at the first one in the generated text
@@ -319,9 +344,10 @@ class Llama:
                 prev[b] = token
                 return matchers[b].kept_pieces if matchers[b].feed(text) else None
 
-        toks, lps = batch.generate(
-            backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo, stats, stop_at
-        )
+        with self._exclusive():
+            toks, lps = batch.generate(
+                backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo, stats, stop_at
+            )
         return toks, lps, matchers
 
     def text_completion(
@@ -427,11 +453,15 @@ class Llama:
     # -- inspection ---------------------------------------------------------------------------------
     def logits(self, token_ids) -> np.ndarray:
         """Logits (len, vocab) float32 for a token sequence starting at position 0."""
-        ids = as_token_ids(token_ids, self.config.vocab_size).reshape(-1)
+        ids = as_token_ids(token_ids, self.config.vocab_size)
+        if ids.ndim != 1:
+            raise PromptError(f"logits() takes one sequence of token ids (1-D), got shape {ids.shape}")
         if ids.size == 0:
             raise PromptError("logits() needs at least one token")
         check_prompt(ids, self.config.seq_len)
-        return self._backend().prefill(ids[None, :], 0, logits="all")[0]
+        backend = self._backend()
+        with self._exclusive():
+            return backend.prefill(ids[None, :], 0, logits="all")[0]
 
 
 def _utf8_pieces(pieces: Iterator[bytes], keep_empty: bool = False) -> Iterator[str]:

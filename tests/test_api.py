@@ -194,6 +194,69 @@ def test_close_and_context_manager_unmap_the_checkpoint(stories260k, device):
     m.close()  # twice is fine
 
 
+@pytest.mark.parametrize("device", HOST_DEVICES + ["cuda"])
+def test_a_stream_outliving_its_model_raises(stories260k, device):
+    """close() while a stream runs: the stream's next step raises (on cpu it read the unmapped
+    weights and crashed the interpreter)."""
+    require_device(device)
+    ckpt, tok = stories260k
+    with Llama.load(ckpt, tok, device=device) as m:
+        g = m.stream(PROMPT, steps=100, temperature=0)
+        next(g)
+    with pytest.raises(Llama2pyError, match="this model was closed"):
+        for _ in g:
+            pass
+
+
+def test_one_generation_at_a_time(stories260k):
+    """Generations share the KV cache: a second one while another runs (another thread, or an
+    unfinished stream) is refused instead of interleaving steps into noise."""
+    import threading
+
+    require_device("cpu")
+    ckpt, tok = stories260k
+    with Llama.load(ckpt, tok, device="cpu") as m:
+        want = m.run(PROMPT, steps=40, temperature=0).text
+        g = m.stream(PROMPT, steps=40, temperature=0)
+        first = next(g)
+        for call in (lambda: m.run(PROMPT, steps=8), lambda: m.generate([[BOS, 5]], 3), lambda: m.logits([BOS, 5])):
+            with pytest.raises(Llama2pyError, match="busy with another generation"):
+                call()
+        assert first + "".join(g) == want  # the stream went on undisturbed
+        assert m.run(PROMPT, steps=40, temperature=0).text == want  # free again once it ended
+        g = m.stream(PROMPT, steps=40, temperature=0)
+        next(g)
+        g.close()  # a stream closed early frees the model too
+        results, errors = [], []
+        started = threading.Barrier(4)
+
+        def work():
+            started.wait()
+            try:
+                results.append(m.run(PROMPT, steps=200, temperature=0).text)
+            except Llama2pyError as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results and len(results) + len(errors) == 4
+        assert all(r.startswith(want) for r in results), "a run was disturbed by another thread"
+        assert all("busy with another generation" in e for e in errors)
+
+
+def test_logits_takes_one_sequence(stories260k):
+    import numpy as np
+
+    require_device("cpu")
+    with Llama.load(*stories260k, device="cpu") as m:
+        with pytest.raises(PromptError, match=r"1-D\), got shape \(2, 3\)"):
+            m.logits(np.ones((2, 3), np.int64))
+        assert m.logits([BOS, 5]).shape == (2, m.config.vocab_size)
+
+
 def test_load_auto_picks_a_usable_backend(stories260k):
     require_device("cpu")
     ckpt, tok = stories260k

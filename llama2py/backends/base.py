@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..checkpoint import Config, Weights
-from ..errors import NonFiniteError, ResourceError
+from ..errors import Llama2pyError, NonFiniteError, ResourceError
 from ..sampler import SEED_MAX
 
 PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
@@ -52,6 +52,7 @@ class Backend(ABC):
         self.threads = threads
         self._sampling_key: tuple = ()  # the last (temperature, top_p) given to step() and
         self._sampling = (0.0, 0.0)  # its checked float32 values
+        self._closed = False
         check_memory(lambda b: self.host_bytes(config, b, threads), config, max_batch)
 
     # -- memory ---------------------------------------------------------------------------------
@@ -132,6 +133,7 @@ class Backend(ABC):
         seeds are integers in 0..2**64-1 (check_seed)."""
         if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__"):
             raise TypeError(f"seeds must be a sequence of integers, got {type(seeds).__name__}")
+        self._check_open()
         if len(seeds) > self.max_batch:
             raise ValueError(f"{len(seeds)} seeds for a backend of max_batch {self.max_batch}")
         self._set_seeds([check_seed("seed", s) for s in seeds])
@@ -181,7 +183,9 @@ class Backend(ABC):
 
     # -- argument checks (the one home of each) --------------------------------------------------
     def check_tokens(self, tokens, pos, ndim: int) -> tuple[np.ndarray, int]:
-        """Token block (B,) or (B, T) and its start position -> (int32 C-contiguous array, int pos)."""
+        """Token block (B,) or (B, T) and its start position -> (int32 C-contiguous array, int pos).
+        Every computing call starts here, so this is also where a closed backend refuses."""
+        self._check_open()
         if type(tokens) is np.ndarray and tokens.dtype == np.int32 and 0 < tokens.size <= 64:
             # the per-token case (a few int32 ids): range-checked in Python, no numpy reductions
             ids = tokens.ravel().tolist()
@@ -225,7 +229,19 @@ class Backend(ABC):
         return 0
 
     def close(self) -> None:
-        """Release device memory early (optional; garbage collection does it too)."""
+        """Release the memory now (garbage collection does it too); later calls raise. A stream
+        still running on the backend then fails with that error instead of reading freed memory
+        (the cpu Model borrows weights that Llama.close() unmaps)."""
+        if not self._closed:
+            self._closed = True
+            self._release()
+
+    def _release(self) -> None:
+        """What close() frees: buffers, device memory."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Llama2pyError("this model was closed; load the checkpoint again with Llama.load(...)")
 
 
 # -- checks shared with the layers above (model, batch, generate) -------------------------------------

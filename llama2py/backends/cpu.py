@@ -171,10 +171,17 @@ class CpuBackend(Backend):
         return dict(zip(PROFILE_KEYS, (float(x) for x in times)))
 
     def memory_bytes(self) -> int:
-        return self._weights_bytes + self._model.buffer_bytes
+        return self._weights_bytes + (self._model.buffer_bytes if self._model is not None else 0)
+
+    def _release(self) -> None:
+        # the C++ Model (KV cache, buffers) goes now, and with it its pointers into the weights
+        self._logits_view = None
+        self._model = None
 
     def describe(self) -> str:
         weights = "float32" if self.weight_type == "f32" else f"int8 Q8_0 group {self.group_size}"
+        if self._model is None:
+            return f"cpu ({weights}, closed)"
         return f"cpu (C++ {self._model.isa}, {weights}, {self._model.threads} OpenMP threads)"
 
     @property

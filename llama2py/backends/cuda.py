@@ -313,7 +313,7 @@ class CudaBackend(Backend):
     def memory_bytes(self) -> int:
         return int(sum(a.nbytes for a in self._device_arrays()))
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self._graphs = {}
         for n in list(vars(self)):
             if isinstance(getattr(self, n), self.cp.ndarray):
