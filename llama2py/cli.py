@@ -19,7 +19,7 @@ from typing import Optional
 
 from . import __version__
 from .argtypes import float_in, int_at_least, temperature
-from .errors import Llama2pyError
+from .errors import Llama2pyError, UsageError
 from .sampler import SEED_BITS, SEED_MAX, nth_seed
 
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
@@ -176,6 +176,7 @@ def _report_device(model, args) -> None:
             f"llama2py: device: {model.backend.describe()}{threads}, loaded in {model.load_seconds:.2f} s",
             file=sys.stderr,
         )
+        print(f"llama2py: tokenizer: {model.tokenizer.path}", file=sys.stderr)
     elif model.device == "cuda":  # its notes say how it runs the weights (int8 as float32)
         for note in model.notes:
             print(f"llama2py: {note}", file=sys.stderr)
@@ -223,7 +224,7 @@ def cmd_run(args) -> int:
     if args.prompts_file is not None or args.num_samples is not None:
         return cmd_batch(args)
     if args.max_batch is not None:
-        raise ValueError("--max-batch only applies with --prompts-file or --num-samples")
+        raise UsageError("--max-batch only applies with --prompts-file or --num-samples")
     model = _load(args)
     out = sys.stdout.buffer
     if args.mode == "chat":
@@ -309,10 +310,10 @@ def cmd_batch(args) -> int:
     from .sampler import resolve_seed
 
     if args.mode == "chat":
-        raise ValueError("--prompts-file/--num-samples generate stories; they do not work with -m chat")
+        raise UsageError("--prompts-file/--num-samples generate stories; they do not work with -m chat")
     if args.prompts_file is not None:
         if args.prompt is not None:
-            raise ValueError("give prompts either with -i or with --prompts-file, not both")
+            raise UsageError("give prompts either with -i or with --prompts-file, not both")
         texts = read_prompts_file(args.prompts_file)
     else:
         texts = [_prompt_bytes(args.prompt)]
@@ -379,6 +380,9 @@ def cmd_batch(args) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
+    if sys.stdout is None:  # started with stdout closed (`>&-`): every command writes there
+        print("llama2py: error: standard output is closed; redirect it to a file or /dev/null", file=sys.stderr)
+        return 1
     if argv and argv[0] in SUBCOMMANDS:
         name = argv[0]
         module_name, help_ = SUBCOMMANDS[name]
@@ -416,7 +420,7 @@ def _guarded(fn, debug: bool) -> int:
         if len(msg) > ERROR_CHARS:
             msg = msg[: ERROR_CHARS - 3] + "..."
         print(f"llama2py: error: {msg}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt as e:
         print("", file=sys.stderr)
         # 128 + the signal: 130 for Ctrl-C, 143 for a SIGTERM that files.atomic_output turned into this

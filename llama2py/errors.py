@@ -33,6 +33,22 @@ class DownloadError(Llama2pyError):
     """A model could not be fetched or failed its checksum."""
 
 
+class UsageError(Llama2pyError):
+    """Flags the command cannot take together (or a flag value it checks after parsing): the CLI
+    exits 2, as for any bad flag."""
+
+
+def usage_check(check, *args):
+    """check(*args), its Llama2pyError turned into a UsageError: for a library check (a shape, a
+    group size) that the CLI runs on values its flags gave."""
+    try:
+        return check(*args)
+    except UsageError:
+        raise
+    except Llama2pyError as e:
+        raise UsageError(str(e)) from None
+
+
 class OutputError(Llama2pyError):
     """An output file cannot be written: missing or unwritable folder, a directory, or an input file."""
 

@@ -38,14 +38,23 @@ class RunResult:
 
 
 def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
-    """The tokenizer to use when none is given: tok{vocab}.bin (vocabularies other than 32000) or
-    tokenizer.bin, beside the checkpoint, then in the model store (llama2.c's naming; README's
+    """The tokenizer to use when none is given: PREFIX_tok{vocab}.bin where the checkpoint's name
+    starts with PREFIX (aidreams_tok512.bin for aidreams260K.bin: models of one vocabulary size
+    can have different vocabularies), then tok{vocab}.bin (vocabularies other than 32000), then
+    tokenizer.bin; beside the checkpoint, then in the model store (llama2.c's naming; README's
     Command line section documents this order)."""
     from .download import REGISTRY, default_models_dir  # local import: download is optional machinery
 
     names = ([f"tok{vocab_size}.bin"] if vocab_size != 32000 else []) + ["tokenizer.bin"]
     folders = [checkpoint.parent, default_models_dir()]
     for folder in folders:
+        own = sorted(
+            p
+            for p in folder.glob(f"?*_tok{vocab_size}.bin")
+            if checkpoint.name.startswith(p.name[: -len(f"_tok{vocab_size}.bin")])
+        )
+        if own:  # the longest prefix is the closest match
+            return max(own, key=lambda p: len(p.name))
         for name in names:
             if (folder / name).exists():
                 return folder / name

@@ -30,7 +30,7 @@ from .checkpoint import (
     weight_shapes,
     write_checkpoint,
 )
-from .errors import CheckpointError
+from .errors import CheckpointError, usage_check
 from .files import add_group_size_argument, add_progress_arguments, progress_bar
 
 BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 mapped at a time
@@ -97,6 +97,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     ck = open_float_checkpoint(args.input)
+    if args.group_size is not None:  # the flag's value against this model's dim: a usage error (exit 2)
+        usage_check(check_group_size, ck.config, args.group_size)
     with progress_bar(Path(args.output).name, args.progress) as progress:  # no bar before the checks
         n = _write_v2(ck, args.input, args.output, args.group_size, progress)
     group_size = check_group_size(ck.config, args.group_size)  # the group the file got (checked as written)

@@ -26,7 +26,8 @@ import numpy as np
 import numpy.random  # noqa: F401  (imported up front: a Ctrl-C during a lazy import is lost)
 
 from .argtypes import int_at_least
-from .checkpoint import MODEL_SHAPES, ChunkSource, Config, weight_shapes, write_checkpoint
+from .checkpoint import MODEL_SHAPES, ChunkSource, Config, check_group_size, weight_shapes, write_checkpoint
+from .errors import UsageError, usage_check
 from .files import add_group_size_argument, add_progress_arguments, progress_bar
 
 BOS = 1
@@ -122,14 +123,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     for flag, field in FREE_FIELDS:
         p.add_argument(
-            f"--{flag.replace('_', '-')}", dest=flag, type=int_at_least(1, f"--{flag}"), default=None, help=field
+            f"--{flag.replace('_', '-')}",
+            dest=flag,
+            type=int_at_least(1, f"--{flag.replace('_', '-')}"),
+            default=None,
+            help=field,
         )
     p.add_argument(
         "--unshared-classifier",
         action="store_true",
         help="store a separate classifier instead of reusing the token embedding (llama2-7B has one anyway)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
+    p.add_argument(
+        "--seed", type=int_at_least(0, "--seed"), default=0, help="random seed (default 0); same seed, same bytes"
+    )
     p.add_argument(
         "--version", type=int, choices=(0, 1, 2), default=0, help="file format: 0 legacy fp32 (default), 1 fp32, 2 Q8_0"
     )
@@ -148,19 +155,21 @@ def config_from_args(args) -> Config:
         elif field not in values:
             missing.append(f"--{flag.replace('_', '-')}")
     if missing:
-        raise ValueError(
+        raise UsageError(
             f"no --shape given, so these are needed: {' '.join(missing)} (or pick --shape {'|'.join(MODEL_SHAPES)})"
         )
     shared = (base.shared_classifier if base else True) and not args.unshared_classifier
     config = Config(**values, shared_classifier=shared)
-    config.validate("synth")
+    usage_check(config.validate, "synth")  # a shape the flags asked for
     return config
 
 
 def run(args) -> int:
     config = config_from_args(args)
-    if args.group_size is not None and args.version != 2:
-        raise ValueError(f"--group-size is for v2 (Q8_0) files; add --version 2 (got --version {args.version})")
+    if args.group_size is not None:
+        if args.version != 2:
+            raise UsageError(f"--group-size is for v2 (Q8_0) files; add --version 2 (got --version {args.version})")
+        usage_check(check_group_size, config, args.group_size)
     with progress_bar(os.path.basename(args.out), args.progress) as progress:
         n = write_synthetic(args.out, config, args.version, args.seed, args.group_size, progress)
     print(f"wrote {args.out}: {n:,} bytes, llama2.c v{args.version}, {config.describe()}, seed {args.seed}")

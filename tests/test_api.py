@@ -277,7 +277,21 @@ def test_cli_is_quiet_on_a_cpu_machine_and_says_more_with_verbose(stories260k, t
     assert len(lines) == 1 and lines[0].startswith("achieved tok/s"), lines
     out = subprocess.run(argv + ["--verbose"], capture_output=True, cwd=tmp_path, timeout=300)
     err = out.stderr.decode()
-    assert out.returncode == 0 and "device:" in err
+    assert out.returncode == 0 and "device:" in err and f"tokenizer: {tok}" in err
+
+
+def test_tokenizer_named_after_its_model_wins(tmp_path, monkeypatch):
+    """Two 512-token models with different vocabularies side by side (aidreams260K.bin with
+    aidreams_tok512.bin, stories260K.bin with tok512.bin): each finds its own."""
+    from llama2py.model import find_tokenizer
+
+    monkeypatch.setenv("LLAMA2PY_MODELS", str(tmp_path / "store"))
+    for name in ("tok512.bin", "aidreams_tok512.bin", "aid_tok512.bin", "x_tok999.bin", "tokenizer.bin"):
+        (tmp_path / name).write_bytes(b"")
+    assert find_tokenizer(tmp_path / "aidreams260K.bin", 512) == tmp_path / "aidreams_tok512.bin"  # longest prefix
+    assert find_tokenizer(tmp_path / "aid.bin", 512) == tmp_path / "aid_tok512.bin"
+    assert find_tokenizer(tmp_path / "stories260K.bin", 512) == tmp_path / "tok512.bin"
+    assert find_tokenizer(tmp_path / "stories15M.bin", 32000) == tmp_path / "tokenizer.bin"
 
 
 @pytest.mark.parametrize("device", HOST_DEVICES)

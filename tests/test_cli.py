@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import HOST_DEVICES, REFERENCE_260K, assert_one_line_error, cli, require_device
+from conftest import HOST_DEVICES, REFERENCE_260K, SHAPES, assert_one_line_error, cli, require_device
 
 from llama2py.checkpoint import Config, random_weights, write_checkpoint
 
@@ -201,11 +201,14 @@ def test_error_tokenizer_is_a_directory(stories260k, tmp_path):
     assert_one_line_error(cli(stories260k[0], "-z", tmp_path), "is a directory")
 
 
-def test_error_absurd_thread_count(stories260k):
+@pytest.mark.parametrize("threads", ["100000", "1000000"])
+def test_error_absurd_thread_count(stories260k, threads):
+    """Named as the thread count, before the memory check (whose per-thread buffers would make
+    10**6 threads a 30 GiB 'use a shorter context' error)."""
     require_device("cpu")
     assert_one_line_error(
-        cli(*stories260k[:1], "-z", stories260k[1], "-n", "4", "--device", "cpu", "--threads", "100000"),
-        "threads=100000 is far more than",
+        cli(*stories260k[:1], "-z", stories260k[1], "-n", "4", "--device", "cpu", "--threads", threads),
+        f"threads={threads} is far more than",
     )
 
 
@@ -281,3 +284,43 @@ def test_device_notes_without_verbose(monkeypatch, capsys, device, gpu_expected,
     model = types.SimpleNamespace(device=device, notes=["note one"])
     cli_module._report_device(model, types.SimpleNamespace(verbose=False))
     assert capsys.readouterr().err.splitlines() == printed
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["{ck}", "--max-batch", "2"], "--max-batch only applies"),
+        (["{ck}", "-m", "chat", "--num-samples", "2"], "do not work with -m chat"),
+        (["{ck}", "--prompts-file", "{ck}", "-i", "hi"], "either with -i or with --prompts-file"),
+        (["synth", "--shape", "stories260K", "--seed", "-1", "{tmp}/x.bin"], "--seed must be >= 0"),
+        (["synth", "--shape", "stories260K", "--dim", "65", "{tmp}/x.bin"], "dim 65 is not a multiple"),
+        (["synth", "--dim", "64", "{tmp}/x.bin"], "no --shape given"),
+        (["synth", "--shape", "stories260K", "--group-size", "32", "{tmp}/x.bin"], "add --version 2"),
+        (["synth", "--seq-len", "0", "{tmp}/x.bin"], "--seq-len must be >= 1"),
+    ],
+)
+def test_flag_errors_exit_2(tmp_path, argv, needle):
+    """Flags the command cannot take, whether argparse or the command finds it: exit 2, one
+    error line last (argparse adds its usage before it), nothing written."""
+    ck = tmp_path / "m.bin"
+    write_checkpoint(ck, SHAPES["mha_shared"], random_weights(SHAPES["mha_shared"], 1), 0)
+    r = cli(*[a.format(ck=ck, tmp=tmp_path) for a in argv], text=True)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "error:" in last and needle in last and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
+
+
+def test_closed_stdout_is_one_line(tmp_path):
+    """`llama2py ... >&-`: sys.stdout is None; one line on stderr, not a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    ck = tmp_path / "m.bin"
+    write_checkpoint(ck, SHAPES["mha_shared"], random_weights(SHAPES["mha_shared"], 1), 0)
+    r = subprocess.run([sys.executable, "-m", "llama2py", str(ck), "-n", "4"], capture_output=False,
+                       stdout=None, stderr=subprocess.PIPE, preexec_fn=lambda: os.close(1), timeout=120)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.decode().strip() == (
+        "llama2py: error: standard output is closed; redirect it to a file or /dev/null"
+    )

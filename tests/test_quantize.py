@@ -76,7 +76,7 @@ def test_progress_when_asked(tmp_path, make_checkpoint):
 @pytest.mark.parametrize(
     "make_args,code,needles",
     [
-        (lambda src, d: [src, str(d / "x.bin"), "--group-size", "5"], 1, ["group size 5 does not divide dim 48"]),
+        (lambda src, d: [src, str(d / "x.bin"), "--group-size", "5"], 2, ["group size 5 does not divide dim 48"]),
         (lambda src, d: [src, str(d / "x.bin"), "--group-size", "0"], 2, ["--group-size must be >= 1"]),
         (lambda src, d: [src], 2, ["output"]),
         (lambda src, d: [src, src], 1, ["is the input file"]),

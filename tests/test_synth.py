@@ -207,15 +207,16 @@ def test_cli_writes_shape_and_free_fields(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    assert_one_line_error(cli("synth", "--dim", "16", tmp_path / "y.bin", text=True), "--hidden", rc=1)
+    # flags the command cannot take: exit 2, as argparse gives for any bad flag
+    assert_one_line_error(cli("synth", "--dim", "16", tmp_path / "y.bin", text=True), "--hidden", rc=2)
     r = cli("synth", "--shape", "stories260K", "--heads", "5", tmp_path / "y.bin", text=True)
-    assert_one_line_error(r, "multiple of n_heads", rc=1)
+    assert_one_line_error(r, "multiple of n_heads", rc=2)
     for flags, needle in (
         (["--group-size", "16"], "add --version 2"),
         (["--version", "2", "--group-size", "48"], "group size 48 does not divide dim 64"),
     ):
         assert_one_line_error(
-            cli("synth", "--shape", "stories260K", *flags, tmp_path / "g.bin", text=True), needle, rc=1
+            cli("synth", "--shape", "stories260K", *flags, tmp_path / "g.bin", text=True), needle, rc=2
         )
     assert list(tmp_path.iterdir()) == []
 

@@ -67,19 +67,20 @@ class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
+        cores = os.cpu_count() or 1
+        if isinstance(threads, int) and threads > max(64, 4 * cores):
+            # each thread gets its own buffers; absurd counts would exhaust memory, not speed anything
+            # up (checked before the memory check, which would blame the context instead)
+            raise ValueError(
+                f"threads={threads} is far more than the {cores} cores here; "
+                f"use at most {max(64, 4 * cores)} (the default uses every core)"
+            )
         ext = _load_extension()
         c = config
         # what the Model adds to the weights (a packed int8 copy, the greedy sketch): the memory
         # check below must count it
         self._packed_bytes, self._sketch_bytes = extra_bytes(ext, config, weights.group_size)
         super().__init__(config, weights, max_batch, threads)
-        cores = os.cpu_count() or 1
-        if threads is not None and threads > max(64, 4 * cores):
-            # each thread gets its own buffers; absurd counts would exhaust memory, not speed anything up
-            raise ValueError(
-                f"threads={threads} is far more than the {cores} cores here; "
-                f"use at most {max(64, 4 * cores)} (the default uses every core)"
-            )
         self._ext = ext
         self.weight_type = weights.weight_type
         self.group_size = weights.group_size
