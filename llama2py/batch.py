@@ -33,7 +33,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .backends.base import Backend, as_token_ids, check_int, check_sampling, check_seed
+from .backends.base import Backend, as_token_ids, check_bool, check_int, check_sampling, check_seed
 from .errors import PromptError
 from .tokenizer import BOS, EOS
 
@@ -309,6 +309,7 @@ def generate(
     with echo, prompt + generated), cut at max_gen_len and before the stop token. Every argument
     is checked here, once."""
     max_gen_len = check_int("max_gen_len", max_gen_len, 0)
+    logprobs, echo = check_bool("logprobs", logprobs), check_bool("echo", echo)
     c = backend.config
     prompt_tokens = check_batch(prompt_tokens, backend.max_batch, c.seq_len, c.vocab_size)
     temperature, top_p = check_sampling(temperature, top_p)

@@ -25,7 +25,7 @@ V0_HEADER_BYTES = 28  # version 0: the 7 int32 of the config only
 # Generous sanity limits: they only exist to turn a garbage header into a clear error.
 _MAX_DIM = 1 << 16
 _MAX_VOCAB = 1 << 22
-_MAX_SEQ = 1 << 20
+MAX_SEQ_LEN = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class Config:
             or self.hidden_dim > 8 * _MAX_DIM
             or self.n_layers > 4096
             or self.vocab_size > _MAX_VOCAB
-            or self.seq_len > _MAX_SEQ
+            or self.seq_len > MAX_SEQ_LEN
         ):
             raise CheckpointError(
                 f"{where}: header {self.describe()} is implausibly large; this is not a llama2.c checkpoint"
@@ -370,10 +370,17 @@ def _v2_bytes(c: Config, gs: int) -> int:
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a llama2.c checkpoint of version 0, 1 or 2; raise CheckpointError on anything odd."""
+    from .download import REGISTRY  # local: download imports this module
     from .input_files import read_regular_file, regular_file_size
 
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
-    hint = " (run `llama2py download stories15M` or pass the path of a llama2.c .bin)"
+    # a name the model store knows (stories260K, stories260K.bin): the download that fetches it
+    known = next(
+        (e.name for e in REGISTRY.values() if path.name in (e.name, e.filename) and e.kind == "checkpoint"), ""
+    )
+    hint = f" (run `llama2py download {known or 'stories15M'}` or pass the path of a llama2.c .bin)"
     size = regular_file_size(path, "checkpoint", CheckpointError, hint)  # no FIFO, device, directory
     if size < 28:
         raise CheckpointError(f"checkpoint {path}: only {size} bytes, too short for a llama2.c header")

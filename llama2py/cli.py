@@ -277,9 +277,9 @@ def cmd_run(args) -> int:
 PROMPTS_FILE_LIMIT = 256 << 20  # bytes: a prompts file larger than this is refused, not read
 
 
-def read_prompts_file(path: str) -> list[str]:
-    """One prompt per line (trailing newline and CR stripped, blank lines skipped). Only a regular
-    file is read (a FIFO or /dev/zero would block or never end), at most its size."""
+def read_prompts_file(path: str) -> list[tuple[int, str]]:
+    """(line number, prompt) for each line (trailing newline and CR stripped, blank lines skipped).
+    Only a regular file is read (a FIFO or /dev/zero would block or never end), at most its size."""
     from .errors import PromptError
     from .input_files import read_regular_file
 
@@ -288,16 +288,18 @@ def read_prompts_file(path: str) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PromptError(f"--prompts-file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8")
-    prompts = [line.rstrip("\r") for line in text.split("\n")]
-    prompts = [p for p in prompts if p.strip()]
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    prompts = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     if not prompts:
         raise PromptError(f"--prompts-file {path}: no prompts in it (one prompt per line)")
     return prompts
 
 
-def _batch_head(args, i: int, j: int, n_samples: int) -> str:
+def _batch_head(args, i: int, j: int, n_samples: int, line: int) -> str:
     if args.prompts_file is not None:
-        return f"--- prompt {i + 1}" + (f", sample {j + 1}" if n_samples > 1 else "")
+        # the line too where blank lines make the two numbers differ
+        where = f" (line {line})" if line != i + 1 else ""
+        return f"--- prompt {i + 1}{where}" + (f", sample {j + 1}" if n_samples > 1 else "")
     return f"--- sample {j + 1}"
 
 
@@ -314,9 +316,9 @@ def cmd_batch(args) -> int:
     if args.prompts_file is not None:
         if args.prompt is not None:
             raise UsageError("give prompts either with -i or with --prompts-file, not both")
-        texts = read_prompts_file(args.prompts_file)
+        lines, texts = zip(*read_prompts_file(args.prompts_file))
     else:
-        texts = [_prompt_bytes(args.prompt)]
+        lines, texts = (1,), [_prompt_bytes(args.prompt)]
     n_samples = args.num_samples or 1
     n_seqs = len(texts) * n_samples  # sequence s: prompt s // n_samples, sample s % n_samples (never listed)
     limit = min(args.max_batch or n_seqs, n_seqs)
@@ -328,7 +330,10 @@ def cmd_batch(args) -> int:
     steps = resolve_steps(args.steps, c.seq_len)
     # each distinct prompt encoded once (refused before encoding when it cannot fit); every error
     # comes before the first story
-    prompts = [encode_prompt(model.tokenizer, t, c.seq_len, f"prompt {i + 1}") for i, t in enumerate(texts)]
+    prompts = [
+        encode_prompt(model.tokenizer, t, c.seq_len, f"prompt {i + 1}" + (f" (line {n})" if n != i + 1 else ""))
+        for i, (n, t) in enumerate(zip(lines, texts))
+    ]
 
     def seq(s: int) -> tuple[int, int]:
         return divmod(s, n_samples)
@@ -351,7 +356,7 @@ def cmd_batch(args) -> int:
                 q = printed[0]
                 i, j = seq(idx[q])
                 toks = finished.pop(q)
-                out.write(f"{_batch_head(args, i, j, n_samples)} (seed {seeds[q]}) ---\n".encode())
+                out.write(f"{_batch_head(args, i, j, n_samples, lines[i])} (seed {seeds[q]}) ---\n".encode())
                 out.write(b"".join(tok.printable_bytes(toks[u], toks[u + 1]) for u in range(len(toks) - 1)) + b"\n")
                 out.flush()
                 printed[0] += 1
@@ -369,7 +374,9 @@ def cmd_batch(args) -> int:
         )
         for r, b in enumerate(idx):
             i, j = seq(b)
-            per_seq.append((_batch_head(args, i, j, n_samples)[4:], stats.seq_tok_per_s(r), stats.generated[r]))
+            per_seq.append(
+                (_batch_head(args, i, j, n_samples, lines[i])[4:], stats.seq_tok_per_s(r), stats.generated[r])
+            )
         total_tokens += stats.total_generated
         total_s += stats.decode_s
     agg = total_tokens / total_s if total_s > 0 else 0.0

@@ -500,6 +500,8 @@ def download(
 
     if is_trusted(dest, entry):
         return dest
+    if folder.exists() and not folder.is_dir():
+        raise DownloadError(f"the model store {folder} is not a folder: choose another with ${MODELS_ENV} or --dir")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:

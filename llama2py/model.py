@@ -138,7 +138,7 @@ class Llama:
         config = ck.config
         if context is not None:
             config = dataclasses.replace(config, seq_len=min(check_int("context", context, 1), config.seq_len))
-        tok_path = Path(tokenizer) if tokenizer is not None else find_tokenizer(ck.path, config.vocab_size)
+        tok_path = tokenizer if tokenizer is not None else find_tokenizer(ck.path, config.vocab_size)
         tok = Tokenizer(tok_path, config.vocab_size)
         notes: list[str] = []
         backend = create_backend(device, config, ck.weights, max_batch_size, threads, notes)

@@ -22,6 +22,8 @@ class Tokenizer:
     entries than that, or with bytes left over, does not fit the model and is refused."""
 
     def __init__(self, path: str | os.PathLike, vocab_size: int):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"tokenizer must be a path (str or os.PathLike), got {type(path).__name__}")
         self.path = Path(path)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
             raise TokenizerError(f"tokenizer {path}: vocab_size must be a positive integer, got {vocab_size!r}")

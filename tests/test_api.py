@@ -309,3 +309,31 @@ def test_run_batch_reports_each_sequence_as_soon_as_it_is_done(stories260k, devi
     assert dict(calls) == dict(enumerate(res.tokens))
     finish_order = sorted(range(3), key=lambda b: len(res.tokens[b]))
     assert [b for b, _ in calls] == finish_order
+
+
+def test_arguments_of_the_wrong_type_are_named(stories260k):
+    """A path that is not a path, a flag that is not a bool: a TypeError naming the argument."""
+    ckpt, tok = stories260k
+    for args, kw, needle in (
+        ((None,), {}, "checkpoint must be a path"),
+        ((123,), {}, "checkpoint must be a path"),
+        ((ckpt,), {"tokenizer": 5}, "tokenizer must be a path"),
+    ):
+        with pytest.raises(TypeError, match=needle):
+            Llama.load(*args, **kw)
+    require_device("cpu")
+    with Llama.load(ckpt, tok, device="cpu") as m:
+        for kw in ({"logprobs": "yes"}, {"echo": 1}):
+            with pytest.raises(TypeError, match=f"{next(iter(kw))} must be True or False"):
+                m.generate([[BOS, 5]], 3, **kw)
+        assert m.generate([[BOS, 5]], 3, logprobs=True, echo=False, seed=1)[1] is not None
+
+
+def test_a_known_model_name_gets_its_own_download_hint(tmp_path, monkeypatch):
+    from llama2py.checkpoint import load_checkpoint
+    from llama2py.errors import CheckpointError
+
+    monkeypatch.chdir(tmp_path)
+    for given, name in (("stories260K", "stories260K"), ("stories42M.bin", "stories42M"), ("mine.bin", "stories15M")):
+        with pytest.raises(CheckpointError, match=f"run `llama2py download {name}`"):
+            load_checkpoint(given)

@@ -683,3 +683,15 @@ def test_info_on_7b_shaped_v2_file_reads_no_weights(tmp_path, make_checkpoint):
     assert "6,738,415,616" in res.stdout and f"{LLAMA2_7B.weight_bytes('q8_0', 64):,}" in res.stdout
     peak_mib = int(res.stderr.split()[-1]) / 1024
     assert peak_mib < 1024, f"info on a 7B-shaped v2 file peaked at {peak_mib:.0f} MiB of RSS"
+
+
+def test_source_that_is_a_device_or_pipe(tmp_path, capsys):
+    fifo = tmp_path / "t.model"
+    os.mkfifo(fifo)
+    for src in (fifo, Path("/dev/zero")):
+        assert main(["convert", str(src), str(tmp_path / "out.bin")]) == 1
+        err = capsys.readouterr().err
+        assert "not a file or a folder (a device, a pipe or a socket)" in err, err
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(tmp_path), str(tmp_path / "out.bin"), "--seq-len", "99999999999"])
+    assert e.value.code == 2 and "--seq-len must be in 1..1048576" in capsys.readouterr().err

@@ -556,3 +556,13 @@ def test_cli_model_store_is_shared_by_two_working_directories(server, tmp_path, 
     assert stories[0] == stories[1] and stories[0].startswith("Once upon a time")
     assert sorted(p for p, _ in server.requests) == ["/m/stories260K.bin", "/m/tok512.bin"]  # one download
     assert (tmp_path / "cache" / "llama2py" / "stories260K.bin").is_file()
+
+
+def test_model_store_that_is_a_file(tmp_path):
+    from llama2py.download import download
+    from llama2py.errors import DownloadError
+
+    not_a_folder = tmp_path / "store"
+    not_a_folder.write_bytes(b"")
+    with pytest.raises(DownloadError, match="model store .* is not a folder"):
+        download("stories260K", not_a_folder, url="http://127.0.0.1:9/none")

@@ -245,6 +245,13 @@ class Backend(ABC):
 
 
 # -- checks shared with the layers above (model, batch, generate) -------------------------------------
+def check_bool(name: str, value) -> bool:
+    """A flag given as True or False (numpy's too), never a truthy string or number."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_int(name: str, value, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
     """An integer (Python or numpy; not bool, not float) in [lo, hi] -> int."""
     if isinstance(value, (bool, np.bool_)):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..argtypes import int_at_least
-from ..checkpoint import Config, default_group_size, runq_group_note, write_checkpoint
+from ..checkpoint import MAX_SEQ_LEN, Config, default_group_size, runq_group_note, write_checkpoint
 from ..errors import ConvertError
 from ..files import add_progress_arguments, atomic_output, check_output_path, progress_bar
 
@@ -32,6 +32,8 @@ def detect_source(src: Path) -> str:
             f"{src}: neither config.json (Hugging Face) nor params.json (Meta) in this folder; "
             "pass the model's directory"
         )
+    if src.exists() and not src.is_file():
+        raise ConvertError(f"{src}: not a file or a folder (a device, a pipe or a socket); pass a model's directory")
     if src.is_file():
         if src.suffix == ".model":
             return "tokenizer"
@@ -102,7 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--seq-len",
-        type=int_at_least(1, "--seq-len"),
+        type=int_at_least(1, "--seq-len", MAX_SEQ_LEN),
         default=None,
         help="context length to record (default: config.json's max_position_embeddings; 4096 for Meta)",
     )
