@@ -46,9 +46,8 @@ examples:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own exit code 2 and usage line, no traceback
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def error(self, message):  # argparse's exit code 2, one line (the main command's usage is 9)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def run_parser() -> argparse.ArgumentParser:
