@@ -104,8 +104,8 @@ def run_parser() -> argparse.ArgumentParser:
         dest="prompts_file",
         default=None,
         metavar="FILE",
-        help="batched generation: one prompt per line (blank lines skipped), each told as run "
-        "would with -n positions; story i uses seed+i",
+        help="batched generation: one prompt per line (blank lines skipped; - reads them from stdin), "
+        "each told as run would with -n positions; story i uses seed+i",
     )
     p.add_argument(
         "--num-samples",
@@ -278,11 +278,19 @@ PROMPTS_FILE_LIMIT = 256 << 20  # bytes: a prompts file larger than this is refu
 
 def read_prompts_file(path: str) -> list[tuple[int, str]]:
     """(line number, prompt) for each line (trailing newline and CR stripped, blank lines skipped).
-    Only a regular file is read (a FIFO or /dev/zero would block or never end), at most its size."""
+    A path names a regular file (a FIFO or /dev/zero would block or never end), read up to its
+    size; "-" reads stdin until it ends, refused past PROMPTS_FILE_LIMIT bytes."""
     from .errors import PromptError
     from .input_files import read_regular_file
 
-    data = read_regular_file(path, "--prompts-file", PromptError, " (cannot read it)", limit=PROMPTS_FILE_LIMIT)
+    if path == "-":
+        if sys.stdin is None:
+            raise PromptError("--prompts-file -: stdin is closed; pipe the prompts in or give a file")
+        data = sys.stdin.buffer.read(PROMPTS_FILE_LIMIT + 1)
+        if len(data) > PROMPTS_FILE_LIMIT:
+            raise PromptError(f"--prompts-file -: more than {PROMPTS_FILE_LIMIT >> 20} MiB on stdin; use fewer prompts")
+    else:
+        data = read_regular_file(path, "--prompts-file", PromptError, " (cannot read it)", limit=PROMPTS_FILE_LIMIT)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

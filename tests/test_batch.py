@@ -362,6 +362,19 @@ def test_cli_prompts_file_and_num_samples(device, stories260k, tmp_path):
     assert len({b for _, b in stories}) == 3
 
 
+def test_cli_prompts_from_stdin(stories260k, tmp_path):
+    """--prompts-file - reads the prompts from a pipe: the same stories as from a file."""
+    model_path, tok = stories260k
+    base = [model_path, "-z", tok, "--device", "numpy", "-t", "0", "-n", "20", "-s", "5"]
+    text = "Once upon a time\n\nLily went\n"
+    (tmp_path / "p.txt").write_text(text)
+    piped = cli(*base, "--prompts-file", "-", stdin=text.encode())
+    filed = cli(*base, "--prompts-file", tmp_path / "p.txt")
+    assert piped.returncode == 0 and piped.stdout == filed.stdout, piped.stderr
+    assert b"--- prompt 2 (line 3)" in piped.stdout
+    assert_one_line_error(cli(*base, "--prompts-file", "-", stdin=b"\n"), "no prompts")
+
+
 def test_cli_batch_errors(stories260k, tmp_path):
     model_path, tok = stories260k
     base = [model_path, "-z", tok, "--device", "numpy"]
