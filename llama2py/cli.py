@@ -21,6 +21,7 @@ from . import __version__
 from .argtypes import float_in, int_at_least, temperature
 from .errors import Llama2pyError, UsageError
 from .sampler import SEED_BITS, SEED_MAX, nth_seed
+from .threads import max_threads
 
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
@@ -138,7 +139,10 @@ def run_parser() -> argparse.ArgumentParser:
         help="backend: auto = cuda when usable, else cpu (default auto)",
     )
     p.add_argument(
-        "--threads", type=int_at_least(1, "--threads"), default=None, help="CPU threads (default: all cores)"
+        "--threads",
+        type=int_at_least(1, "--threads", max_threads()),
+        default=None,
+        help=f"CPU threads, at most {max_threads()} here (default: all cores)",
     )
     p.add_argument(
         "--weights",
@@ -164,8 +168,8 @@ def _gpu_expected() -> bool:
 
 
 def _report_device(model, args) -> None:
-    """Quiet by default: one short line only where a GPU was expected and is not usable; with
-    --verbose the device, why, threads and load time."""
+    """Quiet by default: a cuda model's notes, or one short line where a GPU was expected and is not
+    usable; with --verbose the device, why, threads, load time and the tokenizer file."""
     verbose = getattr(args, "verbose", False)
     if verbose:
         for note in model.notes:
@@ -219,7 +223,7 @@ def cmd_run(args) -> int:
     from .sampler import resolve_seed
 
     if args.system is not None and args.mode != "chat":
-        run_parser().error("-y (system prompt) only applies with -m chat")
+        raise UsageError("-y (system prompt) only applies with -m chat")
     if args.prompts_file is not None or args.num_samples is not None:
         return cmd_batch(args)
     if args.max_batch is not None:
@@ -305,7 +309,7 @@ def read_prompts_file(path: str) -> list[tuple[int, str]]:
 def _batch_head(args, i: int, j: int, n_samples: int, line: int) -> str:
     if args.prompts_file is not None:
         # the line too where blank lines make the two numbers differ
-        where = f" (line {line})" if line != i + 1 else ""
+        where = f", line {line}" if line != i + 1 else ""
         return f"--- prompt {i + 1}{where}" + (f", sample {j + 1}" if n_samples > 1 else "")
     return f"--- sample {j + 1}"
 
@@ -338,7 +342,7 @@ def cmd_batch(args) -> int:
     # each distinct prompt encoded once (refused before encoding when it cannot fit); every error
     # comes before the first story
     prompts = [
-        encode_prompt(model.tokenizer, t, c.seq_len, f"prompt {i + 1}" + (f" (line {n})" if n != i + 1 else ""))
+        encode_prompt(model.tokenizer, t, c.seq_len, f"prompt {i + 1}" + (f", line {n}," if n != i + 1 else ""))
         for i, (n, t) in enumerate(zip(lines, texts))
     ]
 

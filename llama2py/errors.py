@@ -5,6 +5,9 @@ class Llama2pyError(Exception):
     """Base class: the message says what is wrong and what to do."""
 
 
+CLOSED = "this model was closed; load the checkpoint again with Llama.load(...)"  # Llama's and a backend's
+
+
 class CheckpointError(Llama2pyError):
     """A checkpoint file is missing, truncated, padded or of an unknown format."""
 

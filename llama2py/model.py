@@ -20,7 +20,7 @@ from .backends import create_backend
 from .backends.base import Backend, as_token_ids, check_int, check_sampling
 from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
-from .errors import Llama2pyError, PromptError, TokenizerError
+from .errors import CLOSED, Llama2pyError, PromptError, TokenizerError
 from .generate import RunStats, check_prompt, run_loop
 from .sampler import nth_seed, resolve_seed
 from .stops import StopMatcher, check_stops, cut_stream
@@ -35,6 +35,16 @@ class RunResult:
     tokens: list[int]  # prompt tokens (with BOS) followed by the generated ones
     tok_per_s: float  # run's figure: positions after the first call / seconds since then
     stats: RunStats
+
+
+def _free(backend: Optional[Backend], checkpoint: Optional[Checkpoint]) -> None:
+    """Close the backend and drop the checkpoint's map (unmapped by the last reference: under numpy
+    2 closing the mmap itself succeeds even while views of it are alive, which then crash)."""
+    if backend is not None:
+        backend.close()
+    if checkpoint is not None:
+        checkpoint.weights = None  # type: ignore[assignment]
+        checkpoint._mmap = None
 
 
 def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
@@ -70,7 +80,7 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
         if f"tok{vocab_size}" in REGISTRY:
             hint += f"; stories260K's is `llama2py download tok{vocab_size}`"
     raise TokenizerError(
-        f"no tokenizer given and none of {', '.join(names)} found beside {checkpoint} or in "
+        f"no tokenizer given and none of PREFIX_tok{vocab_size}.bin, {', '.join(names)} found beside {checkpoint} or in "
         f"{folders[-1]}; pass one with -z ({hint})"
     )
 
@@ -104,8 +114,13 @@ class Llama:
         self.device = backend.name
         self.load_seconds = load_seconds
         self.notes = notes  # e.g. why device="auto" fell back to the cpu
-        # one generation at a time: they share the backend's KV cache and generators
-        self._busy = threading.Lock()
+        # One generation at a time: they share the backend's KV cache and generators. The owner is
+        # (thread id, generation number); a new generation in the owner's thread supersedes it (a
+        # forgotten stream must not lock the model), one from another thread is refused.
+        self._guard = threading.Lock()  # guards _owner, _generation, _deferred
+        self._owner: Optional[tuple[int, int]] = None
+        self._generation = 0
+        self._deferred: Optional[tuple] = None  # (backend, checkpoint) a close() left to the owner
 
     @classmethod
     def load(
@@ -146,26 +161,22 @@ class Llama:
 
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Free the backend's memory (device memory on cuda) and unmap the checkpoint file. The
-        model cannot generate afterwards; closing twice is harmless."""
-        backend, checkpoint = self.__dict__.get("backend"), self.__dict__.get("checkpoint")
-        self.backend = None  # type: ignore[assignment]
-        self.checkpoint = None  # type: ignore[assignment]
-        if backend is not None:
-            backend.close()
-            del backend  # the cpu backend borrows the mapped weights: drop it before the map
-        if checkpoint is not None:
-            mm = checkpoint._mmap
-            checkpoint.weights = None  # type: ignore[assignment]
-            checkpoint._mmap = None
-            del checkpoint
-            raw = getattr(mm, "_mmap", None)
-            del mm
-            if raw is not None:
-                try:
-                    raw.close()
-                except BufferError:  # a caller still holds a view of the weights: it unmaps with it
-                    pass
+        """Free the backend's memory (device memory on cuda) and drop the checkpoint's mapping (the
+        file is unmapped once no view of its weights is left). The model cannot generate
+        afterwards; closing twice is harmless. While another thread generates, that generation
+        stops at its next step (with the "closed" error) and the memory is freed then."""
+        with self._guard:
+            backend, checkpoint = self.__dict__.get("backend"), self.__dict__.get("checkpoint")
+            self.backend = None  # type: ignore[assignment]
+            self.checkpoint = None  # type: ignore[assignment]
+            if self._owner is not None and self._owner[0] != threading.get_ident():
+                # mid-step in another thread: freeing now would pull the memory from under it
+                if backend is not None:
+                    backend.refuse_calls()
+                self._deferred = (backend, checkpoint)
+                return
+            self._owner = None  # a stream of this thread left unfinished: its next step raises
+        _free(backend, checkpoint)
 
     @property
     def closed(self) -> bool:
@@ -179,29 +190,48 @@ class Llama:
 
     def _backend(self) -> Backend:
         if self.backend is None:
-            raise Llama2pyError("this Llama was closed; load the checkpoint again with Llama.load(...)")
+            raise Llama2pyError(CLOSED)
         return self.backend
 
     @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        """Hold the model for one generation; another one meanwhile (a second thread, or a call
-        while a stream of this model is unfinished) would interleave steps on the same KV cache and
-        tell noise, so it is refused."""
-        if not self._busy.acquire(blocking=False):
-            raise Llama2pyError(
-                "this Llama is busy with another generation (another thread, or a stream not yet "
-                "finished or closed): use one Llama per thread, and finish a stream or call its "
-                ".close() before the next call"
-            )
+    def _exclusive(self) -> Iterator[int]:
+        """Own the model for one generation (yields its number). Two generations at once would
+        interleave steps on one KV cache and tell noise: one from another thread is refused; a new
+        one in the owner's thread (a stream left unfinished) supersedes the old one, whose next
+        step raises."""
+        me = threading.get_ident()
+        with self._guard:
+            if self._owner is not None and self._owner[0] != me:
+                raise Llama2pyError(
+                    "this Llama is generating in another thread: use one Llama per thread "
+                    "(Llama.load once in each), or wait for that generation to end"
+                )
+            self._generation += 1
+            number = self._generation
+            self._owner = (me, number)
         try:
-            yield
+            yield number
         finally:
-            self._busy.release()
+            with self._guard:
+                if self._owner == (me, number):
+                    self._owner = None
+                deferred, self._deferred = (self._deferred, None) if self._owner is None else (None, self._deferred)
+            if deferred is not None:
+                _free(*deferred)
 
     def _held(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
-        """pieces, with the model held from the first piece until the last (or the stream's close)."""
-        with self._exclusive():
-            yield from pieces
+        """pieces, with the model owned from the first piece until the last (or the stream's
+        close); superseded by a later generation, the next piece raises instead of interleaving."""
+        with self._exclusive() as number:
+            for piece in pieces:
+                yield piece
+                if self._owner is None or self._owner[1] != number:
+                    if self.backend is None:
+                        raise Llama2pyError(CLOSED)
+                    raise Llama2pyError(
+                        "this stream was superseded: a later call on the same Llama started another "
+                        "generation (finish a stream before the next call, or load a second Llama)"
+                    )
 
     # -- run's semantics --------------------------------------------------------------------------
     def _start(
@@ -463,6 +493,8 @@ class Llama:
     def logits(self, token_ids) -> np.ndarray:
         """Logits (len, vocab) float32 for a token sequence starting at position 0."""
         ids = as_token_ids(token_ids, self.config.vocab_size)
+        if ids.ndim == 2 and ids.shape[0] == 1:  # one sequence as a batch of one
+            ids = ids[0]
         if ids.ndim != 1:
             raise PromptError(f"logits() takes one sequence of token ids (1-D), got shape {ids.shape}")
         if ids.size == 0:

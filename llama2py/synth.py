@@ -26,7 +26,15 @@ import numpy as np
 import numpy.random  # noqa: F401  (imported up front: a Ctrl-C during a lazy import is lost)
 
 from .argtypes import int_at_least
-from .checkpoint import MODEL_SHAPES, ChunkSource, Config, check_group_size, weight_shapes, write_checkpoint
+from .checkpoint import (
+    MAX_SEQ_LEN,
+    MODEL_SHAPES,
+    ChunkSource,
+    Config,
+    check_group_size,
+    weight_shapes,
+    write_checkpoint,
+)
 from .errors import UsageError, usage_check
 from .files import add_group_size_argument, add_progress_arguments, progress_bar
 
@@ -122,10 +130,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start from this model's shape (otherwise give every field below)",
     )
     for flag, field in FREE_FIELDS:
+        name = f"--{flag.replace('_', '-')}"
+        top = MAX_SEQ_LEN if field == "seq_len" else None  # the context a checkpoint may hold
         p.add_argument(
-            f"--{flag.replace('_', '-')}",
+            name,
             dest=flag,
-            type=int_at_least(1, f"--{flag.replace('_', '-')}"),
+            type=int_at_least(1, name, top),
             default=None,
             help=field,
         )

@@ -20,3 +20,9 @@ def set_thread_wait_defaults() -> None:
         return
     for name, value in THREAD_WAIT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+def max_threads() -> int:
+    """The most CPU threads a model may ask for: each gets its own buffers, so absurd counts would
+    exhaust memory without speeding anything up (the default uses every core)."""
+    return max(64, 4 * (os.cpu_count() or 1))

@@ -180,15 +180,15 @@ def randn(rng: np.random.Generator, *shape: int, scale: float = 1.0) -> np.ndarr
 
 def assert_one_line_error(r, *fragments: str, rc: int | None = None) -> str:
     """A CLI failure as the README promises it: a non-zero exit (rc, when given), no traceback, and
-    one error line on stderr ("PROG: error: ...") holding every fragment; besides it only argparse's
-    usage lines and "PROG: warning: ..." lines (bench's busy-machine note). r: a CompletedProcess
+    one error line on stderr ("PROG: error: ...") holding every fragment; besides it only
+    "PROG: warning: ..." lines (bench's busy-machine note). r: a CompletedProcess
     (bytes or text) or (exit code, stderr) of an in-process main(). Returns stderr."""
     code, err = r if isinstance(r, tuple) else (r.returncode, r.stderr)
     err = err.decode(errors="replace") if isinstance(err, bytes) else err
     assert code != 0, f"expected an error, got exit code 0: {err}"
     assert rc is None or code == rc, f"exit code {code}, expected {rc}: {err}"
     assert "Traceback" not in err, err
-    lines = [ln for ln in err.strip().splitlines() if not ln.startswith(("usage:", " "))]
+    lines = err.strip().splitlines()
     errors = [ln for ln in lines if ": error: " in ln]
     assert len(errors) == 1 and all(": warning: " in ln for ln in lines if ln not in errors), err
     for fragment in fragments:

@@ -344,14 +344,14 @@ def test_cli_prompts_file_and_num_samples(device, stories260k, tmp_path):
     stories = split_stories(r.stdout)
     assert [h for h, _ in stories] == [  # the file's line where a blank line shifts the count
         "--- prompt 1 (seed 7) ---",
-        "--- prompt 2 (line 3) (seed 8) ---",
-        "--- prompt 3 (line 4) (seed 9) ---",
+        "--- prompt 2, line 3 (seed 8) ---",
+        "--- prompt 3, line 4 (seed 9) ---",
     ]
     m = Llama.load(model_path, tok, device=device)  # run's story alone (the API prints what the CLI prints)
     for (h, body), (prompt, seed) in zip(stories, [("Once upon a time", 7), ("Lily went to", 8), ("The dog", 9)]):
         assert body == m.run(prompt, 60, 0.8, 0.9, seed).text + "\n", h
     err = r.stderr.decode()
-    assert "achieved tok/s:" in err and "aggregate over 3 sequences" in err and "prompt 3 (line 4):" in err
+    assert "achieved tok/s:" in err and "aggregate over 3 sequences" in err and "prompt 3, line 4:" in err
 
     r = cli(model_path, "-z", tok, "--device", device, "--num-samples", "3", "-s", "42", "-n", "40", "--max-batch", "2")
     assert r.returncode == 0, r.stderr.decode()
@@ -371,7 +371,7 @@ def test_cli_prompts_from_stdin(stories260k, tmp_path):
     piped = cli(*base, "--prompts-file", "-", stdin=text.encode())
     filed = cli(*base, "--prompts-file", tmp_path / "p.txt")
     assert piped.returncode == 0 and piped.stdout == filed.stdout, piped.stderr
-    assert b"--- prompt 2 (line 3)" in piped.stdout
+    assert b"--- prompt 2, line 3 (seed" in piped.stdout
     assert_one_line_error(cli(*base, "--prompts-file", "-", stdin=b"\n"), "no prompts")
 
 
@@ -389,7 +389,7 @@ def test_cli_batch_errors(stories260k, tmp_path):
     long.write_text("Once upon a time\n" + "Lily " * 600 + "\n")
     assert_one_line_error(cli(*base, "--prompts-file", long), "prompt 2 is")
     long.write_text("Once upon a time\n\n\n" + "Lily " * 600 + "\n")
-    assert_one_line_error(cli(*base, "--prompts-file", long), "prompt 2 (line 4) is")
+    assert_one_line_error(cli(*base, "--prompts-file", long), "prompt 2, line 4, is")
     assert_one_line_error(cli(*base, "--num-samples", "1000000"), "--max-batch")
     assert_one_line_error(cli(*base, "--num-samples", "2", "-m", "chat"), "chat")
     assert_one_line_error(cli(*base, "--prompts-file", empty, "-i", "x"), "not both")

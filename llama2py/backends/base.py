@@ -29,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..checkpoint import Config, Weights
-from ..errors import Llama2pyError, NonFiniteError, ResourceError
+from ..errors import CLOSED, Llama2pyError, NonFiniteError, ResourceError
 from ..sampler import SEED_MAX
 
 PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
@@ -52,7 +52,8 @@ class Backend(ABC):
         self.threads = threads
         self._sampling_key: tuple = ()  # the last (temperature, top_p) given to step() and
         self._sampling = (0.0, 0.0)  # its checked float32 values
-        self._closed = False
+        self._closed = False  # calls refused (refuse_calls, close)
+        self._released = False  # memory freed (close)
         check_memory(lambda b: self.host_bytes(config, b, threads), config, max_batch)
 
     # -- memory ---------------------------------------------------------------------------------
@@ -232,16 +233,22 @@ class Backend(ABC):
         """Release the memory now (garbage collection does it too); later calls raise. A stream
         still running on the backend then fails with that error instead of reading freed memory
         (the cpu Model borrows weights that Llama.close() unmaps)."""
-        if not self._closed:
-            self._closed = True
+        self._closed = True
+        if not self._released:
+            self._released = True
             self._release()
+
+    def refuse_calls(self) -> None:
+        """Later calls raise the closed error; the memory stays until close() (a call running in
+        another thread still reads it)."""
+        self._closed = True
 
     def _release(self) -> None:
         """What close() frees: buffers, device memory."""
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Llama2pyError("this model was closed; load the checkpoint again with Llama.load(...)")
+            raise Llama2pyError(CLOSED)
 
 
 # -- checks shared with the layers above (model, batch, generate) -------------------------------------

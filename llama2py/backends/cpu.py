@@ -27,8 +27,8 @@ from typing import Optional
 import numpy as np
 
 from ..checkpoint import Config, QuantizedTensor, Weights
-from ..threads import set_thread_wait_defaults
-from .base import PROFILE_KEYS, Backend
+from ..threads import max_threads, set_thread_wait_defaults
+from .base import PROFILE_KEYS, Backend, check_int
 
 
 def _load_extension():
@@ -67,14 +67,13 @@ class CpuBackend(Backend):
     name = "cpu"
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
-        cores = os.cpu_count() or 1
-        if isinstance(threads, int) and threads > max(64, 4 * cores):
-            # each thread gets its own buffers; absurd counts would exhaust memory, not speed anything
-            # up (checked before the memory check, which would blame the context instead)
-            raise ValueError(
-                f"threads={threads} is far more than the {cores} cores here; "
-                f"use at most {max(64, 4 * cores)} (the default uses every core)"
-            )
+        if threads is not None:  # before the memory check, which would blame the context instead
+            threads = check_int("threads", threads, 1)
+            if threads > max_threads():
+                raise ValueError(
+                    f"threads={threads} is far more than the {os.cpu_count() or 1} cores here; "
+                    f"use at most {max_threads()} (the default uses every core)"
+                )
         ext = _load_extension()
         c = config
         # what the Model adds to the weights (a packed int8 copy, the greedy sketch): the memory

@@ -33,7 +33,9 @@ def detect_source(src: Path) -> str:
             "pass the model's directory"
         )
     if src.exists() and not src.is_file():
-        raise ConvertError(f"{src}: not a file or a folder (a device, a pipe or a socket); pass a model's directory")
+        raise ConvertError(
+            f"{src}: not a file or a folder (a device, a pipe or a socket); pass a model's directory or a tokenizer.model"
+        )
     if src.is_file():
         if src.suffix == ".model":
             return "tokenizer"
