@@ -114,13 +114,14 @@ class Llama:
         self.device = backend.name
         self.load_seconds = load_seconds
         self.notes = notes  # e.g. why device="auto" fell back to the cpu
-        # One generation at a time: they share the backend's KV cache and generators. The owner is
-        # (thread id, generation number); a new generation in the owner's thread supersedes it (a
-        # forgotten stream must not lock the model), one from another thread is refused.
-        self._guard = threading.Lock()  # guards _owner, _generation, _deferred
-        self._owner: Optional[tuple[int, int]] = None
-        self._generation = 0
-        self._deferred: Optional[tuple] = None  # (backend, checkpoint) a close() left to the owner
+        # One call into the backend at a time (they share its KV cache and generators): a call is a
+        # whole run / generate / logits, or one piece of a stream. A stream between pieces holds
+        # nothing, so a later generation supersedes it (_generation moves on and its next piece
+        # raises): a forgotten stream never locks the model, whichever thread it lives in.
+        self._guard = threading.Lock()  # guards _calling, _generation, _deferred
+        self._calling: Optional[object] = None  # the running call's token, None when idle
+        self._generation = 0  # number of the latest generation
+        self._deferred: Optional[tuple] = None  # (backend, checkpoint) a close() left to the running call
 
     @classmethod
     def load(
@@ -163,19 +164,19 @@ class Llama:
     def close(self) -> None:
         """Free the backend's memory (device memory on cuda) and drop the checkpoint's mapping (the
         file is unmapped once no view of its weights is left). The model cannot generate
-        afterwards; closing twice is harmless. While another thread generates, that generation
-        stops at its next step (with the "closed" error) and the memory is freed then."""
+        afterwards; closing twice is harmless. While a call runs (in another thread), it stops at
+        its next step with the "closed" error and the memory is freed when it returns."""
         with self._guard:
-            backend, checkpoint = self.__dict__.get("backend"), self.__dict__.get("checkpoint")
+            backend = self.__dict__.get("backend") or (self._deferred or (None, None))[0]
+            checkpoint = self.__dict__.get("checkpoint") or (self._deferred or (None, None))[1]
             self.backend = None  # type: ignore[assignment]
             self.checkpoint = None  # type: ignore[assignment]
-            if self._owner is not None and self._owner[0] != threading.get_ident():
-                # mid-step in another thread: freeing now would pull the memory from under it
-                if backend is not None:
-                    backend.refuse_calls()
+            if backend is not None:
+                backend.refuse_calls()  # before the guard opens: no call can start on it now
+            if self._calling is not None:  # freeing now would pull the memory from under that call
                 self._deferred = (backend, checkpoint)
                 return
-            self._owner = None  # a stream of this thread left unfinished: its next step raises
+            self._deferred = None
         _free(backend, checkpoint)
 
     @property
@@ -193,45 +194,62 @@ class Llama:
             raise Llama2pyError(CLOSED)
         return self.backend
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[int]:
-        """Own the model for one generation (yields its number). Two generations at once would
-        interleave steps on one KV cache and tell noise: one from another thread is refused; a new
-        one in the owner's thread (a stream left unfinished) supersedes the old one, whose next
-        step raises."""
-        me = threading.get_ident()
+    def _begin(self, token: object, generation: Optional[int]) -> int:
+        """Start a call (token marks it as ours): a new generation (generation None) or the next
+        piece of that one; returns the generation's number."""
         with self._guard:
-            if self._owner is not None and self._owner[0] != me:
+            if self._calling is not None:
                 raise Llama2pyError(
-                    "this Llama is generating in another thread: use one Llama per thread "
-                    "(Llama.load once in each), or wait for that generation to end"
+                    "this Llama is running a call in another thread (or this call comes from inside "
+                    "one of its callbacks): use one Llama per thread, Llama.load once in each"
                 )
-            self._generation += 1
-            number = self._generation
-            self._owner = (me, number)
-        try:
-            yield number
+            if self.backend is None:
+                raise Llama2pyError(CLOSED)
+            if generation is None:
+                self._generation += 1
+            elif generation != self._generation:
+                raise Llama2pyError(
+                    "this stream was superseded: a later call on the same Llama started another "
+                    "generation (finish a stream before the next call, or load a second Llama)"
+                )
+            self._calling = token
+            return self._generation
+
+    def _end(self, token: object) -> None:
+        """End the call of token (a no-op when it never started) and free what a close() left."""
+        with self._guard:
+            if self._calling is not token:
+                return
+            self._calling = None
+            deferred, self._deferred = self._deferred, None
+        if deferred is not None:
+            _free(*deferred)
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        """One whole call (run, generate, logits) as a new generation."""
+        token = object()
+        try:  # _end in the finally whatever happens after _begin took the token (KeyboardInterrupt)
+            self._begin(token, None)
+            yield
         finally:
-            with self._guard:
-                if self._owner == (me, number):
-                    self._owner = None
-                deferred, self._deferred = (self._deferred, None) if self._owner is None else (None, self._deferred)
-            if deferred is not None:
-                _free(*deferred)
+            self._end(token)
 
     def _held(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
-        """pieces, with the model owned from the first piece until the last (or the stream's
-        close); superseded by a later generation, the next piece raises instead of interleaving."""
-        with self._exclusive() as number:
-            for piece in pieces:
-                yield piece
-                if self._owner is None or self._owner[1] != number:
-                    if self.backend is None:
-                        raise Llama2pyError(CLOSED)
-                    raise Llama2pyError(
-                        "this stream was superseded: a later call on the same Llama started another "
-                        "generation (finish a stream before the next call, or load a second Llama)"
-                    )
+        """A stream's pieces, each produced as a call of the stream's generation; between pieces
+        the model is free, and a later generation supersedes this one (its next piece raises
+        before any step: the steps never interleave on the KV cache)."""
+        generation = None
+        while True:
+            token = object()
+            try:
+                generation = self._begin(token, generation)
+                piece = next(pieces)
+            except StopIteration:
+                return
+            finally:
+                self._end(token)
+            yield piece
 
     # -- run's semantics --------------------------------------------------------------------------
     def _start(
@@ -243,9 +261,11 @@ class Llama:
         seed: Optional[int],
         stats: Optional[RunStats] = None,
         max_new_tokens: Optional[int] = None,
+        hold: bool = True,
     ) -> tuple[Iterator[bytes], RunStats, int]:
         """Validate eagerly (so errors surface before any output), then return the piece iterator,
-        the stats it fills and the prompt's token count."""
+        the stats it fills and the prompt's token count. hold: each piece a call of its own (a
+        stream); False for a caller that holds the model itself (run)."""
         backend = self._backend()
         if max_new_tokens is not None:
             if steps is not None:
@@ -265,7 +285,7 @@ class Llama:
             steps = min(steps, self.config.seq_len)
         # run_loop checks steps, temperature and top_p (once, before returning the iterator)
         pieces = run_loop(backend, self.tokenizer, tokens, steps, temperature, top_p, seed, stats)
-        return self._held(pieces), stats, len(tokens)
+        return (self._held(pieces) if hold else pieces), stats, len(tokens)
 
     def _text(self, pieces: Iterator[bytes], n_prompt: int, stop, stats: RunStats) -> Iterator[str]:
         """Text of run's pieces; with stop strings, cut at the first one in the generated text
@@ -329,8 +349,9 @@ class Llama:
         """Tell a story as llama2.c's run would: returns its text, token ids and tok/s.
         steps / max_new_tokens / stop as for stream(); with a stop string, text and tokens end
         before it."""
-        pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens)
-        text = "".join(self._text(pieces, n, stop, stats))
+        with self._call():
+            pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens, hold=False)
+            text = "".join(self._text(pieces, n, stop, stats))
         return RunResult(text, stats.tokens, stats.tok_per_s, stats)
 
     # -- batched generation, Meta's Llama 2 generate() / text_completion() (llama2py.batch) -------------
@@ -383,7 +404,7 @@ class Llama:
                 prev[b] = token
                 return matchers[b].kept_pieces if matchers[b].feed(text) else None
 
-        with self._exclusive():
+        with self._call():
             toks, lps = batch.generate(
                 backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo, stats, stop_at
             )
@@ -501,7 +522,7 @@ class Llama:
             raise PromptError("logits() needs at least one token")
         check_prompt(ids, self.config.seq_len)
         backend = self._backend()
-        with self._exclusive():
+        with self._call():
             return backend.prefill(ids[None, :], 0, logits="all")[0]
 
 

@@ -218,10 +218,11 @@ def test_a_stream_outliving_its_model_raises(stories260k, device):
             pass
 
 
-def test_one_generation_at_a_time(stories260k):
-    """Generations share the KV cache. A new one in the same thread supersedes an unfinished
-    stream (whose next piece then raises: a forgotten stream must not lock the model); one from
-    another thread is refused instead of interleaving steps into noise."""
+def test_one_call_at_a_time(stories260k):
+    """Calls share the KV cache. A later generation supersedes a suspended stream (whose next
+    piece then raises before any step: a forgotten stream never locks the model, whichever thread
+    holds it); a call while another runs (another thread) is refused instead of interleaving steps
+    into noise."""
     import threading
 
     require_device("cpu")
@@ -237,7 +238,14 @@ def test_one_generation_at_a_time(stories260k):
             call()  # the later call wins
             with pytest.raises(Llama2pyError, match="this stream was superseded"):
                 next(g)
+        # a stream advanced by another thread is superseded alike (not owned by a thread)
+        g = m.stream(PROMPT, steps=40, temperature=0)
+        worker = threading.Thread(target=lambda: next(g))
+        worker.start()
+        worker.join()
         assert m.run(PROMPT, steps=40, temperature=0).text == want
+        with pytest.raises(Llama2pyError, match="superseded"):
+            next(g)
         results, errors = [], []
         started = threading.Barrier(4)
 
@@ -255,13 +263,13 @@ def test_one_generation_at_a_time(stories260k):
             t.join()
         assert results and len(results) + len(errors) == 4
         assert all(r.startswith(want) for r in results), "a run was disturbed by another thread"
-        assert all("generating in another thread" in e for e in errors)
+        assert all("running a call in another thread" in e for e in errors)
 
 
-def test_close_from_another_thread_waits_for_the_step(stories260k):
-    """close() while another thread generates: that generation stops at its next step with the
-    closed error (it crashed when the memory went from under a running step), then the memory is
-    freed."""
+def test_close_from_another_thread_waits_for_the_call(stories260k):
+    """close() while another thread's call runs: that call stops at its next step with the closed
+    error (it crashed when the memory went from under a running step), then the memory is freed;
+    a second close() meanwhile changes nothing."""
     import threading
     import time
 
@@ -282,13 +290,33 @@ def test_close_from_another_thread_waits_for_the_step(stories260k):
     t = threading.Thread(target=work)
     t.start()
     deadline = time.monotonic() + 30
-    while m._owner is None and time.monotonic() < deadline:
+    while m._calling is None and time.monotonic() < deadline:
         time.sleep(0.001)
+    m.close()
     m.close()
     assert m.closed
     t.join(60)
     assert outcome and (outcome[0] == "finished" or "this model was closed" in outcome[0]), outcome
     assert backend._released and m._deferred is None  # freed, by whichever side came last
+
+
+def test_close_while_another_thread_keeps_a_suspended_stream(stories260k):
+    """A stream suspended in another thread (kept, never finished) holds nothing: close() frees
+    at once, and the stream's next piece raises the closed error."""
+    import threading
+
+    require_device("cpu")
+    ckpt, tok = stories260k
+    m = Llama.load(ckpt, tok, device="cpu")
+    backend = m.backend
+    kept = []
+    worker = threading.Thread(target=lambda: kept.append((lambda g: (next(g), g))(m.stream(PROMPT, steps=99))))
+    worker.start()
+    worker.join()
+    m.close()
+    assert backend._released and m._deferred is None
+    with pytest.raises(Llama2pyError, match="this model was closed"):
+        next(kept[0][1])
 
 
 def test_logits_takes_one_sequence(stories260k):

@@ -155,6 +155,7 @@ class CpuBackend(Backend):
         return nxt.copy(), (lp.copy() if want_logprobs else None)
 
     def _chosen_logits(self, ids: list[int], rows) -> Optional[list[float]]:
+        self._check_open()
         view = self._logits_view  # (max_batch, vocab) over the C++ logits of the last step, no copy
         return [view.item(b, ids[b]) for b in rows]
 
@@ -163,6 +164,7 @@ class CpuBackend(Backend):
     def warmup_calls(self) -> int:
         # threads not given: the adaptive team leaves the model's first call untimed, then times the
         # full team and one thread once for each kind before it runs the faster (csrc/cpu/model.h)
+        self._check_open()
         return 3 if self.threads is None and self._model.threads > 1 else 1
 
     def _profile(self, tokens: np.ndarray, pos: int, temperature: float, top_p: float) -> dict[str, float]:
@@ -171,7 +173,7 @@ class CpuBackend(Backend):
         return dict(zip(PROFILE_KEYS, (float(x) for x in times)))
 
     def memory_bytes(self) -> int:
-        return self._weights_bytes + (self._model.buffer_bytes if self._model is not None else 0)
+        return 0 if self._model is None else self._weights_bytes + self._model.buffer_bytes
 
     def _release(self) -> None:
         # the C++ Model (KV cache, buffers) goes now, and with it its pointers into the weights
@@ -187,4 +189,5 @@ class CpuBackend(Backend):
     @property
     def isa(self) -> str:
         """The instruction-set level of this model's kernels (generic, avx2, avxvnni, avx512, avx512vnni)."""
+        self._check_open()
         return self._model.isa

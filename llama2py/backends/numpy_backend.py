@@ -134,7 +134,13 @@ class NumpyBackend(Backend):
         self.value_cache = np.zeros((c.n_layers, max_batch, c.seq_len, c.kv_dim), np.float32)  # (L, B, seq_len, kv_dim)
         self.rngs = [Rng(0) for _ in range(max_batch)]
 
+    def _release(self) -> None:
+        self.w = None  # type: ignore[assignment]  (the weights: maybe views of the mapped file)
+        self.key_cache = self.value_cache = None  # type: ignore[assignment]
+
     def memory_bytes(self) -> int:
+        if self.w is None:
+            return 0
         return self.w.nbytes(self.config.shared_classifier) + self.key_cache.nbytes + self.value_cache.nbytes
 
     # -- the forward pass over a block of T positions for B sequences --------------------------
