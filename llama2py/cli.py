@@ -258,9 +258,10 @@ def cmd_run(args) -> int:
             system,
             args.prompt,
         )
-        for b in pieces:
-            out.write(b)
-            out.flush()
+        with model._call():  # the chat drives the backend itself: one call, as Llama's own are
+            for b in pieces:
+                out.write(b)
+                out.flush()
         out.write(b"\n")
         out.flush()
         return 0
@@ -373,16 +374,17 @@ def cmd_batch(args) -> int:
                 printed[0] += 1
 
         # run feeds positions 0..steps-1, so a story holds tokens 0..steps (prompt included)
-        run_batch(
-            model.backend,
-            [prompts[seq(b)[0]] for b in idx],
-            [steps + 1] * len(idx),
-            args.temperature,
-            args.top_p,
-            seeds,
-            stats=stats,
-            on_done=print_ready,
-        )
+        with model._call():  # one call, as Llama's own are (it drives the backend itself)
+            run_batch(
+                model.backend,
+                [prompts[seq(b)[0]] for b in idx],
+                [steps + 1] * len(idx),
+                args.temperature,
+                args.top_p,
+                seeds,
+                stats=stats,
+                on_done=print_ready,
+            )
         for r, b in enumerate(idx):
             i, j = seq(b)
             per_seq.append(

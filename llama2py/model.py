@@ -118,7 +118,9 @@ class Llama:
         # whole run / generate / logits, or one piece of a stream. A stream between pieces holds
         # nothing, so a later generation supersedes it (_generation moves on and its next piece
         # raises): a forgotten stream never locks the model, whichever thread it lives in.
-        self._guard = threading.Lock()  # guards _calling, _generation, _deferred
+        # guards _calling, _generation, _deferred; reentrant, so that a close() from a signal handler
+        # that lands while this thread holds it goes through (the call then meets a refusing backend)
+        self._guard = threading.RLock()
         self._calling: Optional[object] = None  # the running call's token, None when idle
         self._generation = 0  # number of the latest generation
         self._deferred: Optional[tuple] = None  # (backend, checkpoint) a close() left to the running call
@@ -240,16 +242,21 @@ class Llama:
         the model is free, and a later generation supersedes this one (its next piece raises
         before any step: the steps never interleave on the KV cache)."""
         generation = None
-        while True:
-            token = object()
-            try:
-                generation = self._begin(token, generation)
-                piece = next(pieces)
-            except StopIteration:
-                return
-            finally:
-                self._end(token)
-            yield piece
+        try:
+            while True:
+                token = object()
+                try:
+                    generation = self._begin(token, generation)
+                    piece = next(pieces)
+                except StopIteration:
+                    return
+                finally:
+                    self._end(token)
+                yield piece
+        finally:  # ended early (superseded, closed, dropped): the loop ends now, not at collection
+            close = getattr(pieces, "close", None)
+            if close is not None:
+                close()
 
     # -- run's semantics --------------------------------------------------------------------------
     def _start(
@@ -331,8 +338,9 @@ class Llama:
         steps counts positions, the prompt's included (run's -n, default 256); max_new_tokens
         counts generated tokens instead (give one of them). stop: strings that end the story at
         their first appearance in the generated text, which then excludes them (text that could
-        begin a stop string is held back until it cannot). Bad arguments raise here, before
-        anything is generated."""
+        begin a stop string is held back until it cannot; a piece that raises, e.g. a stream
+        superseded by a later call, ends the stream without that text). Bad arguments raise
+        here, before anything is generated."""
         pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens)
         return self._text(pieces, n, stop, stats)
 

@@ -300,6 +300,24 @@ def test_close_from_another_thread_waits_for_the_call(stories260k):
     assert backend._released and m._deferred is None  # freed, by whichever side came last
 
 
+def test_close_from_a_signal_handler_does_not_hang(stories260k):
+    """A handler runs in the thread it interrupts, possibly while that thread holds the call guard
+    (every stream piece takes it): close() must not wait on its own thread."""
+    import threading
+
+    require_device("cpu")
+    m = Llama.load(*stories260k, device="cpu")
+
+    def interrupted():
+        with m._guard:  # as if the signal landed inside _begin / _end
+            m.close()
+
+    t = threading.Thread(target=interrupted, daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and m.closed
+
+
 def test_close_while_another_thread_keeps_a_suspended_stream(stories260k):
     """A stream suspended in another thread (kept, never finished) holds nothing: close() frees
     at once, and the stream's next piece raises the closed error."""
