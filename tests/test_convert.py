@@ -695,3 +695,21 @@ def test_source_that_is_a_device_or_pipe(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert", str(tmp_path), str(tmp_path / "out.bin"), "--seq-len", "99999999999"])
     assert e.value.code == 2 and "--seq-len must be in 1..1048576" in capsys.readouterr().err
+
+
+def test_safetensors_tensors_that_overlap_are_refused(tmp_path):
+    """Each tensor owns its bytes: a header whose entries share bytes is damaged (the same bytes
+    would be read as two weights)."""
+    a, b = np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((2, 3), np.float32)
+    path = tmp_path / "m.safetensors"
+    write_safetensors(path, {"a": a, "b": b}, "F32")
+    assert set(SafetensorsFile(path).tensors) == {"a", "b"}
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    header["b"]["data_offsets"] = [12, 36]  # 24 bytes, as a (2, 3) F32 tensor holds, from inside a
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    path.write_bytes(len(head).to_bytes(8, "little") + head + raw[8 + n :])
+    with pytest.raises(ConvertError, match="tensors a and b overlap in the file"):
+        SafetensorsFile(path)

@@ -242,11 +242,11 @@ def run(args) -> int:
 
     host = host_info()
     load = host["load_average"]
-    if not args.quiet:
-        print(f"bench: load average {'-' if load is None else f'{load:.2f}'}", file=sys.stderr)
     busy = load_warning(load)
-    if busy:
+    if busy:  # the warning names the load itself
         print(f"llama2py bench: warning: {busy}", file=sys.stderr, flush=True)
+    elif not args.quiet:
+        print(f"bench: load average {'-' if load is None else f'{load:.2f}'}", file=sys.stderr)
     with _checkpoint_path(args) as path:
         report = bench(path, settings, progress=progress, raise_errors=getattr(args, "debug", False), host=host)
         if args.shape:

@@ -71,6 +71,14 @@ class SafetensorsFile:
             if name == "__metadata__":
                 continue
             self.tensors[name] = self._entry(name, entry, base, size)
+        # the format lays tensors out one after another: two that share bytes mean a damaged (or
+        # crafted) header, whose weights would be read twice
+        spans = sorted((t.start, t.end, n) for n, t in self.tensors.items() if t.end > t.start)
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+            if start < end:
+                raise ConvertError(
+                    f"{self.path}: tensors {first} and {second} overlap in the file; the header is damaged"
+                )
 
     def _entry(self, name: str, entry, base: int, size: int) -> TensorInfo:
         try:
