@@ -122,19 +122,21 @@ void ModelCore::prepare_q8_weights() {
     if (!gs) return;
     const std::vector<Product> parts = products(c_, &w_);
     const bool pack = kt_->q8_packed;
+    std::vector<Q8Extras> extras;  // (parts,) what each product needs, summed to size the buffers
     Q8Extras total;
     for (const Product& p : parts) {
-        const Q8Extras e = q8_extras(p.d, p.n, gs, pack);
-        total.turned += e.turned;
-        total.packed += e.packed;
-        total.packed_scales += e.packed_scales;
+        extras.push_back(q8_extras(p.d, p.n, gs, pack));
+        total.turned += extras.back().turned;
+        total.packed += extras.back().packed;
+        total.packed_scales += extras.back().packed_scales;
     }
     scales_turned_.resize(total.turned);
     packed_.reset(total.packed, false);  // every byte written by pack_q8 below
     scales_packed_.resize(total.packed_scales);
     long at_turned = 0, at_packed = 0, at_scales = 0;
-    for (const Product& p : parts) {
-        const Q8Extras e = q8_extras(p.d, p.n, gs, pack);
+    for (size_t i = 0; i < parts.size(); ++i) {
+        const Product& p = parts[i];
+        const Q8Extras& e = extras[i];
         prepare_q8(p.m->q, p.d, p.n, gs, pack, scales_turned_.data() + at_turned, packed_.data() + at_packed,
                    scales_packed_.data() + at_scales);
         at_turned += e.turned;
