@@ -578,7 +578,9 @@ def runq_group_note(config: Config, group_size: int) -> str:
     except CheckpointError:  # only 1 divides both: no v2 file both read alike
         return note
     mib = checkpoint_bytes(config, 2, both) / 2**20
-    return note + f"; --group-size {both} makes a file both read the same ({mib:,.1f} MiB)"
+    return (
+        note + f"; `llama2py quantize --group-size {both}` of the float file makes one both read alike ({mib:,.1f} MiB)"
+    )
 
 
 def tensor_order(config: Config, version: int) -> list[str]:

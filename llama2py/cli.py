@@ -96,7 +96,8 @@ def run_parser() -> argparse.ArgumentParser:
         "-z",
         dest="tokenizer",
         default=None,
-        help="tokenizer file (default: tok{vocab}.bin or tokenizer.bin beside the checkpoint, else in the model store)",
+        help="tokenizer file (default: PREFIX_tok{vocab}.bin where the checkpoint's name starts with PREFIX, "
+        "else tok{vocab}.bin or tokenizer.bin; beside the checkpoint, else in the model store)",
     )
     p.add_argument("-m", dest="mode", choices=("generate", "chat"), default="generate", help="mode (default generate)")
     p.add_argument("-y", dest="system", default=None, help="system prompt in chat mode")

@@ -259,7 +259,7 @@ def test_note_when_runq_would_read_the_file_differently(tmp_path, capsys):
     mib = checkpoint_bytes(c, 2, 4) / 2**20
     assert runq_group_note(c, 64) == (
         "group size 64 does not divide hidden_dim 172: llama2.c's runq reads this file with the last 44 values "
-        f"of each w2 row dropped (llama2py reads it whole); --group-size 4 makes a file both read the same ({mib:,.1f} MiB)"
+        f"of each w2 row dropped (llama2py reads it whole); `llama2py quantize --group-size 4` of the float file makes one both read alike ({mib:,.1f} MiB)"
     )
     assert "--group-size" not in runq_group_note(shape(64, 171), 64)  # only 1 divides both: no advice
     src = tmp_path / "in.bin"

@@ -162,7 +162,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "-z",
         "--tokenizer",
         default=None,
-        help="tokenizer for --vs-run (default: the one found beside the checkpoint or in models/)",
+        help="tokenizer for --vs-run (default: the one the main command finds, beside the checkpoint or in the model store)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr (warnings still)")
 
