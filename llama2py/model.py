@@ -154,11 +154,16 @@ class Llama:
         ck = load_checkpoint(checkpoint)
         ck.weights = convert_weights(ck.weights, ck.config, weights)
         config = ck.config
+        notes: list[str] = []
         if context is not None:
-            config = dataclasses.replace(config, seq_len=min(check_int("context", context, 1), config.seq_len))
+            context = check_int("context", context, 1)
+            if context > config.seq_len:  # a cap, not a way to extend the context
+                notes.append(
+                    f"context {context} is more than the checkpoint's seq_len {config.seq_len}: using {config.seq_len}"
+                )
+            config = dataclasses.replace(config, seq_len=min(context, config.seq_len))
         tok_path = tokenizer if tokenizer is not None else find_tokenizer(ck.path, config.vocab_size)
         tok = Tokenizer(tok_path, config.vocab_size)
-        notes: list[str] = []
         backend = create_backend(device, config, ck.weights, max_batch_size, threads, notes)
         return cls(ck, tok, backend, time.perf_counter() - t0, notes)
 

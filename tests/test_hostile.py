@@ -72,7 +72,19 @@ def test_header_seq_len_cannot_ask_for_unbounded_kv_cache(tmp_path, low_memory):
         assert "--max-batch" not in msg, msg  # already one sequence: a smaller batch cannot help
         m = Llama.load(ck, tok, device=device, context=64)  # the override caps the KV cache
         assert m.config.seq_len == 64 and m.checkpoint.config.seq_len == 1 << 20
+        assert not any("context" in n for n in m.notes)
         assert len(m.run("ab", steps=8, temperature=0.0, seed=1).tokens) == 9  # positions 0..8
+
+
+def test_context_above_seq_len_is_a_note(tmp_path):
+    """context= only caps: asking for more than the checkpoint holds uses seq_len and says so
+    (in notes, which --verbose prints)."""
+    require_device("cpu")
+    ck, tok = tiny_model(tmp_path)
+    seq_len = Llama.load(ck, tok, device="cpu").config.seq_len
+    m = Llama.load(ck, tok, device="cpu", context=seq_len + 100)
+    assert m.config.seq_len == seq_len
+    assert f"context {seq_len + 100} is more than the checkpoint's seq_len {seq_len}: using {seq_len}" in m.notes
 
 
 def test_max_batch_size_is_checked_before_allocating(tmp_path, low_memory):
