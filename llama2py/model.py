@@ -117,9 +117,9 @@ class Llama:
         # One call into the backend at a time (they share its KV cache and generators): a call is a
         # whole run / generate / logits, or one piece of a stream. A stream between pieces holds
         # nothing, so a later generation supersedes it (_generation moves on and its next piece
-        # raises): a forgotten stream never locks the model, whichever thread it lives in.
-        # guards _calling, _generation, _deferred; reentrant, so that a close() from a signal handler
-        # that lands while this thread holds it goes through (the call then meets a refusing backend)
+        # raises): a forgotten stream never locks the model, whichever thread it lives in. _guard
+        # (over the three fields below) is reentrant: a close() from a signal handler that lands
+        # while its thread holds it goes through, and the call then meets a refusing backend.
         self._guard = threading.RLock()
         self._calling: Optional[object] = None  # the running call's token, None when idle
         self._generation = 0  # number of the latest generation
@@ -174,8 +174,9 @@ class Llama:
         afterwards; closing twice is harmless. While a call runs (in another thread), it stops at
         its next step with the "closed" error and the memory is freed when it returns."""
         with self._guard:
-            backend = self.__dict__.get("backend") or (self._deferred or (None, None))[0]
-            checkpoint = self.__dict__.get("checkpoint") or (self._deferred or (None, None))[1]
+            pending_backend, pending_checkpoint = self._deferred or (None, None)  # an earlier close()
+            backend = self.__dict__.get("backend") or pending_backend
+            checkpoint = self.__dict__.get("checkpoint") or pending_checkpoint
             self.backend = None  # type: ignore[assignment]
             self.checkpoint = None  # type: ignore[assignment]
             if backend is not None:

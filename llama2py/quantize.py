@@ -97,11 +97,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     ck = open_float_checkpoint(args.input)
-    if args.group_size is not None:  # the flag's value against this model's dim: a usage error (exit 2)
-        usage_check(check_group_size, ck.config, args.group_size)
+    # the group the file gets: the flag's, checked against this model's dim (a bad flag: exit 2), or
+    # the export's rule (an odd dim is the file's problem: exit 1)
+    if args.group_size is not None:
+        group_size = usage_check(check_group_size, ck.config, args.group_size)
+    else:
+        group_size = check_group_size(ck.config, None)
     with progress_bar(Path(args.output).name, args.progress) as progress:  # no bar before the checks
-        n = _write_v2(ck, args.input, args.output, args.group_size, progress)
-    group_size = check_group_size(ck.config, args.group_size)  # the group the file got (checked as written)
+        n = _write_v2(ck, args.input, args.output, group_size, progress)
     print(
         f"wrote {args.output}: {n:,} bytes, llama2.c v2 (Q8_0, group {group_size}), "
         f"from {args.input} (v{ck.version}, {ck.file_bytes:,} bytes), {ck.config.describe()}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..argtypes import int_at_least
-from ..checkpoint import MAX_SEQ_LEN, Config, default_group_size, runq_group_note, write_checkpoint
+from ..checkpoint import MAX_SEQ_LEN, Config, check_group_size, runq_group_note, write_checkpoint
 from ..errors import ConvertError
 from ..files import add_progress_arguments, atomic_output, check_output_path, progress_bar
 
@@ -91,7 +91,7 @@ def convert(
     version = QUANTIZE_VERSIONS[quantize]
     write_checkpoint(out, source.config, source.chunks, version, None, progress, inputs=tuple(source.input_files))
     if version == 2:
-        message = runq_group_note(source.config, default_group_size(source.config.dim))
+        message = runq_group_note(source.config, check_group_size(source.config, None))  # the group it got
         if message:
             note(message)
     return source.config
