@@ -169,6 +169,14 @@ def test_table_and_documented_json(tiny, tmp_path, capsys):
         ),
         (["--repeat", "3"], lambda d: len(d["results"][0]["decode_tok_s_runs"]) == 3),
         (
+            ["--weights", "q8_0,f32"],  # a float file quantized at load time, then as it is
+            lambda d: (
+                [(r["weights"], r["weight_type"]) for r in d["results"]] == [("q8_0", "q8_0"), ("f32", "f32")]
+                and d["settings"]["weights"] == ["q8_0", "f32"]
+                and d["results"][0]["weight_bytes"] == TINY.weight_bytes("q8_0", 32)
+            ),
+        ),
+        (
             ["--no-profile"],
             lambda d: d["results"][0]["profile"] is None and "no-profile" in d["results"][0]["profile_note"],
         ),
@@ -397,6 +405,53 @@ def test_weight_type_read_from_the_backend(tiny):
     assert r["weight_type"] == "q8_0" and r["weight_bytes"] == TINY.weight_bytes("q8_0", 16)
     assert r["weight_bytes"] < TINY.weight_bytes()
     assert re.search(r"^numpy\s+-\s+1\s+q8_0\s+greedy", report.render(rep), re.M)
+
+
+def test_weight_types_side_by_side(tiny, monkeypatch):
+    """--weights measures each type from one file: rows and labels name the type asked for, and
+    each row's "vs b1" divides by the batch-1 row of its own weights (the clock makes the float32
+    rows twice as slow, so a ratio against the other type's row would be 2x or 0.5x off)."""
+    calls = {"n": 0}
+    per_type = {"f32": 2.0, "q8_0": 1.0}
+    current = {"t": "f32"}
+
+    def clock():
+        calls["n"] += 1
+        return calls["n"] * per_type[current["t"]]
+
+    real = measure.bench_backend
+
+    def tracked(path, device, threads, batch, settings, p_len, steps, make_backend, clk, weights):
+        current["t"] = weights
+        return real(path, device, threads, batch, settings, p_len, steps, make_backend, clk, weights)
+
+    monkeypatch.setattr(measure, "bench_backend", tracked)
+    settings = measure.Settings([DEVICE], [1, 2], steps=2, repeat=2, weights=["f32", "q8_0"], profile=False)
+    rep = measure.bench(tiny, settings, clock=clock)
+    rows = rep["results"]
+    assert [(r["weights"], r["batch"]) for r in rows] == [("f32", 1), ("f32", 2), ("q8_0", 1), ("q8_0", 2)]
+    assert [r["weight_type"] for r in rows] == ["f32", "f32", "q8_0", "q8_0"]
+    text = report.render(rep)
+    for w in ("f32", "q8_0"):
+        b1, b2 = (r for r in rows if r["weights"] == w)
+        assert b1["decode_tok_s"] != rows[0 if w == "q8_0" else 2]["decode_tok_s"]  # the types differ
+        want = f"{b2['decode_tok_s'] / b1['decode_tok_s']:.2f}x"
+        line = next(x for x in text.splitlines() if re.match(rf"{DEVICE}\s+\S+\s+2\s+{w}\s", x))
+        assert want in line.split(), (want, line)
+    assert measure.row_label(rows[2]) == f"{DEVICE} q8_0 batch 1 greedy"
+
+
+def test_vs_run_loads_the_first_weight_type(tiny, tmp_path, capsys):
+    script, _ = _fake_run(tmp_path, "runq", ["50"])
+    tok = _tokenizer(tmp_path / "tok64.bin", 64)
+    doc, _, _ = _bench_json(
+        tmp_path,
+        [str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--weights", "q8_0", "--vs-run", str(script),
+         "--vs-device", "numpy", "-z", str(tok)],
+        capsys,
+    )  # fmt: skip
+    ours = doc["vs_run"]["programs"][-1]
+    assert ours["program"] == "llama2py" and ours["command"].endswith(", weights q8_0")
 
 
 def test_unusable_device_is_a_row(tiny, monkeypatch):
@@ -692,6 +747,8 @@ def test_vs_run_bare_name_in_this_folder(tmp_path, monkeypatch):
         (["-t", " ,0"], "--temperature takes a comma-separated list without empty items"),
         (["--device", "cpu,,numpy"], "--device takes a comma-separated list without empty items"),
         (["--vs-run", "a,,b"], "--vs-run takes a comma-separated list without empty items"),
+        (["--weights", "q4_0"], "--weights takes a comma-separated list of f32, q8_0; got 'q4_0'"),
+        (["--weights", "f32,,q8_0"], "--weights takes a comma-separated list without empty items"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tiny, capsys, args, msg):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..argtypes import float_in, int_at_least
-from ..checkpoint import MODEL_SHAPES, checkpoint_bytes, model_shape
+from ..checkpoint import MODEL_SHAPES, WEIGHT_TYPES, checkpoint_bytes, model_shape
 from ..errors import Llama2pyError
 from ..files import check_output_path
 from .host import default_devices, host_info
@@ -54,6 +54,14 @@ def _positions(s: str) -> tuple[int, int]:
     if not sep or first < 0 or stop <= first:
         raise argparse.ArgumentTypeError(f"--positions must be START:END with 0 <= START < END, got {s!r}")
     return first, stop
+
+
+def _weights(s: str) -> str:
+    if s not in WEIGHT_TYPES:
+        raise argparse.ArgumentTypeError(
+            f"--weights takes a comma-separated list of {', '.join(WEIGHT_TYPES)}; got {s!r}"
+        )
+    return s
 
 
 def _shape(s: str) -> str:
@@ -100,6 +108,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N[,N...]",
         help="comma-separated CPU thread counts, each measured (default: auto, each call on one thread or all "
         "cores, whichever the cpu backend times faster)",
+    )
+    p.add_argument(
+        "--weights",
+        type=_list_of(_weights, "--weights"),
+        default=[None],
+        metavar="TYPE[,TYPE...]",
+        help="comma-separated weight types in memory, each measured: f32, q8_0 (int8, quantized at load "
+        "time from a float file); default: the file's own (a v2 file int8, others float32)",
     )
     p.add_argument(
         "-t",
@@ -155,7 +171,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH[,PATH...]",
         help="llama2.c's compiled programs (run, runomp, runq, ...): time them and llama2py's batch-1 run "
-        "alternately in one loop, at every --temperature",
+        "(with the first --weights) alternately in one loop, at every --temperature",
     )
     p.add_argument("--vs-device", choices=DEVICES, default="cpu", help="llama2py backend for --vs-run (default cpu)")
     p.add_argument(
@@ -208,6 +224,7 @@ def settings_from_args(args) -> tuple[Optional[Settings], Optional[str]]:
             batches=args.batch,
             threads=args.threads,
             temperatures=args.temperature,
+            weights=args.weights,
             top_p=args.top_p,
             prompt_len=prompt_len,
             steps=steps if steps is not None else 64,
@@ -263,6 +280,7 @@ def run(args) -> int:
                 settings.top_p,
                 args.vs_device,
                 progress,
+                settings.weights[0],
             )
             report["warnings"] += vs_run_warnings(report["vs_run"])
     print(render(report), file=text)

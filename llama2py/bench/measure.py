@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backends import create_backend
 from ..backends.base import PROFILE_KEYS
-from ..checkpoint import Config, load_checkpoint
+from ..checkpoint import Config, convert_weights, load_checkpoint
 from ..errors import DeviceError, Llama2pyError
 from .host import BUSY_LOAD, gpu_name, host_info, mem_available, peak_rss, reset_peak_rss
 
@@ -31,12 +31,13 @@ NO_PROFILE = "not measured (--no-profile)"
 
 @dataclasses.dataclass
 class Settings:
-    """What to measure: every device x threads (cpu only) x batch x temperature combination."""
+    """What to measure: every device x threads (cpu only) x weights x batch x temperature combination."""
 
     devices: list[str]
     batches: list[int] = dataclasses.field(default_factory=lambda: [1, 8, 64])
     threads: list[Optional[int]] = dataclasses.field(default_factory=lambda: [None])  # None: auto (1 or all cores)
     temperatures: list[float] = dataclasses.field(default_factory=lambda: [0.0])  # 0: greedy
+    weights: list[Optional[str]] = dataclasses.field(default_factory=lambda: [None])  # None: the file's own type
     top_p: float = 0.9
     prompt_len: Optional[int] = None  # prefill positions before the decode; None: min(seq_len/2, 128)
     steps: int = 64  # decode steps per timed run
@@ -95,6 +96,8 @@ def row_label(row: dict) -> str:
     parts = [row["device"]]
     if row.get("threads") is not None:
         parts.append(count(row["threads"], "thread"))
+    if row.get("weights") is not None:  # asked for (--weights); the file's own type is not named
+        parts.append(row["weights"])
     if row.get("batch") is not None:
         parts.append(f"batch {row['batch']}")
     if row.get("temperature") is not None:
@@ -113,10 +116,12 @@ def empty_row(
     threads: Optional[int] = None,
     temperature: Optional[float] = None,
     top_p: Optional[float] = None,
+    weights: Optional[str] = None,
 ) -> dict:
     row = {
         "device": device,
         "threads": threads,
+        "weights": weights,  # the weight type asked for (None: the file's); weight_type: what ran
         "batch": batch,
         "temperature": temperature,
         "top_p": top_p,
@@ -185,15 +190,18 @@ def bench_backend(
     steps: int,
     make_backend: Callable = create_backend,
     clock: Clock = time.perf_counter,
+    weights: Optional[str] = None,
 ) -> list[dict]:
-    """Load the checkpoint, make one backend for (device, threads, batch) and measure every
-    temperature on it, the temperatures alternating round by round. One row per temperature.
-    Raises what the backend raises (bench() turns it into a row)."""
+    """Load the checkpoint (its weights as `weights`, as Llama.load does: None keeps the file's
+    type), make one backend for (device, threads, batch) and measure every temperature on it, the
+    temperatures alternating round by round. One row per temperature. Raises what the backend
+    raises (bench() turns it into a row)."""
     gc.collect()
     reset_peak_rss()
     t0 = clock()
     ck = load_checkpoint(path)
     c = ck.config
+    ck.weights = convert_weights(ck.weights, c, weights)  # load-time quantization counts as loading
     backend = make_backend(device, c, ck.weights, max_batch=batch, threads=threads)
     load_s = clock() - t0
     try:
@@ -232,7 +240,7 @@ def bench_backend(
                     prefills[temperature].append(tp)
                 decodes[temperature].append(td)
 
-        shared = empty_row(device, batch, "ok", threads=threads, top_p=settings.top_p)
+        shared = empty_row(device, batch, "ok", threads=threads, top_p=settings.top_p, weights=weights)
         shared["backend"] = backend.describe()
         shared["load_s"] = load_s
         shared["weight_type"], shared["weight_bytes"] = weight_bytes_of(c, backend, ck.group_size)
@@ -305,7 +313,9 @@ def checkpoint_info(path: str | os.PathLike, ck) -> dict:
     }
 
 
-def _failure_row(e: Exception, device: str, batch: int, threads: Optional[int], first: bool) -> tuple[dict, bool]:
+def _failure_row(
+    e: Exception, device: str, batch: int, threads: Optional[int], weights: Optional[str], first: bool
+) -> tuple[dict, bool]:
     """(the row that reports a failed measurement, whether the device as a whole is unusable)."""
     if isinstance(e, (DeviceError, ImportError)):
         reason = str(e)
@@ -313,10 +323,11 @@ def _failure_row(e: Exception, device: str, batch: int, threads: Optional[int], 
             reason = f"{device} backend not available ({e}); build it with `pip install -e .`"
         if first:  # the device itself is unusable: one row says why
             return empty_row(device, None, "unavailable", reason, threads), True
-        return empty_row(device, batch, "skipped", reason, threads), False  # e.g. cuda refusing a big batch
+        # e.g. cuda refusing a big batch
+        return empty_row(device, batch, "skipped", reason, threads, weights=weights), False
     if isinstance(e, (MemoryError, ValueError, RuntimeError, OSError, Llama2pyError)):
-        return empty_row(device, batch, "error", f"{e.__class__.__name__}: {e}", threads), False
-    return empty_row(device, batch, "skipped", f"{e.__class__.__name__}: {e}", threads), False
+        return empty_row(device, batch, "error", f"{e.__class__.__name__}: {e}", threads, weights=weights), False
+    return empty_row(device, batch, "skipped", f"{e.__class__.__name__}: {e}", threads, weights=weights), False
 
 
 def bench(
@@ -347,6 +358,7 @@ def bench(
             "batches": list(settings.batches),
             "threads": list(settings.threads),
             "temperatures": list(settings.temperatures),
+            "weights": list(settings.weights),
             "top_p": settings.top_p,
             "prompt_len": p_len,
             "steps": steps,
@@ -372,29 +384,33 @@ def bench(
 
 
 def _bench_device(report, path, config, device, settings, p_len, steps, progress, raise_errors, make_backend, clock):
-    """Every (threads, batch) of one device into report["results"]; stops at an unusable device."""
+    """Every (threads, weights, batch) of one device into report["results"]; stops at an unusable
+    device."""
+    first = True
     for threads in settings.threads if device == "cpu" else [None]:
-        for batch in settings.batches:
+        for weights, batch in ((w, b) for w in settings.weights for b in settings.batches):
             if progress:
-                progress(row_label({"device": device, "threads": threads, "batch": batch}))
+                progress(row_label({"device": device, "threads": threads, "weights": weights, "batch": batch}))
             need, avail = estimate_bytes(config, batch, p_len), mem_available()
             if device != "cuda" and avail is not None and need > 0.9 * avail:
                 reason = f"needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
-                report["results"].append(empty_row(device, batch, "skipped", reason, threads))
+                report["results"].append(empty_row(device, batch, "skipped", reason, threads, weights=weights))
                 continue
             try:
-                rows = bench_backend(path, device, threads, batch, settings, p_len, steps, make_backend, clock)
+                rows = bench_backend(path, device, threads, batch, settings, p_len, steps, make_backend, clock, weights)
             except Exception as e:
                 expected = isinstance(
                     e, (DeviceError, ImportError, MemoryError, ValueError, RuntimeError, OSError, Llama2pyError)
                 )
                 if raise_errors or not (expected or "memory" in type(e).__name__.lower()):
                     raise  # a bug, not a failed measurement (cupy's OutOfMemoryError is one of those)
-                row, dead = _failure_row(e, device, batch, threads, batch == settings.batches[0])
+                row, dead = _failure_row(e, device, batch, threads, weights, first)
                 report["results"].append(row)
                 if dead:
                     return
+                first = False
                 continue
+            first = False
             for row in rows:
                 warnings = spread_warnings(row)
                 row["noisy"] = bool(warnings)

@@ -104,9 +104,11 @@ def vs_run(
     top_p: float = 0.9,
     device: str = "cpu",
     progress: Optional[Callable[[str], None]] = None,
+    weights: Optional[str] = None,
 ) -> dict:
     """Every binary and llama2py's batch-1 run (Llama.run) at every temperature, alternating in
-    one loop `repeat` times after one warm-up each. Returns one entry per (program, temperature)
+    one loop `repeat` times after one warm-up each; llama2py loads its weights as `weights` (None:
+    the file's own type). Returns one entry per (program, temperature)
     with median, min, max, spread, and ratio = llama2py / program at that temperature."""
     from ..model import Llama, find_tokenizer
 
@@ -114,7 +116,7 @@ def vs_run(
     ck_path = Path(checkpoint)
     if tokenizer is None:
         tokenizer = str(find_tokenizer(ck_path, load_checkpoint(ck_path).config.vocab_size))
-    model = Llama.load(ck_path, tokenizer=tokenizer, device=device, threads=threads)
+    model = Llama.load(ck_path, tokenizer=tokenizer, device=device, threads=threads, weights=weights)
     entries: list[tuple[dict, Callable[[int], float]]] = []
     for temperature in temperatures:
         for binary in binaries:
@@ -131,7 +133,8 @@ def vs_run(
         entry = _entry(
             "llama2py",
             None,
-            f"Llama.run(steps={steps}, temperature={temperature:g}, top_p={top_p:g}, seed={SEED}) on {model.device}",
+            f"Llama.run(steps={steps}, temperature={temperature:g}, top_p={top_p:g}, seed={SEED}) on {model.device}"
+            + (f", weights {weights}" if weights else ""),
             temperature,
             top_p,
         )

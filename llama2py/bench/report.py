@@ -42,14 +42,14 @@ def _sampling(temperature: Optional[float], top_p: Optional[float]) -> str:
 
 
 def _vs_batch1(row: dict, rows: list[dict]) -> str:
-    """decode tok/s over the batch-1 row of the same device, threads and sampling."""
+    """decode tok/s over the batch-1 row of the same device, threads, weights and sampling."""
     base = next(
         (
             r
             for r in rows
             if r["status"] == "ok"
             and r["batch"] == 1
-            and (r["device"], r["threads"], r["temperature"]) == (row["device"], row["threads"], row["temperature"])
+            and all(r.get(k) == row.get(k) for k in ("device", "threads", "weights", "temperature"))
         ),
         None,
     )
@@ -150,7 +150,7 @@ def render(report: dict) -> str:
             continue
         label = row_label(r)
         if not r["profile"]:
-            key = (r["device"], r["threads"], r["batch"])
+            key = (r["device"], r["threads"], r.get("weights"), r["batch"])
             if key in unavailable:
                 continue
             unavailable.add(key)
