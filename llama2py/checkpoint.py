@@ -7,6 +7,7 @@ padded or foreign file is refused before any weight is touched.
 from __future__ import annotations
 
 import math
+import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator
@@ -215,7 +216,8 @@ class QuantizedTensor:
 
 
 def quantize_tensor(w: np.ndarray, group_size: int, per_layer: bool) -> QuantizedTensor:
-    """Q8_0-quantize a float tensor as a v2 file would hold it (each layer separately if per_layer)."""
+    """Q8_0-quantize a float tensor as a v2 file would hold it (each layer separately if per_layer).
+    The pages of a memory-mapped w leave the process part by part (release_pages)."""
     w = np.asarray(w, dtype=np.float32)
     layers = list(w) if per_layer else [w]
     parts = []
@@ -224,7 +226,25 @@ def quantize_tensor(w: np.ndarray, group_size: int, per_layer: bool) -> Quantize
             raise ValueError(f"group size {group_size} does not divide a tensor part of {part.size} values")
         q, s = quantize_q80(part, group_size)
         parts.append((q.reshape(part.shape), s))
+        release_pages(part)
     return QuantizedTensor(tuple(parts), tuple(w.shape), group_size)
+
+
+def release_pages(a: np.ndarray) -> None:
+    """Drop the pages that hold a's bytes from this process when a is a view of a read-only file
+    mapping (a no-op otherwise): read again from the file if touched (a neighbour's too), they no
+    longer count in its memory. Load-time quantization reads each float tensor once; without this the float32 file
+    stayed resident beside the int8 copy (stories110M: peak RSS 757 MiB, float32 alone 591)."""
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    advise = getattr(base, "madvise", None) if isinstance(base, mmap.mmap) else None
+    if advise is None or not hasattr(mmap, "MADV_DONTNEED") or a.flags.writeable or not a.flags.c_contiguous:
+        return
+    start = a.ctypes.data - np.frombuffer(base, dtype=np.uint8).ctypes.data
+    first = start // mmap.PAGESIZE * mmap.PAGESIZE
+    if a.nbytes:
+        advise(mmap.MADV_DONTNEED, first, start + a.nbytes - first)
 
 
 @dataclass

@@ -251,6 +251,63 @@ def test_v2_weights_stay_int8_and_borrowed(make_checkpoint):
     assert cb.memory_bytes() < config.weight_bytes("f32") // 2 + config.kv_cache_bytes(1) * 4 + (8 << 20)
 
 
+def _mapped_kib(a: np.ndarray) -> int:
+    """KiB of the mapping that holds a's first byte resident in this process (/proc/self/smaps)."""
+    addr, inside = a.__array_interface__["data"][0], False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:  # a mapping's first line: start-end perms ...
+                start, end = (int(x, 16) for x in head.split("-"))
+                inside = start <= addr < end
+            elif inside and head == "Rss:":
+                return int(line.split()[1])
+    raise AssertionError("no mapping holds the array")
+
+
+LINUX_ONLY = pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps (Linux)")
+RELEASE_SHAPE = Config(256, 512, 2, 4, 2, 512, 8, True)  # each matrix many pages long
+
+
+@LINUX_ONLY
+def test_load_time_quantization_lets_the_float_pages_go(make_checkpoint):
+    """Quantizing a mapped float file at load time drops each tensor's file pages from the process
+    once it is quantized (they counted beside the int8 copy); the values equal those of quantizing
+    an in-memory copy, and the float views still read the file."""
+    ck = load_checkpoint(make_checkpoint(RELEASE_SHAPE, 0))
+    copy = {n: np.array(a) for n, a in ck.weights.tensors().items()}  # touches every page of the file
+    before = _mapped_kib(ck.weights.wq)
+    assert before * 1024 >= 0.9 * ck.file_bytes
+    q = ck.weights.quantized(32)
+    after = _mapped_kib(ck.weights.wq)
+    assert after * 1024 < 0.05 * ck.file_bytes, (before, after)
+    for name, t in q.tensors().items():
+        if isinstance(t, QuantizedTensor):
+            want = quantize_tensor(copy[name], 32, per_layer=t is not q.token_embedding)
+            for (qa, sa), (qb, sb) in zip(t.parts, want.parts):
+                assert np.array_equal(qa, qb) and np.array_equal(sa, sb), name
+        assert np.array_equal(getattr(ck.weights, name), copy[name]), name  # read again from the file
+
+
+@LINUX_ONLY
+@pytest.mark.parametrize("isa", PACKED_LEVELS, indirect=True)
+def test_cpu_v2_file_pages_go_once_packed(isa, make_checkpoint):
+    """At a packed level the products read the packed copy: the file's int8 pages leave the process
+    (the Model reads the embedding rows and any tail rows from the file again where it needs them),
+    and the results are those of a model made before any page was dropped."""
+    from llama2py.backends.cpu import CpuBackend
+
+    ck = load_checkpoint(make_checkpoint(RELEASE_SHAPE, 2, group_size=32))
+    values = ck.weights.wq.parts[0][0]
+    tokens = np.random.default_rng(5).integers(0, RELEASE_SHAPE.vocab_size, (1, 6)).astype(np.int32)
+    want = NumpyBackend(ck.config, ck.weights, 1).prefill(tokens, 0, "all")
+    assert _mapped_kib(values) * 1024 >= 0.9 * ck.file_bytes  # the spec read every page
+    cb = CpuBackend(ck.config, ck.weights, 1)
+    assert _mapped_kib(values) * 1024 < 0.05 * ck.file_bytes
+    got = cb.prefill(tokens, 0, "all")
+    assert rel_err(got, want) <= TOL, f"worst relative error {rel_err(got, want):.3g}"
+
+
 # ---- loading: weights="q8_0" / "f32" --------------------------------------------------------------------
 @pytest.mark.parametrize("device", ["numpy", "cpu"])
 def test_load_time_quantization_equals_a_v2_file(tmp_path, stories260k, device):

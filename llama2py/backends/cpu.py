@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..checkpoint import Config, QuantizedTensor, Weights
+from ..checkpoint import Config, QuantizedTensor, Weights, release_pages
 from ..threads import max_threads, set_thread_wait_defaults
 from .base import PROFILE_KEYS, Backend, check_int
 
@@ -109,6 +109,11 @@ class CpuBackend(Backend):
             w["wcls"],
             self.group_size or 0,
         )
+        if self._packed_bytes:  # products read the packed copy: a v2 file's pages can leave memory
+            for t in weights.tensors().values():  # (read again from the file where the Model needs rows)
+                for values, scales in t.parts if isinstance(t, QuantizedTensor) else ():
+                    release_pages(values)
+                    release_pages(scales)
         # Reusable outputs of step(); callers get copies.
         self._next = np.empty(max_batch, np.int32)  # (max_batch,)
         self._logprobs = np.empty(max_batch, np.float32)  # (max_batch,)
