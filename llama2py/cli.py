@@ -19,6 +19,7 @@ from typing import Optional
 
 from . import __version__
 from .argtypes import float_in, int_at_least, temperature
+from .checkpoint import WEIGHT_TYPES
 from .errors import Llama2pyError, UsageError
 from .sampler import SEED_BITS, SEED_MAX, nth_seed
 from .threads import max_threads
@@ -147,7 +148,7 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--weights",
-        choices=("f32", "q8_0"),
+        choices=WEIGHT_TYPES,
         default=None,
         help="weights in memory: f32 or q8_0 (int8, runq's arithmetic on the cpu); "
         "default: the file's (a v2 file int8, others float32)",

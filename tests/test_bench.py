@@ -410,7 +410,7 @@ def test_weight_type_read_from_the_backend(tiny):
 def test_weight_types_side_by_side(tiny, monkeypatch):
     """--weights measures each type from one file: rows and labels name the type asked for, and
     each row's "vs b1" divides by the batch-1 row of its own weights (the clock makes the float32
-    rows twice as slow, so a ratio against the other type's row would be 2x or 0.5x off)."""
+    rows twice as slow: paired with the other type's row, 2.00x would read 1.00x or 4.00x)."""
     calls = {"n": 0}
     per_type = {"f32": 2.0, "q8_0": 1.0}
     current = {"t": "f32"}
@@ -446,12 +446,70 @@ def test_vs_run_loads_the_first_weight_type(tiny, tmp_path, capsys):
     tok = _tokenizer(tmp_path / "tok64.bin", 64)
     doc, _, _ = _bench_json(
         tmp_path,
-        [str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--weights", "q8_0", "--vs-run", str(script),
+        [str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--weights", "q8_0,f32", "--vs-run", str(script),
          "--vs-device", "numpy", "-z", str(tok)],
         capsys,
     )  # fmt: skip
     ours = doc["vs_run"]["programs"][-1]
-    assert ours["program"] == "llama2py" and ours["command"].endswith(", weights q8_0")
+    assert ours["program"] == "llama2py" and ours["command"].endswith("on numpy, q8_0 weights")  # what ran
+
+
+def _dequantizing(device, config, weights, **kw):
+    """A backend that runs int8 weights as float32, as the cuda backend does."""
+    from llama2py.backends.numpy_backend import NumpyBackend
+
+    return NumpyBackend(config, weights.dequantized(), **kw)
+
+
+def test_weight_type_a_backend_cannot_hold_is_skipped(tiny, capsys):
+    """A q8_0 row on a backend that dequantizes would time float32 under a q8_0 label: skipped with
+    the reason instead; the table's failed rows name the type asked for."""
+    settings = measure.Settings(["numpy"], [1], steps=2, repeat=1, weights=["f32", "q8_0"], profile=False)
+    rep = measure.bench(tiny, settings, make_backend=_dequantizing)
+    rows = rep["results"]
+    assert [(r["weights"], r["status"]) for r in rows] == [("f32", "ok"), ("q8_0", "skipped")]
+    assert rows[1]["reason"] == "the numpy backend runs q8_0 weights as f32: its f32 row measures that"
+    text = report.render(rep)
+    assert re.search(r"^numpy\s+-\s+1\s+q8_0\s+skipped$", text, re.M), text
+
+
+def test_device_error_on_a_later_weight_type_is_that_row_only(tiny):
+    """Only the device's first measurement decides that the device is unusable: a DeviceError on the
+    second weight type's first batch skips that row, and the device goes on."""
+
+    def make(device, config, weights, **kw):
+        if weights.weight_type == "q8_0" and kw["max_batch"] == 1:
+            raise DeviceError("refused")
+        from llama2py.backends.numpy_backend import NumpyBackend
+
+        return NumpyBackend(config, weights, **kw)
+
+    settings = measure.Settings(["numpy"], [1, 2], steps=2, repeat=1, weights=["f32", "q8_0"], profile=False)
+    rows = measure.bench(tiny, settings, make_backend=make)["results"]
+    assert [(r["weights"], r["batch"], r["status"]) for r in rows] == [
+        ("f32", 1, "ok"),
+        ("f32", 2, "ok"),
+        ("q8_0", 1, "skipped"),
+        ("q8_0", 2, "ok"),
+    ]
+
+
+def test_memory_estimate_counts_the_weight_type(tiny, monkeypatch):
+    """Enough memory for the int8 weights but not the float32 ones: only the f32 row is skipped."""
+    q8 = measure.estimate_bytes(TINY, 1, 16, "q8_0", 32)
+    f32 = measure.estimate_bytes(TINY, 1, 16)
+    assert q8 < f32 and f32 - q8 == TINY.weight_bytes() - TINY.weight_bytes("q8_0", 32)
+    monkeypatch.setattr(measure, "mem_available", lambda: int((q8 + f32) / 2 / 0.9))
+    settings = measure.Settings(["numpy"], [1], steps=2, repeat=1, weights=["f32", "q8_0"], profile=False)
+    rows = measure.bench(tiny, settings)["results"]
+    assert [(r["weights"], r["status"]) for r in rows] == [("f32", "skipped"), ("q8_0", "ok")]
+    assert all(r["weights"] for r in rows)
+
+
+def test_profile_unavailable_said_per_weight_type(tiny):
+    settings = measure.Settings(["numpy"], [1], steps=2, repeat=1, weights=["f32", "q8_0"])
+    text = report.render(measure.bench(tiny, settings))
+    assert "numpy f32 batch 1: unavailable" in text and "numpy q8_0 batch 1: unavailable" in text
 
 
 def test_unusable_device_is_a_row(tiny, monkeypatch):
@@ -467,7 +525,7 @@ def test_unusable_device_is_a_row(tiny, monkeypatch):
     assert rows == [("cuda", None, "unavailable"), ("numpy", 1, "ok"), ("numpy", 2, "ok")]
     assert "no CuPy" in rep["results"][0]["reason"]
     text = report.render(rep)
-    assert re.search(r"^cuda\s+-\s+-\s+unavailable", text, re.M) and "no CuPy here" in text
+    assert re.search(r"^cuda\s+-\s+-\s+-\s+unavailable", text, re.M) and "no CuPy here" in text
 
 
 @pytest.mark.parametrize(
@@ -485,7 +543,7 @@ def test_no_row_succeeds_still_a_table(tiny, error, status, batch):
     lines = report.render(rep).splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("device"))
     assert "decode tok/s" in lines[head]
-    assert re.fullmatch(rf"numpy\s+-\s+{batch}\s+{status}", lines[head + 1])
+    assert re.fullmatch(rf"numpy\s+-\s+{batch}\s+-\s+{status}", lines[head + 1])
     assert lines[head + 2].startswith("  numpy") and lines[head + 2].endswith(str(error))
 
 
@@ -493,7 +551,7 @@ def test_cli_real_unusable_device_does_not_crash(tiny, capsys):
     if host.cuda_status()[0]:
         pytest.skip("cuda is usable on this machine")
     assert main(["bench", str(tiny), "--device", "cuda,numpy", "--batch", "1", "--steps", "2", "--quiet"]) == 0
-    assert re.search(r"^cuda\s+-\s+-\s+unavailable", capsys.readouterr().out, re.M)
+    assert re.search(r"^cuda\s+-\s+-\s+-\s+unavailable", capsys.readouterr().out, re.M)
 
 
 def test_cli_nothing_measured_exits_1(tiny, capsys, monkeypatch):
@@ -502,7 +560,7 @@ def test_cli_nothing_measured_exits_1(tiny, capsys, monkeypatch):
     monkeypatch.setattr(measure, "mem_available", lambda: 10_000)
     assert main(["bench", str(tiny), "--device", "numpy", "--batch", "1", "--steps", "2", "--quiet"]) == 1
     out, err = capsys.readouterr()
-    assert re.search(r"^numpy\s+-\s+1\s+skipped", out, re.M)
+    assert re.search(r"^numpy\s+-\s+1\s+-\s+skipped", out, re.M)
     assert err.strip().splitlines()[-1] == "llama2py bench: error: nothing could be measured (each row above says why)"
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backends import create_backend
 from ..backends.base import PROFILE_KEYS
-from ..checkpoint import Config, convert_weights, load_checkpoint
+from ..checkpoint import Config, convert_weights, default_group_size, load_checkpoint
 from ..errors import DeviceError, Llama2pyError
 from .host import BUSY_LOAD, gpu_name, host_info, mem_available, peak_rss, reset_peak_rss
 
@@ -63,13 +63,16 @@ def fit_lengths(seq_len: int, steps: int, prompt_len: Optional[int]) -> tuple[in
     return p, steps
 
 
-def estimate_bytes(config: Config, batch: int, prompt_len: int) -> int:
-    """Rough host memory a backend needs: float32 weights, KV cache and the largest activations."""
+def estimate_bytes(
+    config: Config, batch: int, prompt_len: int, weight_type: str = "f32", group_size: Optional[int] = None
+) -> int:
+    """Rough host memory a backend needs: the weights as weight_type, KV cache and the largest
+    activations."""
     c = config
     act = (
         4 * batch * prompt_len * (3 * c.hidden_dim + 6 * c.dim + 3 * c.n_heads * prompt_len) + 8 * batch * c.vocab_size
     )
-    return c.weight_bytes() + c.kv_cache_bytes(batch) + act
+    return c.weight_bytes(weight_type, group_size) + c.kv_cache_bytes(batch) + act
 
 
 def weight_bytes_of(config: Config, backend, group_size: Optional[int]) -> tuple[str, Optional[int]]:
@@ -205,6 +208,18 @@ def bench_backend(
     backend = make_backend(device, c, ck.weights, max_batch=batch, threads=threads)
     load_s = clock() - t0
     try:
+        held = str(getattr(backend, "weight_type", "f32"))
+        if weights is not None and held != weights:  # a row would time the other type under this label
+            return [
+                empty_row(
+                    device,
+                    batch,
+                    "skipped",
+                    f"the {device} backend runs {weights} weights as {held}: its {held} row measures that",
+                    threads,
+                    weights=weights,
+                )
+            ]
         rng = np.random.default_rng(0)
         # never BOS (1): any other id is as good a prompt as a real one for timing
         low = 3 if c.vocab_size > 3 else 0
@@ -243,7 +258,7 @@ def bench_backend(
         shared = empty_row(device, batch, "ok", threads=threads, top_p=settings.top_p, weights=weights)
         shared["backend"] = backend.describe()
         shared["load_s"] = load_s
-        shared["weight_type"], shared["weight_bytes"] = weight_bytes_of(c, backend, ck.group_size)
+        shared["weight_type"], shared["weight_bytes"] = weight_bytes_of(c, backend, ck.weights.group_size)
         if not settings.profile:
             shared["profile_note"] = NO_PROFILE
         shared["peak_rss_bytes"] = peak_rss()
@@ -377,13 +392,16 @@ def bench(
         report["warnings"].append(
             f"positions {p_len}..{p_len + steps - 1} ran: what was asked does not fit the context of {c.seq_len}"
         )
+    own = (ck.weights.weight_type, ck.weights.group_size)  # the file's weights, for the memory estimate
     del ck
     for device in settings.devices:
-        _bench_device(report, path, c, device, settings, p_len, steps, progress, raise_errors, make_backend, clock)
+        _bench_device(report, path, c, own, device, settings, p_len, steps, progress, raise_errors, make_backend, clock)
     return report
 
 
-def _bench_device(report, path, config, device, settings, p_len, steps, progress, raise_errors, make_backend, clock):
+def _bench_device(
+    report, path, config, own, device, settings, p_len, steps, progress, raise_errors, make_backend, clock
+):
     """Every (threads, weights, batch) of one device into report["results"]; stops at an unusable
     device."""
     first = True
@@ -391,7 +409,9 @@ def _bench_device(report, path, config, device, settings, p_len, steps, progress
         for weights, batch in ((w, b) for w in settings.weights for b in settings.batches):
             if progress:
                 progress(row_label({"device": device, "threads": threads, "weights": weights, "batch": batch}))
-            need, avail = estimate_bytes(config, batch, p_len), mem_available()
+            weight_type = weights or own[0]
+            group_size = own[1] if weight_type == own[0] else default_group_size(config.dim)
+            need, avail = estimate_bytes(config, batch, p_len, weight_type, group_size), mem_available()
             if device != "cuda" and avail is not None and need > 0.9 * avail:
                 reason = f"needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
                 report["results"].append(empty_row(device, batch, "skipped", reason, threads, weights=weights))

@@ -117,6 +117,7 @@ def vs_run(
     if tokenizer is None:
         tokenizer = str(find_tokenizer(ck_path, load_checkpoint(ck_path).config.vocab_size))
     model = Llama.load(ck_path, tokenizer=tokenizer, device=device, threads=threads, weights=weights)
+    held = getattr(model.backend, "weight_type", "f32")  # what runs (cuda runs int8 as float32)
     entries: list[tuple[dict, Callable[[int], float]]] = []
     for temperature in temperatures:
         for binary in binaries:
@@ -133,8 +134,8 @@ def vs_run(
         entry = _entry(
             "llama2py",
             None,
-            f"Llama.run(steps={steps}, temperature={temperature:g}, top_p={top_p:g}, seed={SEED}) on {model.device}"
-            + (f", weights {weights}" if weights else ""),
+            f"Llama.run(steps={steps}, temperature={temperature:g}, top_p={top_p:g}, seed={SEED}) on {model.device}, "
+            f"{held} weights",
             temperature,
             top_p,
         )

@@ -120,8 +120,8 @@ def render(report: dict) -> str:
         # no count given: the cpu backend picks one thread or all cores per call
         auto = "auto" if r["device"] == "cpu" else "-"
         left = (r["device"], _fmt(r["threads"], "d", auto), _fmt(r["batch"], "d"))
-        if r["status"] != "ok":
-            rows.append(left + (r["status"],))
+        if r["status"] != "ok":  # the weight type asked for ("-": the file's), then the status
+            rows.append(left + (r.get("weights") or "-", r["status"]))
             notes.append(f"  {row_label(r)}: {r['reason']}")
             continue
         rows.append(
@@ -141,7 +141,7 @@ def render(report: dict) -> str:
                 _mib(r["device_memory_bytes"]),
             )
         )
-    lines += _table(head, rows, left=3) + notes
+    lines += _table(head, rows, left=4) + notes
     prof_lines = []
     untimed: dict[str, None] = {}  # categories left out of some row (an ordered set)
     unavailable = set()  # backends without a profile: said once, not per temperature
