@@ -215,16 +215,16 @@ class QuantizedTensor:
         return vals.reshape(index.shape + (cols,))
 
 
-def quantize_tensor(w: np.ndarray, group_size: int, per_layer: bool) -> QuantizedTensor:
-    """Q8_0-quantize a float tensor as a v2 file would hold it (each layer separately if per_layer).
+def quantize_tensor(w: np.ndarray, group_size: int, layered: bool, name: str = "tensor") -> QuantizedTensor:
+    """Q8_0-quantize a float tensor as a v2 file would hold it (each layer separately if layered).
     The pages of a memory-mapped w leave the process part by part (release_pages)."""
     w = np.asarray(w, dtype=np.float32)
-    layers = list(w) if per_layer else [w]
+    layers = list(w) if layered else [w]
     parts = []
-    for part in layers:
+    for i, part in enumerate(layers):
         if part.size % group_size:
             raise ValueError(f"group size {group_size} does not divide a tensor part of {part.size} values")
-        q, s = quantize_q80(part, group_size)
+        q, s = quantize_q80(part, group_size, f"{name} layer {i}" if layered else name)
         parts.append((q.reshape(part.shape), s))
         release_pages(part)
     return QuantizedTensor(tuple(parts), tuple(w.shape), group_size)
@@ -300,7 +300,7 @@ class Weights:
         for name in _Q_ORDER + ("wcls",):
             if name == "wcls" and src.wcls is src.token_embedding:
                 continue
-            t[name] = quantize_tensor(t[name], group_size, per_layer=name not in ("token_embedding", "wcls"))
+            t[name] = quantize_tensor(t[name], group_size, per_layer(name), name)
         if src.wcls is src.token_embedding:
             t["wcls"] = t["token_embedding"]
         return Weights(**t)
@@ -309,10 +309,13 @@ class Weights:
 WEIGHT_TYPES = ("f32", "q8_0")
 
 
-def convert_weights(weights: Weights, config: Config, weight_type: Optional[str]) -> Weights:
+def convert_weights(
+    weights: Weights, config: Config, weight_type: Optional[str], path: Optional[str | os.PathLike] = None
+) -> Weights:
     """The weights in memory as weight_type: None keeps the file's (a v2 file int8, else float32);
     "q8_0" quantizes float weights at load time (group size as llama2.c's exporter picks it);
-    "f32" dequantizes a v2 file's."""
+    "f32" dequantizes a v2 file's. path: the checkpoint's, for the message of a value int8 cannot
+    hold."""
     if weight_type is None:
         return weights
     if weight_type not in WEIGHT_TYPES:
@@ -321,7 +324,10 @@ def convert_weights(weights: Weights, config: Config, weight_type: Optional[str]
         return weights.dequantized()
     if weights.weight_type == "q8_0":
         return weights
-    return weights.quantized(default_group_size(config.dim))
+    try:
+        return weights.quantized(default_group_size(config.dim))
+    except CheckpointError as e:
+        raise CheckpointError(f"checkpoint {path}: {e}" if path else str(e)) from None
 
 
 @dataclass
@@ -379,9 +385,14 @@ _V1_ORDER = ("rms_att", "rms_ffn", "rms_final", "token_embedding", "wq", "wk", "
 _Q_ORDER = ("token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
+def per_layer(name: str) -> bool:
+    """Whether a v2 file quantizes the array layer by layer (the embedding and classifier: whole)."""
+    return name not in ("token_embedding", "wcls")
+
+
 def _layers(name: str, c: Config) -> int:
     """How many separately quantized tensors an array is stored as in a v2 file."""
-    return 1 if name in ("token_embedding", "wcls") else c.n_layers
+    return c.n_layers if per_layer(name) else 1
 
 
 def _v2_bytes(c: Config, gs: int) -> int:
@@ -544,12 +555,20 @@ _PIECE_VALUES = 1 << 20
 ChunkSource = Callable[[str], Iterable[np.ndarray]]
 
 
-def quantize_q80(w: np.ndarray, gs: int) -> tuple[np.ndarray, np.ndarray]:
+def quantize_q80(w: np.ndarray, gs: int, what: str = "the weights") -> tuple[np.ndarray, np.ndarray]:
     """Q8_0 as llama2.c's exporter does it: per group of gs values, scale = max|w| / 127, int8 =
     round(w / scale) (half to even, as torch.round). A group of zeros gets scale 0 and int8 0,
-    where the exporter would divide 0 by 0 (docs/FORMAT.md, version 2)."""
+    where the exporter would divide 0 by 0 (docs/FORMAT.md, version 2). NaN or Inf (what names
+    the tensor) is refused: int8 cannot hold it, and the exporter would write NaN scales, which
+    make garbage of every product they touch."""
     g = np.asarray(w, dtype=np.float32).reshape(-1, gs)
     scale = np.abs(g).max(axis=1) / np.float32(127.0)
+    if not np.isfinite(scale).all():  # a group's max is NaN or Inf exactly when it holds one
+        bad = g.reshape(-1)[np.flatnonzero(~np.isfinite(g.reshape(-1)))[0]]
+        raise CheckpointError(
+            f"{what} holds {bad}: int8 (Q8_0) cannot store NaN or Inf, so these float32 weights cannot be "
+            "quantized (the file is damaged, or the model diverged in training)"
+        )
     safe = np.where(scale == 0, np.float32(1.0), scale)
     q = np.round(g / safe[:, None]).astype(np.int8)
     return q.reshape(-1), scale.astype(np.float32)
@@ -721,33 +740,35 @@ def _pieces(name: str, chunks: Iterable[np.ndarray], numel: int) -> Iterator[np.
         raise ValueError(f"weight {name}: the source gave {seen:,} values, the tensor has {numel:,}")
 
 
-def _write_q80(out: _Output, pieces: Iterator[np.ndarray], part_len: int, gs: int) -> None:
+def _write_q80(out: _Output, pieces: Iterator[np.ndarray], part_len: int, gs: int, name: str) -> None:
     """Each part (a layer, or the whole embedding/classifier) as its int8 values, then its scales.
     Pieces need not align with groups: a group split across two pieces is joined first."""
     scales: list[np.ndarray] = []  # of the current part, (part_len / gs,) in the end
     carry = np.empty(0, np.float32)  # (< gs,) values of a group the last piece cut
     filled = 0  # values of the current part seen so far
+    part = 0  # its number, for the message of a value int8 cannot hold
     for piece in pieces:
         while piece.size:
+            what = f"{name} layer {part}" if per_layer(name) else name
             head, piece = piece[: part_len - filled], piece[part_len - filled :]
             filled += head.size
             if carry.size:
                 carry, head = np.concatenate([carry, head[: gs - carry.size]]), head[gs - carry.size :]
             if carry.size == gs:
-                q, s = quantize_q80(carry, gs)
+                q, s = quantize_q80(carry, gs, what)
                 out.write(q)
                 scales.append(s)
                 carry = np.empty(0, np.float32)
             whole = head.size - head.size % gs
             if whole:
-                q, s = quantize_q80(head[:whole], gs)
+                q, s = quantize_q80(head[:whole], gs, what)
                 out.write(q)
                 scales.append(s)
             if whole < head.size:
                 carry = np.concatenate([carry, head[whole:]])
             if filled == part_len:  # part_len is a multiple of gs, so no group is left open
                 out.write(np.concatenate(scales).astype("<f4"))
-                scales, filled = [], 0
+                scales, filled, part = [], 0, part + 1
 
 
 def write_checkpoint(
@@ -786,7 +807,10 @@ def write_checkpoint(
             numel = math.prod(shapes[name])
             pieces = _pieces(name, chunks(name), numel)
             if version == 2 and name not in NORM_TENSORS:
-                _write_q80(out, pieces, numel // _layers(name, config), group_size)
+                try:
+                    _write_q80(out, pieces, numel // _layers(name, config), group_size, name)
+                except CheckpointError as e:  # a value int8 cannot hold: say where it comes from
+                    raise CheckpointError(f"{', '.join(map(str, inputs))}: {e}" if inputs else str(e)) from None
             else:
                 for piece in pieces:
                     out.write(piece)

@@ -152,7 +152,7 @@ class Llama:
         if threads is not None:
             threads = check_int("threads", threads, 1)
         ck = load_checkpoint(checkpoint)
-        ck.weights = convert_weights(ck.weights, ck.config, weights)
+        ck.weights = convert_weights(ck.weights, ck.config, weights, ck.path)
         config = ck.config
         notes: list[str] = []
         if context is not None:

@@ -24,6 +24,7 @@ from llama2py.checkpoint import (
     checkpoint_bytes,
     default_group_size,
     load_checkpoint,
+    per_layer,
     quantize_tensor,
     random_weights,
     write_checkpoint,
@@ -55,7 +56,7 @@ def test_matmul_q8_spec_is_close_to_float():
     """The spec (also its straddling path) approximates x @ dequantized(w).T."""
     rng = np.random.default_rng(0)
     for d, n, gs in [(12, 64, 32), (64, 172, 64), (8, 37, 2)]:
-        w = quantize_tensor(randn(rng, d, n), gs, per_layer=False)
+        w = quantize_tensor(randn(rng, d, n), gs, layered=False)
         x = randn(rng, 3, n)
         ref = x.astype(np.float64) @ w.dequantize().T.astype(np.float64)
         assert rel_err(nbk.matmul_q8(x, w), ref) < 0.02
@@ -86,7 +87,7 @@ def test_cpu_q8_matmul_equals_spec(isa, d, n, gs, rows):
     import llama2py._cpu as ext
 
     rng = np.random.default_rng(d * 100 + n)
-    w = quantize_tensor(randn(rng, d, n), gs, per_layer=False)
+    w = quantize_tensor(randn(rng, d, n), gs, layered=False)
     x = randn(rng, rows, n)
     x[0, : min(gs, n)] = 0  # a group of zeros (scale 0)
     (values, scales) = w.parts[0]
@@ -108,7 +109,7 @@ def test_cpu_q8_matmul_extreme_values(isa):
 
     rng = np.random.default_rng(7)
     d, n, gs = 35, 64, 32
-    w = quantize_tensor(randn(rng, d, n), gs, per_layer=False)
+    w = quantize_tensor(randn(rng, d, n), gs, layered=False)
     values, scales = w.parts[0]
     values = np.array(values)  # writable copy
     values[::2] = -128
@@ -283,7 +284,7 @@ def test_load_time_quantization_lets_the_float_pages_go(make_checkpoint):
     assert after * 1024 < 0.05 * ck.file_bytes, (before, after)
     for name, t in q.tensors().items():
         if isinstance(t, QuantizedTensor):
-            want = quantize_tensor(copy[name], 32, per_layer=t is not q.token_embedding)
+            want = quantize_tensor(copy[name], 32, layered=per_layer(name))
             for (qa, sa), (qb, sb) in zip(t.parts, want.parts):
                 assert np.array_equal(qa, qb) and np.array_equal(sa, sb), name
         assert np.array_equal(getattr(ck.weights, name), copy[name]), name  # read again from the file

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHAPES, assert_one_line_error, cli, rel_err
+from conftest import SHAPES, assert_one_line_error, cli, cpu_built, rel_err, write_tokenizer
 
 import llama2py.quantize as quantize
 from llama2py.backends.numpy_backend import NumpyBackend
 from llama2py.checkpoint import (
     Config,
+    Weights,
     checkpoint_bytes,
     float_tensor_offsets,
     header_bytes,
@@ -25,7 +26,7 @@ from llama2py.checkpoint import (
     write_checkpoint,
 )
 from llama2py.cli import main
-from llama2py.errors import OutputError
+from llama2py.errors import CheckpointError, OutputError
 from llama2py.files import atomic_output
 
 
@@ -107,6 +108,46 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, make_args, code, nee
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before  # the input untouched, no output, no temporary file
     assert os.listdir(tmp_path / "sub") == []
+
+
+def _with_value(config: Config, name: str, index: tuple, value: float) -> Weights:
+    """random weights of config with one value replaced (the shared classifier kept shared)."""
+    w = {k: np.array(v) for k, v in random_weights(config, 1).tensors().items()}
+    w[name][index] = value
+    if config.shared_classifier:
+        w["wcls"] = w["token_embedding"]
+    return Weights(**w)
+
+
+NON_FINITE = [
+    ("token_embedding", (3, 5), np.nan, "token_embedding holds nan"),
+    ("w2", (1, 4, 7), np.inf, "w2 layer 1 holds inf"),
+    ("wq", (0, 0, 0), -np.inf, "wq layer 0 holds -inf"),
+]
+
+
+@pytest.mark.parametrize("name, index, value, said", NON_FINITE)
+def test_non_finite_weights_are_not_quantized(tmp_path, name, index, value, said):
+    """int8 cannot hold NaN or Inf: quantize, a v2 write and load-time quantization refuse, naming
+    the tensor and layer, instead of writing NaN scales (whose file llama2py then refuses to load)
+    or telling a garbage story with exit 0 (--weights q8_0 on the cpu); no numpy warning, no output."""
+    from llama2py.model import Llama
+
+    c = SHAPES["mha_shared"]
+    src = tmp_path / "in.bin"
+    write_checkpoint(src, c, _with_value(c, name, index, value), 0)
+    r = _cli(str(src), str(tmp_path / "out.bin"))
+    err = assert_one_line_error(r, f"{src}: {said}: int8 (Q8_0) cannot store NaN or Inf", rc=1)
+    assert "Warning" not in err and sorted(os.listdir(tmp_path)) == ["in.bin"]
+    with pytest.raises(CheckpointError, match=f"^x.bin: {said}: "):
+        write_checkpoint(tmp_path / "v2.bin", c, _with_value(c, name, index, value), 2, inputs=("x.bin",))
+    assert sorted(os.listdir(tmp_path)) == ["in.bin"]
+    with pytest.raises(CheckpointError, match=f"^checkpoint {src}: {said}: "):
+        Llama.load(src, tokenizer=None, device="numpy", weights="q8_0")
+    tok = tmp_path / "tok.bin"
+    write_tokenizer(tok, [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [bytes([65 + i]) for i in range(c.vocab_size - 3)])
+    r = cli(src, "-z", tok, "-n", "4", "--weights", "q8_0", "--device", "cpu" if cpu_built() else "numpy", text=True)
+    assert "Warning" not in assert_one_line_error(r, f"checkpoint {src}: {said}", rc=1)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the next test covers the refusal")

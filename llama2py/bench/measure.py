@@ -204,7 +204,7 @@ def bench_backend(
     t0 = clock()
     ck = load_checkpoint(path)
     c = ck.config
-    ck.weights = convert_weights(ck.weights, c, weights)  # load-time quantization counts as loading
+    ck.weights = convert_weights(ck.weights, c, weights, path)  # load-time quantization counts as loading
     backend = make_backend(device, c, ck.weights, max_batch=batch, threads=threads)
     load_s = clock() - t0
     try:
