@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .backends.base import Backend, as_token_ids, check_bool, check_int, check_sampling, check_seed
-from .errors import PromptError
+from .errors import PromptError, too_long
 from .tokenizer import BOS, EOS
 
 STOP_TOKENS = (EOS, BOS)
@@ -114,9 +114,7 @@ def check_batch(
         if ids.size == 0:
             raise PromptError(f"prompt {b} is empty: every prompt needs at least one token (BOS, 1)")
         if ids.size > seq_len:
-            raise PromptError(
-                f"prompt {b} is {ids.size} tokens but the model's context (seq_len) is {seq_len}; shorten it"
-            )
+            raise too_long(f"prompt {b} is {ids.size} tokens", seq_len)
         prompts.append(ids.tolist())
     return prompts
 

@@ -20,6 +20,14 @@ class PromptError(Llama2pyError):
     """A prompt (or batch of prompts) does not fit the model's context or the batch limit."""
 
 
+def too_long(what: str, seq_len: int) -> PromptError:
+    """The error of a prompt (or chat turn) that cannot fit the context; what says how long it is."""
+    return PromptError(
+        f"{what}, but the context is {seq_len} position{'' if seq_len == 1 else 's'} (the checkpoint's seq_len, or a smaller "
+        "--context / context=); shorten it"
+    )
+
+
 class DeviceError(Llama2pyError):
     """A backend cannot run here: no GPU, no CuPy, not enough memory, extension not built."""
 

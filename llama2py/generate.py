@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .backends.base import Backend, as_token_ids, check_int, check_sampling, check_seed
-from .errors import PromptError
+from .errors import PromptError, too_long
 from .tokenizer import BOS, EOS, Tokenizer
 
 
@@ -48,9 +48,7 @@ def resolve_steps(steps: int, seq_len: int) -> int:
 
 def check_prompt(prompt_tokens: Sequence[int], seq_len: int, what: str = "the prompt") -> None:
     if len(prompt_tokens) > seq_len:
-        raise PromptError(
-            f"{what} is {len(prompt_tokens)} tokens but the model's context (seq_len) is {seq_len}; shorten it"
-        )
+        raise too_long(f"{what} is {len(prompt_tokens)} tokens", seq_len)
 
 
 def run_loop(
@@ -256,10 +254,7 @@ def _chat_loop(
                 need = len(prompt)
             if pos + need > seq_len:
                 if pos == 0:
-                    raise PromptError(
-                        f"the first turn needs at least {need} tokens but the model's context "
-                        f"(seq_len) is {seq_len}; shorten it"
-                    )
+                    raise too_long(f"the first turn needs at least {need} tokens", seq_len)
                 return  # the context is full: the chat ends, as run's does at `steps`
             idx, user_turn = 0, False
             yield b"Assistant: "

@@ -20,7 +20,7 @@ from .backends import create_backend
 from .backends.base import Backend, as_token_ids, check_int, check_sampling
 from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
-from .errors import CLOSED, Llama2pyError, PromptError, TokenizerError
+from .errors import CLOSED, Llama2pyError, PromptError, TokenizerError, too_long
 from .generate import RunStats, check_prompt, run_loop
 from .sampler import nth_seed, resolve_seed
 from .stops import StopMatcher, check_stops, cut_stream
@@ -89,9 +89,10 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | bytes, seq_len: int, what:
     """run's encoding of a prompt (BOS first), refused before encoding when it cannot fit the
     context: a long prompt costs nothing before it is refused."""
     if tokenizer.min_tokens(prompt) > seq_len:
-        raise PromptError(
+        raise too_long(
             f"{what} is {len(prompt):,} {'character(s)' if isinstance(prompt, str) else 'byte(s)'}, at least "
-            f"{tokenizer.min_tokens(prompt):,} tokens, but the model's context (seq_len) is {seq_len}; shorten it"
+            f"{tokenizer.min_tokens(prompt):,} tokens",
+            seq_len,
         )
     tokens = tokenizer.encode(prompt, bos=True)
     check_prompt(tokens, seq_len, what)

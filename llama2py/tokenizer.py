@@ -80,7 +80,10 @@ class Tokenizer:
     def min_tokens(self, text: str | bytes) -> int:
         """A lower bound on len(encode(text)) computed without encoding: no piece is longer than
         max_token_length bytes (so a prompt too long for the context is refused in O(1))."""
-        n = len(_text_bytes(text)) + 1  # + the dummy-prefix space
+        raw = _text_bytes(text)
+        if not raw:  # BOS alone: no dummy-prefix space for empty text
+            return 1
+        n = len(raw) + 1  # + the dummy-prefix space
         return 1 + -(-n // self.max_token_length)
 
     def encode(self, text: str | bytes, bos: bool = True, eos: bool = False) -> list[int]:

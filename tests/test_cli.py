@@ -149,7 +149,7 @@ def test_error_prompt_longer_than_context(small_model, stories260k):
         "--device",
         "numpy",
     )
-    assert_one_line_error(r, "seq_len) is 16")
+    assert_one_line_error(r, "the context is 16 positions")
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,12 @@ def test_cli_context_flag(tmp_path, capsys):
     ck, tok = tiny_model(tmp_path)
     rc, err = main_in_process(capsys, ck, "-z", tok, "--device", "numpy", "--context", "4", "-n", "0", "-t", "0")
     assert rc == 0, err
+    # a context of one position holds BOS: no prompt runs one step; a prompt is refused naming --context
+    rc, err = main_in_process(capsys, ck, "-z", tok, "--device", "numpy", "--context", "1", "-t", "0")
+    assert rc == 0, err
+    assert_one_line_error(
+        run_cli(ck, "-z", tok, "--context", "1", "-i", "a"), "but the context is 1 position (", "--context", rc=1
+    )
     assert_one_line_error(run_cli(ck, "-z", tok, "--context", "0"), "--context must be >= 1", rc=2)
 
 
@@ -189,7 +195,7 @@ def test_long_prompt_refused_before_encoding(stories260k, monkeypatch):
     m = Llama.load(*stories260k, device="numpy")
     calls = []
     monkeypatch.setattr(m.tokenizer, "encode", lambda *a, **k: calls.append(1) or [1])
-    with pytest.raises(PromptError, match="at least .* tokens, but the model's context"):
+    with pytest.raises(PromptError, match="at least .* tokens, but the context is 512 positions"):
         m.run("Lily " * 100_000)  # 500 KB: minutes with the quadratic encoder, refused at once now
     assert calls == []
 

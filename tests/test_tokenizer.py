@@ -25,6 +25,16 @@ def test_known_encodings(llama_tokenizer, text, ids):
     assert Tokenizer(llama_tokenizer, 32000).encode(text) == ids
 
 
+@pytest.mark.parametrize("text", ["", "a", " ", "ab ab", "Once upon a time", "你好", "x" * 1000])
+def test_min_tokens_is_a_lower_bound(tmp_path, text):
+    """min_tokens (the O(1) refusal of prompts too long for the context) never exceeds the real
+    count: the empty text is BOS alone (it said 2, refusing "" at a context of 1)."""
+    pieces = byte_vocab() + [b" ", b"a", b"b", b"ab", b" ab", b"x" * 7]
+    tok = Tokenizer(write_tokenizer(tmp_path / "t.bin", pieces, [0.0] * 259 + [1.0, 1.0, 1.0, 2.0, 3.0, 4.0]), 265)
+    assert tok.min_tokens(text) <= len(tok.encode(text, bos=True))
+    assert tok.min_tokens("") == len(tok.encode("", bos=True)) == 1
+
+
 def test_roundtrip_and_bos_eos(llama_tokenizer):
     tok = Tokenizer(llama_tokenizer, 32000)
     text = "Once upon a time, Lily met a dragon. Ünïcödé ✓ 你好\nnew line"
