@@ -11,6 +11,7 @@ Errors print one line on stderr and exit non-zero; --debug shows the traceback.
 from __future__ import annotations
 
 import argparse
+import array
 import importlib
 import os
 import signal
@@ -281,10 +282,12 @@ def cmd_run(args) -> int:
 
 # -- batched generation (--prompts-file / --num-samples) --------------------------------------------
 PROMPTS_FILE_LIMIT = 256 << 20  # bytes: a prompts file larger than this is refused, not read
+PROMPTS_LIMIT = 1_000_000  # lines of a prompts file: past this it is refused (memory grows per prompt)
+SUMMARY_LINES = 64  # per-sequence tok/s lines on stderr after a batched run; the others are counted
 
 
-def read_prompts_file(path: str) -> list[tuple[int, str]]:
-    """(line number, prompt) for each line (trailing newline and CR stripped, blank lines skipped).
+def read_prompts_file(path: str) -> tuple[array.array, list[str]]:
+    """(line numbers, prompts): each line's (trailing newline and CR stripped, blank lines skipped).
     A path names a regular file (a FIFO or /dev/zero would block or never end), read up to its
     size; "-" reads stdin until it ends, refused past PROMPTS_FILE_LIMIT bytes."""
     from .errors import PromptError
@@ -298,15 +301,25 @@ def read_prompts_file(path: str) -> list[tuple[int, str]]:
             raise PromptError(f"--prompts-file -: more than {PROMPTS_FILE_LIMIT >> 20} MiB on stdin; use fewer prompts")
     else:
         data = read_regular_file(path, "--prompts-file", PromptError, " (cannot read it)", limit=PROMPTS_FILE_LIMIT)
+    n_lines = data.count(b"\n") + (not data.endswith(b"\n"))
+    if n_lines > PROMPTS_LIMIT:
+        raise PromptError(
+            f"--prompts-file {path}: {n_lines:,} lines, more than the {PROMPTS_LIMIT:,} one run takes; split the file"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PromptError(f"--prompts-file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8")
-    lines = [line.rstrip("\r") for line in text.split("\n")]
-    prompts = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
+    del data
+    numbers, prompts = array.array("q"), []  # compact: up to PROMPTS_LIMIT of them
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
+        if line.strip():
+            numbers.append(n)
+            prompts.append(line)
     if not prompts:
         raise PromptError(f"--prompts-file {path}: no prompts in it (one prompt per line)")
-    return prompts
+    return numbers, prompts
 
 
 def _batch_head(args, i: int, j: int, n_samples: int, line: int) -> str:
@@ -330,9 +343,9 @@ def cmd_batch(args) -> int:
     if args.prompts_file is not None:
         if args.prompt is not None:
             raise UsageError("give prompts either with -i or with --prompts-file, not both")
-        lines, texts = zip(*read_prompts_file(args.prompts_file))
+        lines, texts = read_prompts_file(args.prompts_file)
     else:
-        lines, texts = (1,), [_prompt_bytes(args.prompt)]
+        lines, texts = array.array("q", [1]), [_prompt_bytes(args.prompt)]
     n_samples = args.num_samples or 1
     n_seqs = len(texts) * n_samples  # sequence s: prompt s // n_samples, sample s % n_samples (never listed)
     limit = min(args.max_batch or n_seqs, n_seqs)
@@ -343,11 +356,17 @@ def cmd_batch(args) -> int:
     c = model.config
     steps = resolve_steps(args.steps, c.seq_len)
     # each distinct prompt encoded once (refused before encoding when it cannot fit); every error
-    # comes before the first story
-    prompts = [
-        encode_prompt(model.tokenizer, t, c.seq_len, f"prompt {i + 1}" + (f", line {n}," if n != i + 1 else ""))
-        for i, (n, t) in enumerate(zip(lines, texts))
-    ]
+    # comes before the first story. Kept as one int32 array (4 bytes a token, not a Python list)
+    flat, starts = array.array("i"), array.array("q", [0])
+    for i, (n, t) in enumerate(zip(lines, texts)):
+        flat.extend(
+            encode_prompt(model.tokenizer, t, c.seq_len, f"prompt {i + 1}" + (f", line {n}," if n != i + 1 else ""))
+        )
+        starts.append(len(flat))
+    del texts
+
+    def prompt(i: int) -> list[int]:
+        return flat[starts[i] : starts[i + 1]].tolist()
 
     def seq(s: int) -> tuple[int, int]:
         return divmod(s, n_samples)
@@ -379,7 +398,7 @@ def cmd_batch(args) -> int:
         with model._call():  # one call, as Llama's own are (it drives the backend itself)
             run_batch(
                 model.backend,
-                [prompts[seq(b)[0]] for b in idx],
+                [prompt(seq(b)[0]) for b in idx],
                 [steps + 1] * len(idx),
                 args.temperature,
                 args.top_p,
@@ -387,7 +406,7 @@ def cmd_batch(args) -> int:
                 stats=stats,
                 on_done=print_ready,
             )
-        for r, b in enumerate(idx):
+        for r, b in enumerate(idx[: max(0, SUMMARY_LINES - len(per_seq))]):
             i, j = seq(b)
             per_seq.append(
                 (_batch_head(args, i, j, n_samples, lines[i])[4:], stats.seq_tok_per_s(r), stats.generated[r])
@@ -398,6 +417,9 @@ def cmd_batch(args) -> int:
     print(f"achieved tok/s: {agg:f} (aggregate over {n_seqs} sequences, batches of up to {limit})", file=sys.stderr)
     for name, rate, n in per_seq:
         print(f"  {name}: {rate:f} tok/s ({n} tokens)", file=sys.stderr)
+    more = n_seqs - len(per_seq)
+    if more:
+        print(f"  ({more:,} more sequence{'s' if more > 1 else ''}: the aggregate above counts them)", file=sys.stderr)
     return 0
 
 

@@ -123,6 +123,24 @@ def test_cli_context_flag(tmp_path, capsys):
     assert_one_line_error(run_cli(ck, "-z", tok, "--context", "0"), "--context must be >= 1", rc=2)
 
 
+def test_prompts_file_lines_capped_and_summary_bounded(tmp_path, capsys, monkeypatch):
+    """Memory grows with the number of prompts (each keeps its line number and tokens), so a
+    prompts file past PROMPTS_LIMIT lines is refused up front; the per-sequence tok/s lines stop at
+    SUMMARY_LINES, a last line counting the others (400,000 prompts printed 400,000 lines)."""
+    ck, tok = tiny_model(tmp_path)
+    monkeypatch.setattr(cli, "PROMPTS_LIMIT", 3)
+    monkeypatch.setattr(cli, "SUMMARY_LINES", 2)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a\n\nb\nc\n")  # 4 lines, one blank
+    rc, err = main_in_process(capsys, ck, "-z", tok, "--device", "numpy", "--prompts-file", prompts, "-n", "3")
+    assert_one_line_error((rc, err), f"--prompts-file {prompts}: 4 lines, more than the 3 one run takes", rc=1)
+    prompts.write_text("a\nb\nc")  # 3 lines, the last without a newline
+    rc, err = main_in_process(capsys, ck, "-z", tok, "--device", "numpy", "--prompts-file", prompts, "-n", "3")
+    assert rc == 0, err
+    assert "aggregate over 3 sequences" in err and "  prompt 1: " in err and "  prompt 2: " in err
+    assert "  prompt 3: " not in err and err.rstrip().endswith("(1 more sequence: the aggregate above counts them)")
+
+
 def test_memory_error_is_a_clean_cli_error(tmp_path, capsys, monkeypatch):
     ck, tok = tiny_model(tmp_path)
 
