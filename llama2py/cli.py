@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import difflib
 import importlib
 import os
 import signal
@@ -300,7 +301,14 @@ def read_prompts_file(path: str) -> tuple[array.array, list[str]]:
         if len(data) > PROMPTS_FILE_LIMIT:
             raise PromptError(f"--prompts-file -: more than {PROMPTS_FILE_LIMIT >> 20} MiB on stdin; use fewer prompts")
     else:
-        data = read_regular_file(path, "--prompts-file", PromptError, " (cannot read it)", limit=PROMPTS_FILE_LIMIT)
+        data = read_regular_file(
+            path,
+            "--prompts-file",
+            PromptError,
+            " (cannot read it)",
+            limit=PROMPTS_FILE_LIMIT,
+            too_big_hint="; split it",
+        )
     n_lines = data.count(b"\n") + (not data.endswith(b"\n"))
     if n_lines > PROMPTS_LIMIT:
         raise PromptError(
@@ -436,7 +444,13 @@ def _dispatch(argv: list[str]) -> int:
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
         args = p.parse_args(argv[1:])
         return _guarded(lambda: module.run(args), args.debug)
-    args = run_parser().parse_args(argv)
+    parser = run_parser()
+    if argv and not argv[0].startswith("-") and not os.path.lexists(argv[0]):
+        # `llama2py infoo x.bin` would say "unrecognized arguments: x.bin": name the likely typo
+        near = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1, cutoff=0.7)
+        if near:
+            parser.error(f"{argv[0]!r} is neither a command nor a file; did you mean `llama2py {near[0]}`?")
+    args = parser.parse_args(argv)
     return _guarded(lambda: cmd_run(args), args.debug)
 
 

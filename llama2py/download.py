@@ -569,6 +569,11 @@ def ensure_default_model(
     one DownloadError names every missing file with its URL, size, sha256 and destination.
     """
     folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
+    if folder.exists() and not folder.is_dir():  # no file can be put "in" it: no instructions to print
+        raise DownloadError(
+            f"no checkpoint was given and the model store {folder} is not a folder: point ${MODELS_ENV} at a "
+            "folder, or pass a checkpoint path (and -z TOKENIZER)"
+        )
     model = REGISTRY[DEFAULT_MODEL]
     entries = [model, REGISTRY[model.tokenizer]]
     missing = [e for e in entries if not is_trusted(folder / e.filename, e)]

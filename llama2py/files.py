@@ -47,7 +47,7 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = (), size: O
         if path.exists() and Path(source).exists() and os.path.samefile(path, source):
             raise OutputError(f"output {name}: is the input file {source}; write to another file")
     if path.is_dir():
-        raise OutputError(f"output {name}: is a directory; give a file name (e.g. {given / 'model.bin'})")
+        raise OutputError(f"output {name}: is a directory; give the name of a file to write (in it or elsewhere)")
     if path.exists() and not path.is_file():
         # a device or a pipe: renaming a file over it would replace it (as root, /dev/null too)
         raise OutputError(f"output {name}: is not a regular file ({_kind(path)}); give a file name")

@@ -42,12 +42,14 @@ def read_regular_file(
     missing_hint: str = "",
     limit: Optional[int] = None,
     first: Optional[int] = None,
+    too_big_hint: str = "",
 ) -> bytes:
-    """The bytes of a regular file, at most its stat size (a longer file than `limit` is an error
-    rather than a read without end); with `first`, only its first bytes (a header)."""
+    """The bytes of a regular file, at most its stat size (a longer file than `limit` is an error,
+    what to do in too_big_hint, rather than a read without end); with `first`, only its first bytes
+    (a header)."""
     size = regular_file_size(path, what, error, missing_hint)
     if limit is not None and size > limit:
-        raise error(f"{what} {path}: {size:,} bytes, more than the {limit:,} it may have")
+        raise error(f"{what} {path}: {size:,} bytes, more than the {limit:,} it may have{too_big_hint}")
     try:
         with open(Path(path), "rb") as f:
             return f.read(size if first is None else min(size, first))

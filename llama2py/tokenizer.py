@@ -34,6 +34,8 @@ class Tokenizer:
             " (pass -z PATH; stories15M/42M/110M use the Llama 2 tokenizer.bin: `llama2py download tokenizer`)",
             # a token's record is at least 8 bytes and at most 8 + max_token_length (<= 2**16)
             limit=4 + vocab_size * (8 + (1 << 16)),
+            too_big_hint=f" for {vocab_size} tokens; it belongs to a model with a larger vocabulary "
+            "(pass the matching tokenizer with -z)",
         )
         if len(data) < 4:
             raise TokenizerError(f"tokenizer {path}: {len(data)} bytes, too short to be a tokenizer file")

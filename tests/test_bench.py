@@ -444,7 +444,7 @@ def test_weight_types_side_by_side(tiny, monkeypatch):
 def test_vs_run_loads_the_first_weight_type(tiny, tmp_path, capsys):
     script, _ = _fake_run(tmp_path, "runq", ["50"])
     tok = _tokenizer(tmp_path / "tok64.bin", 64)
-    doc, _, _ = _bench_json(
+    doc, text, _ = _bench_json(
         tmp_path,
         [str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--weights", "q8_0,f32", "--vs-run", str(script),
          "--vs-device", "numpy", "-z", str(tok)],
@@ -452,6 +452,7 @@ def test_vs_run_loads_the_first_weight_type(tiny, tmp_path, capsys):
     )  # fmt: skip
     ours = doc["vs_run"]["programs"][-1]
     assert ours["program"] == "llama2py" and ours["command"].endswith("on numpy, q8_0 weights")  # what ran
+    assert doc["vs_run"]["weights"] == "q8_0" and "llama2py on numpy at batch 1, q8_0 weights):" in text
 
 
 def _dequantizing(device, config, weights, **kw):

@@ -334,3 +334,14 @@ def test_closed_stdout_is_one_line(tmp_path):
     assert r.returncode == 1 and r.stderr.decode().strip() == (
         "llama2py: error: standard output is closed; redirect it to a file or /dev/null"
     )
+
+
+@pytest.mark.parametrize("typo, command", [("infoo", "info"), ("bnech", "bench"), ("quantise", "quantize")])
+def test_mistyped_command_is_named(tmp_path, typo, command):
+    """`llama2py infoo x.bin` said "unrecognized arguments: x.bin"; it names the command meant. A
+    file of that name is still a checkpoint (its own error), and a far name is a missing checkpoint."""
+    r = cli(typo, tmp_path / "x.bin", cwd=tmp_path, text=True)
+    assert_one_line_error(r, f"'{typo}' is neither a command nor a file; did you mean `llama2py {command}`?", rc=2)
+    (tmp_path / typo).write_bytes(b"\0" * 8)
+    assert "did you mean" not in assert_one_line_error(cli(typo, cwd=tmp_path, text=True), typo, rc=1)
+    assert_one_line_error(cli("stories.bin", cwd=tmp_path, text=True), "checkpoint stories.bin: no such file", rc=1)

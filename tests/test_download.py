@@ -334,6 +334,22 @@ def test_ensure_default_model_offline_names_every_missing_file(tmp_path, monkeyp
         assert f"/m/{e.filename}" in msg and e.sha256 in msg and str(tmp_path / e.filename) in msg
 
 
+@pytest.mark.parametrize("allow_download", [False, True])
+def test_store_that_is_a_file_is_one_line(tmp_path, monkeypatch, allow_download):
+    """A store path naming a file: no "put it at STORE/stories15M.bin" instructions (impossible),
+    one line saying so, nothing created."""
+    store = tmp_path / "store"
+    store.write_bytes(b"x")
+    monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
+    with pytest.raises(DownloadError) as err:
+        dl.ensure_default_model(store, allow_download=allow_download, progress=False)
+    assert str(err.value) == (
+        f"no checkpoint was given and the model store {store} is not a folder: point ${dl.MODELS_ENV} at a "
+        "folder, or pass a checkpoint path (and -z TOKENIZER)"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["store"]
+
+
 def test_ensure_default_model_offline_names_only_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(dl, "DEFAULT_MODEL", "testmodel")
     tmp_path.mkdir(exist_ok=True)

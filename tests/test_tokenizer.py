@@ -68,9 +68,14 @@ def test_tokenizer_smaller_than_vocab(tmp_path):
         Tokenizer(path, 300)
 
 
-def test_tokenizer_larger_than_vocab(llama_tokenizer):
+def test_tokenizer_larger_than_vocab(llama_tokenizer, tmp_path):
     with pytest.raises(TokenizerError, match="beyond the model's 512 tokens"):
         Tokenizer(llama_tokenizer, 512)
+    # far larger than any tokenizer of the vocabulary could be: refused unread, with the same advice
+    big = write_tokenizer(tmp_path / "big.bin", byte_vocab() + [b"w%d" % i for i in range(20000)])
+    assert big.stat().st_size > 4 + 3 * (8 + (1 << 16))  # the most 3 tokens can take
+    with pytest.raises(TokenizerError, match=r"for 3 tokens; it belongs to a model with a larger vocabulary \(pass"):
+        Tokenizer(big, 3)
 
 
 @pytest.mark.parametrize(

@@ -163,6 +163,7 @@ def vs_run(
     return {
         "tokenizer": str(tokenizer),
         "device": model.device,
+        "weights": held,
         "steps": steps,
         "threads": threads,
         "repeat": repeat,

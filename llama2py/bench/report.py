@@ -177,7 +177,7 @@ def render(report: dict) -> str:
         lines += [
             "",
             f"vs llama2.c (alternating in one loop, median of {count(v['repeat'], 'round')}, -n {v['steps']}, "
-            f"llama2py on {v['device']} at batch 1):",
+            f"llama2py on {v['device']} at batch 1, {v.get('weights', 'f32')} weights):",
         ]
         vhead = ("program", "sampling", "tok/s", "min", "max", "spread", "llama2py / it")
         vrows = [
