@@ -51,7 +51,8 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = (), size: O
     if path.exists() and not path.is_file():
         # a device or a pipe: renaming a file over it would replace it (as root, /dev/null too)
         raise OutputError(f"output {name}: is not a regular file ({_kind(path)}); give a file name")
-    if path.is_file() and not os.access(path, os.W_OK):  # the rename would replace it all the same
+    # the rename would replace it all the same; no write bit at all: read-only for root too
+    if path.is_file() and (not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222):
         raise OutputError(f"output {name}: exists and is read-only; make it writable or remove it to replace it")
     folder = path.parent
     if not folder.exists():
@@ -126,6 +127,8 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
             raise OutputError(
                 f"output {path}: {e.strerror or 'no space left'} in {path.parent}; free some space or choose another folder"
             ) from None
+        with contextlib.suppress(OSError):  # a replaced file keeps its permissions
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     except FileExistsError:
         raise
