@@ -11,7 +11,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
@@ -43,6 +43,11 @@ class Config:
     @property
     def head_size(self) -> int:
         return self.dim // self.n_heads
+
+    def capped(self, context: Optional[int]) -> Config:
+        """This config with at most `context` positions (the KV cache's length; llama.cpp's -c): a
+        cap, never more than seq_len; None keeps it."""
+        return self if context is None else replace(self, seq_len=min(context, self.seq_len))
 
     @property
     def kv_dim(self) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import dataclasses
 import os
 import threading
 import time
@@ -162,7 +161,7 @@ class Llama:
                 notes.append(
                     f"context {context} is more than the checkpoint's seq_len {config.seq_len}: using {config.seq_len}"
                 )
-            config = dataclasses.replace(config, seq_len=min(context, config.seq_len))
+            config = config.capped(context)
         tok_path = tokenizer if tokenizer is not None else find_tokenizer(ck.path, config.vocab_size)
         tok = Tokenizer(tok_path, config.vocab_size)
         backend = create_backend(device, config, ck.weights, max_batch_size, threads, notes)

@@ -572,6 +572,23 @@ def test_batch_too_big_for_memory_is_reported(tiny, monkeypatch):
     assert r["status"] == "skipped" and "GiB available" in r["reason"]
 
 
+def test_context_caps_what_the_backends_hold(tmp_path, monkeypatch, capsys):
+    """A checkpoint with a huge seq_len: its KV cache does not fit, so every row is skipped, though
+    the run measures 4 positions; --context N (as the main command's) caps it and the rows run."""
+    long = tmp_path / "long.bin"
+    c = Config(dim=16, hidden_dim=24, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=64, seq_len=1 << 20)
+    write_synthetic(long, c, 0, seed=0)
+    need = measure.estimate_bytes(c, 1, 2)
+    monkeypatch.setattr(measure, "mem_available", lambda: need // 4)  # a quarter of the full cache
+    base = [str(long), "--device", DEVICE, "--batch", "1", "--positions", "2:4", "--repeat", "1", "--quiet"]
+    assert main(["bench", *base]) == 1
+    assert "skipped" in capsys.readouterr().out
+    doc, text, _ = _bench_json(tmp_path, [*base, "--context", "64"], capsys)
+    assert [r["status"] for r in doc["results"]] == ["ok"] and doc["settings"]["context"] == 64
+    assert "context: 64 positions per sequence (--context; the checkpoint's seq_len is 1048576)" in text
+    assert doc["checkpoint"]["config"]["seq_len"] == 1 << 20  # the file's, as it is
+
+
 def test_lengths_fit_the_context():
     assert measure.fit_lengths(256, 64, None) == (128, 64)
     assert measure.fit_lengths(1024, 64, None) == (128, 64)
@@ -806,6 +823,7 @@ def test_vs_run_bare_name_in_this_folder(tmp_path, monkeypatch):
         (["-t", " ,0"], "--temperature takes a comma-separated list without empty items"),
         (["--device", "cpu,,numpy"], "--device takes a comma-separated list without empty items"),
         (["--vs-run", "a,,b"], "--vs-run takes a comma-separated list without empty items"),
+        (["--context", "0"], "--context must be >= 1"),
         (["--weights", "q4_0"], "--weights takes a comma-separated list of f32, q8_0; got 'q4_0'"),
         (["--weights", "f32,,q8_0"], "--weights takes a comma-separated list without empty items"),
     ],

@@ -150,6 +150,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "and --steps; 0:256 is run's -n 256)",
     )
     p.add_argument(
+        "--context",
+        type=int_at_least(1, "--context"),
+        default=None,
+        help="at most N positions per sequence (caps the checkpoint's seq_len and so the KV cache, as the main "
+        "command's --context; default: seq_len)",
+    )
+    p.add_argument(
         "--repeat",
         type=int_at_least(1, "--repeat"),
         default=3,
@@ -228,6 +235,7 @@ def settings_from_args(args) -> tuple[Optional[Settings], Optional[str]]:
             top_p=args.top_p,
             prompt_len=prompt_len,
             steps=steps if steps is not None else 64,
+            context=args.context,
             repeat=args.repeat,
             profile=not args.no_profile,
         ),

@@ -41,6 +41,7 @@ class Settings:
     top_p: float = 0.9
     prompt_len: Optional[int] = None  # prefill positions before the decode; None: min(seq_len/2, 128)
     steps: int = 64  # decode steps per timed run
+    context: Optional[int] = None  # positions the backends hold (caps seq_len and the KV cache); None: seq_len
     repeat: int = 3
     profile: bool = True
 
@@ -203,7 +204,7 @@ def bench_backend(
     reset_peak_rss()
     t0 = clock()
     ck = load_checkpoint(path)
-    c = ck.config
+    c = ck.config.capped(settings.context)
     ck.weights = convert_weights(ck.weights, c, weights, path)  # load-time quantization counts as loading
     backend = make_backend(device, c, ck.weights, max_batch=batch, threads=threads)
     load_s = clock() - t0
@@ -360,7 +361,7 @@ def bench(
     when the caller already took it."""
     make_backend = make_backend or create_backend
     ck = load_checkpoint(path)
-    c = ck.config
+    c = ck.config.capped(settings.context)
     p_len, steps = fit_lengths(c.seq_len, settings.steps, settings.prompt_len)
     host = host or host_info()
     report = {
@@ -374,6 +375,7 @@ def bench(
             "threads": list(settings.threads),
             "temperatures": list(settings.temperatures),
             "weights": list(settings.weights),
+            "context": c.seq_len if settings.context is not None else None,
             "top_p": settings.top_p,
             "prompt_len": p_len,
             "steps": steps,

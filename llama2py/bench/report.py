@@ -80,19 +80,30 @@ def header_lines(report: dict) -> list[str]:
     c = ck["config"]
     load = h.get("load_average")
     p0, p1 = s["positions"]
-    return [
-        f"llama2py bench  {report['date']}",
-        f"checkpoint: {ck['path']} (v{ck['version']}, dim {c['dim']}, hidden {c['hidden_dim']}, "
-        f"{c['n_layers']} layers, {c['n_heads']}/{c['n_kv_heads']} heads, vocab {c['vocab_size']}, "
-        f"seq_len {c['seq_len']}; {ck['parameters']:,} params)",
-        f"cpu: {h['cpu_model']} ({h['cpu_count']} logical cores), kernels: {_isa(h)}, "
-        + (f"huge pages: {h['huge_pages']}, " if h.get("huge_pages") else "")
-        + f"load average {_fmt(load, '.2f')} at the start"
-        + (f"; gpu: {h['gpu']}" if h["gpu"] else ""),
-        f"prefill: {s['prompt_len']} positions per sequence; decode: positions {p0}..{p1 - 1} "
-        f"({count(s['steps'], 'step')}); median of {count(s['repeat'], 'run')} after a warm-up, "
-        "spread = (max - min) / median",
-    ]
+    return (
+        [
+            f"llama2py bench  {report['date']}",
+            f"checkpoint: {ck['path']} (v{ck['version']}, dim {c['dim']}, hidden {c['hidden_dim']}, "
+            f"{c['n_layers']} layers, {c['n_heads']}/{c['n_kv_heads']} heads, vocab {c['vocab_size']}, "
+            f"seq_len {c['seq_len']}; {ck['parameters']:,} params)",
+            f"cpu: {h['cpu_model']} ({h['cpu_count']} logical cores), kernels: {_isa(h)}, "
+            + (f"huge pages: {h['huge_pages']}, " if h.get("huge_pages") else "")
+            + f"load average {_fmt(load, '.2f')} at the start"
+            + (f"; gpu: {h['gpu']}" if h["gpu"] else ""),
+        ]
+        + (
+            [
+                f"context: {count(s['context'], 'position')} per sequence (--context; the checkpoint's seq_len is {c['seq_len']})"
+            ]
+            if s.get("context") is not None
+            else []
+        )
+        + [
+            f"prefill: {s['prompt_len']} positions per sequence; decode: positions {p0}..{p1 - 1} "
+            f"({count(s['steps'], 'step')}); median of {count(s['repeat'], 'run')} after a warm-up, "
+            "spread = (max - min) / median",
+        ]
+    )
 
 
 def render(report: dict) -> str:
