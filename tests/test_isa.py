@@ -117,6 +117,38 @@ def test_attention_every_level(isa, n_heads, n_kv_heads, head_size):
     assert rel_err(out, ref) <= TOL, f"{isa}: worst relative error {rel_err(out, ref):.3g}"
 
 
+def test_long_attention_is_blocked_without_changing_a_bit(isa):
+    """Past ~64 KiB of V rows per work item the values pass goes block by block (stories110M-sized
+    rows: 64 positions a block); the blocks depend on how a call groups heads into items, which
+    depends on its rows. A row alone and the same row in a batch are grouped differently, so equal
+    bits show that blocking keeps every element's order; the float64 reference checks the values."""
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(7)
+    n_heads, n_kv_heads, head_size, seq_len = 8, 4, 64, 300
+    kc = randn(rng, 3, seq_len, n_kv_heads * head_size)
+    vc = randn(rng, 3, seq_len, n_kv_heads * head_size)
+    slots = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    positions = np.array([299, 150, 63, 64, 200, 5], np.int32)
+    q = randn(rng, len(slots), n_heads * head_size, scale=0.2)
+    out = np.empty_like(q)
+    ext.attention(out, q, kc, vc, slots, positions, n_heads, n_kv_heads)
+    ref = np.empty_like(q)
+    kv_mul = n_heads // n_kv_heads
+    for r, (s, p) in enumerate(zip(slots, positions)):
+        alone = np.empty_like(q[r : r + 1])
+        ext.attention(alone, q[r : r + 1], kc, vc, slots[r : r + 1], positions[r : r + 1], n_heads, n_kv_heads)
+        assert np.array_equal(alone[0], out[r]), f"{isa}: row {r} (position {p}) alone differs from in the batch"
+        for h in range(n_heads):
+            g = h // kv_mul
+            K = kc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
+            V = vc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
+            sc = K @ q[r, h * head_size : (h + 1) * head_size] / np.sqrt(head_size)
+            a = np.exp(sc - sc.max())
+            ref[r, h * head_size : (h + 1) * head_size] = (a / a.sum()) @ V
+    assert rel_err(out, ref) <= TOL, f"{isa}: worst relative error {rel_err(out, ref):.3g}"
+
+
 @pytest.mark.parametrize("shape", ["gqa_unshared", "odd_tiny", "wide"])
 def test_forward_every_level(isa, make_checkpoint, shape):
     from llama2py.backends.cpu import CpuBackend
