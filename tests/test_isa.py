@@ -92,6 +92,22 @@ def test_softmax_every_level(isa):
     assert rel_err(probs, ref / ref.sum()) <= 1e-5
 
 
+def _attention_reference(q, kc, vc, slots, positions, n_heads, n_kv_heads) -> np.ndarray:
+    """Causal GQA attention in float64, straight from its definition: the values to compare with."""
+    head_size = q.shape[1] // n_heads
+    kv_mul = n_heads // n_kv_heads
+    ref = np.empty_like(q)
+    for r, (s, p) in enumerate(zip(slots, positions)):
+        for h in range(n_heads):
+            g = h // kv_mul
+            K = kc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
+            V = vc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
+            sc = K @ q[r, h * head_size : (h + 1) * head_size] / np.sqrt(head_size)
+            a = np.exp(sc - sc.max())
+            ref[r, h * head_size : (h + 1) * head_size] = (a / a.sum()) @ V
+    return ref
+
+
 @pytest.mark.parametrize("n_heads,n_kv_heads,head_size", [(4, 2, 10), (6, 6, 8), (3, 1, 6), (4, 2, 8)])
 def test_attention_every_level(isa, n_heads, n_kv_heads, head_size):
     import llama2py._cpu as ext
@@ -104,16 +120,7 @@ def test_attention_every_level(isa, n_heads, n_kv_heads, head_size):
     q = randn(rng, len(slots), n_heads * head_size)
     out = np.empty_like(q)
     ext.attention(out, q, kc, vc, slots, positions, n_heads, n_kv_heads)
-    ref = np.empty_like(q)
-    kv_mul = n_heads // n_kv_heads
-    for r, (s, p) in enumerate(zip(slots, positions)):
-        for h in range(n_heads):
-            g = h // kv_mul
-            K = kc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
-            V = vc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
-            sc = K @ q[r, h * head_size : (h + 1) * head_size] / np.sqrt(head_size)
-            a = np.exp(sc - sc.max())
-            ref[r, h * head_size : (h + 1) * head_size] = (a / a.sum()) @ V
+    ref = _attention_reference(q, kc, vc, slots, positions, n_heads, n_kv_heads)
     assert rel_err(out, ref) <= TOL, f"{isa}: worst relative error {rel_err(out, ref):.3g}"
 
 
@@ -133,19 +140,11 @@ def test_long_attention_is_blocked_without_changing_a_bit(isa):
     q = randn(rng, len(slots), n_heads * head_size, scale=0.2)
     out = np.empty_like(q)
     ext.attention(out, q, kc, vc, slots, positions, n_heads, n_kv_heads)
-    ref = np.empty_like(q)
-    kv_mul = n_heads // n_kv_heads
-    for r, (s, p) in enumerate(zip(slots, positions)):
+    for r, p in enumerate(positions):
         alone = np.empty_like(q[r : r + 1])
         ext.attention(alone, q[r : r + 1], kc, vc, slots[r : r + 1], positions[r : r + 1], n_heads, n_kv_heads)
         assert np.array_equal(alone[0], out[r]), f"{isa}: row {r} (position {p}) alone differs from in the batch"
-        for h in range(n_heads):
-            g = h // kv_mul
-            K = kc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
-            V = vc[s, : p + 1, g * head_size : (g + 1) * head_size].astype(np.float64)
-            sc = K @ q[r, h * head_size : (h + 1) * head_size] / np.sqrt(head_size)
-            a = np.exp(sc - sc.max())
-            ref[r, h * head_size : (h + 1) * head_size] = (a / a.sum()) @ V
+    ref = _attention_reference(q, kc, vc, slots, positions, n_heads, n_kv_heads)
     assert rel_err(out, ref) <= TOL, f"{isa}: worst relative error {rel_err(out, ref):.3g}"
 
 
