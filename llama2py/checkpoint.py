@@ -6,6 +6,7 @@ padded or foreign file is refused before any weight is touched.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -47,7 +48,11 @@ class Config:
     def capped(self, context: Optional[int]) -> Config:
         """This config with at most `context` positions (the KV cache's length; llama.cpp's -c): a
         cap, never more than seq_len; None keeps it."""
-        return self if context is None else replace(self, seq_len=min(context, self.seq_len))
+        if context is None:
+            return self
+        if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+            raise ValueError(f"context must be an integer >= 1, got {context!r}")
+        return replace(self, seq_len=min(context, self.seq_len))
 
     @property
     def kv_dim(self) -> int:
@@ -249,7 +254,8 @@ def release_pages(a: np.ndarray) -> None:
     start = a.ctypes.data - np.frombuffer(base, dtype=np.uint8).ctypes.data
     first = start // mmap.PAGESIZE * mmap.PAGESIZE
     if a.nbytes:
-        advise(mmap.MADV_DONTNEED, first, start + a.nbytes - first)
+        with contextlib.suppress(OSError):  # locked memory (mlockall) refuses: only a saving is lost
+            advise(mmap.MADV_DONTNEED, first, start + a.nbytes - first)
 
 
 @dataclass
@@ -560,7 +566,7 @@ _PIECE_VALUES = 1 << 20
 ChunkSource = Callable[[str], Iterable[np.ndarray]]
 
 
-def quantize_q80(w: np.ndarray, gs: int, what: str = "the weights") -> tuple[np.ndarray, np.ndarray]:
+def quantize_q80(w: np.ndarray, gs: int, what: str = "a tensor") -> tuple[np.ndarray, np.ndarray]:
     """Q8_0 as llama2.c's exporter does it: per group of gs values, scale = max|w| / 127, int8 =
     round(w / scale) (half to even, as torch.round). A group of zeros gets scale 0 and int8 0,
     where the exporter would divide 0 by 0 (docs/FORMAT.md, version 2). NaN or Inf (what names

@@ -283,7 +283,7 @@ def cmd_run(args) -> int:
 
 # -- batched generation (--prompts-file / --num-samples) --------------------------------------------
 PROMPTS_FILE_LIMIT = 256 << 20  # bytes: a prompts file larger than this is refused, not read
-PROMPTS_LIMIT = 1_000_000  # lines of a prompts file: past this it is refused (memory grows per prompt)
+PROMPTS_FILE_LINES = 1_000_000  # past this a prompts file is refused: memory grows with its prompts
 SUMMARY_LINES = 64  # per-sequence tok/s lines on stderr after a batched run; the others are counted
 
 
@@ -310,16 +310,17 @@ def read_prompts_file(path: str) -> tuple[array.array, list[str]]:
             too_big_hint="; split it",
         )
     n_lines = data.count(b"\n") + (not data.endswith(b"\n"))
-    if n_lines > PROMPTS_LIMIT:
+    if n_lines > PROMPTS_FILE_LINES:
         raise PromptError(
-            f"--prompts-file {path}: {n_lines:,} lines, more than the {PROMPTS_LIMIT:,} one run takes; split the file"
+            f"--prompts-file {path}: {n_lines:,} lines, more than the {PROMPTS_FILE_LINES:,} one run takes; "
+            "split the file"
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise PromptError(f"--prompts-file {path}: not UTF-8 text (byte {e.start}); save it as UTF-8")
     del data
-    numbers, prompts = array.array("q"), []  # compact: up to PROMPTS_LIMIT of them
+    numbers, prompts = array.array("q"), []  # compact: up to PROMPTS_FILE_LINES of them
     for n, line in enumerate(text.split("\n"), 1):
         line = line.rstrip("\r")
         if line.strip():
@@ -445,8 +446,10 @@ def _dispatch(argv: list[str]) -> int:
         args = p.parse_args(argv[1:])
         return _guarded(lambda: module.run(args), args.debug)
     parser = run_parser()
-    if argv and not argv[0].startswith("-") and not os.path.lexists(argv[0]):
+    word = argv[0] if argv else ""
+    if word and not word.startswith("-") and not set("./\\") & set(word) and not os.path.lexists(word):
         # `llama2py infoo x.bin` would say "unrecognized arguments: x.bin": name the likely typo
+        # (not for a missing file such as synth.bin: that is a missing checkpoint, said as such)
         near = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1, cutoff=0.7)
         if near:
             parser.error(f"{argv[0]!r} is neither a command nor a file; did you mean `llama2py {near[0]}`?")

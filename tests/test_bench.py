@@ -469,7 +469,7 @@ def test_weight_type_a_backend_cannot_hold_is_skipped(tiny, capsys):
     rep = measure.bench(tiny, settings, make_backend=_dequantizing)
     rows = rep["results"]
     assert [(r["weights"], r["status"]) for r in rows] == [("f32", "ok"), ("q8_0", "skipped")]
-    assert rows[1]["reason"] == "the numpy backend runs q8_0 weights as f32: its f32 row measures that"
+    assert rows[1]["reason"] == "the numpy backend runs q8_0 weights as f32 (--weights f32 measures that)"
     text = report.render(rep)
     assert re.search(r"^numpy\s+-\s+1\s+q8_0\s+skipped$", text, re.M), text
 
@@ -572,7 +572,7 @@ def test_batch_too_big_for_memory_is_reported(tiny, monkeypatch):
     assert r["status"] == "skipped" and "GiB available" in r["reason"]
 
 
-def test_context_caps_what_the_backends_hold(tmp_path, monkeypatch, capsys):
+def test_context_caps_what_the_backends_hold(tiny, tmp_path, monkeypatch, capsys):
     """A checkpoint with a huge seq_len: its KV cache does not fit, so every row is skipped, though
     the run measures 4 positions; --context N (as the main command's) caps it and the rows run."""
     long = tmp_path / "long.bin"
@@ -583,10 +583,23 @@ def test_context_caps_what_the_backends_hold(tmp_path, monkeypatch, capsys):
     base = [str(long), "--device", DEVICE, "--batch", "1", "--positions", "2:4", "--repeat", "1", "--quiet"]
     assert main(["bench", *base]) == 1
     assert "skipped" in capsys.readouterr().out
-    doc, text, _ = _bench_json(tmp_path, [*base, "--context", "64"], capsys)
+    script, _ = _fake_run(tmp_path, "run", ["50"])  # llama2py's side of --vs-run holds the cap too
+    tok = _tokenizer(tmp_path / "tok64.bin", 64)
+    vs = ["--vs-run", str(script), "--vs-device", "numpy", "-z", str(tok)]
+    monkeypatch.setattr("llama2py.backends.base.available_memory", lambda: need // 4)
+    doc, text, _ = _bench_json(tmp_path, [*base, "--context", "64", *vs], capsys)
     assert [r["status"] for r in doc["results"]] == ["ok"] and doc["settings"]["context"] == 64
     assert "context: 64 positions per sequence (--context; the checkpoint's seq_len is 1048576)" in text
     assert doc["checkpoint"]["config"]["seq_len"] == 1 << 20  # the file's, as it is
+    assert doc["vs_run"]["programs"][-1]["tok_s"] > 0
+    # more than seq_len: a cap, said in a warning (as Llama.load's note)
+    doc, _, err = _bench_json(
+        tmp_path, [str(tiny), "--device", DEVICE, "--batch", "1", *FAST, "--context", "99"], capsys
+    )
+    assert doc["settings"]["context"] == 32
+    assert "--context 99 is more than the checkpoint's seq_len 32: using 32" in err
+    with pytest.raises(ValueError, match="context must be an integer >= 1"):
+        TINY.capped(0)
 
 
 def test_lengths_fit_the_context():

@@ -345,3 +345,6 @@ def test_mistyped_command_is_named(tmp_path, typo, command):
     (tmp_path / typo).write_bytes(b"\0" * 8)
     assert "did you mean" not in assert_one_line_error(cli(typo, cwd=tmp_path, text=True), typo, rc=1)
     assert_one_line_error(cli("stories.bin", cwd=tmp_path, text=True), "checkpoint stories.bin: no such file", rc=1)
+    # a missing file named like a command (synth's output) is a missing checkpoint, not a typo
+    for name in ("synth.bin", "out/quantized", "quantized.bin"):
+        assert "did you mean" not in assert_one_line_error(cli(name, cwd=tmp_path, text=True), "no such file", rc=1)

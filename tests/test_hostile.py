@@ -125,10 +125,10 @@ def test_cli_context_flag(tmp_path, capsys):
 
 def test_prompts_file_lines_capped_and_summary_bounded(tmp_path, capsys, monkeypatch):
     """Memory grows with the number of prompts (each keeps its line number and tokens), so a
-    prompts file past PROMPTS_LIMIT lines is refused up front; the per-sequence tok/s lines stop at
+    prompts file past PROMPTS_FILE_LINES lines is refused up front; the per-sequence tok/s lines stop at
     SUMMARY_LINES, a last line counting the others (400,000 prompts printed 400,000 lines)."""
     ck, tok = tiny_model(tmp_path)
-    monkeypatch.setattr(cli, "PROMPTS_LIMIT", 3)
+    monkeypatch.setattr(cli, "PROMPTS_FILE_LINES", 3)
     monkeypatch.setattr(cli, "SUMMARY_LINES", 2)
     prompts = tmp_path / "p.txt"
     prompts.write_text("a\n\nb\nc\n")  # 4 lines, one blank

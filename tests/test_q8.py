@@ -290,6 +290,19 @@ def test_load_time_quantization_lets_the_float_pages_go(make_checkpoint):
         assert np.array_equal(getattr(ck.weights, name), copy[name]), name  # read again from the file
 
 
+def test_release_pages_refused_is_only_a_saving_lost(make_checkpoint, monkeypatch):
+    """madvise fails on locked memory (mlockall): loading must not (it raised EINVAL)."""
+    import mmap
+
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        pytest.skip("no MADV_DONTNEED on this platform: nothing is released")
+    ck = load_checkpoint(make_checkpoint(RELEASE_SHAPE, 0))
+    monkeypatch.setattr(mmap, "MADV_DONTNEED", 0x7FFF)  # advice the kernel refuses (EINVAL), as when locked
+    with pytest.raises(OSError):
+        ck._mmap._mmap.madvise(mmap.MADV_DONTNEED, 0, mmap.PAGESIZE)
+    assert ck.weights.quantized(32).weight_type == "q8_0"
+
+
 @LINUX_ONLY
 @pytest.mark.parametrize("isa", PACKED_LEVELS, indirect=True)
 def test_cpu_v2_file_pages_go_once_packed(isa, make_checkpoint):

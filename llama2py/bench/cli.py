@@ -289,6 +289,7 @@ def run(args) -> int:
                 args.vs_device,
                 progress,
                 settings.weights[0],
+                settings.context,
             )
             report["warnings"] += vs_run_warnings(report["vs_run"])
     print(render(report), file=text)

@@ -76,10 +76,15 @@ def estimate_bytes(
     return c.weight_bytes(weight_type, group_size) + c.kv_cache_bytes(batch) + act
 
 
+def held_weight_type(backend) -> str:
+    """The weights a backend computes with; backends without a weight_type hold float32 (cuda
+    dequantizes int8 at load)."""
+    return str(getattr(backend, "weight_type", "f32"))
+
+
 def weight_bytes_of(config: Config, backend, group_size: Optional[int]) -> tuple[str, Optional[int]]:
-    """(weight type, bytes of the weights it holds) of a backend; backends without a weight_type
-    hold float32 (a v2 file dequantized on load)."""
-    weight_type = str(getattr(backend, "weight_type", "f32"))
+    """(weight type, bytes of the weights it holds) of a backend."""
+    weight_type = held_weight_type(backend)
     try:
         return weight_type, config.weight_bytes(weight_type, getattr(backend, "group_size", None) or group_size)
     except ValueError:  # a weight type Config does not know (yet)
@@ -209,14 +214,14 @@ def bench_backend(
     backend = make_backend(device, c, ck.weights, max_batch=batch, threads=threads)
     load_s = clock() - t0
     try:
-        held = str(getattr(backend, "weight_type", "f32"))
+        held = held_weight_type(backend)
         if weights is not None and held != weights:  # a row would time the other type under this label
             return [
                 empty_row(
                     device,
                     batch,
                     "skipped",
-                    f"the {device} backend runs {weights} weights as {held}: its {held} row measures that",
+                    f"the {device} backend runs {weights} weights as {held} (--weights {held} measures that)",
                     threads,
                     weights=weights,
                 )
@@ -390,6 +395,11 @@ def bench(
     busy = load_warning(host["load_average"])
     if busy:
         report["warnings"].append(busy)
+    if settings.context is not None and settings.context > ck.config.seq_len:  # a cap, as Llama.load's
+        report["warnings"].append(
+            f"--context {settings.context} is more than the checkpoint's seq_len {ck.config.seq_len}: "
+            f"using {ck.config.seq_len}"
+        )
     if steps != settings.steps or settings.prompt_len not in (None, p_len):
         report["warnings"].append(
             f"positions {p_len}..{p_len + steps - 1} ran: what was asked does not fit the context of {c.seq_len}"
