@@ -54,6 +54,13 @@ class Config:
             raise ValueError(f"context must be an integer >= 1, got {context!r}")
         return replace(self, seq_len=min(context, self.seq_len))
 
+    def cap_note(self, context: Optional[int]) -> str:
+        """What capped() does with a context above seq_len, said ("" otherwise): a cap, not a way
+        to extend the context."""
+        if context is None or context <= self.seq_len:
+            return ""
+        return f"{context} is more than the checkpoint's seq_len {self.seq_len}: using {self.seq_len}"
+
     @property
     def kv_dim(self) -> int:
         return self.dim * self.n_kv_heads // self.n_heads
@@ -413,11 +420,9 @@ def _v2_bytes(c: Config, gs: int) -> int:
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a llama2.c checkpoint of version 0, 1 or 2; raise CheckpointError on anything odd."""
     from .download import REGISTRY  # local: download imports this module
-    from .input_files import read_regular_file, regular_file_size
+    from .input_files import as_path, read_regular_file, regular_file_size
 
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a path (str or os.PathLike), got {type(path).__name__}")
-    path = Path(path)
+    path = as_path(path, "checkpoint")
     # a name the model store knows (stories260K, stories260K.bin): the download that fetches it
     known = next(
         (e.name for e in REGISTRY.values() if path.name in (e.name, e.filename) and e.kind == "checkpoint"), ""

@@ -331,12 +331,16 @@ def read_prompts_file(path: str) -> tuple[array.array, list[str]]:
     return numbers, prompts
 
 
-def _batch_head(args, i: int, j: int, n_samples: int, line: int) -> str:
+def _prompt_name(i: int, line: int) -> str:
+    """'prompt 3', with the file's line where blank lines make the two numbers differ."""
+    return f"prompt {i + 1}" + (f", line {line}" if line != i + 1 else "")
+
+
+def _seq_name(args, i: int, j: int, n_samples: int, line: int) -> str:
+    """The name of sequence (prompt i, sample j) in its header and in the tok/s summary."""
     if args.prompts_file is not None:
-        # the line too where blank lines make the two numbers differ
-        where = f", line {line}" if line != i + 1 else ""
-        return f"--- prompt {i + 1}{where}" + (f", sample {j + 1}" if n_samples > 1 else "")
-    return f"--- sample {j + 1}"
+        return _prompt_name(i, line) + (f", sample {j + 1}" if n_samples > 1 else "")
+    return f"sample {j + 1}"
 
 
 def cmd_batch(args) -> int:
@@ -368,9 +372,7 @@ def cmd_batch(args) -> int:
     # comes before the first story. Kept as one int32 array (4 bytes a token, not a Python list)
     flat, starts = array.array("i"), array.array("q", [0])
     for i, (n, t) in enumerate(zip(lines, texts)):
-        flat.extend(
-            encode_prompt(model.tokenizer, t, c.seq_len, f"prompt {i + 1}" + (f", line {n}," if n != i + 1 else ""))
-        )
+        flat.extend(encode_prompt(model.tokenizer, t, c.seq_len, _prompt_name(i, n) + ("," if n != i + 1 else "")))
         starts.append(len(flat))
     del texts
 
@@ -398,7 +400,7 @@ def cmd_batch(args) -> int:
                 q = printed[0]
                 i, j = seq(idx[q])
                 toks = finished.pop(q)
-                out.write(f"{_batch_head(args, i, j, n_samples, lines[i])} (seed {seeds[q]}) ---\n".encode())
+                out.write(f"--- {_seq_name(args, i, j, n_samples, lines[i])} (seed {seeds[q]}) ---\n".encode())
                 out.write(b"".join(tok.printable_bytes(toks[u], toks[u + 1]) for u in range(len(toks) - 1)) + b"\n")
                 out.flush()
                 printed[0] += 1
@@ -417,9 +419,7 @@ def cmd_batch(args) -> int:
             )
         for r, b in enumerate(idx[: max(0, SUMMARY_LINES - len(per_seq))]):
             i, j = seq(b)
-            per_seq.append(
-                (_batch_head(args, i, j, n_samples, lines[i])[4:], stats.seq_tok_per_s(r), stats.generated[r])
-            )
+            per_seq.append((_seq_name(args, i, j, n_samples, lines[i]), stats.seq_tok_per_s(r), stats.generated[r]))
         total_tokens += stats.total_generated
         total_s += stats.decode_s
     agg = total_tokens / total_s if total_s > 0 else 0.0

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from .errors import DownloadError
+from .files import BYTES_BAR
 
 __all__ = [
     "KnownFile",
@@ -307,12 +308,9 @@ class _Progress:
         self._bar = tqdm(
             total=total,
             initial=initial,
-            unit="iB",  # after tqdm's K/M/G: the divisor is 1024
-            unit_scale=True,
-            unit_divisor=1024,
             desc=desc,
-            file=sys.stderr,
             leave=True,
+            **BYTES_BAR,
             dynamic_ncols=True,
         )
 

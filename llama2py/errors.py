@@ -20,10 +20,15 @@ class PromptError(Llama2pyError):
     """A prompt (or batch of prompts) does not fit the model's context or the batch limit."""
 
 
+def count(n: int, noun: str) -> str:
+    """'1 thread', '2 threads': n and the noun, plural unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def too_long(what: str, seq_len: int) -> PromptError:
     """The error of a prompt (or chat turn) that cannot fit the context; what says how long it is."""
     return PromptError(
-        f"{what}, but the context is {seq_len} position{'' if seq_len == 1 else 's'} (the checkpoint's seq_len, or a smaller "
+        f"{what}, but the context is {count(seq_len, 'position')} (the checkpoint's seq_len, or a smaller "
         "--context / context=); shorten it"
     )
 

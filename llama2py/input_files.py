@@ -19,6 +19,13 @@ _KINDS = (
 )
 
 
+def as_path(path: str | os.PathLike, what: str) -> Path:
+    """path as a Path; anything else (an open file, bytes, None) is a TypeError naming `what`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
+
+
 def regular_file_size(path: str | os.PathLike, what: str, error: type[Llama2pyError], missing_hint: str = "") -> int:
     """Size in bytes of `path`, which must be an existing regular file (checked with stat, before
     anything opens it: opening a FIFO blocks, reading /dev/zero never ends). `what` names the

@@ -57,12 +57,12 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
     names = ([f"tok{vocab_size}.bin"] if vocab_size != 32000 else []) + ["tokenizer.bin"]
     folders = [checkpoint.parent, default_models_dir()]
     for folder in folders:
-        own = sorted(
+        own = [
             p
             for p in folder.glob(f"?*_tok{vocab_size}.bin")
             if checkpoint.name.startswith(p.name[: -len(f"_tok{vocab_size}.bin")])
-        )
-        if own:  # the longest prefix is the closest match
+        ]
+        if own:  # the longest prefix is the closest match (no two share a length)
             return max(own, key=lambda p: len(p.name))
         for name in names:
             if (folder / name).exists():
@@ -157,10 +157,8 @@ class Llama:
         notes: list[str] = []
         if context is not None:
             context = check_int("context", context, 1)
-            if context > config.seq_len:  # a cap, not a way to extend the context
-                notes.append(
-                    f"context {context} is more than the checkpoint's seq_len {config.seq_len}: using {config.seq_len}"
-                )
+            if config.cap_note(context):
+                notes.append(f"context {config.cap_note(context)}")
             config = config.capped(context)
         tok_path = tokenizer if tokenizer is not None else find_tokenizer(ck.path, config.vocab_size)
         tok = Tokenizer(tok_path, config.vocab_size)

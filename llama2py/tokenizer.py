@@ -6,10 +6,9 @@ import heapq
 import os
 import re
 import struct
-from pathlib import Path
 
 from .errors import PromptError, TokenizerError
-from .input_files import read_regular_file
+from .input_files import as_path, read_regular_file
 
 UNK, BOS, EOS = 0, 1, 2
 _BYTE_PIECE = re.compile(rb"^<0x([0-9A-Fa-f]{1,2})")
@@ -22,9 +21,7 @@ class Tokenizer:
     entries than that, or with bytes left over, does not fit the model and is refused."""
 
     def __init__(self, path: str | os.PathLike, vocab_size: int):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"tokenizer must be a path (str or os.PathLike), got {type(path).__name__}")
-        self.path = Path(path)
+        self.path = as_path(path, "tokenizer")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
             raise TokenizerError(f"tokenizer {path}: vocab_size must be a positive integer, got {vocab_size!r}")
         data = read_regular_file(

@@ -42,6 +42,8 @@ class Backend(ABC):
     # calls of each kind (prefill, decode step) before this backend's timings settle: `bench` warms
     # up with that many; a backend that tunes itself on its first calls says more
     warmup_calls: int = 1
+    # the weights it computes with: "f32", or "q8_0" where it keeps int8 (cuda dequantizes at load)
+    weight_type: str = "f32"
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
         max_batch = check_int("max_batch", max_batch, 1)

@@ -208,17 +208,16 @@ class NumpyBackend(Backend):
         self._last_logits = logits  # (B, vocab), for _chosen_logits
         B = logits.shape[0]
         nxt = np.empty(B, np.int32)
-        for b in range(B):
-            if forced is not None and forced[b] >= 0:
-                nxt[b] = forced[b]
-                continue
-            s = Sampler(temperature, top_p)
-            s.rng = self.rngs[b]
-            with _quiet_floats():
-                nxt[b] = s.sample(logits[b])
         lp = None
-        if want_logprobs:
-            with _quiet_floats():
+        with _quiet_floats():  # once for every row's sampling and log-prob
+            for b in range(B):
+                if forced is not None and forced[b] >= 0:
+                    nxt[b] = forced[b]
+                    continue
+                s = Sampler(temperature, top_p)
+                s.rng = self.rngs[b]
+                nxt[b] = s.sample(logits[b])
+            if want_logprobs:
                 lp = np.array([log_softmax_at(logits[b], int(nxt[b])) for b in range(B)], np.float32)
         return nxt, lp
 

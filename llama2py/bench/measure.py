@@ -20,7 +20,7 @@ import numpy as np
 from ..backends import create_backend
 from ..backends.base import PROFILE_KEYS
 from ..checkpoint import Config, convert_weights, default_group_size, load_checkpoint
-from ..errors import DeviceError, Llama2pyError
+from ..errors import DeviceError, Llama2pyError, count
 from .host import BUSY_LOAD, gpu_name, host_info, mem_available, peak_rss, reset_peak_rss
 
 SCHEMA = 2
@@ -76,24 +76,13 @@ def estimate_bytes(
     return c.weight_bytes(weight_type, group_size) + c.kv_cache_bytes(batch) + act
 
 
-def held_weight_type(backend) -> str:
-    """The weights a backend computes with; backends without a weight_type hold float32 (cuda
-    dequantizes int8 at load)."""
-    return str(getattr(backend, "weight_type", "f32"))
-
-
 def weight_bytes_of(config: Config, backend, group_size: Optional[int]) -> tuple[str, Optional[int]]:
     """(weight type, bytes of the weights it holds) of a backend."""
-    weight_type = held_weight_type(backend)
+    weight_type = str(backend.weight_type)
     try:
         return weight_type, config.weight_bytes(weight_type, getattr(backend, "group_size", None) or group_size)
     except ValueError:  # a weight type Config does not know (yet)
         return weight_type, None
-
-
-def count(n: int, noun: str) -> str:
-    """'1 thread', '2 threads': n and the noun, plural unless n is 1."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def sampling_label(temperature: float, top_p: float) -> str:
@@ -214,7 +203,7 @@ def bench_backend(
     backend = make_backend(device, c, ck.weights, max_batch=batch, threads=threads)
     load_s = clock() - t0
     try:
-        held = held_weight_type(backend)
+        held = backend.weight_type
         if weights is not None and held != weights:  # a row would time the other type under this label
             return [
                 empty_row(
@@ -395,11 +384,8 @@ def bench(
     busy = load_warning(host["load_average"])
     if busy:
         report["warnings"].append(busy)
-    if settings.context is not None and settings.context > ck.config.seq_len:  # a cap, as Llama.load's
-        report["warnings"].append(
-            f"--context {settings.context} is more than the checkpoint's seq_len {ck.config.seq_len}: "
-            f"using {ck.config.seq_len}"
-        )
+    if ck.config.cap_note(settings.context):  # as Llama.load's note
+        report["warnings"].append(f"--context {ck.config.cap_note(settings.context)}")
     if steps != settings.steps or settings.prompt_len not in (None, p_len):
         report["warnings"].append(
             f"positions {p_len}..{p_len + steps - 1} ran: what was asked does not fit the context of {c.seq_len}"
@@ -417,12 +403,18 @@ def _bench_device(
     """Every (threads, weights, batch) of one device into report["results"]; stops at an unusable
     device."""
     first = True
+    refused: dict[Optional[str], str] = {}  # weight types this device runs as another: why (known after one load)
     for threads in settings.threads if device == "cpu" else [None]:
         for weights, batch in ((w, b) for w in settings.weights for b in settings.batches):
             if progress:
                 progress(row_label({"device": device, "threads": threads, "weights": weights, "batch": batch}))
+            if weights in refused:  # every batch size alike: no load, quantization and upload again
+                report["results"].append(
+                    empty_row(device, batch, "skipped", refused[weights], threads, weights=weights)
+                )
+                continue
             weight_type = weights or own[0]
-            group_size = own[1] if weight_type == own[0] else default_group_size(config.dim)
+            group_size = None if weight_type == "f32" else own[1] or default_group_size(config.dim)
             need, avail = estimate_bytes(config, batch, p_len, weight_type, group_size), mem_available()
             if device != "cuda" and avail is not None and need > 0.9 * avail:
                 reason = f"needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
@@ -443,6 +435,8 @@ def _bench_device(
                 first = False
                 continue
             first = False
+            if rows[0]["status"] == "skipped":  # bench_backend's only skip: a weight type it would not hold
+                refused[weights] = rows[0]["reason"]
             for row in rows:
                 warnings = spread_warnings(row)
                 row["noisy"] = bool(warnings)

@@ -13,9 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..checkpoint import load_checkpoint
 from ..errors import Llama2pyError
-from .measure import SPREAD_LIMIT, held_weight_type, summarize
+from .measure import SPREAD_LIMIT, summarize
 
 _ACHIEVED = re.compile(r"achieved tok/s:\s*([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)")
 SEED = 42  # sampled comparisons: run and llama2py tell the same story, so they do the same work
@@ -109,16 +108,16 @@ def vs_run(
 ) -> dict:
     """Every binary and llama2py's batch-1 run (Llama.run) at every temperature, alternating in
     one loop `repeat` times after one warm-up each; llama2py loads its weights as `weights` (None:
-    the file's own type) and at most `context` positions (the programs cannot cap theirs). Returns one entry per (program, temperature)
-    with median, min, max, spread, and ratio = llama2py / program at that temperature."""
-    from ..model import Llama, find_tokenizer
+    the file's own type) and at most `context` positions (the programs cannot cap theirs). Returns
+    one entry per (program, temperature) with median, min, max, spread, and ratio = llama2py /
+    program at that temperature."""
+    from ..model import Llama
 
     check_programs(binaries)  # a missing program says so, not whatever the tokenizer search finds
     ck_path = Path(checkpoint)
-    if tokenizer is None:
-        tokenizer = str(find_tokenizer(ck_path, load_checkpoint(ck_path).config.vocab_size))
     model = Llama.load(ck_path, tokenizer=tokenizer, device=device, threads=threads, weights=weights, context=context)
-    held = held_weight_type(model.backend)  # what runs (cuda runs int8 as float32)
+    tokenizer = str(model.tokenizer.path)  # -z, or the one Llama.load found (the programs get it too)
+    held = model.backend.weight_type  # what runs (cuda runs int8 as float32)
     entries: list[tuple[dict, Callable[[int], float]]] = []
     for temperature in temperatures:
         for binary in binaries:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Optional
 
 from .._extension import isa_label
-from ..errors import Llama2pyError
+from ..errors import Llama2pyError, count
 from ..files import atomic_output
-from .measure import NO_PROFILE, SPREAD_LIMIT, count, row_label, sampling_label
+from .measure import NO_PROFILE, SPREAD_LIMIT, row_label, sampling_label
 
 
 def _fmt(v, spec: str = ".1f", none: str = "-") -> str:
