@@ -332,9 +332,7 @@ void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mod
                 posv_[r] = pos + t0 + t;
             }
         const bool last_chunk = t0 + n == T;
-        LogitsMode m = mode == LOGITS_ALL                                             ? LOGITS_ALL
-                       : (mode == LOGITS_LAST || mode == LOGITS_ARGMAX) && last_chunk ? mode
-                                                                                      : LOGITS_NONE;
+        const LogitsMode m = mode == LOGITS_ALL || (last_rows(mode) && last_chunk) ? mode : LOGITS_NONE;
         run_chunk(B, n, T, t0, m, out, prof);
     }
     if (team_chooser_.adaptive)
@@ -343,7 +341,7 @@ void ModelCore::forward(const int* tokens, int B, int T, int pos, LogitsMode mod
 
 ModelCore::Cls ModelCore::classifier_io(int B, int Tc, int T, LogitsMode mode, float* out) {
     Cls cls{nullptr, x_.data(), (long)c_.dim, 0};
-    if (mode == LOGITS_LAST || mode == LOGITS_ARGMAX) {  // row (b, Tc - 1) of each sequence
+    if (last_rows(mode)) {  // row (b, Tc - 1) of each sequence
         cls.out = out;
         cls.in = x_.data() + (long)(Tc - 1) * c_.dim;
         cls.ldx = (long)Tc * c_.dim;
@@ -567,10 +565,10 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
                 timer.mark(P_CLASSIFIER);
             }
         }
-        if (mode == LOGITS_LAST || mode == LOGITS_ALL) {
+        if (mode == LOGITS_LAST || mode == LOGITS_LAST_ARGMAX || mode == LOGITS_ALL) {
             MatJob logits{w_.wcls, V, cls.out, V};
             const Argmax best(cls.out, V, cls.rows, part_.data() + (long)omp_get_thread_num() * max_batch_);
-            if (mode == LOGITS_LAST) {
+            if (mode == LOGITS_LAST_ARGMAX) {
                 for (int b = 0; b < cls.rows; ++b) part_[(long)omp_get_thread_num() * max_batch_ + b] = {0.f, -1};
                 logits.epi = &best;  // greedy decoding's argmax rides along, split like the rows
             }
@@ -581,7 +579,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
         }
     }
     copy_all_logits(cls, B, Tc, T, t0, out);
-    argmax_ready_ = mode == LOGITS_LAST || mode == LOGITS_ARGMAX;
+    argmax_ready_ = mode == LOGITS_LAST_ARGMAX || mode == LOGITS_ARGMAX;
     if (argmax_ready_) {  // combine the threads' partial maxima: larger value, then smaller index
         for (int b = 0; b < cls.rows; ++b) {
             Best best{0.f, -1};
@@ -715,7 +713,11 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
                      const int* forced, double* prof) {
     // Greedy steps without log-probs need only the argmax: the sketch's bounds (float32 models).
     const bool argmax_only = temperature == 0.0 && !logprobs && sketch_.gs && B <= SKETCH_MAX_ROWS;
-    forward(tokens, B, 1, pos, argmax_only ? LOGITS_ARGMAX : LOGITS_LAST, logits_.data(), prof);
+    forward(tokens, B, 1, pos,
+            argmax_only          ? LOGITS_ARGMAX
+            : temperature == 0.0 ? LOGITS_LAST_ARGMAX
+                                 : LOGITS_LAST,
+            logits_.data(), prof);
     logits_partial_ = argmax_only;
     const auto t0 = Clock::now();
     const int V = c_.vocab_size;
