@@ -74,7 +74,8 @@ public:
     ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads);
 
     // tokens (B, T) row-major at positions pos..pos+T-1 for slots 0..B-1 (caller validated).
-    // LOGITS_LAST: out (B, vocab); LOGITS_ALL: out (B, T, vocab); LOGITS_NONE: out unused.
+    // LOGITS_LAST, LOGITS_LAST_ARGMAX, LOGITS_ARGMAX: out (B, vocab); LOGITS_ALL: out (B, T, vocab);
+    // LOGITS_NONE: out unused.
     // prof (P_COUNT,) seconds added per category when non-null: the master thread's clock read at
     // the pass's own barriers (RoPE, SwiGLU and the residual adds run fused inside the products and
     // are counted there).
@@ -183,7 +184,7 @@ private:
     std::vector<int> idx_;           // (max_batch, vocab) top-p candidate ids
     std::vector<uint64_t> rng_;      // (max_batch,) xorshift64* states
     std::vector<Best> part_;         // (n_threads, max_batch) per-thread argmax of the classifier rows
-    std::vector<int> best_;          // (max_batch,) argmax of the last LOGITS_LAST_ARGMAX chunk
+    std::vector<int> best_;          // (max_batch,) argmax of the last LOGITS_LAST_ARGMAX or LOGITS_ARGMAX chunk
     bool argmax_ready_ = false;      // best_ belongs to logits_ of the last forward
 
     std::vector<float> scales_turned_;  // Q8_0: every product's QMat::st, (d / 8, groups, 8) each
