@@ -125,11 +125,12 @@ def total_len(prompt_lens: Sequence[int], max_gen_len: int, seq_len: int) -> int
 
 
 def _log_softmax_rows(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """logits (..., vocab), targets (...) -> log softmax(logits)[target] (...), in float64."""
+    """logits (..., vocab), targets (...) -> log softmax(logits)[target] (...), computed in float64
+    (stored as float32 in run_batch, as the backends' steps return them)."""
     x = np.asarray(logits, np.float64)
     m = x.max(axis=-1, keepdims=True)
-    lse = m[..., 0] + np.log(np.exp(x - m).sum(axis=-1))
-    return np.take_along_axis(x, targets[..., None].astype(np.int64), axis=-1)[..., 0] - lse
+    picked = np.take_along_axis(x, targets[..., None].astype(np.int64), axis=-1)[..., 0]
+    return picked - m[..., 0] - np.log(np.exp(x - m).sum(axis=-1))  # sampler.log_softmax_at's order
 
 
 def _bucket(n: int, cap: int) -> int:
@@ -212,7 +213,9 @@ def _run_batch(
     tokens = np.zeros((B, L), np.int32)  # (B, L); 0 is a valid id for unused cells
     for b, p in enumerate(prompt_tokens):
         tokens[b, : len(p)] = p
-    lp = np.zeros((B, L), np.float64) if logprobs else None
+    # (B, L) float32, as steps return them: a prompt token's value must not depend on whether the
+    # prefill (float64 here) or a forcing step (float32) produced it, which the batch decides
+    lp = np.zeros((B, L), np.float32) if logprobs else None
     stats = stats if stats is not None else BatchStats()
     stats.batch_size, stats.prompt_lens = B, [int(n) for n in lens]
     generated = np.zeros(B, np.int64)

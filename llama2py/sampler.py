@@ -17,8 +17,9 @@ SEED_MAX = (1 << SEED_BITS) - 1  # also the mask of the state's 64-bit arithmeti
 
 
 def nth_seed(base: int, b: int) -> int:
-    """The seed of sequence b of a batch seeded with base: base + b, wrapping at 2**64."""
-    return (base + b) & SEED_MAX
+    """The seed of sequence b of a batch seeded with base (1..SEED_MAX): base + b, wrapping from
+    SEED_MAX to 1 (a generator state of 0 stays 0: every coin would be 0.0)."""
+    return (base - 1 + b) % SEED_MAX + 1
 
 
 def resolve_seed(seed: int | None) -> int:

@@ -148,7 +148,39 @@ def test_seeded_sampling_equals_alone_with_seed_plus_b(device, temperature, top_
     assert gen[0] == (ran[: ran.index(EOS)] if EOS in ran else ran)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_seeds_past_the_top_wrap_to_one(device, make_checkpoint):
+    model_path = make_checkpoint("mha_shared")
+    c = SHAPES["mha_shared"]
+    p = random_prompts(c.vocab_size, [3], seed=5)[0]
+    m = load(device, model_path, 3)
+    top = 2**64 - 1
+    toks, _ = m.generate([p, p, p], 10, 1.0, 0.0, seed=top)  # seeds top, 1, 2 (not top, 0, 1)
+    for b, seed in enumerate([top, 1, 2]):
+        alone, _ = m.generate([p], 10, 1.0, 0.0, seed=seed)
+        assert toks[b] == alone[0], f"sequence {b}"
+
+
 # -- log-probabilities and echo -------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+def test_prompt_logprobs_do_not_depend_on_the_batch(device, make_checkpoint):
+    # A prompt token's log-prob comes from the prefill (up to the shortest prompt) or from the step
+    # that forces it: both must give the same value, whatever the other prompts' lengths. (Bitwise
+    # on the cpu, whose batched logits are a single row's bits; numpy's matrix products round a
+    # batch differently, so there within float32 rounding.)
+    model_path = make_checkpoint("gqa_unshared")
+    c = SHAPES["gqa_unshared"]
+    prompts = random_prompts(c.vocab_size, [9, 2, 5], seed=4)
+    m = load(device, model_path, 3)
+    _, batch = m.generate(prompts, 4, temperature=0.0, logprobs=True, echo=True)
+    for b, p in enumerate(prompts):
+        _, alone = m.generate([p], 4, temperature=0.0, logprobs=True, echo=True)
+        if device == "cpu":
+            assert batch[b] == alone[0], f"sequence {b}"
+        else:
+            np.testing.assert_allclose(batch[b], alone[0], rtol=1e-6, atol=1e-6, err_msg=f"sequence {b}")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("echo", [False, True])
 def test_logprobs_are_log_softmax_of_spec_logits(device, echo, make_checkpoint):

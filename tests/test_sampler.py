@@ -84,6 +84,14 @@ def test_seed_zero_is_no_seed_and_out_of_range_seeds_are_refused():
             resolve_seed(bad)
 
 
+def test_sequence_seeds_wrap_past_the_top_to_one_never_zero():
+    from llama2py.sampler import SEED_MAX, nth_seed
+
+    assert [nth_seed(5, b) for b in range(3)] == [5, 6, 7]
+    # a state of 0 stays 0 (every coin 0.0): the seeds go on from 1
+    assert [nth_seed(SEED_MAX - 1, b) for b in range(4)] == [SEED_MAX - 1, SEED_MAX, 1, 2]
+
+
 def test_sampler_distribution_matches_softmax():
     logits = np.array([0.0, 1.0, 2.0, -1.0], np.float32)
     s = Sampler(1.0, 1.0, seed=3)
