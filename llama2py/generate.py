@@ -175,20 +175,31 @@ def check_dialog(dialog, index: int = 0) -> list[dict]:
     return msgs
 
 
-def dialog_tokens(tokenizer: Tokenizer, dialog) -> list[int]:
+def dialog_tokens(tokenizer: Tokenizer, dialog, seq_len: Optional[int] = None, what: str = "the dialog") -> list[int]:
     """The prompt tokens of a dialog, as Meta's chat_completion builds them: the system message
     folded into the first user message inside <<SYS>>, each finished user/assistant pair as
     BOS "[INST] user [/INST] answer " EOS, then BOS "[INST] last user [/INST]" left open.
-    Contents are stripped (run's chat mode does not strip, and omits an empty system prompt)."""
+    Contents are stripped (run's chat mode does not strip, and omits an empty system prompt).
+    A dialog that cannot fit seq_len positions (when given) is refused before it is encoded
+    (PromptError)."""
     msgs = check_dialog(dialog)
     if msgs[0]["role"] == "system":
         first = msgs[1]
         msgs = [{"role": "user", "content": B_SYS + msgs[0]["content"] + E_SYS + first["content"]}] + msgs[2:]
+    turns = [
+        (f"{B_INST} {u['content'].strip()} {E_INST} {a['content'].strip()} ", True)
+        for u, a in zip(msgs[::2], msgs[1::2])
+    ]
+    turns.append((f"{B_INST} {msgs[-1]['content'].strip()} {E_INST}", False))
+    least = sum(tokenizer.min_tokens(text) + eos for text, eos in turns)
+    if seq_len is not None and least > seq_len:
+        chars = sum(len(text) for text, _ in turns)
+        raise too_long(f"{what} is {chars:,} characters in its template, at least {least:,} tokens", seq_len)
     tokens: list[int] = []
-    for user, answer in zip(msgs[::2], msgs[1::2]):
-        text = f"{B_INST} {user['content'].strip()} {E_INST} {answer['content'].strip()} "
-        tokens += tokenizer.encode(text, bos=True, eos=True)
-    tokens += tokenizer.encode(f"{B_INST} {msgs[-1]['content'].strip()} {E_INST}", bos=True)
+    for text, eos in turns:
+        tokens += tokenizer.encode(text, bos=True, eos=eos)
+    if seq_len is not None:
+        check_prompt(tokens, seq_len, what)
     return tokens
 
 

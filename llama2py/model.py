@@ -509,7 +509,9 @@ class Llama:
         from .generate import check_dialog
 
         checked = [check_dialog(d, i) for i, d in enumerate(dialogs)]
-        prompt_tokens = [dialog_tokens(self.tokenizer, d) for d in checked]
+        prompt_tokens = [
+            dialog_tokens(self.tokenizer, d, self.config.seq_len, f"dialog {i}") for i, d in enumerate(checked)
+        ]
         results = self._completions(
             prompt_tokens, max_gen_len, temperature, top_p, logprobs, False, seed, stats, stop, first_prev=BOS
         )

@@ -170,6 +170,26 @@ def test_chat_completion_batched_errors_and_unsafe(model):
     assert model.chat_completion([unsafe], max_gen_len=4)[0]["generation"]["content"] == UNSAFE_ERROR
 
 
+def test_chat_completion_refuses_a_dialog_too_long_before_encoding(model, monkeypatch):
+    d1 = [{"role": "user", "content": "Tell me about a dog."}]
+    huge = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    huge += [{"role": "user", "content": "x " * 200_000}]  # 400,000 characters: ~1 s and ~50 MB to encode
+    encode = model.tokenizer.encode
+
+    def short_only(text, *args, **kwargs):
+        assert len(text) < 1000, "encoded a dialog that cannot fit"
+        return encode(text, *args, **kwargs)
+
+    monkeypatch.setattr(model.tokenizer, "encode", short_only)
+    with pytest.raises(PromptError, match=r"dialog 1 is 400,0\d\d characters in its template, at least [\d,]+ tokens"):
+        model.chat_completion([d1, huge])
+    monkeypatch.undo()
+    # within the lower bound but over the context once encoded: still named as a dialog
+    n = model.config.seq_len * 2  # one token per "x " pair at most...
+    with pytest.raises(PromptError, match=r"dialog 0 is \d+ tokens, but the context is"):
+        model.chat_completion([[{"role": "user", "content": "x " * n}]])
+
+
 def _mapped(path: Path) -> bool:
     with open("/proc/self/maps") as f:
         return str(path.resolve()) in f.read()

@@ -310,9 +310,9 @@ REFUSALS = {  # name -> (config changes, text the message must contain)
 }
 
 
-def assert_refused(capsys, argv, out: Path, *needles: str) -> str:
+def assert_refused(capsys, argv, out: Path, *needles: str, rc: int = 1) -> str:
     before = set(out.parent.iterdir()) if out.parent.is_dir() else set()
-    assert main(argv) == 1
+    assert main(argv) == rc
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("llama2py: error: "), err
@@ -465,7 +465,8 @@ def test_tokenizer_refusals(tmp_path, capsys):
     out.parent.mkdir()
     assert_refused(capsys, ["convert", str(bad), str(out)], out, "bad.model", "sentencepiece")
     model = model_file("tokenizer.model")
-    assert_refused(capsys, ["convert", str(model), str(out), "--quantize", "q8_0"], out, "tokenizer")
+    # flags the input cannot take: exit 2, as any bad flag
+    assert_refused(capsys, ["convert", str(model), str(out), "--quantize", "q8_0"], out, "tokenizer", rc=2)
 
 
 def test_tokenizer_without_sentencepiece_names_the_extra(tmp_path, capsys, monkeypatch):

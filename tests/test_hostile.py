@@ -357,6 +357,10 @@ def test_backend_refuses_bad_ids_and_arguments(device):
             be.forward(t, 0)
         with pytest.raises(ValueError, match="tokens"):
             be.step(t, 0, 0.0, 0.9)
+    with pytest.raises(TypeError, match="integer token ids, got None"):
+        be.forward(None, 0)
+    with pytest.raises(ValueError, match=r"got None \(NoneType\)"):  # not "ids beyond 64 bits"
+        be.forward([1, None], 0)
     ok = np.array([1], np.int32)
     with pytest.raises(TypeError, match="pos must be an integer"):
         be.forward(ok, 1.5)

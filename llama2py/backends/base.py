@@ -286,6 +286,8 @@ def as_token_ids(tokens, vocab_size: int, what: str = "token ids") -> np.ndarray
     Floats, bools, strings and ids outside the vocabulary are refused, never cast."""
     if isinstance(tokens, (str, bytes)):
         raise TypeError(f"{what} must be integer token ids, got {type(tokens).__name__}; encode text first")
+    if tokens is None:
+        raise TypeError(f"{what} must be integer token ids, got None")
     try:
         a = np.asarray(tokens)
     except ValueError as e:  # ragged nesting
@@ -316,8 +318,9 @@ def _holds_bool(items) -> bool:
 
 def _describe_values(a: np.ndarray) -> str:
     if a.dtype == object:
-        bad = next((x for x in a.reshape(-1) if not isinstance(x, numbers.Integral) or isinstance(x, bool)), None)
-        if bad is None:
+        none = object()  # (not None as next()'s default: None itself may be the bad value)
+        bad = next((x for x in a.reshape(-1) if not isinstance(x, numbers.Integral) or isinstance(x, bool)), none)
+        if bad is none:
             return "ids beyond 64 bits"
         return f"{bad!r} ({type(bad).__name__})"
     return f"dtype {a.dtype} (e.g. {a.reshape(-1)[0]!r})"

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 from ..argtypes import int_at_least
 from ..checkpoint import MAX_SEQ_LEN, Config, check_group_size, runq_group_note, write_checkpoint
-from ..errors import ConvertError
+from ..errors import ConvertError, UsageError
 from ..files import add_progress_arguments, atomic_output, check_output_path, progress_bar
 
 QUANTIZE_VERSIONS = {None: 1, "q8_0": 2}  # --quantize -> llama2.c file version
@@ -80,7 +80,7 @@ def convert(
     check_output_path(out, (src,))  # before reading anything
     if kind == "tokenizer":
         if quantize or seq_len:
-            raise ConvertError("--quantize and --seq-len apply to models, not to a tokenizer")
+            raise UsageError("--quantize and --seq-len apply to models, not to a tokenizer")
         from .tokenizer_export import tokenizer_bytes
 
         data = tokenizer_bytes(src)
