@@ -35,6 +35,7 @@ import numpy as np
 
 from .backends.base import Backend, as_token_ids, check_bool, check_int, check_sampling, check_seed
 from .errors import PromptError, too_long
+from .sampler import log_softmax_rows
 from .tokenizer import BOS, EOS
 
 STOP_TOKENS = (EOS, BOS)
@@ -124,15 +125,6 @@ def total_len(prompt_lens: Sequence[int], max_gen_len: int, seq_len: int) -> int
     return min(seq_len, max_gen_len + max(prompt_lens))
 
 
-def _log_softmax_rows(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """logits (..., vocab), targets (...) -> log softmax(logits)[target] (...), computed in float64
-    (stored as float32 in run_batch, as the backends' steps return them)."""
-    x = np.asarray(logits, np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    picked = np.take_along_axis(x, targets[..., None].astype(np.int64), axis=-1)[..., 0]
-    return picked - m[..., 0] - np.log(np.exp(x - m).sum(axis=-1))  # sampler.log_softmax_at's order
-
-
 def _bucket(n: int, cap: int) -> int:
     """Smallest power of two >= n, at most cap (the step batch after dropping finished tail slots)."""
     p = 1
@@ -214,7 +206,7 @@ def _run_batch(
     for b, p in enumerate(prompt_tokens):
         tokens[b, : len(p)] = p
     # (B, L) float32, as steps return them: a prompt token's value must not depend on whether the
-    # prefill (float64 here) or a forcing step (float32) produced it, which the batch decides
+    # prefill (float64, log_softmax_rows) or a forcing step (float32) produced it, which the batch decides
     lp = np.zeros((B, L), np.float32) if logprobs else None
     stats = stats if stats is not None else BatchStats()
     stats.batch_size, stats.prompt_lens = B, [int(n) for n in lens]
@@ -234,7 +226,7 @@ def _run_batch(
             for a in range(0, k, chunk):
                 e = min(k, a + chunk)
                 out = backend.prefill(tokens[:, a:e], a, logits="all")  # (B, e-a, vocab)
-                lp[:, a + 1 : e + 1] = _log_softmax_rows(out, tokens[:, a + 1 : e + 1])
+                lp[:, a + 1 : e + 1] = log_softmax_rows(out, tokens[:, a + 1 : e + 1])
         else:
             backend.prefill(tokens[:, :k], 0, logits="none")
     t1 = time.perf_counter()

@@ -343,7 +343,7 @@ def convert_weights(
     if weights.weight_type == "q8_0":
         return weights
     try:
-        return weights.quantized(default_group_size(config.dim))
+        return weights.quantized(q8_group_size(weights.group_size, config.dim))
     except CheckpointError as e:
         raise CheckpointError(f"checkpoint {path}: {e}" if path else str(e)) from None
 
@@ -588,6 +588,12 @@ def quantize_q80(w: np.ndarray, gs: int, what: str = "a tensor") -> tuple[np.nda
     safe = np.where(scale == 0, np.float32(1.0), scale)
     q = np.round(g / safe[:, None]).astype(np.int8)
     return q.reshape(-1), scale.astype(np.float32)
+
+
+def q8_group_size(file_group_size: Optional[int], dim: int) -> int:
+    """The group size of int8 weights loaded from a file: a v2 file's own, else the one load-time
+    quantization picks (default_group_size)."""
+    return file_group_size or default_group_size(dim)
 
 
 def default_group_size(dim: int) -> int:

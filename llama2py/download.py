@@ -310,6 +310,7 @@ class _Progress:
             initial=initial,
             desc=desc,
             leave=True,
+            file=sys.stderr,
             **BYTES_BAR,
             dynamic_ncols=True,
         )

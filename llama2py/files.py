@@ -201,7 +201,7 @@ def progress_bar(desc: str, enabled: Optional[bool] = None) -> contextlib.Abstra
 
 # tqdm's settings for a bar counting bytes: "iB" after its K/M/G prefixes, the divisor being 1024,
 # so these are KiB, MiB, GiB (files written here, downloads)
-BYTES_BAR = dict(unit="iB", unit_scale=True, unit_divisor=1024, file=sys.stderr)
+BYTES_BAR = dict(unit="iB", unit_scale=True, unit_divisor=1024)  # (file= at the call: stderr may be swapped)
 
 
 @contextlib.contextmanager
@@ -214,7 +214,7 @@ def _tqdm_callback(desc: str) -> Iterator[Callable[[int, int], None]]:
         def update(done: int, total: int) -> None:
             nonlocal bar
             if bar is None:
-                bar = stack.enter_context(tqdm(total=total, desc=desc, **BYTES_BAR))
+                bar = stack.enter_context(tqdm(total=total, desc=desc, file=sys.stderr, **BYTES_BAR))
             bar.update(done - bar.n)
 
         yield update

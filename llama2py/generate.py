@@ -191,10 +191,11 @@ def dialog_tokens(tokenizer: Tokenizer, dialog, seq_len: Optional[int] = None, w
         for u, a in zip(msgs[::2], msgs[1::2])
     ]
     turns.append((f"{B_INST} {msgs[-1]['content'].strip()} {E_INST}", False))
-    least = sum(tokenizer.min_tokens(text) + eos for text, eos in turns)
-    if seq_len is not None and least > seq_len:
-        chars = sum(len(text) for text, _ in turns)
-        raise too_long(f"{what} is {chars:,} characters in its template, at least {least:,} tokens", seq_len)
+    if seq_len is not None:  # (encode_prompt's refusal, over the dialog's pieces)
+        least = sum(tokenizer.min_tokens(text) + eos for text, eos in turns)
+        if least > seq_len:
+            chars = sum(len(text) for text, _ in turns)
+            raise too_long(f"{what} is {chars:,} characters in its template, at least {least:,} tokens", seq_len)
     tokens: list[int] = []
     for text, eos in turns:
         tokens += tokenizer.encode(text, bos=True, eos=eos)

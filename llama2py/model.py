@@ -87,10 +87,11 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
 def encode_prompt(tokenizer: Tokenizer, prompt: str | bytes, seq_len: int, what: str = "the prompt") -> list[int]:
     """run's encoding of a prompt (BOS first), refused before encoding when it cannot fit the
     context: a long prompt costs nothing before it is refused."""
-    if tokenizer.min_tokens(prompt) > seq_len:
+    least = tokenizer.min_tokens(prompt)
+    if least > seq_len:
         raise too_long(
             f"{what} is {len(prompt):,} {'character(s)' if isinstance(prompt, str) else 'byte(s)'}, at least "
-            f"{tokenizer.min_tokens(prompt):,} tokens",
+            f"{least:,} tokens",
             seq_len,
         )
     tokens = tokenizer.encode(prompt, bos=True)
@@ -157,8 +158,9 @@ class Llama:
         notes: list[str] = []
         if context is not None:
             context = check_int("context", context, 1)
-            if config.cap_note(context):
-                notes.append(f"context {config.cap_note(context)}")
+            note = config.cap_note(context)
+            if note:
+                notes.append(f"context {note}")
             config = config.capped(context)
         tok_path = tokenizer if tokenizer is not None else find_tokenizer(ck.path, config.vocab_size)
         tok = Tokenizer(tok_path, config.vocab_size)

@@ -105,8 +105,15 @@ class Sampler:
         return sample_topp(probs, self.top_p, coin)
 
 
-def log_softmax_at(logits: np.ndarray, token: int) -> float:
-    """log p(token) under softmax(logits), in float64 (logprobs are reported, not sampled)."""
+def log_softmax_rows(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """logits (..., vocab), targets (...) -> log p(target) under softmax of each row (...), in
+    float64 (logprobs are reported, not sampled)."""
     x = np.asarray(logits, np.float64)
-    m = x.max()
-    return float(x[token] - m - np.log(np.exp(x - m).sum()))
+    m = x.max(axis=-1, keepdims=True)
+    picked = np.take_along_axis(x, np.asarray(targets)[..., None].astype(np.int64), axis=-1)[..., 0]
+    return picked - m[..., 0] - np.log(np.exp(x - m).sum(axis=-1))
+
+
+def log_softmax_at(logits: np.ndarray, token: int) -> float:
+    """log p(token) under softmax(logits) (one row), in float64."""
+    return float(log_softmax_rows(logits, np.asarray(token)))

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..checkpoint import Config, QuantizedTensor, Weights
-from ..sampler import Rng, Sampler, log_softmax_at
+from ..sampler import Rng, Sampler, log_softmax_rows
 from .base import Backend
 
 EPS = np.float32(1e-5)
@@ -210,15 +210,15 @@ class NumpyBackend(Backend):
         nxt = np.empty(B, np.int32)
         lp = None
         with _quiet_floats():  # once for every row's sampling and log-prob
+            s = Sampler(temperature, top_p)  # each row draws from its own generator
             for b in range(B):
                 if forced is not None and forced[b] >= 0:
                     nxt[b] = forced[b]
                     continue
-                s = Sampler(temperature, top_p)
                 s.rng = self.rngs[b]
                 nxt[b] = s.sample(logits[b])
             if want_logprobs:
-                lp = np.array([log_softmax_at(logits[b], int(nxt[b])) for b in range(B)], np.float32)
+                lp = log_softmax_rows(logits, nxt).astype(np.float32)
         return nxt, lp
 
     def _chosen_logits(self, ids: list[int], rows) -> list[float]:

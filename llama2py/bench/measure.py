@@ -19,7 +19,7 @@ import numpy as np
 
 from ..backends import create_backend
 from ..backends.base import PROFILE_KEYS
-from ..checkpoint import Config, convert_weights, default_group_size, load_checkpoint
+from ..checkpoint import Config, convert_weights, load_checkpoint, q8_group_size
 from ..errors import DeviceError, Llama2pyError, count
 from .host import BUSY_LOAD, gpu_name, host_info, mem_available, peak_rss, reset_peak_rss
 
@@ -384,8 +384,9 @@ def bench(
     busy = load_warning(host["load_average"])
     if busy:
         report["warnings"].append(busy)
-    if ck.config.cap_note(settings.context):  # as Llama.load's note
-        report["warnings"].append(f"--context {ck.config.cap_note(settings.context)}")
+    note = ck.config.cap_note(settings.context)
+    if note:  # as Llama.load's note
+        report["warnings"].append(f"--context {note}")
     if steps != settings.steps or settings.prompt_len not in (None, p_len):
         report["warnings"].append(
             f"positions {p_len}..{p_len + steps - 1} ran: what was asked does not fit the context of {c.seq_len}"
@@ -414,7 +415,7 @@ def _bench_device(
                 )
                 continue
             weight_type = weights or own[0]
-            group_size = None if weight_type == "f32" else own[1] or default_group_size(config.dim)
+            group_size = None if weight_type == "f32" else q8_group_size(own[1], config.dim)
             need, avail = estimate_bytes(config, batch, p_len, weight_type, group_size), mem_available()
             if device != "cuda" and avail is not None and need > 0.9 * avail:
                 reason = f"needs about {need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
