@@ -5,7 +5,8 @@ With no CHECKPOINT the CLI runs stories15M with the Llama 2 tokenizer from the m
 current directory), downloading both from their published addresses the first time: streamed to
 NAME.part (never past the published size), resumed with an HTTP Range request after an
 interruption, checked against the published size and sha256, then renamed into place. One lock
-file per destination (NAME.lock) makes concurrent downloads of one file wait for each other.
+file per destination (NAME.lock, removed when the download ends) makes concurrent downloads of one
+file wait for each other.
 
 A file found in the store is trusted only after its sha256 was checked once; the check is
 remembered in the folder's .verified.json, keyed by size and mtime, so later runs only stat it.
@@ -437,28 +438,34 @@ def _content_range_start(value: Optional[str]) -> Optional[int]:
 def _lock(dest: Path, progress: bool) -> Iterator[None]:
     """Hold DEST.lock exclusively: a second process downloading the same file waits here (and then
     finds it in place) instead of writing the same .part. fcntl.flock on POSIX, msvcrt.locking on
-    Windows; where neither works (some network filesystems) the download runs unlocked. The lock
-    file stays (removing it would race with a waiting process)."""
+    Windows; where neither works (some network filesystems) the download runs unlocked. On POSIX the
+    holder removes the lock file before it lets go; a process that was waiting on the removed file
+    sees that the name no longer leads to the file it locked and locks the current one instead.
+    (Windows keeps the file: an open file cannot be removed there.)"""
     path = dest.with_name(dest.name + ".lock")
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise DownloadError(
-            f"cannot create {path} ({e.strerror or e}): choose a writable folder with ${MODELS_ENV} or --dir"
-        ) from e
-    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    said = False
+    while True:
         try:
-            import fcntl
-        except ImportError:  # Windows
-            fcntl = None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise DownloadError(
+                f"cannot create {path} ({e.strerror or e}): choose a writable folder with ${MODELS_ENV} or --dir"
+            ) from e
+        locked = False
         try:
             if fcntl is not None:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    if progress:
+                    if progress and not said:
                         print(f"waiting for another download of {dest.name} to finish ...", file=sys.stderr)
+                        said = True
                     fcntl.flock(fd, fcntl.LOCK_EX)
+                locked = True
             else:
                 import msvcrt
 
@@ -471,8 +478,24 @@ def _lock(dest: Path, progress: bool) -> Iterator[None]:
                             raise
         except OSError:  # a filesystem without locks: go on without one
             pass
+        except BaseException:  # interrupted while waiting
+            os.close(fd)
+            raise
+        if locked:
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+            except OSError:  # removed by the holder that just let go
+                current = False
+            if not current:
+                os.close(fd)
+                continue
+        break
+    try:
         yield
     finally:
+        if locked:
+            with contextlib.suppress(OSError):  # still ours: nobody can lock the name's file meanwhile
+                os.unlink(path)
         os.close(fd)  # releases the lock
 
 

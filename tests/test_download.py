@@ -163,6 +163,7 @@ def test_fresh_download_checks_sha(server, tmp_path):
     assert path == tmp_path / "test.bin"
     assert path.read_bytes() == DATA
     assert not (tmp_path / "test.bin.part").exists()
+    assert not (tmp_path / "test.bin.lock").exists()  # the lock file goes with the download
     assert server.requests == [("/m/test.bin", None)]
 
 
@@ -211,6 +212,7 @@ def test_checksum_mismatch_deletes_part(server, tmp_path, monkeypatch):
     assert hashlib.sha256(bytes(len(DATA))).hexdigest() in msg  # actual
     assert not (tmp_path / "test.bin").exists()
     assert not (tmp_path / "test.bin.part").exists()
+    assert not (tmp_path / "test.bin.lock").exists()  # a failed download removes it too
 
 
 def test_size_mismatch_without_sha(server, tmp_path, monkeypatch):
@@ -445,6 +447,44 @@ def test_two_processes_downloading_one_file_wait_for_each_other(server, tmp_path
     assert (tmp_path / "test.bin").read_bytes() == DATA
     assert len(server.requests) == 1  # the second one found the file in place once the lock was free
     assert not (tmp_path / "test.bin.part").exists()
+    assert not (tmp_path / "test.bin.lock").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX flock: Windows keeps its lock files")
+def test_a_waiter_whose_lock_file_was_removed_locks_the_current_one(tmp_path):
+    import fcntl
+
+    dest = tmp_path / "test.bin"
+    lock = tmp_path / "test.bin.lock"
+    old = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(old, fcntl.LOCK_EX)  # another download holds the lock
+    entered, leave = threading.Event(), threading.Event()
+
+    def waiter():
+        with dl._lock(dest, progress=False):
+            entered.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    time.sleep(0.5)  # the waiter opens the old file and blocks on its lock
+    assert not entered.is_set()
+    # the holder finishes as _lock does: removes the name, then lets go; a third process has
+    # already created a new lock file under the name meanwhile
+    os.unlink(lock)
+    third = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(old, fcntl.LOCK_UN)
+    os.close(old)
+    assert entered.wait(10), "the waiter never got a lock"
+    try:  # it holds the current file's lock, not the removed file's
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        leave.set()
+        thread.join(10)
+    fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once it is done
+    os.close(third)
+    assert not lock.exists()  # and it removed the name on the way out
 
 
 def test_cli_hook(server, tmp_path, capsys):
