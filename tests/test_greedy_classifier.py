@@ -197,3 +197,39 @@ def test_bound_keeps_an_argmax_the_sketch_ranks_second(isa):
     ids, _ = greedy.step(np.array([token], np.int32), 0, 0.0, 0.9)
     assert int(ids[0]) == ia, f"{isa}: the sketch's second-ranked exact argmax was ruled out"
     assert greedy._model.exact_logits >= 2  # both A and B had to be computed exactly
+
+
+@pytest.mark.parametrize("weight_type", ["f32", "q8_0"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_greedy_epilogue_takes_the_first_of_tied_maxima(isa, weight_type, threads):
+    """Models without a sketch (int8 weights; float32 with a vocabulary read whole) take the argmax
+    beside the classifier product, block by block: with whole sets of exactly tied logits (rows
+    v and 2 v, whose int8 groups are the same integers at twice the scale) its id must be the full
+    product's first maximum, wherever the tied rows fall in the blocks and the threads' halves."""
+    from llama2py.backends.cpu import CpuBackend
+    from llama2py.checkpoint import convert_weights
+
+    config = Config(dim=64, hidden_dim=96, n_layers=1, n_heads=4, n_kv_heads=2, vocab_size=520, seq_len=10)
+    w = random_weights(config, 6)
+    doubled = np.zeros(config.vocab_size, bool)
+    doubled[[17, 18, 19, 33, 130, 131, 259, 260, 261, 262, 263, 500, 519]] = True
+    doubled[5::37] = True
+    row = w.wcls[11]
+    wcls = np.where(doubled[:, None], 2 * row, row).astype(np.float32)
+    config = replace(config, shared_classifier=False)  # the embedding stays random
+    w = replace(w, wcls=wcls)
+    w = convert_weights(w, config, weight_type)
+    import llama2py._cpu as ext
+
+    assert weight_type == "q8_0" or ext.sketch_bytes(config.dim, config.vocab_size) == 0  # no sketch here
+    B = 3
+    greedy, full = CpuBackend(config, w, B, threads), CpuBackend(config, w, B, threads)
+    tok = np.array([3, 9, 200], np.int32)
+    winners = set()
+    for pos in range(config.seq_len):
+        ids, _ = greedy.step(tok, pos, 0.0, 0.9)
+        want = np.argmax(full.forward(tok, pos), axis=-1)
+        assert ids.tolist() == want.tolist(), f"{weight_type} {isa} threads {threads}: pos {pos}"
+        winners.update(ids.tolist())
+        tok = ids
+    assert winners == {0, 5}, winners  # the first of each tied set, and both sets won somewhere

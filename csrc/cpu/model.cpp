@@ -23,7 +23,8 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
       kt_(&kernels()),
       max_batch_(max_batch),
       n_threads_(n_threads > 0 ? n_threads : omp_get_max_threads()),
-      cap_(std::max(max_batch, PREFILL_ROWS)) {
+      cap_(std::max(max_batch, PREFILL_ROWS)),
+      slot_stride_(max_batch + 16) {
     team_ = n_threads_;
     team_chooser_.adaptive = n_threads <= 0 && n_threads_ > 1;
     if (n_threads_ > 1) {  // start the team's threads now, not inside the first timed call
@@ -56,7 +57,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     if (sketch_.gs) {
         sketch_stats_.resize((long)n_threads_ * max_batch * 3);
         approx_.resize((long)max_batch * c.vocab_size);
-        lower_.resize((long)n_threads_ * max_batch);
+        lower_.resize((long)n_threads_ * slot_stride_);
         cls_x_.resize((long)max_batch * c.dim);
     }
     q_.resize((long)cap_ * c.dim);
@@ -75,7 +76,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     cand_.resize((long)max_batch * c.vocab_size);
     idx_.resize((long)max_batch * c.vocab_size);
     rng_.assign(max_batch, 0);
-    part_.resize((long)n_threads_ * max_batch);
+    part_.resize((long)n_threads_ * slot_stride_);
     best_.resize(max_batch);
 }
 
@@ -428,12 +429,28 @@ struct Argmax : Epilogue {
     ModelCore::Best* part;  // (rows,) this thread's partial results
     Argmax(const float* logits, int V, int rows, ModelCore::Best* part)
         : logits(logits), V(V), rows(rows), part(part) {}
+    // The same result as `if (b.i < 0 || lg[i] > b.v) b = {lg[i], i}` over i in order (the first
+    // index of the largest value above the running best; NaN never wins after the first), from the
+    // block's maximum in four independent chains (the one chain of compares was a third of a batch-1
+    // int8 step's classifier), then a search for its first index only where it beats the best.
     void run(int r0, int nr) const override {
         for (int r = 0; r < rows; ++r) {
             const float* lg = logits + (long)r * V;
             ModelCore::Best b = part[r];
-            for (int i = r0; i < r0 + nr; ++i)
-                if (b.i < 0 || lg[i] > b.v) b = {lg[i], i};
+            int i = r0;
+            if (b.i < 0 && nr > 0) b = {lg[i], i}, ++i;
+            float m[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+            int k = i;
+            for (; k + 4 <= r0 + nr; k += 4)
+                for (int j = 0; j < 4; ++j) m[j] = lg[k + j] > m[j] ? lg[k + j] : m[j];
+            for (; k < r0 + nr; ++k) m[0] = lg[k] > m[0] ? lg[k] : m[0];
+            const float top = std::max(std::max(m[0], m[1]), std::max(m[2], m[3]));  // no NaN here
+            if (top > b.v)
+                for (; i < r0 + nr; ++i)
+                    if (lg[i] == top) {
+                        b = {lg[i], i};
+                        break;
+                    }
             part[r] = b;
         }
     }
@@ -567,9 +584,9 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
         }
         if (mode == LOGITS_LAST || mode == LOGITS_LAST_ARGMAX || mode == LOGITS_ALL) {
             MatJob logits{w_.wcls, V, cls.out, V};
-            const Argmax best(cls.out, V, cls.rows, part_.data() + (long)omp_get_thread_num() * max_batch_);
+            const Argmax best(cls.out, V, cls.rows, part_.data() + (long)omp_get_thread_num() * slot_stride_);
             if (mode == LOGITS_LAST_ARGMAX) {
-                for (int b = 0; b < cls.rows; ++b) part_[(long)omp_get_thread_num() * max_batch_ + b] = {0.f, -1};
+                for (int b = 0; b < cls.rows; ++b) part_[(long)omp_get_thread_num() * slot_stride_ + b] = {0.f, -1};
                 logits.epi = &best;  // greedy decoding's argmax rides along, split like the rows
             }
             const float* in = xb + (cls.in - x_.data());
@@ -584,7 +601,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
         for (int b = 0; b < cls.rows; ++b) {
             Best best{0.f, -1};
             for (int t = 0; t < n_threads_; ++t) {
-                const Best& p = part_[(long)t * max_batch_ + b];
+                const Best& p = part_[(long)t * slot_stride_ + b];
                 if (p.i >= 0 && (best.i < 0 || p.v > best.v || (p.v == best.v && p.i < best.i))) best = p;
             }
             best_[b] = best.i;
@@ -655,14 +672,14 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
         // this row stays a candidate.
         if (!std::isfinite(r.l1) || r.amax < 1e-30f) r.l1 = NAN;
         st[b] = r;
-        lower_[(long)t * max_batch_ + b] = -INFINITY;  // (part_ was reset before the region)
+        lower_[(long)t * slot_stride_ + b] = -INFINITY;  // (part_ was reset before the region)
     }
     // Both float sums round at most once per term (a fused multiply-add, or a multiply then an add
     // at the generic level): 4 (D + G + 2) units in the last place covers them.
     const float g = 4.0f * (float)(D + G + 2) * 5.9604645e-8f;
     MatJob job{sketch_.m, V, approx_.data(), V};
     const SketchBound bound(approx_.data(), sketch_.s_max.data(), sketch_.l1.data(), st,
-                            lower_.data() + (long)t * max_batch_, V, rows, g);
+                            lower_.data() + (long)t * slot_stride_, V, rows, g);
     job.epi = &bound;
     kern.matmul_jobs(&job, 1, nullptr, 0, rows, D, false, &q);  // ends with a barrier
     // Every id whose a + m reaches the best a - m of its row gets its exact logit; the argmax of
@@ -672,10 +689,10 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
     const int nb = std::min(rows, SKETCH_MAX_ROWS);
     for (int b = 0; b < nb; ++b) {
         float m = -INFINITY;
-        for (int u = 0; u < nt; ++u) m = std::max(m, lower_[(long)u * max_batch_ + b]);
+        for (int u = 0; u < nt; ++u) m = std::max(m, lower_[(long)u * slot_stride_ + b]);
         best_lower[b] = m;
     }
-    Best* part = part_.data() + (long)t * max_batch_;
+    Best* part = part_.data() + (long)t * slot_stride_;
     long exact = 0;
 #pragma omp for schedule(static)
     for (int blk = 0; blk < (V + BLOCK - 1) / BLOCK; ++blk) {

@@ -139,6 +139,11 @@ private:
     const KernelTable* kt_;            // the instruction-set level chosen when the model was made
     bool stream_ = false;              // weights too big for the caches: streaming GEMV
     int max_batch_, n_threads_, cap_;  // cap_ = rows the buffers hold = max(max_batch, PREFILL_ROWS)
+    // Per-thread results of max_batch rows (part_, lower_) lie slot_stride_ = max_batch + 16 rows
+    // apart: at least 64 bytes between two threads' entries, so no cache line holds both. (Adjacent
+    // entries made the greedy epilogue's per-block write move one line between the two cores at every
+    // block: 27% of a batch-1 int8 step's samples.)
+    int slot_stride_;
     // Adaptive team (threads not given): a parallel region runs n_threads_ or 1 thread, whichever
     // has been faster per row lately (results are the same bits either way). On a busy machine a
     // team waits at every barrier for a member that lost its core; one thread has no barriers.
@@ -183,7 +188,7 @@ private:
     std::vector<float> cand_;        // (max_batch, vocab) top-p running sums
     std::vector<int> idx_;           // (max_batch, vocab) top-p candidate ids
     std::vector<uint64_t> rng_;      // (max_batch,) xorshift64* states
-    std::vector<Best> part_;         // (n_threads, max_batch) per-thread argmax of the classifier rows
+    std::vector<Best> part_;         // (n_threads, slot_stride) per-thread argmax of the classifier rows
     std::vector<int> best_;          // (max_batch,) argmax of the last LOGITS_LAST_ARGMAX or LOGITS_ARGMAX chunk
     bool argmax_ready_ = false;      // best_ belongs to logits_ of the last forward
 
@@ -209,7 +214,7 @@ private:
     } sketch_;
     std::vector<float> sketch_stats_;  // (n_threads, max_batch, 3) sum |x|, max |x|, max x scale
     std::vector<float> approx_;        // (max_batch, vocab) sketch logits
-    std::vector<float> lower_;         // (n_threads, max_batch) each thread's best a - m
+    std::vector<float> lower_;         // (n_threads, slot_stride) each thread's best a - m
     std::vector<float> cls_x_;         // (max_batch, dim) the normed rows of the last greedy step
     int cls_rows_ = 0;                 // rows of cls_x_
     bool logits_partial_ = false;      // logits_ holds only what the last greedy step needed
