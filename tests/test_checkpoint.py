@@ -122,6 +122,7 @@ def test_unknown_version(make_checkpoint, tmp_path):
         (b"\x89PNG\r\n\x1a\n" + b"\xff" * 100, "not a llama2.c checkpoint|implausibly large|positive"),
         (struct.pack("<7i", 30, 10, 1, 4, 4, 10, 8) + b"\0" * 64, "not a multiple of n_heads"),
         (struct.pack("<7i", 8, 10, 1, 2, 3, 10, 8) + b"\0" * 64, "not a multiple of n_kv_heads"),
+        (struct.pack("<7i", 12, 10, 1, 4, 4, 10, 8) + b"\0" * 64, "head size 3 is odd; RoPE needs pairs"),
     ],
 )
 def test_foreign_files(tmp_path, data, match):

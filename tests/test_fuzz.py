@@ -2,7 +2,7 @@
 
 Valid v0, v1 and v2 files of small shapes get their header fields (sizes, version, the shared
 classifier flag, the group size) set to boundary and random values, bits flipped, and bytes cut or
-appended. Each outcome must be a llama2py error (or ValueError) with a one-line message, or a
+appended. Each outcome must be a llama2py error (Llama2pyError) with a one-line message, or a
 backend that loads and runs a few steps. MemAvailable is patched to 2 GiB, so a header that asks
 for more is refused by the memory check rather than allocated: the run stays bounded whatever the
 header says. A bounded number of cases (a few seconds).
@@ -96,7 +96,7 @@ def test_header_fuzz(tmp_path, monkeypatch, device):
                 tokens, _ = backend.step(tokens, pos, rng.choice([0.0, 0.8]), 0.9)
                 assert tokens.shape == (1,) and 0 <= tokens[0] < c.vocab_size
             outcomes["ran"] += 1
-        except (Llama2pyError, ValueError) as e:
+        except Llama2pyError as e:  # the library's own errors only (a numpy ValueError is a crash here)
             msg = str(e)
             assert msg and "\n" not in msg and len(msg) < 600, f"case {case}: {msg!r}"
             outcomes[type(e).__name__] += 1

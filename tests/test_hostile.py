@@ -465,10 +465,9 @@ def test_type_errors_do_not_dump_arrays(tmp_path):
 
 
 def test_tokenizer_vocab_size_must_be_positive_int(stories260k):
-    with pytest.raises(TokenizerError):
-        Tokenizer(stories260k[1], 0)
-    with pytest.raises(TokenizerError):
-        Tokenizer(stories260k[1], 512.0)
+    for bad in (0, -3, 512.0, True):
+        with pytest.raises(TokenizerError, match="vocab_size must be a positive integer"):
+            Tokenizer(stories260k[1], bad)
 
 
 def test_checkpoint_too_short_is_still_named(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -75,8 +76,18 @@ def test_sdist_holds_what_the_tests_and_docs_need(sdist):
                 missing.append(str(rel))
     assert not missing, f"not in the sdist: {missing}"
     assert (root / "tests" / "conftest.py").is_file()
-    # docs link each other and the README: every relative link resolves inside the sdist
     assert "Copyright (c) 2026 the llama2py authors" in (root / "LICENSE").read_text()
+    # docs link each other and the README: every relative link resolves inside the sdist
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "models").glob("*.md"))]
+    links = 0
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text(encoding="utf-8")):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):  # a URL or an anchor
+                continue
+            links += 1
+            if not (doc.parent / target.split("#")[0]).exists():
+                missing.append(f"{doc.relative_to(root)} -> {target}")
+    assert links >= 5 and not missing, f"links that do not resolve in the sdist: {missing}"
 
 
 def test_sdist_license_metadata(sdist):
