@@ -173,7 +173,7 @@ def _gpu_expected() -> bool:
 
 def _report_device(model, args) -> None:
     """Quiet by default: a cuda model's notes, or one short line where a GPU was expected and is not
-    usable; with --verbose the device, why, threads, load time and the tokenizer file."""
+    usable; with --verbose the device, why, threads, load time and the checkpoint and tokenizer files."""
     verbose = getattr(args, "verbose", False)
     if verbose:
         for note in model.notes:
@@ -183,6 +183,7 @@ def _report_device(model, args) -> None:
             f"llama2py: device: {model.backend.describe()}{threads}, loaded in {model.load_seconds:.2f} s",
             file=sys.stderr,
         )
+        print(f"llama2py: checkpoint: {model.checkpoint.path}", file=sys.stderr)
         print(f"llama2py: tokenizer: {model.tokenizer.path}", file=sys.stderr)
     elif model.device == "cuda":  # its notes say how it runs the weights (int8 as float32)
         for note in model.notes:
@@ -193,14 +194,15 @@ def _report_device(model, args) -> None:
 
 def _load(args, max_batch_size=1):
     """Load the model for up to max_batch_size sequences at once."""
+    from .download import ensure_default_model, in_store
     from .model import Llama
 
     checkpoint, tokenizer = args.checkpoint, args.tokenizer
     if checkpoint is None:
-        from .download import ensure_default_model
-
         checkpoint, default_tok = ensure_default_model(progress=sys.stderr.isatty())
         tokenizer = tokenizer or default_tok
+    # a known file named without a folder, not here: the model store's copy (where downloads go)
+    checkpoint, tokenizer = in_store(checkpoint) or checkpoint, in_store(tokenizer) or tokenizer
     model = Llama.load(
         checkpoint,
         tokenizer=tokenizer,

@@ -192,6 +192,20 @@ def default_models_dir() -> Path:
     return user_cache_dir()
 
 
+def in_store(arg: Union[str, os.PathLike, None]) -> Optional[Path]:
+    """The model store's copy of a known file named on the command line without a folder
+    (`stories260K.bin`, `stories260K`, `tok512.bin`) when nothing of that name is here; None for
+    anything else (a path is used as given)."""
+    if arg is None or os.path.exists(arg) or os.path.basename(os.fspath(arg)) != os.fspath(arg):
+        return None
+    try:
+        entry = lookup(os.fspath(arg))
+    except DownloadError:
+        return None
+    candidate = default_models_dir() / entry.filename
+    return candidate if candidate.is_file() else None
+
+
 def resolve_url(entry: KnownFile, url: Optional[str] = None) -> str:
     """The address to fetch from: url if given, else $LLAMA2PY_MODEL_URL/FILENAME, else the published one."""
     if url:

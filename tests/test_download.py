@@ -614,6 +614,39 @@ def test_cli_model_store_is_shared_by_two_working_directories(server, tmp_path, 
     assert (tmp_path / "cache" / "llama2py" / "stories260K.bin").is_file()
 
 
+def test_cli_known_name_without_a_folder_is_the_store_copy(tmp_path, monkeypatch, capsys):
+    """`llama2py stories260K.bin -z tok512.bin` after a download into the store works from any
+    directory; a file of that name where the user stands, or a name with a folder, is used as given."""
+    import shutil
+
+    from conftest import require_device
+
+    from llama2py.cli import main
+
+    require_device("cpu")
+    real = Path(REAL_MODELS)
+    if not (real / "stories260K.bin").is_file() or not (real / "tok512.bin").is_file():
+        pytest.skip(f"stories260K.bin and tok512.bin not in {real}")
+    store = tmp_path / "store"
+    store.mkdir()
+    for name in ("stories260K.bin", "tok512.bin"):
+        shutil.copy(real / name, store / name)
+    monkeypatch.setenv(dl.MODELS_ENV, str(store))
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for argv in (["stories260K.bin", "-z", "tok512.bin"], ["stories260K", "--verbose"]):
+        assert main([*argv, "-t", "0", "-n", "12", "--device", "cpu"]) == 0, argv
+        out = capsys.readouterr()
+        assert out.out.startswith("Once upon a time"), argv
+    assert f"checkpoint: {store / 'stories260K.bin'}" in out.err and f"tokenizer: {store / 'tok512.bin'}" in out.err
+    assert main(["./stories260K.bin", "-n", "12"]) == 1  # a folder given: used as given
+    assert "no such file" in capsys.readouterr().err
+    (here / "stories260K.bin").write_bytes(b"not a checkpoint")
+    assert main(["stories260K.bin", "-n", "12"]) == 1  # the file here wins over the store's
+    assert "checkpoint stories260K.bin: only 16 bytes" in capsys.readouterr().err
+
+
 def test_model_store_that_is_a_file(tmp_path):
     from llama2py.download import download
     from llama2py.errors import DownloadError
