@@ -146,7 +146,8 @@ def run_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int_at_least(1, "--threads", max_threads()),
         default=None,
-        help=f"CPU threads, at most {max_threads()} here (default: all cores)",
+        help=f"CPU threads, at most {max_threads()} here (default: each call on all cores or on one thread, "
+        "whichever has been faster lately)",
     )
     p.add_argument(
         "--weights",

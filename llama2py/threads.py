@@ -24,5 +24,5 @@ def set_thread_wait_defaults() -> None:
 
 def max_threads() -> int:
     """The most CPU threads a model may ask for: each gets its own buffers, so absurd counts would
-    exhaust memory without speeding anything up (the default uses every core)."""
+    exhaust memory without speeding anything up (the default uses at most every core)."""
     return max(64, 4 * (os.cpu_count() or 1))

@@ -449,7 +449,7 @@ def test_seq_len_override(tmp_path):
 
 # ---- tokenizer -----------------------------------------------------------------------------------
 def test_tokenizer_model_converts_byte_identical(tmp_path):
-    pytest.importorskip("sentencepiece", reason="sentencepiece is not installed (pip install 'llama2py[convert]')")
+    pytest.importorskip("sentencepiece", reason="sentencepiece is not installed (pip install sentencepiece)")
     model, reference = model_file("tokenizer.model"), model_file("tokenizer.bin")
     out = tmp_path / "tokenizer.bin"
     assert main(["convert", str(model), str(out)]) == 0
@@ -458,7 +458,7 @@ def test_tokenizer_model_converts_byte_identical(tmp_path):
 
 
 def test_tokenizer_refusals(tmp_path, capsys):
-    pytest.importorskip("sentencepiece", reason="sentencepiece is not installed (pip install 'llama2py[convert]')")
+    pytest.importorskip("sentencepiece", reason="sentencepiece is not installed (pip install sentencepiece)")
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"\x00garbage" * 10)
     out = tmp_path / "out" / "tokenizer.bin"
@@ -475,7 +475,7 @@ def test_tokenizer_without_sentencepiece_names_the_extra(tmp_path, capsys, monke
     monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import sentencepiece raises ImportError
     out = tmp_path / "out" / "tokenizer.bin"
     out.parent.mkdir()
-    assert_refused(capsys, ["convert", str(model), str(out)], out, "llama2py[convert]", "sentencepiece")
+    assert_refused(capsys, ["convert", str(model), str(out)], out, "pip install sentencepiece", "convert")
 
 
 # ---- Meta checkpoints: the model-parallel merge (numpy) and, with torch, the whole path ------------
@@ -554,7 +554,7 @@ def test_meta_without_torch_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
     out = tmp_path / "out" / "m.bin"
     out.parent.mkdir()
-    assert_refused(capsys, ["convert", str(src), str(out)], out, "llama2py[meta]")
+    assert_refused(capsys, ["convert", str(src), str(out)], out, "pip install torch", "meta")
     (src / "consolidated.00.pth").unlink()
     assert_refused(capsys, ["convert", str(src), str(out)], out, "no consolidated.*.pth")
     (src / "params.json").write_text(json.dumps({"dim": 48, "n_layers": 2, "n_heads": 6, "rope_theta": 5e5}))

@@ -72,7 +72,7 @@ class CpuBackend(Backend):
             if threads > max_threads():
                 raise ValueError(
                     f"threads={threads} is far more than the {os.cpu_count() or 1} cores here; "
-                    f"use at most {max_threads()} (the default uses every core)"
+                    f"use at most {max_threads()} (the default uses at most every core)"
                 )
         ext = _load_extension()
         c = config

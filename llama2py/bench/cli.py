@@ -170,7 +170,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write the report as JSON to this file; - writes it to stdout (the table then goes to stderr)",
     )
     p.add_argument(
-        "--plot", default=None, help='also write a PNG bar chart of decode tok/s (pip install "llama2py[plot]")'
+        "--plot", default=None, help="also write a PNG bar chart of decode tok/s (needs matplotlib: the plot extra)"
     )
     p.add_argument(
         "--vs-run",

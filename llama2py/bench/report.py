@@ -222,7 +222,7 @@ def write_json(report: dict, path: str | os.PathLike) -> None:
     write_file(path, json_text(report).encode())
 
 
-PLOT_EXTRA = 'pip install "llama2py[plot]"'
+PLOT_EXTRA = "pip install matplotlib (the plot extra)"
 
 
 def check_matplotlib() -> None:

@@ -68,7 +68,7 @@ def _import_torch():
         import torch
     except ImportError:
         raise ConvertError(
-            "reading Meta .pth checkpoints needs PyTorch: pip install 'llama2py[meta]' "
+            "reading Meta .pth checkpoints needs PyTorch: pip install torch (the meta extra) "
             "(Hugging Face safetensors directories convert without it)"
         )
     return torch

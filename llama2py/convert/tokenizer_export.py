@@ -22,7 +22,7 @@ def tokenizer_bytes(model_path: Path) -> bytes:
         import sentencepiece
     except ImportError:
         raise ConvertError(
-            "converting a sentencepiece tokenizer.model needs the sentencepiece package: pip install 'llama2py[convert]'"
+            "converting a sentencepiece tokenizer.model needs the sentencepiece package: pip install sentencepiece (the convert extra)"
         )
     try:
         sp = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
