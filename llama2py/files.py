@@ -33,7 +33,10 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = (), size: O
     """Refuse, before any work, an output that cannot be written or would overwrite an input;
     return the file to write (a symbolic link's target: the link stays a link). size: the bytes
     the output will take, refused where the folder reports less room (None: not known)."""
+    text = os.fspath(path)
     given = Path(path)
+    if text.endswith(("/", os.sep)) and not given.is_dir():  # Path() drops the slash: cdir/ would become a file
+        raise OutputError(f"output {text}: ends with a folder separator; give the name of a file to write")
     path, name = given, str(given)
     if given.is_symlink():
         try:

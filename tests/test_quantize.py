@@ -85,6 +85,7 @@ def test_progress_when_asked(tmp_path, make_checkpoint):
         (lambda src, d: [src, str(d / "link.bin")], 1, ["is the input file"]),
         (lambda src, d: [src, str(d / "hard.bin")], 1, ["is the input file"]),
         (lambda src, d: [src, str(d / "sub")], 1, ["is a directory"]),
+        (lambda src, d: [src, str(d / "newdir") + "/"], 1, ["ends with a folder separator"]),  # not a file
         (lambda src, d: [src, str(d / "missing" / "x.bin")], 1, ["does not exist"]),
         (lambda src, d: [src, str(d / "in.bin" / "x.bin")], 1, ["is not a folder"]),
         (lambda src, d: [str(d / "v2.bin"), str(d / "x.bin")], 1, ["already v2"]),
@@ -107,7 +108,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, make_args, code, nee
     assert_one_line_error(_cli(*make_args(str(src), tmp_path), "--progress"), *needles, rc=code)
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert after == before  # the input untouched, no output, no temporary file
-    assert os.listdir(tmp_path / "sub") == []
+    assert os.listdir(tmp_path / "sub") == [] and not (tmp_path / "newdir").exists()
 
 
 def _with_value(config: Config, name: str, index: tuple, value: float) -> Weights:

@@ -73,11 +73,12 @@ def convert(
     """Convert SRC into OUT; return the model's Config (None for a tokenizer). `note(message)`
     receives warnings (e.g. an rms_norm_eps llama2.c does not use); `progress(written, total)`
     the writer's progress in bytes."""
-    src, out = Path(src), Path(out)
+    src = Path(src)
     kind = detect_source(src)
     if quantize not in QUANTIZE_VERSIONS:
         raise ConvertError(f"--quantize {quantize}: the only quantization is q8_0")
-    check_output_path(out, (src,))  # before reading anything
+    check_output_path(out, (src,))  # before reading anything (as given: a trailing / names a folder)
+    out = Path(out)
     if kind == "tokenizer":
         if quantize or seq_len:
             raise UsageError("--quantize and --seq-len apply to models, not to a tokenizer")
