@@ -418,16 +418,22 @@ def _v2_bytes(c: Config, gs: int) -> int:
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a llama2.c checkpoint of version 0, 1 or 2; raise CheckpointError on anything odd."""
-    from .download import REGISTRY  # local: download imports this module
+    """Open a llama2.c checkpoint of version 0, 1 or 2; raise CheckpointError on anything odd. A
+    known name without a folder (stories260K.bin) that is not in the current directory is the model
+    store's copy (download.in_store)."""
+    from .download import REGISTRY, in_store  # local: download imports this module
     from .input_files import as_path, read_regular_file, regular_file_size
 
-    path = as_path(path, "checkpoint")
+    path = in_store(path) or as_path(path, "checkpoint")  # a known name, not here: the store's copy
     # a name the model store knows (stories260K, stories260K.bin): the download that fetches it
     known = next(
         (e.name for e in REGISTRY.values() if path.name in (e.name, e.filename) and e.kind == "checkpoint"), ""
     )
-    hint = f" (run `llama2py download {known or 'stories15M'}` or pass the path of a llama2.c .bin)"
+    hint = (
+        f" (run `llama2py download {known}` or pass the path of a llama2.c .bin)"
+        if known
+        else " (give the path of a llama2.c .bin; `llama2py download --list` shows the ones llama2py can fetch)"
+    )
     size = regular_file_size(path, "checkpoint", CheckpointError, hint)  # no FIFO, device, directory
     if size < 28:
         raise CheckpointError(f"checkpoint {path}: only {size} bytes, too short for a llama2.c header")

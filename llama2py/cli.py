@@ -195,15 +195,13 @@ def _report_device(model, args) -> None:
 
 def _load(args, max_batch_size=1):
     """Load the model for up to max_batch_size sequences at once."""
-    from .download import ensure_default_model, in_store
+    from .download import ensure_default_model
     from .model import Llama
 
     checkpoint, tokenizer = args.checkpoint, args.tokenizer
     if checkpoint is None:
         checkpoint, default_tok = ensure_default_model(progress=sys.stderr.isatty())
         tokenizer = tokenizer or default_tok
-    # a known file named without a folder, not here: the model store's copy (where downloads go)
-    checkpoint, tokenizer = in_store(checkpoint) or checkpoint, in_store(tokenizer) or tokenizer
     model = Llama.load(
         checkpoint,
         tokenizer=tokenizer,

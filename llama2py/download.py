@@ -196,7 +196,9 @@ def in_store(arg: Union[str, os.PathLike, None]) -> Optional[Path]:
     """The model store's copy of a known file named on the command line without a folder
     (`stories260K.bin`, `stories260K`, `tok512.bin`) when nothing of that name is here; None for
     anything else (a path is used as given)."""
-    if arg is None or os.path.exists(arg) or os.path.basename(os.fspath(arg)) != os.fspath(arg):
+    if not isinstance(arg, (str, os.PathLike)) or os.path.exists(arg):
+        return None
+    if not os.fspath(arg) or os.path.basename(os.fspath(arg)) != os.fspath(arg):
         return None
     try:
         entry = lookup(os.fspath(arg))

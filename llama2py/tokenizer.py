@@ -21,14 +21,18 @@ class Tokenizer:
     entries than that, or with bytes left over, does not fit the model and is refused."""
 
     def __init__(self, path: str | os.PathLike, vocab_size: int):
-        self.path = as_path(path, "tokenizer")
+        from .download import in_store  # local: download imports the checkpoint module
+
+        self.path = in_store(path) or as_path(path, "tokenizer")  # a known name, not here: the store's copy
+        path = self.path
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
             raise TokenizerError(f"tokenizer {path}: vocab_size must be a positive integer, got {vocab_size!r}")
         data = read_regular_file(
             path,
             "tokenizer",
             TokenizerError,
-            " (pass -z PATH; stories15M/42M/110M use the Llama 2 tokenizer.bin: `llama2py download tokenizer`)",
+            " (give the tokenizer's path; stories15M/42M/110M use the Llama 2 tokenizer.bin: "
+            "`llama2py download tokenizer`)",
             # a token's record is at least 8 bytes and at most 8 + max_token_length (<= 2**16)
             limit=4 + vocab_size * (8 + (1 << 16)),
             too_big_hint=f" for {vocab_size} tokens; it belongs to a model with a larger vocabulary "

@@ -461,6 +461,9 @@ def test_a_known_model_name_gets_its_own_download_hint(tmp_path, monkeypatch):
     from llama2py.errors import CheckpointError
 
     monkeypatch.chdir(tmp_path)
-    for given, name in (("stories260K", "stories260K"), ("stories42M.bin", "stories42M"), ("mine.bin", "stories15M")):
+    monkeypatch.setenv("LLAMA2PY_MODELS", str(tmp_path / "empty store"))
+    for given, name in (("stories260K", "stories260K"), ("stories42M.bin", "stories42M")):
         with pytest.raises(CheckpointError, match=f"run `llama2py download {name}`"):
             load_checkpoint(given)
+    with pytest.raises(CheckpointError, match=r"mine.bin: no such file \(give the path of a llama2.c .bin; `llama2py"):
+        load_checkpoint("mine.bin")  # no download to suggest

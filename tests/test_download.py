@@ -614,9 +614,10 @@ def test_cli_model_store_is_shared_by_two_working_directories(server, tmp_path, 
     assert (tmp_path / "cache" / "llama2py" / "stories260K.bin").is_file()
 
 
-def test_cli_known_name_without_a_folder_is_the_store_copy(tmp_path, monkeypatch, capsys):
-    """`llama2py stories260K.bin -z tok512.bin` after a download into the store works from any
-    directory; a file of that name where the user stands, or a name with a folder, is used as given."""
+def test_known_name_without_a_folder_is_the_store_copy(tmp_path, monkeypatch, capsys):
+    """`llama2py stories260K.bin -z tok512.bin` (and info, and Llama.load / Tokenizer) after a
+    download into the store works from any directory; a file of that name where the user stands,
+    or a name with a folder, is used as given."""
     import shutil
 
     from conftest import require_device
@@ -640,6 +641,12 @@ def test_cli_known_name_without_a_folder_is_the_store_copy(tmp_path, monkeypatch
         out = capsys.readouterr()
         assert out.out.startswith("Once upon a time"), argv
     assert f"checkpoint: {store / 'stories260K.bin'}" in out.err and f"tokenizer: {store / 'tok512.bin'}" in out.err
+    assert main(["info", "stories260K.bin"]) == 0 and str(store / "stories260K.bin") in capsys.readouterr().out
+    from llama2py import Llama, Tokenizer  # the API the same way (README's examples use bare names)
+
+    assert Tokenizer("tok512.bin", 512).path == store / "tok512.bin"
+    with Llama.load("stories260K.bin", "tok512.bin", device="cpu") as m:
+        assert m.checkpoint.path == store / "stories260K.bin"
     assert main(["./stories260K.bin", "-n", "12"]) == 1  # a folder given: used as given
     assert "no such file" in capsys.readouterr().err
     (here / "stories260K.bin").write_bytes(b"not a checkpoint")

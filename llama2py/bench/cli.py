@@ -199,9 +199,7 @@ def _usage_error(msg: str) -> int:
 def _checkpoint_path(args) -> Iterator[str]:
     """The checkpoint given, or a temporary random-weight file of --shape."""
     if args.shape is None:
-        from ..download import in_store  # a known name without a folder: the model store's copy
-
-        yield str(in_store(args.checkpoint) or args.checkpoint)
+        yield args.checkpoint
         return
     from ..synth import write_synthetic
 
