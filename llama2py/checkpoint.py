@@ -397,6 +397,27 @@ def _read_header_ints(buf: bytes, offset: int, n: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{n}i", buf, offset)
 
 
+def identify(head: bytes) -> str:
+    """What the first bytes of an input file look like, for the message when it was given in the
+    wrong place: "sentencepiece" (a tokenizer.model), "tokenizer" (a llama2.c tokenizer.bin, whose
+    first piece is <unk>), "checkpoint" (llama2.c's magic, or a legacy header that makes a valid
+    Config), else ""."""
+    if head[:1] == b"\n" and b"<unk>" in head[:16]:  # protobuf field 1 (pieces), the first is <unk>
+        return "sentencepiece"
+    if len(head) >= 17 and struct.unpack_from("<i", head, 8)[0] == 5 and head[12:17] == b"<unk>":
+        return "tokenizer"
+    if len(head) >= 4 and struct.unpack_from("<I", head, 0)[0] == MAGIC:
+        return "checkpoint"
+    if len(head) >= V0_HEADER_BYTES:
+        dims = _read_header_ints(head, 0, 7)
+        try:
+            Config(*dims[:5], abs(dims[5]), dims[6]).validate()
+            return "checkpoint" if dims[5] != 0 else ""
+        except CheckpointError:
+            pass
+    return ""
+
+
 # Array order inside the files (docs/FORMAT.md); tensor_order() is the whole layout per version.
 _V0_ORDER = ("token_embedding", "rms_att", "wq", "wk", "wv", "wo", "rms_ffn", "w1", "w2", "w3", "rms_final")
 _V1_ORDER = ("rms_att", "rms_ffn", "rms_final", "token_embedding", "wq", "wk", "wv", "wo", "w1", "w2", "w3")
@@ -438,6 +459,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if size < 28:
         raise CheckpointError(f"checkpoint {path}: only {size} bytes, too short for a llama2.c header")
     head = read_regular_file(path, "checkpoint", CheckpointError, hint, first=HEADER_BYTES)
+    kind = identify(head)
+    if kind == "tokenizer":
+        raise CheckpointError(
+            f"checkpoint {path}: this is a llama2.c tokenizer, not a checkpoint; give the checkpoint first "
+            "and the tokenizer with -z (tokenizer= in the API)"
+        )
+    if kind == "sentencepiece":
+        raise CheckpointError(f"checkpoint {path}: this is a sentencepiece tokenizer.model, not a llama2.c checkpoint")
     magic = struct.unpack_from("<I", head, 0)[0]
     if magic == MAGIC:
         if len(head) < 41:

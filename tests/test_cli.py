@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import HOST_DEVICES, REFERENCE_260K, SHAPES, assert_one_line_error, cli, require_device
+from conftest import HOST_DEVICES, REFERENCE_260K, SHAPES, assert_one_line_error, cli, model_file, require_device
 
 from llama2py.checkpoint import Config, random_weights, write_checkpoint
 
@@ -199,6 +199,19 @@ def test_error_foreign_file(tmp_path):
 
 def test_error_tokenizer_is_a_directory(stories260k, tmp_path):
     assert_one_line_error(cli(stories260k[0], "-z", tmp_path), "is a directory")
+
+
+def test_error_files_in_each_others_place_say_what_they_are(stories260k):
+    """The first mistakes of a new user: the tokenizer given as the checkpoint (and the other way
+    round), sentencepiece's tokenizer.model in either place; each error says what the file is and
+    what to do."""
+    ckpt, tok = stories260k
+    sp = model_file("tokenizer.model")
+    assert_one_line_error(cli(tok, "-z", ckpt), "this is a llama2.c tokenizer, not a checkpoint", "with -z", rc=1)
+    assert_one_line_error(cli(ckpt, "-z", ckpt), "this is a llama2.c checkpoint, not a tokenizer", rc=1)
+    assert_one_line_error(cli(ckpt, "-z", sp), "a sentencepiece tokenizer.model; convert it first: llama2py convert")
+    assert_one_line_error(cli(sp), "this is a sentencepiece tokenizer.model, not a llama2.c checkpoint", rc=1)
+    assert_one_line_error(cli("info", tok), "this is a llama2.c tokenizer, not a checkpoint", rc=1)
 
 
 @pytest.mark.parametrize("threads", ["100000", "1000000"])
