@@ -445,7 +445,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     from .download import REGISTRY, in_store  # local: download imports this module
     from .input_files import as_path, read_regular_file, regular_file_size
 
-    path = in_store(path) or as_path(path, "checkpoint")  # a known name, not here: the store's copy
+    path = in_store(path, "checkpoint") or as_path(path, "checkpoint")  # a known name, not here: the store's copy
     # a name the model store knows (stories260K, stories260K.bin): the download that fetches it
     known = next(
         (e.name for e in REGISTRY.values() if path.name in (e.name, e.filename) and e.kind == "checkpoint"), ""

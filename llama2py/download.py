@@ -5,8 +5,8 @@ With no CHECKPOINT the CLI runs stories15M with the Llama 2 tokenizer from the m
 current directory), downloading both from their published addresses the first time: streamed to
 NAME.part (never past the published size), resumed with an HTTP Range request after an
 interruption, checked against the published size and sha256, then renamed into place. One lock
-file per destination (NAME.lock, removed when the download ends) makes concurrent downloads of one
-file wait for each other.
+file per destination (NAME.lock, removed when the download ends where the file system locks; see
+_lock) makes concurrent downloads of one file wait for each other.
 
 A file found in the store is trusted only after its sha256 was checked once; the check is
 remembered in the folder's .verified.json, keyed by size and mtime, so later runs only stat it.
@@ -192,17 +192,20 @@ def default_models_dir() -> Path:
     return user_cache_dir()
 
 
-def in_store(arg: Union[str, os.PathLike, None]) -> Optional[Path]:
-    """The model store's copy of a known file named on the command line without a folder
-    (`stories260K.bin`, `stories260K`, `tok512.bin`) when nothing of that name is here; None for
-    anything else (a path is used as given)."""
+def in_store(arg: Union[str, os.PathLike, None], kind: str) -> Optional[Path]:
+    """The model store's copy of a known file of this kind ("checkpoint" or "tokenizer") named
+    without a folder (`stories260K.bin`, `stories260K`, `tok512.bin`, any case) when nothing of that
+    name is here; None for anything else (a path is used as given)."""
     if not isinstance(arg, (str, os.PathLike)) or os.path.exists(arg):
         return None
-    if not os.fspath(arg) or os.path.basename(os.fspath(arg)) != os.fspath(arg):
+    text = os.fspath(arg)
+    if not text or text != text.strip() or os.path.basename(text) != text:
         return None
     try:
-        entry = lookup(os.fspath(arg))
+        entry = lookup(text)
     except DownloadError:
+        return None
+    if entry.kind != kind:  # a tokenizer's name given as the checkpoint: the error names what was typed
         return None
     candidate = default_models_dir() / entry.filename
     return candidate if candidate.is_file() else None
@@ -473,39 +476,43 @@ def _lock(dest: Path, progress: bool) -> Iterator[None]:
             ) from e
         locked = False
         try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    if progress and not said:
-                        print(f"waiting for another download of {dest.name} to finish ...", file=sys.stderr)
-                        said = True
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                locked = True
-            else:
-                import msvcrt
-
-                while True:
-                    try:
-                        msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises
-                        break
-                    except OSError as e:
-                        if e.errno not in (errno.EDEADLK, errno.EACCES):  # not "held by another"
-                            raise
-        except OSError:  # a filesystem without locks: go on without one
-            pass
-        except BaseException:  # interrupted while waiting
-            os.close(fd)
-            raise
-        if locked:
             try:
-                current = os.path.samestat(os.fstat(fd), os.stat(path))
-            except OSError:  # removed by the holder that just let go
-                current = False
-            if not current:
-                os.close(fd)
-                continue
-        break
+                if fcntl is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        if progress and not said:
+                            print(f"waiting for another download of {dest.name} to finish ...", file=sys.stderr)
+                            said = True
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                    locked = True
+                else:
+                    import msvcrt
+
+                    while True:
+                        try:
+                            msvcrt.locking(fd, msvcrt.LK_LOCK, 1)  # retries for 10 s, then raises
+                            break
+                        except OSError as e:
+                            if e.errno not in (errno.EDEADLK, errno.EACCES):  # not "held by another"
+                                raise
+            except OSError:  # a filesystem without locks: go on without one
+                pass
+            if locked:
+                try:
+                    current = os.path.samestat(os.fstat(fd), os.stat(path))
+                except OSError:  # removed by the holder that just let go
+                    current = False
+                if not current:
+                    os.close(fd)
+                    fd = -1
+        except BaseException:  # interrupted (Ctrl-C): the file never stays open, and locked, behind
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise
+        if fd >= 0:
+            break
     try:
         yield
     finally:

@@ -68,19 +68,19 @@ def quantize_checkpoint(
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> int:
     """Write the v0/v1 checkpoint src as the v2 file dst; return its size in bytes."""
-    return _write_v2(open_float_checkpoint(src), src, dst, group_size, progress)
+    return _write_v2(open_float_checkpoint(src), dst, group_size, progress)
 
 
 def _write_v2(
     ck: Checkpoint,
-    src: str | os.PathLike,
     dst: str | os.PathLike,
     group_size: Optional[int],
     progress: Optional[Callable[[int, int], None]],
 ) -> int:
-    """The opened input ck (of the file src) as the v2 file dst. write_checkpoint checks the group
-    size and the output path, once, before it writes a byte."""
-    return write_checkpoint(dst, ck.config, mapped_source(ck), 2, group_size, progress, inputs=(src,))
+    """The opened input ck as the v2 file dst. write_checkpoint checks the group size and the output
+    path (never ck's file, as it was found: a known name may be the model store's copy), once, before
+    it writes a byte."""
+    return write_checkpoint(dst, ck.config, mapped_source(ck), 2, group_size, progress, inputs=(ck.path,))
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def run(args) -> int:
     else:
         group_size = check_group_size(ck.config, None)
     with progress_bar(Path(args.output).name, args.progress) as progress:  # no bar before the checks
-        n = _write_v2(ck, args.input, args.output, group_size, progress)
+        n = _write_v2(ck, args.output, group_size, progress)
     print(
         f"wrote {args.output}: {n:,} bytes, llama2.c v2 (Q8_0, group {group_size}), "
         f"from {args.input} (v{ck.version}, {ck.file_bytes:,} bytes), {ck.config.describe()}"

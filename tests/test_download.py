@@ -451,7 +451,7 @@ def test_two_processes_downloading_one_file_wait_for_each_other(server, tmp_path
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX flock: Windows keeps its lock files")
-def test_a_waiter_whose_lock_file_was_removed_locks_the_current_one(tmp_path):
+def test_a_waiter_whose_lock_file_was_removed_locks_the_current_one(tmp_path, monkeypatch):
     import fcntl
 
     dest = tmp_path / "test.bin"
@@ -466,25 +466,56 @@ def test_a_waiter_whose_lock_file_was_removed_locks_the_current_one(tmp_path):
             leave.wait(30)
 
     thread = threading.Thread(target=waiter, daemon=True)
+    real_flock, waiting = fcntl.flock, threading.Event()
+
+    def flock(fd, op):  # the waiter's blocking call: it has opened the old file by now
+        if op == fcntl.LOCK_EX and threading.current_thread() is thread:
+            waiting.set()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
     thread.start()
-    time.sleep(0.5)  # the waiter opens the old file and blocks on its lock
-    assert not entered.is_set()
+    assert waiting.wait(10) and not entered.is_set()
     # the holder finishes as _lock does: removes the name, then lets go; a third process has
     # already created a new lock file under the name meanwhile
     os.unlink(lock)
     third = os.open(lock, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(old, fcntl.LOCK_UN)
+    real_flock(old, fcntl.LOCK_UN)
     os.close(old)
     assert entered.wait(10), "the waiter never got a lock"
     try:  # it holds the current file's lock, not the removed file's
         with pytest.raises(BlockingIOError):
-            fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            real_flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         leave.set()
         thread.join(10)
-    fcntl.flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once it is done
+    real_flock(third, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again once it is done
     os.close(third)
     assert not lock.exists()  # and it removed the name on the way out
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX flock")
+def test_an_interrupt_while_taking_the_lock_leaves_it_free(tmp_path, monkeypatch):
+    """Ctrl-C between taking the lock and the download: the lock file is closed, so the next
+    download (in this long-lived process, or another) does not wait forever."""
+    dest = tmp_path / "test.bin"
+
+    def interrupted(a, b):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dl.os.path, "samestat", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with dl._lock(dest, progress=False):
+            pass
+    monkeypatch.undo()
+    done = threading.Event()
+
+    def again():
+        with dl._lock(dest, progress=False):
+            done.set()
+
+    threading.Thread(target=again, daemon=True).start()
+    assert done.wait(10), "the lock stayed held after the interrupt"
 
 
 def test_cli_hook(server, tmp_path, capsys):
@@ -647,6 +678,14 @@ def test_known_name_without_a_folder_is_the_store_copy(tmp_path, monkeypatch, ca
     assert Tokenizer("tok512.bin", 512).path == store / "tok512.bin"
     with Llama.load("stories260K.bin", "tok512.bin", device="cpu") as m:
         assert m.checkpoint.path == store / "stories260K.bin"
+    original = (store / "stories260K.bin").read_bytes()  # the store's copy is an input, never an output
+    assert main(["quantize", "stories260K.bin", str(store / "stories260K.bin")]) == 1
+    assert "is the input file" in capsys.readouterr().err
+    argv = ["bench", "stories260K.bin", "--batch", "1", "--repeat", "1", "--json", str(store / "stories260K.bin")]
+    assert main(argv) == 1 and "is the input file" in capsys.readouterr().err
+    assert (store / "stories260K.bin").read_bytes() == original
+    assert main(["tok512.bin", "-n", "12"]) == 1  # a tokenizer's name as the checkpoint: not looked up
+    assert "checkpoint tok512.bin: no such file" in capsys.readouterr().err
     assert main(["./stories260K.bin", "-n", "12"]) == 1  # a folder given: used as given
     assert "no such file" in capsys.readouterr().err
     (here / "stories260K.bin").write_bytes(b"not a checkpoint")

@@ -204,8 +204,9 @@ def test_bound_keeps_an_argmax_the_sketch_ranks_second(isa):
 def test_greedy_epilogue_takes_the_first_of_tied_maxima(isa, weight_type, threads):
     """Models without a sketch (int8 weights; float32 with a vocabulary read whole) take the argmax
     beside the classifier product, block by block: with whole sets of exactly tied logits (rows
-    v and 2 v, whose int8 groups are the same integers at twice the scale) its id must be the full
-    product's first maximum, wherever the tied rows fall in the blocks and the threads' halves."""
+    v, 2 v and -v, whose int8 groups are the same integers at twice the scale or negated) its id must
+    be the full product's first maximum, wherever the tied rows fall in the blocks and the threads'
+    halves (2 v in both halves, -v only in the second)."""
     from llama2py.backends.cpu import CpuBackend
     from llama2py.checkpoint import convert_weights
 
@@ -216,6 +217,7 @@ def test_greedy_epilogue_takes_the_first_of_tied_maxima(isa, weight_type, thread
     doubled[5::37] = True
     row = w.wcls[11]
     wcls = np.where(doubled[:, None], 2 * row, row).astype(np.float32)
+    wcls[[300, 301, 450]] = -row  # the winners where row . x < 0, all in the second thread's half
     config = replace(config, shared_classifier=False)  # the embedding stays random
     w = replace(w, wcls=wcls)
     w = convert_weights(w, config, weight_type)
@@ -232,4 +234,4 @@ def test_greedy_epilogue_takes_the_first_of_tied_maxima(isa, weight_type, thread
         assert ids.tolist() == want.tolist(), f"{weight_type} {isa} threads {threads}: pos {pos}"
         winners.update(ids.tolist())
         tok = ids
-    assert winners == {0, 5}, winners  # the first of each tied set, and both sets won somewhere
+    assert winners == {5, 300}, winners  # the first of each tied set, and both sets won somewhere

@@ -20,7 +20,7 @@ from ..files import check_output_path
 from .host import default_devices, host_info
 from .measure import Settings, bench, load_warning
 from .reference import check_programs, vs_run, vs_run_warnings
-from .report import check_matplotlib, json_text, plot, render, write_json
+from .report import PLOT_EXTRA, check_matplotlib, json_text, plot, render, write_json
 
 DEVICES = ("cpu", "cuda", "numpy")
 
@@ -170,7 +170,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also write the report as JSON to this file; - writes it to stdout (the table then goes to stderr)",
     )
     p.add_argument(
-        "--plot", default=None, help="also write a PNG bar chart of decode tok/s (needs matplotlib: the plot extra)"
+        "--plot", default=None, help=f"also write a PNG bar chart of decode tok/s (needs matplotlib: {PLOT_EXTRA})"
     )
     p.add_argument(
         "--vs-run",
@@ -251,8 +251,10 @@ def run(args) -> int:
     json_stdout = args.json_out == "-"
     if args.plot == "-":
         return _usage_error("--plot -: give a file name for the PNG (only --json can go to stdout)")
-    outputs = [check_output_path(out, (args.checkpoint,) if args.checkpoint else ())
-               for out in (None if json_stdout else args.json_out, args.plot) if out]  # fmt: skip
+    from ..download import in_store  # the checkpoint as load_checkpoint will find it (never an output)
+
+    inputs = (in_store(args.checkpoint, "checkpoint") or args.checkpoint,) if args.checkpoint else ()
+    outputs = [check_output_path(out, inputs) for out in (None if json_stdout else args.json_out, args.plot) if out]
     if len(outputs) == 2 and os.path.abspath(outputs[0]) == os.path.abspath(outputs[1]):
         return _usage_error(f"--json and --plot name the same file ({args.json_out}): the chart would replace the JSON")
     if args.plot:

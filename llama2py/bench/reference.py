@@ -117,6 +117,7 @@ def vs_run(
     ck_path = Path(checkpoint)
     model = Llama.load(ck_path, tokenizer=tokenizer, device=device, threads=threads, weights=weights, context=context)
     tokenizer = str(model.tokenizer.path)  # -z, or the one Llama.load found (the programs get it too)
+    checkpoint = str(model.checkpoint.path)  # as found (a known name may be the model store's copy)
     held = model.backend.weight_type  # what runs (cuda runs int8 as float32)
     entries: list[tuple[dict, Callable[[int], float]]] = []
     for temperature in temperatures:
