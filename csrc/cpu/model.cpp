@@ -83,8 +83,8 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
 // Q8_0 products read the copies prepare_q8 makes (kernels.h, q8_extras), once here for the layers and
 // the classifier: at a level with packed kernels (VNNI) the values in the 16-row packed layout
 // (QMat::packed, the same number of bytes), the borrowed values then read only for rows outside
-// whole blocks; the scales of 8-row blocks turned (QMat::st, as many floats as the scales: 4/group_size of the values' bytes) where such
-// rows remain.
+// whole blocks; the scales of 8-row blocks turned (QMat::st, as many floats as the scales:
+// 4/group_size of the values' bytes) where such rows remain.
 namespace {
 struct Product {
     Matrix* m;  // null when only the shapes are wanted
