@@ -134,7 +134,8 @@ def run_parser() -> argparse.ArgumentParser:
         type=int_at_least(1, "--context"),
         default=None,
         metavar="N",
-        help="use at most N positions of the model's context (caps the KV cache's memory; default: seq_len)",
+        help="use at most N positions of the model's context (caps the KV cache's memory; default: the "
+        "positions -n reaches, the whole seq_len in chat mode)",
     )
     p.add_argument(
         "--device",
@@ -193,8 +194,19 @@ def _report_device(model, args) -> None:
         print(f"llama2py: GPU not usable, running on {model.device} (--verbose says why)", file=sys.stderr)
 
 
-def _load(args, max_batch_size=1):
-    """Load the model for up to max_batch_size sequences at once."""
+def _positions(steps: int, prompts) -> Optional[int]:
+    """The most positions a story of -n steps reaches (None: the whole context). run stops at
+    position steps, a prompt longer than that included, so the KV cache needs no more; a prompt
+    counts as its bytes + 2 tokens (BOS and the dummy prefix; each byte is at most one token), so
+    the prompt-length check refuses exactly what it refused with the whole context."""
+    if steps <= 0:
+        return None
+    return max([steps, *(len(p) + 2 for p in prompts)])
+
+
+def _load(args, max_batch_size=1, positions: Optional[int] = None):
+    """Load the model for up to max_batch_size sequences of at most `positions` positions (the
+    KV cache's length unless --context says otherwise; None: the checkpoint's seq_len)."""
     from .download import ensure_default_model
     from .model import Llama
 
@@ -209,9 +221,14 @@ def _load(args, max_batch_size=1):
         threads=args.threads,
         max_batch_size=max_batch_size,
         weights=getattr(args, "weights", None),
-        context=args.context,
+        context=args.context if args.context is not None else positions,
     )
+    if args.context is None:  # the cap came from -n: "more than seq_len" is no news to the user
+        model.notes[:] = [n for n in model.notes if not n.startswith("context ")]
     _report_device(model, args)
+    if getattr(args, "verbose", False) and model.config.seq_len < model.checkpoint.config.seq_len:
+        how = "--context" if args.context is not None else "-n; --context N sets it"
+        print(f"llama2py: KV cache for {model.config.seq_len} positions ({how})", file=sys.stderr)
     return model
 
 
@@ -233,7 +250,8 @@ def cmd_run(args) -> int:
         return cmd_batch(args)
     if args.max_batch is not None:
         raise UsageError("--max-batch only applies with --prompts-file or --num-samples")
-    model = _load(args)
+    # a chat's turns arrive later: its cache spans the whole context
+    model = _load(args, positions=None if args.mode == "chat" else _positions(args.steps, [_prompt_bytes(args.prompt)]))
     out = sys.stdout.buffer
     if args.mode == "chat":
         stdin = getattr(sys.stdin, "buffer", None)  # None when stdin is closed (<&-)
@@ -366,7 +384,7 @@ def cmd_batch(args) -> int:
 
     # the backend refuses a batch that does not fit the memory before allocating it, naming the
     # --max-batch that fits (backends.base.check_memory)
-    model = _load(args, max_batch_size=limit)
+    model = _load(args, max_batch_size=limit, positions=_positions(args.steps, texts))
     c = model.config
     steps = resolve_steps(args.steps, c.seq_len)
     # each distinct prompt encoded once (refused before encoding when it cannot fit); every error

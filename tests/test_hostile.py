@@ -95,7 +95,7 @@ def test_max_batch_size_is_checked_before_allocating(tmp_path, low_memory):
 
 def test_cli_num_samples_checked_before_any_list(tmp_path, capsys, low_memory):
     ck, tok = tiny_model(tmp_path, seq_len=4096, n_layers=8)
-    rc, err = main_in_process(capsys, ck, "-z", tok, "--device", "numpy", "--num-samples", "1000000000")
+    rc, err = main_in_process(capsys, ck, "-z", tok, "--device", "numpy", "--num-samples", "1000000000", "-n", "0")
     assert rc == 1 and "1.00 GiB is available" in err and "or less" in err, err
     fit = int(err.split("--max-batch ")[1].split()[0])
     assert 1 <= fit < 1000000000
@@ -106,8 +106,33 @@ def test_cli_num_samples_checked_before_any_list(tmp_path, capsys, low_memory):
     assert need[0] <= 1 * GiB < need[1], (fit, need)
     # already one sequence at a time and still too big: no "--max-batch 1 or less" advice
     ck2, tok2 = tiny_model(tmp_path, n_layers=384, dim=4, hidden_dim=4, n_heads=2, n_kv_heads=1, seq_len=1 << 20)
-    rc, err = main_in_process(capsys, ck2, "-z", tok2, "--device", "numpy", "--num-samples", "3", "--max-batch", "1")
+    rc, err = main_in_process(
+        capsys, ck2, "-z", tok2, "--device", "numpy", "--num-samples", "3", "--max-batch", "1", "-n", "0"
+    )
     assert rc == 1 and "--context" in err and "--max-batch 1" not in err, err
+
+
+def test_cli_kv_cache_holds_only_the_positions_n_reaches(tmp_path, capsys, monkeypatch):
+    """-n caps the KV cache (run stops at position n, whatever the prompt): a batch that needs
+    more than the memory for the whole 4096-position context fits with -n 16; stories, and a
+    prompt longer than -n (run prints its first n tokens), come out as with the whole context."""
+    ck, tok = tiny_model(tmp_path, seq_len=4096, n_layers=8)
+
+    def run(*argv) -> tuple[int, str, str]:
+        rc = cli.main([str(a) for a in (ck, "-z", tok, "--device", "numpy", *argv)])
+        captured = capsys.readouterr()
+        return rc, captured.out, captured.err
+
+    monkeypatch.setattr(base, "available_memory", lambda: 1 * GiB)
+    many = ["--num-samples", "2000", "-t", "0"]
+    rc, _, err = run(*many, "-n", "0")
+    assert rc == 1 and "1.00 GiB is available" in err, err
+    rc, _, err = run(*many, "-n", "16", "--max-batch", "2000")
+    assert rc == 0, err
+    for argv in (["-n", "16", "-s", "3"], ["-n", "5", "-i", "abcdefghijklmnopqrstuvwxyz", "-t", "0"]):
+        (rc1, capped, err1), (rc2, whole, err2) = run(*argv, "--verbose"), run(*argv, "--context", "4096", "--verbose")
+        assert rc1 == rc2 == 0 and capped == whole and capped, (argv, capped, whole)
+        assert "KV cache for" in err1 and "KV cache for" not in err2, (err1, err2)
 
 
 def test_cli_context_flag(tmp_path, capsys):
