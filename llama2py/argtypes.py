@@ -55,3 +55,13 @@ def temperature(name: str):
         return v
 
     return parse
+
+
+def model_shape_name(s: str) -> str:
+    """--shape: a known model shape in any case, as its MODEL_SHAPES key (stories15m -> stories15M)."""
+    from .checkpoint import MODEL_SHAPES, shape_name  # local: argtypes stays import-light
+
+    try:
+        return shape_name(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape must be one of {', '.join(MODEL_SHAPES)}, got {s!r}") from None

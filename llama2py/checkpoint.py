@@ -181,11 +181,18 @@ MODEL_SHAPES: dict[str, Config] = {
 }
 
 
+def shape_name(name: str) -> str:
+    """The MODEL_SHAPES key of a shape name in any case (stories15m -> stories15M), or a ValueError
+    listing them."""
+    for key in MODEL_SHAPES:
+        if name.lower() == key.lower():
+            return key
+    raise ValueError(f"unknown model shape {name!r}; choose one of {', '.join(MODEL_SHAPES)}")
+
+
 def model_shape(name: str) -> Config:
-    """The Config of a known model shape (MODEL_SHAPES), or a ValueError listing them."""
-    if name not in MODEL_SHAPES:
-        raise ValueError(f"unknown model shape {name!r}; choose one of {', '.join(MODEL_SHAPES)}")
-    return MODEL_SHAPES[name]
+    """The Config of a known model shape (MODEL_SHAPES, any case), or a ValueError listing them."""
+    return MODEL_SHAPES[shape_name(name)]
 
 
 @dataclass(frozen=True)

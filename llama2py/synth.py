@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import numpy.random  # noqa: F401  (imported up front: a Ctrl-C during a lazy import is lost)
 
-from .argtypes import int_at_least
+from .argtypes import int_at_least, model_shape_name
 from .checkpoint import (
     MAX_SEQ_LEN,
     MODEL_SHAPES,
@@ -125,9 +125,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output .bin path")
     p.add_argument(
         "--shape",
-        choices=tuple(MODEL_SHAPES),
+        type=model_shape_name,
         default=None,
-        help="start from this model's shape (otherwise give every field below)",
+        metavar="NAME",
+        help=f"start from this model's shape ({', '.join(MODEL_SHAPES)}, any case; otherwise give every field below)",
     )
     for flag, field in FREE_FIELDS:
         name = f"--{flag.replace('_', '-')}"

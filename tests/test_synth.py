@@ -104,6 +104,15 @@ def test_named_shapes_sizes():
     assert seven.n_params == 6_738_415_616  # Llama 2 7B's published parameter count
     with pytest.raises(ValueError, match="stories15M"):
         model_shape("stories16M")
+    assert model_shape("STORIES15m") == model_shape("stories15M")  # any case, as the --shape flags
+
+
+def test_shape_flags_take_any_case(tmp_path, capsys):
+    assert main(["synth", "--shape", "STORIES260k", "--layers", "1", "--no-progress", str(tmp_path / "a.bin")]) == 0
+    assert "dim=64 hidden_dim=172 n_layers=1" in capsys.readouterr().out
+    argv = ["bench", "--shape", "stories260k", "--batch", "1", "--repeat", "1", "--steps", "2", "--no-profile"]
+    assert main([*argv, "--json", str(tmp_path / "b.json")]) == 0
+    assert '"shape": "stories260K"' in (tmp_path / "b.json").read_text()
 
 
 def test_chunked_tensors_cross_chunk_boundaries(tmp_path, monkeypatch):

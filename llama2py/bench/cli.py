@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from ..argtypes import float_in, int_at_least
+from ..argtypes import float_in, int_at_least, model_shape_name
 from ..checkpoint import MODEL_SHAPES, WEIGHT_TYPES, checkpoint_bytes, model_shape
 from ..errors import Llama2pyError
 from ..files import check_output_path
@@ -64,12 +64,6 @@ def _weights(s: str) -> str:
     return s
 
 
-def _shape(s: str) -> str:
-    if s not in MODEL_SHAPES:
-        raise argparse.ArgumentTypeError(f"--shape must be one of {', '.join(MODEL_SHAPES)}, got {s!r}")
-    return s
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Measure load time, prefill and decode tokens/s (median, min, max, spread), peak memory, "
@@ -81,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", nargs="?", default=None, help="llama2.c .bin checkpoint (or give --shape)")
     p.add_argument(
         "--shape",
-        type=_shape,
+        type=model_shape_name,
         default=None,
         metavar="NAME",
         help=f"instead of a checkpoint: random weights of this shape ({', '.join(MODEL_SHAPES)}), "
