@@ -457,11 +457,13 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     known = next(
         (e.name for e in REGISTRY.values() if path.name in (e.name, e.filename) and e.kind == "checkpoint"), ""
     )
-    hint = (
-        f" (run `llama2py download {known}` or pass the path of a llama2.c .bin)"
-        if known
-        else " (give the path of a llama2.c .bin; `llama2py download --list` shows the ones llama2py can fetch)"
-    )
+    tokenizer_name = any(path.name in (e.name, e.filename) and e.kind == "tokenizer" for e in REGISTRY.values())
+    if known:
+        hint = f" (run `llama2py download {known}` or pass the path of a llama2.c .bin)"
+    elif tokenizer_name:
+        hint = f" ({path.name} names a tokenizer: give the checkpoint first and the tokenizer with -z)"
+    else:
+        hint = " (give the path of a llama2.c .bin; `llama2py download --list` shows the ones llama2py can fetch)"
     size = regular_file_size(path, "checkpoint", CheckpointError, hint)  # no FIFO, device, directory
     if size < 28:
         raise CheckpointError(f"checkpoint {path}: only {size} bytes, too short for a llama2.c header")

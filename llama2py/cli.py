@@ -201,7 +201,9 @@ def _positions(steps: int, prompts) -> Optional[int]:
     the prompt-length check refuses exactly what it refused with the whole context."""
     if steps <= 0:
         return None
-    return max([steps, *(len(p) + 2 for p in prompts)])
+    # bytes, not characters: --prompts-file gives str (its undecodable bytes as surrogate escapes)
+    sizes = (len(p.encode("utf-8", "surrogateescape")) if isinstance(p, str) else len(p) for p in prompts)
+    return max([steps, *(n + 2 for n in sizes)])
 
 
 def _load(args, max_batch_size=1, positions: Optional[int] = None):

@@ -35,8 +35,9 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = (), size: O
     the output will take, refused where the folder reports less room (None: not known)."""
     text = os.fspath(path)
     given = Path(path)
-    if text.endswith(("/", os.sep)) and not given.is_dir():  # Path() drops the slash: cdir/ would become a file
-        raise OutputError(f"output {text}: ends with a folder separator; give the name of a file to write")
+    # Path() drops a trailing separator or "." (cdir/ or cdir/. would become a file named cdir)
+    if (text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")) and not given.is_dir():
+        raise OutputError(f"output {text}: names a folder, not a file; give the name of a file to write")
     path, name = given, str(given)
     if given.is_symlink():
         try:

@@ -23,10 +23,8 @@ class Tokenizer:
     def __init__(self, path: str | os.PathLike, vocab_size: int):
         from .download import in_store  # local: download imports the checkpoint module
 
-        self.path = in_store(path, "tokenizer") or as_path(
-            path, "tokenizer"
-        )  # a known name, not here: the store's copy
-        path = self.path
+        # a known name that is not here: the model store's copy
+        self.path = path = in_store(path, "tokenizer") or as_path(path, "tokenizer")
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
             raise TokenizerError(f"tokenizer {path}: vocab_size must be a positive integer, got {vocab_size!r}")
         data = read_regular_file(

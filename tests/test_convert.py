@@ -396,7 +396,7 @@ def test_refuses_bad_outputs(tmp_path, capsys):
     missing = tmp_path / "missing" / "m.bin"
     assert_refused(capsys, ["convert", str(hf), str(missing)], missing, "does not exist")
     slash = str(tmp_path / "newdir") + "/"  # a folder that does not exist yet: never a file named newdir
-    assert_refused(capsys, ["convert", str(hf), slash], tmp_path / "newdir", "ends with a folder separator")
+    assert_refused(capsys, ["convert", str(hf), slash], tmp_path / "newdir", "names a folder, not a file")
     assert not (tmp_path / "newdir").exists()
     shard = hf / "model-00001-of-00002.safetensors"  # the output is one of the inputs (via another path)
     assert_refused(capsys, ["convert", str(hf), str(hf / ".." / "hf" / shard.name)], shard, "is the input file")

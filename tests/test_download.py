@@ -685,7 +685,7 @@ def test_known_name_without_a_folder_is_the_store_copy(tmp_path, monkeypatch, ca
     assert main(argv) == 1 and "is the input file" in capsys.readouterr().err
     assert (store / "stories260K.bin").read_bytes() == original
     assert main(["tok512.bin", "-n", "12"]) == 1  # a tokenizer's name as the checkpoint: not looked up
-    assert "checkpoint tok512.bin: no such file" in capsys.readouterr().err
+    assert "checkpoint tok512.bin: no such file (tok512.bin names a tokenizer" in capsys.readouterr().err
     assert main(["./stories260K.bin", "-n", "12"]) == 1  # a folder given: used as given
     assert "no such file" in capsys.readouterr().err
     (here / "stories260K.bin").write_bytes(b"not a checkpoint")

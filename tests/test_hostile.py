@@ -129,7 +129,10 @@ def test_cli_kv_cache_holds_only_the_positions_n_reaches(tmp_path, capsys, monke
     assert rc == 1 and "1.00 GiB is available" in err, err
     rc, _, err = run(*many, "-n", "16", "--max-batch", "2000")
     assert rc == 0, err
-    for argv in (["-n", "16", "-s", "3"], ["-n", "5", "-i", "abcdefghijklmnopqrstuvwxyz", "-t", "0"]):
+    prompts = tmp_path / "prompts.txt"  # 60 characters, 180 UTF-8 bytes: more tokens than characters
+    prompts.write_text("\u65e5\u672c" * 30 + "\n", encoding="utf-8")
+    cases = (["-n", "16", "-s", "3"], ["-n", "5", "-i", "abcdefghijklmnopqrstuvwxyz", "-t", "0"])
+    for argv in (*cases, ["-n", "20", "-s", "1", "--prompts-file", prompts]):
         (rc1, capped, err1), (rc2, whole, err2) = run(*argv, "--verbose"), run(*argv, "--context", "4096", "--verbose")
         assert rc1 == rc2 == 0 and capped == whole and capped, (argv, capped, whole)
         assert "KV cache for" in err1 and "KV cache for" not in err2, (err1, err2)

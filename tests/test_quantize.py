@@ -85,7 +85,8 @@ def test_progress_when_asked(tmp_path, make_checkpoint):
         (lambda src, d: [src, str(d / "link.bin")], 1, ["is the input file"]),
         (lambda src, d: [src, str(d / "hard.bin")], 1, ["is the input file"]),
         (lambda src, d: [src, str(d / "sub")], 1, ["is a directory"]),
-        (lambda src, d: [src, str(d / "newdir") + "/"], 1, ["ends with a folder separator"]),  # not a file
+        (lambda src, d: [src, str(d / "newdir") + "/"], 1, ["names a folder, not a file"]),  # never a file
+        (lambda src, d: [src, str(d / "newdir") + "/."], 1, ["names a folder, not a file"]),
         (lambda src, d: [src, str(d / "missing" / "x.bin")], 1, ["does not exist"]),
         (lambda src, d: [src, str(d / "in.bin" / "x.bin")], 1, ["is not a folder"]),
         (lambda src, d: [str(d / "v2.bin"), str(d / "x.bin")], 1, ["already v2"]),
