@@ -225,8 +225,9 @@ def _load(args, max_batch_size=1, positions: Optional[int] = None):
         weights=getattr(args, "weights", None),
         context=args.context if args.context is not None else positions,
     )
-    if args.context is None:  # the cap came from -n: "more than seq_len" is no news to the user
-        model.notes[:] = [n for n in model.notes if not n.startswith("context ")]
+    if args.context is None and positions is not None:  # a cap from -n: "more than seq_len" is no news
+        said = f"context {model.checkpoint.config.cap_note(positions)}"  # Llama.load's note, word for word
+        model.notes[:] = [n for n in model.notes if n != said]
     _report_device(model, args)
     if getattr(args, "verbose", False) and model.config.seq_len < model.checkpoint.config.seq_len:
         how = "--context" if args.context is not None else "-n; --context N sets it"

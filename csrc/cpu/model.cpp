@@ -584,11 +584,8 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
         }
         if (mode == LOGITS_LAST || mode == LOGITS_LAST_ARGMAX || mode == LOGITS_ALL) {
             MatJob logits{w_.wcls, V, cls.out, V};
-            const Argmax best(cls.out, V, cls.rows, part_.data() + (long)omp_get_thread_num() * slot_stride_);
-            if (mode == LOGITS_LAST_ARGMAX) {
-                for (int b = 0; b < cls.rows; ++b) part_[(long)omp_get_thread_num() * slot_stride_ + b] = {0.f, -1};
-                logits.epi = &best;  // greedy decoding's argmax rides along, split like the rows
-            }
+            const Argmax best(cls.out, V, cls.rows, part_of(omp_get_thread_num()));  // (part_ reset above)
+            if (mode == LOGITS_LAST_ARGMAX) logits.epi = &best;  // greedy's argmax rides along, split like the rows
             const float* in = xb + (cls.in - x_.data());
             kern.matmul_jobs(&logits, 1, in, cls.ldx, cls.rows, dim, stream_,
                              quantized(in, cls.ldx, cls.rows, dim, qrows));
@@ -601,7 +598,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
         for (int b = 0; b < cls.rows; ++b) {
             Best best{0.f, -1};
             for (int t = 0; t < n_threads_; ++t) {
-                const Best& p = part_[(long)t * slot_stride_ + b];
+                const Best& p = part_of(t)[b];
                 if (p.i >= 0 && (best.i < 0 || p.v > best.v || (p.v == best.v && p.i < best.i))) best = p;
             }
             best_[b] = best.i;
@@ -672,14 +669,13 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
         // this row stays a candidate.
         if (!std::isfinite(r.l1) || r.amax < 1e-30f) r.l1 = NAN;
         st[b] = r;
-        lower_[(long)t * slot_stride_ + b] = -INFINITY;  // (part_ was reset before the region)
+        lower_of(t)[b] = -INFINITY;  // (part_ was reset before the region)
     }
     // Both float sums round at most once per term (a fused multiply-add, or a multiply then an add
     // at the generic level): 4 (D + G + 2) units in the last place covers them.
     const float g = 4.0f * (float)(D + G + 2) * 5.9604645e-8f;
     MatJob job{sketch_.m, V, approx_.data(), V};
-    const SketchBound bound(approx_.data(), sketch_.s_max.data(), sketch_.l1.data(), st,
-                            lower_.data() + (long)t * slot_stride_, V, rows, g);
+    const SketchBound bound(approx_.data(), sketch_.s_max.data(), sketch_.l1.data(), st, lower_of(t), V, rows, g);
     job.epi = &bound;
     kern.matmul_jobs(&job, 1, nullptr, 0, rows, D, false, &q);  // ends with a barrier
     // Every id whose a + m reaches the best a - m of its row gets its exact logit; the argmax of
@@ -689,10 +685,10 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
     const int nb = std::min(rows, SKETCH_MAX_ROWS);
     for (int b = 0; b < nb; ++b) {
         float m = -INFINITY;
-        for (int u = 0; u < nt; ++u) m = std::max(m, lower_[(long)u * slot_stride_ + b]);
+        for (int u = 0; u < nt; ++u) m = std::max(m, lower_of(u)[b]);
         best_lower[b] = m;
     }
-    Best* part = part_.data() + (long)t * slot_stride_;
+    Best* part = part_of(t);
     long exact = 0;
 #pragma omp for schedule(static)
     for (int blk = 0; blk < (V + BLOCK - 1) / BLOCK; ++blk) {

@@ -144,6 +144,8 @@ private:
     // entries made the greedy epilogue's per-block write move one line between the two cores at every
     // block: 27% of a batch-1 int8 step's samples.)
     int slot_stride_;
+    Best* part_of(int t) { return part_.data() + (long)t * slot_stride_; }     // thread t's (max_batch,)
+    float* lower_of(int t) { return lower_.data() + (long)t * slot_stride_; }  // thread t's (max_batch,)
     // Adaptive team (threads not given): a parallel region runs n_threads_ or 1 thread, whichever
     // has been faster per row lately (results are the same bits either way). On a busy machine a
     // team waits at every barrier for a member that lost its core; one thread has no barriers.
