@@ -270,8 +270,8 @@ def run(args) -> int:
         print(f"bench: load average {'-' if load is None else f'{load:.2f}'}", file=sys.stderr)
     with _checkpoint_path(args) as path:
         report = bench(path, settings, progress=progress, raise_errors=getattr(args, "debug", False), host=host)
-        if args.shape:
-            report["checkpoint"]["shape"] = args.shape
+        if args.shape:  # the temporary file is deleted below: the report names the shape instead
+            report["checkpoint"].update(path=None, shape=args.shape)
         if args.vs_run:
             report["vs_run"] = vs_run(
                 args.vs_run,

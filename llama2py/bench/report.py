@@ -75,6 +75,12 @@ def _table(head: tuple[str, ...], rows: list[tuple[str, ...]], left: int) -> lis
     return out
 
 
+def checkpoint_label(ck: dict) -> str:
+    """The checkpoint as the report names it: its path, or for --shape the random weights (their
+    temporary file is gone when the report is read)."""
+    return ck["path"] or f"random weights of the {ck['shape']} shape (--shape)"
+
+
 def header_lines(report: dict) -> list[str]:
     h, s, ck = report["host"], report["settings"], report["checkpoint"]
     c = ck["config"]
@@ -83,7 +89,7 @@ def header_lines(report: dict) -> list[str]:
     return (
         [
             f"llama2py bench  {report['date']}",
-            f"checkpoint: {ck['path']} (v{ck['version']}, dim {c['dim']}, hidden {c['hidden_dim']}, "
+            f"checkpoint: {checkpoint_label(ck)} (v{ck['version']}, dim {c['dim']}, hidden {c['hidden_dim']}, "
             f"{c['n_layers']} layers, {c['n_heads']}/{c['n_kv_heads']} heads, vocab {c['vocab_size']}, "
             f"seq_len {c['seq_len']}; {ck['parameters']:,} params)",
             f"cpu: {h['cpu_model']} ({h['cpu_count']} logical cores), kernels: {_isa(h)}, "
@@ -262,7 +268,8 @@ def plot(report: dict, out: str | os.PathLike) -> None:
     ax.set_xticklabels([f"batch {b}" for b in batches])
     ax.set_ylabel("decode tokens/s (all sequences)")
     h = report["host"]
-    title = f"{Path(report['checkpoint']['path']).name}: {h['cpu_model']}"
+    ck = report["checkpoint"]
+    title = f"{Path(ck['path']).name if ck['path'] else checkpoint_label(ck)}: {h['cpu_model']}"
     if h.get("gpu"):
         title += f", {h['gpu']}"
     ax.set_title(title, fontsize=9)
