@@ -254,16 +254,27 @@ def quantize_tensor(w: np.ndarray, group_size: int, layered: bool, name: str = "
     return QuantizedTensor(tuple(parts), tuple(w.shape), group_size)
 
 
+def _file_mapping(a: np.ndarray) -> Optional[mmap.mmap]:
+    """The read-only file mapping a is a view of, else None (arrays in the process's own memory)."""
+    base = a
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    return base if isinstance(base, mmap.mmap) and not a.flags.writeable else None
+
+
+def file_backed(a: np.ndarray) -> bool:
+    """Whether a's pages can leave memory and be read again from its file (release_pages)."""
+    return _file_mapping(a) is not None
+
+
 def release_pages(a: np.ndarray) -> None:
     """Drop the pages that hold a's bytes from this process when a is a view of a read-only file
     mapping (a no-op otherwise): read again from the file if touched (a neighbour's too), they no
     longer count in its memory. Load-time quantization reads each float tensor once; without this the float32 file
     stayed resident beside the int8 copy (stories110M: peak RSS 757 MiB, float32 alone 591)."""
-    base = a
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    advise = getattr(base, "madvise", None) if isinstance(base, mmap.mmap) else None
-    if advise is None or not hasattr(mmap, "MADV_DONTNEED") or a.flags.writeable or not a.flags.c_contiguous:
+    base = _file_mapping(a)
+    advise = getattr(base, "madvise", None)
+    if advise is None or not hasattr(mmap, "MADV_DONTNEED") or not a.flags.c_contiguous:
         return
     start = a.ctypes.data - np.frombuffer(base, dtype=np.uint8).ctypes.data
     first = start // mmap.PAGESIZE * mmap.PAGESIZE

@@ -517,3 +517,21 @@ def test_info_names_the_packed_copy(make_checkpoint, monkeypatch):
         ext.set_isa("")
         assert (packed > 0) == (level in PACKED_LEVELS)
         assert (f"+{packed:,} bytes" in out) == (packed > 0), f"{level}: {out}"
+
+
+@pytest.mark.parametrize("isa", PACKED_LEVELS, indirect=True)
+def test_cpu_memory_refusal_names_the_v2_file_for_load_time_int8(isa, make_checkpoint, monkeypatch):
+    """Quantized at load time, the int8 values stay in memory beside the packed copy; a v2 file's
+    pages do not: a refusal for memory says so only in the first case."""
+    from llama2py.backends import base
+    from llama2py.backends.cpu import CpuBackend
+    from llama2py.errors import ResourceError
+
+    monkeypatch.setattr(base, "available_memory", lambda: 1)
+    for version, want in ((0, True), (2, False)):
+        ck = load_checkpoint(make_checkpoint(RELEASE_SHAPE, version, **({"group_size": 32} if version else {})))
+        weights = ck.weights if version else ck.weights.quantized(32)
+        with pytest.raises(ResourceError) as e:
+            CpuBackend(ck.config, weights, 1)
+        assert ("llama2py quantize IN.bin OUT.bin" in str(e.value)) == want, (version, str(e.value))
+        assert "packed int8 weights" in str(e.value), str(e.value)

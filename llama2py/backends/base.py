@@ -56,7 +56,7 @@ class Backend(ABC):
         self._sampling = (0.0, 0.0)  # its checked float32 values
         self._closed = False  # calls refused (refuse_calls, close)
         self._released = False  # memory freed (close)
-        check_memory(lambda b: self.host_bytes(config, b, threads), config, max_batch)
+        check_memory(lambda b: self.host_bytes(config, b, threads), config, max_batch, self.memory_hints())
 
     # -- memory ---------------------------------------------------------------------------------
     def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
@@ -65,6 +65,11 @@ class Backend(ABC):
         cache and activation buffers for max_batch rows; a backend that keeps them elsewhere
         (cuda) overrides it."""
         return {"KV cache": config.kv_cache_bytes(max_batch), "buffers": buffer_bytes(config, max_batch, threads)}
+
+    def memory_hints(self) -> list[str]:
+        """Ways to need less memory beyond a smaller batch or context, for the refusal's message
+        (called before the constructor's memory check)."""
+        return []
 
     # -- the model (validated here, computed by the backend) ------------------------------------
     def forward(self, tokens: np.ndarray, pos: int) -> np.ndarray:
@@ -398,11 +403,13 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.1f} MiB"
 
 
-def check_memory(parts_of: Callable[[int], dict[str, int]], config: Config, max_batch: int) -> None:
+def check_memory(
+    parts_of: Callable[[int], dict[str, int]], config: Config, max_batch: int, hints: Sequence[str] = ()
+) -> None:
     """Refuse (ResourceError) what would not fit the available memory. parts_of(b): the bytes a
     backend of max_batch b allocates, by item (Backend.host_bytes). The message names both figures
     and what lowers the need: the largest batch that fits (max_batch_size / --max-batch N), where
-    one sequence fits at all, and a shorter context (--context)."""
+    one sequence fits at all, a shorter context (--context), and the backend's own hints."""
     parts = parts_of(max_batch)
     need = sum(parts.values())
     avail = available_memory()
@@ -414,6 +421,7 @@ def check_memory(parts_of: Callable[[int], dict[str, int]], config: Config, max_
     if fit >= 1:
         fix.append(f"a smaller batch (max_batch_size / --max-batch {fit} or less)")
     fix.append(f"a shorter context than seq_len {config.seq_len} (context= / --context N)")
+    fix += hints
     raise ResourceError(
         f"this model needs {_gib(need)} of memory ({detail} for {max_batch} sequence(s) of "
         f"{config.seq_len} positions) but only {_gib(avail)} is available; use {' or '.join(fix)}"

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..checkpoint import Config, QuantizedTensor, Weights, release_pages
+from ..checkpoint import Config, QuantizedTensor, Weights, file_backed, release_pages
 from ..threads import max_threads, set_thread_wait_defaults
 from .base import PROFILE_KEYS, Backend, check_int
 
@@ -79,6 +79,11 @@ class CpuBackend(Backend):
         # what the Model adds to the weights (a packed int8 copy, the greedy sketch): the memory
         # check below must count it
         self._packed_bytes, self._sketch_bytes = extra_bytes(ext, config, weights.group_size)
+        # int8 values in this process's memory (quantized at load time) stay beside the packed copy;
+        # a v2 file's pages leave memory once packed
+        self._resident_q8 = bool(self._packed_bytes) and not all(
+            file_backed(values) for t in weights.tensors().values() for values, _ in getattr(t, "parts", ())
+        )
         super().__init__(config, weights, max_batch, threads)
         self._ext = ext
         self.weight_type = weights.weight_type
@@ -121,6 +126,15 @@ class CpuBackend(Backend):
         # are finite without copying the rows.
         self._logits_view = self._model.logits_view()
         self._logits_view.flags.writeable = False
+
+    def memory_hints(self) -> list[str]:
+        if not self._resident_q8:
+            return []
+        return [
+            "a v2 file instead of quantizing at load time (`llama2py quantize IN.bin OUT.bin` once, then load "
+            "OUT.bin): int8 weights quantized at load stay in memory beside the packed int8 weights, a v2 file's "
+            "pages do not"
+        ]
 
     def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
         parts = super().host_bytes(config, max_batch, threads)
