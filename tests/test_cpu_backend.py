@@ -130,6 +130,33 @@ def test_kernels_reject_bad_arguments():
         _cpu.matmul("out", np.zeros(8, np.float32), w)
 
 
+def test_kernels_reject_what_would_crash_or_misread():
+    """Each of these once crashed the process (SIGFPE), wrote outside an array or read the bytes
+    in the wrong order instead of raising."""
+    empty_q = np.zeros((1, 0), np.float32)
+    kc = np.zeros((1, 4, 0), np.float32)
+    with pytest.raises(ValueError, match="empty head"):  # head size 0: a division by zero
+        _cpu.attention(np.zeros((1, 0), np.float32), empty_q, kc, kc.copy(), *[np.zeros(1, np.int32)] * 2, 1, 1)
+    with pytest.raises(ValueError, match="inconsistent model config"):  # n_heads 0: kv_dim divides by it
+        _cpu.packed_q8_bytes(64, 128, 1, 0, 1, 100, 32)
+    with pytest.raises(ValueError, match="group_size"):
+        _cpu.packed_q8_bytes(64, 128, 1, 4, 4, 100, -32)
+    with pytest.raises(ValueError, match="dim and vocab_size"):  # a negative size wrapped to 2**64 - n
+        _cpu.sketch_bytes(-64, 2000)
+    # a group size near INT_MAX: the group count overflowed to 0, and scales of shape (3, 0) were
+    # accepted and written past
+    big = np.full((3, 4), 7.0, np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        _cpu.quantize(np.zeros((3, 10), np.int8), big[:, 1:1], np.ones((3, 10), np.float32), 2**31 - 1)
+    assert (big == 7.0).all()
+    # big-endian arrays: same kind and size, other bytes
+    with pytest.raises(ValueError, match="float32"):
+        _cpu.matmul(np.empty(4, np.float32), np.arange(4, dtype="<f4"), np.eye(4, dtype=">f4"))
+    out = np.empty(4, np.float32)
+    _cpu.matmul(out, np.arange(4, dtype=np.float32), np.eye(4, dtype=np.float32))
+    assert out.tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 # ---- the backend against NumpyBackend -------------------------------------------------------------
 def _backends(make_checkpoint, shape, version=0, max_batch=3, threads=None):
     ck = load_checkpoint(make_checkpoint(shape, version))

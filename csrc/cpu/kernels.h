@@ -102,7 +102,7 @@ inline int round_half_away(float v) {
     return i;
 }
 inline int q8_groups(int n, int gs) {
-    return (n + gs - 1) / gs;
+    return (int)(((long)n + gs - 1) / gs);  // (n + gs - 1 overflows int for gs near INT_MAX)
 }
 
 // ---- matrix products -----------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -43,7 +44,11 @@ std::string shape_str(const std::vector<long>& shape) {
     return s.str();
 }
 
-// Check dtype, C-contiguity, shape (-1 = any) and writability; return the checked shape.
+// A shape entry that accepts any length (a computed size is never this, even when negative).
+constexpr long ANY = std::numeric_limits<long>::min();
+
+// Check dtype (native byte order), C-contiguity, shape (ANY = any length) and writability; return
+// the checked shape. Lengths above INT_MAX are refused: the kernels take row counts and lengths as int.
 template <typename T>
 std::vector<long> check(const py::array& a, const char* name, std::vector<long> shape, bool writable) {
     const char* tname = std::is_same<T, float>::value      ? "float32"
@@ -52,8 +57,10 @@ std::vector<long> check(const py::array& a, const char* name, std::vector<long> 
                         : std::is_same<T, int8_t>::value   ? "int8"
                         : std::is_same<T, uint32_t>::value ? "uint32"
                                                            : "uint64";
-    if (!py::dtype::of<T>().is(a.dtype()) &&
-        !(a.dtype().kind() == py::dtype::of<T>().kind() && a.dtype().itemsize() == (py::ssize_t)sizeof(T)))
+    // (another dtype of the same kind and size, np.intc for int32, is the same bytes; a byte-swapped one is not)
+    if ((!py::dtype::of<T>().is(a.dtype()) &&
+         !(a.dtype().kind() == py::dtype::of<T>().kind() && a.dtype().itemsize() == (py::ssize_t)sizeof(T))) ||
+        !a.dtype().attr("isnative").cast<bool>())
         throw std::invalid_argument(std::string(name) + ": expected a " + tname + " array, got dtype " +
                                     std::string(py::str(a.dtype())));
     if (!(a.flags() & py::array::c_style))
@@ -64,9 +71,13 @@ std::vector<long> check(const py::array& a, const char* name, std::vector<long> 
     if (writable && !a.writeable()) throw std::invalid_argument(std::string(name) + ": output array is read-only");
     bool ok = a.ndim() == (py::ssize_t)shape.size();
     for (size_t i = 0; ok && i < shape.size(); ++i) {
-        if (shape[i] < 0) shape[i] = a.shape(i);
+        if (shape[i] == ANY) shape[i] = a.shape(i);
         ok = a.shape(i) == shape[i];
     }
+    for (size_t i = 0; ok && i < shape.size(); ++i)
+        if (shape[i] > std::numeric_limits<int>::max())
+            throw std::invalid_argument(std::string(name) + ": " + std::to_string(shape[i]) +
+                                        " is too long for a dimension (at most 2**31 - 1)");
     if (!ok)
         throw std::invalid_argument(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
                                     shape_str(a));
@@ -98,6 +109,15 @@ static py::array as_ndarray(const py::object& o, const char* name) {
     return py::reinterpret_borrow<py::array>(o);
 }
 
+// The sizes a Model (and the size queries about one) accept.
+static ModelConfig checked_config(int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size,
+                                  int seq_len) {
+    if (dim <= 0 || hidden_dim <= 0 || n_layers <= 0 || n_heads <= 0 || n_kv_heads <= 0 || vocab_size <= 0 ||
+        seq_len <= 0 || dim % n_heads || n_heads % n_kv_heads || (dim / n_heads) % 2)
+        throw std::invalid_argument("inconsistent model config");
+    return ModelConfig{dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len};
+}
+
 class Model {
 public:
     // Matrices: float32 arrays (n_layers, d, n) (or (d, n) for token_embedding and wcls), or with
@@ -108,13 +128,10 @@ public:
           int max_batch, int threads, py::object token_embedding, py::array rms_att, py::object wq, py::object wk,
           py::object wv, py::object wo, py::array rms_ffn, py::object w1, py::object w2, py::object w3,
           py::array rms_final, py::object wcls, int group_size) {
-        if (dim <= 0 || hidden_dim <= 0 || n_layers <= 0 || n_heads <= 0 || n_kv_heads <= 0 || vocab_size <= 0 ||
-            seq_len <= 0 || dim % n_heads || n_heads % n_kv_heads || (dim / n_heads) % 2)
-            throw std::invalid_argument("inconsistent model config");
+        const ModelConfig c = checked_config(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len);
         if (max_batch < 1) throw std::invalid_argument("max_batch must be >= 1");
         if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0 = OpenMP default)");
         if (group_size < 0) throw std::invalid_argument("group_size must be >= 0 (0 = float32 weights)");
-        ModelConfig c{dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len};
         const long L = n_layers, D = dim, H = hidden_dim, KV = c.kv_dim(), V = vocab_size;
         WeightPtrs w;
         w.group_size = group_size;
@@ -143,7 +160,7 @@ public:
         check_pos(pos, 1);
         check<float>(logits, "logits", {B, core_->config().vocab_size}, true);
         float* out = writable_ptr<float>(logits);
-        const int* t = data_ptr<int32_t>(tokens);
+        const int* t = tokens_.data();
         py::gil_scoped_release nogil;
         core_->forward(t, B, 1, pos, l2p::LOGITS_LAST, out, nullptr);
     }
@@ -172,7 +189,7 @@ public:
         } else {
             throw std::invalid_argument("prefill: mode must be 'last', 'all' or 'none', got '" + mode + "'");
         }
-        const int* t = data_ptr<int32_t>(tokens);
+        const int* t = tokens_.data();
         py::gil_scoped_release nogil;
         core_->forward(t, B, T, pos, m, out, nullptr);
     }
@@ -194,13 +211,14 @@ public:
         if (!forced.is_none()) {
             py::array a = as_ndarray(forced, "forced");
             check<int32_t>(a, "forced", {B}, false);
-            f = data_ptr<int32_t>(a);
+            forced_.assign(data_ptr<int32_t>(a), data_ptr<int32_t>(a) + B);  // (checked and read: see check_batch)
+            f = forced_.data();
             for (int b = 0; b < B; ++b)
                 if (f[b] >= core_->config().vocab_size)
                     throw std::invalid_argument("forced token id " + std::to_string(f[b]) + " outside the vocabulary");
         }
         int* n = writable_ptr<int32_t>(next);
-        const int* t = data_ptr<int32_t>(tokens);
+        const int* t = tokens_.data();
         py::gil_scoped_release nogil;
         core_->step(n, lp, t, B, pos, temperature, top_p, f, nullptr);
     }
@@ -214,7 +232,7 @@ public:
         if (!(temperature >= 0.0)) throw std::invalid_argument("temperature must be >= 0");
         check<double>(times, "times", {l2p::P_COUNT}, true);
         double* tm = writable_ptr<double>(times);
-        const int* t = data_ptr<int32_t>(tokens);
+        const int* t = tokens_.data();
         std::vector<int> next(B);
         // (B,) generator states before the step, put back however the step ends
         struct Restore {
@@ -230,7 +248,7 @@ public:
     }
 
     void set_seeds(py::array seeds) {
-        auto s = check<uint64_t>(seeds, "seeds", {-1}, false);
+        auto s = check<uint64_t>(seeds, "seeds", {ANY}, false);
         if (s[0] > core_->max_batch())
             throw std::invalid_argument(std::to_string(s[0]) + " seeds for max_batch " +
                                         std::to_string(core_->max_batch()));
@@ -341,8 +359,11 @@ private:
         return out;
     }
 
+    // The shape of tokens, whose ids are copied to tokens_ and checked there: the step reads the
+    // copy with the GIL released, so another Python thread writing the array cannot slip an
+    // unchecked id past the check.
     std::vector<long> check_batch(const py::array& tokens, int ndim) {
-        std::vector<long> shape(ndim, -1);
+        std::vector<long> shape(ndim, ANY);
         shape = check<int32_t>(tokens, "tokens", shape, false);
         if (shape[0] < 1 || shape[0] > core_->max_batch())
             throw std::invalid_argument("batch of " + std::to_string(shape[0]) +
@@ -350,7 +371,9 @@ private:
         if (ndim == 2 && shape[1] < 1) throw std::invalid_argument("tokens: empty run of positions");
         long n = 1;
         for (long s : shape) n *= s;
-        check_tokens(data_ptr<int32_t>(tokens), n, core_->config().vocab_size);
+        const int32_t* t = data_ptr<int32_t>(tokens);
+        tokens_.assign(t, t + n);
+        check_tokens(tokens_.data(), n, core_->config().vocab_size);
         return shape;
     }
     void check_pos(int pos, int T) {
@@ -360,12 +383,14 @@ private:
     }
 
     std::vector<py::array> keep_;  // the borrowed weight arrays (memmap views stay valid)
+    std::vector<int> tokens_;      // (B * T,) the ids of the current call (check_batch)
+    std::vector<int> forced_;      // (B,) step()'s forced ids
     std::unique_ptr<ModelCore> core_;
 };
 
 // ---- standalone kernels for tests: outputs first, whole arrays, default OpenMP threads -------------
 void standalone_matmul(py::array out, py::array x, py::array w) {
-    auto ws = check<float>(w, "w", {-1, -1}, false);
+    auto ws = check<float>(w, "w", {ANY, ANY}, false);
     const long d = ws[0], n = ws[1];
     long rows;
     if (x.ndim() == 1) {
@@ -373,7 +398,7 @@ void standalone_matmul(py::array out, py::array x, py::array w) {
         check<float>(out, "out", {d}, true);
         rows = 1;
     } else {
-        rows = check<float>(x, "x", {-1, n}, false)[0];
+        rows = check<float>(x, "x", {ANY, n}, false)[0];
         check<float>(out, "out", {rows, d}, true);
     }
     float* o = writable_ptr<float>(out);
@@ -388,7 +413,7 @@ void standalone_matmul(py::array out, py::array x, py::array w) {
 // Q8_0: q (rows, n) int8 and s (rows, ceil(n / gs)) float32 <- x (rows, n), runq's activation quantization
 void standalone_quantize(py::array q, py::array s, py::array x, int group_size) {
     if (group_size < 1) throw std::invalid_argument("group_size must be >= 1");
-    auto xs = check<float>(x, "x", {-1, -1}, false);
+    auto xs = check<float>(x, "x", {ANY, ANY}, false);
     check<int8_t>(q, "q", xs, true);
     check<float>(s, "s", {xs[0], l2p::q8_groups((int)xs[1], group_size)}, true);
     int8_t* qp = writable_ptr<int8_t>(q);
@@ -402,13 +427,13 @@ void standalone_quantize(py::array q, py::array s, py::array x, int group_size) 
 // out (rows, d) = x (rows, n) @ w.T for a Q8_0 matrix w: values (d, n) int8, scales (d * n / gs,) float32;
 // x is quantized per row first (as the model does), then every output is runq's group sum.
 void standalone_matmul_q8(py::array out, py::array x, py::array values, py::array scales, int group_size) {
-    auto vs = check<int8_t>(values, "values", {-1, -1}, false);
+    auto vs = check<int8_t>(values, "values", {ANY, ANY}, false);
     const long d = vs[0], n = vs[1];
     if (group_size < 1 || (d * n) % group_size)
         throw std::invalid_argument("group_size must be >= 1 and divide the matrix's " + std::to_string(d * n) +
                                     " values");
     check<float>(scales, "scales", {d * n / group_size}, false);
-    const long rows = check<float>(x, "x", {-1, n}, false)[0];
+    const long rows = check<float>(x, "x", {ANY, n}, false)[0];
     check<float>(out, "out", {rows, d}, true);
     const long groups = l2p::q8_groups((int)n, group_size);
     std::vector<int8_t> xq(rows * n);
@@ -438,8 +463,8 @@ void standalone_matmul_q8(py::array out, py::array x, py::array values, py::arra
 }
 
 void standalone_rmsnorm(py::array out, py::array x, py::array w) {
-    const long n = check<float>(w, "w", {-1}, false)[0];
-    const long rows = x.ndim() == 1 ? 1 : -1;
+    const long n = check<float>(w, "w", {ANY}, false)[0];
+    const long rows = x.ndim() == 1 ? 1 : ANY;
     std::vector<long> xs = x.ndim() == 1 ? check<float>(x, "x", {n}, false) : check<float>(x, "x", {rows, n}, false);
     const int R = x.ndim() == 1 ? 1 : (int)xs[0];
     check<float>(out, "out", xs, true);
@@ -453,7 +478,7 @@ void standalone_rmsnorm(py::array out, py::array x, py::array w) {
 
 // x (rows, n_heads * head_size) in place, row r at positions[r]
 void standalone_rope(py::array x, py::array positions, int head_size) {
-    auto xs = check<float>(x, "x", {-1, -1}, true);
+    auto xs = check<float>(x, "x", {ANY, ANY}, true);
     auto ps = check<int32_t>(positions, "positions", {xs[0]}, false);
     if (head_size <= 0 || head_size % 2 || xs[1] % head_size)
         throw std::invalid_argument("head_size must be even and divide the row length");
@@ -474,11 +499,11 @@ void standalone_rope(py::array x, py::array positions, int head_size) {
 // out (rows, n_heads*hs) <- q (rows, n_heads*hs), caches (n_slots, seq_len, kv_dim), rows r -> (slot[r], pos[r])
 void standalone_attention(py::array out, py::array q, py::array k_cache, py::array v_cache, py::array slots,
                           py::array positions, int n_heads, int n_kv_heads) {
-    auto qs = check<float>(q, "q", {-1, -1}, false);
-    if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || qs[1] % n_heads)
-        throw std::invalid_argument("inconsistent head counts");
+    auto qs = check<float>(q, "q", {ANY, ANY}, false);
+    if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || qs[1] % n_heads || qs[1] == 0)
+        throw std::invalid_argument("inconsistent head counts (or an empty head)");
     const long hs = qs[1] / n_heads;
-    auto ks = check<float>(k_cache, "k_cache", {-1, -1, hs * n_kv_heads}, false);
+    auto ks = check<float>(k_cache, "k_cache", {ANY, ANY, hs * n_kv_heads}, false);
     check<float>(v_cache, "v_cache", ks, false);
     check<float>(out, "out", qs, true);
     check<int32_t>(slots, "slots", {qs[0]}, false);
@@ -497,7 +522,7 @@ void standalone_attention(py::array out, py::array q, py::array k_cache, py::arr
 }
 
 void standalone_swiglu(py::array h, py::array g) {
-    auto s = check<float>(h, "h", {-1, -1}, true);
+    auto s = check<float>(h, "h", {ANY, ANY}, true);
     check<float>(g, "g", s, false);
     float* hp = writable_ptr<float>(h);
     const float* gp = data_ptr<float>(g);
@@ -507,21 +532,21 @@ void standalone_swiglu(py::array h, py::array g) {
 }
 
 void standalone_softmax(py::array out, py::array x) {
-    auto s = check<float>(x, "x", {-1}, false);
+    auto s = check<float>(x, "x", {ANY}, false);
     if (s[0] < 1) throw std::invalid_argument("x: empty");
     check<float>(out, "out", s, true);
     l2p::softmax(writable_ptr<float>(out), data_ptr<float>(x), (int)s[0]);
 }
 
 int standalone_argmax(py::array x) {
-    auto s = check<float>(x, "x", {-1}, false);
+    auto s = check<float>(x, "x", {ANY}, false);
     if (s[0] < 1) throw std::invalid_argument("x: empty");
     return l2p::argmax(data_ptr<float>(x), (int)s[0]);
 }
 
 // One sampling decision as the run-compatible sampler makes it; state (1,) uint64 is advanced.
 int standalone_sample(py::array logits, double temperature, double top_p, py::array state) {
-    auto s = check<float>(logits, "logits", {-1}, false);
+    auto s = check<float>(logits, "logits", {ANY}, false);
     if (s[0] < 2) throw std::invalid_argument("logits: need at least 2 entries");
     if (!(temperature >= 0.0)) throw std::invalid_argument("temperature must be >= 0");
     check<uint64_t>(state, "state", {1}, true);
@@ -533,7 +558,7 @@ int standalone_sample(py::array logits, double temperature, double top_p, py::ar
 
 // out (n,) uint32 draws of the generator; state (1,) uint64 advanced
 void standalone_rng_u32(py::array out, py::array state) {
-    auto s = check<uint32_t>(out, "out", {-1}, true);
+    auto s = check<uint32_t>(out, "out", {ANY}, true);
     check<uint64_t>(state, "state", {1}, true);
     uint32_t* o = writable_ptr<uint32_t>(out);
     uint64_t* st = writable_ptr<uint64_t>(state);
@@ -541,7 +566,7 @@ void standalone_rng_u32(py::array out, py::array state) {
 }
 
 double standalone_log_softmax_at(py::array x, int token) {
-    auto s = check<float>(x, "x", {-1}, false);
+    auto s = check<float>(x, "x", {ANY}, false);
     if (token < 0 || token >= s[0]) throw std::invalid_argument("token outside x");
     return l2p::log_softmax_at(data_ptr<float>(x), (int)s[0], token);
 }
@@ -581,7 +606,8 @@ PYBIND11_MODULE(_cpu, m) {
     m.def(
         "packed_q8_bytes",
         [](int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int group_size) {
-            ModelConfig c{dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, 1};
+            if (group_size < 0) throw std::invalid_argument("group_size must be >= 0 (0 = float32 weights)");
+            const ModelConfig c = checked_config(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, 1);
             return l2p::ModelCore::packed_q8_size(c, group_size);
         },
         py::arg("dim"), py::arg("hidden_dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads"),
@@ -590,6 +616,7 @@ PYBIND11_MODULE(_cpu, m) {
     m.def(
         "sketch_bytes",
         [](int dim, int vocab_size) {
+            if (dim <= 0 || vocab_size <= 0) throw std::invalid_argument("dim and vocab_size must be >= 1");
             ModelConfig c{dim, 1, 1, 1, 1, vocab_size, 1};
             return l2p::ModelCore::sketch_size(c);
         },
