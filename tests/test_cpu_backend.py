@@ -40,6 +40,15 @@ def test_rope_matches_numpy(n_heads, head_size):
     assert rel_err(x, ref) <= TOL, f"worst relative error {rel_err(x, ref):.3g}"
 
 
+def test_rope_far_position_needs_no_table_up_to_it():
+    """The cos/sin of the rows' own positions: position 10**9 once allocated a table of 10**9 rows."""
+    positions = np.array([10**9, 3], np.int32)
+    x = randn(np.random.default_rng(0), 2, 8)
+    ref = nbk.rope(x.reshape(1, 2, 1, 8), positions, 8).reshape(x.shape)
+    _cpu.rope(x, positions, 8)
+    assert rel_err(x, ref) <= TOL, f"worst relative error {rel_err(x, ref):.3g}"
+
+
 def test_swiglu_softmax_argmax_logsoftmax():
     rng = np.random.default_rng(3)
     h, g = randn(rng, 3, 37, scale=3), randn(rng, 3, 37)

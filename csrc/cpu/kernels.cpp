@@ -206,15 +206,17 @@ void rope(float* x, int rows, int n_heads, int head_size, const int* positions, 
         rope_span(x + (long)r * dim, 0, dim, head_size, cos_sin + (long)positions[r] * head_size);
 }
 
+void rope_row(float* out, int pos, int head_size) {
+    for (int i = 0; i < head_size / 2; ++i) {
+        const float freq = 1.0f / powf(10000.0f, (float)(2 * i) / (float)head_size);
+        const float val = (float)pos * freq;
+        out[2 * i] = cosf(val);
+        out[2 * i + 1] = sinf(val);
+    }
+}
+
 void rope_table(float* out, int seq_len, int head_size) {
-    const int half = head_size / 2;
-    for (int p = 0; p < seq_len; ++p)
-        for (int i = 0; i < half; ++i) {
-            const float freq = 1.0f / powf(10000.0f, (float)(2 * i) / (float)head_size);
-            const float val = (float)p * freq;
-            out[((long)p * half + i) * 2] = cosf(val);
-            out[((long)p * half + i) * 2 + 1] = sinf(val);
-        }
+    for (int p = 0; p < seq_len; ++p) rope_row(out + (long)p * head_size, p, head_size);
 }
 
 void swiglu(float* h, const float* g, int rows, int n) {

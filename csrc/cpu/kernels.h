@@ -266,7 +266,9 @@ int sample_probs(const float* probs, int n, double top_p, uint64_t* state, int* 
 // log softmax(x)[token] in double precision
 double log_softmax_at(const float* x, int n, int token);
 
-// (seq_len, head_size/2, 2) RoPE table as run.c computes it: freq = 1 / 10000^(j / head_size)
+// (head_size/2, 2) RoPE cos/sin of one position as run.c computes them: freq = 1 / 10000^(j / head_size)
+void rope_row(float* out, int pos, int head_size);
+// (seq_len, head_size/2, 2): rope_row of positions 0..seq_len-1
 void rope_table(float* out, int seq_len, int head_size);
 
 }  // namespace l2p

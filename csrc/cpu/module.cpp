@@ -483,17 +483,18 @@ void standalone_rope(py::array x, py::array positions, int head_size) {
     if (head_size <= 0 || head_size % 2 || xs[1] % head_size)
         throw std::invalid_argument("head_size must be even and divide the row length");
     const int* p = data_ptr<int32_t>(positions);
-    int mx = 0;
-    for (long i = 0; i < ps[0]; ++i) {
-        if (p[i] < 0) throw std::invalid_argument("negative position");
-        mx = std::max(mx, p[i]);
+    // (rows, head_size) the cos/sin of each row's position: memory for the rows given, whatever the positions
+    std::vector<float> table(ps[0] * head_size);
+    std::vector<int> row(ps[0]);  // (rows,) row r reads table row r
+    for (long r = 0; r < ps[0]; ++r) {
+        if (p[r] < 0) throw std::invalid_argument("negative position");
+        l2p::rope_row(table.data() + r * head_size, p[r], head_size);
+        row[r] = (int)r;
     }
-    std::vector<float> table((long)(mx + 1) * head_size);
-    l2p::rope_table(table.data(), mx + 1, head_size);
     float* xp = writable_ptr<float>(x);
     py::gil_scoped_release nogil;
 #pragma omp parallel
-    l2p::rope(xp, (int)xs[0], (int)(xs[1] / head_size), head_size, p, table.data());
+    l2p::rope(xp, (int)xs[0], (int)(xs[1] / head_size), head_size, row.data(), table.data());
 }
 
 // out (rows, n_heads*hs) <- q (rows, n_heads*hs), caches (n_slots, seq_len, kv_dim), rows r -> (slot[r], pos[r])
