@@ -151,6 +151,9 @@ public:
         w.rms_att = data_ptr<float>(rms_att);
         w.rms_ffn = data_ptr<float>(rms_ffn);
         w.rms_final = data_ptr<float>(rms_final);
+        // Packing, the sketch and zeroing the KV cache take a while for big models: other Python
+        // threads run meanwhile (only the borrowed buffers are read; keep_ holds them).
+        py::gil_scoped_release nogil;
         core_ = std::make_unique<ModelCore>(c, w, max_batch, threads);
     }
 
