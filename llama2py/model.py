@@ -444,7 +444,9 @@ class Llama:
         it (a leading space is kept; Meta's sentencepiece decode drops it). With echo it starts with
         the prompt text. "tokens" are the pieces in the same way, so "".join(tokens) == generation
         (BOS and EOS pieces are ""). stop: strings that end a generation, which then excludes
-        them (see generate)."""
+        them (see generate); the generation ends exactly where the stop string starts, the tokens
+        at the last token wholly before it, so a token straddling that start leaves its first
+        characters in the generation only ("".join(tokens) is then a prefix of it)."""
         if isinstance(prompts, str):
             raise TypeError("text_completion takes a list of prompts; wrap a single prompt in [ ]")
         if max_gen_len is None:

@@ -129,3 +129,32 @@ def test_merge_order_is_by_score_then_leftmost(tmp_path):
     scores[263] = scores[264] = 2.0  # now "ab" and "bc" tie: the leftmost pair wins
     tok = Tokenizer(write_tokenizer(tmp_path / "t2.bin", pieces, scores), len(pieces))
     assert tok.encode("abc", bos=False) == [space, ab, c]
+
+
+def test_four_byte_code_point_is_one_unit(llama_tokenizer):
+    """run reads a lead byte and up to 3 continuation bytes as one code point: a 4-byte emoji is
+    looked up whole (here a single piece), not split into bytes."""
+    assert Tokenizer(llama_tokenizer, 32000).encode("🌍") == [1, 29871, 31494]
+
+
+def test_byte_fallback_past_the_vocabulary_is_unk(tmp_path):
+    """A vocabulary cut short inside the byte pieces (<0x00>..<0xFE>, 258 entries): byte 0xFF has
+    no id and becomes <unk>, 0xFE is the last piece."""
+    pieces = byte_vocab()[:258]
+    tok = Tokenizer(write_tokenizer(tmp_path / "t.bin", pieces, [0.0] * 258), 258)
+    assert tok.encode(b"\xff\xfe", bos=False) == [0, 257]
+
+
+def test_decode_after_eos_and_bos_drops_the_space_again(tmp_path):
+    """A second story after EOS, BOS: its first piece loses its space as the first story's did."""
+    pieces = byte_vocab() + [b" ", b"a", b"b", b"ab", b" ab"]
+    tok = Tokenizer(write_tokenizer(tmp_path / "t.bin", pieces, [0.0] * 259 + [1.0] * 5), len(pieces))
+    assert tok.decode([1, 263, 2, 1, 263]) == "abab"
+    assert tok.decode([1, 263, 263]) == "ab ab"
+
+
+def test_printable_bytes_bounds_of_run_rule(tmp_path):
+    """run prints a lone byte when it is printable ASCII (0x20..0x7E) or whitespace (\\t\\n\\v\\f\\r)."""
+    tok = Tokenizer(write_tokenizer(tmp_path / "t.bin", byte_vocab(), [0.0] * 259), 259)
+    shown = {c for c in range(256) if tok.printable_bytes(5, c + 3)}
+    assert shown == set(range(0x20, 0x7F)) | {0x09, 0x0A, 0x0B, 0x0C, 0x0D}
