@@ -16,7 +16,7 @@ from conftest import HOST_DEVICES, require_device
 from llama2py import Llama
 from llama2py.errors import Llama2pyError, PromptError
 from llama2py.generate import UNSAFE_ERROR, dialog_tokens, render_chat
-from llama2py.stops import StopMatcher, check_stops
+from llama2py.stops import StopMatcher, check_stops, cut_stream
 from llama2py.tokenizer import BOS, EOS
 
 PROMPT = "Once upon a time"
@@ -80,6 +80,25 @@ def test_stop_strings_absent_change_nothing(model):
     a = model.run(PROMPT, steps=40, temperature=0.9, seed=3)
     b = model.run(PROMPT, steps=40, temperature=0.9, seed=3, stop=["qqqzzz"])
     assert (a.text, a.tokens) == (b.text, b.tokens)
+
+
+def test_stop_matcher_takes_the_earliest_stop_string():
+    """Stop strings found in one piece: the text ends before the one that starts first, whatever
+    their order in the list."""
+    m = StopMatcher(["b", "a"])
+    assert m.feed("xab") and m.kept_text == "x"
+
+
+@pytest.mark.parametrize(
+    "pieces,stops,want",
+    [
+        (["aX", "yb"], ["Xy"], ["a"]),  # a one-character start of a stop string is held back
+        (["ends Th"], ["The end"], ["ends ", "Th"]),  # held back, then given out when the pieces end
+        (["ab", "c"], ["zz"], ["ab", "c"]),
+    ],
+)
+def test_cut_stream_holds_back_and_flushes(pieces, stops, want):
+    assert list(cut_stream(iter(pieces), StopMatcher(stops))) == want
 
 
 def test_stop_matcher_holds_back_a_possible_start():
