@@ -223,6 +223,49 @@ def test_echo_returns_prompt_and_prompt_logprobs(device, make_checkpoint):
         np.testing.assert_allclose(lps[b], want_lp, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_prompt_logprobs_in_chunks_equal_one_prefill(device, make_checkpoint, monkeypatch):
+    """Prompt log-probs come from prefills of at most _ALL_LOGITS_BYTES of logits: chunks of 1 and
+    2 positions give the values of one prefill."""
+    from llama2py import batch
+
+    model_path = make_checkpoint("gqa_unshared")
+    c = SHAPES["gqa_unshared"]
+    prompts = random_prompts(c.vocab_size, [9, 7], seed=5)
+    m = load(device, model_path, 2)
+    want = m.generate(prompts, 3, temperature=0.0, logprobs=True, echo=True)
+    for positions in (1, 2):
+        monkeypatch.setattr(batch, "_ALL_LOGITS_BYTES", positions * 2 * c.vocab_size * 4)
+        got = m.generate(prompts, 3, temperature=0.0, logprobs=True, echo=True)
+        assert got[0] == want[0], positions
+        np.testing.assert_allclose(np.concatenate(got[1]), np.concatenate(want[1]), rtol=1e-6, atol=1e-6)
+
+
+# -- stopping and cutting -------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_stop_tokens_inside_a_prompt_end_nothing(device, make_checkpoint):
+    """EOS and BOS inside a prompt (a multi-turn dialog's earlier turns) are forced, not sampled:
+    they stop nothing, batched or alone."""
+    model_path = make_checkpoint("gqa_unshared")
+    c = SHAPES["gqa_unshared"]
+    turns = random_prompts(c.vocab_size, [4, 3], seed=6)
+    prompts = [turns[0] + [EOS] + turns[1], random_prompts(c.vocab_size, [2], seed=7)[0]]
+    m = load(device, model_path, 2)
+    toks, _ = m.generate(prompts, 4, temperature=0.0, echo=True)
+    for b, p in enumerate(prompts):
+        assert toks[b][: len(p)] == p, b
+        assert toks[b] == m.generate([p], 4, temperature=0.0, echo=True)[0][0], b
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_max_gen_len_zero_samples_nothing(device, make_checkpoint):
+    model_path = make_checkpoint("gqa_unshared")
+    m = load(device, model_path, 2)
+    stats = BatchStats()
+    toks, _ = m.generate([[BOS, 5], [BOS, 5, 6, 7]], 0, temperature=0.0, stats=stats)
+    assert toks == [[], []] and stats.generated == [0, 0]
+
+
 # -- stopping and cutting -------------------------------------------------------------------------
 @pytest.mark.parametrize("device", DEVICES)
 def test_each_sequence_stops_at_its_own_eos(device, eos_checkpoint):
