@@ -222,6 +222,47 @@ def test_hf_model_matches_reference(tmp_path, device, variant):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "temporary file left behind"
 
 
+def test_hf_config_defaults_and_extra_tensors(tmp_path):
+    """config.json may omit num_key_value_heads (every head its own: transformers' default) and
+    tie_word_embeddings (False: lm_head is its own tensor); older exports also store RoPE's
+    inv_freq buffers, which are not weights."""
+    cfg = {**BASE_CONFIG, "num_key_value_heads": 6, "tie_word_embeddings": False}
+    tensors = hf_tensors(cfg)
+    tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(4, np.float32)
+    t = write_hf_model(tmp_path / "hf", cfg, tensors)
+    written = {k: v for k, v in cfg.items() if k not in ("num_key_value_heads", "tie_word_embeddings")}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(written))
+    config = convert(tmp_path / "hf", tmp_path / "m.bin")
+    assert config.n_kv_heads == 6 and not config.shared_classifier
+    err = rel_err(backend_logits(tmp_path / "m.bin", "numpy", TOKENS), hf_reference_logits(cfg, t, TOKENS))
+    assert err <= TOL, f"worst relative error {err:.3g}"
+
+
+def test_hf_tied_model_that_also_stores_lm_head(tmp_path):
+    """Some exports of a tied model write lm_head.weight too (a copy of the embedding): accepted,
+    and the file shares the classifier."""
+    cfg = {**BASE_CONFIG, "tie_word_embeddings": True}
+    tensors = hf_tensors(cfg)
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].copy()
+    t = write_hf_model(tmp_path / "hf", cfg, tensors)
+    assert convert(tmp_path / "hf", tmp_path / "m.bin").shared_classifier
+    err = rel_err(backend_logits(tmp_path / "m.bin", "numpy", TOKENS), hf_reference_logits(cfg, t, TOKENS))
+    assert err <= TOL, f"worst relative error {err:.3g}"
+
+
+def test_refuses_a_tensor_of_another_shape(tmp_path, capsys):
+    """down_proj stored transposed (hidden x intermediate instead of the reverse): refused, not
+    converted into a model that computes garbage."""
+    tensors = hf_tensors(BASE_CONFIG)
+    tensors["model.layers.1.mlp.down_proj.weight"] = np.ascontiguousarray(
+        tensors["model.layers.1.mlp.down_proj.weight"].T
+    )
+    write_hf_model(tmp_path / "hf", BASE_CONFIG, tensors)
+    out = tmp_path / "out" / "m.bin"
+    out.parent.mkdir()
+    assert_refused(capsys, ["convert", str(tmp_path / "hf"), str(out)], out, "down_proj", "config.json implies")
+
+
 @pytest.mark.parametrize("quantize", [None, "q8_0"])
 def test_blocks_of_rows_give_the_same_file(tmp_path, monkeypatch, quantize):
     """Tensors are streamed in blocks of rows (whole heads for wq/wk): tiny blocks must write the
@@ -231,7 +272,7 @@ def test_blocks_of_rows_give_the_same_file(tmp_path, monkeypatch, quantize):
     cfg = {**BASE_CONFIG, "hidden_size": 40, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 31}
     write_hf_model(tmp_path / "hf", cfg, hf_tensors(cfg), "BF16")
     convert(tmp_path / "hf", tmp_path / "whole.bin", quantize)
-    for block_values in (1, 7, 100):  # a row, a head, a few heads at a time
+    for block_values in (1, 7, 100, 1000):  # a row, a head (10 rows of 40), still a head, a few heads
         monkeypatch.setattr(shared, "BLOCK_VALUES", block_values)
         convert(tmp_path / "hf", tmp_path / f"blocks{block_values}.bin", quantize)
         assert (tmp_path / f"blocks{block_values}.bin").read_bytes() == (tmp_path / "whole.bin").read_bytes()
@@ -350,8 +391,9 @@ def test_refuses_damaged_sources(tmp_path, capsys):
     out.parent.mkdir()
     shard = hf / "model-00002-of-00002.safetensors"
     data = shard.read_bytes()
-    shard.write_bytes(data[:-100])  # truncated shard
-    assert_refused(capsys, ["convert", str(hf), str(out)], out, "truncated", shard.name)
+    for cut in (100, 1):  # truncated shard, by many bytes or by one: found when opened, before any work
+        shard.write_bytes(data[:-cut])
+        assert_refused(capsys, ["convert", str(hf), str(out)], out, "truncated", "ends at byte", shard.name)
     shard.write_bytes(data[:6])  # not even a header
     assert_refused(capsys, ["convert", str(hf), str(out)], out, shard.name)
     shard.unlink()  # a shard the index names is missing
@@ -521,6 +563,9 @@ def test_model_parallel_merge_restores_every_tensor():
     assert shards[0]["tok_embeddings.weight"].shape == (68, 24)  # embedding split by columns
     assert shards[0]["layers.0.feed_forward.w1.weight"].shape == (35, 48)  # w1 by rows
     assert shards[0]["layers.0.attention.wo.weight"].shape == (48, 24)  # wo by columns
+    assert shards[0]["layers.0.feed_forward.w2.weight"].shape == (48, 35)  # w2 by columns
+    assert shards[0]["layers.0.attention.wq.weight"].shape == (24, 48)  # wq by rows
+    assert shards[0]["output.weight"].shape == (34, 48)  # the classifier by rows
     for name, a in state.items():
         assert np.array_equal(merge_model_parallel(name, [s[name] for s in shards]), a), name
 
@@ -547,6 +592,22 @@ def test_meta_checkpoint_matches_reference(tmp_path, monkeypatch, n_shards):
     monkeypatch.setattr(shared, "BLOCK_VALUES", 30)  # blocks of rows cut across the slices: same file
     convert(src, tmp_path / "blocks.bin", seq_len=24)
     assert (tmp_path / "blocks.bin").read_bytes() == (tmp_path / "m.bin").read_bytes()
+
+
+def test_meta_params_defaults_and_seq_len(tmp_path):
+    """params.json without n_kv_heads is multi-head attention; its max_seq_len is the context
+    unless --seq-len (seq_len=) says otherwise."""
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed (only Meta .pth checkpoints need it)")
+    cfg = {**META_CONFIG, "num_key_value_heads": 6}
+    src = tmp_path / "meta"
+    src.mkdir()
+    params = {"dim": 48, "n_layers": 2, "n_heads": 6, "norm_eps": 1e-5, "max_seq_len": 32, "vocab_size": -1}
+    (src / "params.json").write_text(json.dumps(params))
+    state = {n: torch.from_numpy(a) for n, a in meta_state(cfg).items()}
+    torch.save(state, src / "consolidated.00.pth")
+    config = convert(src, tmp_path / "m.bin")
+    assert config.n_kv_heads == 6 and config.seq_len == 32
+    assert convert(src, tmp_path / "m24.bin", seq_len=24).seq_len == 24
 
 
 def test_meta_without_torch_names_the_extra(tmp_path, capsys, monkeypatch):
