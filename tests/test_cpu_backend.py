@@ -8,6 +8,8 @@ the GEMM's accumulation order promises, argument checking, and the stories260K r
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -257,6 +259,59 @@ def test_default_threads_switch_teams_with_the_same_bits(make_checkpoint):
     auto, one = CpuBackend(c, ck.weights, 2), CpuBackend(c, ck.weights, 2, threads=1)
     for pos in range(c.seq_len):  # 40 calls: past the first probes
         assert np.array_equal(auto.forward(tokens[:, pos], pos), one.forward(tokens[:, pos], pos)), f"pos {pos}"
+
+
+_OPENING_SCRIPT = """
+import sys, numpy as np
+from llama2py.backends.cpu import CpuBackend
+from llama2py.checkpoint import load_checkpoint
+ck = load_checkpoint(sys.argv[1])
+loadavg, first, second = sys.argv[2:]
+teams = []
+open(loadavg, "w").write(first)
+backend = CpuBackend(ck.config, ck.weights, 1)
+for pos, state in enumerate((first, second)):
+    open(loadavg, "w").write(state)
+    backend.step(np.array([1], np.int32), pos, 0.0, 0.9)
+    teams.append(backend._model.last_team)
+print(backend._model.threads, *teams)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="the team choice reads /proc/loadavg (Linux)")
+@pytest.mark.parametrize(
+    "first,second,want",
+    [
+        ("quiet", "busy", "team team"),  # busy at the 2nd call: our own team mates still spinning, not a neighbour
+        ("busy", "quiet", "one one"),  # busy at the start: one thread is timed first
+    ],
+)
+def test_default_threads_opening_choice_is_made_once(make_checkpoint, tmp_path, first, second, want):
+    """Until a call of a kind has been timed, the default runs the choice its first call made from
+    /proc/loadavg: asked again at the second call, it saw the first call's team mates still
+    spinning and ran one thread for 15 steps (5% of a stories15M fp32 story on 2 cores)."""
+    states = {"quiet": "0.00 0.00 0.00 1/100 1", "busy": "9.00 9.00 9.00 999/1000 1"}
+    loadavg = tmp_path / "loadavg"
+    env = {**os.environ, "LLAMA2PY_LOADAVG": str(loadavg), "OMP_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _OPENING_SCRIPT,
+            str(make_checkpoint("wide")),
+            str(loadavg),
+            states[first],
+            states[second],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    threads, teams = int(out[0]), [int(t) for t in out[1:]]
+    if threads < 2:
+        pytest.skip("one OpenMP thread here: no team to choose")
+    assert " ".join("team" if t == threads else "one" for t in teams) == want, (out, first, second)
 
 
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 0.9), (1.0, 0.0), (0.8, 0.9), (1.2, 0.6)])

@@ -95,6 +95,7 @@ public:
     uint64_t rng_state(int slot) const { return rng_[slot]; }
     const float* logits() const { return logits_.data(); }
     int threads() const { return n_threads_; }
+    int last_team() const { return team_; }  // threads the last call ran (1 or threads())
     int max_batch() const { return max_batch_; }
     const ModelConfig& config() const { return c_; }
     const WeightPtrs& weights() const { return w_; }
@@ -158,6 +159,7 @@ private:
         // lose its probes to the decode steps between): calls, the call of the next probe of the
         // other choice, calls between probes, the last choice that won
         long calls[2] = {0, 0}, next_probe[2] = {16, 16}, interval[2] = {16, 16};
+        int opening[2] = {-1, -1};  // the choice until one is timed, made at the kind's first call
         int last_best[2] = {1, 1};
         double estimate(int kind, int choice) const;  // the least recent sample: hiccups only slow runs down
         int pick(int kind);                           // 0: one thread, 1: the full team

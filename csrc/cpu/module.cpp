@@ -290,6 +290,7 @@ public:
     bool greedy_sketch() const { return core_->has_sketch(); }
     long exact_logits() const { return core_->exact_logits(); }
     int threads() const { return core_->threads(); }
+    int last_team() const { return core_->last_team(); }
     int max_batch() const { return core_->max_batch(); }
 
     // Address of a weight matrix's data as the model reads it (tests: the weights are not copied).
@@ -666,6 +667,7 @@ PYBIND11_MODULE(_cpu, m) {
         .def_property_readonly("greedy_sketch", &Model::greedy_sketch)
         .def_property_readonly("exact_logits", &Model::exact_logits)
         .def_property_readonly("threads", &Model::threads)
+        .def_property_readonly("last_team", &Model::last_team)
         .def_property_readonly("max_batch", &Model::max_batch)
         .def_property_readonly("isa", &Model::isa)
         .def_property_readonly("group_size", &Model::group_size)
