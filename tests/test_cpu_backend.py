@@ -188,11 +188,13 @@ def test_forward_matches_numpy(make_checkpoint, shape, version):
     assert worst <= TOL, f"{shape} v{version}: worst relative error {worst:.3g}"
 
 
+# B=1: one sequence, whose positions are one chunk's rows (its attention items go round the team)
+@pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("shape", SHAPE_NAMES)
-def test_prefill_matches_numpy_and_single_steps(make_checkpoint, shape):
+def test_prefill_matches_numpy_and_single_steps(make_checkpoint, shape, B):
     ck, nb, cb = _backends(make_checkpoint, shape)
     c = ck.config
-    B, T = 3, c.seq_len - 2
+    T = c.seq_len - 2
     tokens = np.random.default_rng(11).integers(0, c.vocab_size, (B, c.seq_len)).astype(np.int32)
     got = cb.prefill(tokens[:, :T], 0, "all")
     want = nb.prefill(tokens[:, :T], 0, "all")
