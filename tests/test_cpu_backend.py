@@ -160,6 +160,9 @@ def test_kernels_reject_what_would_crash_or_misread():
     with pytest.raises(ValueError, match="shape"):
         _cpu.quantize(np.zeros((3, 10), np.int8), big[:, 1:1], np.ones((3, 10), np.float32), 2**31 - 1)
     assert (big == 7.0).all()
+    # a length above INT_MAX (the kernels take int lengths): a zero-size array can have one
+    with pytest.raises(ValueError, match="too long"):
+        _cpu.matmul(np.empty(0, np.float32), np.zeros(0, np.float32), np.empty((2**31, 0), np.float32))
     # big-endian arrays: same kind and size, other bytes
     with pytest.raises(ValueError, match="float32"):
         _cpu.matmul(np.empty(4, np.float32), np.arange(4, dtype="<f4"), np.eye(4, dtype=">f4"))
@@ -192,7 +195,7 @@ def test_forward_matches_numpy(make_checkpoint, shape, version):
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("shape", SHAPE_NAMES)
 def test_prefill_matches_numpy_and_single_steps(make_checkpoint, shape, B):
-    ck, nb, cb = _backends(make_checkpoint, shape)
+    ck, nb, cb = _backends(make_checkpoint, shape, threads=2)  # (the default may run one thread)
     c = ck.config
     T = c.seq_len - 2
     tokens = np.random.default_rng(11).integers(0, c.vocab_size, (B, c.seq_len)).astype(np.int32)
@@ -268,43 +271,45 @@ import sys, numpy as np
 from llama2py.backends.cpu import CpuBackend
 from llama2py.checkpoint import load_checkpoint
 ck = load_checkpoint(sys.argv[1])
-loadavg, first, second = sys.argv[2:]
-teams = []
-open(loadavg, "w").write(first)
+loadavg, calls = sys.argv[2], sys.argv[3:]
+teams, pos = [], 0
+open(loadavg, "w").write(calls[0].split(":")[1])
 backend = CpuBackend(ck.config, ck.weights, 1)
-for pos, state in enumerate((first, second)):
+for call in calls:
+    kind, state = call.split(":")
     open(loadavg, "w").write(state)
-    backend.step(np.array([1], np.int32), pos, 0.0, 0.9)
+    if kind == "prefill":
+        backend.prefill(np.full((1, 4), 5, np.int32), pos, "last")
+        pos += 4
+    else:
+        backend.step(np.array([1], np.int32), pos, 0.0, 0.9)
+        pos += 1
     teams.append(backend._model.last_team)
 print(backend._model.threads, *teams)
 """
+_LOADAVG = {"quiet": "0.00 0.00 0.00 1/100 1", "busy": "9.00 9.00 9.00 999/1000 1"}
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="the team choice reads /proc/loadavg (Linux)")
 @pytest.mark.parametrize(
-    "first,second,want",
+    "calls,want",
     [
-        ("quiet", "busy", "team team"),  # busy at the 2nd call: our own team mates still spinning, not a neighbour
-        ("busy", "quiet", "one one"),  # busy at the start: one thread is timed first
+        # busy at the 2nd call: our own team mates still spinning from the 1st, not a neighbour
+        (["step:quiet", "step:busy"], "team team"),
+        (["step:busy", "step:quiet"], "one one"),  # busy at the start: one thread is timed first
+        # the first step after a prompt's prefill (a kind of its own) keeps the opening choice too
+        (["prefill:quiet", "step:busy"], "team team"),
     ],
 )
-def test_default_threads_opening_choice_is_made_once(make_checkpoint, tmp_path, first, second, want):
-    """Until a call of a kind has been timed, the default runs the choice its first call made from
-    /proc/loadavg: asked again at the second call, it saw the first call's team mates still
+def test_default_threads_opening_choice_is_made_once(make_checkpoint, tmp_path, calls, want):
+    """Until a call of a kind has been timed, the default runs the choice the model's first call
+    made from /proc/loadavg: asked again later, it saw the previous call's team mates still
     spinning and ran one thread for 15 steps (5% of a stories15M fp32 story on 2 cores)."""
-    states = {"quiet": "0.00 0.00 0.00 1/100 1", "busy": "9.00 9.00 9.00 999/1000 1"}
     loadavg = tmp_path / "loadavg"
     env = {**os.environ, "LLAMA2PY_LOADAVG": str(loadavg), "OMP_NUM_THREADS": "2"}
+    argv = [f"{kind}:{_LOADAVG[state]}" for kind, state in (c.split(":") for c in calls)]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            _OPENING_SCRIPT,
-            str(make_checkpoint("wide")),
-            str(loadavg),
-            states[first],
-            states[second],
-        ],
+        [sys.executable, "-c", _OPENING_SCRIPT, str(make_checkpoint("wide")), str(loadavg), *argv],
         env=env,
         capture_output=True,
         text=True,
@@ -313,7 +318,7 @@ def test_default_threads_opening_choice_is_made_once(make_checkpoint, tmp_path, 
     threads, teams = int(out[0]), [int(t) for t in out[1:]]
     if threads < 2:
         pytest.skip("one OpenMP thread here: no team to choose")
-    assert " ".join("team" if t == threads else "one" for t in teams) == want, (out, first, second)
+    assert " ".join("team" if t == threads else "one" for t in teams) == want, (out, calls)
 
 
 @pytest.mark.parametrize("temperature,top_p", [(0.0, 0.9), (1.0, 0.0), (0.8, 0.9), (1.2, 0.6)])

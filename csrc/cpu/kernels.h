@@ -243,6 +243,7 @@ void swiglu(float* h, const float* g, int rows, int n);
 //   k_cache (n_slots, seq_len, kv_dim) of one layer; v_cache the same
 //   out     (rows, n_heads * head_size)
 //   scratch (n_threads, n_heads, seq_len) per-thread scores
+// Called by every thread of a parallel region (it shares the work out and ends with a barrier).
 void attention(float* out, const float* q, const float* k_cache, const float* v_cache, const int* seq,
                const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len, float* scratch);
 

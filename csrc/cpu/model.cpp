@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #ifdef __linux__
 #include <unistd.h>
@@ -17,8 +18,9 @@
 
 namespace l2p {
 
-ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads)
-    : c_(c),
+ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads, long sketch_min_vocab)
+    : sketch_min_vocab_(sketch_min_vocab),
+      c_(c),
       w_(w),
       kt_(&kernels()),
       max_batch_(max_batch),
@@ -153,13 +155,9 @@ static int sketch_group(const ModelConfig& c) {
     return 0;
 }
 
-size_t ModelCore::sketch_size(const ModelConfig& c) {
+size_t ModelCore::sketch_size(const ModelConfig& c, long sketch_min_vocab) {
     const int gs = sketch_group(c);
-    // LLAMA2PY_SKETCH_MIN_VOCAB lowers the vocabulary size from which the sketch is made (tests run
-    // the trained 512-token stories260K through it)
-    const char* env = std::getenv("LLAMA2PY_SKETCH_MIN_VOCAB");
-    const long min_vocab = env && *env ? std::max(1L, std::atol(env)) : (long)SKETCH_MIN_VOCAB;
-    if (!gs || c.vocab_size < min_vocab) return 0;
+    if (!gs || c.vocab_size < sketch_min_vocab) return 0;
     const long V = c.vocab_size, D = c.dim;
     const Q8Extras e = q8_extras(V, D, gs, kernels().q8_packed);
     size_t bytes = sizeof(float) * 2 * V + e.bytes();  // s_max, l1, the copies
@@ -169,7 +167,7 @@ size_t ModelCore::sketch_size(const ModelConfig& c) {
 }
 
 void ModelCore::prepare_sketch() {
-    if (w_.group_size || !sketch_size(c_)) return;
+    if (w_.group_size || !sketch_size(c_, sketch_min_vocab_)) return;
     const int gs = sketch_group(c_);
     const long V = c_.vocab_size, D = c_.dim, G = D / gs;
     const float* w = w_.wcls.f;
@@ -257,12 +255,18 @@ double ModelCore::TeamChooser::estimate(int kind, int choice) const {
 
 // More threads ready to run than the machine has processors (Linux: /proc/loadavg's count of
 // runnable threads, ours included, team mates still spinning counted too): a full team would wait
-// at every barrier for a member without a core. False where it cannot tell. (LLAMA2PY_LOADAVG names
-// another file of that format: tests.)
+// at every barrier for a member without a core. False where it cannot tell.
+const char* loadavg_path() {
+    static const std::string path = [] {
+        const char* env = std::getenv("LLAMA2PY_LOADAVG");
+        return std::string(env && *env ? env : "/proc/loadavg");
+    }();
+    return path.c_str();
+}
+
 static bool cores_taken() {
 #ifdef __linux__
-    static const char* const path = std::getenv("LLAMA2PY_LOADAVG");
-    FILE* f = std::fopen(path && *path ? path : "/proc/loadavg", "r");
+    FILE* f = std::fopen(loadavg_path(), "r");
     if (!f) return false;
     double one_min, five_min, fifteen_min;
     int running = 0, total = 0;
@@ -280,13 +284,13 @@ int ModelCore::TeamChooser::pick(int kind) {
     const long call = ++calls[kind];
     const double one = estimate(kind, 0), full = estimate(kind, 1);
     // Nothing timed yet for this kind (the model's first call is never timed): the team, unless
-    // every processor is taken; then one thread is timed first. Asked once, at the kind's first
-    // call: at the next one the team mates of this one may still spin, counted as runnable (the
-    // second call then ran one thread, and so did the 14 after it until the first probe: 5% of a
-    // stories15M fp32 -n 256 story on 2 cores).
+    // every processor is taken; then one thread is timed first. Asked once, at the model's first
+    // call: at a later one (the second, or the first step after a prefill) the team mates of the
+    // call before may still spin, counted as runnable; that call then ran one thread, and so did
+    // the 14 after it until the first probe (5% of a stories15M fp32 -n 256 story on 2 cores).
     if (one == 0 && full == 0) {
-        if (opening[kind] < 0) opening[kind] = cores_taken() ? 0 : 1;
-        return opening[kind];
+        if (opening < 0) opening = cores_taken() ? 0 : 1;
+        return opening;
     }
     if (one == 0) return 0;
     const int best = full == 0 || one < full ? 0 : 1;

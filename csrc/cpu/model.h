@@ -12,6 +12,11 @@
 
 namespace l2p {
 
+// The file the default threads' choice reads runnable threads from: /proc/loadavg, or
+// LLAMA2PY_LOADAVG (tests fake a busy machine). Read once, at the first call: make that call with
+// the GIL held (another Python thread may be changing the environment).
+const char* loadavg_path();
+
 struct ModelConfig {
     int dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len;
     int head_size() const { return dim / n_heads; }
@@ -71,7 +76,9 @@ public:
     static constexpr int SKETCH_MIN_VOCAB = 1024;
     static constexpr int SKETCH_MAX_ROWS = 64;  // greedy batches up to this size use the sketch
 
-    ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads);
+    // sketch_min_vocab: the vocabulary size from which a float32 model gets the greedy sketch
+    // (SKETCH_MIN_VOCAB; LLAMA2PY_SKETCH_MIN_VOCAB, read by the caller, lowers it for tests).
+    ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads, long sketch_min_vocab);
 
     // tokens (B, T) row-major at positions pos..pos+T-1 for slots 0..B-1 (caller validated).
     // LOGITS_LAST, LOGITS_LAST_ARGMAX, LOGITS_ARGMAX: out (B, vocab); LOGITS_ALL: out (B, T, vocab);
@@ -105,7 +112,7 @@ public:
     // level (0 for float32 weights or a level without packed kernels); part of buffer_bytes.
     static size_t packed_q8_size(const ModelConfig& c, int group_size);
     // Bytes of the greedy classifier sketch a float32 model of this shape makes (0: none).
-    static size_t sketch_size(const ModelConfig& c);
+    static size_t sketch_size(const ModelConfig& c, long sketch_min_vocab);
     // After a greedy step only the chosen ids' logits are sure to be current: compute the rest
     // (last_logits() calls this; a no-op when the logits are whole).
     void complete_logits();
@@ -135,6 +142,7 @@ private:
     Cls classifier_io(int B, int Tc, int T, LogitsMode mode, float* out);
     void copy_all_logits(const Cls& cls, int B, int Tc, int T, int t0, float* out);
 
+    long sketch_min_vocab_;  // (before c_: initialized first, as listed)
     ModelConfig c_;
     WeightPtrs w_;
     const KernelTable* kt_;            // the instruction-set level chosen when the model was made
@@ -159,7 +167,7 @@ private:
         // lose its probes to the decode steps between): calls, the call of the next probe of the
         // other choice, calls between probes, the last choice that won
         long calls[2] = {0, 0}, next_probe[2] = {16, 16}, interval[2] = {16, 16};
-        int opening[2] = {-1, -1};  // the choice until one is timed, made at the kind's first call
+        int opening = -1;  // the choice of a kind until one of its calls is timed: the model's first call's
         int last_best[2] = {1, 1};
         double estimate(int kind, int choice) const;  // the least recent sample: hiccups only slow runs down
         int pick(int kind);                           // 0: one thread, 1: the full team

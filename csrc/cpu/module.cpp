@@ -57,10 +57,8 @@ std::vector<long> check(const py::array& a, const char* name, std::vector<long> 
                         : std::is_same<T, int8_t>::value   ? "int8"
                         : std::is_same<T, uint32_t>::value ? "uint32"
                                                            : "uint64";
-    // (another dtype of the same kind and size, np.intc for int32, is the same bytes; a byte-swapped one is not)
-    if ((!py::dtype::of<T>().is(a.dtype()) &&
-         !(a.dtype().kind() == py::dtype::of<T>().kind() && a.dtype().itemsize() == (py::ssize_t)sizeof(T))) ||
-        !a.dtype().attr("isnative").cast<bool>())
+    // (numpy's equivalent types: np.intc is int32's bytes, a byte-swapped float32 is not)
+    if (!py::dtype::of<T>().equal(a.dtype()))
         throw std::invalid_argument(std::string(name) + ": expected a " + tname + " array, got dtype " +
                                     std::string(py::str(a.dtype())));
     if (!(a.flags() & py::array::c_style))
@@ -111,11 +109,19 @@ static py::array as_ndarray(const py::object& o, const char* name) {
 
 // The sizes a Model (and the size queries about one) accept.
 static ModelConfig checked_config(int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size,
-                                  int seq_len) {
+                                  int seq_len, int group_size) {
     if (dim <= 0 || hidden_dim <= 0 || n_layers <= 0 || n_heads <= 0 || n_kv_heads <= 0 || vocab_size <= 0 ||
         seq_len <= 0 || dim % n_heads || n_heads % n_kv_heads || (dim / n_heads) % 2)
         throw std::invalid_argument("inconsistent model config");
+    if (group_size < 0) throw std::invalid_argument("group_size must be >= 0 (0 = float32 weights)");
     return ModelConfig{dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len};
+}
+
+// The vocabulary size from which a float32 model gets the greedy classifier sketch; read here, with
+// the GIL held (LLAMA2PY_SKETCH_MIN_VOCAB lowers it: the tests run trained stories260K through it).
+static long sketch_min_vocab() {
+    const char* env = std::getenv("LLAMA2PY_SKETCH_MIN_VOCAB");
+    return env && *env ? std::max(1L, std::atol(env)) : (long)l2p::ModelCore::SKETCH_MIN_VOCAB;
 }
 
 class Model {
@@ -128,10 +134,10 @@ public:
           int max_batch, int threads, py::object token_embedding, py::array rms_att, py::object wq, py::object wk,
           py::object wv, py::object wo, py::array rms_ffn, py::object w1, py::object w2, py::object w3,
           py::array rms_final, py::object wcls, int group_size) {
-        const ModelConfig c = checked_config(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len);
+        const ModelConfig c =
+            checked_config(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len, group_size);
         if (max_batch < 1) throw std::invalid_argument("max_batch must be >= 1");
         if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0 = OpenMP default)");
-        if (group_size < 0) throw std::invalid_argument("group_size must be >= 0 (0 = float32 weights)");
         const long L = n_layers, D = dim, H = hidden_dim, KV = c.kv_dim(), V = vocab_size;
         WeightPtrs w;
         w.group_size = group_size;
@@ -151,27 +157,30 @@ public:
         w.rms_att = data_ptr<float>(rms_att);
         w.rms_ffn = data_ptr<float>(rms_ffn);
         w.rms_final = data_ptr<float>(rms_final);
+        const long min_vocab = sketch_min_vocab();
+        l2p::loadavg_path();  // read now, with the GIL held
         // Packing, the sketch and zeroing the KV cache take a while for big models: other Python
         // threads run meanwhile (only the borrowed buffers are read; keep_ holds them).
         py::gil_scoped_release nogil;
-        core_ = std::make_unique<ModelCore>(c, w, max_batch, threads);
+        core_ = std::make_unique<ModelCore>(c, w, max_batch, threads, min_vocab);
     }
 
     // logits (B, vocab) <- tokens (B,) at pos
     void forward(py::array logits, py::array tokens, int pos) {
-        const int B = check_batch(tokens, 1)[0];
+        const Batch batch = check_batch(tokens, 1);
+        const int B = batch.shape[0];
         check_pos(pos, 1);
         check<float>(logits, "logits", {B, core_->config().vocab_size}, true);
         float* out = writable_ptr<float>(logits);
-        const int* t = tokens_.data();
+        const int* t = batch.ids.data();
         py::gil_scoped_release nogil;
         core_->forward(t, B, 1, pos, l2p::LOGITS_LAST, out, nullptr);
     }
 
     // tokens (B, T) at pos..pos+T-1; logits None, (B, vocab) for "last", (B, T, vocab) for "all"
     void prefill(py::object logits, py::array tokens, int pos, const std::string& mode) {
-        auto bt = check_batch(tokens, 2);
-        const int B = bt[0], T = bt[1];
+        const Batch batch = check_batch(tokens, 2);
+        const int B = batch.shape[0], T = batch.shape[1];
         check_pos(pos, T);
         const long V = core_->config().vocab_size;
         l2p::LogitsMode m;
@@ -192,7 +201,7 @@ public:
         } else {
             throw std::invalid_argument("prefill: mode must be 'last', 'all' or 'none', got '" + mode + "'");
         }
-        const int* t = tokens_.data();
+        const int* t = batch.ids.data();
         py::gil_scoped_release nogil;
         core_->forward(t, B, T, pos, m, out, nullptr);
     }
@@ -200,7 +209,8 @@ public:
     // next (B,) int32, logprobs (B,) float32 or None <- tokens (B,) at pos; forced (B,) int32 or None
     void step(py::array next, py::object logprobs, py::array tokens, int pos, double temperature, double top_p,
               py::object forced) {
-        const int B = check_batch(tokens, 1)[0];
+        const Batch batch = check_batch(tokens, 1);
+        const int B = batch.shape[0];
         check_pos(pos, 1);
         if (!(temperature >= 0.0)) throw std::invalid_argument("temperature must be >= 0");
         check<int32_t>(next, "next", {B}, true);
@@ -211,17 +221,18 @@ public:
             lp = writable_ptr<float>(a);
         }
         const int* f = nullptr;
+        std::vector<int> forced_ids;  // (B,) checked and read as a copy (see check_batch)
         if (!forced.is_none()) {
             py::array a = as_ndarray(forced, "forced");
             check<int32_t>(a, "forced", {B}, false);
-            forced_.assign(data_ptr<int32_t>(a), data_ptr<int32_t>(a) + B);  // (checked and read: see check_batch)
-            f = forced_.data();
+            forced_ids.assign(data_ptr<int32_t>(a), data_ptr<int32_t>(a) + B);
+            f = forced_ids.data();
             for (int b = 0; b < B; ++b)
                 if (f[b] >= core_->config().vocab_size)
                     throw std::invalid_argument("forced token id " + std::to_string(f[b]) + " outside the vocabulary");
         }
         int* n = writable_ptr<int32_t>(next);
-        const int* t = tokens_.data();
+        const int* t = batch.ids.data();
         py::gil_scoped_release nogil;
         core_->step(n, lp, t, B, pos, temperature, top_p, f, nullptr);
     }
@@ -230,12 +241,13 @@ public:
     // this sampling: the step() users run (a greedy float32 step reads the classifier sketch, a
     // sampled one every logit). The generators are left as they were.
     void profile(py::array times, py::array tokens, int pos, double temperature, double top_p) {
-        const int B = check_batch(tokens, 1)[0];
+        const Batch batch = check_batch(tokens, 1);
+        const int B = batch.shape[0];
         check_pos(pos, 1);
         if (!(temperature >= 0.0)) throw std::invalid_argument("temperature must be >= 0");
         check<double>(times, "times", {l2p::P_COUNT}, true);
         double* tm = writable_ptr<double>(times);
-        const int* t = tokens_.data();
+        const int* t = batch.ids.data();
         std::vector<int> next(B);
         // (B,) generator states before the step, put back however the step ends
         struct Restore {
@@ -363,10 +375,13 @@ private:
         return out;
     }
 
-    // The shape of tokens, whose ids are copied to tokens_ and checked there: the step reads the
-    // copy with the GIL released, so another Python thread writing the array cannot slip an
-    // unchecked id past the check.
-    std::vector<long> check_batch(const py::array& tokens, int ndim) {
+    // A call's tokens: their shape and a checked copy of the ids, which the call reads with the GIL
+    // released (another Python thread writing the array cannot slip an unchecked id past the check).
+    struct Batch {
+        std::vector<long> shape;
+        std::vector<int> ids;  // (B * T,)
+    };
+    Batch check_batch(const py::array& tokens, int ndim) {
         std::vector<long> shape(ndim, ANY);
         shape = check<int32_t>(tokens, "tokens", shape, false);
         if (shape[0] < 1 || shape[0] > core_->max_batch())
@@ -376,9 +391,9 @@ private:
         long n = 1;
         for (long s : shape) n *= s;
         const int32_t* t = data_ptr<int32_t>(tokens);
-        tokens_.assign(t, t + n);
-        check_tokens(tokens_.data(), n, core_->config().vocab_size);
-        return shape;
+        std::vector<int> ids(t, t + n);
+        check_tokens(ids.data(), n, core_->config().vocab_size);
+        return {shape, std::move(ids)};
     }
     void check_pos(int pos, int T) {
         if (pos < 0 || (long)pos + T > core_->config().seq_len)
@@ -387,8 +402,6 @@ private:
     }
 
     std::vector<py::array> keep_;  // the borrowed weight arrays (memmap views stay valid)
-    std::vector<int> tokens_;      // (B * T,) the ids of the current call (check_batch)
-    std::vector<int> forced_;      // (B,) step()'s forced ids
     std::unique_ptr<ModelCore> core_;
 };
 
@@ -611,8 +624,8 @@ PYBIND11_MODULE(_cpu, m) {
     m.def(
         "packed_q8_bytes",
         [](int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int group_size) {
-            if (group_size < 0) throw std::invalid_argument("group_size must be >= 0 (0 = float32 weights)");
-            const ModelConfig c = checked_config(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, 1);
+            const ModelConfig c =
+                checked_config(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, 1, group_size);
             return l2p::ModelCore::packed_q8_size(c, group_size);
         },
         py::arg("dim"), py::arg("hidden_dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads"),
@@ -623,7 +636,7 @@ PYBIND11_MODULE(_cpu, m) {
         [](int dim, int vocab_size) {
             if (dim <= 0 || vocab_size <= 0) throw std::invalid_argument("dim and vocab_size must be >= 1");
             ModelConfig c{dim, 1, 1, 1, 1, vocab_size, 1};
-            return l2p::ModelCore::sketch_size(c);
+            return l2p::ModelCore::sketch_size(c, sketch_min_vocab());
         },
         py::arg("dim"), py::arg("vocab_size"),
         "bytes of the int8 classifier sketch a float32 Model of this shape makes for greedy steps (0: none)");
