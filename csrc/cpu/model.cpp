@@ -253,9 +253,6 @@ double ModelCore::TeamChooser::estimate(int kind, int choice) const {
     return best;
 }
 
-// More threads ready to run than the machine has processors (Linux: /proc/loadavg's count of
-// runnable threads, ours included, team mates still spinning counted too): a full team would wait
-// at every barrier for a member without a core. False where it cannot tell.
 const char* loadavg_path() {
     static const std::string path = [] {
         const char* env = std::getenv("LLAMA2PY_LOADAVG");
@@ -264,6 +261,9 @@ const char* loadavg_path() {
     return path.c_str();
 }
 
+// More threads ready to run than the machine has processors (Linux: /proc/loadavg's count of
+// runnable threads, ours included, team mates still spinning counted too): a full team would wait
+// at every barrier for a member without a core. False where it cannot tell.
 static bool cores_taken() {
 #ifdef __linux__
     FILE* f = std::fopen(loadavg_path(), "r");
