@@ -9,6 +9,7 @@ import json
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from llama2py.checkpoint import Config
 from llama2py.cli import main
 from llama2py.errors import DeviceError, Llama2pyError
 from llama2py.synth import write_synthetic
+from llama2py.threads import max_threads
 
 TINY = Config(dim=32, hidden_dim=48, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64, seq_len=32)
 DOC = Path(__file__).resolve().parent.parent / "docs" / "PERFORMANCE.md"
@@ -800,6 +802,38 @@ def test_vs_run_program_checked_first(tiny, tmp_path, monkeypatch, capsys, name,
         reference.vs_run([str(tmp_path / name)], str(tiny), None, 2, 1, None, [0.0], device="numpy")
 
 
+def test_vs_run_that_fails_keeps_the_measured_rows(tiny, tmp_path, capsys):
+    """A program that fails after minutes of measuring: the table and the JSON still come out, and
+    the error (exit 1) says it was the warm-up run, whose -n is not the steps asked for."""
+    script = tmp_path / "failrun"
+    script.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    script.chmod(0o755)
+    tok = _tokenizer(tmp_path / "tok64.bin", 64)
+    out = tmp_path / "bench.json"
+    argv = [str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--vs-run", str(script), "-z", str(tok)]
+    assert main(["bench", *argv, "--vs-device", "numpy", "--json", str(out)]) == 1
+    cap = capsys.readouterr()
+    doc = json.loads(out.read_text())
+    assert doc["results"][0]["status"] == "ok" and doc["vs_run"] is None
+    assert any("--vs-run failed" in w for w in doc["warnings"])
+    assert "numpy" in cap.out  # the table
+    errors = [line for line in cap.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "exited 3" in errors[0] and "warm-up run of 3 steps" in errors[0], cap.err
+
+
+def test_default_lengths_share_a_short_context(tiny, tmp_path, capsys):
+    """--context 32 alone: the default prefill (half the context) and decode steps share it, without
+    a warning that what was asked does not fit (nothing was asked)."""
+    assert measure.fit_lengths(32, None, None) == (16, 16)
+    assert measure.fit_lengths(512, None, None) == (128, 64)
+    assert measure.fit_lengths(32, 64, None) == (0, 32)  # asked for: the steps win
+    assert measure.fit_lengths(32, None, 30) == (30, 2)
+    doc, _, _ = _bench_json(tmp_path, [str(tiny), "--device", "numpy", "--batch", "1", "--context", "32",
+                                       "--repeat", "1", "--quiet"], capsys)  # fmt: skip
+    assert doc["settings"]["positions"] == [16, 32]
+    assert not any("does not fit" in w for w in doc["warnings"]), doc["warnings"]
+
+
 def test_vs_run_bare_name_in_this_folder(tmp_path, monkeypatch):
     """A bare name is looked up on $PATH only (as the OS runs it): one in the current folder is
     pointed out as ./NAME, not called not executable."""
@@ -840,6 +874,10 @@ def test_vs_run_bare_name_in_this_folder(tmp_path, monkeypatch):
         (["--context", "0"], "--context must be >= 1"),
         (["--weights", "q4_0"], "--weights takes a comma-separated list of f32, q8_0; got 'q4_0'"),
         (["--weights", "f32,,q8_0"], "--weights takes a comma-separated list without empty items"),
+        (["--threads", str(max_threads() + 1)], f"--threads must be in 1..{max_threads()}"),  # as the main command
+        (["-z", "tok.bin"], "go with --vs-run"),
+        (["--vs-device", "numpy"], "go with --vs-run"),
+        (["--vs-run", sys.executable, "-z", "/no/such/tok.bin"], "-z /no/such/tok.bin: no such file"),
     ],
 )
 def test_bad_flags_are_one_line_errors(tiny, capsys, args, msg):

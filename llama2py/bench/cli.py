@@ -17,8 +17,9 @@ from ..argtypes import float_in, int_at_least, model_shape_name
 from ..checkpoint import MODEL_SHAPES, WEIGHT_TYPES, checkpoint_bytes, model_shape
 from ..errors import Llama2pyError
 from ..files import check_output_path
+from ..threads import max_threads
 from .host import default_devices, host_info
-from .measure import Settings, bench, load_warning
+from .measure import DEFAULT_STEPS, Settings, bench, load_warning
 from .reference import check_programs, vs_run, vs_run_warnings
 from .report import PLOT_EXTRA, check_matplotlib, json_text, plot, render, write_json
 
@@ -97,11 +98,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--threads",
-        type=_list_of(int_at_least(1, "--threads"), "--threads"),
+        type=_list_of(int_at_least(1, "--threads", max_threads()), "--threads"),
         default=[None],
         metavar="N[,N...]",
-        help="comma-separated CPU thread counts, each measured (default: auto, each call on one thread or all "
-        "cores, whichever the cpu backend times faster)",
+        help=f"comma-separated CPU thread counts, each measured, at most {max_threads()} here (default: auto, each "
+        "call on one thread or all cores, whichever the cpu backend times faster)",
     )
     p.add_argument(
         "--weights",
@@ -127,7 +128,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="top-p of sampled decoding (default 0.9, as run)",
     )
     p.add_argument(
-        "--steps", type=int_at_least(1, "--steps"), default=None, help="decode steps per timed run (default 64)"
+        "--steps",
+        type=int_at_least(1, "--steps"),
+        default=None,
+        help=f"decode steps per timed run (default {DEFAULT_STEPS}, fewer where the context is shorter)",
     )
     p.add_argument(
         "--prompt-len",
@@ -228,7 +232,7 @@ def settings_from_args(args) -> tuple[Optional[Settings], Optional[str]]:
             weights=args.weights,
             top_p=args.top_p,
             prompt_len=prompt_len,
-            steps=steps if steps is not None else 64,
+            steps=steps,
             context=args.context,
             repeat=args.repeat,
             profile=not args.no_profile,
@@ -255,6 +259,10 @@ def run(args) -> int:
         check_matplotlib()
     if args.vs_run:
         check_programs(args.vs_run)
+        if args.tokenizer is not None and not os.path.isfile(args.tokenizer):
+            return _usage_error(f"-z {args.tokenizer}: no such file (the tokenizer --vs-run gives the programs)")
+    elif args.tokenizer is not None or args.vs_device != "cpu":
+        return _usage_error("-z/--tokenizer and --vs-device go with --vs-run (the comparison with llama2.c's programs)")
     text = sys.stderr if json_stdout else sys.stdout  # with --json -, stdout holds the JSON alone
 
     def progress(msg: str) -> None:
@@ -272,25 +280,30 @@ def run(args) -> int:
         report = bench(path, settings, progress=progress, raise_errors=getattr(args, "debug", False), host=host)
         if args.shape:  # the temporary file is deleted below: the report names the shape instead
             report["checkpoint"].update(path=None, shape=args.shape)
+        vs_error = None
         if args.vs_run:
-            report["vs_run"] = vs_run(
-                args.vs_run,
-                path,
-                args.tokenizer,
-                report["settings"]["steps"],
-                args.repeat,
-                args.threads[0],
-                settings.temperatures,
-                settings.top_p,
-                args.vs_device,
-                progress,
-                settings.weights[0],
-                settings.context,
-            )
-            report["warnings"] += vs_run_warnings(report["vs_run"])
+            try:
+                report["vs_run"] = vs_run(
+                    args.vs_run,
+                    path,
+                    args.tokenizer,
+                    report["settings"]["steps"],
+                    args.repeat,
+                    args.threads[0],
+                    settings.temperatures,
+                    settings.top_p,
+                    args.vs_device,
+                    progress,
+                    settings.weights[0],
+                    settings.context,
+                )
+                report["warnings"] += vs_run_warnings(report["vs_run"])
+            except Llama2pyError as e:  # the rows measured so far are still printed and written
+                vs_error = f"--vs-run failed, no comparison: {e}"
+                report["warnings"].append(vs_error)  # (the JSON's record; printed as the error below)
     print(render(report), file=text)
     for w in report["warnings"]:
-        if w != busy:  # printed at the start
+        if w not in (busy, vs_error):  # printed at the start / as the error at the end
             print(f"llama2py bench: warning: {w}", file=sys.stderr)
     if json_stdout:
         sys.stdout.write(json_text(report))
@@ -300,6 +313,9 @@ def run(args) -> int:
     if args.plot:
         plot(report, args.plot)
         print(f"plot: {args.plot}", file=text)
+    if vs_error:
+        print(f"llama2py bench: error: {vs_error} (the rows above were measured)", file=sys.stderr)
+        return 1
     if not any(r["status"] == "ok" for r in report["results"]):
         # the table says why for each row; a script must not take this for a measurement
         print("llama2py bench: error: nothing could be measured (each row above says why)", file=sys.stderr)

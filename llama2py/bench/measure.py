@@ -40,7 +40,7 @@ class Settings:
     weights: list[Optional[str]] = dataclasses.field(default_factory=lambda: [None])  # None: the file's own type
     top_p: float = 0.9
     prompt_len: Optional[int] = None  # prefill positions before the decode; None: min(seq_len/2, 128)
-    steps: int = 64  # decode steps per timed run
+    steps: Optional[int] = None  # decode steps per timed run; None: DEFAULT_STEPS, shortened to fit
     context: Optional[int] = None  # positions the backends hold (caps seq_len and the KV cache); None: seq_len
     repeat: int = 3
     profile: bool = True
@@ -55,10 +55,18 @@ def summarize(values: list[float]) -> dict:
     return {"median": med, "min": lo, "max": hi, "spread": (hi - lo) / med if med > 0 else None}
 
 
-def fit_lengths(seq_len: int, steps: int, prompt_len: Optional[int]) -> tuple[int, int]:
+DEFAULT_STEPS = 64
+
+
+def fit_lengths(seq_len: int, steps: Optional[int], prompt_len: Optional[int]) -> tuple[int, int]:
     """(prompt_len, steps) so that prefill then decode stay inside the context; prompt_len 0 means
-    no prefill (decode from position 0)."""
+    no prefill (decode from position 0). None for either: its default (min(seq_len / 2, 128)
+    positions, DEFAULT_STEPS steps), which gives way to what was asked for; two defaults share a
+    short context (32 positions: 16 and 16)."""
     p = prompt_len if prompt_len is not None else max(1, min(seq_len // 2, 128))
+    if steps is None:
+        p = min(p, seq_len - 1)
+        return p, max(1, min(DEFAULT_STEPS, seq_len - p))
     steps = max(1, min(steps, seq_len))
     p = max(0, min(p, seq_len - steps))
     return p, steps
@@ -387,7 +395,7 @@ def bench(
     note = ck.config.cap_note(settings.context)
     if note:  # as Llama.load's note
         report["warnings"].append(f"--context {note}")
-    if steps != settings.steps or settings.prompt_len not in (None, p_len):
+    if settings.steps not in (None, steps) or settings.prompt_len not in (None, p_len):
         report["warnings"].append(
             f"positions {p_len}..{p_len + steps - 1} ran: what was asked does not fit the context of {c.seq_len}"
         )

@@ -145,8 +145,12 @@ def vs_run(
         )
     if progress:
         progress("vs run: warm-up")
+    warm = min(steps, 16)
     for _, measure in entries:
-        measure(min(steps, 16))
+        try:
+            measure(warm)
+        except Llama2pyError as e:  # (its command line says -n {warm}: not the steps asked for)
+            raise Llama2pyError(f"{e} (in the warm-up run of {warm} steps)") from e
     for i in range(repeat):
         if progress:
             progress(f"vs run: round {i + 1}/{repeat}")
