@@ -415,6 +415,11 @@ def _read_header_ints(buf: bytes, offset: int, n: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{n}i", buf, offset)
 
 
+# Where a tokenizer goes, for the messages that find one given as the checkpoint (every command
+# that reads a checkpoint says it, quantize and info included, which take no tokenizer).
+TOKENIZER_PLACE = "a tokenizer goes after the checkpoint, with -z (tokenizer= in the API), where a command takes one"
+
+
 def identify(head: bytes) -> str:
     """What the first bytes of an input file look like, for the message when it was given in the
     wrong place: "sentencepiece" (a tokenizer.model), "tokenizer" (a llama2.c tokenizer.bin, whose
@@ -472,7 +477,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if known:
         hint = f" (run `llama2py download {known}` or pass the path of a llama2.c .bin)"
     elif tokenizer_name:
-        hint = f" ({path.name} names a tokenizer: give the checkpoint first and the tokenizer with -z)"
+        hint = f" ({path.name} names a tokenizer; {TOKENIZER_PLACE})"
     else:
         hint = " (give the path of a llama2.c .bin; `llama2py download --list` shows the ones llama2py can fetch)"
     size = regular_file_size(path, "checkpoint", CheckpointError, hint)  # no FIFO, device, directory
@@ -481,12 +486,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     head = read_regular_file(path, "checkpoint", CheckpointError, hint, first=HEADER_BYTES)
     kind = identify(head)
     if kind == "tokenizer":
-        raise CheckpointError(
-            f"checkpoint {path}: this is a llama2.c tokenizer, not a checkpoint; give the checkpoint first "
-            "and the tokenizer with -z (tokenizer= in the API)"
-        )
+        raise CheckpointError(f"checkpoint {path}: this is a llama2.c tokenizer, not a checkpoint ({TOKENIZER_PLACE})")
     if kind == "sentencepiece":
-        raise CheckpointError(f"checkpoint {path}: this is a sentencepiece tokenizer.model, not a llama2.c checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path}: this is a sentencepiece tokenizer.model, not a llama2.c checkpoint (as a "
+            f"llama2.c tokenizer: llama2py convert {path} tokenizer.bin)"
+        )
     magic = struct.unpack_from("<I", head, 0)[0]
     if magic == MAGIC:
         if len(head) < 41:

@@ -301,8 +301,7 @@ def is_trusted(path: Union[str, Path], name: Union[str, KnownFile]) -> bool:
 
 
 def _by_hand(entry: KnownFile, dest: Path) -> str:
-    other = "a checkpoint path" if entry.kind == "checkpoint" else "a tokenizer path"
-    return f"fetch it by hand and put it at {dest}, or pass {other}"
+    return f"fetch it by hand and put it at {dest}"
 
 
 def _by_hand_sentence(entry: KnownFile, dest: Path) -> str:
@@ -547,13 +546,23 @@ def download(
         return dest
     if folder.exists() and not folder.is_dir():
         raise DownloadError(f"the model store {folder} is not a folder: choose another with ${MODELS_ENV} or --dir")
+    made = [p for p in (folder, *folder.parents) if not p.exists()]  # (deepest first) removed again on failure
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(
             f"cannot create the model store {folder} ({e.strerror or e}): choose another with ${MODELS_ENV} or --dir"
         ) from e
+    try:
+        return _download_into(entry, src, dest, part, progress)
+    except BaseException:
+        for p in made:  # only while empty: a .part kept for resuming keeps its folder
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
 
+
+def _download_into(entry: KnownFile, src: str, dest: Path, part: Path, progress: bool) -> Path:
     with _lock(dest, progress):
         if is_trusted(dest, entry):  # another process finished it while we waited
             return dest

@@ -210,7 +210,9 @@ def test_error_files_in_each_others_place_say_what_they_are(stories260k):
     assert_one_line_error(cli(tok, "-z", ckpt), "this is a llama2.c tokenizer, not a checkpoint", "with -z", rc=1)
     assert_one_line_error(cli(ckpt, "-z", ckpt), "this is a llama2.c checkpoint, not a tokenizer", rc=1)
     assert_one_line_error(cli(ckpt, "-z", sp), "a sentencepiece tokenizer.model; convert it first: llama2py convert")
-    assert_one_line_error(cli(sp), "this is a sentencepiece tokenizer.model, not a llama2.c checkpoint", rc=1)
+    assert_one_line_error(
+        cli(sp), "this is a sentencepiece tokenizer.model, not a llama2.c checkpoint", "llama2py convert", rc=1
+    )
     assert_one_line_error(cli("info", tok), "this is a llama2.c tokenizer, not a checkpoint", rc=1)
 
 

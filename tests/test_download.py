@@ -250,6 +250,20 @@ def test_http_404_is_a_download_error(server, tmp_path):
         dl.download("testmodel", tmp_path, url=url(server, "missing.bin"), progress=False)
 
 
+def test_failed_download_leaves_no_folder_it_made(server, tmp_path):
+    """--dir new/store that does not exist yet: a download that fails takes the folders it made
+    with it (the file's own message, no `or pass a ... path`: download has nothing else to take)."""
+    store = tmp_path / "new" / "store"
+    with pytest.raises(DownloadError) as err:
+        dl.download("testmodel", store, url=url(server, "missing.bin"), progress=False)
+    assert not (tmp_path / "new").exists()
+    assert "or pass" not in str(err.value) and str(store / "test.bin") in str(err.value)
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    with pytest.raises(DownloadError):
+        dl.download("testmodel", tmp_path / "kept", url=url(server, "missing.bin"), progress=False)
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_already_present_is_not_downloaded(server, tmp_path):
     (tmp_path / "test.bin").write_bytes(DATA)
     path = dl.download("testmodel", tmp_path, url=url(server), progress=False)
