@@ -726,15 +726,20 @@ def list_store(folder: Union[str, Path, None] = None) -> str:
 def run(args) -> int:
     """Download each NAME and print its path, or with --list describe the store. DownloadError
     propagates for the CLI to print."""
-    if getattr(args, "list", False):
-        print(list_store(getattr(args, "dir", None)))
-        return 0
-    if not args.names:
-        parser = getattr(args, "download_parser", None)
-        message = f"name what to download ({', '.join(REGISTRY)}, or all), or pass --list"
+    parser = getattr(args, "download_parser", None)
+
+    def usage(message: str) -> int:
         if parser is not None:
             parser.error(message)  # exit 2, as for any bad flag
         raise ValueError(message)
+
+    if getattr(args, "list", False):
+        if args.names:  # (it would drop them without a word)
+            return usage(f"--list shows the whole store; it takes no names (got {' '.join(args.names)})")
+        print(list_store(getattr(args, "dir", None)))
+        return 0
+    if not args.names:
+        return usage(f"name what to download ({', '.join(REGISTRY)}, or all), or pass --list")
     names = []
     for n in args.names:
         for key in REGISTRY if n.strip().lower() == "all" else [lookup(n).name]:

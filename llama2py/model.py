@@ -79,7 +79,8 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
         if f"tok{vocab_size}" in REGISTRY:
             hint += f"; stories260K's is `llama2py download tok{vocab_size}`"
     raise TokenizerError(
-        f"no tokenizer given and none of PREFIX_tok{vocab_size}.bin, {', '.join(names)} found beside {checkpoint} or in "
+        f"no tokenizer given and none of {checkpoint.stem}_tok{vocab_size}.bin (or another PREFIX_tok{vocab_size}.bin "
+        f"where {checkpoint.name} starts with PREFIX), {', '.join(names)} found beside {checkpoint} or in "
         f"{folders[-1]}; pass one with -z ({hint})"
     )
 

@@ -246,7 +246,7 @@ def test_runs_that_disagree_warn(tiny, tmp_path, monkeypatch, capsys):
     assert r["decode_tok_s_runs"] == pytest.approx([3 / 1.8, 3 / 2.2])
     assert r["noisy"] and r["decode_tok_s_spread"] == pytest.approx((3 / 1.8 - 3 / 2.2) / (3 / 2.0))
     assert any("decode runs differ by" in w for w in doc["warnings"])
-    assert re.search(r"^llama2py bench: warning: numpy batch 1 greedy: decode runs differ by \d+%", err, re.M)
+    assert re.search(r"^llama2py bench: warning: numpy batch 1 greedy: decode runs differ by \d+\.\d%", err, re.M)
     assert "%!" in text  # the table marks the noisy figure
 
 
@@ -763,7 +763,7 @@ def test_vs_run_rounds_that_disagree_warn(tiny, tmp_path, capsys):
     )  # fmt: skip
     run = doc["vs_run"]["programs"][0]
     assert run["tok_s_runs"] == [100.0, 70.0, 130.0] and run["tok_s_spread"] == pytest.approx(0.6) and run["noisy"]
-    assert "llama2py bench: warning: vs run, run -t 0: runs differ by 60%" in err
+    assert "llama2py bench: warning: vs run, run -t 0: runs differ by 60.0%" in err
     assert any(w.startswith("vs run, run") for w in doc["warnings"])
 
 

@@ -602,6 +602,9 @@ def test_cli_list_and_no_names(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["download"])
     assert exc.value.code == 2 and "--list" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # names with --list: said, not dropped
+        main(["download", "--list", "testmodel", "--dir", str(tmp_path)])
+    assert exc.value.code == 2 and "it takes no names (got testmodel)" in capsys.readouterr().err
 
 
 def test_cli_offline_message_names_every_missing_file(tmp_path):

@@ -151,6 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--context",
         type=int_at_least(1, "--context"),
         default=None,
+        metavar="N",
         help="at most N positions per sequence (caps the checkpoint's seq_len and so the KV cache, as the main "
         "command's --context; default: seq_len)",
     )

@@ -304,7 +304,7 @@ def spread_warnings(row: dict) -> list[str]:
         spread = row.get(f"{fig}_spread")
         if spread is not None and spread > SPREAD_LIMIT:
             out.append(
-                f"{row_label(row)}: {name} runs differ by {100 * spread:.0f}% of the median "
+                f"{row_label(row)}: {name} runs differ by {100 * spread:.1f}% of the median "
                 f"({row[f'{fig}_min']:.1f} to {row[f'{fig}_max']:.1f} tok/s; limit {100 * SPREAD_LIMIT:.0f}%): "
                 "do not trust this figure, rerun on a quiet machine"
             )

@@ -180,7 +180,7 @@ def vs_run(
 def vs_run_warnings(result: dict) -> list[str]:
     """One warning per program whose rounds disagree by more than SPREAD_LIMIT."""
     return [
-        f"vs run, {e['program']} -t {e['temperature']:g}: runs differ by {100 * e['tok_s_spread']:.0f}% of the "
+        f"vs run, {e['program']} -t {e['temperature']:g}: runs differ by {100 * e['tok_s_spread']:.1f}% of the "
         f"median ({e['tok_s_min']:.1f} to {e['tok_s_max']:.1f} tok/s; limit {100 * SPREAD_LIMIT:.0f}%): "
         "do not trust this comparison, rerun on a quiet machine"
         for e in result["programs"]
