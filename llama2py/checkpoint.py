@@ -683,10 +683,13 @@ def check_group_size(config: Config, group_size: Optional[int]) -> int:
     return group_size
 
 
-def runq_group_note(config: Config, group_size: int) -> str:
+def runq_group_note(
+    config: Config, group_size: int, remedy: str = "`llama2py quantize --group-size {g}` of the float file"
+) -> str:
     """What a user comparing with llama2.c should know about a v2 file of this group size: where it
     does not divide hidden_dim (w2's rows), runq drops each row's last hidden_dim % group_size
-    products (docs/FORMAT.md, Q8_0 arithmetic; llama2py does not). "" when it divides."""
+    products (docs/FORMAT.md, Q8_0 arithmetic; llama2py does not). "" when it divides. remedy: the
+    command that writes a file of the group both read alike, {g} standing for that group."""
     tail = config.hidden_dim % group_size
     if not tail:
         return ""
@@ -699,9 +702,7 @@ def runq_group_note(config: Config, group_size: int) -> str:
     except CheckpointError:  # only 1 divides both: no v2 file both read alike
         return note
     mib = checkpoint_bytes(config, 2, both) / 2**20
-    return (
-        note + f"; `llama2py quantize --group-size {both}` of the float file makes one both read alike ({mib:,.1f} MiB)"
-    )
+    return note + f"; {remedy.format(g=both)} makes one both read alike ({mib:,.1f} MiB)"
 
 
 def tensor_order(config: Config, version: int) -> list[str]:

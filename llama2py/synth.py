@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Iterator
 from typing import Callable, Optional
 
@@ -32,6 +33,7 @@ from .checkpoint import (
     ChunkSource,
     Config,
     check_group_size,
+    runq_group_note,
     weight_shapes,
     write_checkpoint,
 )
@@ -181,7 +183,12 @@ def run(args) -> int:
         if args.version != 2:
             raise UsageError(f"--group-size is for v2 (Q8_0) files; add --version 2 (got --version {args.version})")
         usage_check(check_group_size, config, args.group_size)
+    group_size = check_group_size(config, args.group_size) if args.version == 2 else None  # (the file's)
     with progress_bar(os.path.basename(args.out), args.progress) as progress:
-        n = write_synthetic(args.out, config, args.version, args.seed, args.group_size, progress)
-    print(f"wrote {args.out}: {n:,} bytes, llama2.c v{args.version}, {config.describe()}, seed {args.seed}")
+        n = write_synthetic(args.out, config, args.version, args.seed, group_size, progress)
+    kind = f"llama2.c v{args.version}" + (f" (Q8_0, group {group_size})" if group_size else "")
+    print(f"wrote {args.out}: {n:,} bytes, {kind}, {config.describe()}, seed {args.seed}")
+    note = runq_group_note(config, group_size, "`--group-size {g}`") if group_size else ""
+    if note:  # as quantize says it
+        print(f"llama2py synth: note: {note}", file=sys.stderr)
     return 0
