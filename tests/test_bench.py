@@ -821,6 +821,24 @@ def test_vs_run_that_fails_keeps_the_measured_rows(tiny, tmp_path, capsys):
     assert len(errors) == 1 and "exited 3" in errors[0] and "warm-up run of 3 steps" in errors[0], cap.err
 
 
+def test_vs_run_tokenizer_by_its_store_name(tiny, tmp_path, capsys, monkeypatch):
+    """-z tok512.bin with no such file here: the model store's copy, as the main command finds it
+    (the up-front check must not refuse what Llama.load would take)."""
+    store = tmp_path / "store"
+    store.mkdir()
+    _tokenizer(store / "tok512.bin", 64)
+    monkeypatch.setenv("LLAMA2PY_MODELS", str(store))
+    monkeypatch.chdir(tmp_path)
+    script, _ = _fake_run(tmp_path, "run", ["50"])
+    doc, _, _ = _bench_json(
+        tmp_path,
+        [str(tiny), "--device", "numpy", "--batch", "1", *FAST, "--vs-run", str(script), "--vs-device", "numpy",
+         "-z", "tok512.bin"],
+        capsys,
+    )  # fmt: skip
+    assert doc["vs_run"]["tokenizer"] == str(store / "tok512.bin")
+
+
 def test_default_lengths_share_a_short_context(tiny, tmp_path, capsys):
     """--context 32 alone: the default prefill (half the context) and decode steps share it, without
     a warning that what was asked does not fit (nothing was asked)."""

@@ -260,7 +260,8 @@ def run(args) -> int:
         check_matplotlib()
     if args.vs_run:
         check_programs(args.vs_run)
-        if args.tokenizer is not None and not os.path.isfile(args.tokenizer):
+        tokenizer = args.tokenizer and (in_store(args.tokenizer, "tokenizer") or args.tokenizer)  # (as Llama.load)
+        if tokenizer is not None and not os.path.isfile(tokenizer):
             return _usage_error(f"-z {args.tokenizer}: no such file (the tokenizer --vs-run gives the programs)")
     elif args.tokenizer is not None or args.vs_device != "cpu":
         return _usage_error("-z/--tokenizer and --vs-device go with --vs-run (the comparison with llama2.c's programs)")
