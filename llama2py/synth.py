@@ -140,7 +140,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             dest=flag,
             type=int_at_least(1, name, top),
             default=None,
-            help=field,
+            help=field + (" (default: --heads, or the --shape's)" if field == "n_kv_heads" else ""),
         )
     p.add_argument(
         "--unshared-classifier",
@@ -165,6 +165,9 @@ def config_from_args(args) -> Config:
         v = getattr(args, flag)
         if v is not None:
             values[field] = v
+        elif field == "n_kv_heads" and not base:  # as llama2.c's ModelArgs: no grouped-query attention unless asked
+            if "n_heads" in values:
+                values[field] = values["n_heads"]
         elif field not in values:
             missing.append(f"--{flag.replace('_', '-')}")
     if missing:

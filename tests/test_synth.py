@@ -216,6 +216,14 @@ def test_cli_writes_shape_and_free_fields(tmp_path, capsys):
         == 0
     )
     assert load_checkpoint(free).config == Config(16, 24, 1, 2, 1, 40, 8, shared_classifier=False)
+    # --kv-heads defaults to --heads (llama2.c's ModelArgs), and is not asked for while --heads is missing
+    mha = tmp_path / "mha.bin"
+    flags = ["--dim", "16", "--hidden", "24", "--layers", "1", "--vocab", "40", "--seq-len", "8", "--no-progress"]
+    assert main(["synth", *flags, "--heads", "2", str(mha)]) == 0
+    assert load_checkpoint(mha).config.n_kv_heads == 2
+    assert main(["synth", *flags, str(mha)]) == 2
+    err = capsys.readouterr().err
+    assert "these are needed: --heads (" in err, err
 
 
 def test_cli_errors_are_one_line(tmp_path):
