@@ -415,9 +415,15 @@ def _read_header_ints(buf: bytes, offset: int, n: int) -> tuple[int, ...]:
     return struct.unpack_from(f"<{n}i", buf, offset)
 
 
-# Where a tokenizer goes, for the messages that find one given as the checkpoint (every command
-# that reads a checkpoint says it, quantize and info included, which take no tokenizer).
+# Where a tokenizer goes, for the messages that find a tokenizer given as the checkpoint or the
+# other way round (every command that reads a checkpoint says it, quantize and info included, which
+# take no tokenizer).
 TOKENIZER_PLACE = "a tokenizer goes after the checkpoint, with -z (tokenizer= in the API), where a command takes one"
+
+
+def convert_tokenizer_command(path: str | os.PathLike) -> str:
+    """The command that makes a llama2.c tokenizer of sentencepiece's tokenizer.model at path."""
+    return f"llama2py convert {path} tokenizer.bin"
 
 
 def identify(head: bytes) -> str:
@@ -490,7 +496,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if kind == "sentencepiece":
         raise CheckpointError(
             f"checkpoint {path}: this is a sentencepiece tokenizer.model, not a llama2.c checkpoint (as a "
-            f"llama2.c tokenizer: llama2py convert {path} tokenizer.bin)"
+            f"llama2.c tokenizer: {convert_tokenizer_command(path)})"
         )
     magic = struct.unpack_from("<I", head, 0)[0]
     if magic == MAGIC:

@@ -40,18 +40,17 @@ class Tokenizer:
         )
         if len(data) < 4:
             raise TokenizerError(f"tokenizer {path}: {len(data)} bytes, too short to be a tokenizer file")
-        from .checkpoint import identify  # local: checkpoint imports the download machinery
+        from .checkpoint import TOKENIZER_PLACE, convert_tokenizer_command, identify  # local: see in_store
 
         kind = identify(data[:64])
         if kind == "sentencepiece":
             raise TokenizerError(
                 f"tokenizer {path}: this is a sentencepiece tokenizer.model; convert it first: "
-                f"llama2py convert {path} tokenizer.bin"
+                f"{convert_tokenizer_command(path)}"
             )
         if kind == "checkpoint":
             raise TokenizerError(
-                f"tokenizer {path}: this is a llama2.c checkpoint, not a tokenizer; give the checkpoint first "
-                "and the tokenizer with -z (tokenizer= in the API)"
+                f"tokenizer {path}: this is a llama2.c checkpoint, not a tokenizer ({TOKENIZER_PLACE})"
             )
         self.max_token_length = struct.unpack_from("<i", data, 0)[0]
         if not 0 < self.max_token_length <= 1 << 16:

@@ -71,11 +71,10 @@ std::vector<long> check(const py::array& a, const char* name, std::vector<long> 
     for (size_t i = 0; ok && i < shape.size(); ++i) {
         if (shape[i] == ANY) shape[i] = a.shape(i);
         ok = a.shape(i) == shape[i];
-    }
-    for (size_t i = 0; ok && i < shape.size(); ++i)
-        if (shape[i] > std::numeric_limits<int>::max())
+        if (ok && shape[i] > std::numeric_limits<int>::max())
             throw std::invalid_argument(std::string(name) + ": " + std::to_string(shape[i]) +
                                         " is too long for a dimension (at most 2**31 - 1)");
+    }
     if (!ok)
         throw std::invalid_argument(std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
                                     shape_str(a));
