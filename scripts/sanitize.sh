@@ -21,7 +21,10 @@ rm -rf "$PKG" "$SRC" && mkdir -p "$PKG" "$SRC"
 tar -C "$ROOT" --exclude=./build --exclude=./.venv --exclude=./.git --exclude='*.so' --exclude='__pycache__' \
     --exclude='*.egg-info' -cf - . | tar -C "$SRC" -xf -
 LLAMA2PY_SANITIZE=1 nice -n 10 "$PY" -m pip install -q --no-deps --no-compile --target "$PKG" "$SRC"
-ldd "$PKG"/llama2py/_cpu*.so | grep -q libasan || { echo "sanitize.sh: the extension is not sanitized" >&2; exit 1; }
+# ldd's output is read whole first: `ldd | grep -q` under pipefail fails when grep exits at its
+# match before the loader has written its last lines (SIGPIPE; 131 in 1,000 on a loaded machine).
+deps="$(ldd "$PKG"/llama2py/_cpu*.so)"
+grep -q libasan <<<"$deps" || { echo "sanitize.sh: the extension is not sanitized:" >&2; echo "$deps" >&2; exit 1; }
 # libstdc++ preloaded too: python is no C++ program, and ASan's __cxa_throw interceptor needs the
 # real one resolved at start (else the first C++ exception is "CHECK failed: real___cxa_throw").
 LD_PRELOAD="$(${CXX:-g++} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
