@@ -99,6 +99,11 @@ def check_batch(
     n = len(prompt_tokens)
     if n == 0:
         raise PromptError("no prompts given: a batch needs at least one prompt")
+    if any(isinstance(p, (int, np.integer)) for p in prompt_tokens):  # one prompt, not wrapped
+        raise TypeError(
+            "prompts must be a list of token-id lists, one list per prompt, got a flat list of ids; "
+            "for one prompt pass [ids]"
+        )
     if n > max_batch:
         raise PromptError(
             f"a batch of {n} prompts, but the model was loaded with max_batch_size={max_batch}; "

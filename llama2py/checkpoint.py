@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import CheckpointError
 from .files import atomic_output
+from .tokenizer import MIN_VOCAB
 
 MAGIC = 0x616B3432  # "ak42" as a little-endian uint32 ("24ka" on disk)
 HEADER_BYTES = 256  # versions 1 and 2 pad their header to this size
@@ -88,6 +89,11 @@ class Config:
         ):
             raise CheckpointError(
                 f"{where}: header {self.describe()} is implausibly large; this is not a llama2.c checkpoint"
+            )
+        if self.vocab_size < MIN_VOCAB:
+            raise CheckpointError(
+                f"{where}: vocab_size {self.vocab_size} is too small: run's loop needs at least {MIN_VOCAB} "
+                "tokens (<unk>, BOS = 1 and EOS = 2)"
             )
         if self.dim % self.n_heads:
             raise CheckpointError(f"{where}: dim {self.dim} is not a multiple of n_heads {self.n_heads}")

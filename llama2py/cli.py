@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import array
 import difflib
+import errno
 import importlib
 import os
 import signal
@@ -85,7 +86,7 @@ def run_parser() -> argparse.ArgumentParser:
         dest="seed",
         type=int_at_least(0, "-s seed", SEED_MAX),
         default=0,
-        help=f"random seed, 0..2**{SEED_BITS}-1 (default: the current time)",
+        help=f"random seed, 1..2**{SEED_BITS}-1; 0 = the current time, as in run (default: the current time)",
     )
     p.add_argument(
         "-n",
@@ -177,6 +178,13 @@ def _report_device(model, args) -> None:
     """Quiet by default: a cuda model's notes, or one short line where a GPU was expected and is not
     usable; with --verbose the device, why, threads, load time and the checkpoint and tokenizer files."""
     verbose = getattr(args, "verbose", False)
+    cores = os.cpu_count() or 1
+    if args.threads and args.threads > cores and model.device == "cpu":
+        print(
+            f"llama2py: warning: --threads {args.threads} on {cores} cores: a thread without a core of its "
+            f"own holds the others up at every layer; expect it far slower than --threads {cores} or the default",
+            file=sys.stderr,
+        )
     if verbose:
         for note in model.notes:
             print(f"llama2py: {note}", file=sys.stderr)
@@ -455,6 +463,8 @@ def cmd_batch(args) -> int:
 
 
 def _dispatch(argv: list[str]) -> int:
+    if sys.stderr is None:  # started with stderr closed (`2>&-`): print(file=None) would write to stdout
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the process's life)
     if sys.stdout is None:  # started with stdout closed (`>&-`): every command writes there
         print("llama2py: error: standard output is closed; redirect it to a file or /dev/null", file=sys.stderr)
         return 1
@@ -496,6 +506,8 @@ def _guarded(fn, debug: bool) -> int:
                 f"out of memory ({e or 'MemoryError'}); use a smaller batch (--max-batch), a shorter "
                 "context (--context N) or a smaller model"
             )
+        elif isinstance(e, OSError) and e.filename is None and e.errno == errno.ENOSPC:
+            msg = "cannot write the output: no space left on the device it goes to; free some or redirect it"
         elif isinstance(e, Llama2pyError) and "\n" in str(e):
             msg = str(e).strip()  # our own layout (the offline message lists one file per line)
         else:

@@ -157,6 +157,10 @@ REGISTRY = {
 DEFAULT_MODEL = "stories15M"
 
 
+# How `llama2py download` picks another folder (the main command has only the variable).
+STORE_CHOICES = f"${MODELS_ENV} or --dir"
+
+
 def lookup(name: Union[str, KnownFile]) -> KnownFile:
     """The registry entry for a key ("stories15M") or file name ("stories15M.bin"), any case."""
     if isinstance(name, KnownFile):
@@ -357,7 +361,7 @@ class _Progress:
             self._draw("\n")
 
 
-def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool) -> None:
+def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool, choose: str) -> None:
     """Stream url into part, resuming what part already holds. Verifies nothing."""
     offset = part.stat().st_size if part.exists() else 0
     if entry.size is not None and offset > entry.size:  # not a prefix of this file: start over
@@ -377,7 +381,7 @@ def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool) -
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:  # range past the end: part is stale
             part.unlink()
-            return _fetch(entry, url, dest, part, progress)
+            return _fetch(entry, url, dest, part, progress, choose)
         raise DownloadError(f"{failed} (HTTP {e.code} {e.reason}). {_by_hand_sentence(entry, dest)}") from e
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
@@ -404,7 +408,7 @@ def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool) -
                 out = open(part, mode)
             except OSError as e:
                 raise DownloadError(
-                    f"cannot write {part} ({e.strerror or e}): choose a writable folder with ${MODELS_ENV} or --dir"
+                    f"cannot write {part} ({e.strerror or e}): choose a writable folder with {choose}"
                 ) from e
             with out:
                 expected = int(length) if length and length.isdigit() else None
@@ -453,7 +457,7 @@ def _content_range_start(value: Optional[str]) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def _lock(dest: Path, progress: bool) -> Iterator[None]:
+def _lock(dest: Path, progress: bool, choose: str) -> Iterator[None]:
     """Hold DEST.lock exclusively: a second process downloading the same file waits here (and then
     finds it in place) instead of writing the same .part. fcntl.flock on POSIX, msvcrt.locking on
     Windows; where neither works (some network filesystems) the download runs unlocked. On POSIX the
@@ -471,7 +475,7 @@ def _lock(dest: Path, progress: bool) -> Iterator[None]:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise DownloadError(
-                f"cannot create {path} ({e.strerror or e}): choose a writable folder with ${MODELS_ENV} or --dir"
+                f"cannot create {path} ({e.strerror or e}): choose a writable folder with {choose}"
             ) from e
         locked = False
         try:
@@ -526,8 +530,10 @@ def download(
     dest_dir: Union[str, Path, None] = None,
     url: Optional[str] = None,
     progress: bool = True,
+    choose: str = STORE_CHOICES,
 ) -> Path:
-    """Fetch a known file into dest_dir (default_models_dir()) and return its path.
+    """Fetch a known file into dest_dir (default_models_dir()) and return its path. choose: how the
+    user picks another folder, for the message when this one cannot be written.
 
     An existing file that is trusted (is_trusted: size, and sha256 checked once) is returned as is.
     Otherwise, holding DEST.lock, the file is streamed to FILENAME.part (resuming an existing .part
@@ -545,16 +551,16 @@ def download(
     if is_trusted(dest, entry):
         return dest
     if folder.exists() and not folder.is_dir():
-        raise DownloadError(f"the model store {folder} is not a folder: choose another with ${MODELS_ENV} or --dir")
+        raise DownloadError(f"the model store {folder} is not a folder: choose another with {choose}")
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # (deepest first) removed again on failure
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(
-            f"cannot create the model store {folder} ({e.strerror or e}): choose another with ${MODELS_ENV} or --dir"
+            f"cannot create the model store {folder} ({e.strerror or e}): choose another with {choose}"
         ) from e
     try:
-        return _download_into(entry, src, dest, part, progress)
+        return _download_into(entry, src, dest, part, progress, choose)
     except BaseException:
         for p in made:  # only while empty: a .part kept for resuming keeps its folder
             with contextlib.suppress(OSError):
@@ -562,13 +568,13 @@ def download(
         raise
 
 
-def _download_into(entry: KnownFile, src: str, dest: Path, part: Path, progress: bool) -> Path:
-    with _lock(dest, progress):
+def _download_into(entry: KnownFile, src: str, dest: Path, part: Path, progress: bool, choose: str) -> Path:
+    with _lock(dest, progress, choose):
         if is_trusted(dest, entry):  # another process finished it while we waited
             return dest
         for attempt in (1, 2):
             resumed = part.exists() and part.stat().st_size > 0
-            _fetch(entry, src, dest, part, progress)
+            _fetch(entry, src, dest, part, progress, choose)
             problem = verify_file(part, entry)
             if problem is None:
                 break
@@ -635,7 +641,7 @@ def ensure_default_model(
         raise DownloadError(missing_message(missing, folder))
     for i, entry in enumerate(missing):
         try:
-            download(entry, folder, progress=progress)
+            download(entry, folder, progress=progress, choose=f"${MODELS_ENV}")  # the main command has no --dir
         except DownloadError as e:
             # the first sentence says what failed; the rest (fetch by hand ...) the message repeats for all
             raise DownloadError(missing_message(missing[i:], folder, cause=str(e).split(". ")[0])) from e
@@ -690,7 +696,13 @@ def add_arguments(parser) -> None:
 def list_store(folder: Union[str, Path, None] = None) -> str:
     """What the model store holds: each known file (checked, wrong size, changed, absent) and any
     other checkpoint there. Checks nothing but sizes and the remembered sha256 (never hashes)."""
-    folder = Path(folder).expanduser() if folder is not None else default_models_dir()
+    given = folder is not None
+    folder = Path(folder).expanduser() if given else default_models_dir()
+    if folder.exists() and not folder.is_dir():
+        raise DownloadError(
+            f"the model store {folder} is not a folder: "
+            + ("give --dir a folder" if given else f"point ${MODELS_ENV} at one")
+        )
     verified = _read_verified(folder)
     lines = [f"model store: {folder}" + ("" if folder.is_dir() else " (does not exist yet)")]
     known = set()

@@ -108,6 +108,38 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optio
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     with _sigterm_interrupts():
         yield from _write_then_rename(path, tmp)
+    _remove_stale_temporaries(path)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of `path` that a writer killed outright (SIGKILL, a crash) left behind,
+    removed once `path` has been written again: those whose process is gone. POSIX only (there a
+    signal 0 asks whether a process exists; on Windows it would end the process)."""
+    if os.name != "posix":
+        return
+    prefix = f".{path.name}."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(path.parent):
+            parts = entry.name[len(prefix) : -len(".tmp")].split(".")
+            if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")) or len(parts) != 2:
+                continue
+            pid, token = parts
+            if not pid.isdigit() or len(token) != 8 or not all(c in "0123456789abcdef" for c in token):
+                continue  # not a name atomic_output makes
+            if int(pid) == os.getpid() or _process_exists(int(pid)):
+                continue  # a writer at work (this process's other threads included)
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process (or a pid this system cannot have: leave the file)
+    return True
 
 
 def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:

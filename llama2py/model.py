@@ -363,7 +363,8 @@ class Llama:
     ) -> RunResult:
         """Tell a story as llama2.c's run would: returns its text, token ids and tok/s.
         steps / max_new_tokens / stop as for stream(); with a stop string, text and tokens end
-        before it."""
+        before it. seed: 1..2**64-1 tells the same story every time; None or 0 takes the current
+        time in seconds, as run does."""
         with self._call():
             pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens, hold=False)
             text = "".join(self._text(pieces, n, stop, stats))

@@ -11,6 +11,8 @@ from .errors import PromptError, TokenizerError
 from .input_files import as_path, read_regular_file
 
 UNK, BOS, EOS = 0, 1, 2
+# The smallest vocabulary run's loop can use: it starts every prompt with BOS and stops at EOS.
+MIN_VOCAB = EOS + 1
 _BYTE_PIECE = re.compile(rb"^<0x([0-9A-Fa-f]{1,2})")
 
 
@@ -25,8 +27,11 @@ class Tokenizer:
 
         # a known name that is not here: the model store's copy
         self.path = path = in_store(path, "tokenizer") or as_path(path, "tokenizer")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
-            raise TokenizerError(f"tokenizer {path}: vocab_size must be a positive integer, got {vocab_size!r}")
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
+            raise TokenizerError(
+                f"tokenizer {path}: vocab_size must be an integer >= {MIN_VOCAB} (<unk>, BOS and EOS), "
+                f"got {vocab_size!r}"
+            )
         data = read_regular_file(
             path,
             "tokenizer",

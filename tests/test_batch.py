@@ -364,6 +364,9 @@ def test_errors(make_checkpoint):
         m.text_completion(["t1", "t2", "t3"])
     with pytest.raises(TypeError):
         m.text_completion("a single string")
+    for flat in (ok, np.array(ok)):  # one prompt not wrapped: it ran as len(ok) one-token prompts
+        with pytest.raises(TypeError, match="got a flat list of ids; for one prompt pass"):
+            m.generate(flat, 4)
 
 
 # -- text_completion and the CLI on the real stories260K -----------------------------------------

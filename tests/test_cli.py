@@ -2,11 +2,29 @@
 
 import numpy as np
 import pytest
-from conftest import HOST_DEVICES, REFERENCE_260K, SHAPES, assert_one_line_error, cli, model_file, require_device
+from conftest import (
+    HOST_DEVICES,
+    REFERENCE_260K,
+    SHAPES,
+    assert_one_line_error,
+    cli,
+    cpu_built,
+    model_file,
+    require_device,
+    write_tokenizer,
+)
 
 from llama2py.checkpoint import Config, random_weights, write_checkpoint
 
 REFERENCE = REFERENCE_260K + "\n"  # run prints a newline after the story
+
+
+def write_tokenizer_for(folder, vocab_size: int):
+    """A tokenizer file of vocab_size pieces (<unk>, BOS, EOS, then plain words) in folder."""
+    pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [f" w{i}".encode() for i in range(3, vocab_size)]
+    return write_tokenizer(folder / "tok.bin", pieces)
+
+
 EOS = 2
 
 
@@ -334,6 +352,57 @@ def test_flag_errors_exit_2(tmp_path, argv, needle):
     if r.stderr.startswith(("llama2py: error: argument", "llama2py synth: error: argument")):
         assert r.stderr.rstrip().endswith("--help)"), r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin"]
+
+
+def test_closed_stderr_keeps_stdout_the_story(tmp_path):
+    """`llama2py ... 2>&-`: sys.stderr is None, and print(file=None) writes to stdout: the tok/s
+    line went into a piped story. The messages are dropped instead."""
+    import os
+    import subprocess
+    import sys
+
+    ck = tmp_path / "m.bin"
+    write_checkpoint(ck, SHAPES["mha_shared"], random_weights(SHAPES["mha_shared"], 1), 0)
+    tok = write_tokenizer_for(tmp_path, SHAPES["mha_shared"].vocab_size)
+    argv = [sys.executable, "-m", "llama2py", str(ck), "-n", "4", "-s", "1", "-t", "0", "-z", str(tok)]
+    told = subprocess.run(argv, capture_output=True, timeout=120)
+    assert told.returncode == 0 and b"achieved tok/s" in told.stderr, told.stderr
+    closed = subprocess.run(argv, stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2), timeout=120)  # fmt: skip
+    assert closed.returncode == 0 and closed.stdout == told.stdout, closed.stdout
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_output_device_is_said_plainly(tmp_path):
+    """Standard output on a full device: one line saying so, not "[Errno 28] ..."."""
+    import subprocess
+    import sys
+
+    ck = tmp_path / "m.bin"
+    write_checkpoint(ck, SHAPES["mha_shared"], random_weights(SHAPES["mha_shared"], 1), 0)
+    tok = write_tokenizer_for(tmp_path, SHAPES["mha_shared"].vocab_size)
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "llama2py", str(ck), "-z", str(tok), "-n", "8"], stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "llama2py: error: cannot write the output: no space left on the device it goes to; free some or redirect it"
+    ], r.stderr
+
+
+def test_more_threads_than_cores_are_warned_about(tmp_path):
+    """--threads above the core count runs, but far slower: said once on stderr."""
+    import os
+
+    ck = tmp_path / "m.bin"
+    write_checkpoint(ck, SHAPES["mha_shared"], random_weights(SHAPES["mha_shared"], 1), 0)
+    tok = write_tokenizer_for(tmp_path, SHAPES["mha_shared"].vocab_size)
+    cores = os.cpu_count() or 1
+    common = (ck, "-z", tok, "-n", 3, "-t", 0, "--device", "numpy")  # the warning is the cpu backend's
+    assert "warning" not in cli(*common, "--threads", cores + 1, text=True).stderr
+    if not cpu_built():
+        pytest.skip("the cpu backend is not built")
+    r = cli(*common[:-1], "cpu", "--threads", cores + 1, text=True)
+    assert r.returncode == 0 and f"warning: --threads {cores + 1} on {cores} cores" in r.stderr, r.stderr
+    assert "warning" not in cli(*common[:-1], "cpu", "--threads", cores, text=True).stderr
 
 
 def test_closed_stdout_is_one_line(tmp_path):

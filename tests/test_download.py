@@ -718,3 +718,27 @@ def test_model_store_that_is_a_file(tmp_path):
     not_a_folder.write_bytes(b"")
     with pytest.raises(DownloadError, match="model store .* is not a folder"):
         download("stories260K", not_a_folder, url="http://127.0.0.1:9/none")
+
+
+def test_store_advice_names_only_what_the_command_has(tmp_path):
+    """A store that cannot be made: `llama2py download` may take --dir, the main command (which
+    reaches download through ensure_default_model) only $LLAMA2PY_MODELS."""
+    a_file = tmp_path / "file"
+    a_file.write_bytes(b"")
+    store = a_file / "store"  # under a file: no one can make it, root included
+    with pytest.raises(DownloadError, match=r"choose another with \$LLAMA2PY_MODELS or --dir"):
+        dl.download("stories260K", store, url="http://127.0.0.1:9/none")
+    with pytest.raises(DownloadError) as e:
+        dl.ensure_default_model(store, progress=False)
+    assert f"cannot create the model store {store}" in str(e.value) and "--dir" not in str(e.value), str(e.value)
+
+
+def test_list_of_a_store_that_is_a_file(tmp_path, monkeypatch):
+    """`download --list` said a store path that is a file "does not exist yet"."""
+    a_file = tmp_path / "store"
+    a_file.write_bytes(b"")
+    monkeypatch.setenv(dl.MODELS_ENV, str(a_file))
+    with pytest.raises(DownloadError, match=rf"model store {re.escape(str(a_file))} is not a folder: point \$"):
+        dl.list_store()
+    with pytest.raises(DownloadError, match="is not a folder: give --dir a folder"):
+        dl.list_store(a_file)

@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -492,10 +493,21 @@ def test_type_errors_do_not_dump_arrays(tmp_path):
         assert len(str(e.value)) < 200 and "array" not in str(e.value)
 
 
-def test_tokenizer_vocab_size_must_be_positive_int(stories260k):
-    for bad in (0, -3, 512.0, True):
-        with pytest.raises(TokenizerError, match="vocab_size must be a positive integer"):
+def test_tokenizer_vocab_size_must_be_an_int_of_at_least_3(stories260k):
+    for bad in (0, -3, 1, 2, 512.0, True):
+        with pytest.raises(TokenizerError, match=r"vocab_size must be an integer >= 3 \(<unk>, BOS and EOS\)"):
             Tokenizer(stories260k[1], bad)
+
+
+@pytest.mark.parametrize("vocab", [1, 2])
+def test_vocabulary_without_bos_and_eos_is_refused(tmp_path, vocab):
+    """A 1- or 2-token vocabulary was accepted (synth wrote one, the loader took it), then encoding
+    any prompt raised IndexError: run's loop needs BOS = 1 and EOS = 2."""
+    with pytest.raises(CheckpointError, match=f"vocab_size {vocab} is too small: run's loop needs at least 3"):
+        replace(SHAPES["mha_shared"], vocab_size=vocab).validate()
+    r = run_cli("synth", "--shape", "stories260K", "--vocab", vocab, tmp_path / "v.bin", text=True)
+    assert_one_line_error(r, f"vocab_size {vocab} is too small", rc=2)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoint_too_short_is_still_named(tmp_path):

@@ -217,6 +217,31 @@ def test_interrupted_quantize_leaves_nothing(tmp_path, monkeypatch, make_checkpo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide_v0_s0.bin"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="stale temporaries are found by pid on POSIX only")
+def test_atomic_output_removes_what_a_killed_writer_left(tmp_path):
+    """A writer killed outright (SIGKILL) cannot remove its temporary file; the next successful
+    write of the same target removes it when its process is gone, and nothing else."""
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)  # exited: (barring pid reuse in these milliseconds) no such process
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        target = tmp_path / "t.bin"
+        stale = tmp_path / f".t.bin.{dead_pid}.0123abcd.tmp"
+        working = tmp_path / f".t.bin.{live.pid}.0123abcd.tmp"  # a writer at work
+        other = tmp_path / f".u.bin.{dead_pid}.0123abcd.tmp"  # another target's
+        odd = tmp_path / f".t.bin.{dead_pid}.notmine.tmp"  # not a name atomic_output makes
+        for p in (stale, working, other, odd):
+            p.write_bytes(b"half")
+        with atomic_output(target) as f:
+            f.write(b"new")
+        assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (target, working, other, odd))
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_atomic_output_keeps_the_old_file_on_error(tmp_path):
     target = tmp_path / "t.bin"
     target.write_bytes(b"old")

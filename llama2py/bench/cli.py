@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..argtypes import float_in, int_at_least, model_shape_name
-from ..checkpoint import MODEL_SHAPES, WEIGHT_TYPES, checkpoint_bytes, model_shape
+from ..checkpoint import MODEL_SHAPES, WEIGHT_TYPES, checkpoint_bytes, load_checkpoint, model_shape
 from ..errors import Llama2pyError
 from ..files import check_output_path
 from ..threads import max_threads
@@ -273,12 +273,13 @@ def run(args) -> int:
 
     host = host_info()
     load = host["load_average"]
-    busy = load_warning(load)
-    if busy:  # the warning names the load itself
-        print(f"llama2py bench: warning: {busy}", file=sys.stderr, flush=True)
-    elif not args.quiet:
-        print(f"bench: load average {'-' if load is None else f'{load:.2f}'}", file=sys.stderr)
     with _checkpoint_path(args) as path:
+        load_checkpoint(path)  # a file that is no checkpoint: its error alone, before the load's warning
+        busy = load_warning(load)
+        if busy:  # the warning names the load itself
+            print(f"llama2py bench: warning: {busy}", file=sys.stderr, flush=True)
+        elif not args.quiet:
+            print(f"bench: load average {'-' if load is None else f'{load:.2f}'}", file=sys.stderr)
         report = bench(path, settings, progress=progress, raise_errors=getattr(args, "debug", False), host=host)
         if args.shape:  # the temporary file is deleted below: the report names the shape instead
             report["checkpoint"].update(path=None, shape=args.shape)
