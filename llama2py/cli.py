@@ -178,10 +178,10 @@ def _report_device(model, args) -> None:
     """Quiet by default: a cuda model's notes, or one short line where a GPU was expected and is not
     usable; with --verbose the device, why, threads, load time and the checkpoint and tokenizer files."""
     verbose = getattr(args, "verbose", False)
-    cores = os.cpu_count() or 1
-    if args.threads and args.threads > cores and model.device == "cpu":
+    cores, threads = os.cpu_count() or 1, getattr(args, "threads", None)
+    if threads and threads > cores and model.device == "cpu":
         print(
-            f"llama2py: warning: --threads {args.threads} on {cores} cores: a thread without a core of its "
+            f"llama2py: warning: --threads {threads} on {cores} cores: a thread without a core of its "
             f"own holds the others up at every layer; expect it far slower than --threads {cores} or the default",
             file=sys.stderr,
         )

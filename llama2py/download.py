@@ -361,7 +361,7 @@ class _Progress:
             self._draw("\n")
 
 
-def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool, choose: str) -> None:
+def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool, choose: str = STORE_CHOICES) -> None:
     """Stream url into part, resuming what part already holds. Verifies nothing."""
     offset = part.stat().st_size if part.exists() else 0
     if entry.size is not None and offset > entry.size:  # not a prefix of this file: start over
@@ -457,7 +457,7 @@ def _content_range_start(value: Optional[str]) -> Optional[int]:
 
 
 @contextlib.contextmanager
-def _lock(dest: Path, progress: bool, choose: str) -> Iterator[None]:
+def _lock(dest: Path, progress: bool, choose: str = STORE_CHOICES) -> Iterator[None]:
     """Hold DEST.lock exclusively: a second process downloading the same file waits here (and then
     finds it in place) instead of writing the same .part. fcntl.flock on POSIX, msvcrt.locking on
     Windows; where neither works (some network filesystems) the download runs unlocked. On POSIX the
