@@ -105,6 +105,28 @@ def test_sample_topp_flat_with_ties_matches_sampler(top_p):
     assert int(state[0]) == sampler.rng.state
 
 
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.9999999])
+def test_sample_topp_nucleus_ending_inside_a_large_group_matches_sampler(top_p):
+    """The sort of many candidates goes group by group (probabilities of one exponent range) and
+    stops at the group where the sum passes top_p: nuclei that end inside a group of thousands of
+    (tied or jittered) candidates, or never pass top_p (0.9999999: every candidate), draw the spec
+    sampler's ids."""
+    rng = np.random.default_rng(11)
+    sampler = Sampler(1.0, top_p, seed=5)
+    state = np.array([5], np.uint64)
+    for i in range(24):
+        logits = np.full(32000, -20.0, np.float32)
+        ids = rng.permutation(32000)
+        logits[ids[:300]] = 0.0  # a group of 300 ties: ~30% of the mass
+        logits[ids[300:5300]] = -2.0  # 5,000 ties: the rest of the nucleus
+        if i % 2:  # jitter: distinct values within each group, some still tied
+            logits += np.round(rng.normal(0.0, 0.05, 32000), 2).astype(np.float32)
+        got = _cpu.sample(logits, 1.0, top_p, state)
+        want = sampler.sample(logits)
+        assert got == want, f"draw {i}: cpu sampled {got}, spec sampler {want}"
+    assert int(state[0]) == sampler.rng.state
+
+
 def test_kernels_reject_bad_arguments():
     w = np.zeros((4, 8), np.float32)
     with pytest.raises(ValueError, match="shape"):

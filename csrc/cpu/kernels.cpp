@@ -254,48 +254,76 @@ int sample_mult(const float* probs, int n, float coin) {
     return n - 1;
 }
 
+namespace {
+// The sort key of a probability for descending order: non-negative floats order like their bit
+// patterns, so the complemented bits order descending; a stable sort keeps ties in index order.
+inline uint32_t descending_key(const float* probs, int id) {
+    uint32_t key;
+    std::memcpy(&key, probs + id, 4);
+    return ~key;
+}
+
+// One stable counting pass of an LSD radix sort: src (m,) -> dst (m,) by the key's byte at shift.
+void radix_pass(const float* probs, const int* src, int* dst, int m, int shift) {
+    int count[257] = {0};
+    for (int i = 0; i < m; ++i) ++count[(descending_key(probs, src[i]) >> shift & 0xff) + 1];
+    for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
+    for (int i = 0; i < m; ++i) dst[count[descending_key(probs, src[i]) >> shift & 0xff]++] = src[i];
+}
+}  // namespace
+
 int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, float* cand) {
     const float cutoff = (1.0f - top_p) / (float)(n - 1);
     const int m = kernels().at_least(idx, probs, n, cutoff);
     if (m == 0) return argmax(probs, n);  // only possible for top_p < 1/n; keep it defined
-    // descending probability, ties in index order
-    if (m <= 256) {
-        std::sort(idx, idx + m,
-                  [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); });
-    } else {
-        // Many candidates (flat distributions): the same order by a stable LSD radix sort of the
-        // probabilities' bits (non-negative floats order like their bit patterns; complemented for
-        // descending order; stability keeps ties in index order). idx arrives in index order.
-        // cand (n floats) doubles as the second buffer of ids: the sort is done before cand is used.
-        static_assert(sizeof(float) == sizeof(int), "cand doubles as an int buffer");
-        int* buf = reinterpret_cast<int*>(cand);
-        int* src = idx;
-        int* dst = buf;
-        for (int shift = 0; shift < 32; shift += 8) {
-            int count[257] = {0};
-            for (int i = 0; i < m; ++i) {
-                uint32_t key;
-                std::memcpy(&key, probs + src[i], 4);
-                ++count[((~key) >> shift & 0xff) + 1];
-            }
-            for (int b = 0; b < 256; ++b) count[b + 1] += count[b];
-            for (int i = 0; i < m; ++i) {
-                uint32_t key;
-                std::memcpy(&key, probs + src[i], 4);
-                dst[count[(~key) >> shift & 0xff]++] = src[i];
-            }
-            std::swap(src, dst);
-        }
-        // 4 passes: the sorted ids are back in idx
-    }
+    // The candidates in descending probability, ties in index order (idx arrives in index order),
+    // summed in that order until the sum passes top_p: only that prefix of the order is needed.
+    const auto before = [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); };
     float cum = 0.f;
     int last = m - 1;
-    for (int i = 0; i < m; ++i) {
-        cum += probs[idx[i]];
-        cand[i] = cum;
-        if (cum > top_p) {
-            last = i;
-            break;
+    const auto sum_until_top_p = [&](int lo, int hi) {  // cand[i] = the sum through idx[i]; true once past top_p
+        for (int i = lo; i < hi; ++i) {
+            cum += probs[idx[i]];
+            cand[i] = cum;
+            if (cum > top_p) {
+                last = i;
+                return true;
+            }
+        }
+        return false;
+    };
+    if (m <= 256) {
+        std::sort(idx, idx + m, before);
+        sum_until_top_p(0, m);
+    } else {
+        // Many candidates (flat distributions): grouped by the key's top byte (the exponent: each
+        // group a range of probabilities, the groups in descending order) with one stable pass, then
+        // each group sorted by the other three bytes only until the sum passes top_p, which the
+        // first groups' few large probabilities usually do: the same order and sums as sorting all.
+        // cand (n floats) doubles as the ids' second buffer: group g's ids are sorted into idx
+        // before cand's entries of that group are written.
+        static_assert(sizeof(float) == sizeof(int), "cand doubles as an int buffer");
+        int* grouped = reinterpret_cast<int*>(cand);
+        int start[257] = {0};
+        for (int i = 0; i < m; ++i) ++start[(descending_key(probs, idx[i]) >> 24) + 1];
+        for (int b = 0; b < 256; ++b) start[b + 1] += start[b];
+        {
+            int at[256];
+            std::memcpy(at, start, sizeof(at));
+            for (int i = 0; i < m; ++i) grouped[at[descending_key(probs, idx[i]) >> 24]++] = idx[i];
+        }
+        for (int g = 0; g < 256; ++g) {
+            const int lo = start[g], k = start[g + 1] - start[g];
+            if (k == 0) continue;
+            if (k <= 256) {
+                std::copy(grouped + lo, grouped + lo + k, idx + lo);
+                std::sort(idx + lo, idx + lo + k, before);
+            } else {  // three stable passes, grouped -> idx -> grouped -> idx
+                radix_pass(probs, grouped + lo, idx + lo, k, 0);
+                radix_pass(probs, idx + lo, grouped + lo, k, 8);
+                radix_pass(probs, grouped + lo, idx + lo, k, 16);
+            }
+            if (sum_until_top_p(lo, lo + k)) break;
         }
     }
     const float r = coin * cand[last];
