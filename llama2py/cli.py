@@ -25,7 +25,7 @@ from .argtypes import float_in, int_at_least, temperature
 from .checkpoint import WEIGHT_TYPES
 from .errors import Llama2pyError, UsageError
 from .sampler import SEED_BITS, SEED_MAX, nth_seed
-from .threads import max_threads
+from .threads import max_threads, usable_cores
 
 # subcommand -> (module, help); each module has add_arguments(parser) and run(args) -> int
 SUBCOMMANDS = {
@@ -178,10 +178,10 @@ def _report_device(model, args) -> None:
     """Quiet by default: a cuda model's notes, or one short line where a GPU was expected and is not
     usable; with --verbose the device, why, threads, load time and the checkpoint and tokenizer files."""
     verbose = getattr(args, "verbose", False)
-    cores, threads = os.cpu_count() or 1, getattr(args, "threads", None)
+    cores, threads = usable_cores(), getattr(args, "threads", None)
     if threads and threads > cores and model.device == "cpu":
         print(
-            f"llama2py: warning: --threads {threads} on {cores} cores: a thread without a core of its "
+            f"llama2py: warning: --threads {threads} on {cores} core{'s' * (cores > 1)}: a thread without a core of its "
             f"own holds the others up at every layer; expect it far slower than --threads {cores} or the default",
             file=sys.stderr,
         )

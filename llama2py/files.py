@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -25,6 +26,11 @@ from typing import BinaryIO, Callable, Optional, Union
 
 from .argtypes import int_at_least
 from .errors import OutputError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, no cleanup of stale temporaries
+    fcntl = None
 
 PathLike = Union[str, os.PathLike]
 
@@ -111,38 +117,37 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optio
     _remove_stale_temporaries(path)
 
 
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9]{1,10}\.[0-9a-f]{8}\.tmp")  # atomic_output's names
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     """Temporary files of `path` that a writer killed outright (SIGKILL, a crash) left behind,
-    removed once `path` has been written again: those whose process is gone. POSIX only (there a
-    signal 0 asks whether a process exists; on Windows it would end the process)."""
-    if os.name != "posix":
+    removed once `path` has been written again. A writer holds an exclusive flock on its file until
+    the rename, and the kernel drops it when the writer dies: a file whose lock can be taken has no
+    writer (a process in another PID namespace or, through NFS's locks, on another host included).
+    Best effort, and only where flock exists (POSIX)."""
+    if fcntl is None:
         return
-    prefix = f".{path.name}."
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
-            parts = entry.name[len(prefix) : -len(".tmp")].split(".")
-            if not (entry.name.startswith(prefix) and entry.name.endswith(".tmp")) or len(parts) != 2:
+            match = _TEMPORARY.fullmatch(entry.name)
+            if not match or match["name"] != path.name:
                 continue
-            pid, token = parts
-            if not pid.isdigit() or len(token) != 8 or not all(c in "0123456789abcdef" for c in token):
-                continue  # not a name atomic_output makes
-            if int(pid) == os.getpid() or _process_exists(int(pid)):
-                continue  # a writer at work (this process's other threads included)
-            with contextlib.suppress(OSError):
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except OSError:  # (a link by that name: not one of ours)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a writer at work
                 os.unlink(entry.path)
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # another user's process (or a pid this system cannot have: leave the file)
-    return True
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
+    lock = -1
     try:
         try:
             fd = _create_exclusive(tmp)
@@ -152,6 +157,10 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
             raise OutputError(
                 f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder"
             )
+        if fcntl is not None:  # held until the rename: _remove_stale_temporaries leaves the file alone
+            lock = os.dup(fd)
+            with contextlib.suppress(OSError):
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f
@@ -172,6 +181,9 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    finally:
+        if lock >= 0:
+            os.close(lock)
     with contextlib.suppress(OSError):  # make the rename itself durable (not possible everywhere)
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:

@@ -22,6 +22,15 @@ def set_thread_wait_defaults() -> None:
         os.environ.setdefault(name, value)
 
 
+def usable_cores() -> int:
+    """The logical cores this process may run on: its CPU affinity (taskset, a container's cpuset),
+    which is also what OpenMP's default team counts; the machine's count where there is none."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
 def max_threads() -> int:
     """The most CPU threads a model may ask for: each gets its own buffers, so absurd counts would
     exhaust memory without speeding anything up (the default uses at most every core)."""

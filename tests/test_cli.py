@@ -390,10 +390,12 @@ def test_more_threads_than_cores_are_warned_about(tmp_path):
     """--threads above the core count runs, but far slower: said once on stderr."""
     import os
 
+    from llama2py.threads import usable_cores
+
     ck = tmp_path / "m.bin"
     write_checkpoint(ck, SHAPES["mha_shared"], random_weights(SHAPES["mha_shared"], 1), 0)
     tok = write_tokenizer_for(tmp_path, SHAPES["mha_shared"].vocab_size)
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     common = (ck, "-z", tok, "-n", 3, "-t", 0, "--device", "numpy")  # the warning is the cpu backend's
     assert "warning" not in cli(*common, "--threads", cores + 1, text=True).stderr
     if not cpu_built():
@@ -401,6 +403,14 @@ def test_more_threads_than_cores_are_warned_about(tmp_path):
     r = cli(*common[:-1], "cpu", "--threads", cores + 1, text=True)
     assert r.returncode == 0 and f"warning: --threads {cores + 1} on {cores} cores" in r.stderr, r.stderr
     assert "warning" not in cli(*common[:-1], "cpu", "--threads", cores, text=True).stderr
+    if hasattr(os, "sched_setaffinity"):  # a cpuset (taskset, a container): the cores it allows count
+        import subprocess
+        import sys
+
+        one = sorted(os.sched_getaffinity(0))[:1]
+        argv = [sys.executable, "-m", "llama2py", *map(str, common[:-1]), "cpu", "--threads", "2"]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120, preexec_fn=lambda: os.sched_setaffinity(0, one))  # fmt: skip
+        assert r.returncode == 0 and "warning: --threads 2 on 1 core:" in r.stderr, r.stderr
 
 
 def test_closed_stdout_is_one_line(tmp_path):

@@ -217,29 +217,33 @@ def test_interrupted_quantize_leaves_nothing(tmp_path, monkeypatch, make_checkpo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["wide_v0_s0.bin"]
 
 
-@pytest.mark.skipif(os.name != "posix", reason="stale temporaries are found by pid on POSIX only")
+@pytest.mark.skipif(os.name != "posix", reason="stale temporaries are told by flock, POSIX only")
 def test_atomic_output_removes_what_a_killed_writer_left(tmp_path):
     """A writer killed outright (SIGKILL) cannot remove its temporary file; the next successful
-    write of the same target removes it when its process is gone, and nothing else."""
-    import sys
+    write of the same target removes it. A writer at work holds a lock on its file (whatever its
+    pid: another PID namespace or host): kept; so are other targets' files and other names."""
+    import fcntl
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_pid = int(gone.stdout)  # exited: (barring pid reuse in these milliseconds) no such process
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        target = tmp_path / "t.bin"
-        stale = tmp_path / f".t.bin.{dead_pid}.0123abcd.tmp"
-        working = tmp_path / f".t.bin.{live.pid}.0123abcd.tmp"  # a writer at work
-        other = tmp_path / f".u.bin.{dead_pid}.0123abcd.tmp"  # another target's
-        odd = tmp_path / f".t.bin.{dead_pid}.notmine.tmp"  # not a name atomic_output makes
-        for p in (stale, working, other, odd):
-            p.write_bytes(b"half")
+    target = tmp_path / "t.bin"
+    stale = tmp_path / ".t.bin.4242.0123abcd.tmp"  # no lock: its writer is gone
+    working = tmp_path / ".t.bin.12.89abcdef.tmp"
+    other = tmp_path / ".u.bin.4242.0123abcd.tmp"  # another target's
+    odd = [tmp_path / n for n in (".t.bin.4242.notmine.tmp", ".t.bin.\u00b2.0123abcd.tmp", ".t.bin.tmp")]
+    for p in (stale, working, other, *odd):
+        p.write_bytes(b"half")
+    (tmp_path / ".t.bin.7.76543210.tmp").symlink_to(other)  # a link by that name: not followed
+    with open(working, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
         with atomic_output(target) as f:
             f.write(b"new")
-        assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (target, working, other, odd))
-    finally:
-        live.kill()
-        live.wait()
+            # the writer's own temporary is locked meanwhile: a second writer's cleanup keeps it
+            with atomic_output(tmp_path / "t.bin") as g:
+                g.write(b"newer")
+            ours = [n for n in os.listdir(tmp_path) if n.startswith(f".t.bin.{os.getpid()}.")]
+            assert len(ours) == 1, ours  # the outer writer's, still there for its rename
+        names = sorted(os.listdir(tmp_path))
+    assert names == sorted([target.name, working.name, other.name, ".t.bin.7.76543210.tmp", *(p.name for p in odd)])
+    assert target.read_bytes() == b"new" and other.read_bytes() == b"half"
 
 
 def test_atomic_output_keeps_the_old_file_on_error(tmp_path):

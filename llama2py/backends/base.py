@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Callable, Optional
@@ -31,6 +30,7 @@ import numpy as np
 from ..checkpoint import Config, Weights
 from ..errors import CLOSED, Llama2pyError, NonFiniteError, ResourceError
 from ..sampler import SEED_MAX
+from ..threads import usable_cores
 
 PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
 LOGITS_MODES = ("last", "all", "none")
@@ -376,7 +376,7 @@ def buffer_bytes(config: Config, max_batch: int, threads: Optional[int]) -> int:
     """Activation and sampling buffers of a host backend, generously: rows = max(max_batch, 64)
     (prefill chunks), per-thread attention scores and per-slot sampling scratch (vocab floats x3)."""
     c = config
-    n_threads = threads or os.cpu_count() or 1
+    n_threads = threads or usable_cores()  # OpenMP's default team
     rows = max(max_batch, 64)
     per_row = 4 * (8 * c.dim + 2 * c.kv_dim + 2 * c.hidden_dim + c.vocab_size)
     return (
