@@ -96,6 +96,8 @@ def check_batch(
     return the prompts as lists of Python ints (ids are integers: floats and bools are refused)."""
     if isinstance(prompt_tokens, (str, bytes)) or not hasattr(prompt_tokens, "__len__"):
         raise TypeError("prompts must be a list of token-id lists; encode text with the tokenizer first")
+    if isinstance(prompt_tokens, (dict, set, frozenset)):  # no order, or keys for prompts
+        raise TypeError(f"prompts must be a list of token-id lists, got a {type(prompt_tokens).__name__}")
     n = len(prompt_tokens)
     if n == 0:
         raise PromptError("no prompts given: a batch needs at least one prompt")

@@ -288,6 +288,8 @@ class Llama:
         steps = DEFAULT_STEPS if steps is None else steps
         seed = resolve_seed(seed)
         tokens = encode_prompt(self.tokenizer, prompt, self.config.seq_len)
+        if stats is not None and not isinstance(stats, RunStats):
+            raise TypeError(f"stats must be a RunStats (or None), got {type(stats).__name__}")
         stats = stats if stats is not None else RunStats()
         if max_new_tokens is not None:
             # run feeds positions 0..steps-1 and the prompt's last one predicts the first new token
@@ -402,6 +404,8 @@ class Llama:
         backend = self._backend()
         stops = check_stops(stop)
         base = resolve_seed(seed)
+        if stats is not None and not isinstance(stats, batch.BatchStats):
+            raise TypeError(f"stats must be a BatchStats (or None), got {type(stats).__name__}")
         if isinstance(prompt_tokens, (str, bytes)) or not hasattr(prompt_tokens, "__len__"):
             raise TypeError("generate takes a list of token-id lists; encode text with m.tokenizer.encode")
         prompts = prompt_tokens  # batch.generate checks them, max_gen_len, temperature and top_p (once)
@@ -449,8 +453,10 @@ class Llama:
         them (see generate); the generation ends exactly where the stop string starts, the tokens
         at the last token wholly before it, so a token straddling that start leaves its first
         characters in the generation only ("".join(tokens) is then a prefix of it)."""
-        if isinstance(prompts, str):
+        if isinstance(prompts, (str, bytes)):
             raise TypeError("text_completion takes a list of prompts; wrap a single prompt in [ ]")
+        if not isinstance(prompts, (list, tuple)):
+            raise TypeError(f"text_completion takes a list of prompts (str), got {type(prompts).__name__}")
         if max_gen_len is None:
             max_gen_len = self.config.seq_len - 1
         prompt_tokens = [
@@ -508,7 +514,11 @@ class Llama:
         Batched, seeded and stopped as text_completion."""
         from .generate import UNSAFE_ERROR, dialog_tokens, has_special_tags
 
-        if isinstance(dialogs, dict) or (dialogs and isinstance(dialogs[0], dict)):
+        if not isinstance(dialogs, (list, tuple)):
+            raise TypeError(
+                f"chat_completion takes a list of dialogs (lists of messages), got {type(dialogs).__name__}"
+            )
+        if dialogs and isinstance(dialogs[0], dict):
             raise TypeError("chat_completion takes a list of dialogs; wrap a single dialog in [ ]")
         if max_gen_len is None:
             max_gen_len = self.config.seq_len - 1

@@ -21,6 +21,8 @@ def check_stops(stop: Union[str, Iterable[str], None]) -> tuple[str, ...]:
     """The stop strings as a tuple; a lone string is one stop string. Empty strings are an error."""
     if stop is None:
         return ()
+    if isinstance(stop, (bytes, bytearray)) or not isinstance(stop, (str, Iterable)):
+        raise TypeError(f"stop must be a str or a list of str, got {type(stop).__name__}")
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
     for s in stops:
         if not isinstance(s, str) or not s:

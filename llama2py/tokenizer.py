@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import numbers
 import os
 import re
 import struct
@@ -27,11 +28,14 @@ class Tokenizer:
 
         # a known name that is not here: the model store's copy
         self.path = path = in_store(path, "tokenizer") or as_path(path, "tokenizer")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral):
+            raise TypeError(f"tokenizer {path}: vocab_size must be an integer, got {vocab_size!r}")
+        if vocab_size < MIN_VOCAB:
             raise TokenizerError(
                 f"tokenizer {path}: vocab_size must be an integer >= {MIN_VOCAB} (<unk>, BOS and EOS), "
                 f"got {vocab_size!r}"
             )
+        vocab_size = int(vocab_size)
         data = read_regular_file(
             path,
             "tokenizer",

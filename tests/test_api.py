@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import HOST_DEVICES, require_device
 
@@ -486,3 +487,40 @@ def test_a_known_model_name_gets_its_own_download_hint(tmp_path, monkeypatch):
             load_checkpoint(given)
     with pytest.raises(CheckpointError, match=r"mine.bin: no such file \(give the path of a llama2.c .bin; `llama2py"):
         load_checkpoint("mine.bin")  # no download to suggest
+
+
+def test_wrong_argument_types_are_named(stories260k):
+    """An API audit's cases: each wrong type is a TypeError or ValueError naming the argument (was:
+    'NoneType' object is not iterable, 'int' object has no attribute 'batch_size', OverflowError,
+    numpy's internal words, a message calling a dict of prompts a flat list)."""
+    from llama2py.batch import BatchStats
+    from llama2py.generate import RunStats
+    from llama2py.tokenizer import Tokenizer
+
+    ckpt, tok = stories260k
+    m = Llama.load(ckpt, tok, device="numpy", max_batch_size=2)
+    ids = m.tokenizer.encode("Once")
+    cases = [
+        (lambda: m.text_completion(None), TypeError, "text_completion takes a list of prompts \\(str\\), got NoneType"),
+        (lambda: m.text_completion(5), TypeError, "got int"),
+        (lambda: m.text_completion(b"Once"), TypeError, "wrap a single prompt in"),
+        (lambda: m.chat_completion(None), TypeError, "chat_completion takes a list of dialogs"),
+        (lambda: m.chat_completion(d for d in []), TypeError, "got generator"),
+        (lambda: m.run("a", stop=5), TypeError, "stop must be a str or a list of str, got int"),
+        (lambda: m.run("a", stop=b"x"), TypeError, "got bytes"),
+        (lambda: m.run("a", temperature=10**400), ValueError, "temperature must be a finite number"),
+        (lambda: m.run("a", top_p=-(10**400)), ValueError, "top_p must be a finite number"),
+        (lambda: m.stream_bytes("a", stats=5), TypeError, "stats must be a RunStats"),
+        (lambda: m.generate([ids], 3, stats=RunStats()), TypeError, "stats must be a BatchStats"),
+        (lambda: m.generate({0: ids}, 3), TypeError, "got a dict"),
+        (lambda: m.generate({1, 2}, 3), TypeError, "got a set"),
+        (lambda: m.generate([[1, [2]]], 3), PromptError, "unequal nesting \\(the vocabulary"),
+        (lambda: Tokenizer(tok, None), TypeError, "vocab_size must be an integer, got None"),
+    ]
+    for call, kind, needle in cases:
+        with pytest.raises(kind, match=needle):
+            call()
+    assert Tokenizer(tok, np.int64(512)).vocab_size == 512  # numpy's integers, as everywhere else
+    stats = BatchStats()
+    m.generate([ids], 2, stats=stats, seed=1)  # the right types still pass
+    m.close()

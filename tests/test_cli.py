@@ -250,8 +250,12 @@ def test_error_absurd_thread_count(stories260k, threads):
         rc=2,
     )
     ck = load_checkpoint(stories260k[0])
-    with pytest.raises(ValueError, match=f"threads={threads} is far more than"):
+    with pytest.raises(ValueError, match=f"threads={threads} is more than this machine can use: at most"):
         CpuBackend(ck.config, ck.weights, threads=np.int64(threads))
+    from llama2py.backends.numpy_backend import NumpyBackend  # every backend, the same check
+
+    with pytest.raises(ValueError, match=f"threads={threads} is more than this machine can use"):
+        NumpyBackend(ck.config, ck.weights, threads=int(threads))
 
 
 def test_prompt_bytes_that_are_not_utf8(stories260k):

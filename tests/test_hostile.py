@@ -494,8 +494,11 @@ def test_type_errors_do_not_dump_arrays(tmp_path):
 
 
 def test_tokenizer_vocab_size_must_be_an_int_of_at_least_3(stories260k):
-    for bad in (0, -3, 1, 2, 512.0, True):
+    for bad in (0, -3, 1, 2):
         with pytest.raises(TokenizerError, match=r"vocab_size must be an integer >= 3 \(<unk>, BOS and EOS\)"):
+            Tokenizer(stories260k[1], bad)
+    for bad in (512.0, True, None, "512"):
+        with pytest.raises(TypeError, match="vocab_size must be an integer, got"):
             Tokenizer(stories260k[1], bad)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from ..checkpoint import Config, Weights
 from ..errors import CLOSED, Llama2pyError, NonFiniteError, ResourceError
 from ..sampler import SEED_MAX
-from ..threads import usable_cores
+from ..threads import max_threads, usable_cores
 
 PROFILE_KEYS = ("embedding", "rmsnorm", "matmul", "rope", "attention", "swiglu", "residual", "classifier", "sampling")
 LOGITS_MODES = ("last", "all", "none")
@@ -48,7 +48,7 @@ class Backend(ABC):
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
         max_batch = check_int("max_batch", max_batch, 1)
         if threads is not None:
-            threads = check_int("threads", threads, 1)
+            threads = check_threads(threads)
         self.config = config
         self.max_batch = max_batch
         self.threads = threads
@@ -295,8 +295,8 @@ def as_token_ids(tokens, vocab_size: int, what: str = "token ids") -> np.ndarray
         raise TypeError(f"{what} must be integer token ids, got None")
     try:
         a = np.asarray(tokens)
-    except ValueError as e:  # ragged nesting
-        raise ValueError(f"{what} must be a rectangular array of integer ids ({e})") from None
+    except ValueError:  # ragged nesting (numpy's own words name its internals)
+        raise ValueError(f"{what} must be a rectangular array of integer ids, got lists of unequal nesting") from None
     if a.dtype == np.bool_ or a.dtype.kind not in "iu":
         if a.dtype == object or a.size:
             raise ValueError(
@@ -331,6 +331,18 @@ def _describe_values(a: np.ndarray) -> str:
     return f"dtype {a.dtype} (e.g. {a.reshape(-1)[0]!r})"
 
 
+def check_threads(threads) -> int:
+    """A thread count every backend takes: 1..max_threads() (each thread gets its own buffers, so
+    an absurd count would only exhaust memory; checked before the memory check blames the context)."""
+    threads = check_int("threads", threads, 1)
+    if threads > max_threads():
+        raise ValueError(
+            f"threads={threads} is more than this machine can use: at most {max_threads()} here "
+            f"({usable_cores()} usable cores; the default uses every one)"
+        )
+    return threads
+
+
 def check_sampling(temperature, top_p) -> tuple[float, float]:
     """temperature >= 0 and top_p in [0, 1], finite, as the float32 values the kernels use.
 
@@ -357,7 +369,10 @@ def check_sampling(temperature, top_p) -> tuple[float, float]:
 def _real(name: str, value) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond any float
+        raise ValueError(f"{name} must be a finite number, got an integer of {int(value).bit_length()} bits") from None
 
 
 def non_finite_error(pos: int, temperature: float) -> NonFiniteError:

@@ -20,15 +20,14 @@ one-sequence decode steps.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
 
 from ..checkpoint import Config, QuantizedTensor, Weights, file_backed, release_pages
-from ..threads import max_threads, set_thread_wait_defaults
-from .base import PROFILE_KEYS, Backend, check_int
+from ..threads import set_thread_wait_defaults
+from .base import PROFILE_KEYS, Backend, check_threads
 
 
 def _load_extension():
@@ -68,12 +67,7 @@ class CpuBackend(Backend):
 
     def __init__(self, config: Config, weights: Weights, max_batch: int = 1, threads: Optional[int] = None):
         if threads is not None:  # before the memory check, which would blame the context instead
-            threads = check_int("threads", threads, 1)
-            if threads > max_threads():
-                raise ValueError(
-                    f"threads={threads} is far more than the {os.cpu_count() or 1} cores here; "
-                    f"use at most {max_threads()} (the default uses at most every core)"
-                )
+            threads = check_threads(threads)
         ext = _load_extension()
         c = config
         # what the Model adds to the weights (a packed int8 copy, the greedy sketch): the memory
