@@ -27,9 +27,11 @@ def run(args: argparse.Namespace) -> int:
     # the level the cpu backend runs here (LLAMA2PY_ISA may force a lower one), and what its Model
     # adds to weights of this file there
     print(f"cpu kernels: {isa_label(ext.isa(), ext.isa_levels()[-1])}; this CPU supports {', '.join(ext.isa_levels())}")
-    packed, sketch = extra_bytes(ext, ck.config, ck.group_size)
+    packed, sketch, copy = extra_bytes(ext, ck.config, ck.group_size)
     if packed:
         print(f"cpu int8:    products packed for VNNI at load: +{packed:,} bytes")
     if sketch:
         print(f"cpu greedy:  int8 sketch of the classifier for greedy steps: +{sketch:,} bytes")
+    if copy:
+        print(f"cpu float32: matrices copied onto huge pages at load (the file's pages then leave): +{copy:,} bytes")
     return 0

@@ -584,3 +584,43 @@ def test_thread_wait_policy_set_before_libgomp_loads(env, want):
         env=dict(base, PYTHONPATH=str(root), **env),
     )
     assert r.returncode == 0 and r.stdout.decode().split() == [want, "False", "True"], (r.stdout, r.stderr[-500:])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_streamed_float32_weights_on_huge_pages_give_the_same_bits(make_checkpoint, monkeypatch, shared):
+    """A float32 model too big for the caches (here 20-28 MB: over STREAM_BYTES) reads a copy of its
+    matrices on transparent huge pages, counted in the memory check, where the copy fits twice in
+    the available memory; its logits and draws are bitwise those of reading the file's mapping,
+    for a shared and an unshared classifier. No copy for a model that fits the caches."""
+    import llama2py._cpu as ext
+
+    import llama2py.backends.cpu as cpu_backend
+    from llama2py.backends.cpu import CpuBackend
+    from llama2py.checkpoint import Config, load_checkpoint
+
+    config = Config(dim=128, hidden_dim=352, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40000, seq_len=32,
+                    shared_classifier=shared)  # fmt: skip
+    shape = (config.dim, config.hidden_dim, config.n_layers, config.n_heads, config.n_kv_heads, config.vocab_size)
+    copy = ext.float_copy_bytes(*shape, shared)
+    if copy == 0:
+        pytest.skip("no transparent huge pages here (not Linux, or THP set to never): no copy is made")
+    kv = config.kv_dim
+    per_layer = 2 * config.dim * config.dim + 2 * kv * config.dim + 3 * config.hidden_dim * config.dim
+    embeddings = 1 if shared else 2
+    assert copy == 4 * (config.n_layers * per_layer + embeddings * config.vocab_size * config.dim)
+    assert ext.float_copy_bytes(64, 172, 5, 8, 4, 512, True) == 0  # stories260K fits the caches
+    ck = load_checkpoint(make_checkpoint(config, 0, 3))
+    tokens = np.random.default_rng(1).integers(0, config.vocab_size, (2, 6)).astype(np.int32)
+    copied = CpuBackend(config, ck.weights, 2, threads=2)
+    assert copied.host_bytes(config, 2, None)["float32 weights on huge pages"] == copy
+    assert copied.memory_bytes() >= ck.weights.nbytes(shared) + copy
+    monkeypatch.setattr(cpu_backend, "available_memory", lambda: 2 * copy - 1)  # no room for it twice
+    mapped = CpuBackend(config, ck.weights, 2, threads=2)
+    assert "float32 weights on huge pages" not in mapped.host_bytes(config, 2, None)
+    a, b = copied.prefill(tokens, 0, "all"), mapped.prefill(tokens, 0, "all")
+    assert np.array_equal(a, b), f"worst difference {np.abs(a - b).max():.3g}"
+    for backend in (copied, mapped):
+        backend.set_seeds([5, 6])
+    for pos in range(6, 10):
+        (na, _), (nb, _) = copied.step(tokens[:, -1], pos, 1.0, 0.9), mapped.step(tokens[:, -1], pos, 1.0, 0.9)
+        assert np.array_equal(na, nb), f"pos {pos}: {na} vs {nb}"

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -18,6 +19,23 @@
 #endif
 
 namespace l2p {
+
+// Whether madvise(MADV_HUGEPAGE) can give transparent huge pages here (Linux, THP not "never").
+inline bool huge_pages_available() {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    static const bool on = [] {
+        char buf[128] = {0};
+        FILE* f = std::fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+        if (!f) return false;
+        const size_t got = std::fread(buf, 1, sizeof(buf) - 1, f);
+        std::fclose(f);
+        return got > 0 && std::strstr(buf, "[never]") == nullptr;
+    }();
+    return on;
+#else
+    return false;
+#endif
+}
 
 template <typename T>
 class HugeArray {

@@ -18,7 +18,8 @@
 
 namespace l2p {
 
-ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads, long sketch_min_vocab)
+ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, int n_threads, long sketch_min_vocab,
+                     bool copy_weights)
     : sketch_min_vocab_(sketch_min_vocab),
       c_(c),
       w_(w),
@@ -34,11 +35,8 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
         {
         }
     }
-    {
-        const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim();
-        const long params = (long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D;
-        stream_ = !w.group_size && 4 * params > STREAM_BYTES;  // (int8 products have one access pattern)
-    }
+    stream_ = streams(c, w.group_size);
+    if (copy_weights) copy_float_weights();
     prepare_q8_weights();
     prepare_sketch();
     const long kv = c.kv_dim();
@@ -109,6 +107,37 @@ std::vector<Product> products(const ModelConfig& c, WeightPtrs* w) {
     return parts;
 }
 }  // namespace
+
+bool ModelCore::streams(const ModelConfig& c, int group_size) {
+    const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim();
+    const long params = (long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D;
+    return !group_size && 4 * params > STREAM_BYTES;
+}
+
+size_t ModelCore::float_copy_size(const ModelConfig& c, int group_size, bool shared) {
+    if (!streams(c, group_size) || !huge_pages_available()) return 0;
+    size_t n = shared ? 0 : (size_t)c.vocab_size * c.dim;
+    for (const Product& p : products(c, nullptr)) n += (size_t)p.d * p.n;
+    return n * sizeof(float);
+}
+
+void ModelCore::copy_float_weights() {
+    const bool shared = w_.token_embedding.f == w_.wcls.f;
+    const size_t bytes = float_copy_size(c_, w_.group_size, shared);
+    if (!bytes) return;
+    float_copy_.reset(bytes / sizeof(float), false);  // every element written below
+    float* at = float_copy_.data();
+    auto copy = [&at](Matrix& m, size_t n) {
+        std::memcpy(at, m.f, n * sizeof(float));
+        m.f = at;
+        at += n;
+    };
+    for (const Product& p : products(c_, &w_)) copy(*p.m, (size_t)p.d * p.n);
+    if (shared)
+        w_.token_embedding.f = w_.wcls.f;
+    else
+        copy(w_.token_embedding, (size_t)c_.vocab_size * c_.dim);
+}
 
 size_t ModelCore::packed_q8_size(const ModelConfig& c, int gs) {
     size_t bytes = 0;
@@ -225,7 +254,8 @@ size_t ModelCore::buffer_bytes() const {
         sketch_.q.size() + sketch_.packed.size() +
         sizeof(float) * (sketch_.s.size() + sketch_.s_max.size() + sketch_.l1.size() + sketch_.turned.size() +
                          sketch_.st16.size() + sketch_stats_.size() + approx_.size() + lower_.size() + cls_x_.size());
-    return f * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size() + packed_.size() + sketch;
+    return (f + float_copy_.size()) * sizeof(float) + i * sizeof(int) + rng_.size() * sizeof(uint64_t) + xq_.size() +
+           packed_.size() + sketch;
 }
 
 namespace {

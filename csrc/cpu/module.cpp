@@ -128,11 +128,13 @@ public:
     // Matrices: float32 arrays (n_layers, d, n) (or (d, n) for token_embedding and wcls), or with
     // group_size > 0 the Q8_0 parts as checkpoint.QuantizedTensor.parts holds them: a sequence of
     // one (values int8 (d, n), scales float32 (d * n / group_size,)) pair per layer (one for the
-    // token embedding and the classifier). Every array is borrowed, never copied.
+    // token embedding and the classifier). Every array is borrowed, never copied, except that with
+    // copy_weights a float32 model too big for the caches copies its matrices onto huge pages
+    // (float_copy_bytes says how many bytes; the arrays are then not read again).
     Model(int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, int seq_len,
           int max_batch, int threads, py::object token_embedding, py::array rms_att, py::object wq, py::object wk,
           py::object wv, py::object wo, py::array rms_ffn, py::object w1, py::object w2, py::object w3,
-          py::array rms_final, py::object wcls, int group_size) {
+          py::array rms_final, py::object wcls, int group_size, bool copy_weights) {
         const ModelConfig c =
             checked_config(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len, group_size);
         if (max_batch < 1) throw std::invalid_argument("max_batch must be >= 1");
@@ -161,7 +163,7 @@ public:
         // Packing, the sketch and zeroing the KV cache take a while for big models: other Python
         // threads run meanwhile (only the borrowed buffers are read; keep_ holds them).
         py::gil_scoped_release nogil;
-        core_ = std::make_unique<ModelCore>(c, w, max_batch, threads, min_vocab);
+        core_ = std::make_unique<ModelCore>(c, w, max_batch, threads, min_vocab, copy_weights);
     }
 
     // logits (B, vocab) <- tokens (B,) at pos
@@ -631,6 +633,15 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("vocab_size"), py::arg("group_size"),
         "bytes of the packed int8 copy a Q8_0 Model of this shape makes at the current level (0: none)");
     m.def(
+        "float_copy_bytes",
+        [](int dim, int hidden_dim, int n_layers, int n_heads, int n_kv_heads, int vocab_size, bool shared) {
+            const ModelConfig c = checked_config(dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, 1, 0);
+            return l2p::ModelCore::float_copy_size(c, 0, shared);
+        },
+        py::arg("dim"), py::arg("hidden_dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads"),
+        py::arg("vocab_size"), py::arg("shared"),
+        "bytes of the huge-page copy a float32 Model of this shape makes of its streamed weights (0: none)");
+    m.def(
         "sketch_bytes",
         [](int dim, int vocab_size) {
             if (dim <= 0 || vocab_size <= 0) throw std::invalid_argument("dim and vocab_size must be >= 1");
@@ -658,13 +669,13 @@ PYBIND11_MODULE(_cpu, m) {
 
     py::class_<Model>(m, "Model")
         .def(py::init<int, int, int, int, int, int, int, int, int, py::object, py::array, py::object, py::object,
-                      py::object, py::object, py::array, py::object, py::object, py::object, py::array, py::object,
-                      int>(),
+                      py::object, py::object, py::array, py::object, py::object, py::object, py::array, py::object, int,
+                      bool>(),
              py::arg("dim"), py::arg("hidden_dim"), py::arg("n_layers"), py::arg("n_heads"), py::arg("n_kv_heads"),
              py::arg("vocab_size"), py::arg("seq_len"), py::arg("max_batch"), py::arg("threads"),
              py::arg("token_embedding"), py::arg("rms_att"), py::arg("wq"), py::arg("wk"), py::arg("wv"), py::arg("wo"),
              py::arg("rms_ffn"), py::arg("w1"), py::arg("w2"), py::arg("w3"), py::arg("rms_final"), py::arg("wcls"),
-             py::arg("group_size") = 0)
+             py::arg("group_size") = 0, py::arg("copy_weights") = false)
         .def("forward", &Model::forward, py::arg("logits"), py::arg("tokens"), py::arg("pos"))
         .def("prefill", &Model::prefill, py::arg("logits"), py::arg("tokens"), py::arg("pos"), py::arg("mode"))
         .def("step", &Model::step, py::arg("next"), py::arg("logprobs"), py::arg("tokens"), py::arg("pos"),

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..checkpoint import Config, QuantizedTensor, Weights, file_backed, release_pages
 from ..threads import set_thread_wait_defaults
-from .base import PROFILE_KEYS, Backend, check_threads
+from .base import PROFILE_KEYS, Backend, available_memory, check_threads
 
 
 def _load_extension():
@@ -37,14 +37,15 @@ def _load_extension():
     return load_cpu_extension()
 
 
-def extra_bytes(ext, config: Config, group_size: Optional[int]) -> tuple[int, int]:
+def extra_bytes(ext, config: Config, group_size: Optional[int]) -> tuple[int, int, int]:
     """Bytes the C++ Model adds to weights of this shape at the current level: (the packed int8
-    copy of a Q8_0 model on VNNI CPUs, the greedy classifier sketch of a float32 one); 0 for none."""
+    copy of a Q8_0 model on VNNI CPUs, the greedy classifier sketch of a float32 one, the copy of a
+    float32 model too big for the caches on transparent huge pages); 0 for none."""
     c = config
+    shape = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size)
     if group_size:
-        args = (c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.vocab_size, group_size)
-        return ext.packed_q8_bytes(*args), 0
-    return 0, ext.sketch_bytes(c.dim, c.vocab_size)
+        return ext.packed_q8_bytes(*shape, group_size), 0, 0
+    return 0, ext.sketch_bytes(c.dim, c.vocab_size), ext.float_copy_bytes(*shape, c.shared_classifier)
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
@@ -72,7 +73,11 @@ class CpuBackend(Backend):
         c = config
         # what the Model adds to the weights (a packed int8 copy, the greedy sketch): the memory
         # check below must count it
-        self._packed_bytes, self._sketch_bytes = extra_bytes(ext, config, weights.group_size)
+        self._packed_bytes, self._sketch_bytes, copy = extra_bytes(ext, config, weights.group_size)
+        # The huge-page copy only where it fits twice over: a model too big for that keeps reading
+        # the file's mapping (slower, but it runs where the memory would not hold a copy).
+        avail = available_memory()
+        self._copy_bytes = copy if avail is None or 2 * copy <= avail else 0
         # int8 values in this process's memory (quantized at load time) stay beside the packed copy;
         # a v2 file's pages leave memory once packed
         self._resident_q8 = bool(self._packed_bytes) and not all(
@@ -107,12 +112,17 @@ class CpuBackend(Backend):
             w["rms_final"],
             w["wcls"],
             self.group_size or 0,
+            bool(self._copy_bytes),
         )
         if self._packed_bytes:  # products read the packed copy: a v2 file's pages can leave memory
             for t in weights.tensors().values():  # (read again from the file where the Model needs rows)
                 for values, scales in t.parts if isinstance(t, QuantizedTensor) else ():
                     release_pages(values)
                     release_pages(scales)
+        if self._copy_bytes:  # the matrices are read from the huge-page copy: the file's pages can go
+            for name, t in weights.tensors().items():
+                if not name.startswith("rms_"):
+                    release_pages(t)
         # Reusable outputs of step(); callers get copies.
         self._next = np.empty(max_batch, np.int32)  # (max_batch,)
         self._logprobs = np.empty(max_batch, np.float32)  # (max_batch,)
@@ -136,6 +146,8 @@ class CpuBackend(Backend):
             parts["packed int8 weights"] = self._packed_bytes
         if self._sketch_bytes:
             parts["greedy classifier sketch"] = self._sketch_bytes
+        if self._copy_bytes:
+            parts["float32 weights on huge pages"] = self._copy_bytes
         return parts
 
     # -- the model ------------------------------------------------------------------------------
