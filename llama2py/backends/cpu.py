@@ -89,6 +89,8 @@ class CpuBackend(Backend):
         self.group_size = weights.group_size
         w = {k: _matrix(v) for k, v in weights.tensors().items()}
         self._weights_bytes = weights.nbytes(c.shared_classifier)
+        if self._copy_bytes:  # the huge-page copy (in the Model's buffer_bytes) holds all but the norms
+            self._weights_bytes = weights.rms_att.nbytes + weights.rms_ffn.nbytes + weights.rms_final.nbytes
         self._model = ext.Model(
             c.dim,
             c.hidden_dim,
