@@ -589,14 +589,15 @@ def test_thread_wait_policy_set_before_libgomp_loads(env, want):
 @pytest.mark.parametrize("shared", [True, False])
 def test_streamed_float32_weights_on_huge_pages_give_the_same_bits(make_checkpoint, monkeypatch, shared):
     """A float32 model too big for the caches (here 20-28 MB: over STREAM_BYTES) reads a copy of its
-    matrices on transparent huge pages, counted in the memory check, where the copy fits twice in
-    the available memory; its logits and draws are bitwise those of reading the file's mapping,
-    for a shared and an unshared classifier. No copy for a model that fits the caches."""
+    file's matrices on transparent huge pages, counted in the memory check, where the copy fits
+    twice in the available memory; its logits and draws are bitwise those of reading the file's
+    mapping, for a shared and an unshared classifier. No copy for a model that fits the caches,
+    nor of weights already in memory (they would be held twice)."""
     import llama2py._cpu as ext
 
     import llama2py.backends.cpu as cpu_backend
     from llama2py.backends.cpu import CpuBackend
-    from llama2py.checkpoint import Config, load_checkpoint
+    from llama2py.checkpoint import Config, load_checkpoint, random_weights
 
     config = Config(dim=128, hidden_dim=352, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=40000, seq_len=32,
                     shared_classifier=shared)  # fmt: skip
@@ -615,6 +616,8 @@ def test_streamed_float32_weights_on_huge_pages_give_the_same_bits(make_checkpoi
     assert copied.host_bytes(config, 2, None)["float32 weights on huge pages"] == copy
     norms = ck.weights.rms_att.nbytes + ck.weights.rms_ffn.nbytes + ck.weights.rms_final.nbytes
     assert copy + norms <= copied.memory_bytes() < ck.weights.nbytes(shared) + copy  # counted once
+    in_memory = CpuBackend(config, random_weights(config, 3), 1)  # weights not from a file: no copy
+    assert "float32 weights on huge pages" not in in_memory.host_bytes(config, 1, None)
     monkeypatch.setattr(cpu_backend, "available_memory", lambda: 2 * copy - 1)  # no room for it twice
     mapped = CpuBackend(config, ck.weights, 2, threads=2)
     assert "float32 weights on huge pages" not in mapped.host_bytes(config, 2, None)

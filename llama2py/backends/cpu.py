@@ -74,10 +74,12 @@ class CpuBackend(Backend):
         # what the Model adds to the weights (a packed int8 copy, the greedy sketch): the memory
         # check below must count it
         self._packed_bytes, self._sketch_bytes, copy = extra_bytes(ext, config, weights.group_size)
-        # The huge-page copy only where it fits twice over: a model too big for that keeps reading
-        # the file's mapping (slower, but it runs where the memory would not hold a copy).
+        # The huge-page copy only of a file's weights (whose pages then leave the process: weights
+        # already in this process's memory would be held twice) and only where it fits twice over:
+        # a model too big for that keeps reading the file's mapping (slower, but it runs).
         avail = available_memory()
-        self._copy_bytes = copy if avail is None or 2 * copy <= avail else 0
+        mapped = copy and all(file_backed(t) for n, t in weights.tensors().items() if not n.startswith("rms_"))
+        self._copy_bytes = copy if mapped and (avail is None or 2 * copy <= avail) else 0
         # int8 values in this process's memory (quantized at load time) stay beside the packed copy;
         # a v2 file's pages leave memory once packed
         self._resident_q8 = bool(self._packed_bytes) and not all(
