@@ -20,9 +20,12 @@ _KINDS = (
 
 
 def as_path(path: str | os.PathLike, what: str) -> Path:
-    """path as a Path; anything else (an open file, bytes, None) is a TypeError naming `what`."""
+    """path as a Path; anything else (an open file, bytes, None) is a TypeError naming `what`, and an
+    empty path a ValueError (Path("") is ".", the current folder, which the messages would name)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} must be a path (str or os.PathLike), got {type(path).__name__}")
+    if not os.fspath(path):
+        raise ValueError(f"{what} path is empty; give the file's path")
     return Path(path)
 
 

@@ -518,3 +518,13 @@ def test_checkpoint_too_short_is_still_named(tmp_path):
     p.write_bytes(b"\0" * 10)
     with pytest.raises(CheckpointError, match="only 10 bytes"):
         load_checkpoint(p)
+
+
+def test_empty_paths_are_said_to_be_empty(stories260k):
+    """Llama.load("") named the current folder ("checkpoint .: is a directory")."""
+    ck, tok = stories260k
+    with pytest.raises(ValueError, match="checkpoint path is empty; give the file's path"):
+        Llama.load("", tok)
+    with pytest.raises(ValueError, match="tokenizer path is empty"):
+        Tokenizer("", 512)
+    assert_one_line_error(run_cli("", "-n", "3", text=True), "checkpoint path is empty", rc=1)
