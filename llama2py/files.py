@@ -111,13 +111,18 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optio
     bytes the block will write, when known (checked against the free space first)."""
     path = check_output_path(path, inputs, size)
     # The name is known before the file exists, so an interrupt at any point can still remove it.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    tmp = path.parent / _temporary_name(path)
     with _sigterm_interrupts():
         yield from _write_then_rename(path, tmp)
     _remove_stale_temporaries(path)
 
 
-_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9]{1,10}\.[0-9a-f]{8}\.tmp")  # atomic_output's names
+def _temporary_name(path: Path) -> str:
+    """A new hidden name beside path: .NAME.PID.TOKEN.tmp (_TEMPORARY recognizes it)."""
+    return f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9]{1,10}\.[0-9a-f]{8}\.tmp")  # _temporary_name's names
 
 
 def _remove_stale_temporaries(path: Path) -> None:

@@ -108,17 +108,20 @@ std::vector<Product> products(const ModelConfig& c, WeightPtrs* w) {
 }
 }  // namespace
 
+// Weights of every product (the layers' matrices and the classifier), in elements.
+static size_t product_elements(const ModelConfig& c) {
+    size_t n = 0;
+    for (const Product& p : products(c, nullptr)) n += (size_t)p.d * p.n;
+    return n;
+}
+
 bool ModelCore::streams(const ModelConfig& c, int group_size) {
-    const long D = c.dim, H = c.hidden_dim, KV = c.kv_dim();
-    const long params = (long)c.n_layers * (2 * D * D + 2 * KV * D + 3 * H * D) + (long)c.vocab_size * D;
-    return !group_size && 4 * params > STREAM_BYTES;
+    return !group_size && sizeof(float) * product_elements(c) > (size_t)STREAM_BYTES;
 }
 
 size_t ModelCore::float_copy_size(const ModelConfig& c, int group_size, bool shared) {
     if (!streams(c, group_size) || !huge_pages_available()) return 0;
-    size_t n = shared ? 0 : (size_t)c.vocab_size * c.dim;
-    for (const Product& p : products(c, nullptr)) n += (size_t)p.d * p.n;
-    return n * sizeof(float);
+    return sizeof(float) * (product_elements(c) + (shared ? 0 : (size_t)c.vocab_size * c.dim));
 }
 
 void ModelCore::copy_float_weights() {

@@ -78,7 +78,8 @@ class CpuBackend(Backend):
         # already in this process's memory would be held twice) and only where it fits twice over:
         # a model too big for that keeps reading the file's mapping (slower, but it runs).
         avail = available_memory()
-        mapped = copy and all(file_backed(t) for n, t in weights.tensors().items() if not n.startswith("rms_"))
+        matrices = [t for n, t in weights.tensors().items() if not n.startswith("rms_")]  # what the copy holds
+        mapped = copy and all(file_backed(t) for t in matrices)
         self._copy_bytes = copy if mapped and (avail is None or 2 * copy <= avail) else 0
         # int8 values in this process's memory (quantized at load time) stay beside the packed copy;
         # a v2 file's pages leave memory once packed
@@ -124,9 +125,8 @@ class CpuBackend(Backend):
                     release_pages(values)
                     release_pages(scales)
         if self._copy_bytes:  # the matrices are read from the huge-page copy: the file's pages can go
-            for name, t in weights.tensors().items():
-                if not name.startswith("rms_"):
-                    release_pages(t)
+            for t in matrices:
+                release_pages(t)
         # Reusable outputs of step(); callers get copies.
         self._next = np.empty(max_batch, np.int32)  # (max_batch,)
         self._logprobs = np.empty(max_batch, np.float32)  # (max_batch,)
