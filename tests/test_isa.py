@@ -92,6 +92,114 @@ def test_softmax_every_level(isa):
     assert rel_err(probs, ref / ref.sum()) <= 1e-5
 
 
+def _exp_of(ext, d: float) -> np.float32:
+    """The level's exponential of float32 d (exp_sum of [0, d]: d minus the maximum 0)."""
+    e = np.empty((1, 2), np.float32)
+    ext.exp_sum(e, np.array([[0.0, d]], np.float32))
+    return e[0, 1]
+
+
+def _power_of_two_input(ext, k: int):
+    """A float32 d whose exponential at this level is exactly 2**-k (among the floats nearest -k ln 2),
+    or None."""
+    d = np.float32(-k * np.log(2.0))
+    for _ in range(16):
+        got = _exp_of(ext, d)
+        if got == np.float32(2.0**-k):
+            return d
+        d = np.nextafter(d, np.float32(0 if got < 2.0**-k else -np.inf))
+    return None
+
+
+def _tie_row(ext):
+    """A row whose sequential sum meets exact ties, or None where this level's exponential gives no
+    exact power of two near the inputs tried: 2**m maxima (exponentials 1) and one value of about an
+    ulp of their sum (rounded to it: the sum's last bit odd), then a run of values of exactly half
+    its ulp: the first one rounds the sum up (to even), the others leave it. Returns the row and that
+    sum."""
+    for m in range(12, 17):
+        d = _power_of_two_input(ext, 24 - m)  # half an ulp of a sum in [2**m, 2**(m + 1))
+        if d is None:
+            continue
+        row = np.full(2**m + 101, -120.0, np.float32)
+        row[: 2**m] = 0.0
+        row[2**m] = np.float32(d + np.log(2.0))  # ~ one ulp
+        row[2**m + 16 : 2**m + 32] = d  # a whole run of ties (16 or 8 wide: 2**m is a block start)
+        return row, np.float32(2**m + 2.0 ** (m - 22))
+    return None
+
+
+def test_exp_sum_is_the_sequential_sum_every_level(isa):
+    """Softmax's denominator (the exponentials' sum, before any division) is run's sequential float32
+    sum bit for bit, for rows taken one to five at a time (four chains run together): peaked rows
+    (runs of values too small to change the sum are skipped), flat rows, NaN deep inside a skippable
+    run (it must reach the sum), and a run of exact half-ulp ties (which do change it: round to even)."""
+    import llama2py._cpu as ext
+
+    rng = np.random.default_rng(3)
+    n = 5003
+    nan_deep = randn(rng, n, scale=17.0)
+    nan_deep[0] = 200.0  # the maximum first: every other exponential below 2**-100, skipped
+    nan_deep[4000] = np.nan
+    rows = [nan_deep, randn(rng, n, scale=17.0), randn(rng, n, scale=3.0), randn(rng, n, scale=40.0)]
+    rows[3][-1] = rows[3].max() + 1  # the maximum last: the sum stays tiny until the end
+    rows.append(randn(rng, n, scale=17.0))
+    x = np.stack(rows)
+    for k in range(1, len(rows) + 1):
+        for temperature in (1.0, 0.7):
+            e = np.empty((k, n), np.float32)
+            sums = ext.exp_sum(e, x[:k], temperature)
+            want = (x[:k] / np.float32(temperature)).astype(np.float32)
+            want = np.exp((want - np.nanmax(want, axis=1, keepdims=True)).astype(np.float64))
+            for r in range(k):
+                seq = np.add.accumulate(e[r], dtype=np.float32)[-1]  # run's loop
+                assert sums[r].tobytes() == seq.tobytes(), (
+                    f"{isa}: k {k} t {temperature} row {r}: {sums[r]!r} vs {seq!r}"
+                )
+                ok = ~np.isnan(want[r])
+                assert rel_err(e[r][ok], want[r][ok]) <= 1e-5
+    tie = _tie_row(ext)
+    if isa != "generic":  # the SIMD levels skip runs: their exponential must give the ties
+        assert tie is not None, f"{isa}: no exact half-ulp input found"
+    if tie is not None:
+        for k in (1, 4):  # alone, and four rows' chains together
+            e = np.empty((k, tie[0].size), np.float32)
+            sums = ext.exp_sum(e, np.stack([tie[0]] * k))
+            assert (sums == tie[1]).all(), f"{isa}: {sums} vs {tie[1]!r} (the first tie rounds up)"
+            assert sums[0] == np.add.accumulate(e[0], dtype=np.float32)[-1]
+
+
+def test_topp_candidates_exactly_at_the_cutoff_every_level(isa):
+    """A draw divides only the exponentials that can be top-p candidates; probabilities equal to the
+    cutoff are candidates (run: p >= cutoff) even where the quotient rounded up to it, so e < sum *
+    cutoff. Logits [0, -d, -d] with top_p = 1 - 2 p (so the cutoff is p, the two small ones' exact
+    probability) and p(0) <= top_p: the nucleus reaches the first small one, which run's loop (on
+    this level's own exponentials and sum) draws now and then."""
+    import llama2py._cpu as ext
+
+    from llama2py.sampler import Rng, sample_topp
+
+    f32 = np.float32
+    d = f32(1.5)
+    for _ in range(20000):
+        d = np.nextafter(d, f32(10))
+        x = np.array([[0.0, -d, -d]], f32)
+        e = np.empty_like(x)
+        total = ext.exp_sum(e, x)[0]
+        probs = (e[0] / total).astype(f32)  # run's softmax
+        top_p = f32(1) - f32(2) * probs[1]
+        exact = f32(1) - top_p == f32(2) * probs[1] and f32((f32(1) - top_p) / f32(2)) == probs[1]
+        if exact and f32(total * probs[1]) > e[0, 1] and probs[0] <= top_p:
+            break
+    else:
+        raise AssertionError(f"{isa}: no logits found for the construction")
+    rng, state = Rng(17), np.array([17], np.uint64)
+    draws = [ext.sample(x[0], 1.0, float(top_p), state) for _ in range(60)]
+    want = [sample_topp(probs, float(top_p), rng.coin()) for _ in range(60)]
+    assert draws == want, f"{isa}: d {d!r} top_p {top_p!r}: {draws} vs run's {want}"
+    assert 1 in want  # the test can tell the small candidates' absence
+
+
 def _attention_reference(q, kc, vc, slots, positions, n_heads, n_kv_heads) -> np.ndarray:
     """Causal GQA attention in float64, straight from its definition: the values to compare with."""
     head_size = q.shape[1] // n_heads

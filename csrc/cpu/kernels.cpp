@@ -242,13 +242,15 @@ int argmax(const float* x, int n) {
 }
 
 void softmax(float* probs, const float* x, int n) {
-    kernels().softmax(&probs, &x, 1, n, 1.0f);
+    float sum;
+    kernels().exp_rows(&probs, &x, 1, n, 1.0f, &sum);
+    for (int i = 0; i < n; ++i) probs[i] /= sum;
 }
 
-int sample_mult(const float* probs, int n, float coin) {
+int sample_mult(const float* e, float sum, int n, float coin) {
     float cdf = 0.f;
     for (int i = 0; i < n; ++i) {
-        cdf += probs[i];
+        cdf += e[i] / sum;  // probs[i]
         if (coin < cdf) return i;
     }
     return n - 1;
@@ -272,10 +274,31 @@ void radix_pass(const float* probs, const int* src, int* dst, int m, int shift) 
 }
 }  // namespace
 
-int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, float* cand) {
+int sample_topp(float* e, float sum, int n, float top_p, float coin, int* idx, float* cand) {
     const float cutoff = (1.0f - top_p) / (float)(n - 1);
-    const int m = kernels().at_least(idx, probs, n, cutoff);
-    if (m == 0) return argmax(probs, n);  // only possible for top_p < 1/n; keep it defined
+    float* const probs = e;  // the candidates' entries become their probabilities
+    int m = 0;
+    if (std::isfinite(sum) && sum > 0.f) {
+        // The candidates, probs[i] = e[i] / sum >= cutoff, without dividing every entry: a quotient
+        // that rounds to cutoff or above is at least cutoff * (1 - 2^-24), so e[i] >= sum * cutoff
+        // * (1 - 2^-24) for each; `below` is under that (a margin of 2^-21 covers its two roundings),
+        // so the entries at or above it hold every candidate, and their quotients pick them exactly.
+        const float below = sum * cutoff * (1.0f - 0x1p-21f);
+        const int k = kernels().at_least(idx, e, n, below);
+        for (int j = 0; j < k; ++j) {
+            const int i = idx[j];
+            const float p = e[i] / sum;
+            if (p >= cutoff) {
+                probs[i] = p;
+                idx[m++] = i;  // in index order, as at_least gives them
+            }
+        }
+    }
+    if (m == 0) {  // none (top_p < 1/n), or a NaN sum: run's loop over every probability
+        for (int i = 0; i < n; ++i) probs[i] = e[i] / sum;
+        m = kernels().at_least(idx, probs, n, cutoff);
+        if (m == 0) return argmax(probs, n);  // keep it defined
+    }
     // The candidates in descending probability, ties in index order (idx arrives in index order),
     // summed in that order until the sum passes top_p: only that prefix of the order is needed.
     const auto before = [probs](int a, int b) { return probs[a] > probs[b] || (probs[a] == probs[b] && a < b); };
@@ -335,14 +358,15 @@ int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, fl
 int sample(const KernelTable& kt, const float* logits, int n, double temperature, double top_p, uint64_t* state,
            float* probs, int* idx, float* cand) {
     if (temperature == 0.0) return kt.argmax(logits, n);
-    kt.softmax(&probs, &logits, 1, n, (float)temperature);
-    return sample_probs(probs, n, top_p, state, idx, cand);
+    float sum;
+    kt.exp_rows(&probs, &logits, 1, n, (float)temperature, &sum);
+    return sample_exps(probs, sum, n, top_p, state, idx, cand);
 }
 
-int sample_probs(const float* probs, int n, double top_p, uint64_t* state, int* idx, float* cand) {
+int sample_exps(float* e, float sum, int n, double top_p, uint64_t* state, int* idx, float* cand) {
     const float coin = rng_coin(state);
-    if (top_p <= 0.0 || top_p >= 1.0) return sample_mult(probs, n, coin);
-    return sample_topp(probs, n, (float)top_p, coin, idx, cand);
+    if (top_p <= 0.0 || top_p >= 1.0) return sample_mult(e, sum, n, coin);
+    return sample_topp(e, sum, n, (float)top_p, coin, idx, cand);
 }
 
 double log_softmax_at(const float* x, int n, int token) {

@@ -173,9 +173,10 @@ struct KernelTable {
                       const int* positions, int rows, int n_heads, int n_kv_heads, int head_size, int seq_len,
                       float* scratch);
     // Sampling's row kernels, each bitwise the plain loop it replaces (kernels.cpp: softmax, argmax,
-    // sample_topp): probs[r] (n,) = softmax(x[r] / temperature) for k rows (probs[r] may be x[r]),
-    // the first index of the maximum, and the indices (in order) of the values >= cutoff.
-    void (*softmax)(float* const* probs, const float* const* x, int k, int n, float temperature);
+    // sample_topp): for k rows, e[r] (n,) = exp(x[r] / temperature - max) and sums[r] = their
+    // sequential float32 sum (softmax before its division; e[r] may be x[r]), the first index of the
+    // maximum, and the indices (in order) of the values >= cutoff.
+    void (*exp_rows)(float* const* e, const float* const* x, int k, int n, float temperature, float* sums);
     int (*argmax)(const float* x, int n);
     int (*at_least)(int* idx, const float* p, int n, float cutoff);
     void (*quantize_row)(int8_t* q, float* s, const float* x, int n, int gs);
@@ -254,16 +255,21 @@ float rng_coin(uint64_t* state);
 int argmax(const float* x, int n);  // first index of the maximum
 // probs (n,) = softmax(x): float32, subtract the max, sequential sum (as run.c). probs may alias x.
 void softmax(float* probs, const float* x, int n);
-int sample_mult(const float* probs, int n, float coin);
-// nucleus sampling exactly as run.c; idx (n,) and cand (n,) are scratch
-int sample_topp(const float* probs, int n, float top_p, float coin, int* idx, float* cand);
+// A draw reads softmax's probabilities probs[i] = e[i] / sum (e, sum: KernelTable::exp_rows) without
+// a pass that divides them all: each probability it reads is that division, made where it is read.
+// Multinomial: the first i whose running sum of probs passes coin, as run.c.
+int sample_mult(const float* e, float sum, int n, float coin);
+// Nucleus sampling exactly as run.c; e (n,) is overwritten (its candidates' entries become their
+// probabilities); idx (n,) and cand (n,) are scratch.
+int sample_topp(float* e, float sum, int n, float top_p, float coin, int* idx, float* cand);
 // One full sampling decision for a logits row (temperature 0 -> argmax, else temper, softmax,
 // one coin, multinomial or top-p). probs (n,), idx (n,), cand (n,) are scratch.
 // kt: the kernels of the caller's level (a Model's own, so that its batch and single-row steps agree).
 int sample(const KernelTable& kt, const float* logits, int n, double temperature, double top_p, uint64_t* state,
            float* probs, int* idx, float* cand);
-// The draw of sample() once probs (n,) holds the tempered softmax: one coin, multinomial or top-p.
-int sample_probs(const float* probs, int n, double top_p, uint64_t* state, int* idx, float* cand);
+// The draw of sample() once e (n,) and sum hold the tempered exponentials (exp_rows): one coin,
+// multinomial or top-p. e is overwritten.
+int sample_exps(float* e, float sum, int n, double top_p, uint64_t* state, int* idx, float* cand);
 // log softmax(x)[token] in double precision
 double log_softmax_at(const float* x, int n, int token);
 

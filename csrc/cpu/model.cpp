@@ -798,7 +798,7 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
 #pragma omp parallel for num_threads(team_) schedule(static)
         for (int b = 0; b < B; ++b) one(b);
     } else {
-        // Sampled rows in fours: their softmax sums run as independent chains (kernels.h, softmax).
+        // Sampled rows in fours: their softmax sums run as independent chains (kernels.h, exp_rows).
 #pragma omp parallel for num_threads(team_) schedule(static)
         for (int g = 0; g < (B + 3) / 4; ++g) {
             float* probs[4];
@@ -813,11 +813,12 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
                 lg[k] = logits_.data() + (long)b * V;
                 rows[k++] = b;
             }
-            kt_->softmax(probs, lg, k, V, (float)temperature);
+            float sums[4];
+            kt_->exp_rows(probs, lg, k, V, (float)temperature, sums);
             for (int j = 0; j < k; ++j) {
                 const int b = rows[j];
-                next[b] =
-                    sample_probs(probs[j], V, top_p, &rng_[b], idx_.data() + (long)b * V, cand_.data() + (long)b * V);
+                next[b] = sample_exps(probs[j], sums[j], V, top_p, &rng_[b], idx_.data() + (long)b * V,
+                                      cand_.data() + (long)b * V);
                 if (logprobs) logprobs[b] = (float)log_softmax_at(lg[j], V, next[b]);
             }
         }

@@ -557,6 +557,25 @@ void standalone_softmax(py::array out, py::array x) {
     l2p::softmax(writable_ptr<float>(out), data_ptr<float>(x), (int)s[0]);
 }
 
+// out (k, n) = exp(x / temperature - the row's max) per row (softmax before its division, out may be
+// x); returns the k rows' sequential float32 sums of out.
+py::array_t<float> standalone_exp_sum(py::array out, py::array x, double temperature) {
+    auto s = check<float>(x, "x", {ANY, ANY}, false);
+    if (s[1] < 1) throw std::invalid_argument("x: empty rows");
+    check<float>(out, "out", s, true);
+    if (!(temperature > 0.0)) throw std::invalid_argument("temperature must be > 0");
+    const int k = (int)s[0], n = (int)s[1];
+    std::vector<float*> e(k);
+    std::vector<const float*> rows(k);
+    for (int r = 0; r < k; ++r) {
+        e[r] = writable_ptr<float>(out) + (long)r * n;
+        rows[r] = data_ptr<float>(x) + (long)r * n;
+    }
+    py::array_t<float> sums(k);
+    l2p::kernels().exp_rows(e.data(), rows.data(), k, n, (float)temperature, sums.mutable_data());
+    return sums;
+}
+
 int standalone_argmax(py::array x) {
     auto s = check<float>(x, "x", {ANY}, false);
     if (s[0] < 1) throw std::invalid_argument("x: empty");
@@ -662,6 +681,7 @@ PYBIND11_MODULE(_cpu, m) {
           "causal GQA attention of q rows over cache slot slots[r], positions 0..positions[r]");
     m.def("swiglu", &standalone_swiglu, py::arg("h"), py::arg("g"), "h = silu(h) * g in place");
     m.def("softmax", &standalone_softmax, py::arg("out"), py::arg("x"));
+    m.def("exp_sum", &standalone_exp_sum, py::arg("out"), py::arg("x"), py::arg("temperature") = 1.0);
     m.def("argmax", &standalone_argmax, py::arg("x"));
     m.def("sample", &standalone_sample, py::arg("logits"), py::arg("temperature"), py::arg("top_p"), py::arg("state"));
     m.def("rng_u32", &standalone_rng_u32, py::arg("out"), py::arg("state"));
