@@ -122,9 +122,10 @@ def test_cpu_q8_matmul_extreme_values(isa):
     assert np.array_equal(out, want), f"{isa}: worst difference {float(np.abs(out - want).max()):.3g}"
 
 
-@pytest.mark.parametrize("n,gs", [(1, 1), (37, 8), (64, 32), (172, 64), (300, 48)])
-def test_cpu_quantize_equals_spec(n, gs):
-    require_device("cpu")
+@pytest.mark.parametrize("n,gs", [(1, 1), (37, 8), (64, 32), (172, 64), (300, 48), (96, 16), (40, 24)])
+def test_cpu_quantize_equals_spec(isa, n, gs):
+    """At every level: whole groups go through vectors of 8 or 16 (the others, and short last groups,
+    through the plain loops), with the same bits as the spec."""
     import llama2py._cpu as ext
 
     rng = np.random.default_rng(n)
@@ -140,6 +141,12 @@ def test_cpu_quantize_equals_spec(n, gs):
     q, s = np.empty((1, 8), np.int8), np.empty((1, 1), np.float32)
     ext.quantize(q, s, edge, 8)
     assert q.tolist() == [[127, 3, -4, 0, -1, 0, 127, -127]] and s.tolist() == [[1.0]]
+    # the same values in a group of 32 (vectors at the SIMD levels), signs flipped in the second half
+    edge32 = np.concatenate([np.tile(edge[0], 2), -np.tile(edge[0], 2)])[None]
+    q, s = np.empty((1, 32), np.int8), np.empty((1, 1), np.float32)
+    ext.quantize(q, s, edge32, 32)
+    want = [127, 3, -4, 0, -1, 0, 127, -127]
+    assert q[0].tolist() == want * 2 + [-v for v in want] * 2 and s.tolist() == [[1.0]]
 
 
 # ---- whole cpu backend on int8 weights against the numpy spec ----------------------------------------
