@@ -196,6 +196,12 @@ def default_models_dir() -> Path:
     return user_cache_dir()
 
 
+def _require_store_folder(folder: Path, advice: str, context: str = "") -> None:
+    """The one refusal of a model store that exists but is not a folder (nothing can go in it)."""
+    if folder.exists() and not folder.is_dir():
+        raise DownloadError(f"{context}the model store {folder} is not a folder: {advice}")
+
+
 def in_store(arg: Union[str, os.PathLike, None], kind: str) -> Optional[Path]:
     """The model store's copy of a known file of this kind ("checkpoint" or "tokenizer") named
     without a folder (`stories260K.bin`, `stories260K`, `tok512.bin`, any case) when nothing of that
@@ -550,8 +556,7 @@ def download(
 
     if is_trusted(dest, entry):
         return dest
-    if folder.exists() and not folder.is_dir():
-        raise DownloadError(f"the model store {folder} is not a folder: choose another with {choose}")
+    _require_store_folder(folder, f"choose another with {choose}")
     made = [p for p in (folder, *folder.parents) if not p.exists()]  # (deepest first) removed again on failure
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -629,11 +634,11 @@ def ensure_default_model(
     one DownloadError names every missing file with its URL, size, sha256 and destination.
     """
     folder = Path(models_dir).expanduser() if models_dir is not None else default_models_dir()
-    if folder.exists() and not folder.is_dir():  # no file can be put "in" it: no instructions to print
-        raise DownloadError(
-            f"no checkpoint was given and the model store {folder} is not a folder: point ${MODELS_ENV} at a "
-            "folder, or pass a checkpoint path (and -z TOKENIZER)"
-        )
+    _require_store_folder(  # no file can be put "in" it: no instructions to print
+        folder,
+        f"point ${MODELS_ENV} at a folder, or pass a checkpoint path (and -z TOKENIZER)",
+        "no checkpoint was given and ",
+    )
     model = REGISTRY[DEFAULT_MODEL]
     entries = [model, REGISTRY[model.tokenizer]]
     missing = [e for e in entries if not is_trusted(folder / e.filename, e)]
@@ -698,11 +703,7 @@ def list_store(folder: Union[str, Path, None] = None) -> str:
     other checkpoint there. Checks nothing but sizes and the remembered sha256 (never hashes)."""
     given = folder is not None
     folder = Path(folder).expanduser() if given else default_models_dir()
-    if folder.exists() and not folder.is_dir():
-        raise DownloadError(
-            f"the model store {folder} is not a folder: "
-            + ("give --dir a folder" if given else f"point ${MODELS_ENV} at one")
-        )
+    _require_store_folder(folder, "give --dir a folder" if given else f"point ${MODELS_ENV} at one")
     verified = _read_verified(folder)
     lines = [f"model store: {folder}" + ("" if folder.is_dir() else " (does not exist yet)")]
     known = set()

@@ -182,11 +182,15 @@ def config_from_args(args) -> Config:
 
 def run(args) -> int:
     config = config_from_args(args)
-    if args.group_size is not None:
-        if args.version != 2:
-            raise UsageError(f"--group-size is for v2 (Q8_0) files; add --version 2 (got --version {args.version})")
-        usage_check(check_group_size, config, args.group_size)
-    group_size = check_group_size(config, args.group_size) if args.version == 2 else None  # (the file's)
+    if args.group_size is not None and args.version != 2:
+        raise UsageError(f"--group-size is for v2 (Q8_0) files; add --version 2 (got --version {args.version})")
+    group_size = None  # the v2 file's: the flag's (a usage error where it does not fit) or the default
+    if args.version == 2:
+        group_size = (
+            check_group_size(config, None)
+            if args.group_size is None
+            else usage_check(check_group_size, config, args.group_size)
+        )
     with progress_bar(os.path.basename(args.out), args.progress) as progress:
         n = write_synthetic(args.out, config, args.version, args.seed, group_size, progress)
     kind = f"llama2.c v{args.version}" + (f" (Q8_0, group {group_size})" if group_size else "")

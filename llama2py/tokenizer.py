@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import numbers
 import os
 import re
 import struct
@@ -24,18 +23,17 @@ class Tokenizer:
     entries than that, or with bytes left over, does not fit the model and is refused."""
 
     def __init__(self, path: str | os.PathLike, vocab_size: int):
-        from .download import in_store  # local: download imports the checkpoint module
+        from .backends.base import check_int  # local: these import the checkpoint module
+        from .download import in_store
 
         # a known name that is not here: the model store's copy
         self.path = path = in_store(path, "tokenizer") or as_path(path, "tokenizer")
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral):
-            raise TypeError(f"tokenizer {path}: vocab_size must be an integer, got {vocab_size!r}")
+        vocab_size = check_int(f"tokenizer {path}: vocab_size", vocab_size)
         if vocab_size < MIN_VOCAB:
             raise TokenizerError(
                 f"tokenizer {path}: vocab_size must be an integer >= {MIN_VOCAB} (<unk>, BOS and EOS), "
                 f"got {vocab_size!r}"
             )
-        vocab_size = int(vocab_size)
         data = read_regular_file(
             path,
             "tokenizer",
