@@ -30,6 +30,20 @@ def check_stops(stop: Union[str, Iterable[str], None]) -> tuple[str, ...]:
     return stops
 
 
+def _borders(s: str) -> list[int]:
+    """KMP's prefix function: borders[i] = the length of the longest proper prefix of s[: i + 1]
+    that is also its suffix."""
+    borders = [0] * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = borders[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        borders[i] = k
+    return borders
+
+
 class StopMatcher:
     """Feed the text of each generated token in order; feed() says when a stop string appeared."""
 
@@ -39,6 +53,10 @@ class StopMatcher:
         self.text = ""  # generated text so far
         self.ends: list[int] = []  # ends[j]: len(text) after piece j
         self.hit: Optional[int] = None  # where the first stop string starts in text
+        # Per stop string: the length of its longest proper prefix that ends the text (a KMP state,
+        # advanced a character at a time), so that safe_len() costs no search of the text.
+        self._borders = [_borders(s) for s in self.stops]
+        self._open = [0] * len(self.stops)
 
     def feed(self, piece: str) -> bool:
         """Add one token's text; True once a stop string has appeared (then feed no more)."""
@@ -50,7 +68,16 @@ class StopMatcher:
         found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
         if found:
             self.hit = min(found)
-        return self.hit is not None
+            return True
+        for j, s in enumerate(self.stops):  # (no stop string ends in the text: no state reaches len(s))
+            k, borders = self._open[j], self._borders[j]
+            for ch in piece:
+                while k and s[k] != ch:
+                    k = borders[k - 1]
+                if s[k] == ch:
+                    k += 1
+            self._open[j] = k
+        return False
 
     @property
     def kept_text(self) -> str:
@@ -65,12 +92,7 @@ class StopMatcher:
         """Length of the text that no later piece can turn into the start of a stop string."""
         if self.hit is not None:
             return self.hit
-        n = len(self.text)
-        for k in range(min(self.longest - 1, n), 0, -1):  # longest tail that begins some stop string
-            tail = self.text[n - k :]
-            if any(s.startswith(tail) for s in self.stops):
-                return n - k
-        return n
+        return len(self.text) - max(self._open, default=0)  # the longest tail that begins a stop string
 
 
 def cut_stream(pieces: Iterator[str], matcher: StopMatcher, skip: int = 0) -> Iterator[str]:

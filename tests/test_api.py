@@ -113,6 +113,46 @@ def test_stop_matcher_holds_back_a_possible_start():
     assert check_stops("one") == ("one",)
 
 
+def _safe_len_by_definition(text: str, stops) -> int:
+    """The text's length less its longest tail that is a proper prefix of some stop string."""
+    for k in range(min(max(map(len, stops)) - 1, len(text)), 0, -1):
+        if any(s.startswith(text[len(text) - k :]) for s in stops):
+            return len(text) - k
+    return len(text)
+
+
+def test_stop_matcher_safe_len_matches_its_definition():
+    """Random pieces over a two-letter alphabet (borders everywhere: "abab", "aab"): after every
+    piece, the held-back tail and the hit are those of a plain search of the whole text."""
+    rng = np.random.default_rng(5)
+    for trial in range(300):
+        stops = ["".join(rng.choice(["a", "b"], size=rng.integers(1, 7))) for _ in range(rng.integers(1, 4))]
+        m, text = StopMatcher(stops), ""
+        for _ in range(12):
+            piece = "".join(rng.choice(["a", "b", "c"], p=[0.45, 0.45, 0.1], size=rng.integers(0, 4)))
+            text += piece
+            hit = m.feed(piece)
+            starts = [i for i in (text.find(s) for s in stops) if i >= 0]
+            assert hit == bool(starts), (trial, stops, text)
+            if hit:
+                assert m.kept_text == text[: min(starts)] and m.safe_len() == min(starts)
+                break
+            assert m.safe_len() == _safe_len_by_definition(text, stops), (trial, stops, text)
+
+
+def test_stop_matcher_long_stop_strings():
+    """A 200,000-character stop string over 2,000 one-character pieces that keep almost matching it:
+    everything is held back until a character no prefix of it ends with (holding back searches no
+    text now: the plain search of every tail took seconds here)."""
+    stop = "a" * 199_999 + "b"
+    m = StopMatcher([stop])
+    for _ in range(2000):
+        assert not m.feed("a")
+        assert m.safe_len() == 0  # all of it may begin the stop string
+    assert not m.feed("b")  # "a" * 2000 + "b" begins no stop string: none of it is held back
+    assert m.safe_len() == 2001 and m.kept_text == "a" * 2000 + "b"
+
+
 def test_max_new_tokens_counts_generated_tokens(model):
     n = len(model.tokenizer.encode(PROMPT))
     res = model.run(PROMPT, temperature=0, max_new_tokens=7)
