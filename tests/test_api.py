@@ -142,8 +142,8 @@ def test_stop_matcher_safe_len_matches_its_definition():
 
 def test_stop_matcher_long_stop_strings():
     """A 200,000-character stop string over 2,000 one-character pieces that keep almost matching it:
-    everything is held back until a character no prefix of it ends with (holding back searches no
-    text now: the plain search of every tail took seconds here)."""
+    everything is held back until a character no prefix of it ends with (safe_len searches no text
+    now: its plain search of every tail took seconds here)."""
     stop = "a" * 199_999 + "b"
     m = StopMatcher([stop])
     for _ in range(2000):

@@ -147,6 +147,14 @@ def test_cpu_quantize_equals_spec(isa, n, gs):
     ext.quantize(q, s, edge32, 32)
     want = [127, 3, -4, 0, -1, 0, 127, -127]
     assert q[0].tolist() == want * 2 + [-v for v in want] * 2 and s.tolist() == [[1.0]]
+    # non-finite values in whole groups (vectors) and in a short last group (the loop): every level
+    # as the generic one (NaN never the maximum and quantized to 0; inf makes its group NaN -> 0)
+    bad = randn(rng, 2, 40)
+    bad[0, 3], bad[0, 37], bad[1, 20] = np.nan, np.nan, np.inf
+    q, s = np.empty((2, 40), np.int8), np.empty((2, 3), np.float32)
+    ext.quantize(q, s, bad, 16)
+    assert q[0, 3] == 0 and q[0, 37] == 0 and not q[1, 16:32].any() and np.isinf(s[1, 1])
+    assert np.isfinite(s[0]).all() and s[0, 0] == np.abs(np.delete(bad[0, :16], 3)).max() / np.float32(127)
 
 
 # ---- whole cpu backend on int8 weights against the numpy spec ----------------------------------------

@@ -93,8 +93,10 @@ void q8_group_sums(int32_t* sum, const int8_t* q, int n, int gs);
 // (the level's kernel: exact rounding either way).
 void quantize_row(int8_t* q, float* s, const float* x, int n, int gs);
 // C's round() (halves away from zero) for |v| < 2^31, without a libm call: the truncation is
-// exact, and so is v - trunc(v).
+// exact, and so is v - trunc(v). NaN (a NaN activation) gives 0, as the vector kernels' truncation
+// does (converting NaN to int is undefined in C++).
 inline int round_half_away(float v) {
+    if (v != v) return 0;
     int i = (int)v;
     const float frac = v - (float)i;
     if (frac >= 0.5f) ++i;
