@@ -182,6 +182,12 @@ struct KernelTable {
     int (*argmax)(const float* x, int n);
     int (*at_least)(int* idx, const float* p, int n, float cutoff);
     void (*quantize_row)(int8_t* q, float* s, const float* x, int n, int gs);
+    // The greedy sketch's bounds (model.cpp, argmax_classifier) over n sketch logits a of one input
+    // row with stats (row_l1, row_amax, row_t): each a[i] becomes its upper bound a[i] + m (m: the
+    // margin of its rounding errors, kernels_isa.inc); returns the larger of best and every a[i] - m
+    // (NaN never wins).
+    float (*sketch_bound)(float* a, const float* s_max, const float* l1, int n, float row_l1, float row_amax,
+                          float row_t, float g, float best);
     // One float32 dot product a (n,) . b (n,) summed exactly as every product above sums an output,
     // so it equals that output bit for bit (the greedy classifier recomputes single logits with it).
     float (*dot)(const float* a, const float* b, int n);

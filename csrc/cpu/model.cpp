@@ -656,8 +656,10 @@ namespace {
 struct RowStats {
     float l1, amax, t;
 };
-// After the sketch product of a block: each row's best lower bound a - m over the block, into lower.
+// After the sketch product of a block: each row's best lower bound a - m over the block, into lower
+// (the kernel's sketch_bound: m is the margin of a's rounding errors).
 struct SketchBound : Epilogue {
+    const KernelTable& kern;
     float* approx;       // (rows, V) sketch logits, turned into their upper bounds
     const float* s_max;  // (V,)
     const float* l1;     // (V,)
@@ -665,32 +667,15 @@ struct SketchBound : Epilogue {
     float* lower;        // (rows,) this thread's running maxima
     int V, rows;
     float g;  // relative rounding allowance of the two float sums
-    SketchBound(float* approx, const float* s_max, const float* l1, const RowStats* st, float* lower, int V, int rows,
-                float g)
-        : approx(approx), s_max(s_max), l1(l1), st(st), lower(lower), V(V), rows(rows), g(g) {}
-    // |exact - a| <= m: rounding of w to its group's step (<= s/2 each) against sum |x|, of x to its
-    // step (<= t/2) against sum |q * s| (<= l1), and the float sums of both products (g), padded.
-    static float margin(float a, float s_max, float l1, const RowStats& r, float g) {
-        // 1e-37: the absolute rounding of sums whose terms fall below the normal range; logits near
-        // float32's overflow get no bound (an exact sum could overflow where a did not).
-        const float m = 1.001f * (0.501f * s_max * r.l1 + 0.501f * r.t * l1 + g * l1 * (r.amax + 0.501f * r.t)) +
-                        1e-6f * std::fabs(a) + 1e-37f;
-        return std::fabs(a) + m < 1e30f ? m : INFINITY;
-    }
+    SketchBound(const KernelTable& kern, float* approx, const float* s_max, const float* l1, const RowStats* st,
+                float* lower, int V, int rows, float g)
+        : kern(kern), approx(approx), s_max(s_max), l1(l1), st(st), lower(lower), V(V), rows(rows), g(g) {}
     // Each sketch logit a becomes its upper bound a + m in place (the candidate pass reads that),
     // and the block's best a - m goes into lower.
     void run(int r0, int nr) const override {
-        for (int b = 0; b < rows; ++b) {
-            float* a = approx + (long)b * V;
-            float best = lower[b];
-            for (int i = r0; i < r0 + nr; ++i) {
-                const float m = margin(a[i], s_max[i], l1[i], st[b], g);
-                const float lo = a[i] - m;
-                if (lo > best) best = lo;  // NaN never wins: its row stays a candidate below
-                a[i] += m;
-            }
-            lower[b] = best;
-        }
+        for (int b = 0; b < rows; ++b)
+            lower[b] = kern.sketch_bound(approx + (long)b * V + r0, s_max + r0, l1 + r0, nr, st[b].l1, st[b].amax,
+                                         st[b].t, g, lower[b]);
     }
 };
 }  // namespace
@@ -720,7 +705,7 @@ void ModelCore::argmax_classifier(const float* in, long ldx, int rows, float* ou
     // at the generic level): 4 (D + G + 2) units in the last place covers them.
     const float g = 4.0f * (float)(D + G + 2) * 5.9604645e-8f;
     MatJob job{sketch_.m, V, approx_.data(), V};
-    const SketchBound bound(approx_.data(), sketch_.s_max.data(), sketch_.l1.data(), st, lower_of(t), V, rows, g);
+    const SketchBound bound(kern, approx_.data(), sketch_.s_max.data(), sketch_.l1.data(), st, lower_of(t), V, rows, g);
     job.epi = &bound;
     kern.matmul_jobs(&job, 1, nullptr, 0, rows, D, false, &q);  // ends with a barrier
     // Every id whose a + m reaches the best a - m of its row gets its exact logit; the argmax of
