@@ -61,6 +61,30 @@ def test_greedy_steps_equal_the_full_argmax(isa, shape):
     assert max(exact) < 3 * config.vocab_size // 4, f"the bounds ruled out too little: {exact}"
 
 
+def test_bounds_are_the_same_bits_at_every_level():
+    """The sketch's logits are the same bits at every level, and so must its bounds be (16 or 8
+    lanes, or the scalar loop). A classifier of near-copies of one row leaves ~10% of the ids within
+    their bounds' reach, so the number of exact logits moves with any change of the bounds (one 1%
+    larger at the SIMD levels changed it): it must be the same at every level, step by step."""
+    require_device("cpu")
+    import llama2py._cpu as ext
+
+    config = SKETCH_SHAPES["gs4_unshared"]
+    rng = np.random.default_rng(1)
+    base = 0.1 * rng.standard_normal((1, config.dim))
+    wcls = (base + 0.01 * rng.standard_normal((config.vocab_size, config.dim))).astype(np.float32)
+    weights = replace(random_weights(config, 2), wcls=wcls)
+    counts = {}
+    try:
+        for level in ext.isa_levels():
+            ext.set_isa(level)
+            counts[level] = _greedy_against_full(config, weights, 2, level)
+    finally:
+        ext.set_isa("")
+    assert sum(counts["generic"]) > 2 * config.seq_len  # the bounds leave many candidates here
+    assert all(c == counts["generic"] for c in counts.values()), {k: sum(v) for k, v in counts.items()}
+
+
 def test_greedy_ties_take_the_first_id(isa):
     """Every classifier row the same: every logit ties, no id can be ruled out, the first wins."""
     config = SKETCH_SHAPES["tail_rows_gqa"]
