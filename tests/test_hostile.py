@@ -361,6 +361,29 @@ def test_non_finite_weights_stop_with_a_clear_error(tmp_path, device, value, tem
             m.generate([[1, 5, 6], [1, 7]], max_gen_len=5, temperature=temperature, seed=3)
 
 
+@pytest.mark.parametrize("device", HOST_DEVICES)
+@pytest.mark.parametrize("source", ["v2 file", "v1 file, weights q8_0"])
+def test_int8_overflow_stops_with_a_clear_error(tmp_path, device, source):
+    """Finite int8 weights whose products overflow float32: the NaN that attention makes of the
+    infinities must reach the logits on every backend (quantizing activations once turned it into
+    0, and the cpu backend told a story)."""
+    require_device(device)
+    version, weights = (2, None) if source == "v2 file" else (1, "q8_0")
+    ck, tok = tiny_model(tmp_path, version=version)
+    c = load_checkpoint(ck).config
+    w = random_weights(c)
+    w.wq[0][:] = np.float32(3e38)  # finite, and quantizable: scale 3e38 / 127, every value 127
+    write_checkpoint(ck, c, w, version)
+    m = Llama.load(ck, tok, device=device, max_batch_size=2, weights=weights)
+    assert m.backend.weight_type == "q8_0"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (the numpy spec's overflow in the products)
+        with pytest.raises(NonFiniteError, match="non-finite logits .* at position"):
+            m.run("ab", steps=10, temperature=0.0)
+        with pytest.raises(NonFiniteError):
+            m.generate([[1, 5, 6], [1, 7]], max_gen_len=5, temperature=0.8, seed=3)
+
+
 def test_non_finite_weights_cli_exit_1(tmp_path):
     require_device("cpu")
     ck, tok = nan_checkpoint(tmp_path, np.nan, "w2")

@@ -80,6 +80,8 @@ struct Matrix {
 // Activation rows quantized for Q8_0 products (runq.c's arithmetic): per row, groups of gs values
 // along the row (the last one shorter when gs does not divide n), s = max|x| / 127,
 // q = round(x / s) with halves away from zero (C's roundf); a group of zeros gets s = 0, q = 0.
+// A group holding NaN or inf gets a NaN or inf scale and q = 0, so its products are NaN: a
+// non-finite activation reaches the logits (where runq's cast of NaN is undefined).
 struct QRows {
     const int8_t* q;  // (rows, ldq) int8
     const float* s;   // (rows, lds) one scale per group

@@ -47,16 +47,18 @@ def silu(z: np.ndarray) -> np.ndarray:
 def quantize_activations(x: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
     """x (..., n) float32 -> (q (..., n) int8, s (..., ceil(n / gs)) float32), per group of gs along
     the row (the last group shorter when gs does not divide n): s = max|x| / 127, q = C round(x / s)
-    (halves away from zero); a group of zeros gets s = 0 and q = 0."""
+    (halves away from zero); a group of zeros gets s = 0 and q = 0, a group holding NaN or inf a NaN
+    or inf scale and q = 0 (its products are then NaN: a non-finite activation reaches the logits)."""
     n = x.shape[-1]
     groups = -(-n // group_size)
     padded = np.zeros(x.shape[:-1] + (groups * group_size,), np.float32)  # zeros leave max|x| alone
     padded[..., :n] = x
     padded = padded.reshape(x.shape[:-1] + (groups, group_size))  # (..., groups, gs)
     s = (np.abs(padded).max(axis=-1) / np.float32(127.0)).astype(np.float32)  # (..., groups)
-    v = padded / np.where(s == 0, np.float32(1.0), s)[..., None]  # float32 division, as C
+    zero = (s == 0) | ~np.isfinite(s)  # (..., groups) groups whose q are all 0
+    v = padded / np.where(zero, np.float32(1.0), s)[..., None]  # float32 division, as C
     q = np.sign(v) * np.floor(np.abs(v).astype(np.float64) + 0.5)  # exact: |v| <= 127 in float64
-    q = np.where(s[..., None] == 0, 0, q).astype(np.int8)
+    q = np.where(zero[..., None], 0, q).astype(np.int8)
     return q.reshape(x.shape[:-1] + (groups * group_size,))[..., :n], s
 
 
