@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 
 from .backends import create_backend
-from .backends.base import Backend, as_token_ids, check_int, check_sampling
+from .backends.base import Backend, as_token_ids, check_conversion_memory, check_int, check_sampling
 from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
 from .errors import CLOSED, Llama2pyError, PromptError, TokenizerError, too_long
@@ -100,6 +100,15 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | bytes, seq_len: int, what:
     return tokens
 
 
+def load_weights(checkpoint: str | os.PathLike, weights: Optional[str] = None) -> Checkpoint:
+    """load_checkpoint, with its weights as `weights` (convert_weights: None keeps the file's
+    type); a converted copy that would not fit the available memory is refused before it is made."""
+    ck = load_checkpoint(checkpoint)
+    check_conversion_memory(ck.config, ck.weights, weights, ck.path)
+    ck.weights = convert_weights(ck.weights, ck.config, weights, ck.path)
+    return ck
+
+
 class Llama:
     """A loaded checkpoint, its tokenizer and a backend ready to run it.
 
@@ -153,8 +162,7 @@ class Llama:
         max_batch_size = check_int("max_batch_size", max_batch_size, 1)
         if threads is not None:
             threads = check_int("threads", threads, 1)
-        ck = load_checkpoint(checkpoint)
-        ck.weights = convert_weights(ck.weights, ck.config, weights, ck.path)
+        ck = load_weights(checkpoint, weights)
         config = ck.config
         notes: list[str] = []
         if context is not None:

@@ -71,6 +71,12 @@ def test_header_seq_len_cannot_ask_for_unbounded_kv_cache(tmp_path, low_memory):
         msg = str(e.value)
         assert "1.00 GiB is available" in msg and "KV cache" in msg and "--context" in msg, msg
         assert "--max-batch" not in msg, msg  # already one sequence: a smaller batch cannot help
+        # the advice is a figure: that context fits the 1 GiB, one position more does not
+        fit = int(msg.split("--context ")[1].split()[0])
+        config = load_checkpoint(ck).config
+        backend = create_backend(device, config.capped(64), random_weights(config.capped(64)), 1)
+        need = [sum(backend.host_bytes(config.capped(t), 1, None).values()) for t in (fit, fit + 1)]
+        assert need[0] <= 1 * GiB < need[1], (fit, need)
         m = Llama.load(ck, tok, device=device, context=64)  # the override caps the KV cache
         assert m.config.seq_len == 64 and m.checkpoint.config.seq_len == 1 << 20
         assert not any("context" in n for n in m.notes)
@@ -111,6 +117,68 @@ def test_cli_num_samples_checked_before_any_list(tmp_path, capsys, low_memory):
         capsys, ck2, "-z", tok2, "--device", "numpy", "--num-samples", "3", "--max-batch", "1", "-n", "0"
     )
     assert rc == 1 and "--context" in err and "--max-batch 1" not in err, err
+
+
+@pytest.mark.parametrize("version,weights", [(1, "q8_0"), (2, "f32")])
+def test_load_time_conversion_checked_before_converting(tmp_path, monkeypatch, version, weights):
+    """weights= converts a file's weights into new arrays in memory: a result that cannot fit is
+    refused before any of it is made (it once quantized a 7B file to 6.6 GiB, then refused)."""
+    from llama2py.checkpoint import Weights, checkpoint_bytes, header_bytes
+
+    c = Config(dim=512, hidden_dim=1376, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, seq_len=64)
+    gs = 64 if version == 2 else None
+    ck = tmp_path / "big.bin"
+    with open(ck, "wb") as f:  # sparse: the header, then a hole of the file's size
+        f.write(header_bytes(c, version, gs))
+        f.truncate(checkpoint_bytes(c, version, gs))
+    tok = tmp_path / "tok.bin"
+    write_tokenizer(tok, [b"w%d" % i for i in range(c.vocab_size)], [0.0] * c.vocab_size)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted before the memory check")
+
+    monkeypatch.setattr(Weights, "quantized", refuse)
+    monkeypatch.setattr(Weights, "dequantized", refuse)
+    monkeypatch.setattr(base, "available_memory", lambda: 16 * 2**20)
+    with pytest.raises(ResourceError) as e:
+        Llama.load(ck, tok, device="numpy", weights=weights)
+    need = c.weight_bytes(weights, 64)
+    msg = str(e.value)
+    assert f"its weights as {weights} need {need / 2**20:.1f} MiB of memory but only 16.0 MiB" in msg, msg
+    assert str(ck) in msg and ("llama2py quantize" in msg) == (weights == "q8_0") and "\n" not in msg, msg
+
+
+def test_memory_advice_names_what_fits(tmp_path, monkeypatch):
+    """Each way out the refusal offers is computed: the batch and the context that fit, one
+    sequence with a shorter context where neither a smaller batch nor a shorter context alone
+    does, and no advice where not even one position of one sequence fits."""
+    ck, tok = tiny_model(tmp_path, seq_len=4096, n_layers=8)
+    config = load_checkpoint(ck).config
+    one = create_backend("numpy", config, random_weights(config), 1)
+
+    def need(context, batch):
+        return sum(one.host_bytes(config.capped(context), batch, None).values())
+
+    def refusal(avail, batch):
+        monkeypatch.setattr(base, "available_memory", lambda: avail)
+        with pytest.raises(ResourceError) as e:
+            Llama.load(ck, tok, device="numpy", max_batch_size=batch)
+        assert "\n" not in str(e.value)
+        return str(e.value)
+
+    avail = need(4096, 1)  # one sequence fits, two do not; or 3 with a shorter context
+    msg = refusal(avail, 3)
+    assert "(max_batch_size / --max-batch 1)" in msg, msg
+    fit = int(msg.split("--context ")[1].split()[0])
+    assert need(fit, 3) <= avail < need(fit + 1, 3), (fit, msg)
+    # neither alone: this batch does not fit even at context 1, one sequence does up to 100
+    avail = need(100, 1)
+    big = base._largest(lambda b: need(1, b) <= avail, 10**7) + 1
+    msg = refusal(avail, big)
+    assert "--max-batch" not in msg.split("; use ")[1].replace("(--max-batch 1)", ""), msg
+    assert msg.endswith("; use one sequence (--max-batch 1) with a context of 100 or less (--context)"), msg
+    msg = refusal(need(1, 1) - 1, 3)
+    assert msg.endswith("is available; even one sequence of one position does not fit"), msg
 
 
 def test_cli_kv_cache_holds_only_the_positions_n_reaches(tmp_path, capsys, monkeypatch):

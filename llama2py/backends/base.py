@@ -27,8 +27,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..checkpoint import Config, Weights
-from ..errors import CLOSED, Llama2pyError, NonFiniteError, ResourceError
+from ..checkpoint import WEIGHT_TYPES, Config, Weights, q8_group_size
+from ..errors import CLOSED, CheckpointError, Llama2pyError, NonFiniteError, ResourceError
 from ..sampler import SEED_MAX
 from ..threads import max_threads, usable_cores
 
@@ -56,7 +56,7 @@ class Backend(ABC):
         self._sampling = (0.0, 0.0)  # its checked float32 values
         self._closed = False  # calls refused (refuse_calls, close)
         self._released = False  # memory freed (close)
-        check_memory(lambda b: self.host_bytes(config, b, threads), config, max_batch, self.memory_hints())
+        check_memory(lambda cfg, b: self.host_bytes(cfg, b, threads), config, max_batch, self.memory_hints())
 
     # -- memory ---------------------------------------------------------------------------------
     def host_bytes(self, config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
@@ -419,36 +419,77 @@ def _gib(n: int) -> str:
 
 
 def check_memory(
-    parts_of: Callable[[int], dict[str, int]], config: Config, max_batch: int, hints: Sequence[str] = ()
+    parts_of: Callable[[Config, int], dict[str, int]],
+    config: Config,
+    max_batch: int,
+    hints: Sequence[str] = (),
 ) -> None:
-    """Refuse (ResourceError) what would not fit the available memory. parts_of(b): the bytes a
-    backend of max_batch b allocates, by item (Backend.host_bytes). The message names both figures
-    and what lowers the need: the largest batch that fits (max_batch_size / --max-batch N), where
-    one sequence fits at all, a shorter context (--context), and the backend's own hints."""
-    parts = parts_of(max_batch)
+    """Refuse (ResourceError) what would not fit the available memory. parts_of(config, b): the
+    bytes a backend of max_batch b allocates for that config, by item (Backend.host_bytes). The
+    message names both figures and what would make it fit, each figure computed: the largest batch
+    (max_batch_size / --max-batch), the longest context (context= / --context), both for one
+    sequence where neither alone does, then the backend's own hints."""
+    parts = parts_of(config, max_batch)
     need = sum(parts.values())
     avail = available_memory()
     if avail is None or need <= avail:
         return
-    detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v)
-    fit = _largest_batch(parts_of, max_batch - 1, avail)
+
+    def fits(context: int, batch: int) -> bool:
+        return sum(parts_of(config.capped(context), batch).values()) <= avail
+
+    batch = _largest(lambda b: fits(config.seq_len, b), max_batch - 1)
+    context = _largest(lambda t: fits(t, max_batch), config.seq_len - 1)
     fix = []
-    if fit >= 1:
-        fix.append(f"a smaller batch (max_batch_size / --max-batch {fit} or less)")
-    fix.append(f"a shorter context than seq_len {config.seq_len} (context= / --context N)")
+    if batch:
+        fix.append(f"a smaller batch (max_batch_size / --max-batch {batch}{' or less' if batch > 1 else ''})")
+    if context:
+        fix.append(f"a shorter context (context= / --context {context} or less)")
+    if not batch and not context and max_batch > 1:
+        one = _largest(lambda t: fits(t, 1), config.seq_len - 1)
+        if one:
+            fix.append(f"one sequence (--max-batch 1) with a context of {one} or less (--context)")
     fix += hints
+    detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v)
+    advice = f"; use {' or '.join(fix)}" if fix else "; even one sequence of one position does not fit"
     raise ResourceError(
         f"this model needs {_gib(need)} of memory ({detail} for {max_batch} sequence(s) of "
-        f"{config.seq_len} positions) but only {_gib(avail)} is available; use {' or '.join(fix)}"
+        f"{config.seq_len} positions) but only {_gib(avail)} is available{advice}"
     )
 
 
-def _largest_batch(parts_of: Callable[[int], dict[str, int]], upper: int, avail: int) -> int:
-    """The largest batch b in 0..upper whose parts_of(b) fit avail bytes (0: not even one)."""
-    lo, hi = 0, upper  # lo fits (0: nothing), the answer is in lo..hi
+def check_conversion_memory(config: Config, weights: Weights, weight_type: Optional[str], path) -> None:
+    """Refuse (ResourceError) converting the weights at load time (Llama.load's weights=) into
+    arrays that would not fit the available memory, before converting anything."""
+    if weight_type not in WEIGHT_TYPES or weight_type == weights.weight_type:
+        return  # nothing to convert (or a bad value, which convert_weights names)
+    try:
+        group_size = q8_group_size(weights.group_size, config.dim)
+    except CheckpointError:
+        return  # no group size fits: convert_weights refuses it, naming the file
+    need = config.weight_bytes(weight_type, group_size)
+    avail = available_memory()
+    if avail is None or need <= avail:
+        return
+    if weight_type == "f32":
+        advice = "its own int8 weights (no weights= / --weights)"
+    else:
+        advice = (
+            "its float32 weights (no weights= / --weights), or a v2 file written once with `llama2py quantize "
+            "IN.bin OUT.bin`, whose int8 weights are read from the file rather than held in memory"
+        )
+    raise ResourceError(
+        f"checkpoint {path}: its weights as {weight_type} need {_gib(need)} of memory but only {_gib(avail)} "
+        f"is available; use {advice}"
+    )
+
+
+def _largest(fits: Callable[[int], bool], upper: int) -> int:
+    """The largest n in 1..upper with fits(n), or 0 if none (fits(n) implies fits(m) for m < n)."""
+    lo, hi = 0, max(upper, 0)  # lo fits (0: nothing), the answer is in lo..hi
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if sum(parts_of(mid).values()) <= avail:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1

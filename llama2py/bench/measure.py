@@ -19,8 +19,9 @@ import numpy as np
 
 from ..backends import create_backend
 from ..backends.base import PROFILE_KEYS
-from ..checkpoint import Config, convert_weights, load_checkpoint, q8_group_size
+from ..checkpoint import Config, load_checkpoint, q8_group_size
 from ..errors import DeviceError, Llama2pyError, count
+from ..model import load_weights
 from .host import BUSY_LOAD, gpu_name, host_info, mem_available, peak_rss, reset_peak_rss
 
 SCHEMA = 2
@@ -205,9 +206,8 @@ def bench_backend(
     gc.collect()
     reset_peak_rss()
     t0 = clock()
-    ck = load_checkpoint(path)
+    ck = load_weights(path, weights)  # load-time quantization counts as loading
     c = ck.config.capped(settings.context)
-    ck.weights = convert_weights(ck.weights, c, weights, path)  # load-time quantization counts as loading
     backend = make_backend(device, c, ck.weights, max_batch=batch, threads=threads)
     load_s = clock() - t0
     try:
