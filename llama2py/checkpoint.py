@@ -7,6 +7,7 @@ padded or foreign file is refused before any weight is touched.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import mmap
 import os
@@ -231,8 +232,10 @@ class QuantizedTensor:
         return QuantizedTensor((self.parts[layer],), self.shape[1:], self.group_size)
 
     def dequantize(self) -> np.ndarray:
-        """Float32 values (value = int8 * scale); a new array of the tensor's shape."""
-        out = [(q.reshape(-1, self.group_size).astype(np.float32) * s[:, None]).reshape(-1) for q, s in self.parts]
+        """Float32 values (value = int8 * scale); a new array of the tensor's shape. Products beyond
+        float32 are inf, silently: a model whose weights overflow stops at its first non-finite logits."""
+        with np.errstate(over="ignore"):
+            out = [(q.reshape(-1, self.group_size).astype(np.float32) * s[:, None]).reshape(-1) for q, s in self.parts]
         return np.concatenate(out).reshape(self.shape)
 
     def rows(self, index: np.ndarray) -> np.ndarray:
@@ -241,7 +244,8 @@ class QuantizedTensor:
         index = np.asarray(index)
         flat = index.reshape(-1)
         start = flat[:, None] * cols + np.arange(cols)[None, :]  # (n, cols) flat offsets
-        vals = q.reshape(-1)[start].astype(np.float32) * s[start // self.group_size]
+        with np.errstate(over="ignore"):  # (as dequantize)
+            vals = q.reshape(-1)[start].astype(np.float32) * s[start // self.group_size]
         return vals.reshape(index.shape + (cols,))
 
 
@@ -539,13 +543,25 @@ def _size_error(path: Path, version: int, config: Config, expected: int, size: i
     )
 
 
+def _map(path: Path, dtype, size: int) -> np.memmap:
+    """The whole file as a read-only memory map of dtype; a map the system refuses (an address-space
+    limit below the file's size, most often) a CheckpointError naming the file."""
+    try:
+        return np.memmap(path, dtype=dtype, mode="r", shape=(size // np.dtype(dtype).itemsize,))
+    except OSError as e:
+        limit = "; is the address space limited below that (ulimit -v)?" if e.errno == errno.ENOMEM else ""
+        raise CheckpointError(
+            f"checkpoint {path}: cannot map its {size:,} bytes into memory ({e.strerror or e}){limit}"
+        )
+
+
 def _load_float(path: Path, config: Config, size: int, version: int) -> Checkpoint:
     """A v0 or v1 file: every tensor a float32 view of one memory map, where float_tensor_offsets
     (tensor_order) puts it; v0's RoPE tables are skipped."""
     expected = checkpoint_bytes(config, version)
     if size != expected:
         raise _size_error(path, version, config, expected, size)
-    mm = np.memmap(path, dtype="<f4", mode="r", shape=(size // 4,))  # headers are whole floats: 28 or 256 bytes
+    mm = _map(path, "<f4", size)  # headers are whole floats: 28 or 256 bytes
     shapes = weight_shapes(config)
     arrays = {}
     for name, offset in float_tensor_offsets(config, version).items():
@@ -573,7 +589,7 @@ def _load_v2(path: Path, config: Config, size: int, gs: int) -> Checkpoint:
                 f"(with {config.describe()} it needs {expected:,}){fit}"
             )
         raise _size_error(path, 2, config, expected, size)
-    raw = np.memmap(path, dtype=np.uint8, mode="r")
+    raw = _map(path, np.uint8, size)
     off = HEADER_BYTES
     arrays: dict[str, np.ndarray] = {}
     for name in tensor_order(config, 2):

@@ -38,6 +38,7 @@ from typing import Optional, Union
 
 from .errors import DownloadError
 from .files import BYTES_BAR
+from .input_files import parse_json
 
 __all__ = [
     "KnownFile",
@@ -258,7 +259,7 @@ def verify_file(path: Union[str, Path], name: Union[str, KnownFile]) -> Optional
 
 def _read_verified(folder: Path) -> dict:
     try:
-        data = json.loads((folder / VERIFIED_JSON).read_text())
+        data = parse_json((folder / VERIFIED_JSON).read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -118,8 +119,21 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optio
 
 
 def _temporary_name(path: Path) -> str:
-    """A new hidden name beside path: .NAME.PID.TOKEN.tmp (_TEMPORARY recognizes it)."""
-    return f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    """A new hidden name beside path: .STEM.PID.TOKEN.tmp (_TEMPORARY recognizes it)."""
+    return f".{_temporary_stem(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+_STEM_BYTES = 255 - 25  # a file name's limit (NAME_MAX) less ".", ".PID" (up to 10 digits), ".TOKEN.tmp"
+
+
+def _temporary_stem(path: Path) -> str:
+    """path's name in its temporary names: the name itself, or where that would make them longer
+    than a file name may be, its first bytes and a hash of the whole name."""
+    name = os.fsencode(path.name)
+    if len(name) <= _STEM_BYTES:
+        return path.name
+    digest = hashlib.sha256(name).hexdigest()[:16]
+    return os.fsdecode(name[: _STEM_BYTES - 17]).encode("utf-8", "ignore").decode("utf-8", "ignore") + "~" + digest
 
 
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9]{1,10}\.[0-9a-f]{8}\.tmp")  # _temporary_name's names
@@ -136,7 +150,7 @@ def _remove_stale_temporaries(path: Path) -> None:
     with contextlib.suppress(OSError):
         for entry in os.scandir(path.parent):
             match = _TEMPORARY.fullmatch(entry.name)
-            if not match or match["name"] != path.name:
+            if not match or match["name"] != _temporary_stem(path):
                 continue
             try:
                 fd = os.open(entry.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))

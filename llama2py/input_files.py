@@ -3,6 +3,7 @@ more than their size, and every failure a one-line error that names the file and
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -65,3 +66,12 @@ def read_regular_file(
             return f.read(size if first is None else min(size, first))
     except OSError as e:
         raise error(f"{what} {path}: cannot read it ({e.strerror or e}); check that it is readable") from None
+
+
+def parse_json(text: str | bytes) -> object:
+    """json.loads, with nesting too deep for Python's parser (a RecursionError) a ValueError like
+    any other invalid document, so every reader's `except ValueError` covers hostile files."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -407,9 +407,13 @@ def test_refuses_damaged_sources(tmp_path, capsys):
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "not a file name")
     (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": 5}}))
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "not a valid safetensors index")
+    (hf / "model.safetensors.index.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert_refused(capsys, ["convert", str(hf), str(out)], out, "not a valid safetensors index")
     (hf / "model.safetensors.index.json").unlink()
     (hf / "config.json").write_text("{not json")
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "config.json", "JSON")
+    (hf / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # past Python's recursion limit
+    assert_refused(capsys, ["convert", str(hf), str(out)], out, "config.json", "nested too deeply")
     (hf / "config.json").unlink()
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "config.json", "params.json")
     assert_refused(capsys, ["convert", str(tmp_path / "nothing"), str(out)], out, "no such file")
@@ -510,6 +514,14 @@ def test_tokenizer_refusals(tmp_path, capsys):
     out.parent.mkdir()
     assert_refused(capsys, ["convert", str(bad), str(out)], out, "bad.model", "sentencepiece")
     model = model_file("tokenizer.model")
+    # one piece's bytes not UTF-8 (the "▁the" piece's first byte made 0xff): the file and token named
+    data = bytearray(model.read_bytes())
+    at = data.find(b"\x0a\x06\xe2\x96\x81the")
+    assert at > 0
+    data[at + 2] = 0xFF
+    damaged = tmp_path / "damaged.model"
+    damaged.write_bytes(bytes(data))
+    assert_refused(capsys, ["convert", str(damaged), str(out)], out, "damaged.model", "not valid UTF-8", "token ")
     # flags the input cannot take: exit 2, as any bad flag
     assert_refused(capsys, ["convert", str(model), str(out), "--quantize", "q8_0"], out, "tokenizer", rc=2)
 

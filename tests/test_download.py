@@ -409,6 +409,10 @@ def test_preexisting_file_is_trusted_only_after_its_sha256(server, tmp_path, mon
     os.utime(tok, ns=(0, 0))
     assert dl.is_trusted(tok, "testtok") and hashed == ["tok.bin"]
     assert "sha256 checked" in dl.list_store(tmp_path)
+    # a damaged record (here nested past Python's recursion limit) is no record: hashed again
+    (tmp_path / dl.VERIFIED_JSON).write_text("[" * 100_000 + "]" * 100_000)
+    hashed.clear()
+    assert dl.is_trusted(tok, "testtok") and hashed == ["tok.bin"]
 
 
 def test_download_stops_at_the_published_size(server, tmp_path):

@@ -148,6 +148,25 @@ def test_load_time_conversion_checked_before_converting(tmp_path, monkeypatch, v
     assert str(ck) in msg and ("llama2py quantize" in msg) == (weights == "q8_0") and "\n" not in msg, msg
 
 
+def test_a_refused_memory_map_names_the_file(tmp_path, monkeypatch):
+    """mmap fails with ENOMEM under an address-space limit (ulimit -v) below the file's size: the
+    error names the file and the likely cause (it was a bare '[Errno 12] Cannot allocate memory')."""
+    import errno
+
+    from llama2py import checkpoint
+
+    ck, tok = tiny_model(tmp_path)
+
+    def refused(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(checkpoint.np, "memmap", refused)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(ck)
+    msg = str(e.value)
+    assert str(ck) in msg and "cannot map its" in msg and "ulimit -v" in msg and "\n" not in msg, msg
+
+
 def test_memory_advice_names_what_fits(tmp_path, monkeypatch):
     """Each way out the refusal offers is computed: the batch and the context that fit, one
     sequence with a shorter context where neither a smaller batch nor a shorter context alone
@@ -440,7 +459,8 @@ def test_int8_overflow_stops_with_a_clear_error(tmp_path, device, source):
     ck, tok = tiny_model(tmp_path, version=version)
     c = load_checkpoint(ck).config
     w = random_weights(c)
-    w.wq[0][:] = np.float32(3e38)  # finite, and quantizable: scale 3e38 / 127, every value 127
+    # finite, and quantizable (scale max / 127, every value 127), but 127 * scale rounds up to inf
+    w.wq[0][:] = np.finfo(np.float32).max
     write_checkpoint(ck, c, w, version)
     m = Llama.load(ck, tok, device=device, max_batch_size=2, weights=weights)
     assert m.backend.weight_type == "q8_0"
@@ -450,6 +470,9 @@ def test_int8_overflow_stops_with_a_clear_error(tmp_path, device, source):
             m.run("ab", steps=10, temperature=0.0)
         with pytest.raises(NonFiniteError):
             m.generate([[1, 5, 6], [1, 7]], max_gen_len=5, temperature=0.8, seed=3)
+    # the command line says it in one line, with no numpy overflow warning on stderr before it
+    for flags in (["--weights", "f32"], [] if source == "v2 file" else ["--weights", "q8_0"]):
+        assert_one_line_error(run_cli(ck, "-z", tok, "--device", device, "-t", "0", *flags), "non-finite", rc=1)
 
 
 def test_non_finite_weights_cli_exit_1(tmp_path):

@@ -246,6 +246,29 @@ def test_atomic_output_removes_what_a_killed_writer_left(tmp_path):
     assert target.read_bytes() == b"new" and other.read_bytes() == b"half"
 
 
+@pytest.mark.parametrize("name", ["a" * 251 + ".bin", "\u00e9" * 125 + "x.bin"])
+def test_atomic_output_takes_the_longest_file_names(tmp_path, name):
+    """A name at the 255-byte limit (2-byte characters included): its temporary name is shortened
+    (the first bytes and a hash), not refused as too long; a killed writer's leftover of that target
+    is still found and removed, another long target's kept."""
+    from llama2py import files
+
+    target = tmp_path / name
+    assert len(os.fsencode(name)) == 255
+    stem = files._temporary_stem(target)
+    assert stem != name and len(os.fsencode(stem)) <= files._STEM_BYTES
+    other_stem = files._temporary_stem(tmp_path / (name[:-4] + ".bix"))
+    assert other_stem != stem
+    stale, other = tmp_path / f".{stem}.4242.0123abcd.tmp", tmp_path / f".{other_stem}.4242.0123abcd.tmp"
+    stale.write_bytes(b"half")
+    other.write_bytes(b"half")
+    with atomic_output(target) as f:
+        f.write(b"new")
+    assert target.read_bytes() == b"new"
+    if os.name == "posix":
+        assert sorted(os.listdir(tmp_path)) == sorted([name, other.name])
+
+
 def test_atomic_output_keeps_the_old_file_on_error(tmp_path):
     target = tmp_path / "t.bin"
     target.write_bytes(b"old")

@@ -9,7 +9,6 @@ for its rotate-half RoPE; llama2.c (like Meta) rotates adjacent pairs, so those 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,6 +17,7 @@ import numpy as np
 
 from ..checkpoint import Config
 from ..errors import ConvertError
+from ..input_files import parse_json
 from . import shared
 from .safetensors import SafetensorsFile
 from .shared import check_rope_theta, norm_eps_note, read_json_object, source_shapes
@@ -126,7 +126,7 @@ def open_shards(src: Path) -> dict[str, SafetensorsFile]:
     index = src / INDEX
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            weight_map = parse_json(index.read_text(encoding="utf-8"))["weight_map"]
             files = sorted(set(weight_map.values()))
             if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
                 raise TypeError

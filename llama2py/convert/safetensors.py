@@ -12,7 +12,6 @@ touched pages would count towards the process's memory until the whole file is u
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConvertError
+from ..input_files import parse_json
 
 # dtype names in the header -> how the bytes are read (bf16 as uint16, widened below)
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2"), "F64": np.dtype("<f8")}
@@ -60,7 +60,7 @@ class SafetensorsFile:
         except OSError as e:
             raise ConvertError(f"{self.path}: cannot read it ({e.strerror or e})")
         try:
-            table = json.loads(header.decode("utf-8"))
+            table = parse_json(header.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise ConvertError(f"{self.path}: the safetensors header is not valid JSON; the file is damaged")
         if not isinstance(table, dict):

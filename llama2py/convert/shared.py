@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 from ..checkpoint import Config, weight_shapes
 from ..errors import ConvertError
+from ..input_files import parse_json
 
 ROPE_THETA = 10000.0  # llama2.c's RoPE base (docs/FORMAT.md, "Forward pass"); not stored in the file
 NORM_EPS = 1e-5  # llama2.c's rmsnorm epsilon (docs/FORMAT.md, "Forward pass"); not stored either
@@ -17,7 +17,7 @@ BLOCK_VALUES = 1 << 22  # values per block read (16 MiB as float32): the convert
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON object from `path` (a model's config), or a one-line ConvertError naming the file."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = parse_json(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConvertError(f"{path}: cannot read it ({e.strerror or e})")
     except ValueError as e:

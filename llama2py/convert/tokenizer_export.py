@@ -35,7 +35,12 @@ def tokenizer_bytes(model_path: Path) -> bytes:
         elif i == sp.eos_id():
             piece = "\n</s>\n"
         else:
-            piece = sp.id_to_piece(i)
+            try:
+                piece = sp.id_to_piece(i)
+            except UnicodeDecodeError as e:  # (sentencepiece's wrapper decodes every piece)
+                raise ConvertError(
+                    f"{model_path}: token {i}'s piece is not valid UTF-8 ({e.reason}); the file is damaged"
+                )
         pieces.append(piece.replace(SPACE_MARK, " ").encode("utf-8"))
         scores.append(sp.get_score(i))
     out = [struct.pack("<I", max(len(p) for p in pieces))]
