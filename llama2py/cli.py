@@ -478,14 +478,29 @@ def _dispatch(argv: list[str]) -> int:
         args = p.parse_args(argv[1:])
         return _guarded(lambda: module.run(args), args.debug)
     parser = run_parser()
+    lead = 0  # flags before the first word: `llama2py --debug info x.bin` means `llama2py info x.bin --debug`
+    while lead < len(argv) and argv[lead] in ("--debug", "--verbose", "-h", "--help"):
+        lead += 1
+    if 0 < lead < len(argv) and argv[lead] in SUBCOMMANDS and not os.path.lexists(argv[lead]):
+        flags = argv[:lead]
+        if "--verbose" in flags:
+            parser.error(f"--verbose is a flag of the story command, not of `llama2py {argv[lead]}` (see its --help)")
+        return _dispatch(argv[lead:] + (["--help"] if {"-h", "--help"} & set(flags) else flags))
     word = argv[0] if argv else ""
     if word and not word.startswith("-") and not set("./\\") & set(word) and not os.path.lexists(word):
+        if word == "run":  # llama2.c's program name, or a habit from other tools
+            parser.error("'run' is not a command: the story command is llama2py itself (llama2py CHECKPOINT [flags])")
         # `llama2py infoo x.bin` would say "unrecognized arguments: x.bin": name the likely typo
         # (not for a missing file such as synth.bin: that is a missing checkpoint, said as such)
         near = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1, cutoff=0.7)
         if near:
             parser.error(f"{argv[0]!r} is neither a command nor a file; did you mean `llama2py {near[0]}`?")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ""
+        if len(extra) == 1 and args.checkpoint and not extra[0].startswith("-"):  # `llama2py model.bin tok.bin`
+            hint = f"; a tokenizer goes after -z (llama2py {args.checkpoint} -z {extra[0]})"
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     return _guarded(lambda: cmd_run(args), args.debug)
 
 

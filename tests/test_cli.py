@@ -432,6 +432,34 @@ def test_closed_stdout_is_one_line(tmp_path):
     )
 
 
+def test_flags_before_a_command_and_other_habits(tmp_path, capsys):
+    """--debug (or --help) before a command applies to it; --verbose, the story command's flag, is
+    named as such; 'run' (llama2.c's program) and a tokenizer given without -z say what to type."""
+    from llama2py.cli import main
+
+    ck = tmp_path / "m.bin"
+    write_checkpoint(ck, SHAPES["mha_shared"], random_weights(SHAPES["mha_shared"], 1), 0)
+    assert main(["--debug", "info", str(ck)]) == 0
+    assert "llama2.c v0" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--help", "bench"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("usage: llama2py bench")
+    with pytest.raises(SystemExit) as e:
+        main(["--verbose", "download", "--list"])
+    assert e.value.code == 2
+    assert_one_line_error((2, capsys.readouterr().err), "--verbose is a flag of the story command", rc=2)
+    with pytest.raises(SystemExit):
+        main(["run", str(ck)])
+    assert_one_line_error((2, capsys.readouterr().err), "'run' is not a command", "llama2py CHECKPOINT", rc=2)
+    with pytest.raises(SystemExit):
+        main([str(ck), str(tmp_path / "tok.bin")])
+    err = capsys.readouterr().err
+    assert_one_line_error((2, err), f"a tokenizer goes after -z (llama2py {ck} -z {tmp_path / 'tok.bin'})", rc=2)
+    with pytest.raises(SystemExit):
+        main([str(ck), "--bogus"])
+    assert "-z" not in assert_one_line_error((2, capsys.readouterr().err), "unrecognized arguments: --bogus", rc=2)
+
+
 @pytest.mark.parametrize("typo, command", [("infoo", "info"), ("bnech", "bench"), ("quantise", "quantize")])
 def test_mistyped_command_is_named(tmp_path, typo, command):
     """`llama2py infoo x.bin` said "unrecognized arguments: x.bin"; it names the command meant. A
