@@ -285,8 +285,9 @@ def _remember_verified(path: Path, sha256: str) -> None:
 
 
 def is_trusted(path: Union[str, Path], name: Union[str, KnownFile]) -> bool:
-    """True if path is the entry's file: right size, and a sha256 that matched once at this size
-    and mtime (remembered in .verified.json) or matches now (then remembered)."""
+    """True if path is the entry's file: right size, and its sha256 the published one. A file's
+    sha256 is computed once at a given size and mtime and remembered in .verified.json (a
+    mismatch too: `download --list` then says so, and nothing hashes it again)."""
     entry = lookup(name)
     path = Path(path)
     try:
@@ -297,22 +298,35 @@ def is_trusted(path: Union[str, Path], name: Union[str, KnownFile]) -> bool:
         return False
     if entry.sha256 is None:
         return True
-    seen = _read_verified(path.parent).get(path.name)
-    if (
-        isinstance(seen, dict)
-        and seen.get("size") == st.st_size
-        and seen.get("mtime_ns") == st.st_mtime_ns
-        and seen.get("sha256") == entry.sha256
-    ):
-        return True
-    if _sha256_of(path) != entry.sha256:
-        return False
-    _remember_verified(path, entry.sha256)
-    return True
+    seen = _remembered_sha256(_read_verified(path.parent), path.name, st)
+    if seen is not None:
+        return seen == entry.sha256
+    actual = _sha256_of(path)
+    _remember_verified(path, actual)
+    return actual == entry.sha256
+
+
+def _remembered_sha256(records: dict, name: str, st: os.stat_result) -> Optional[str]:
+    """The sha256 .verified.json holds for file `name` at this stat's size and mtime, else None."""
+    seen = records.get(name)
+    if isinstance(seen, dict) and (seen.get("size"), seen.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
+        sha = seen.get("sha256")
+        return sha if isinstance(sha, str) else None
+    return None
 
 
 def _by_hand(entry: KnownFile, dest: Path) -> str:
-    return f"fetch it by hand and put it at {dest}"
+    facts = ([f"{entry.size:,} bytes"] if entry.size is not None else []) + (
+        [f"sha256 {entry.sha256}"] if entry.sha256 else []
+    )
+    text = (
+        f"fetch it by hand ({', '.join(facts)}) and put it at {dest}"
+        if facts
+        else f"fetch it by hand and put it at {dest}"
+    )
+    if dest.is_file() and not is_trusted(dest, entry):  # why the file already there was passed over
+        text += " (the file there now is not the published one)"
+    return text
 
 
 def _by_hand_sentence(entry: KnownFile, dest: Path) -> str:
@@ -716,17 +730,17 @@ def list_store(folder: Union[str, Path, None] = None) -> str:
             state = f"absent ({part.stat().st_size:,} bytes so far in {part.name})" if part.is_file() else "absent"
         else:
             st = path.stat()
-            seen = verified.get(e.filename)
+            seen = _remembered_sha256(verified, e.filename, st)
             if e.size is not None and st.st_size != e.size:
                 state = f"wrong size: {st.st_size:,} bytes, expected {e.size:,}"
             elif e.sha256 is None:
                 state = "present (size checked; no published sha256)"
-            elif isinstance(seen, dict) and (seen.get("size"), seen.get("mtime_ns"), seen.get("sha256")) == (
-                st.st_size,
-                st.st_mtime_ns,
-                e.sha256,
-            ):
+            elif seen == e.sha256:
                 state = "present, sha256 checked"
+            elif seen is not None:
+                state = (
+                    f"present, NOT the published file (its sha256 differs; `llama2py download {e.name}` replaces it)"
+                )
             else:
                 state = f"present, sha256 not checked yet (`llama2py download {e.name}` checks it)"
         lines.append(f"  {e.name:<12} {_human(e.size):>9}  {e.filename:<16} {state}")

@@ -241,8 +241,15 @@ def test_unreachable_url_names_url_and_destination(tmp_path):
         dl.download("testmodel", tmp_path, url=bad, progress=False)
     msg = str(err.value)
     assert bad in msg and str(tmp_path / "test.bin") in msg
-    assert "by hand" in msg
-    assert not (tmp_path / "test.bin").exists()
+    entry = dl.lookup("testmodel")
+    assert f"by hand ({entry.size:,} bytes, sha256 {entry.sha256}) and put it at" in msg
+    assert "not the published one" not in msg and not (tmp_path / "test.bin").exists()
+    # a wrong file already there: passed over, and said so, here and in --list (checked once)
+    (tmp_path / "test.bin").write_bytes(b"z" * len(DATA))
+    assert "not checked yet" in dl.list_store(tmp_path).split("test.bin")[1].splitlines()[0]
+    with pytest.raises(DownloadError, match=r"\(the file there now is not the published one\)$"):
+        dl.download("testmodel", tmp_path, url=bad, progress=False)
+    assert "NOT the published file" in dl.list_store(tmp_path).split("test.bin")[1].splitlines()[0]
 
 
 def test_http_404_is_a_download_error(server, tmp_path):
