@@ -73,23 +73,29 @@ class Config:
         return self.n_heads // self.n_kv_heads
 
     def validate(self, where: str = "checkpoint") -> None:
+        """Refuse (CheckpointError, starting with where) a config no llama2.c model has. A where
+        starting with "checkpoint" is a file's header, and the messages say so."""
+        header = where.startswith("checkpoint")
         names = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
         for name in names:
             value = getattr(self, name)
             if value <= 0:
                 raise CheckpointError(
-                    f"{where}: header field {name} = {value} must be positive; "
-                    "this is not a llama2.c checkpoint or it is damaged"
+                    f"{where}: {'header field ' if header else ''}{name} = {value} must be positive"
+                    + ("; this is not a llama2.c checkpoint or it is damaged" if header else "")
                 )
-        if (
-            self.dim > _MAX_DIM
-            or self.hidden_dim > 8 * _MAX_DIM
-            or self.n_layers > 4096
-            or self.vocab_size > _MAX_VOCAB
-            or self.seq_len > MAX_SEQ_LEN
-        ):
+        limits = {"dim": _MAX_DIM, "hidden_dim": 8 * _MAX_DIM, "n_layers": 4096, "vocab_size": _MAX_VOCAB}
+        limits["seq_len"] = MAX_SEQ_LEN
+        over = [
+            f"{name} {getattr(self, name):,} > {limit:,}"
+            for name, limit in limits.items()
+            if getattr(self, name) > limit
+        ]
+        if over:
             raise CheckpointError(
                 f"{where}: header {self.describe()} is implausibly large; this is not a llama2.c checkpoint"
+                if header
+                else f"{where}: {', '.join(over)}: beyond what llama2py takes"
             )
         if self.vocab_size < MIN_VOCAB:
             raise CheckpointError(

@@ -41,6 +41,8 @@ def check_output_path(path: PathLike, inputs: tuple[PathLike, ...] = (), size: O
     return the file to write (a symbolic link's target: the link stays a link). size: the bytes
     the output will take, refused where the folder reports less room (None: not known)."""
     text = os.fspath(path)
+    if not text:  # Path("") is ".", the current folder, which the messages below would name
+        raise OutputError("the output path is empty; give the name of a file to write")
     given = Path(path)
     # Path() drops a trailing separator or "." (cdir/ or cdir/. would become a file named cdir)
     if (text.endswith(("/", os.sep)) or os.path.basename(text) in (".", "..")) and not given.is_dir():

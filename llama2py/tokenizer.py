@@ -16,6 +16,9 @@ MIN_VOCAB = EOS + 1
 _BYTE_PIECE = re.compile(rb"^<0x([0-9A-Fa-f]{1,2})")
 
 
+PASS_MATCHING = "pass the matching tokenizer: -z TOKENIZER, or tokenizer= in the API"
+
+
 class Tokenizer:
     """Vocabulary and merge scores read from a llama2.c tokenizer file.
 
@@ -42,8 +45,7 @@ class Tokenizer:
             "`llama2py download tokenizer`)",
             # a token's record is at least 8 bytes and at most 8 + max_token_length (<= 2**16)
             limit=4 + vocab_size * (8 + (1 << 16)),
-            too_big_hint=f" for {vocab_size} tokens; it belongs to a model with a larger vocabulary "
-            "(pass the matching tokenizer with -z)",
+            too_big_hint=f" for {vocab_size} tokens; it belongs to a model with a larger vocabulary ({PASS_MATCHING})",
         )
         if len(data) < 4:
             raise TokenizerError(f"tokenizer {path}: {len(data)} bytes, too short to be a tokenizer file")
@@ -69,17 +71,25 @@ class Tokenizer:
         scores: list[float] = []
         off = 4
         for i in range(vocab_size):
+            if off == len(data):
+                raise TokenizerError(
+                    f"tokenizer {path}: holds {i} tokens but the model's vocabulary has {vocab_size}; it belongs "
+                    f"to a model with a smaller vocabulary, or it was cut short ({PASS_MATCHING})"
+                )
             if off + 8 > len(data):
                 raise TokenizerError(
-                    f"tokenizer {path}: ends after {i} tokens but the model's vocabulary has {vocab_size}; "
-                    "this tokenizer does not belong to this model (pass the right one with -z)"
+                    f"tokenizer {path}: truncated inside token {i}'s record (re-download or re-export it)"
                 )
             score, length = struct.unpack_from("<fi", data, off)
             off += 8
-            if length < 0 or length > self.max_token_length or off + length > len(data):
+            if length < 0 or length > self.max_token_length:
                 raise TokenizerError(
                     f"tokenizer {path}: token {i} has an invalid length {length}; "
                     "the file is corrupt or not a llama2.c tokenizer"
+                )
+            if off + length > len(data):
+                raise TokenizerError(
+                    f"tokenizer {path}: truncated inside token {i}'s {length} bytes (re-download or re-export it)"
                 )
             pieces.append(data[off : off + length])
             scores.append(score)
@@ -87,7 +97,7 @@ class Tokenizer:
         if off != len(data):
             raise TokenizerError(
                 f"tokenizer {path}: has {len(data) - off} bytes beyond the model's {vocab_size} tokens; "
-                "it belongs to a model with a larger vocabulary (pass the matching tokenizer with -z)"
+                f"it belongs to a model with a larger vocabulary ({PASS_MATCHING})"
             )
         self.vocab_size = vocab_size
         self.pieces = pieces  # token id -> raw bytes
@@ -208,9 +218,10 @@ class Tokenizer:
 
     def decode(self, tokens: list[int], prev: int = BOS) -> str:
         """Text of a token sequence; BOS/EOS are dropped, the first piece after BOS loses its space."""
-        from .backends.base import as_token_ids  # the one check of token ids
+        from .backends.base import as_token_ids, check_int  # the one check of token ids
 
         ids = as_token_ids(tokens, self.vocab_size).reshape(-1).tolist()
+        prev = check_int("prev", prev, 0, self.vocab_size - 1)
         out = bytearray()
         for t in ids:
             if t in (BOS, EOS):
@@ -225,7 +236,13 @@ def _text_bytes(text: str | bytes) -> bytes:
     """A prompt as bytes: str as UTF-8, bytes as they are (run takes argv bytes). Anything else
     (an int would make bytes(5) = five NUL bytes) is refused."""
     if isinstance(text, str):
-        return text.encode("utf-8", errors="surrogateescape")
+        try:  # (surrogateescape: the bytes of a command line that were not UTF-8 come back as they were)
+            return text.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError as e:  # a lone surrogate such as "\ud800": no bytes stand for it
+            raise PromptError(
+                f"the prompt holds {text[e.start]!r} at character {e.start}, a lone surrogate that UTF-8 "
+                "cannot encode; pass text, or bytes for exact bytes"
+            ) from None
     if isinstance(text, (bytes, bytearray, memoryview)):
         return bytes(text)
     raise PromptError(f"a prompt must be text (str) or bytes, got {type(text).__name__} {text!r:.40}")

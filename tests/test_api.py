@@ -555,6 +555,11 @@ def test_wrong_argument_types_are_named(stories260k):
         (lambda: m.generate({0: ids}, 3), TypeError, "got a dict"),
         (lambda: m.generate({1, 2}, 3), TypeError, "got a set"),
         (lambda: m.generate([[1, [2]]], 3), PromptError, "unequal nesting \\(the vocabulary"),
+        (lambda: m.run("a\ud800 b"), PromptError, "'\\\\ud800' at character 1, a lone surrogate"),
+        (lambda: m.text_completion(["ok", "\udfff"]), PromptError, "lone surrogate"),
+        (lambda: m.chat_completion([[{"role": "user", "content": "\ud83d"}]]), PromptError, "lone surrogate"),
+        (lambda: m.tokenizer.decode([5], prev=1.5), TypeError, "prev must be an integer"),
+        (lambda: m.tokenizer.decode([5], prev=-1), ValueError, "prev must be"),
         (lambda: Tokenizer(tok, None), TypeError, "vocab_size must be an integer, got None"),
     ]
     for call, kind, needle in cases:

@@ -206,7 +206,7 @@ def test_error_tokenizer_too_small(tmp_path, stories260k):
     c = Config(dim=16, hidden_dim=24, n_layers=1, n_heads=2, n_kv_heads=1, vocab_size=600, seq_len=16)
     p = tmp_path / "m.bin"
     write_checkpoint(p, c, random_weights(c))
-    assert_one_line_error(cli(p, "-z", stories260k[1]), "ends after 512 tokens")
+    assert_one_line_error(cli(p, "-z", stories260k[1]), "holds 512 tokens", "-z TOKENIZER")
 
 
 def test_error_foreign_file(tmp_path):

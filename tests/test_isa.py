@@ -341,7 +341,7 @@ def test_environment_forces_a_level():
         r = _run_with_isa(level)
         assert r.returncode == 0 and r.stdout.decode().strip() == level, r.stderr.decode()[-500:]
     r = _run_with_isa("avx1024")
-    assert r.returncode != 0 and b"LLAMA2PY_ISA=avx1024" in r.stderr and b"unknown instruction set level" in r.stderr
+    assert r.returncode != 0 and b"LLAMA2PY_ISA: unknown instruction set level 'avx1024'" in r.stderr
     missing = [level for level in ISA_LEVELS if level not in ext.isa_levels()]
     if missing:
         r = _run_with_isa(missing[0])
@@ -352,4 +352,6 @@ def test_cli_bad_isa_is_one_line(stories260k):
     require_device("cpu")
     path, tok = stories260k
     r = cli(path, "-z", tok, "-n", "4", "--device", "cpu", env={"LLAMA2PY_ISA": "avx1024"}, timeout=60)
-    assert_one_line_error(r, "LLAMA2PY_ISA", rc=1)
+    assert_one_line_error(r, "LLAMA2PY_ISA: unknown instruction set level 'avx1024'", rc=1)
+    r = cli(path, "-z", tok, "-n", "4", "--device", "cpu", env={"LLAMA2PY_ISA": "avx2\n"}, timeout=60)
+    assert_one_line_error(r, "LLAMA2PY_ISA: unknown instruction set level 'avx2\\x0a'", rc=1)  # one line

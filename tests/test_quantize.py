@@ -85,6 +85,7 @@ def test_progress_when_asked(tmp_path, make_checkpoint):
         (lambda src, d: [src, str(d / "link.bin")], 1, ["is the input file"]),
         (lambda src, d: [src, str(d / "hard.bin")], 1, ["is the input file"]),
         (lambda src, d: [src, str(d / "sub")], 1, ["is a directory"]),
+        (lambda src, d: [src, ""], 1, ["the output path is empty"]),  # not "output .: is a directory"
         (lambda src, d: [src, str(d / "newdir") + "/"], 1, ["names a folder, not a file"]),  # never a file
         (lambda src, d: [src, str(d / "newdir") + "/."], 1, ["names a folder, not a file"]),
         (lambda src, d: [src, str(d / "missing" / "x.bin")], 1, ["does not exist"]),

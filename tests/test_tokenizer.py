@@ -64,8 +64,15 @@ def test_byte_fallback_and_print_rule(tmp_path):
 
 def test_tokenizer_smaller_than_vocab(tmp_path):
     path = write_tokenizer(tmp_path / "t.bin", byte_vocab())
-    with pytest.raises(TokenizerError, match="ends after 259 tokens but the model's vocabulary has 300"):
+    with pytest.raises(TokenizerError, match="holds 259 tokens but the model's vocabulary has 300; it belongs"):
         Tokenizer(path, 300)
+    # cut inside a record (its 8-byte head, or its bytes): truncated, not another model's
+    data = path.read_bytes()
+    for cut in (3, 12):
+        path.write_bytes(data[:-cut])
+        with pytest.raises(TokenizerError, match=r"truncated inside token 258's .*re-download") as e:
+            Tokenizer(path, 259)
+        assert "vocabulary" not in str(e.value)
 
 
 def test_tokenizer_larger_than_vocab(llama_tokenizer, tmp_path):

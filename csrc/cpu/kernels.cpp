@@ -92,6 +92,20 @@ const KernelTable& kernels() {
     return *t;
 }
 
+// name in quotes, control characters as \xHH (the message stays one line)
+static std::string quoted(const std::string& name) {
+    std::string out = "'";
+    for (const unsigned char ch : name) {
+        if (ch < 0x20 || ch == 0x7f) {
+            const char* hex = "0123456789abcdef";
+            out += std::string("\\x") + hex[ch >> 4] + hex[ch & 15];
+        } else {
+            out += (char)ch;
+        }
+    }
+    return out + "'";
+}
+
 std::string select_isa(const std::string& name) {
     if (name.empty()) {
         current.store(table_of(isa_best()));
@@ -100,15 +114,15 @@ std::string select_isa(const std::string& name) {
     for (int i = 0; i < ISA_COUNT; ++i)
         if (name == ISA_NAMES[i]) {
             if (!isa_supported((Isa)i))
-                return std::string("instruction set level '") + name +
-                       "' is not supported by this CPU (best: " + ISA_NAMES[isa_best()] + ")";
+                return "instruction set level " + quoted(name) +
+                       " is not supported by this CPU (best: " + ISA_NAMES[isa_best()] + ")";
             current.store(table_of((Isa)i));
             return "";
         }
     std::string names;
     for (int i = 0; i < ISA_COUNT; ++i)
         names += std::string(i ? (i + 1 < ISA_COUNT ? ", " : " or ") : "") + ISA_NAMES[i];
-    return "unknown instruction set level '" + name + "' (choose " + names + ")";
+    return "unknown instruction set level " + quoted(name) + " (choose " + names + ")";
 }
 
 // ---- the level's kernels behind the plain names --------------------------------------------------------

@@ -616,7 +616,7 @@ PYBIND11_MODULE(_cpu, m) {
     {  // the instruction-set level: the best this CPU runs, or a lower one forced by LLAMA2PY_ISA
         const char* env = std::getenv("LLAMA2PY_ISA");
         const std::string err = l2p::select_isa(env ? env : "");
-        if (!err.empty()) throw py::import_error("LLAMA2PY_ISA=" + std::string(env) + ": " + err);
+        if (!err.empty()) throw py::import_error("LLAMA2PY_ISA: " + err);  // (err names the value)
     }
     m.def(
         "isa", []() { return std::string(l2p::isa_name(l2p::kernels().isa)); },
