@@ -291,13 +291,21 @@ def cmd_run(args) -> int:
             read_user,
             system,
             args.prompt,
+            lambda fed, n: cut.append((fed, n)),
         )
+        cut: list[tuple[int, int]] = []
         with model._call():  # the chat drives the backend itself: one call, as Llama's own are
             for b in pieces:
                 out.write(b)
                 out.flush()
         out.write(b"\n")
         out.flush()
+        for fed, n in cut:  # run stops there silently
+            print(
+                f"llama2py: warning: the chat reached -n {args.steps} positions {fed} tokens into a {n}-token "
+                "user turn, before its answer; raise -n (0 = the whole context)",
+                file=sys.stderr,
+            )
         return 0
     stats = RunStats()
     for b in model.stream_bytes(_prompt_bytes(args.prompt), args.steps, args.temperature, args.top_p, args.seed, stats):
@@ -476,7 +484,7 @@ def _dispatch(argv: list[str]) -> int:
         module.add_arguments(p)
         p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
         args = p.parse_args(argv[1:])
-        return _guarded(lambda: module.run(args), args.debug)
+        return _guarded(lambda: module.run(args), args.debug, f"llama2py {name}")
     parser = run_parser()
     lead = 0  # flags before the first word: `llama2py --debug info x.bin` means `llama2py info x.bin --debug`
     while lead < len(argv) and argv[lead] in ("--debug", "--verbose", "-h", "--help"):
@@ -508,7 +516,8 @@ ERROR_CHARS = 2000  # an error message is at most this many characters (no dumpe
 # unless it is one of ours laid out in lines
 
 
-def _guarded(fn, debug: bool) -> int:
+def _guarded(fn, debug: bool, prog: str = "llama2py") -> int:
+    """fn(), with its errors as one line on stderr, 'PROG: error: ...' as argparse says its own."""
     try:
         return fn()
     except (Llama2pyError, ValueError, OSError, MemoryError) as e:
@@ -529,7 +538,7 @@ def _guarded(fn, debug: bool) -> int:
             msg = " ".join(str(e).split())  # one line, whatever a foreign message held
         if len(msg) > ERROR_CHARS:
             msg = msg[: ERROR_CHARS - 3] + "..."
-        print(f"llama2py: error: {msg}", file=sys.stderr)
+        print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt as e:
         print("", file=sys.stderr)

@@ -219,10 +219,12 @@ def chat_loop(
     read_user: Callable[[str], Optional[str]],
     system: str = "",
     first_user: Optional[str] = None,
+    on_cut: Optional[Callable[[int, int], None]] = None,
 ) -> Iterator[bytes]:
     """run's chat mode. read_user(prompt_text) returns a line, or None at end of input (then the
     chat ends: run would spin forever). Returns an iterator of the bytes to print, including
-    "Assistant: " headers; the arguments are checked before it is returned.
+    "Assistant: " headers; the arguments are checked before it is returned. on_cut(fed, tokens):
+    called where `steps` ends the chat inside a user turn's prompt (run then stops silently).
 
     As in run, every position (prompt ones too) samples a token, so the generator advances the
     same way and a seeded chat matches run's. Text may be str (surrogate-escaped bytes stay the
@@ -230,7 +232,7 @@ def chat_loop(
     steps = resolve_steps(steps, backend.config.seq_len)
     temperature, top_p = check_sampling(temperature, top_p)
     seed = check_seed("seed", seed)
-    return _chat_loop(backend, tokenizer, steps, temperature, top_p, seed, read_user, system, first_user)
+    return _chat_loop(backend, tokenizer, steps, temperature, top_p, seed, read_user, system, first_user, on_cut)
 
 
 def _chat_loop(
@@ -243,6 +245,7 @@ def _chat_loop(
     read_user: Callable[[str], Optional[str]],
     system: str,
     first_user: Optional[str],
+    on_cut: Optional[Callable[[int, int], None]],
 ) -> Iterator[bytes]:
     backend.set_seeds([seed])
     seq_len = backend.config.seq_len
@@ -284,3 +287,5 @@ def _chat_loop(
             yield tokenizer.printable_bytes(token, nxt)
         if nxt == EOS:
             yield b"\n"
+    if idx < len(prompt) and on_cut is not None:
+        on_cut(idx, len(prompt))

@@ -312,6 +312,19 @@ def test_chat_ends_when_the_context_is_full(tmp_path, stories260k):
     assert out.startswith(b"User: Assistant: ") and out.endswith(b"\n")
     # each turn's prompt takes several positions of the 32: far fewer turns than lines were read
     assert 1 <= out.count(b"User: ") < lines and out.count(b"Assistant: ") <= out.count(b"User: ")
+    assert b"warning" not in r.stderr  # a turn that does not fit is not started: nothing was cut
+
+
+def test_chat_cut_by_n_inside_a_turn_says_so(stories260k):
+    """-n smaller than the first turn's prompt: run stops without an answer and says nothing; the
+    story on stdout stays run's, and stderr says why there was no answer."""
+    path, tok = stories260k
+    r = cli(path, "-z", tok, "-m", "chat", "-y", "sys", "-t", "0", "-n", "20", stdin=b"hi there\n", timeout=120)
+    assert r.returncode == 0 and r.stdout == b"User: Assistant: \n", r.stdout
+    err = r.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("llama2py: warning: the chat reached -n 20 positions 20 tokens into a")
+    r = cli(path, "-z", tok, "-m", "chat", "-y", "sys", "-t", "0", "-n", "100", stdin=b"hi there\n", timeout=120)
+    assert r.returncode == 0 and b"warning" not in r.stderr and len(r.stdout) > len(b"User: Assistant: \n")
 
 
 @pytest.mark.parametrize(

@@ -356,7 +356,7 @@ def assert_refused(capsys, argv, out: Path, *needles: str, rc: int = 1) -> str:
     assert main(argv) == rc
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("llama2py: error: "), err
+    assert len(lines) == 1 and lines[0].startswith("llama2py convert: error: "), err
     for needle in needles:
         assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
     if out.parent.is_dir():
@@ -504,6 +504,10 @@ def test_tokenizer_model_converts_byte_identical(tmp_path):
     assert main(["convert", str(model), str(out)]) == 0
     assert out.read_bytes() == reference.read_bytes()
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.bin"]
+    # told by its bytes, not only by its name (a link or a copy named otherwise)
+    (tmp_path / "sp").symlink_to(model)
+    assert main(["convert", str(tmp_path / "sp"), str(tmp_path / "t2.bin")]) == 0
+    assert (tmp_path / "t2.bin").read_bytes() == reference.read_bytes()
 
 
 def test_tokenizer_refusals(tmp_path, capsys):
