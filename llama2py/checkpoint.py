@@ -72,10 +72,9 @@ class Config:
         """Query heads per kv head (grouped-query attention when > 1)."""
         return self.n_heads // self.n_kv_heads
 
-    def validate(self, where: str = "checkpoint") -> None:
-        """Refuse (CheckpointError, starting with where) a config no llama2.c model has. A where
-        starting with "checkpoint" is a file's header, and the messages say so."""
-        header = where.startswith("checkpoint")
+    def validate(self, where: str = "checkpoint", header: bool = False) -> None:
+        """Refuse (CheckpointError, starting with where) a config no llama2.c model has. header:
+        the config was read from a file's header, and the messages say so."""
         names = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
         for name in names:
             value = getattr(self, name)
@@ -526,7 +525,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         dims = _read_header_ints(head, 8, 7)
         shared = head[36] != 0  # as llama2.c's runq reads it (its export writes 0 or 1)
         config = Config(*dims, shared_classifier=shared)
-        config.validate(f"checkpoint {path}")
+        config.validate(f"checkpoint {path}", header=True)
         if version == 1:
             return _load_float(path, config, size, 1)
         return _load_v2(path, config, size, struct.unpack_from("<i", head, 37)[0])
@@ -537,7 +536,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"legacy header {dims} has non-positive sizes)"
         )
     config = Config(*dims[:5], abs(dims[5]), dims[6], shared_classifier=dims[5] > 0)
-    config.validate(f"checkpoint {path}")
+    config.validate(f"checkpoint {path}", header=True)
     return _load_float(path, config, size, 0)
 
 

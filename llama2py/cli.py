@@ -16,6 +16,7 @@ import difflib
 import errno
 import importlib
 import os
+import shlex
 import signal
 import sys
 from typing import Optional
@@ -492,24 +493,43 @@ def _dispatch(argv: list[str]) -> int:
     if 0 < lead < len(argv) and argv[lead] in SUBCOMMANDS and not os.path.lexists(argv[lead]):
         flags = argv[:lead]
         if "--verbose" in flags:
-            parser.error(f"--verbose is a flag of the story command, not of `llama2py {argv[lead]}` (see its --help)")
-        return _dispatch(argv[lead:] + (["--help"] if {"-h", "--help"} & set(flags) else flags))
-    word = argv[0] if argv else ""
+            parser.error(f"--verbose is a flag of the story command, not of `llama2py {argv[lead]}`")
+        flags = ["--help"] if {"-h", "--help"} & set(flags) else flags
+        return _dispatch(argv[lead : lead + 1] + flags + argv[lead + 1 :])  # (before any `--`)
+    word = argv[lead] if lead < len(argv) else ""
     if word and not word.startswith("-") and not set("./\\") & set(word) and not os.path.lexists(word):
         if word == "run":  # llama2.c's program name, or a habit from other tools
             parser.error("'run' is not a command: the story command is llama2py itself (llama2py CHECKPOINT [flags])")
         # `llama2py infoo x.bin` would say "unrecognized arguments: x.bin": name the likely typo
         # (not for a missing file such as synth.bin: that is a missing checkpoint, said as such)
-        near = difflib.get_close_matches(argv[0], SUBCOMMANDS, n=1, cutoff=0.7)
+        near = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=0.7)
         if near:
-            parser.error(f"{argv[0]!r} is neither a command nor a file; did you mean `llama2py {near[0]}`?")
+            parser.error(f"{word!r} is neither a command nor a file; did you mean `llama2py {near[0]}`?")
     args, extra = parser.parse_known_args(argv)
     if extra:
-        hint = ""
-        if len(extra) == 1 and args.checkpoint and not extra[0].startswith("-"):  # `llama2py model.bin tok.bin`
-            hint = f"; a tokenizer goes after -z (llama2py {args.checkpoint} -z {extra[0]})"
-        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{_extra_word_hint(args, extra)}")
     return _guarded(lambda: cmd_run(args), args.debug)
+
+
+def _extra_word_hint(args, extra: list[str]) -> str:
+    """What one word too many after the checkpoint most likely was: a tokenizer file given without
+    -z (`llama2py model.bin tok.bin`), or a prompt without -i."""
+    if len(extra) != 1 or not args.checkpoint or extra[0].startswith("-"):
+        return ""
+    word = extra[0]
+    if args.tokenizer is None and os.path.isfile(word):
+        from .checkpoint import identify
+
+        try:
+            with open(word, "rb") as f:
+                kind = identify(f.read(64))
+        except OSError:
+            kind = ""
+        if kind == "tokenizer":
+            return f"; a tokenizer goes after -z (llama2py {shlex.quote(args.checkpoint)} -z {shlex.quote(word)})"
+    if args.prompt is None and not os.path.exists(word):
+        return f"; a prompt goes after -i (llama2py {shlex.quote(args.checkpoint)} -i {shlex.quote(word)})"
+    return ""
 
 
 ERROR_CHARS = 2000  # an error message is at most this many characters (no dumped arrays); one line

@@ -266,12 +266,17 @@ def _read_verified(folder: Path) -> dict:
 
 
 def _remember_verified(path: Path, sha256: str) -> None:
-    """Record that path (at its current size and mtime) has sha256; best effort (a read-only store
+    """Record that path (at its current size, mtime and ctime) has sha256; best effort (a read-only store
     just means the file is hashed again next time)."""
     try:
         st = path.stat()
         records = _read_verified(path.parent)
-        records[path.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+        records[path.name] = {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns,
+            "sha256": sha256,
+        }
         fd, tmp = tempfile.mkstemp(prefix=VERIFIED_JSON + ".", suffix=".tmp", dir=path.parent)
     except OSError:
         return
@@ -307,9 +312,12 @@ def is_trusted(path: Union[str, Path], name: Union[str, KnownFile]) -> bool:
 
 
 def _remembered_sha256(records: dict, name: str, st: os.stat_result) -> Optional[str]:
-    """The sha256 .verified.json holds for file `name` at this stat's size and mtime, else None."""
+    """The sha256 .verified.json holds for file `name` at this stat's size, mtime and ctime, else
+    None. (ctime: tools that copy a file keep its mtime, `cp -p`, rsync, tar, but every write sets
+    ctime to now, so a file put in place of the one checked is never taken for it.)"""
     seen = records.get(name)
-    if isinstance(seen, dict) and (seen.get("size"), seen.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
+    key = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if isinstance(seen, dict) and (seen.get("size"), seen.get("mtime_ns"), seen.get("ctime_ns")) == key:
         sha = seen.get("sha256")
         return sha if isinstance(sha, str) else None
     return None

@@ -11,12 +11,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
 from .backends import create_backend
-from .backends.base import Backend, as_token_ids, check_conversion_memory, check_int, check_sampling
+from .backends.base import Backend, as_token_ids, buffer_bytes, check_conversion_memory, check_int, check_sampling
 from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
 from .errors import CLOSED, Llama2pyError, PromptError, TokenizerError, too_long
@@ -100,11 +100,16 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | bytes, seq_len: int, what:
     return tokens
 
 
-def load_weights(checkpoint: str | os.PathLike, weights: Optional[str] = None) -> Checkpoint:
+def load_weights(
+    checkpoint: str | os.PathLike,
+    weights: Optional[str] = None,
+    also: Optional[Callable[[Config], dict[str, int]]] = None,
+) -> Checkpoint:
     """load_checkpoint, with its weights as `weights` (convert_weights: None keeps the file's
-    type); a converted copy that would not fit the available memory is refused before it is made."""
+    type); a converted copy that would not fit the available memory, together with what also(config)
+    names (the backend's allocations, by item), is refused before it is made."""
     ck = load_checkpoint(checkpoint)
-    check_conversion_memory(ck.config, ck.weights, weights, ck.path)
+    check_conversion_memory(ck.config, ck.weights, weights, ck.path, also(ck.config) if also else {})
     ck.weights = convert_weights(ck.weights, ck.config, weights, ck.path)
     return ck
 
@@ -162,11 +167,19 @@ class Llama:
         max_batch_size = check_int("max_batch_size", max_batch_size, 1)
         if threads is not None:
             threads = check_int("threads", threads, 1)
-        ck = load_weights(checkpoint, weights)
+        if context is not None:
+            context = check_int("context", context, 1)
+
+        def host(config: Config) -> dict[str, int]:  # what a host backend allocates besides the weights
+            if device == "cuda":
+                return {}
+            c = config.capped(context)
+            return {"KV cache": c.kv_cache_bytes(max_batch_size), "buffers": buffer_bytes(c, max_batch_size, threads)}
+
+        ck = load_weights(checkpoint, weights, host)
         config = ck.config
         notes: list[str] = []
         if context is not None:
-            context = check_int("context", context, 1)
             note = config.cap_note(context)
             if note:
                 notes.append(f"context {note}")

@@ -465,12 +465,28 @@ def test_flags_before_a_command_and_other_habits(tmp_path, capsys):
         main(["run", str(ck)])
     assert_one_line_error((2, capsys.readouterr().err), "'run' is not a command", "llama2py CHECKPOINT", rc=2)
     with pytest.raises(SystemExit):
-        main([str(ck), str(tmp_path / "tok.bin")])
-    err = capsys.readouterr().err
-    assert_one_line_error((2, err), f"a tokenizer goes after -z (llama2py {ck} -z {tmp_path / 'tok.bin'})", rc=2)
+        main(["--debug", "run", str(ck)])  # after leading flags too
+    assert_one_line_error((2, capsys.readouterr().err), "'run' is not a command", rc=2)
+    tok = write_tokenizer_for(tmp_path, SHAPES["mha_shared"].vocab_size)
     with pytest.raises(SystemExit):
-        main([str(ck), "--bogus"])
-    assert "-z" not in assert_one_line_error((2, capsys.readouterr().err), "unrecognized arguments: --bogus", rc=2)
+        main([str(ck), str(tok)])
+    err = capsys.readouterr().err
+    assert_one_line_error((2, err), f"a tokenizer goes after -z (llama2py {ck} -z {tok})", rc=2)
+    with pytest.raises(SystemExit):
+        main([str(ck), "once upon a time"])  # a prompt without -i: said so, quoted for the shell
+    assert_one_line_error((2, capsys.readouterr().err), f"a prompt goes after -i (llama2py {ck} -i 'once upon a time')")
+    with pytest.raises(SystemExit):
+        main([str(ck), "-z", str(tok), "Once upon"])  # -z given: the word is no tokenizer
+    assert_one_line_error((2, capsys.readouterr().err), f"a prompt goes after -i (llama2py {ck} -i 'Once upon')")
+    for argv in ([str(ck), "--bogus"], [str(ck), "-i", "x", str(ck)], [str(ck), "-i", "x", "more"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = assert_one_line_error((2, capsys.readouterr().err), "unrecognized arguments:", rc=2)
+        assert "goes after" not in err, err  # -z and -i given already; a checkpoint is no tokenizer
+    # flags before a command go after its name, before a `--` that ends its options
+    odd = tmp_path / "-m.bin"
+    odd.write_bytes(ck.read_bytes())
+    assert main(["--debug", "info", "--", str(odd)]) == 0 and "llama2.c v0" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("typo, command", [("infoo", "info"), ("bnech", "bench"), ("quantise", "quantize")])

@@ -419,6 +419,19 @@ def test_refuses_damaged_sources(tmp_path, capsys):
     assert_refused(capsys, ["convert", str(tmp_path / "nothing"), str(out)], out, "no such file")
 
 
+def test_config_beyond_the_limits_names_the_field(tmp_path, capsys):
+    """A config.json asking for more than llama2py takes names the field and its limit (the
+    message for a llama2.c header would be wrong here, whatever the folder is called)."""
+    hf = tmp_path / "checkpoints" / "m"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps(dict(BASE_CONFIG, num_hidden_layers=5000)))
+    out = tmp_path / "out.bin"
+    err = assert_refused(
+        capsys, ["convert", str(hf), str(out)], out, "n_layers 5,000 > 4,096: beyond what llama2py takes"
+    )
+    assert "llama2.c checkpoint" not in err
+
+
 def test_refuses_inconsistent_shards(tmp_path, capsys):
     hf = tmp_path / "hf"
     write_hf_model(hf, BASE_CONFIG, hf_tensors(BASE_CONFIG))

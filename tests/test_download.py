@@ -416,6 +416,15 @@ def test_preexisting_file_is_trusted_only_after_its_sha256(server, tmp_path, mon
     os.utime(tok, ns=(0, 0))
     assert dl.is_trusted(tok, "testtok") and hashed == ["tok.bin"]
     assert "sha256 checked" in dl.list_store(tmp_path)
+    # a file put in place of a checked one with the same size and mtime (cp -p, rsync -t, tar) is
+    # checked anew: a right one after a wrong one is trusted, a wrong one after a right one is not
+    mtime = tok.stat().st_mtime_ns
+    for data, trusted in ((b"y" * len(TOKDATA), False), (TOKDATA, True), (b"x" * len(TOKDATA), False)):
+        time.sleep(0.01)  # (a later ctime)
+        tok.write_bytes(data)
+        os.utime(tok, ns=(mtime, mtime))
+        assert dl.is_trusted(tok, "testtok") is trusted
+    tok.write_bytes(TOKDATA)
     # a damaged record (here nested past Python's recursion limit) is no record: hashed again
     (tmp_path / dl.VERIFIED_JSON).write_text("[" * 100_000 + "]" * 100_000)
     hashed.clear()

@@ -121,11 +121,12 @@ def test_cli_num_samples_checked_before_any_list(tmp_path, capsys, low_memory):
 
 @pytest.mark.parametrize("version,weights", [(1, "q8_0"), (2, "f32")])
 def test_load_time_conversion_checked_before_converting(tmp_path, monkeypatch, version, weights):
-    """weights= converts a file's weights into new arrays in memory: a result that cannot fit is
-    refused before any of it is made (it once quantized a 7B file to 6.6 GiB, then refused)."""
+    """weights= converts a file's weights into new arrays in memory: a result that cannot fit beside
+    the KV cache and buffers the backend then needs is refused before any of it is made (it once
+    quantized a 7B file to 6.6 GiB, then refused)."""
     from llama2py.checkpoint import Weights, checkpoint_bytes, header_bytes
 
-    c = Config(dim=512, hidden_dim=1376, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, seq_len=64)
+    c = Config(dim=512, hidden_dim=1376, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, seq_len=4096)
     gs = 64 if version == 2 else None
     ck = tmp_path / "big.bin"
     with open(ck, "wb") as f:  # sparse: the header, then a hole of the file's size
@@ -135,17 +136,21 @@ def test_load_time_conversion_checked_before_converting(tmp_path, monkeypatch, v
     write_tokenizer(tok, [b"w%d" % i for i in range(c.vocab_size)], [0.0] * c.vocab_size)
 
     def refuse(*args, **kwargs):
-        raise AssertionError("converted before the memory check")
+        raise AssertionError("converted")
 
     monkeypatch.setattr(Weights, "quantized", refuse)
     monkeypatch.setattr(Weights, "dequantized", refuse)
-    monkeypatch.setattr(base, "available_memory", lambda: 16 * 2**20)
-    with pytest.raises(ResourceError) as e:
-        Llama.load(ck, tok, device="numpy", weights=weights)
-    need = c.weight_bytes(weights, 64)
-    msg = str(e.value)
-    assert f"its weights as {weights} need {need / 2**20:.1f} MiB of memory but only 16.0 MiB" in msg, msg
-    assert str(ck) in msg and ("llama2py quantize" in msg) == (weights == "q8_0") and "\n" not in msg, msg
+    converted = c.weight_bytes(weights, 64)
+    for avail in (16 * 2**20, converted + 50 * 2**20):  # the weights alone do not fit; they do, not the KV cache
+        monkeypatch.setattr(base, "available_memory", lambda avail=avail: avail)
+        with pytest.raises(ResourceError) as e:
+            Llama.load(ck, tok, device="numpy", weights=weights)
+        msg = str(e.value)
+        assert f"its weights as {weights} need {converted / 2**20:.1f} MiB of memory, KV cache 128.0 MiB" in msg, msg
+        assert f"but only {avail / 2**20:.1f} MiB is available" in msg and "a shorter context" in msg, msg
+        assert str(ck) in msg and ("llama2py quantize" in msg) == (weights == "q8_0") and "\n" not in msg, msg
+    with pytest.raises(AssertionError, match="converted"):  # a short context fits: converting goes ahead
+        Llama.load(ck, tok, device="numpy", weights=weights, context=16)
 
 
 def test_a_refused_memory_map_names_the_file(tmp_path, monkeypatch):
@@ -194,8 +199,10 @@ def test_memory_advice_names_what_fits(tmp_path, monkeypatch):
     avail = need(100, 1)
     big = base._largest(lambda b: need(1, b) <= avail, 10**7) + 1
     msg = refusal(avail, big)
-    assert "--max-batch" not in msg.split("; use ")[1].replace("(--max-batch 1)", ""), msg
-    assert msg.endswith("; use one sequence (--max-batch 1) with a context of 100 or less (--context)"), msg
+    assert "--max-batch" not in msg.split("; use ")[1].replace("--max-batch 1)", ""), msg
+    assert msg.endswith(
+        "; use one sequence (max_batch_size=1 / --max-batch 1) with a context of 100 or less (context= / --context)"
+    ), msg
     msg = refusal(need(1, 1) - 1, 3)
     assert msg.endswith("is available; even one sequence of one position does not fit"), msg
 

@@ -355,3 +355,5 @@ def test_cli_bad_isa_is_one_line(stories260k):
     assert_one_line_error(r, "LLAMA2PY_ISA: unknown instruction set level 'avx1024'", rc=1)
     r = cli(path, "-z", tok, "-n", "4", "--device", "cpu", env={"LLAMA2PY_ISA": "avx2\n"}, timeout=60)
     assert_one_line_error(r, "LLAMA2PY_ISA: unknown instruction set level 'avx2\\x0a'", rc=1)  # one line
+    r = cli(path, "-z", tok, "-n", "4", "--device", "cpu", env={"LLAMA2PY_ISA": "\u00e9"}, timeout=60)
+    assert_one_line_error(r, "LLAMA2PY_ISA: unknown instruction set level '\\xc3\\xa9'", rc=1)

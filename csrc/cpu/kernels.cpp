@@ -92,11 +92,12 @@ const KernelTable& kernels() {
     return *t;
 }
 
-// name in quotes, control characters as \xHH (the message stays one line)
+// name in quotes, control characters and bytes past ASCII as \xHH (the message stays one line of
+// valid UTF-8, which Python decodes)
 static std::string quoted(const std::string& name) {
     std::string out = "'";
     for (const unsigned char ch : name) {
-        if (ch < 0x20 || ch == 0x7f) {
+        if (ch < 0x20 || ch >= 0x7f) {
             const char* hex = "0123456789abcdef";
             out += std::string("\\x") + hex[ch >> 4] + hex[ch & 15];
         } else {

@@ -448,7 +448,9 @@ def check_memory(
     if not batch and not context and max_batch > 1:
         one = _largest(lambda t: fits(t, 1), config.seq_len - 1)
         if one:
-            fix.append(f"one sequence (--max-batch 1) with a context of {one} or less (--context)")
+            fix.append(
+                f"one sequence (max_batch_size=1 / --max-batch 1) with a context of {one} or less (context= / --context)"
+            )
     fix += hints
     detail = ", ".join(f"{k} {_gib(v)}" for k, v in parts.items() if v)
     advice = f"; use {' or '.join(fix)}" if fix else "; even one sequence of one position does not fit"
@@ -458,16 +460,20 @@ def check_memory(
     )
 
 
-def check_conversion_memory(config: Config, weights: Weights, weight_type: Optional[str], path) -> None:
+def check_conversion_memory(
+    config: Config, weights: Weights, weight_type: Optional[str], path, also: dict[str, int]
+) -> None:
     """Refuse (ResourceError) converting the weights at load time (Llama.load's weights=) into
-    arrays that would not fit the available memory, before converting anything."""
+    arrays that would not fit the available memory beside `also` (what the backend will allocate,
+    by item), before converting anything."""
     if weight_type not in WEIGHT_TYPES or weight_type == weights.weight_type:
         return  # nothing to convert (or a bad value, which convert_weights names)
     try:
         group_size = q8_group_size(weights.group_size, config.dim)
     except CheckpointError:
         return  # no group size fits: convert_weights refuses it, naming the file
-    need = config.weight_bytes(weight_type, group_size)
+    converted = config.weight_bytes(weight_type, group_size)
+    need = converted + sum(also.values())
     avail = available_memory()
     if avail is None or need <= avail:
         return
@@ -478,9 +484,13 @@ def check_conversion_memory(config: Config, weights: Weights, weight_type: Optio
             "its float32 weights (no weights= / --weights), or a v2 file written once with `llama2py quantize "
             "IN.bin OUT.bin`, whose int8 weights are read from the file rather than held in memory"
         )
+    if any(also.values()):
+        advice += ", or a smaller batch or a shorter context"
+    besides = "".join(f", {k} {_gib(v)}" for k, v in also.items() if v)
     raise ResourceError(
-        f"checkpoint {path}: its weights as {weight_type} need {_gib(need)} of memory but only {_gib(avail)} "
-        f"is available; use {advice}"
+        f"checkpoint {path}: its weights as {weight_type} need {_gib(converted)} of memory{besides} "
+        + (f"({_gib(need)} in all) " if besides else "")
+        + f"but only {_gib(avail)} is available; use {advice}"
     )
 
 
