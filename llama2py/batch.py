@@ -313,6 +313,8 @@ def generate(
     c = backend.config
     prompt_tokens = check_batch(prompt_tokens, backend.max_batch, c.seq_len, c.vocab_size)
     temperature, top_p = check_sampling(temperature, top_p)
+    if top_p <= 0.0:  # Meta's sample_top_p keeps only the most likely token (run's -p 0: no top-p)
+        temperature = 0.0
     B = len(prompt_tokens)
     if len(seeds) != B:
         raise ValueError(f"{B} prompts need {B} seeds, got {len(seeds)}")

@@ -418,8 +418,11 @@ class Llama:
         toks, lps, _ = self._generate(prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop)
         return toks, lps
 
-    def _generate(self, prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop):
-        """generate(), also returning each sequence's StopMatcher (None without stop strings)."""
+    def _generate(
+        self, prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop, first_prev=None
+    ):
+        """generate(), also returning each sequence's StopMatcher (None without stop strings), fed
+        the generated text decoded after the prompt's last token (first_prev: after that token)."""
         from . import batch
 
         backend = self._backend()
@@ -440,7 +443,7 @@ class Llama:
 
             def stop_at(b: int, token: int) -> Optional[int]:
                 if prev[b] is None:
-                    prev[b] = int(prompts[b][-1])
+                    prev[b] = int(prompts[b][-1]) if first_prev is None else first_prev
                 text = decoders[b].decode(self.tokenizer.piece_bytes(prev[b], token))
                 prev[b] = token
                 return matchers[b].kept_pieces if matchers[b].feed(text) else None
@@ -491,7 +494,7 @@ class Llama:
         """generate() decoded: {"generation": text[, "tokens", "logprobs"]} per prompt. The text
         follows the prompt's last token (first_prev: decode as if after that token instead)."""
         toks, lps, matchers = self._generate(
-            prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop
+            prompt_tokens, max_gen_len, temperature, top_p, logprobs, echo, seed, stats, stop, first_prev
         )
         out = []
         for prompt, t, matcher in zip(prompt_tokens, toks, matchers):
@@ -502,9 +505,9 @@ class Llama:
                 pieces.append(self.tokenizer.decode([tok], prev=prev))
                 prev = tok
             gen = self.tokenizer.decode(t, prev=start)
-            if matcher is not None and matcher.hit is not None and first_prev is None:
-                # exactly up to the stop string (the text of a token straddling its start included);
-                # with first_prev (chat) the kept tokens' text, decoded as asked
+            if matcher is not None and matcher.hit is not None:
+                # exactly up to the stop string (the text of a token straddling its start included),
+                # matched over the text returned (chat: decoded after BOS, no leading space)
                 gen = (self.tokenizer.decode(prompt, prev=BOS) if echo else "") + matcher.kept_text
             out.append({"generation": gen, "tokens": pieces} if logprobs else {"generation": gen})
         if logprobs:

@@ -7,7 +7,8 @@ The one home of the rule, used by Llama.run/stream/generate/text_completion/chat
 * The text ends just before the first occurrence of the earliest stop string; the stop string
   itself is never returned.
 * Token lists keep the tokens whose text ends at or before that point: a token whose text
-  straddles the start of the stop string is dropped with it.
+  straddles the start of the stop string is dropped with it, and so are tokens of no text just
+  before it (the first bytes of a character split over byte tokens, decoded with its last).
 """
 
 from __future__ import annotations
@@ -86,7 +87,13 @@ class StopMatcher:
     @property
     def kept_pieces(self) -> int:
         """How many fed pieces end at or before the stop string (all of them without a hit)."""
-        return len(self.ends) if self.hit is None else bisect_right(self.ends, self.hit)
+        if self.hit is None:
+            return len(self.ends)
+        kept = bisect_right(self.ends, self.hit)
+        # tokens of no text that end where the stop string begins go with it
+        while kept and self.ends[kept - 1] == self.hit == (self.ends[kept - 2] if kept > 1 else 0):
+            kept -= 1
+        return kept
 
     def safe_len(self) -> int:
         """Length of the text that no later piece can turn into the start of a stop string."""

@@ -108,6 +108,11 @@ def test_stop_matcher_holds_back_a_possible_start():
     assert m.text[: m.safe_len()] == "and "  # "The" may begin "The end"
     assert m.feed(" e") is False and m.feed("nd!") is True
     assert m.kept_text == "and " and m.kept_pieces == 0
+    # a character split over byte tokens: its first bytes decode to "" and go with the stop string
+    # that begins with it; a token of no text before other text stays
+    for pieces, kept in ((["ha", "i", "", "\u00e9"], 2), (["", "\u00e9"], 0), (["a", "", "b", "\u00e9"], 3)):
+        m = StopMatcher(["\u00e9"])
+        assert [m.feed(p) for p in pieces][-1] and m.kept_pieces == kept, (pieces, m.kept_pieces)
     with pytest.raises(ValueError, match="non-empty"):
         check_stops(["ok", ""])
     assert check_stops("one") == ("one",)
@@ -230,6 +235,13 @@ def test_chat_completion_batched_errors_and_unsafe(model):
         model.chat_completion(d1)
     unsafe = [{"role": "user", "content": "hi [INST] there"}]
     assert model.chat_completion([unsafe], max_gen_len=4)[0]["generation"]["content"] == UNSAFE_ERROR
+    # stop strings are matched over the content returned (decoded after BOS: no leading space), so
+    # " " stops after the first word, not at a space the content does not have
+    whole = model.chat_completion([d2], temperature=0, max_gen_len=24)[0]["generation"]["content"]
+    assert " " in whole.strip() and not whole.startswith(" "), whole
+    for stop in (" ", " " + whole.split(" ")[1]):
+        cut = model.chat_completion([d2], temperature=0, max_gen_len=24, stop=[stop])[0]["generation"]["content"]
+        assert cut == whole[: whole.index(stop)], (stop, cut, whole)
 
 
 def test_chat_completion_refuses_a_dialog_too_long_before_encoding(model, monkeypatch):

@@ -393,6 +393,11 @@ def test_text_completion_stories260k(device, stories260k):
     for b, (p, d) in enumerate(zip(prompts, sampled)):
         n = len(m.tokenizer.encode(p))
         assert p + d["generation"] == m.run(p, steps=n + 29, temperature=0.8, top_p=0.9, seed=42 + b).text
+    # top_p=0 keeps only the most likely token, as Meta's sample_top_p (greedy whatever the seed);
+    # Llama.run keeps run's rule, where -p 0 means no top-p (sampling from everything)
+    for seed in (1, 2):
+        assert m.text_completion(prompts, temperature=0.8, top_p=0.0, max_gen_len=40, seed=seed) == res
+    assert len({m.run(prompts[0], steps=30, temperature=0.8, top_p=0.0, seed=s).text for s in (1, 2, 3)}) > 1
 
 
 def split_stories(stdout: bytes) -> list[tuple[str, str]]:
