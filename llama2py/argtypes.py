@@ -40,8 +40,9 @@ def float_in(lo: float, hi: Optional[float], name: str):
     return parse
 
 
-def temperature(name: str):
-    """A temperature as the kernels use it (float32; see backends.base.check_sampling)."""
+def temperature(name: str, zero_if_greedy: bool = False):
+    """A temperature the kernels take (float32; see backends.base.check_sampling); zero_if_greedy:
+    one that float32 rounds to 0 (1e-300), which decodes greedily, comes back as 0."""
     finite = float_in(0.0, None, name)
 
     def parse(s: str) -> float:
@@ -49,10 +50,10 @@ def temperature(name: str):
 
         v = finite(s)
         try:
-            check_sampling(v, 0.5)
+            used = check_sampling(v, 0.5)[0]
         except ValueError as e:
             raise argparse.ArgumentTypeError(f"{name}: {e}")
-        return v
+        return 0.0 if zero_if_greedy and used == 0.0 else v
 
     return parse
 

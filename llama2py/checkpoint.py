@@ -501,6 +501,12 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         hint = f" ({path.name} names a tokenizer; {TOKENIZER_PLACE})"
     else:
         hint = " (give the path of a llama2.c .bin; `llama2py download --list` shows the ones llama2py can fetch)"
+    source = path if path.is_dir() else path.parent if path.suffix in (".safetensors", ".pth") else None
+    if source is not None and any((source / name).is_file() for name in ("config.json", "params.json")):
+        raise CheckpointError(  # a Hugging Face or Meta model, not yet in llama2.c's format
+            f"checkpoint {path}: a Hugging Face or Meta Llama model, not a llama2.c checkpoint; convert it "
+            f"first: llama2py convert {source} OUT.bin"
+        )
     size = regular_file_size(path, "checkpoint", CheckpointError, hint)  # no FIFO, device, directory
     if size < 28:
         raise CheckpointError(f"checkpoint {path}: only {size} bytes, too short for a llama2.c header")

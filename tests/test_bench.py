@@ -153,6 +153,10 @@ def test_table_and_documented_json(tiny, tmp_path, capsys):
             lambda d: [(r["temperature"], r["top_p"]) for r in d["results"]] == [(0.7, 0.5)],
         ),
         (
+            ["-t", "1e-300"],  # float32 makes it 0: greedy, and the row says so
+            lambda d: [r["temperature"] for r in d["results"]] == [0.0],
+        ),
+        (
             ["--prompt-len", "5", "--steps", "4"],
             lambda d: d["settings"]["positions"] == [5, 9] and d["results"][0]["prefill_tokens"] == 5,
         ),
@@ -887,6 +891,7 @@ def test_vs_run_bare_name_in_this_folder(tmp_path, monkeypatch):
         (["--batch", ""], "--batch takes a comma-separated list without empty items"),
         (["--threads", "1,"], "--threads takes a comma-separated list without empty items"),
         (["-t", " ,0"], "--temperature takes a comma-separated list without empty items"),
+        (["-t", "1,1e-40"], "temperature 1e-40 is below float32's smallest normal number"),  # as the main command
         (["--device", "cpu,,numpy"], "--device takes a comma-separated list without empty items"),
         (["--vs-run", "a,,b"], "--vs-run takes a comma-separated list without empty items"),
         (["--context", "0"], "--context must be >= 1"),

@@ -26,7 +26,7 @@ from llama2py.convert import convert
 from llama2py.convert.hf import permute_rotary, unpermute_rotary
 from llama2py.convert.meta import merge_axis, merge_model_parallel
 from llama2py.convert.safetensors import SafetensorsFile, bf16_to_f32
-from llama2py.errors import ConvertError
+from llama2py.errors import CheckpointError, ConvertError
 
 TOL = 1e-5
 
@@ -417,6 +417,18 @@ def test_refuses_damaged_sources(tmp_path, capsys):
     (hf / "config.json").unlink()
     assert_refused(capsys, ["convert", str(hf), str(out)], out, "config.json", "params.json")
     assert_refused(capsys, ["convert", str(tmp_path / "nothing"), str(out)], out, "no such file")
+
+
+def test_an_unconverted_model_given_as_a_checkpoint_says_convert(tmp_path):
+    """A Hugging Face folder (or one of its .safetensors files) where a llama2.c checkpoint goes:
+    the error gives the convert command, not 'is a directory'."""
+    hf = tmp_path / "hf"
+    write_hf_model(hf, BASE_CONFIG, hf_tensors(BASE_CONFIG))
+    for given in (hf, next(hf.glob("*.safetensors"))):
+        with pytest.raises(
+            CheckpointError, match=f"a Hugging Face or Meta Llama model, .*llama2py convert {hf} OUT.bin"
+        ):
+            load_checkpoint(given)
 
 
 def test_config_beyond_the_limits_names_the_field(tmp_path, capsys):

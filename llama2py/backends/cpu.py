@@ -213,7 +213,8 @@ class CpuBackend(Backend):
         weights = "float32" if self.weight_type == "f32" else f"int8 Q8_0 group {self.group_size}"
         if self._model is None:
             return f"cpu ({weights}, closed)"
-        return f"cpu (C++ {self._model.isa}, {weights}, {self._model.threads} OpenMP threads)"
+        n = self._model.threads
+        return f"cpu (C++ {self._model.isa}, {weights}, {n} OpenMP thread{'s' if n != 1 else ''})"
 
     @property
     def isa(self) -> str:

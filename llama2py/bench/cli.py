@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
-from ..argtypes import float_in, int_at_least, model_shape_name
+from ..argtypes import float_in, int_at_least, model_shape_name, temperature
 from ..checkpoint import MODEL_SHAPES, WEIGHT_TYPES, checkpoint_bytes, load_checkpoint, model_shape
 from ..errors import Llama2pyError
 from ..files import check_output_path
@@ -115,7 +115,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-t",
         "--temperature",
-        type=_list_of(float_in(0.0, None, "--temperature"), "--temperature"),
+        type=_list_of(temperature("--temperature", zero_if_greedy=True), "--temperature"),  # (a row names what ran)
         default=[0.0],
         metavar="T[,T...]",
         help="comma-separated temperatures, 0 = greedy; each is a row (default 0)",

@@ -120,7 +120,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--seq-len",
         type=int_at_least(1, "--seq-len", MAX_SEQ_LEN),
         default=None,
-        help="context length to record (default: config.json's max_position_embeddings; 4096 for Meta)",
+        help="context length to record (default: config.json's max_position_embeddings, else 2048; for Meta "
+        "params.json's max_seq_len, else 4096)",
     )
     add_progress_arguments(p)
 

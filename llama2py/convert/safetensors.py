@@ -90,7 +90,7 @@ class SafetensorsFile:
             raise ConvertError(f"{self.path}: tensor {name}: malformed header entry {entry!r}; the file is damaged")
         if dtype not in DTYPES:
             raise ConvertError(
-                f"{self.path}: tensor {name} has dtype {dtype}; llama2py converts F32, F16 and BF16 "
+                f"{self.path}: tensor {name} has dtype {dtype}; llama2py converts F32, F16, BF16 and F64 "
                 "weights (an already-quantized model cannot be converted: use the original weights)"
             )
         if end - begin != math.prod(shape) * DTYPES[dtype].itemsize:
