@@ -482,6 +482,16 @@ def _v2_bytes(c: Config, gs: int) -> int:
     return HEADER_BYTES + c.weight_bytes("q8_0", gs)
 
 
+def _refuse_model_source(path: Path, source: Path) -> None:
+    """A Hugging Face or Meta model folder (config.json or params.json in `source`) given where a
+    llama2.c checkpoint goes: refused with the command that converts it."""
+    if any((source / name).is_file() for name in ("config.json", "params.json")):
+        raise CheckpointError(
+            f"checkpoint {path}: a Hugging Face or Meta Llama model, not a llama2.c checkpoint; convert it "
+            f"first: llama2py convert {source} OUT.bin"
+        )
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a llama2.c checkpoint of version 0, 1 or 2; raise CheckpointError on anything odd. A
     known name without a folder (stories260K.bin) that is not in the current directory is the model
@@ -501,17 +511,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         hint = f" ({path.name} names a tokenizer; {TOKENIZER_PLACE})"
     else:
         hint = " (give the path of a llama2.c .bin; `llama2py download --list` shows the ones llama2py can fetch)"
-    source = path if path.is_dir() else path.parent if path.suffix in (".safetensors", ".pth") else None
-    if source is not None and any((source / name).is_file() for name in ("config.json", "params.json")):
-        raise CheckpointError(  # a Hugging Face or Meta model, not yet in llama2.c's format
-            f"checkpoint {path}: a Hugging Face or Meta Llama model, not a llama2.c checkpoint; convert it "
-            f"first: llama2py convert {source} OUT.bin"
-        )
+    if path.is_dir():
+        _refuse_model_source(path, path)
     size = regular_file_size(path, "checkpoint", CheckpointError, hint)  # no FIFO, device, directory
     if size < 28:
+        if path.suffix in (".safetensors", ".pth"):
+            _refuse_model_source(path, path.parent)
         raise CheckpointError(f"checkpoint {path}: only {size} bytes, too short for a llama2.c header")
     head = read_regular_file(path, "checkpoint", CheckpointError, hint, first=HEADER_BYTES)
     kind = identify(head)
+    if kind != "checkpoint" and path.suffix in (".safetensors", ".pth"):
+        _refuse_model_source(path, path.parent)
     if kind == "tokenizer":
         raise CheckpointError(f"checkpoint {path}: this is a llama2.c tokenizer, not a checkpoint ({TOKENIZER_PLACE})")
     if kind == "sentencepiece":

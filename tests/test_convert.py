@@ -18,9 +18,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import HOST_DEVICES, model_file, rel_err, require_device
+from conftest import HOST_DEVICES, SHAPES, model_file, rel_err, require_device
 
-from llama2py.checkpoint import Config, load_checkpoint, model_shape
+from llama2py.checkpoint import Config, load_checkpoint, model_shape, random_weights, write_checkpoint
 from llama2py.cli import main
 from llama2py.convert import convert
 from llama2py.convert.hf import permute_rotary, unpermute_rotary
@@ -429,6 +429,11 @@ def test_an_unconverted_model_given_as_a_checkpoint_says_convert(tmp_path):
             CheckpointError, match=f"a Hugging Face or Meta Llama model, .*llama2py convert {hf} OUT.bin"
         ):
             load_checkpoint(given)
+    # a llama2.c checkpoint in such a folder is one, whatever its name
+    c = SHAPES["mha_shared"]
+    for name in ("m.bin", "m.pth"):
+        write_checkpoint(hf / name, c, random_weights(c, 1), 0)
+        assert load_checkpoint(hf / name).config == c
 
 
 def test_config_beyond_the_limits_names_the_field(tmp_path, capsys):
