@@ -513,14 +513,16 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         hint = " (give the path of a llama2.c .bin; `llama2py download --list` shows the ones llama2py can fetch)"
     if path.is_dir():
         _refuse_model_source(path, path)
+    # one of a Hugging Face or Meta model's files (checked once its bytes are known not to be ours)
+    model_file = path.suffix.lower() in (".safetensors", ".pth", ".json")
     size = regular_file_size(path, "checkpoint", CheckpointError, hint)  # no FIFO, device, directory
     if size < 28:
-        if path.suffix in (".safetensors", ".pth"):
+        if model_file:
             _refuse_model_source(path, path.parent)
         raise CheckpointError(f"checkpoint {path}: only {size} bytes, too short for a llama2.c header")
     head = read_regular_file(path, "checkpoint", CheckpointError, hint, first=HEADER_BYTES)
     kind = identify(head)
-    if kind != "checkpoint" and path.suffix in (".safetensors", ".pth"):
+    if kind != "checkpoint" and model_file:
         _refuse_model_source(path, path.parent)
     if kind == "tokenizer":
         raise CheckpointError(f"checkpoint {path}: this is a llama2.c tokenizer, not a checkpoint ({TOKENIZER_PLACE})")

@@ -446,7 +446,8 @@ class Llama:
                     prev[b] = int(prompts[b][-1]) if first_prev is None else first_prev
                 text = decoders[b].decode(self.tokenizer.piece_bytes(prev[b], token))
                 prev[b] = token
-                return matchers[b].kept_pieces if matchers[b].feed(text) else None
+                held = bool(decoders[b].getstate()[0])  # bytes waiting for the rest of a character
+                return matchers[b].kept_pieces if matchers[b].feed(text, held) else None
 
         with self._call():
             toks, lps = batch.generate(
@@ -476,7 +477,8 @@ class Llama:
         (BOS and EOS pieces are ""). stop: strings that end a generation, which then excludes
         them (see generate); the generation ends exactly where the stop string starts, the tokens
         at the last token wholly before it, so a token straddling that start leaves its first
-        characters in the generation only ("".join(tokens) is then a prefix of it)."""
+        characters in the generation only ("".join(tokens) is then a prefix of it). top_p=0 keeps
+        only the most likely token, as Meta's sample_top_p (greedy; run's -p 0 means no top-p)."""
         if isinstance(prompts, (str, bytes)):
             raise TypeError("text_completion takes a list of prompts; wrap a single prompt in [ ]")
         if not isinstance(prompts, (list, tuple)):

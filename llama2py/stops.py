@@ -7,8 +7,9 @@ The one home of the rule, used by Llama.run/stream/generate/text_completion/chat
 * The text ends just before the first occurrence of the earliest stop string; the stop string
   itself is never returned.
 * Token lists keep the tokens whose text ends at or before that point: a token whose text
-  straddles the start of the stop string is dropped with it, and so are tokens of no text just
-  before it (the first bytes of a character split over byte tokens, decoded with its last).
+  straddles the start of the stop string is dropped with it, and so are the tokens whose bytes
+  were still waiting, undecoded, for the character at which it begins (a character split over
+  byte tokens: its first tokens have no text of their own).
 """
 
 from __future__ import annotations
@@ -53,19 +54,23 @@ class StopMatcher:
         self.longest = max((len(s) for s in self.stops), default=0)
         self.text = ""  # generated text so far
         self.ends: list[int] = []  # ends[j]: len(text) after piece j
+        self.pending: list[bool] = []  # pending[j]: piece j's bytes waited for the next piece's
         self.hit: Optional[int] = None  # where the first stop string starts in text
         # Per stop string: the length of its longest proper prefix that ends the text (a KMP state,
         # advanced a character at a time), so that safe_len() costs no search of the text.
         self._borders = [_borders(s) for s in self.stops]
         self._open = [0] * len(self.stops)
 
-    def feed(self, piece: str) -> bool:
-        """Add one token's text; True once a stop string has appeared (then feed no more)."""
+    def feed(self, piece: str, pending: bool = False) -> bool:
+        """Add one token's text; True once a stop string has appeared (then feed no more).
+        pending: the token's last bytes are not in `piece` yet (an incremental UTF-8 decoder holds
+        them for the character the next tokens complete)."""
         if self.hit is not None:
             return True
         start = max(0, len(self.text) - self.longest + 1)  # an earlier match would have ended sooner
         self.text += piece
         self.ends.append(len(self.text))
+        self.pending.append(pending)
         found = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
         if found:
             self.hit = min(found)
@@ -90,8 +95,8 @@ class StopMatcher:
         if self.hit is None:
             return len(self.ends)
         kept = bisect_right(self.ends, self.hit)
-        # tokens of no text that end where the stop string begins go with it
-        while kept and self.ends[kept - 1] == self.hit == (self.ends[kept - 2] if kept > 1 else 0):
+        # bytes held for the character at the stop string's start go with it
+        while kept and self.pending[kept - 1] and self.ends[kept - 1] == self.hit:
             kept -= 1
         return kept
 

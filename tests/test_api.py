@@ -108,11 +108,18 @@ def test_stop_matcher_holds_back_a_possible_start():
     assert m.text[: m.safe_len()] == "and "  # "The" may begin "The end"
     assert m.feed(" e") is False and m.feed("nd!") is True
     assert m.kept_text == "and " and m.kept_pieces == 0
-    # a character split over byte tokens: its first bytes decode to "" and go with the stop string
-    # that begins with it; a token of no text before other text stays
-    for pieces, kept in ((["ha", "i", "", "\u00e9"], 2), (["", "\u00e9"], 0), (["a", "", "b", "\u00e9"], 3)):
-        m = StopMatcher(["\u00e9"])
-        assert [m.feed(p) for p in pieces][-1] and m.kept_pieces == kept, (pieces, m.kept_pieces)
+    # a character split over byte tokens: the tokens whose bytes the decoder held for it go with the
+    # stop string that begins with it; a token of no text of its own (run prints nothing for a lone
+    # byte; a space after BOS) stays, and so does one whose bytes became a replacement character
+    for pieces, kept in (
+        ([("ha", 0), ("i", 0), ("", 1), ("\u00e9", 0)], 2),
+        ([("", 1), ("\u00e9", 0)], 0),
+        ([("a", 0), ("", 1), ("b", 0), ("\u00e9", 0)], 3),
+        ([("ha", 0), ("", 0), ("\u00e9", 0)], 2),  # not held: kept
+        ([("a", 0), ("", 1), ("\ufffd", 1), ("", 1), ("\u20ac", 0)], 2),  # a, E2 | E2 82 AC with stop "€"
+    ):
+        m = StopMatcher(["\u00e9", "\u20ac"])
+        assert [m.feed(p, bool(held)) for p, held in pieces][-1] and m.kept_pieces == kept, (pieces, m.kept_pieces)
     with pytest.raises(ValueError, match="non-empty"):
         check_stops(["ok", ""])
     assert check_stops("one") == ("one",)

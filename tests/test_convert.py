@@ -424,7 +424,7 @@ def test_an_unconverted_model_given_as_a_checkpoint_says_convert(tmp_path):
     the error gives the convert command, not 'is a directory'."""
     hf = tmp_path / "hf"
     write_hf_model(hf, BASE_CONFIG, hf_tensors(BASE_CONFIG))
-    for given in (hf, next(hf.glob("*.safetensors"))):
+    for given in (hf, next(hf.glob("*.safetensors")), hf / "config.json"):
         with pytest.raises(
             CheckpointError, match=f"a Hugging Face or Meta Llama model, .*llama2py convert {hf} OUT.bin"
         ):
