@@ -589,10 +589,12 @@ def download(
         ) from e
     try:
         return _download_into(entry, src, dest, part, progress, choose)
-    except BaseException:
+    except BaseException as e:
         for p in made:  # only while empty: a .part kept for resuming keeps its folder
             with contextlib.suppress(OSError):
                 p.rmdir()
+        if isinstance(e, DownloadError) and made and not folder.exists():  # the advice names a path in it
+            raise DownloadError(f"{e} ({folder} does not exist: create it first)") from e
         raise
 
 
@@ -630,7 +632,8 @@ def missing_message(entries: list[KnownFile], folder: Path, cause: Optional[str]
         head += ("is" if len(entries) == 1 else "are") + " not in the model store"
     else:
         head += f"could not be downloaded ({cause})"
-    lines = [head + ". Fetch " + ("it" if len(entries) == 1 else "each") + " by hand and put it in place:"]
+    place = "in place" if folder.is_dir() else f"in place (create {folder} first)"
+    lines = [head + ". Fetch " + ("it" if len(entries) == 1 else "each") + f" by hand and put it {place}:"]
     for e in entries:
         size = f"{e.size:,} bytes" if e.size is not None else "size unknown"
         sha = f"sha256 {e.sha256}" if e.sha256 else "no published sha256"

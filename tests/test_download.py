@@ -265,10 +265,11 @@ def test_failed_download_leaves_no_folder_it_made(server, tmp_path):
         dl.download("testmodel", store, url=url(server, "missing.bin"), progress=False)
     assert not (tmp_path / "new").exists()
     assert "or pass" not in str(err.value) and str(store / "test.bin") in str(err.value)
+    assert str(err.value).endswith(f"({store} does not exist: create it first)")  # where the advice points
     (tmp_path / "kept").mkdir()  # a folder that was there stays
-    with pytest.raises(DownloadError):
+    with pytest.raises(DownloadError) as err:
         dl.download("testmodel", tmp_path / "kept", url=url(server, "missing.bin"), progress=False)
-    assert (tmp_path / "kept").is_dir()
+    assert (tmp_path / "kept").is_dir() and "create it first" not in str(err.value)
 
 
 def test_already_present_is_not_downloaded(server, tmp_path):
@@ -346,7 +347,9 @@ def test_ensure_default_model_offline_names_every_missing_file(tmp_path, monkeyp
     for e in entries:  # every file: URL, size, sha256, the exact destination
         assert e.url in msg and f"{e.size:,} bytes" in msg and e.sha256 in msg
         assert str(tmp_path / e.filename) in msg
-    assert dl.MODELS_ENV in msg and dl.URL_ENV in msg
+    assert dl.MODELS_ENV in msg and dl.URL_ENV in msg and "create" not in msg  # the store exists
+    with pytest.raises(DownloadError, match=f"put it in place \\(create {tmp_path / 'new'} first\\):"):
+        dl.ensure_default_model(tmp_path / "new", allow_download=False)
     # and with downloads allowed but no network: one message, both files, the mirror's URLs
     monkeypatch.setenv(dl.URL_ENV, f"http://127.0.0.1:{closed_port()}/m")
     with pytest.raises(DownloadError) as err:
