@@ -5,6 +5,9 @@ the level, and LLAMA2PY_ISA forces a level (or fails with one clear line)."""
 from __future__ import annotations
 
 import os
+import platform
+import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -357,3 +360,41 @@ def test_cli_bad_isa_is_one_line(stories260k):
     assert_one_line_error(r, "LLAMA2PY_ISA: unknown instruction set level 'avx2\\x0a'", rc=1)  # one line
     r = cli(path, "-z", tok, "-n", "4", "--device", "cpu", env={"LLAMA2PY_ISA": "\u00e9"}, timeout=60)
     assert_one_line_error(r, "LLAMA2PY_ISA: unknown instruction set level '\\xc3\\xa9'", rc=1)
+
+
+# ---- the build on another CPU: an emulated one without AVX-512 ---------------------------------------
+EMULATOR = shutil.which("qemu-x86_64") if platform.machine() in ("x86_64", "AMD64") else None
+ON_HASWELL = """
+import numpy as np
+import llama2py._cpu as ext
+from llama2py.backends.cpu import CpuBackend
+from llama2py.backends.numpy_backend import NumpyBackend
+from llama2py.checkpoint import Config, random_weights
+
+c = Config(dim=64, hidden_dim=172, n_layers=2, n_heads=8, n_kv_heads=4, vocab_size=300, seq_len=16)
+worst = {}
+for kind, w in (("f32", random_weights(c, 3)), ("q8_0", random_weights(c, 3).quantized(32))):
+    cpu, spec = CpuBackend(c, w, 1, 1), NumpyBackend(c, w, 1)
+    for pos, tok in enumerate([1, 5, 7, 9]):
+        a, b = (m.forward(np.array([tok], np.int32), pos) for m in (cpu, spec))
+        worst[kind] = max(worst.get(kind, 0.0), float(np.abs(a - b).max() / np.abs(b).max()))
+print(ext.isa(), ",".join(ext.isa_levels()), worst["f32"], worst["q8_0"])
+"""
+
+
+@pytest.mark.skipif(EMULATOR is None, reason="qemu-x86_64 (user mode) is not installed: no CPU without AVX-512 to try")
+def test_a_cpu_without_avx512_picks_avx2_and_matches_the_spec():
+    """The extension built here, run on an emulated CPU with AVX2 and FMA but no AVX-512 or VNNI
+    (QEMU's Haswell model): the level found at load is avx2 (whatever this machine has), and its
+    float32 and int8 forward passes equal the numpy spec's."""
+    require_device("cpu")
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA2PY_ISA"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *site.getsitepackages()])  # (the venv, without its python)
+    python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    r = subprocess.run(
+        [EMULATOR, "-cpu", "Haswell", python, "-c", ON_HASWELL], capture_output=True, env=env, timeout=600
+    )
+    assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
+    isa, levels, f32, q8 = r.stdout.decode().split()
+    assert (isa, levels) == ("avx2", "generic,avx2"), r.stdout
+    assert float(f32) <= TOL and float(q8) <= 1e-4, r.stdout  # (test_q8's tolerance for int8 forwards)
