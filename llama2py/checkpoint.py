@@ -83,8 +83,13 @@ class Config:
                     f"{where}: {'header field ' if header else ''}{name} = {value} must be positive"
                     + ("; this is not a llama2.c checkpoint or it is damaged" if header else "")
                 )
-        limits = {"dim": _MAX_DIM, "hidden_dim": 8 * _MAX_DIM, "n_layers": 4096, "vocab_size": _MAX_VOCAB}
-        limits["seq_len"] = MAX_SEQ_LEN
+        limits = {
+            "dim": _MAX_DIM,
+            "hidden_dim": 8 * _MAX_DIM,
+            "n_layers": 4096,
+            "vocab_size": _MAX_VOCAB,
+            "seq_len": MAX_SEQ_LEN,
+        }
         over = [
             f"{name} {getattr(self, name):,} > {limit:,}"
             for name, limit in limits.items()
@@ -460,6 +465,15 @@ def identify(head: bytes) -> str:
         except CheckpointError:
             pass
     return ""
+
+
+def identify_file(path: str | os.PathLike) -> str:
+    """identify() of a file's first bytes ("" where it cannot be read)."""
+    try:
+        with open(path, "rb") as f:
+            return identify(f.read(64))
+    except OSError:
+        return ""
 
 
 # Array order inside the files (docs/FORMAT.md); tensor_order() is the whole layout per version.

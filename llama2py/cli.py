@@ -279,6 +279,7 @@ def cmd_run(args) -> int:
                 return None
             return line.rstrip(b"\n").decode("utf-8", errors="surrogateescape")
 
+        cut: list[tuple[int, int]] = []  # (tokens fed, turn's tokens) where -n ended a user turn
         system = args.system
         if system is None:
             system = read_user("Enter system prompt (optional): ") or ""
@@ -294,7 +295,6 @@ def cmd_run(args) -> int:
             args.prompt,
             lambda fed, n: cut.append((fed, n)),
         )
-        cut: list[tuple[int, int]] = []
         with model._call():  # the chat drives the backend itself: one call, as Llama's own are
             for b in pieces:
                 out.write(b)
@@ -518,14 +518,9 @@ def _extra_word_hint(args, extra: list[str]) -> str:
         return ""
     word = extra[0]
     if args.tokenizer is None and os.path.isfile(word):
-        from .checkpoint import identify
+        from .checkpoint import identify_file
 
-        try:
-            with open(word, "rb") as f:
-                kind = identify(f.read(64))
-        except OSError:
-            kind = ""
-        if kind == "tokenizer":
+        if identify_file(word) == "tokenizer":
             return f"; a tokenizer goes after -z (llama2py {shlex.quote(args.checkpoint)} -z {shlex.quote(word)})"
     if args.prompt is None and not os.path.exists(word):
         return f"; a prompt goes after -i (llama2py {shlex.quote(args.checkpoint)} -i {shlex.quote(word)})"

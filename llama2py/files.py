@@ -135,7 +135,7 @@ def _temporary_stem(path: Path) -> str:
     if len(name) <= _STEM_BYTES:
         return path.name
     digest = hashlib.sha256(name).hexdigest()[:16]
-    return os.fsdecode(name[: _STEM_BYTES - 17]).encode("utf-8", "ignore").decode("utf-8", "ignore") + "~" + digest
+    return name[: _STEM_BYTES - 17].decode("utf-8", "ignore") + "~" + digest  # (a cut character dropped)
 
 
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[0-9]{1,10}\.[0-9a-f]{8}\.tmp")  # _temporary_name's names

@@ -16,7 +16,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .backends import create_backend
-from .backends.base import Backend, as_token_ids, buffer_bytes, check_conversion_memory, check_int, check_sampling
+from .backends.base import Backend, as_token_ids, check_conversion_memory, check_int, check_sampling, host_buffers
 from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
 from .errors import CLOSED, Llama2pyError, PromptError, TokenizerError, too_long
@@ -171,10 +171,7 @@ class Llama:
             context = check_int("context", context, 1)
 
         def host(config: Config) -> dict[str, int]:  # what a host backend allocates besides the weights
-            if device == "cuda":
-                return {}
-            c = config.capped(context)
-            return {"KV cache": c.kv_cache_bytes(max_batch_size), "buffers": buffer_bytes(c, max_batch_size, threads)}
+            return {} if device == "cuda" else host_buffers(config.capped(context), max_batch_size, threads)
 
         ck = load_weights(checkpoint, weights, host)
         config = ck.config

@@ -64,7 +64,7 @@ class Backend(ABC):
         against the available memory before anything is allocated). The default: a float32 KV
         cache and activation buffers for max_batch rows; a backend that keeps them elsewhere
         (cuda) overrides it."""
-        return {"KV cache": config.kv_cache_bytes(max_batch), "buffers": buffer_bytes(config, max_batch, threads)}
+        return host_buffers(config, max_batch, threads)
 
     def memory_hints(self) -> list[str]:
         """Ways to need less memory beyond a smaller batch or context, for the refusal's message
@@ -387,6 +387,12 @@ def non_finite_error(pos: int, temperature: float) -> NonFiniteError:
 
 
 # -- memory ----------------------------------------------------------------------------------------------
+def host_buffers(config: Config, max_batch: int, threads: Optional[int]) -> dict[str, int]:
+    """What a host backend (cpu, numpy) allocates besides the weights, by item: a float32 KV cache
+    and activation buffers for max_batch rows."""
+    return {"KV cache": config.kv_cache_bytes(max_batch), "buffers": buffer_bytes(config, max_batch, threads)}
+
+
 def buffer_bytes(config: Config, max_batch: int, threads: Optional[int]) -> int:
     """Activation and sampling buffers of a host backend, generously: rows = max(max_batch, 64)
     (prefill chunks), per-thread attention scores and per-slot sampling scratch (vocab floats x3)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..argtypes import int_at_least
-from ..checkpoint import MAX_SEQ_LEN, Config, check_group_size, runq_group_note, write_checkpoint
+from ..checkpoint import MAX_SEQ_LEN, Config, check_group_size, identify_file, runq_group_note, write_checkpoint
 from ..errors import ConvertError, UsageError
 from ..files import add_progress_arguments, atomic_output, check_output_path, progress_bar
 
@@ -37,7 +37,7 @@ def detect_source(src: Path) -> str:
             f"{src}: not a file or a folder (a device, a pipe or a socket); pass a model's directory or a tokenizer.model"
         )
     if src.is_file():
-        if src.suffix == ".model" or _looks_like_sentencepiece(src):  # (or a link named otherwise)
+        if src.suffix == ".model" or identify_file(src) == "sentencepiece":  # (or a link named otherwise)
             return "tokenizer"
         if src.suffix == ".safetensors" or src.name == "config.json":
             raise ConvertError(f"{src}: pass the directory that holds config.json and the .safetensors files")
@@ -46,17 +46,6 @@ def detect_source(src: Path) -> str:
             "pass a Hugging Face or Meta Llama directory, or a tokenizer.model"
         )
     raise ConvertError(f"{src}: no such file or directory")
-
-
-def _looks_like_sentencepiece(path: Path) -> bool:
-    """A sentencepiece model by its first bytes (checkpoint.identify), whatever its name."""
-    from ..checkpoint import identify
-
-    try:
-        with open(path, "rb") as f:
-            return identify(f.read(64)) == "sentencepiece"
-    except OSError:
-        return False
 
 
 def open_model(src: Path, seq_len: Optional[int] = None, note: Callable[[str], None] = lambda s: None):
