@@ -312,6 +312,52 @@ print(backend._model.threads, *teams)
 _LOADAVG = {"quiet": "0.00 0.00 0.00 1/100 1", "busy": "9.00 9.00 9.00 999/1000 1"}
 
 
+_FORK_SCRIPT = """
+import multiprocessing as mp, sys
+import numpy as np
+from llama2py.backends import create_backend
+from llama2py.checkpoint import load_checkpoint
+ck = load_checkpoint(sys.argv[1])
+tokens = np.array([[1, 5, 9]], np.int32)
+def make(notes):
+    return create_backend("cpu", ck.config, ck.weights, 1, 2, notes)
+parent = make([])
+want = parent.prefill(tokens, 0, "all").tobytes()  # a team of two has run in this process
+def child(q):
+    notes = []
+    own = make(notes)  # a new model after the fork, and the parent's
+    q.put((own.prefill(tokens, 0, "all").tobytes(), parent.prefill(tokens, 0, "all").tobytes(), notes,
+           own._model.threads))
+ctx = mp.get_context("fork")
+q = ctx.Queue()
+p = ctx.Process(target=child, args=(q,))
+p.start()
+p.join(60)
+if p.is_alive():
+    p.kill()
+    sys.exit("the forked child hung")
+own, inherited, notes, threads = q.get()
+print(own == want, inherited == want, threads, len(notes), "forked" in " ".join(notes))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX")
+def test_a_process_forked_after_the_team_started_runs_one_thread(make_checkpoint):
+    """libgomp's team threads do not survive fork(): a child that asked for a team of two after its
+    parent had one waited forever (multiprocessing's "fork" start method, a server forking workers
+    after loading). The child runs every region on one thread (the same bits) and says so."""
+    path = make_checkpoint("wide")
+    r = subprocess.run(
+        [sys.executable, "-c", _FORK_SCRIPT, str(path)],
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "True", "1", "1", "True"], r.stdout
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="the team choice reads /proc/loadavg (Linux)")
 @pytest.mark.parametrize(
     "calls,want",

@@ -4,6 +4,9 @@
 #include "kernels.h"
 
 #include <omp.h>
+#ifndef _WIN32
+#include <pthread.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -13,6 +16,33 @@
 #include <numeric>
 
 namespace l2p {
+
+// ---- threads and fork() (kernels.h) ---------------------------------------------------------------
+namespace {
+std::atomic<bool> team_started{false};  // a region of more than one thread has begun in this process
+std::atomic<bool> one_thread{false};    // forked after that: libgomp's team threads are gone
+void after_fork_in_child() {
+    if (team_started.load(std::memory_order_relaxed)) one_thread.store(true, std::memory_order_relaxed);
+}
+}  // namespace
+
+int team_size(int wanted) {
+    if (one_thread.load(std::memory_order_relaxed)) return 1;
+    if (wanted > 1 && !team_started.load(std::memory_order_relaxed))
+        team_started.store(true, std::memory_order_relaxed);
+    return wanted;
+}
+
+bool forked_team() {
+    return one_thread.load(std::memory_order_relaxed);
+}
+
+void watch_fork() {
+#ifndef _WIN32
+    static const int installed = pthread_atfork(nullptr, nullptr, after_fork_in_child);
+    (void)installed;
+#endif
+}
 
 // ---- instruction-set levels ----------------------------------------------------------------------------
 static const char* const ISA_NAMES[ISA_COUNT] = {"generic", "avx2", "avxvnni", "avx512", "avx512vnni"};
@@ -157,7 +187,7 @@ void turn_scales(float* st, const float* s, long d, long groups) {
 
 void pack_q8(uint8_t* packed, float* st16, const int8_t* q, const float* s, long d, long n, int gs) {
     const long groups = n / gs, chunks = gs / 4;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(team_size(omp_get_max_threads())) schedule(static)
     for (long b = 0; b < d / 16; ++b)
         for (long g = 0; g < groups; ++g) {
             uint8_t* dst = packed + (b * groups + g) * gs * 16;  // (chunks, 16, 4)

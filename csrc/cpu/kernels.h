@@ -11,6 +11,8 @@
 // then a fixed horizontal sum), whatever the tiling or the number of independent chains a kernel
 // keeps in flight. A batch row, a prefill row and a single decode step are therefore bitwise equal.
 // Q8_0 products: exact int32 dots per group, then a sequential float sum over the groups.
+//
+// Every `#pragma omp parallel` of the extension asks for its team through team_size() (below).
 #pragma once
 
 #include <cmath>
@@ -19,6 +21,16 @@
 #include <string>
 
 namespace l2p {
+
+// ---- threads and fork() -----------------------------------------------------------------------------
+// libgomp's team threads do not survive fork(): a child that asks for a team of more than one thread
+// after its parent had one waits forever (multiprocessing's "fork" start method, a server that forks
+// workers after loading a model). team_size(wanted) is the team every parallel region asks for:
+// `wanted`, or 1 in a process forked after this extension had started a team (results are the same
+// for every team size). watch_fork() installs the handler that notices the fork (at module load).
+int team_size(int wanted);
+bool forked_team();  // this process was forked after a team had started: every region runs on one thread
+void watch_fork();
 
 // ---- weights --------------------------------------------------------------------------------------
 // One Q8_0 matrix (d, n) as a v2 file stores a part of a tensor: int8 values row-major and one float

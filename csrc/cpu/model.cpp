@@ -31,7 +31,7 @@ ModelCore::ModelCore(const ModelConfig& c, const WeightPtrs& w, int max_batch, i
     team_ = n_threads_;
     team_chooser_.adaptive = n_threads <= 0 && n_threads_ > 1;
     if (n_threads_ > 1) {  // start the team's threads now, not inside the first timed call
-#pragma omp parallel num_threads(n_threads_)
+#pragma omp parallel num_threads(team_size(n_threads_))
         {
         }
     }
@@ -205,7 +205,7 @@ void ModelCore::prepare_sketch() {
     const float* w = w_.wcls.f;
     // Non-finite weights: no sketch (the full product keeps its own NaN semantics).
     bool finite = true;
-#pragma omp parallel for reduction(&& : finite) schedule(static)
+#pragma omp parallel for num_threads(team_size(n_threads_)) reduction(&& : finite) schedule(static)
     for (long i = 0; i < V * D; ++i) finite = finite && std::isfinite(w[i]);
     if (!finite) return;
     Sketch& k = sketch_;
@@ -213,7 +213,7 @@ void ModelCore::prepare_sketch() {
     k.s.resize(V * G);
     k.s_max.resize(V);
     k.l1.resize(V);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(team_size(n_threads_)) schedule(static)
     for (long i = 0; i < V; ++i) {
         kt_->quantize_row(k.q.data() + i * D, k.s.data() + i * G, w + i * D, (int)D, gs);  // runq's, per group
         float s_max = 0.f;
@@ -541,7 +541,7 @@ void ModelCore::run_chunk(int B, int Tc, int T, int t0, LogitsMode mode, float* 
     std::fill(part_.begin(), part_.end(), Best{0.f, -1});
     if (mode == LOGITS_ARGMAX) exact_logits_ = 0;  // the threads add their counts
 
-#pragma omp parallel num_threads(team_)
+#pragma omp parallel num_threads(team_size(team_))
     {
         Profiler timer{prof, Clock::now()};
         float* xb = xbt_.data() + (long)omp_get_thread_num() * cap_ * dim;  // (cap, dim) this thread's normed x
@@ -747,7 +747,7 @@ void ModelCore::complete_logits() {
     if (!logits_partial_) return;
     const int D = c_.dim, V = c_.vocab_size;
     MatJob job{w_.wcls, V, logits_.data(), V};
-#pragma omp parallel num_threads(n_threads_)
+#pragma omp parallel num_threads(team_size(n_threads_))
     kt_->matmul_jobs(&job, 1, cls_x_.data(), D, cls_rows_, D, stream_, nullptr);
     logits_partial_ = false;
 }
@@ -780,11 +780,11 @@ void ModelCore::step(int* next, float* logprobs, const int* tokens, int B, int p
     if (B == 1) {
         one(0);
     } else if (temperature == 0.0) {
-#pragma omp parallel for num_threads(team_) schedule(static)
+#pragma omp parallel for num_threads(team_size(team_)) schedule(static)
         for (int b = 0; b < B; ++b) one(b);
     } else {
         // Sampled rows in fours: their softmax sums run as independent chains (kernels.h, exp_rows).
-#pragma omp parallel for num_threads(team_) schedule(static)
+#pragma omp parallel for num_threads(team_size(team_)) schedule(static)
         for (int g = 0; g < (B + 3) / 4; ++g) {
             float* probs[4];
             const float* lg[4];

@@ -103,8 +103,8 @@ public:
     void set_seed(int slot, uint64_t seed) { rng_[slot] = seed; }
     uint64_t rng_state(int slot) const { return rng_[slot]; }
     const float* logits() const { return logits_.data(); }
-    int threads() const { return n_threads_; }
-    int last_team() const { return team_; }  // threads the last call ran (1 or threads())
+    int threads() const { return forked_team() ? 1 : n_threads_; }  // (kernels.h: team_size)
+    int last_team() const { return forked_team() ? 1 : team_; }     // threads the last call ran (1 or threads())
     int max_batch() const { return max_batch_; }
     const ModelConfig& config() const { return c_; }
     const WeightPtrs& weights() const { return w_; }

@@ -46,4 +46,11 @@ def create_backend(
                 notes.append(f"cuda not usable ({e}); using the cpu backend")
     from .cpu import CpuBackend
 
-    return CpuBackend(config, weights, max_batch, threads)
+    backend = CpuBackend(config, weights, max_batch, threads)
+    if notes is not None and backend.forked_one_thread and threads != 1:
+        notes.append(
+            "this process was forked after llama2py's cpu threads had started, and OpenMP cannot start them "
+            "again here: the cpu backend runs on one thread (start worker processes with multiprocessing's "
+            "'spawn' or 'forkserver' method, or load the model only after forking, for more)"
+        )
+    return backend

@@ -209,6 +209,12 @@ class CpuBackend(Backend):
         self._logits_view = None
         self._model = None
 
+    @property
+    def forked_one_thread(self) -> bool:
+        """True in a process forked after the extension had started a team of threads: libgomp's
+        threads do not survive fork(), so every product runs on one thread here (same results)."""
+        return bool(self._ext.forked_team())
+
     def describe(self) -> str:
         weights = "float32" if self.weight_type == "f32" else f"int8 Q8_0 group {self.group_size}"
         if self._model is None:
