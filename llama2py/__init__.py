@@ -8,20 +8,33 @@ from .threads import set_thread_wait_defaults  # noqa: E402
 
 set_thread_wait_defaults()  # before anything loads libgomp (llama2py.threads)
 
-from .checkpoint import Config, load_checkpoint  # noqa: E402
-from .errors import Llama2pyError  # noqa: E402
-from .tokenizer import Tokenizer  # noqa: E402
-
-if TYPE_CHECKING:  # type checkers see Llama; at run time it is imported on first use
+if TYPE_CHECKING:  # type checkers see the names; at run time each is imported on first use
+    from .checkpoint import Config, load_checkpoint
+    from .errors import Llama2pyError
     from .model import Llama
+    from .tokenizer import Tokenizer
+
+# Imported on first use: `import llama2py` stays light (no numpy), so the command line can catch a
+# Ctrl-C while numpy and the extension load, and Llama pulls in the backends only when asked for.
+_LAZY = {
+    "Config": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "Llama2pyError": "errors",
+    "Llama": "model",
+    "Tokenizer": "tokenizer",
+}
 
 
-def __getattr__(name: str):  # Llama pulls in the backends: import it on first use
-    if name == "Llama":
-        from .model import Llama
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
 
-        return Llama
-    raise AttributeError(name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'llama2py' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))
 
 
 __all__ = ["Config", "Llama", "Llama2pyError", "Tokenizer", "load_checkpoint"]

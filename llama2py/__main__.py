@@ -1,5 +1,21 @@
+"""`python -m llama2py` and the `llama2py` command (pyproject.toml's entry point): the program is
+imported inside the interrupt handling, so a Ctrl-C (or SIGTERM, SIGHUP) that lands while numpy and
+the extension load exits 128 + the signal like one that lands later, without a traceback."""
+
 import sys
 
-from .cli import main
 
-sys.exit(main())
+def main() -> int:
+    from .interrupts import exit_status, terminations_interrupt
+
+    try:
+        with terminations_interrupt():
+            from .cli import main as run
+
+            return run()
+    except KeyboardInterrupt as e:
+        return exit_status(e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,7 +17,6 @@ import errno
 import importlib
 import os
 import shlex
-import signal
 import sys
 from typing import Optional
 
@@ -25,6 +24,7 @@ from . import __version__
 from .argtypes import float_in, int_at_least, temperature
 from .checkpoint import WEIGHT_TYPES
 from .errors import Llama2pyError, UsageError
+from .interrupts import exit_status, terminations_interrupt
 from .sampler import SEED_BITS, SEED_MAX, nth_seed
 from .threads import max_threads, usable_cores
 
@@ -556,13 +556,17 @@ def _guarded(fn, debug: bool, prog: str = "llama2py") -> int:
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
     except KeyboardInterrupt as e:
-        print("", file=sys.stderr)
-        # 128 + the signal: 130 for Ctrl-C, 143 for a SIGTERM that files.atomic_output turned into this
-        return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else signal.SIGINT)
+        return exit_status(e)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    """The command line: argv (default sys.argv[1:]) -> exit status. SIGTERM and SIGHUP interrupt it
+    like Ctrl-C (llama2py.interrupts), so temporary files and folders are removed on the way out."""
+    try:
+        with terminations_interrupt():
+            return _dispatch(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt as e:  # (while a subcommand loads or parses its arguments)
+        return exit_status(e)
 
 
 if __name__ == "__main__":

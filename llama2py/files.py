@@ -17,16 +17,15 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import stat
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional, Union
 
 from .argtypes import int_at_least
 from .errors import OutputError
+from .interrupts import terminations_interrupt
 
 try:
     import fcntl
@@ -115,7 +114,7 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optio
     path = check_output_path(path, inputs, size)
     # The name is known before the file exists, so an interrupt at any point can still remove it.
     tmp = path.parent / _temporary_name(path)
-    with _sigterm_interrupts():
+    with terminations_interrupt():
         yield from _write_then_rename(path, tmp)
     _remove_stale_temporaries(path)
 
@@ -211,25 +210,6 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """While a file is written: SIGTERM (`kill`, a job scheduler, `timeout`) raises KeyboardInterrupt
-    like Ctrl-C, so the temporary file is removed. Only in the main thread, and only where SIGTERM
-    still has its default action (a program's own handler is left alone)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(int(signum))  # the CLI exits 128 + signum
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def add_progress_arguments(parser: argparse.ArgumentParser) -> None:

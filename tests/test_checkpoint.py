@@ -376,10 +376,13 @@ def test_a_mapped_checkpoint_keeps_its_contents_while_rewritten(tmp_path, versio
     assert os.listdir(tmp_path) == ["m.bin"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+
+
+@pytest.mark.parametrize("signum", _SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_an_interrupted_write_leaves_nothing(tmp_path, signum):
-    """Ctrl-C or `kill` while `llama2py synth` writes: exit 128 + the signal (130, 143), neither the
-    file nor the temporary."""
+    """Ctrl-C, `kill` or a closed terminal (SIGHUP: the temporary file stayed) while `llama2py
+    synth` writes: exit 128 + the signal (130, 143, 129), neither the file nor the temporary."""
     out = tmp_path / "big.bin"
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama2py", "synth", "--shape", "stories110M", "--no-progress", str(out)],
@@ -436,3 +439,52 @@ def test_quantized_weights_are_written_as_their_values(tmp_path, version):
             else:
                 want = np.stack([tensor[layer].dequantize() for layer in range(c.n_layers)])
             np.testing.assert_array_equal(getattr(got, name), want, err_msg=name)
+
+
+@pytest.mark.parametrize("signum", _SIGNALS[1:], ids=lambda s: signal.Signals(s).name)
+def test_an_interrupted_bench_removes_its_checkpoint_folder(tmp_path, signum):
+    """`bench --shape` writes a checkpoint into a temporary folder and measures it: SIGTERM or SIGHUP
+    during the measurement left the folder (a whole model) in $TMPDIR."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama2py", "bench", "--shape", "stories110M", "--batch", "1", "--steps", "250"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    deadline = time.monotonic() + 120
+
+    def written() -> bool:  # the checkpoint renamed into place: measuring now
+        return any(p.name == "stories110M.bin" for d in tmp_path.iterdir() if d.is_dir() for p in d.iterdir())
+
+    while not written():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    time.sleep(0.5)
+    proc.send_signal(signum)
+    out_text, err_text = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, (out_text, err_text)
+    assert b"Traceback" not in err_text, err_text
+    assert os.listdir(tmp_path) == []
+
+
+_SLOW_IMPORT = """
+import sys
+class Interrupt:  # Ctrl-C while the command loads numpy
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            raise KeyboardInterrupt
+sys.meta_path.insert(0, Interrupt())
+from llama2py.__main__ import main
+sys.argv = ["llama2py", "info", sys.argv[1]]
+sys.exit(main())
+"""
+
+
+def test_an_interrupt_while_the_command_loads_is_no_traceback(tmp_path):
+    """Ctrl-C in the first fraction of a second (while numpy and the extension load) printed a
+    30-line traceback: the command's entry point imports the program inside its handling."""
+    r = subprocess.run(
+        [sys.executable, "-c", _SLOW_IMPORT, str(tmp_path / "x.bin")], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 130 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
