@@ -621,7 +621,8 @@ def test_thread_wait_policy_set_before_libgomp_loads(env, want):
         "early = os.path.exists(maps) and 'libgomp' in open(maps).read()\n"
         "import llama2py._cpu\n"
         "late = not os.path.exists(maps) or 'libgomp' in open(maps).read()\n"
-        "print(os.environ.get('GOMP_SPINCOUNT'), early, late)\n"
+        "llvm = os.path.exists(maps) and 'libomp' in open(maps).read()\n"
+        "print(os.environ.get('GOMP_SPINCOUNT'), early, late, llvm)\n"
     )
     r = subprocess.run(
         [sys.executable, "-c", child],
@@ -629,7 +630,10 @@ def test_thread_wait_policy_set_before_libgomp_loads(env, want):
         timeout=60,
         env=dict(base, PYTHONPATH=str(root), **env),
     )
-    assert r.returncode == 0 and r.stdout.decode().split() == [want, "False", "True"], (r.stdout, r.stderr[-500:])
+    out = r.stdout.decode().split()
+    if r.returncode == 0 and out[2:] == ["False", "True"]:
+        pytest.skip("the extension runs LLVM's libomp (a clang build), which does not read GOMP_SPINCOUNT")
+    assert r.returncode == 0 and out == [want, "False", "True", "False"], (r.stdout, r.stderr[-500:])
 
 
 @pytest.mark.parametrize("shared", [True, False])

@@ -364,7 +364,7 @@ def test_cli_bad_isa_is_one_line(stories260k):
 
 # ---- the build on another CPU: an emulated one without AVX-512 ---------------------------------------
 EMULATOR = shutil.which("qemu-x86_64") if platform.machine() in ("x86_64", "AMD64") else None
-ON_HASWELL = """
+SPEC_CHECK = """
 import numpy as np
 import llama2py._cpu as ext
 from llama2py.backends.cpu import CpuBackend
@@ -379,7 +379,7 @@ for kind, w in (("f32", random_weights(c, 3)), ("q8_0", random_weights(c, 3).qua
         a, b = (m.forward(np.array([tok], np.int32), pos) for m in (cpu, spec))
         worst[kind] = max(worst.get(kind, 0.0), float(np.abs(a - b).max() / np.abs(b).max()))
 print(ext.isa(), ",".join(ext.isa_levels()), worst["f32"], worst["q8_0"])
-"""
+"""  # (the level found at load)
 
 
 @pytest.mark.skipif(EMULATOR is None, reason="qemu-x86_64 (user mode) is not installed: no CPU without AVX-512 to try")
@@ -392,9 +392,72 @@ def test_a_cpu_without_avx512_picks_avx2_and_matches_the_spec():
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *site.getsitepackages()])  # (the venv, without its python)
     python = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
     r = subprocess.run(
-        [EMULATOR, "-cpu", "Haswell", python, "-c", ON_HASWELL], capture_output=True, env=env, timeout=600
+        [EMULATOR, "-cpu", "Haswell", python, "-c", SPEC_CHECK], capture_output=True, env=env, timeout=600
     )
     assert r.returncode == 0, r.stderr.decode(errors="replace")[-3000:]
     isa, levels, f32, q8 = r.stdout.decode().split()
     assert (isa, levels) == ("avx2", "generic,avx2"), r.stdout
     assert float(f32) <= TOL and float(q8) <= 1e-4, r.stdout  # (test_q8's tolerance for int8 forwards)
+
+
+# ---- the build with clang and LLVM's libomp (README: "g++, or clang with libomp") ------------------
+CLANG = shutil.which("clang++")
+
+
+def _clang_has_openmp() -> bool:
+    probe = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+    r = subprocess.run(
+        [CLANG, "-x", "c++", "-fopenmp", "-", "-o", os.devnull], input=probe.encode(), capture_output=True, timeout=120
+    )
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(CLANG is None, reason="clang++ is not installed (.ci/run installs it where apt-get can)")
+def test_a_clang_build_runs_every_level_and_matches_the_spec(tmp_path):
+    """clang ignores `#pragma GCC target`, so the levels' kernels did not compile with it (and it
+    rejected a CPU feature name GCC knows): built with clang and libomp, the extension finds the same
+    levels as this build, and its float32 and int8 forward passes at each equal the numpy spec's."""
+    require_device("cpu")
+    if not _clang_has_openmp():
+        pytest.skip("clang++ has no OpenMP runtime here (Debian: apt install libomp-dev)")
+    import llama2py._cpu as ext
+
+    env = dict(os.environ, CC=shutil.which("clang") or "clang", CXX=CLANG)
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+         "--build-temp", str(tmp_path / "obj")],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
+    package = tmp_path / "pkg" / "llama2py"
+    shutil.copytree(ROOT / "llama2py", package, ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    (built,) = (tmp_path / "lib" / "llama2py").glob("_cpu*")
+    shutil.copy(built, package)
+    check = (
+        "import os\n"
+        + SPEC_CHECK.replace(
+            "print(ext.isa()",
+            "print(os.path.dirname(ext.__file__), 'libomp' in open('/proc/self/maps').read(), ext.isa()",
+        )
+        + "for level in ext.isa_levels():\n"
+        "    ext.set_isa(level)\n"
+        "    for kind, w in (('f32', random_weights(c, 5)), ('q8_0', random_weights(c, 5).quantized(32))):\n"
+        "        a = CpuBackend(c, w, 1, 2).forward(np.array([3], np.int32), 0)\n"
+        "        b = NumpyBackend(c, w, 1).forward(np.array([3], np.int32), 0)\n"
+        "        print(level, kind, float(np.abs(a - b).max() / np.abs(b).max()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA2PY_ISA"}
+    r = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, timeout=300,
+        env=dict(env, PYTHONPATH=str(package.parent)), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    where, libomp, isa, levels, f32, q8 = lines[0].split()
+    assert (where, libomp) == (str(package), "True"), lines[0]
+    assert (isa, levels) == (ext.isa_levels()[-1], ",".join(ext.isa_levels())), lines[0]
+    assert float(f32) <= TOL and float(q8) <= 1e-4, lines[0]
+    for line in lines[1:]:
+        level, kind, err = line.split()
+        assert float(err) <= (TOL if kind == "f32" else 1e-4), line
+    assert len(lines) == 1 + 2 * len(ext.isa_levels()), r.stdout

@@ -261,7 +261,7 @@ def test_v2_weights_stay_int8_and_borrowed(make_checkpoint):
     for name in ("wq", "w2", "token_embedding", "wcls"):
         t = getattr(w, name)
         values, scales = t.parts[-1]
-        assert values.dtype == np.int8 and isinstance(values.base, np.memmap | np.ndarray)
+        assert values.dtype == np.int8 and isinstance(values.base, (np.memmap, np.ndarray))
         assert np.shares_memory(values, ck._mmap), name  # a view into the file, never a copy
         part = len(t.parts) - 1
         addr = cb._model.weight_address(name, part, True)

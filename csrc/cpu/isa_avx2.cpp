@@ -13,7 +13,7 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#pragma GCC target("avx2,fma")
+#define L2P_TARGET "avx2,fma"
 #define L2P_AVX2 1
 #endif
 #define L2P_ISA_NS isa_avx2

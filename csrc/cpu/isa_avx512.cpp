@@ -14,7 +14,7 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
+#define L2P_TARGET "avx2,fma,avx512f,avx512bw,avx512vl,avx512dq"
 #define L2P_AVX2 1
 #define L2P_AVX512 1
 #endif

@@ -16,7 +16,7 @@
 #include "kernels.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && L2P_HAVE_AVXVNNI_TARGET
-#pragma GCC target("avx2,fma,avxvnni")
+#define L2P_TARGET "avx2,fma,avxvnni"
 #define L2P_AVX2 1
 #define L2P_VNNI256 1
 #define L2P_DPBUSD256 _mm256_dpbusd_avx_epi32

@@ -15,7 +15,7 @@
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#pragma GCC target("avx2,fma,avx512f,avx512vl,avx512vnni")
+#define L2P_TARGET "avx2,fma,avx512f,avx512vl,avx512vnni"
 #define L2P_AVX2 1
 #define L2P_VNNI256 1
 #define L2P_DPBUSD256 _mm256_dpbusd_epi32

@@ -7,6 +7,9 @@
 #ifndef _WIN32
 #include <pthread.h>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -64,7 +67,10 @@ Cpu cpu() {
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     c.avx512vnni = c.avx512 && __builtin_cpu_supports("avx512vnni");
 #if L2P_HAVE_AVXVNNI_TARGET
-    c.avxvnni = c.avx2 && __builtin_cpu_supports("avxvnni");
+    // AVX-VNNI: CPUID leaf 7, sub-leaf 1, EAX bit 4 (the YMM state is the OS's as for AVX2);
+    // __builtin_cpu_supports("avxvnni") is GCC 11+ and recent clang only
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    c.avxvnni = c.avx2 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax >> 4 & 1);
 #endif
 #endif
     return c;

@@ -165,7 +165,7 @@ constexpr long STREAM_BYTES = 16L << 20;
 
 // ---- instruction-set levels -------------------------------------------------------------------------
 // The kernels whose speed depends on SIMD are compiled once per level (kernels_isa.inc included by
-// isa_*.cpp, each with its own target pragma and namespace); one table is chosen when the extension
+// isa_*.cpp, each with its own target and namespace); one table is chosen when the extension
 // loads: the best level the CPU supports (__builtin_cpu_supports), or a lower one forced by
 // LLAMA2PY_ISA. Within one level a decode step, a batch row and a prefill row are bitwise equal;
 // across levels float32 results differ by rounding (FMA vs separate multiply-add), Q8_0 ones not.
