@@ -289,7 +289,7 @@ def cmd_run(args) -> int:
             args.steps,
             args.temperature,
             args.top_p,
-            resolve_seed(args.seed),
+            resolve_seed(args.seed, clock=True),  # run's rule: no seed is the time
             read_user,
             system,
             args.prompt,
@@ -309,7 +309,8 @@ def cmd_run(args) -> int:
             )
         return 0
     stats = RunStats()
-    for b in model.stream_bytes(_prompt_bytes(args.prompt), args.steps, args.temperature, args.top_p, args.seed, stats):
+    seed = resolve_seed(args.seed, clock=True)  # run's rule: no seed (or 0) is the time in seconds
+    for b in model.stream_bytes(_prompt_bytes(args.prompt), args.steps, args.temperature, args.top_p, seed, stats):
         if b:
             out.write(b)
             out.flush()
@@ -421,7 +422,7 @@ def cmd_batch(args) -> int:
     def seq(s: int) -> tuple[int, int]:
         return divmod(s, n_samples)
 
-    base = resolve_seed(args.seed)
+    base = resolve_seed(args.seed, clock=True)
     out = sys.stdout.buffer
     tok = model.tokenizer
     total_tokens, total_s, per_seq = 0, 0.0, []

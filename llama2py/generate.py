@@ -30,6 +30,7 @@ class RunStats:
     first_call_s: float = 0.0  # the prefill (or the first step) in seconds
     seconds: float = 0.0  # since the end of the first call
     tokens: list[int] = field(default_factory=list)  # every token: prompt (with BOS), then generated
+    seed: int = 0  # the seed the run used (a fresh one where none was given): pass it to tell it again
 
     @property
     def tok_per_s(self) -> float:

@@ -309,6 +309,7 @@ class Llama:
         if stats is not None and not isinstance(stats, RunStats):
             raise TypeError(f"stats must be a RunStats (or None), got {type(stats).__name__}")
         stats = stats if stats is not None else RunStats()
+        stats.seed = seed
         if max_new_tokens is not None:
             # run feeds positions 0..steps-1 and the prompt's last one predicts the first new token
             steps = len(tokens) - 1 + max_new_tokens
@@ -383,8 +384,9 @@ class Llama:
     ) -> RunResult:
         """Tell a story as llama2.c's run would: returns its text, token ids and tok/s.
         steps / max_new_tokens / stop as for stream(); with a stop string, text and tokens end
-        before it. seed: 1..2**64-1 tells the same story every time; None or 0 takes the current
-        time in seconds, as run does."""
+        before it. seed: 1..2**64-1 tells the same story every time; None or 0 draws a fresh one
+        (recorded in .stats.seed; run and the command line take the time in seconds, which repeats
+        a story for every call within a second)."""
         with self._call():
             pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens, hold=False)
             text = "".join(self._text(pieces, n, stop, stats))
@@ -408,7 +410,7 @@ class Llama:
         Returns (tokens, logprobs): per sequence the generated tokens (prompt + generated with echo),
         at most max_gen_len of them, ending before the first EOS/BOS it generated; with logprobs the
         log-softmax of the raw logits at each returned token (the first prompt token has none: 0.0,
-        as in Meta's code). Sequence b samples with seed + b (seed None or 0: the current time), so
+        as in Meta's code). Sequence b samples with seed + b (seed None or 0: a fresh one), so
         it equals that prompt generated alone with seed + b. stop: strings over the decoded
         generated text; a sequence ends at its first one, keeping the tokens before it
         (llama2py.stops). stats: an optional batch.BatchStats to fill with timings."""
@@ -450,6 +452,8 @@ class Llama:
             toks, lps = batch.generate(
                 backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo, stats, stop_at
             )
+        if stats is not None:
+            stats.seed = base
         return toks, lps, matchers
 
     def text_completion(

@@ -7,6 +7,7 @@ sums, as in run.c, so that near-ties fall the same way.
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -22,14 +23,18 @@ def nth_seed(base: int, b: int) -> int:
     return (base - 1 + b) % SEED_MAX + 1
 
 
-def resolve_seed(seed: int | None) -> int:
-    """run's rule: no seed (or 0) means the current time in seconds; otherwise check_seed's."""
-    if seed is None:
-        return int(time.time())
-    from .backends.base import check_seed  # the one seed check (base imports this module)
+def resolve_seed(seed: int | None, clock: bool = False) -> int:
+    """The seed to use: check_seed's for a given one; for None (or 0, as a state of 0 would stay 0:
+    every coin 0.0) a fresh one. clock=True: run's rule, the current time in seconds (the command
+    line, whose stories match run's); else a random one, so that library calls within one second
+    do not all tell one story (the stats of the call record it: RunStats.seed, BatchStats.seed)."""
+    if seed is not None:
+        from .backends.base import check_seed  # the one seed check (base imports this module)
 
-    s = check_seed("seed", seed)
-    return s if s else int(time.time())  # a state of 0 would stay 0 (every coin 0.0)
+        seed = check_seed("seed", seed)
+    if seed:
+        return seed
+    return int(time.time()) if clock else secrets.randbits(SEED_BITS - 1) + 1
 
 
 class Rng:

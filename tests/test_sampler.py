@@ -84,6 +84,17 @@ def test_seed_zero_is_no_seed_and_out_of_range_seeds_are_refused():
             resolve_seed(bad)
 
 
+def test_no_seed_is_fresh_in_the_library_and_the_time_on_the_command_line(monkeypatch):
+    """run's rule (no seed: the time in seconds) gave every library call within one second the
+    same story (a web service's requests); the command line keeps it, to match run."""
+    from llama2py import sampler
+
+    monkeypatch.setattr(sampler.time, "time", lambda: 1234.5)
+    assert sampler.resolve_seed(None, clock=True) == sampler.resolve_seed(0, clock=True) == 1234
+    fresh = {sampler.resolve_seed(None) for _ in range(50)} | {sampler.resolve_seed(0) for _ in range(50)}
+    assert len(fresh) == 100 and all(0 < s <= sampler.SEED_MAX for s in fresh)
+
+
 def test_sequence_seeds_wrap_past_the_top_to_one_never_zero():
     from llama2py.sampler import SEED_MAX, nth_seed
 
