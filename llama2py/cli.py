@@ -478,6 +478,10 @@ def _dispatch(argv: list[str]) -> int:
     if sys.stdout is None:  # started with stdout closed (`>&-`): every command writes there
         print("llama2py: error: standard output is closed; redirect it to a file or /dev/null", file=sys.stderr)
         return 1
+    # Reports name paths, which an ASCII stdout (PYTHONIOENCODING=ascii, some locales) cannot
+    # encode: escaped there, as on stderr, instead of failing (stories are bytes: never affected).
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     if argv and argv[0] in SUBCOMMANDS:
         name = argv[0]
         module_name, help_ = SUBCOMMANDS[name]
@@ -547,7 +551,8 @@ def _guarded(fn, debug: bool, prog: str = "llama2py") -> int:
                 "context (--context N) or a smaller model"
             )
         elif isinstance(e, OSError) and e.filename is None and e.errno == errno.ENOSPC:
-            msg = "cannot write the output: no space left on the device it goes to; free some or redirect it"
+            # (files are written through atomic_output, whose ENOSPC is an OutputError naming the file)
+            msg = "cannot write to standard output: no space left on the device it goes to; free some or redirect it"
         elif isinstance(e, Llama2pyError) and "\n" in str(e):
             msg = str(e).strip()  # our own layout (the offline message lists one file per line)
         else:

@@ -717,7 +717,7 @@ def add_arguments(parser) -> None:
         help="fetch from URL instead of the published address; with several "
         "NAMEs or a URL ending in /, URL is a base the file name is appended to",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (there is one only on a terminal)")
     parser.set_defaults(download_parser=parser)
     if parser.epilog is None:
         parser.epilog = epilog()
@@ -789,6 +789,8 @@ def run(args) -> int:
     for key in names:
         entry = REGISTRY[key]
         src = (url.rstrip("/") + "/" + entry.filename) if base else url
-        path = download(entry, getattr(args, "dir", None), url=src, progress=not getattr(args, "quiet", False))
+        # a bar only on a terminal, as the writing subcommands (a log would get its \r redraws)
+        bar = not getattr(args, "quiet", False) and sys.stderr.isatty()
+        path = download(entry, getattr(args, "dir", None), url=src, progress=bar)
         print(path)
     return 0

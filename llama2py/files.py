@@ -169,18 +169,31 @@ def _remove_stale_temporaries(path: Path) -> None:
 def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
     lock = -1
     try:
-        try:
-            fd = _create_exclusive(tmp)
-        except FileExistsError:
-            raise  # another writer's file by that name: not ours to remove
-        except OSError as e:
+        for _ in range(8):
+            try:
+                fd = _create_exclusive(tmp)
+            except FileExistsError:
+                raise  # another writer's file by that name: not ours to remove
+            except OSError as e:
+                raise OutputError(
+                    f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder"
+                )
+            if fcntl is None:
+                break
+            lock = os.dup(fd)  # held until the rename: _remove_stale_temporaries leaves the file alone
+            with contextlib.suppress(OSError):  # (waits only while another writer's cleanup looks at it)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink:
+                break
+            # another writer of `path`, finishing, took the file for a dead writer's before we held
+            # the lock and removed it: make it again (the name is free)
+            os.close(lock)
+            os.close(fd)
+            lock = -1
+        else:
             raise OutputError(
-                f"output {path}: cannot create a file in {path.parent} ({e.strerror}); choose another folder"
+                f"output {path}: other processes writing it keep removing its temporary file; write it once"
             )
-        if fcntl is not None:  # held until the rename: _remove_stale_temporaries leaves the file alone
-            lock = os.dup(fd)
-            with contextlib.suppress(OSError):
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             with os.fdopen(fd, "wb") as f:
                 yield f

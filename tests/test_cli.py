@@ -399,8 +399,23 @@ def test_full_output_device_is_said_plainly(tmp_path):
         r = subprocess.run([sys.executable, "-m", "llama2py", str(ck), "-z", str(tok), "-n", "8"], stdout=full,
                            stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
-        "llama2py: error: cannot write the output: no space left on the device it goes to; free some or redirect it"
+        "llama2py: error: cannot write to standard output: no space left on the device it goes to; free some or redirect it"
     ], r.stderr
+
+
+def test_reports_on_an_ascii_stdout_escape_the_paths(tmp_path):
+    """PYTHONIOENCODING=ascii (or an ASCII locale): `info` of a file with a non-ASCII name failed
+    with a codec error and printed nothing; the path is escaped as stderr escapes it."""
+    import os
+    import subprocess
+    import sys
+
+    ck = tmp_path / "m\u00fc\u2713.bin"
+    write_checkpoint(ck, SHAPES["mha_shared"], random_weights(SHAPES["mha_shared"], 1), 0)
+    r = subprocess.run([sys.executable, "-m", "llama2py", "info", str(ck)], capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONIOENCODING": "ascii"})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert b"m\\xfc\\u2713.bin" in r.stdout and b"dim" in r.stdout, r.stdout
 
 
 def test_more_threads_than_cores_are_warned_about(tmp_path):

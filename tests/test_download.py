@@ -612,6 +612,18 @@ def test_range_past_the_end_restarts_then_reports_the_short_file(server, tmp_pat
     assert not (tmp_path / "test.bin.part").exists() and not (tmp_path / "test.bin").exists()
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_cli_bar_only_on_a_terminal(server, tmp_path, capsys, monkeypatch, terminal):
+    """`download` drew its bar (carriage-return redraws) into a log file; the writing subcommands
+    show theirs only on a terminal, and so does it now."""
+    from llama2py.cli import main
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    assert main(["download", "testmodel", "--dir", str(tmp_path), "--url", url(server)]) == 0
+    err = capsys.readouterr().err
+    assert ("test.bin" in err) == terminal and ("\r" in err) == terminal, repr(err)
+
+
 def test_cli_list_and_no_names(tmp_path, capsys):
     from llama2py.cli import main
 
