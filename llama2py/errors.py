@@ -8,6 +8,15 @@ class Llama2pyError(Exception):
 CLOSED = "this model was closed; load the checkpoint again with Llama.load(...)"  # Llama's and a backend's
 
 
+class ClosedError(Llama2pyError):
+    """The model (a Llama or its backend) was closed: load the checkpoint again."""
+
+
+class BusyError(Llama2pyError):
+    """The Llama is running a call in another thread (or this call comes from inside one of its
+    callbacks), or a stream was superseded by a later call: one call at a time per Llama."""
+
+
 class CheckpointError(Llama2pyError):
     """A checkpoint file is missing, truncated, padded or of an unknown format."""
 

@@ -19,7 +19,7 @@ from .backends import create_backend
 from .backends.base import Backend, as_token_ids, check_conversion_memory, check_int, check_sampling, host_buffers
 from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
-from .errors import CLOSED, Llama2pyError, PromptError, TokenizerError, too_long
+from .errors import CLOSED, BusyError, ClosedError, PromptError, TokenizerError, too_long
 from .generate import RunStats, check_prompt, run_loop
 from .sampler import nth_seed, resolve_seed
 from .stops import StopMatcher, check_stops, cut_stream
@@ -218,7 +218,7 @@ class Llama:
 
     def _backend(self) -> Backend:
         if self.backend is None:
-            raise Llama2pyError(CLOSED)
+            raise ClosedError(CLOSED)
         return self.backend
 
     def _begin(self, token: object, generation: Optional[int]) -> int:
@@ -226,16 +226,16 @@ class Llama:
         piece of that one; returns the generation's number."""
         with self._guard:
             if self._calling is not None:
-                raise Llama2pyError(
+                raise BusyError(
                     "this Llama is running a call in another thread (or this call comes from inside "
                     "one of its callbacks): use one Llama per thread, Llama.load once in each"
                 )
             if self.backend is None:
-                raise Llama2pyError(CLOSED)
+                raise ClosedError(CLOSED)
             if generation is None:
                 self._generation += 1
             elif generation != self._generation:
-                raise Llama2pyError(
+                raise BusyError(
                     "this stream was superseded: a later call on the same Llama started another "
                     "generation (finish a stream before the next call, or load a second Llama)"
                 )

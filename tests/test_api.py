@@ -16,7 +16,7 @@ from conftest import HOST_DEVICES, require_device
 
 from llama2py import Llama
 from llama2py.batch import BatchStats
-from llama2py.errors import Llama2pyError, PromptError
+from llama2py.errors import BusyError, ClosedError, Llama2pyError, PromptError
 from llama2py.generate import UNSAFE_ERROR, dialog_tokens, render_chat
 from llama2py.stops import StopMatcher, check_stops, cut_stream
 from llama2py.tokenizer import BOS, EOS
@@ -315,7 +315,7 @@ def test_a_stream_outliving_its_model_raises(stories260k, device):
     with Llama.load(ckpt, tok, device=device) as m:
         g = m.stream(PROMPT, steps=100, temperature=0)
         next(g)
-    with pytest.raises(Llama2pyError, match="this model was closed"):
+    with pytest.raises(ClosedError, match="this model was closed"):
         for _ in g:
             pass
 
@@ -338,7 +338,7 @@ def test_one_call_at_a_time(stories260k):
             g = m.stream(PROMPT, steps=40, temperature=0)
             next(g)
             call()  # the later call wins
-            with pytest.raises(Llama2pyError, match="this stream was superseded"):
+            with pytest.raises(BusyError, match="this stream was superseded"):
                 next(g)
         # a stream advanced by another thread is superseded alike (not owned by a thread)
         g = m.stream(PROMPT, steps=40, temperature=0)
@@ -346,7 +346,7 @@ def test_one_call_at_a_time(stories260k):
         worker.start()
         worker.join()
         assert m.run(PROMPT, steps=40, temperature=0).text == want
-        with pytest.raises(Llama2pyError, match="superseded"):
+        with pytest.raises(BusyError, match="superseded"):
             next(g)
         results, errors = [], []
         started = threading.Barrier(4)
@@ -355,7 +355,7 @@ def test_one_call_at_a_time(stories260k):
             started.wait()
             try:
                 results.append(m.run(PROMPT, steps=200, temperature=0).text)
-            except Llama2pyError as e:
+            except BusyError as e:
                 errors.append(str(e))
 
         threads = [threading.Thread(target=work) for _ in range(4)]
@@ -449,7 +449,7 @@ def test_close_while_another_thread_keeps_a_suspended_stream(stories260k):
     worker.join()
     m.close()
     assert backend._released and m._deferred is None
-    with pytest.raises(Llama2pyError, match="this model was closed"):
+    with pytest.raises(ClosedError, match="this model was closed"):
         next(kept[0][1])
 
 

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..checkpoint import WEIGHT_TYPES, Config, Weights, q8_group_size
-from ..errors import CLOSED, CheckpointError, Llama2pyError, NonFiniteError, ResourceError
+from ..errors import CLOSED, CheckpointError, ClosedError, NonFiniteError, ResourceError
 from ..sampler import SEED_MAX
 from ..threads import max_threads, usable_cores
 
@@ -255,7 +255,7 @@ class Backend(ABC):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Llama2pyError(CLOSED)
+            raise ClosedError(CLOSED)
 
 
 # -- checks shared with the layers above (model, batch, generate) -------------------------------------
