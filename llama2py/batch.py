@@ -192,7 +192,7 @@ def run_batch(
 
 def _run_batch(
     backend: Backend,
-    prompt_tokens: list[list[int]],
+    prompt_tokens: Sequence[Sequence[int]],
     ends: list[int],
     temperature: float,
     top_p: float,

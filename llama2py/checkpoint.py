@@ -10,17 +10,16 @@ import contextlib
 import errno
 import math
 import mmap
-import os
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Optional, Union
 
 import numpy as np
 
 from .errors import CheckpointError
-from .files import atomic_output
+from .files import PathLike, atomic_output
 from .tokenizer import MIN_VOCAB
 
 MAGIC = 0x616B3432  # "ak42" as a little-endian uint32 ("24ka" on disk)
@@ -310,20 +309,20 @@ class Weights:
     Float32 arrays, or (weight type q8_0: a v2 file, or quantized at load) QuantizedTensor for the
     matrices and the token embedding, the norms staying float32."""
 
-    token_embedding: np.ndarray | QuantizedTensor  # (vocab, dim)
+    token_embedding: Union[np.ndarray, QuantizedTensor]  # (vocab, dim)
     rms_att: np.ndarray  # (n_layers, dim)
-    wq: np.ndarray | QuantizedTensor  # (n_layers, dim, dim)
-    wk: np.ndarray | QuantizedTensor  # (n_layers, kv_dim, dim)
-    wv: np.ndarray | QuantizedTensor  # (n_layers, kv_dim, dim)
-    wo: np.ndarray | QuantizedTensor  # (n_layers, dim, dim)
+    wq: Union[np.ndarray, QuantizedTensor]  # (n_layers, dim, dim)
+    wk: Union[np.ndarray, QuantizedTensor]  # (n_layers, kv_dim, dim)
+    wv: Union[np.ndarray, QuantizedTensor]  # (n_layers, kv_dim, dim)
+    wo: Union[np.ndarray, QuantizedTensor]  # (n_layers, dim, dim)
     rms_ffn: np.ndarray  # (n_layers, dim)
-    w1: np.ndarray | QuantizedTensor  # (n_layers, hidden_dim, dim)
-    w2: np.ndarray | QuantizedTensor  # (n_layers, dim, hidden_dim)
-    w3: np.ndarray | QuantizedTensor  # (n_layers, hidden_dim, dim)
+    w1: Union[np.ndarray, QuantizedTensor]  # (n_layers, hidden_dim, dim)
+    w2: Union[np.ndarray, QuantizedTensor]  # (n_layers, dim, hidden_dim)
+    w3: Union[np.ndarray, QuantizedTensor]  # (n_layers, hidden_dim, dim)
     rms_final: np.ndarray  # (dim,)
-    wcls: np.ndarray | QuantizedTensor  # (vocab, dim); the same object as token_embedding when shared
+    wcls: Union[np.ndarray, QuantizedTensor]  # (vocab, dim); the same object as token_embedding when shared
 
-    def tensors(self) -> dict[str, np.ndarray | QuantizedTensor]:
+    def tensors(self) -> dict[str, Union[np.ndarray, QuantizedTensor]]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def nbytes(self, shared_classifier: bool) -> int:
@@ -366,7 +365,7 @@ WEIGHT_TYPES = ("f32", "q8_0")
 
 
 def convert_weights(
-    weights: Weights, config: Config, weight_type: Optional[str], path: Optional[str | os.PathLike] = None
+    weights: Weights, config: Config, weight_type: Optional[str], path: Optional[PathLike] = None
 ) -> Weights:
     """The weights in memory as weight_type: None keeps the file's (a v2 file int8, else float32);
     "q8_0" quantizes float weights at load time (group size as llama2.c's exporter picks it);
@@ -441,7 +440,7 @@ def _read_header_ints(buf: bytes, offset: int, n: int) -> tuple[int, ...]:
 TOKENIZER_PLACE = "a tokenizer goes after the checkpoint, with -z (tokenizer= in the API), where a command takes one"
 
 
-def convert_tokenizer_command(path: str | os.PathLike) -> str:
+def convert_tokenizer_command(path: PathLike) -> str:
     """The command that makes a llama2.c tokenizer of sentencepiece's tokenizer.model at path."""
     return f"llama2py convert {path} tokenizer.bin"
 
@@ -467,7 +466,7 @@ def identify(head: bytes) -> str:
     return ""
 
 
-def identify_file(path: str | os.PathLike) -> str:
+def identify_file(path: PathLike) -> str:
     """identify() of a file's first bytes ("" where it cannot be read)."""
     try:
         with open(path, "rb") as f:
@@ -506,7 +505,7 @@ def _refuse_model_source(path: Path, source: Path) -> None:
         )
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: PathLike) -> Checkpoint:
     """Open a llama2.c checkpoint of version 0, 1 or 2; raise CheckpointError on anything odd. A
     known name without a folder (stories260K.bin) that is not in the current directory is the model
     store's copy (download.in_store)."""
@@ -920,13 +919,13 @@ def _write_q80(out: _Output, pieces: Iterator[np.ndarray], part_len: int, gs: in
 
 
 def write_checkpoint(
-    path: str | os.PathLike,
+    path: PathLike,
     config: Config,
-    source: Weights | ChunkSource,
+    source: Union[Weights, ChunkSource],
     version: int = 1,
     group_size: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
-    inputs: tuple[str | os.PathLike, ...] = (),
+    inputs: tuple[PathLike, ...] = (),
 ) -> int:
     """Write a llama2.c checkpoint of `version` (docs/FORMAT.md); return its size in bytes.
 

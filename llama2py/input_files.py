@@ -7,9 +7,10 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from .errors import Llama2pyError
+from .files import PathLike
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -20,7 +21,7 @@ _KINDS = (
 )
 
 
-def as_path(path: str | os.PathLike, what: str) -> Path:
+def as_path(path: PathLike, what: str) -> Path:
     """path as a Path; anything else (an open file, bytes, None) is a TypeError naming `what`, and an
     empty path a ValueError (Path("") is ".", the current folder, which the messages would name)."""
     if not isinstance(path, (str, os.PathLike)):
@@ -30,7 +31,7 @@ def as_path(path: str | os.PathLike, what: str) -> Path:
     return Path(path)
 
 
-def regular_file_size(path: str | os.PathLike, what: str, error: type[Llama2pyError], missing_hint: str = "") -> int:
+def regular_file_size(path: PathLike, what: str, error: type[Llama2pyError], missing_hint: str = "") -> int:
     """Size in bytes of `path`, which must be an existing regular file (checked with stat, before
     anything opens it: opening a FIFO blocks, reading /dev/zero never ends). `what` names the
     file's role in messages ("checkpoint", "tokenizer", "--prompts-file")."""
@@ -47,7 +48,7 @@ def regular_file_size(path: str | os.PathLike, what: str, error: type[Llama2pyEr
 
 
 def read_regular_file(
-    path: str | os.PathLike,
+    path: PathLike,
     what: str,
     error: type[Llama2pyError],
     missing_hint: str = "",
@@ -68,7 +69,7 @@ def read_regular_file(
         raise error(f"{what} {path}: cannot read it ({e.strerror or e}); check that it is readable") from None
 
 
-def parse_json(text: str | bytes) -> object:
+def parse_json(text: Union[str, bytes]) -> object:
     """json.loads, with nesting too deep for Python's parser (a RecursionError) a ValueError like
     any other invalid document, so every reader's `except ValueError` covers hostile files."""
     try:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from .backends.base import Backend, as_token_ids, check_conversion_memory, check
 from .batch import BatchStats
 from .checkpoint import Checkpoint, Config, convert_weights, load_checkpoint
 from .errors import CLOSED, BusyError, ClosedError, PromptError, TokenizerError, too_long
+from .files import PathLike
 from .generate import RunStats, check_prompt, run_loop
 from .sampler import nth_seed, resolve_seed
 from .stops import StopMatcher, check_stops, cut_stream
@@ -85,7 +85,7 @@ def find_tokenizer(checkpoint: Path, vocab_size: int) -> Path:
     )
 
 
-def encode_prompt(tokenizer: Tokenizer, prompt: str | bytes, seq_len: int, what: str = "the prompt") -> list[int]:
+def encode_prompt(tokenizer: Tokenizer, prompt: Union[str, bytes], seq_len: int, what: str = "the prompt") -> list[int]:
     """run's encoding of a prompt (BOS first), refused before encoding when it cannot fit the
     context: a long prompt costs nothing before it is refused."""
     least = tokenizer.min_tokens(prompt)
@@ -101,7 +101,7 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str | bytes, seq_len: int, what:
 
 
 def load_weights(
-    checkpoint: str | os.PathLike,
+    checkpoint: PathLike,
     weights: Optional[str] = None,
     also: Optional[Callable[[Config], dict[str, int]]] = None,
 ) -> Checkpoint:
@@ -144,8 +144,8 @@ class Llama:
     @classmethod
     def load(
         cls,
-        checkpoint: str | os.PathLike,
-        tokenizer: Optional[str | os.PathLike] = None,
+        checkpoint: PathLike,
+        tokenizer: Optional[PathLike] = None,
         device: str = "auto",
         threads: Optional[int] = None,
         max_batch_size: int = 1,
@@ -286,7 +286,7 @@ class Llama:
     # -- run's semantics --------------------------------------------------------------------------
     def _start(
         self,
-        prompt: str | bytes,
+        prompt: Union[str, bytes],
         steps: Optional[int],
         temperature: float,
         top_p: float,
@@ -339,7 +339,7 @@ class Llama:
 
     def stream_bytes(
         self,
-        prompt: str | bytes = "",
+        prompt: Union[str, bytes] = "",
         steps: Optional[int] = None,
         temperature: float = 1.0,
         top_p: float = 0.9,
@@ -395,7 +395,7 @@ class Llama:
     # -- batched generation, Meta's Llama 2 generate() / text_completion() (llama2py.batch) -------------
     def generate(
         self,
-        prompt_tokens: list[list[int]],
+        prompt_tokens: Sequence[Sequence[int]],
         max_gen_len: int,
         temperature: float = 0.6,
         top_p: float = 0.9,
@@ -458,7 +458,7 @@ class Llama:
 
     def text_completion(
         self,
-        prompts: list[str],
+        prompts: Sequence[str],
         temperature: float = 0.6,
         top_p: float = 0.9,
         max_gen_len: Optional[int] = None,
@@ -520,7 +520,7 @@ class Llama:
 
     def chat_completion(
         self,
-        dialogs: list[list[dict]],
+        dialogs: Sequence[Sequence[Mapping[str, Any]]],
         temperature: float = 0.6,
         top_p: float = 0.9,
         max_gen_len: Optional[int] = None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +30,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .errors import CheckpointError, usage_check
-from .files import add_group_size_argument, add_progress_arguments, progress_bar
+from .files import PathLike, add_group_size_argument, add_progress_arguments, progress_bar
 
 BLOCK_FLOATS = 1 << 22  # 16 MiB of float32 mapped at a time
 
@@ -51,7 +50,7 @@ def mapped_source(ck: Checkpoint) -> ChunkSource:
     return chunks
 
 
-def open_float_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def open_float_checkpoint(path: PathLike) -> Checkpoint:
     """The input of quantize: a valid v0 or v1 checkpoint."""
     ck = load_checkpoint(path)
     if ck.version == 2:
@@ -62,8 +61,8 @@ def open_float_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def quantize_checkpoint(
-    src: str | os.PathLike,
-    dst: str | os.PathLike,
+    src: PathLike,
+    dst: PathLike,
     group_size: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> int:
@@ -73,7 +72,7 @@ def quantize_checkpoint(
 
 def _write_v2(
     ck: Checkpoint,
-    dst: str | os.PathLike,
+    dst: PathLike,
     group_size: Optional[int],
     progress: Optional[Callable[[int, int], None]],
 ) -> int:

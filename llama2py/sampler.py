@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -23,7 +24,7 @@ def nth_seed(base: int, b: int) -> int:
     return (base - 1 + b) % SEED_MAX + 1
 
 
-def resolve_seed(seed: int | None, clock: bool = False) -> int:
+def resolve_seed(seed: Optional[int], clock: bool = False) -> int:
     """The seed to use: check_seed's for a given one; for None (or 0, as a state of 0 would stay 0:
     every coin 0.0) a fresh one. clock=True: run's rule, the current time in seconds (the command
     line, whose stories match run's); else a random one, so that library calls within one second

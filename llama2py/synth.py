@@ -38,7 +38,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .errors import UsageError, usage_check
-from .files import add_group_size_argument, add_progress_arguments, progress_bar
+from .files import PathLike, add_group_size_argument, add_progress_arguments, progress_bar
 
 BOS = 1
 BOS_SCALE = 0.01
@@ -93,7 +93,7 @@ def synthetic_source(config: Config, seed: int = 0) -> ChunkSource:
 
 
 def write_synthetic(
-    path: str | os.PathLike,
+    path: PathLike,
     config: Config,
     version: int = 0,
     seed: int = 0,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import heapq
-import os
 import re
 import struct
+from typing import Union
 
 from .errors import PromptError, TokenizerError
+from .files import PathLike
 from .input_files import as_path, read_regular_file
 
 UNK, BOS, EOS = 0, 1, 2
@@ -25,7 +26,7 @@ class Tokenizer:
     The file does not store its size: it is the model's vocab_size, so pass it. A file with fewer
     entries than that, or with bytes left over, does not fit the model and is refused."""
 
-    def __init__(self, path: str | os.PathLike, vocab_size: int):
+    def __init__(self, path: PathLike, vocab_size: int):
         from .backends.base import check_int  # local: these import the checkpoint module
         from .download import in_store
 
@@ -109,7 +110,7 @@ class Tokenizer:
             self._ids.setdefault(p, i)
 
     # ------------------------------------------------------------------------------------------
-    def min_tokens(self, text: str | bytes) -> int:
+    def min_tokens(self, text: Union[str, bytes]) -> int:
         """A lower bound on len(encode(text)) computed without encoding: no piece is longer than
         max_token_length bytes (so a prompt too long for the context is refused in O(1))."""
         raw = _text_bytes(text)
@@ -118,7 +119,7 @@ class Tokenizer:
         n = len(raw) + 1  # + the dummy-prefix space
         return 1 + -(-n // self.max_token_length)
 
-    def encode(self, text: str | bytes, bos: bool = True, eos: bool = False) -> list[int]:
+    def encode(self, text: Union[str, bytes], bos: bool = True, eos: bool = False) -> list[int]:
         """Token ids of text as `run` encodes it: BOS, a dummy-prefix space, code points, merges."""
         raw = _text_bytes(text)
         tokens: list[int] = []
@@ -232,7 +233,7 @@ class Tokenizer:
         return out.decode("utf-8", errors="replace")
 
 
-def _text_bytes(text: str | bytes) -> bytes:
+def _text_bytes(text: Union[str, bytes]) -> bytes:
     """A prompt as bytes: str as UTF-8, bytes as they are (run takes argv bytes). Anything else
     (an int would make bytes(5) = five NUL bytes) is refused."""
     if isinstance(text, str):

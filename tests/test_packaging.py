@@ -177,3 +177,44 @@ def test_python_m_in_a_source_tree_uses_the_installed_extension(stories260k, tmp
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"imported from the source tree {src}" in proc.stderr
     assert "`llama2py`" in proc.stderr and "pip install -e ." in proc.stderr and "--device numpy" in proc.stderr
+
+
+def _annotations(tree):
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            for a in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
+                if a is not None and a.annotation is not None:
+                    yield a.annotation
+            if node.returns is not None:
+                yield node.returns
+        elif isinstance(node, ast.AnnAssign):
+            yield node.annotation
+
+
+def test_annotations_evaluate_on_every_supported_python():
+    """Python 3.9 (requires-python) cannot evaluate `X | Y`: typing.get_type_hints on Llama.load or
+    Tokenizer.encode raised TypeError there (pydantic, typeguard, Sphinx call it). No annotation of
+    the package uses the operator, and those of the public API evaluate."""
+    import ast
+    import typing
+
+    offenders = []
+    for path in sorted((ROOT / "llama2py").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for ann in _annotations(tree):
+            if any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.BitOr) for n in ast.walk(ann)):
+                offenders.append(f"{path.relative_to(ROOT)}:{ann.lineno}: {ast.unparse(ann)}")
+    assert not offenders, "\n".join(offenders)
+
+    import llama2py
+    from llama2py import batch, checkpoint, tokenizer
+
+    for obj in (llama2py.Llama, tokenizer.Tokenizer, checkpoint.Config, batch.BatchStats):
+        for name, member in vars(obj).items():
+            member = getattr(member, "__func__", member)
+            if callable(member) and not name.startswith("__") or name == "__init__":
+                typing.get_type_hints(member)
+    typing.get_type_hints(checkpoint.load_checkpoint)

@@ -21,7 +21,7 @@ one-sequence decode steps.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def _f32(a: np.ndarray) -> np.ndarray:
     return np.require(np.ascontiguousarray(a, dtype=np.float32), requirements="CA")
 
 
-def _matrix(t: np.ndarray | QuantizedTensor):
+def _matrix(t: Union[np.ndarray, QuantizedTensor]):
     """A matrix tensor as the extension takes it: float32 array, or Q8_0 (values, scales) parts
     (memory-mapped views; scales that a file leaves unaligned are copied: 1/group_size of the values)."""
     if isinstance(t, QuantizedTensor):

@@ -8,7 +8,7 @@ Written for reading, not speed: every other backend is checked against it. With 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -96,14 +96,14 @@ def matmul_q8(x: np.ndarray, w: QuantizedTensor) -> np.ndarray:
     return out.reshape(lead + (d,))
 
 
-def matmul(x: np.ndarray, w: np.ndarray | QuantizedTensor) -> np.ndarray:
+def matmul(x: np.ndarray, w: Union[np.ndarray, QuantizedTensor]) -> np.ndarray:
     """x (..., n) @ w (d, n).T: float32 weights, or int8 ones with runq's arithmetic."""
     if isinstance(w, QuantizedTensor):
         return matmul_q8(x, w)
     return x @ w.T
 
 
-def embed(table: np.ndarray | QuantizedTensor, tokens: np.ndarray) -> np.ndarray:
+def embed(table: Union[np.ndarray, QuantizedTensor], tokens: np.ndarray) -> np.ndarray:
     """Rows of the token embedding (dequantized rows for int8 weights, as runq's float table)."""
     if isinstance(table, QuantizedTensor):
         return table.rows(tokens)

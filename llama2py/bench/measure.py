@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import gc
-import os
 import statistics
 import time
 from typing import Callable, Optional
@@ -21,6 +20,7 @@ from ..backends import create_backend
 from ..backends.base import PROFILE_KEYS
 from ..checkpoint import Config, load_checkpoint, q8_group_size
 from ..errors import DeviceError, Llama2pyError, count
+from ..files import PathLike
 from ..model import load_weights
 from .host import BUSY_LOAD, gpu_name, host_info, mem_available, peak_rss, reset_peak_rss
 
@@ -188,7 +188,7 @@ def _profile(
 
 
 def bench_backend(
-    path: str | os.PathLike,
+    path: PathLike,
     device: str,
     threads: Optional[int],
     batch: int,
@@ -317,7 +317,7 @@ def load_warning(load: Optional[float]) -> Optional[str]:
     return None
 
 
-def checkpoint_info(path: str | os.PathLike, ck) -> dict:
+def checkpoint_info(path: PathLike, ck) -> dict:
     c = ck.config
     return {
         "path": str(path),
@@ -349,7 +349,7 @@ def _failure_row(
 
 
 def bench(
-    path: str | os.PathLike,
+    path: PathLike,
     settings: Settings,
     progress: Optional[Callable[[str], None]] = None,
     raise_errors: bool = False,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 from .._extension import isa_label
 from ..errors import Llama2pyError, count
-from ..files import atomic_output
+from ..files import PathLike, atomic_output
 from .measure import NO_PROFILE, SPREAD_LIMIT, row_label, sampling_label
 
 
@@ -214,7 +213,7 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_file(path: str | os.PathLike, data: bytes) -> None:
+def write_file(path: PathLike, data: bytes) -> None:
     """Write data to a temporary name in path's folder, renamed over path when complete."""
     with atomic_output(path) as f:
         f.write(data)
@@ -224,7 +223,7 @@ def json_text(report: dict) -> str:
     return json.dumps(report, indent=2) + "\n"
 
 
-def write_json(report: dict, path: str | os.PathLike) -> None:
+def write_json(report: dict, path: PathLike) -> None:
     write_file(path, json_text(report).encode())
 
 
@@ -238,7 +237,7 @@ def check_matplotlib() -> None:
         raise Llama2pyError(f"--plot needs matplotlib, which is an optional extra: {PLOT_EXTRA}")
 
 
-def plot(report: dict, out: str | os.PathLike) -> None:
+def plot(report: dict, out: PathLike) -> None:
     """A PNG bar chart of decode tok/s by batch size (groups) and configuration (bars), error bars
     from min to max of the runs."""
     check_matplotlib()

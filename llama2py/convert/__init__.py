@@ -9,14 +9,13 @@ into llama2.c files, streamed in blocks of rows (memory: a few blocks, whatever 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
 from ..argtypes import int_at_least
 from ..checkpoint import MAX_SEQ_LEN, Config, check_group_size, identify_file, runq_group_note, write_checkpoint
 from ..errors import ConvertError, UsageError
-from ..files import add_progress_arguments, atomic_output, check_output_path, progress_bar
+from ..files import PathLike, add_progress_arguments, atomic_output, check_output_path, progress_bar
 
 QUANTIZE_VERSIONS = {None: 1, "q8_0": 2}  # --quantize -> llama2.c file version
 
@@ -63,8 +62,8 @@ def open_model(src: Path, seq_len: Optional[int] = None, note: Callable[[str], N
 
 
 def convert(
-    src: str | os.PathLike,
-    out: str | os.PathLike,
+    src: PathLike,
+    out: PathLike,
     quantize: Optional[str] = None,
     seq_len: Optional[int] = None,
     progress: Optional[Callable[[int, int], None]] = None,

@@ -13,13 +13,13 @@ touched pages would count towards the process's memory until the whole file is u
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConvertError
+from ..files import PathLike
 from ..input_files import parse_json
 
 # dtype names in the header -> how the bytes are read (bf16 as uint16, widened below)
@@ -45,7 +45,7 @@ def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
 class SafetensorsFile:
     """One .safetensors file: its tensor table, validated against the file size on open."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: PathLike):
         self.path = Path(path)
         try:
             size = self.path.stat().st_size
