@@ -36,7 +36,7 @@ def create_backend(
             if weights.weight_type != "f32" and notes is not None:
                 notes.append(
                     "the cuda backend runs int8 (Q8_0) weights as float32, dequantized at load: the text "
-                    "can differ from runq's; --device cpu keeps them int8"
+                    'can differ from runq\'s; the cpu backend (--device cpu, device="cpu") keeps them int8'
                 )
             return backend
         except (DeviceError, ImportError) as e:

@@ -61,7 +61,7 @@ REDUCE_SLOTS = KERNEL_CONSTANTS["REDUCE_SLOTS"]
 
 SHARED_MEMORY_DEFAULT = 48 * 1024  # dynamic shared memory a launch gets without opting in
 PREFILL_ROWS = 512  # rows (batch * positions) of one prefill chunk
-CPU_HINT = "run with --device cpu"
+CPU_HINT = 'use the cpu backend (--device cpu, or device="cpu" in the API)'
 # GEMM tile sizes (forward.cu, GEMM_ENTRIES), largest first; the kernels are gemm_<epilogue>_<tile>
 GEMM_TILES = (128, 64, 32)
 EPILOGUES = ("store", "add", "swiglu", "qkv")
