@@ -6,8 +6,9 @@ import sys
 
 
 def main() -> int:
-    from .interrupts import exit_status, terminations_interrupt
+    from .interrupts import exit_status, interrupts_end_the_process, terminations_interrupt
 
+    interrupts_end_the_process()
     try:
         with terminations_interrupt():
             from .cli import main as run

@@ -207,7 +207,13 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
             ) from None
         with contextlib.suppress(OSError):  # a replaced file keeps its permissions
             os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:  # (the temporary file is gone with it, or moved along)
+            raise OutputError(
+                f"output {path}: the folder {path.parent} was removed or moved while the file was written; "
+                "nothing was written there"
+            ) from None
     except FileExistsError:
         raise
     except BaseException:

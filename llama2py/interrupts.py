@@ -38,9 +38,24 @@ def terminations_interrupt() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL)
 
 
+_ENDING = False  # set by the command's entry point: an interrupt there ends the process
+
+
+def interrupts_end_the_process() -> None:
+    """Called by the command's entry point (not by main() called in-process): from the first
+    interrupt on, the process is only unwinding, and more of them are ignored."""
+    global _ENDING
+    _ENDING = True
+
+
 def exit_status(e: KeyboardInterrupt) -> int:
     """128 + the signal a KeyboardInterrupt stands for: 130 for Ctrl-C, 143 for SIGTERM, 129 for
-    SIGHUP (after a blank line on stderr, so the shell's prompt starts on a line of its own)."""
+    SIGHUP (after a blank line on stderr, so the shell's prompt starts on a line of its own). In
+    the command's process, further interrupts are ignored from here: a held Ctrl-C key printed
+    tracebacks from the unwinding (this very print, or the interpreter's shutdown)."""
+    if _ENDING and threading.current_thread() is threading.main_thread():
+        for s in (signal.SIGINT, *TERMINATIONS):
+            signal.signal(s, signal.SIG_IGN)
     with contextlib.suppress(Exception):  # (stderr closed or gone with the terminal)
         print("", file=sys.stderr)
     return 128 + (e.args[0] if e.args and isinstance(e.args[0], int) else int(signal.SIGINT))

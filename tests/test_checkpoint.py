@@ -488,3 +488,27 @@ def test_an_interrupt_while_the_command_loads_is_no_traceback(tmp_path):
         [sys.executable, "-c", _SLOW_IMPORT, str(tmp_path / "x.bin")], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 130 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+
+
+_HELD_KEY = """
+import signal, sys
+import llama2py.cli as cli
+def interrupted(argv):
+    raise KeyboardInterrupt
+cli._dispatch = interrupted  # the command interrupted while it runs
+from llama2py.__main__ import main
+status = main()
+print(status, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+"""
+
+
+def test_after_an_interrupt_the_command_ignores_more_of_them():
+    """A held Ctrl-C key sends an interrupt every few milliseconds: the second one, landing while
+    the command unwound from the first, printed a traceback. The command's process ignores further
+    interrupts once one is ending it (main() called in-process does not touch the handlers)."""
+    r = subprocess.run([sys.executable, "-c", _HELD_KEY], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == ["130", "True"], (r.stdout, r.stderr)
+    from llama2py import cli
+
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.main(["info", "/nonexistent/x.bin"]) == 1 and signal.getsignal(signal.SIGINT) is before
