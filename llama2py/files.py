@@ -112,10 +112,8 @@ def atomic_output(path: PathLike, inputs: tuple[PathLike, ...] = (), size: Optio
     `inputs`: files the output must not be (also through another path or a link). `size`: the
     bytes the block will write, when known (checked against the free space first)."""
     path = check_output_path(path, inputs, size)
-    # The name is known before the file exists, so an interrupt at any point can still remove it.
-    tmp = path.parent / _temporary_name(path)
     with terminations_interrupt():
-        yield from _write_then_rename(path, tmp)
+        yield from _write_then_rename(path)
     _remove_stale_temporaries(path)
 
 
@@ -159,17 +157,23 @@ def _remove_stale_temporaries(path: Path) -> None:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a writer at work
-                os.unlink(entry.path)
+                held, named = os.fstat(fd), os.lstat(entry.path)
+                if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):  # (still the file locked)
+                    os.unlink(entry.path)
             except OSError:
                 pass
             finally:
                 os.close(fd)
 
 
-def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
+def _write_then_rename(path: Path) -> Iterator[BinaryIO]:
     lock = -1
+    tmp = path  # (until the first name is chosen: nothing to remove)
     try:
         for _ in range(8):
+            # The name is set before the file exists, so an interrupt at any point can still
+            # remove it; a new one each time (a name once removed by another writer is not reused).
+            tmp = path.parent / _temporary_name(path)
             try:
                 fd = _create_exclusive(tmp)
             except FileExistsError:
@@ -186,7 +190,7 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
             if os.fstat(fd).st_nlink:
                 break
             # another writer of `path`, finishing, took the file for a dead writer's before we held
-            # the lock and removed it: make it again (the name is free)
+            # the lock and removed it: make another
             os.close(lock)
             os.close(fd)
             lock = -1
@@ -209,7 +213,9 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
             os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         try:
             os.replace(tmp, path)
-        except FileNotFoundError:  # (the temporary file is gone with it, or moved along)
+        except FileNotFoundError:
+            if path.parent.is_dir():
+                raise
             raise OutputError(
                 f"output {path}: the folder {path.parent} was removed or moved while the file was written; "
                 "nothing was written there"
@@ -217,8 +223,9 @@ def _write_then_rename(path: Path, tmp: Path) -> Iterator[BinaryIO]:
     except FileExistsError:
         raise
     except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        if tmp != path:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
         raise
     finally:
         if lock >= 0:

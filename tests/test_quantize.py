@@ -268,6 +268,41 @@ if __name__ == "__main__":
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the cleanup of dead writers' files needs flock (POSIX)")
+def test_a_writer_whose_file_another_writers_cleanup_removed_makes_a_new_one(tmp_path, monkeypatch):
+    """The race the concurrent test samples, step by step: two finishing writers' cleanups open a
+    live writer's new temporary file before it is locked; the first removes it; the writer makes
+    another, which the second cleanup (late, holding the old file) must not remove by its name."""
+    import fcntl
+
+    import llama2py.files as files
+
+    target = tmp_path / "x.bin"
+    target.write_bytes(b"old")
+    create, made, late = files._create_exclusive, [], []
+
+    def racing_create(path):
+        fd = create(path)
+        made.append(path)
+        if len(made) == 1:
+            first = os.open(path, os.O_RDONLY)
+            late.append(os.open(path, os.O_RDONLY))
+            fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)  # the first cleanup
+            os.close(first)
+        return fd
+
+    monkeypatch.setattr(files, "_create_exclusive", racing_create)
+    with files.atomic_output(target) as f:
+        fcntl.flock(late[0], fcntl.LOCK_EX | files.fcntl.LOCK_NB)  # the second cleanup, on the old file
+        if os.path.exists(made[0]):
+            os.unlink(made[0])
+        os.close(late[0])
+        f.write(b"new")
+    assert target.read_bytes() == b"new" and len(made) == 2 and made[0] != made[1]
+    assert os.listdir(tmp_path) == ["x.bin"]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the cleanup of dead writers' files needs flock (POSIX)")
 def test_concurrent_writers_of_one_file_never_fail(tmp_path):
     """A finishing writer removes what dead writers left (files whose lock it can take); it could
     take a live writer's file in the moment between its creation and its lock, and that writer
