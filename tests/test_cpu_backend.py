@@ -332,12 +332,14 @@ ctx = mp.get_context("fork")
 q = ctx.Queue()
 p = ctx.Process(target=child, args=(q,))
 p.start()
-p.join(60)
-if p.is_alive():
+try:
+    own, inherited, notes, threads = q.get(timeout=60)  # (before join: a full pipe would block the child)
+except Exception:
     p.kill()
     sys.exit("the forked child hung")
-own, inherited, notes, threads = q.get()
-print(own == want, inherited == want, threads, len(notes), "forked" in " ".join(notes))
+p.join(60)
+libgomp = "libgomp" in open("/proc/self/maps").read() if sys.platform == "linux" else True
+print(own == want, inherited == want, threads, len(notes), "forked" in " ".join(notes), libgomp)
 """
 
 
@@ -345,7 +347,8 @@ print(own == want, inherited == want, threads, len(notes), "forked" in " ".join(
 def test_a_process_forked_after_the_team_started_runs_one_thread(make_checkpoint):
     """libgomp's team threads do not survive fork(): a child that asked for a team of two after its
     parent had one waited forever (multiprocessing's "fork" start method, a server forking workers
-    after loading). The child runs every region on one thread (the same bits) and says so."""
+    after loading). The child runs every region on one thread (the same bits) and says so; with
+    LLVM's libomp (a clang build), which starts its team again, it keeps its threads."""
     path = make_checkpoint("wide")
     r = subprocess.run(
         [sys.executable, "-c", _FORK_SCRIPT, str(path)],
@@ -355,7 +358,10 @@ def test_a_process_forked_after_the_team_started_runs_one_thread(make_checkpoint
         timeout=240,
     )
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["True", "True", "1", "1", "True"], r.stdout
+    *out, libgomp = r.stdout.split()
+    assert out == (["True", "True", "1", "1", "True"] if libgomp == "True" else ["True", "True", "2", "0", "False"]), (
+        r.stdout
+    )
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="the team choice reads /proc/loadavg (Linux)")

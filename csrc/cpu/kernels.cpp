@@ -27,6 +27,12 @@ std::atomic<bool> one_thread{false};    // forked after that: libgomp's team thr
 void after_fork_in_child() {
     if (team_started.load(std::memory_order_relaxed)) one_thread.store(true, std::memory_order_relaxed);
 }
+// Only GNU libgomp (g++ builds) loses its team at fork(); LLVM's libomp (clang builds) starts it again.
+#ifdef _LIBGOMP_OMP_LOCK_DEFINED
+constexpr bool TEAM_LOST_AT_FORK = true;
+#else
+constexpr bool TEAM_LOST_AT_FORK = false;
+#endif
 }  // namespace
 
 int team_size(int wanted) {
@@ -40,9 +46,13 @@ bool forked_team() {
     return one_thread.load(std::memory_order_relaxed);
 }
 
+int default_team() {
+    return team_size(omp_get_max_threads());
+}
+
 void watch_fork() {
 #ifndef _WIN32
-    static const int installed = pthread_atfork(nullptr, nullptr, after_fork_in_child);
+    static const int installed = TEAM_LOST_AT_FORK ? pthread_atfork(nullptr, nullptr, after_fork_in_child) : 0;
     (void)installed;
 #endif
 }
@@ -193,7 +203,7 @@ void turn_scales(float* st, const float* s, long d, long groups) {
 
 void pack_q8(uint8_t* packed, float* st16, const int8_t* q, const float* s, long d, long n, int gs) {
     const long groups = n / gs, chunks = gs / 4;
-#pragma omp parallel for num_threads(team_size(omp_get_max_threads())) schedule(static)
+#pragma omp parallel for num_threads(default_team()) schedule(static)
     for (long b = 0; b < d / 16; ++b)
         for (long g = 0; g < groups; ++g) {
             uint8_t* dst = packed + (b * groups + g) * gs * 16;  // (chunks, 16, 4)

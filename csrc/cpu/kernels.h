@@ -27,8 +27,11 @@ namespace l2p {
 // after its parent had one waits forever (multiprocessing's "fork" start method, a server that forks
 // workers after loading a model). team_size(wanted) is the team every parallel region asks for:
 // `wanted`, or 1 in a process forked after this extension had started a team (results are the same
-// for every team size). watch_fork() installs the handler that notices the fork (at module load).
+// for every team size). watch_fork() installs the handler that notices the fork (at module load;
+// only with libgomp: LLVM's libomp starts its team again in the child). A team that another library
+// of the process started through libgomp is not seen.
 int team_size(int wanted);
+int default_team();  // team_size(omp_get_max_threads()): regions outside a Model
 bool forked_team();  // this process was forked after a team had started: every region runs on one thread
 void watch_fork();
 

@@ -424,7 +424,7 @@ void standalone_matmul(py::array out, py::array x, py::array w) {
     const float* wp = data_ptr<float>(w);
     py::gil_scoped_release nogil;
     const bool stream = d * n * 4 > l2p::STREAM_BYTES;
-#pragma omp parallel num_threads(l2p::team_size(omp_get_max_threads()))
+#pragma omp parallel num_threads(l2p::default_team())
     l2p::matmul(o, d, xp, n, (int)rows, wp, (int)d, (int)n, stream);
 }
 
@@ -476,7 +476,7 @@ void standalone_matmul_q8(py::array out, py::array x, py::array values, py::arra
         qrows.sum = sums.data();
     }
     py::gil_scoped_release nogil;
-#pragma omp parallel num_threads(l2p::team_size(omp_get_max_threads()))
+#pragma omp parallel num_threads(l2p::default_team())
     l2p::matmul_jobs(&job, 1, nullptr, 0, (int)rows, (int)n, false, &qrows);
 }
 
@@ -490,7 +490,7 @@ void standalone_rmsnorm(py::array out, py::array x, py::array w) {
     const float* xp = data_ptr<float>(x);
     const float* wp = data_ptr<float>(w);
     py::gil_scoped_release nogil;
-#pragma omp parallel num_threads(l2p::team_size(omp_get_max_threads()))
+#pragma omp parallel num_threads(l2p::default_team())
     l2p::rmsnorm(o, xp, wp, R, (int)n);
 }
 
@@ -511,7 +511,7 @@ void standalone_rope(py::array x, py::array positions, int head_size) {
     }
     float* xp = writable_ptr<float>(x);
     py::gil_scoped_release nogil;
-#pragma omp parallel num_threads(l2p::team_size(omp_get_max_threads()))
+#pragma omp parallel num_threads(l2p::default_team())
     l2p::rope(xp, (int)xs[0], (int)(xs[1] / head_size), head_size, row.data(), table.data());
 }
 
@@ -536,7 +536,7 @@ void standalone_attention(py::array out, py::array q, py::array k_cache, py::arr
     float* o = writable_ptr<float>(out);
     const float *qp = data_ptr<float>(q), *kp = data_ptr<float>(k_cache), *vp = data_ptr<float>(v_cache);
     py::gil_scoped_release nogil;
-#pragma omp parallel num_threads(l2p::team_size(omp_get_max_threads()))
+#pragma omp parallel num_threads(l2p::default_team())
     l2p::attention(o, qp, kp, vp, sp, pp, (int)qs[0], n_heads, n_kv_heads, (int)hs, (int)ks[1], scratch.data());
 }
 
@@ -546,7 +546,7 @@ void standalone_swiglu(py::array h, py::array g) {
     float* hp = writable_ptr<float>(h);
     const float* gp = data_ptr<float>(g);
     py::gil_scoped_release nogil;
-#pragma omp parallel num_threads(l2p::team_size(omp_get_max_threads()))
+#pragma omp parallel num_threads(l2p::default_team())
     l2p::swiglu(hp, gp, (int)s[0], (int)s[1]);
 }
 
