@@ -9,6 +9,10 @@ def main() -> int:
     from .interrupts import exit_status, interrupts_end_the_process, terminations_interrupt
 
     interrupts_end_the_process()
+    # Reports name paths, which an ASCII stdout (PYTHONIOENCODING=ascii, some locales) cannot
+    # encode: escaped there, as on stderr, instead of failing (stories are bytes: never affected).
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         with terminations_interrupt():
             from .cli import main as run

@@ -252,9 +252,15 @@ def _prompt_bytes(prompt: Optional[str]) -> bytes:
 LINE_LIMIT = 1 << 20  # bytes of one chat line read at most (longer lines are split, as run's fgets)
 
 
+def _seed(args) -> int:
+    """-s as run takes it: none (or 0) is the current time in seconds, so that a story matches run's."""
+    from .sampler import resolve_seed
+
+    return resolve_seed(args.seed, clock=True)
+
+
 def cmd_run(args) -> int:
     from .generate import RunStats, chat_loop
-    from .sampler import resolve_seed
 
     if args.system is not None and args.mode != "chat":
         raise UsageError("-y (system prompt) only applies with -m chat")
@@ -289,7 +295,7 @@ def cmd_run(args) -> int:
             args.steps,
             args.temperature,
             args.top_p,
-            resolve_seed(args.seed, clock=True),  # run's rule: no seed is the time
+            _seed(args),
             read_user,
             system,
             args.prompt,
@@ -309,8 +315,9 @@ def cmd_run(args) -> int:
             )
         return 0
     stats = RunStats()
-    seed = resolve_seed(args.seed, clock=True)  # run's rule: no seed (or 0) is the time in seconds
-    for b in model.stream_bytes(_prompt_bytes(args.prompt), args.steps, args.temperature, args.top_p, seed, stats):
+    for b in model.stream_bytes(
+        _prompt_bytes(args.prompt), args.steps, args.temperature, args.top_p, _seed(args), stats
+    ):
         if b:
             out.write(b)
             out.flush()
@@ -389,7 +396,6 @@ def cmd_batch(args) -> int:
     from .batch import BatchStats, run_batch
     from .generate import resolve_steps
     from .model import encode_prompt
-    from .sampler import resolve_seed
 
     if args.mode == "chat":
         raise UsageError("--prompts-file/--num-samples generate stories; they do not work with -m chat")
@@ -422,7 +428,7 @@ def cmd_batch(args) -> int:
     def seq(s: int) -> tuple[int, int]:
         return divmod(s, n_samples)
 
-    base = resolve_seed(args.seed, clock=True)
+    base = _seed(args)
     out = sys.stdout.buffer
     tok = model.tokenizer
     total_tokens, total_s, per_seq = 0, 0.0, []
@@ -478,10 +484,6 @@ def _dispatch(argv: list[str]) -> int:
     if sys.stdout is None:  # started with stdout closed (`>&-`): every command writes there
         print("llama2py: error: standard output is closed; redirect it to a file or /dev/null", file=sys.stderr)
         return 1
-    # Reports name paths, which an ASCII stdout (PYTHONIOENCODING=ascii, some locales) cannot
-    # encode: escaped there, as on stderr, instead of failing (stories are bytes: never affected).
-    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
     if argv and argv[0] in SUBCOMMANDS:
         name = argv[0]
         module_name, help_ = SUBCOMMANDS[name]
@@ -561,8 +563,6 @@ def _guarded(fn, debug: bool, prog: str = "llama2py") -> int:
             msg = msg[: ERROR_CHARS - 3] + "..."
         print(f"{prog}: error: {msg}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
-    except KeyboardInterrupt as e:
-        return exit_status(e)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -571,7 +571,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         with terminations_interrupt():
             return _dispatch(list(sys.argv[1:] if argv is None else argv))
-    except KeyboardInterrupt as e:  # (while a subcommand loads or parses its arguments)
+    except KeyboardInterrupt as e:  # at any point: loading a subcommand, parsing, running it
         return exit_status(e)
 
 

@@ -491,23 +491,29 @@ def test_an_interrupt_while_the_command_loads_is_no_traceback(tmp_path):
 
 
 _HELD_KEY = """
-import signal, sys
+import os, signal, sys, time
 import llama2py.cli as cli
-def interrupted(argv):
-    raise KeyboardInterrupt
-cli._dispatch = interrupted  # the command interrupted while it runs
+def interrupted(argv):  # the command interrupted while it runs: by a signal, or a bare KeyboardInterrupt
+    if sys.argv[1] == "bare":
+        raise KeyboardInterrupt
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    time.sleep(10)
+cli._dispatch = interrupted
 from llama2py.__main__ import main
 status = main()
-print(status, signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+print(status, *(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)))
 """
 
 
-def test_after_an_interrupt_the_command_ignores_more_of_them():
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+@pytest.mark.parametrize("how,status", [("SIGINT", "130"), ("SIGTERM", "143"), ("SIGHUP", "129"), ("bare", "130")])
+def test_after_an_interrupt_the_command_ignores_more_of_them(how, status):
     """A held Ctrl-C key sends an interrupt every few milliseconds: the second one, landing while
-    the command unwound from the first, printed a traceback. The command's process ignores further
-    interrupts once one is ending it (main() called in-process does not touch the handlers)."""
-    r = subprocess.run([sys.executable, "-c", _HELD_KEY], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and r.stdout.split() == ["130", "True"], (r.stdout, r.stderr)
+    the command unwound from the first (removing what it was writing), cut that short and printed
+    a traceback. The command's process ignores every further interrupt once one is ending it (and
+    main() called in-process does not touch the handlers)."""
+    r = subprocess.run([sys.executable, "-c", _HELD_KEY, how], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.split() == [status, "True", "True", "True"], (r.stdout, r.stderr)
     from llama2py import cli
 
     before = signal.getsignal(signal.SIGINT)

@@ -218,3 +218,20 @@ def test_annotations_evaluate_on_every_supported_python():
             if callable(member) and not name.startswith("__") or name == "__init__":
                 typing.get_type_hints(member)
     typing.get_type_hints(checkpoint.load_checkpoint)
+
+
+def test_import_is_light_and_every_name_resolves():
+    """`import llama2py` does not load numpy (so the command can catch a Ctrl-C while it loads);
+    the public names, and submodules as attributes (`llama2py.errors.PromptError`, as docs/BATCH.md
+    writes it), resolve on first use; dir() lists the names for tab completion."""
+    code = (
+        "import sys, llama2py\n"
+        "light = 'numpy' not in sys.modules\n"
+        "names = [getattr(llama2py, n).__name__ for n in llama2py.__all__]\n"
+        "print(light, llama2py.errors.PromptError.__name__, set(llama2py.__all__) <= set(dir(llama2py)), *names)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "PromptError", "True", "Config", "Llama", "Llama2pyError", "Tokenizer",
+                                "load_checkpoint"], r.stdout  # fmt: skip
