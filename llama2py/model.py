@@ -360,6 +360,7 @@ class Llama:
         seed: Optional[int] = None,
         stop: Optional[Sequence[str]] = None,
         max_new_tokens: Optional[int] = None,
+        stats: Optional[RunStats] = None,
     ) -> Iterator[str]:
         """Yield the story as text pieces while it is generated (whole UTF-8 characters only).
 
@@ -368,8 +369,9 @@ class Llama:
         their first appearance in the generated text, which then excludes them (text that could
         begin a stop string is held back until it cannot; a piece that raises, e.g. a stream
         superseded by a later call, ends the stream without that text). Bad arguments raise
-        here, before anything is generated."""
-        pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens)
+        here, before anything is generated. stats: a RunStats to fill (its .seed is set at once:
+        the seed drawn where none was given, to tell the story again)."""
+        pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, stats, max_new_tokens)
         return self._text(pieces, n, stop, stats)
 
     def run(
@@ -448,12 +450,12 @@ class Llama:
                 held = bool(decoders[b].getstate()[0])  # bytes waiting for the rest of a character
                 return matchers[b].kept_pieces if matchers[b].feed(text, held) else None
 
+        if stats is not None:
+            stats.seed = base  # (set before: known even where the generation raises)
         with self._call():
             toks, lps = batch.generate(
                 backend, prompts, max_gen_len, temperature, top_p, seeds, logprobs, echo, stats, stop_at
             )
-        if stats is not None:
-            stats.seed = base
         return toks, lps, matchers
 
     def text_completion(

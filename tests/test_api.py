@@ -17,7 +17,7 @@ from conftest import HOST_DEVICES, require_device
 from llama2py import Llama
 from llama2py.batch import BatchStats
 from llama2py.errors import BusyError, ClosedError, Llama2pyError, PromptError
-from llama2py.generate import UNSAFE_ERROR, dialog_tokens, render_chat
+from llama2py.generate import UNSAFE_ERROR, RunStats, dialog_tokens, render_chat
 from llama2py.stops import StopMatcher, check_stops, cut_stream
 from llama2py.tokenizer import BOS, EOS
 
@@ -597,9 +597,12 @@ def test_unseeded_calls_differ_and_their_seed_tells_them_again(model):
     runs = [model.run(PROMPT, steps=40) for _ in range(3)]
     assert len({r.stats.seed for r in runs}) == 3 and len({r.text for r in runs}) > 1
     assert model.run(PROMPT, steps=40, seed=runs[0].stats.seed).text == runs[0].text
-    stats = [BatchStats() for _ in range(3)]
-    outs = [model.text_completion([PROMPT, "Lily"], max_gen_len=20, stats=st) for st in stats]
-    assert len({st.seed for st in stats}) == 3 and len({repr(o) for o in outs}) > 1
+    stats = RunStats()
+    streamed = "".join(model.stream(PROMPT, steps=40, stats=stats))
+    assert stats.seed and model.run(PROMPT, steps=40, seed=stats.seed).text == streamed
+    batch_stats = [BatchStats() for _ in range(3)]
+    outs = [model.text_completion([PROMPT, "Lily"], max_gen_len=20, stats=st) for st in batch_stats]
+    assert len({st.seed for st in batch_stats}) == 3 and len({repr(o) for o in outs}) > 1
     again = BatchStats()
-    assert model.text_completion([PROMPT, "Lily"], max_gen_len=20, seed=stats[0].seed, stats=again) == outs[0]
-    assert again.seed == stats[0].seed
+    assert model.text_completion([PROMPT, "Lily"], max_gen_len=20, seed=batch_stats[0].seed, stats=again) == outs[0]
+    assert again.seed == batch_stats[0].seed

@@ -38,6 +38,38 @@ def test_reference_story(stories260k, device):
     assert "achieved tok/s: " in r.stderr.decode()
 
 
+_CLOCK_AT_1234 = """
+import sys, types
+import llama2py.sampler as sampler
+sampler.time = types.SimpleNamespace(time=lambda: 1234.75)  # the clock run's rule reads
+from llama2py.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["-n", "60"], ["-s", "0", "-n", "60"], ["-m", "chat", "-y", "Be kind", "-i", "Hi", "-n", "80"],
+     ["--num-samples", "2", "-i", "Once", "-n", "30"]],
+)  # fmt: skip
+def test_no_seed_on_the_command_line_is_the_time_as_in_run(stories260k, flags):
+    """The library draws a fresh seed where none is given; the command line keeps run's rule (no
+    -s, or -s 0: the time in whole seconds), so its stories still match run's: with the clock at
+    1234.75, no seed tells the story of -s 1234 (a story, a chat, a batch of samples)."""
+    import subprocess
+    import sys
+
+    model_path, tok = stories260k
+    outs = []
+    for seed in ([], ["-s", "1234"]):
+        base = [f for f in flags if f not in ("-s", "0")] if seed else flags
+        r = subprocess.run([sys.executable, "-c", _CLOCK_AT_1234, str(model_path), "-z", str(tok), *base, *seed],
+                           capture_output=True, stdin=subprocess.DEVNULL, timeout=120)  # fmt: skip
+        assert r.returncode == 0, r.stderr.decode()
+        outs.append(r.stdout)
+    assert outs[0] == outs[1] and len(outs[0]) > 40, outs
+
+
 def test_seeded_sampling_same_on_every_backend(stories260k):
     model_path, tok = stories260k
     outs = {}
