@@ -473,6 +473,10 @@ def _fetch(entry: KnownFile, url: str, dest: Path, part: Path, progress: bool, c
                     except OSError as e:
                         raise DownloadError(f"cannot write {part} ({e.strerror or e})") from e
                     bar.update(len(block))
+                try:  # (the buffer's last bytes: a full disk says so here, not at the close)
+                    out.flush()
+                except OSError as e:
+                    raise DownloadError(f"cannot write {part} ({e.strerror or e})") from e
         finally:
             bar.close()
 

@@ -404,22 +404,12 @@ def test_a_cpu_without_avx512_picks_avx2_and_matches_the_spec():
 CLANG = shutil.which("clang++")
 
 
-def _clang_has_openmp() -> bool:
-    probe = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
-    r = subprocess.run(
-        [CLANG, "-x", "c++", "-fopenmp", "-", "-o", os.devnull], input=probe.encode(), capture_output=True, timeout=120
-    )
-    return r.returncode == 0
-
-
 @pytest.mark.skipif(CLANG is None, reason="clang++ is not installed (.ci/run installs it where apt-get can)")
 def test_a_clang_build_runs_every_level_and_matches_the_spec(tmp_path):
     """clang ignores `#pragma GCC target`, so the levels' kernels did not compile with it (and it
     rejected a CPU feature name GCC knows): built with clang and libomp, the extension finds the same
     levels as this build, and its float32 and int8 forward passes at each equal the numpy spec's."""
     require_device("cpu")
-    if not _clang_has_openmp():
-        pytest.skip("clang++ has no OpenMP runtime here (Debian: apt install libomp-dev)")
     import llama2py._cpu as ext
 
     env = dict(os.environ, CC=shutil.which("clang") or "clang", CXX=CLANG)
@@ -428,6 +418,8 @@ def test_a_clang_build_runs_every_level_and_matches_the_spec(tmp_path):
          "--build-temp", str(tmp_path / "obj")],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env,
     )  # fmt: skip
+    if build.returncode and "cannot build an OpenMP program" in build.stdout + build.stderr:  # (setup.py's probe)
+        pytest.skip("clang++ has no OpenMP runtime here (Debian: apt install libomp-dev)")
     assert build.returncode == 0, (build.stdout + build.stderr)[-3000:]
     package = tmp_path / "pkg" / "llama2py"
     shutil.copytree(ROOT / "llama2py", package, ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
