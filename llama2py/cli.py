@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import array
+import contextlib
 import difflib
 import errno
 import importlib
@@ -54,6 +55,23 @@ examples:
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's exit code 2, one line (the main command's usage is 9)
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _print_message(self, message, file=None):
+        # argparse drops a write that fails, so `--help | true` exited 0 with the help lost: a
+        # reader gone is 141 here too, as for every other output (README)
+        if message:
+            file = file or sys.stderr
+            try:
+                file.write(message)
+                file.flush()
+            except OSError as e:
+                with contextlib.suppress(OSError):  # (nothing left to flush at exit)
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())
+                if isinstance(e, BrokenPipeError):
+                    sys.exit(141)
+                with contextlib.suppress(OSError):
+                    print(f"{self.prog}: error: cannot write its output ({e.strerror or e})", file=sys.stderr)
+                sys.exit(1)
 
 
 def run_parser() -> argparse.ArgumentParser:

@@ -435,6 +435,30 @@ def test_full_output_device_is_said_plainly(tmp_path):
     ], r.stderr
 
 
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_to_a_gone_reader_or_a_full_device(flag):
+    """argparse drops a failed write: `llama2py --help | true` exited 0 with the help lost and
+    `--version > /dev/full` too. A reader gone is 141, as for every other output; a full device
+    one error line and 1."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        r = subprocess.run([sys.executable, "-m", "llama2py", flag], stdout=write, stderr=subprocess.PIPE,
+                           timeout=60)  # fmt: skip
+    finally:
+        os.close(write)
+    assert r.returncode == 141 and r.stderr == b"", r.stderr
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "wb") as full:
+            r = subprocess.run([sys.executable, "-m", "llama2py", flag], stdout=full, stderr=subprocess.PIPE,
+                               timeout=60)  # fmt: skip
+        assert_one_line_error((r.returncode, r.stderr), "cannot write its output", rc=1)
+
+
 def test_reports_on_an_ascii_stdout_escape_the_paths(tmp_path):
     """PYTHONIOENCODING=ascii (or an ASCII locale): `info` of a file with a non-ASCII name failed
     with a codec error and printed nothing; the path is escaped as stderr escapes it."""
