@@ -24,7 +24,7 @@ from typing import Optional
 from . import __version__
 from .argtypes import float_in, int_at_least, temperature
 from .checkpoint import WEIGHT_TYPES
-from .errors import Llama2pyError, UsageError
+from .errors import Llama2pyError, PromptError, UsageError
 from .interrupts import exit_status, terminations_interrupt
 from .sampler import SEED_BITS, SEED_MAX, nth_seed
 from .threads import max_threads, usable_cores
@@ -298,7 +298,12 @@ def cmd_run(args) -> int:
             # Bytes as they come (run reads raw bytes; not-UTF-8 input is no error): surrogate
             # escapes carry undecodable bytes through to the tokenizer unchanged. At most LINE_LIMIT
             # bytes per read, so a line without end cannot exhaust memory.
-            line = stdin.readline(LINE_LIMIT) if stdin is not None else b""
+            try:
+                line = stdin.readline(LINE_LIMIT) if stdin is not None else b""
+            except OSError as e:  # (stdin opened for writing only, a directory, a device error)
+                raise PromptError(
+                    f"-m chat reads its turns from standard input, which cannot be read ({e.strerror or e})"
+                )
             if line == b"":
                 return None
             return line.rstrip(b"\n").decode("utf-8", errors="surrogateescape")
@@ -356,7 +361,6 @@ def read_prompts_file(path: str) -> tuple[array.array, list[str]]:
     """(line numbers, prompts): each line's (trailing newline and CR stripped, blank lines skipped).
     A path names a regular file (a FIFO or /dev/zero would block or never end), read up to its
     size; "-" reads stdin until it ends, refused past PROMPTS_FILE_LIMIT bytes."""
-    from .errors import PromptError
     from .input_files import read_regular_file
 
     if path == "-":

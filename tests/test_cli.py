@@ -435,6 +435,19 @@ def test_full_output_device_is_said_plainly(tmp_path):
     ], r.stderr
 
 
+def test_chat_with_an_unreadable_stdin_is_one_line(stories260k, tmp_path):
+    """stdin opened for writing only (`0>file`): "[Errno 9] Bad file descriptor" said nothing of
+    the chat reading its turns there."""
+    import subprocess
+    import sys
+
+    model_path, tok = stories260k
+    with open(tmp_path / "w.txt", "wb") as write_only:
+        r = subprocess.run([sys.executable, "-m", "llama2py", str(model_path), "-z", str(tok), "-m", "chat", "-y", "hi"],
+                           stdin=write_only, capture_output=True, timeout=60)  # fmt: skip
+    assert_one_line_error((r.returncode, r.stderr), "-m chat reads its turns from standard input", rc=1)
+
+
 @pytest.mark.parametrize("flag", ["--help", "--version"])
 def test_help_and_version_to_a_gone_reader_or_a_full_device(flag):
     """argparse drops a failed write: `llama2py --help | true` exited 0 with the help lost and
