@@ -62,7 +62,7 @@ class BatchStats:
     decode_s: float = 0.0
     generated: list[int] = field(default_factory=list)
     finish_s: list[float] = field(default_factory=list)
-    seed: int = 0  # the seed of sequence 0 (sequence b: seed + b), a fresh one where none was given
+    seed: int = 0  # Llama's methods: the seed of sequence 0 (b: seed + b), a fresh one where none was given
 
     @property
     def total_generated(self) -> int:

@@ -387,8 +387,8 @@ class Llama:
         """Tell a story as llama2.c's run would: returns its text, token ids and tok/s.
         steps / max_new_tokens / stop as for stream(); with a stop string, text and tokens end
         before it. seed: 1..2**64-1 tells the same story every time; None or 0 draws a fresh one
-        (recorded in .stats.seed; run and the command line take the time in seconds, which repeats
-        a story for every call within a second)."""
+        (recorded in .stats.seed; llama2.c's run and the command line take the time in seconds,
+        which repeats a story for every call within a second)."""
         with self._call():
             pieces, stats, n = self._start(prompt, steps, temperature, top_p, seed, None, max_new_tokens, hold=False)
             text = "".join(self._text(pieces, n, stop, stats))
