@@ -59,8 +59,9 @@ class BuildWithOpenMP(build_ext):
             with open(src, "w") as f:
                 f.write("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
             try:
-                objects = self.compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
-                self.compiler.link_executable(objects, "omp_check", output_dir=tmp, extra_postargs=["-fopenmp"])
+                # (the build's own flags, _cpu_flags: the one place that names OpenMP's)
+                objects = self.compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
+                self.compiler.link_executable(objects, "omp_check", output_dir=tmp, extra_postargs=link_args)
             except (CompileError, LinkError) as e:
                 cc = (getattr(self.compiler, "compiler_cxx", None) or ["the C++ compiler"])[0]
                 why = "omp.h not found" if isinstance(e, CompileError) else "no OpenMP runtime to link"

@@ -66,7 +66,9 @@ class _Parser(argparse.ArgumentParser):
                 file.flush()
             except OSError as e:
                 with contextlib.suppress(OSError):  # (nothing left to flush at exit)
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), file.fileno())
+                    null = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(null, file.fileno())
+                    os.close(null)
                 if isinstance(e, BrokenPipeError):
                     sys.exit(141)
                 with contextlib.suppress(OSError):

@@ -323,10 +323,16 @@ def _remembered_sha256(records: dict, name: str, st: os.stat_result) -> Optional
     return None
 
 
+def _published(entry: KnownFile, unknown: bool = False) -> list[str]:
+    """What identifies the published file: its size and sha256 ("size unknown" / "no published
+    sha256" in their places with unknown=True, else left out)."""
+    size = f"{entry.size:,} bytes" if entry.size is not None else ("size unknown" if unknown else "")
+    sha = f"sha256 {entry.sha256}" if entry.sha256 else ("no published sha256" if unknown else "")
+    return [fact for fact in (size, sha) if fact]
+
+
 def _by_hand(entry: KnownFile, dest: Path) -> str:
-    facts = ([f"{entry.size:,} bytes"] if entry.size is not None else []) + (
-        [f"sha256 {entry.sha256}"] if entry.sha256 else []
-    )
+    facts = _published(entry)
     text = (
         f"fetch it by hand ({', '.join(facts)}) and put it at {dest}"
         if facts
@@ -639,9 +645,7 @@ def missing_message(entries: list[KnownFile], folder: Path, cause: Optional[str]
     place = "in place" if folder.is_dir() else f"in place (create {folder} first)"
     lines = [head + ". Fetch " + ("it" if len(entries) == 1 else "each") + f" by hand and put it {place}:"]
     for e in entries:
-        size = f"{e.size:,} bytes" if e.size is not None else "size unknown"
-        sha = f"sha256 {e.sha256}" if e.sha256 else "no published sha256"
-        lines.append(f"  {resolve_url(e)}  ({size}, {sha})")
+        lines.append(f"  {resolve_url(e)}  ({', '.join(_published(e, unknown=True))})")
         lines.append(f"      -> {folder / e.filename}")
         if (folder / e.filename).exists():  # there, but not the published file: say why it was passed over
             problem = verify_file(folder / e.filename, e)

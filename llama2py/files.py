@@ -168,7 +168,7 @@ def _remove_stale_temporaries(path: Path) -> None:
 
 def _write_then_rename(path: Path) -> Iterator[BinaryIO]:
     lock = -1
-    tmp = path  # (until the first name is chosen: nothing to remove)
+    tmp: Optional[Path] = None  # (until the first name is chosen: nothing to remove)
     try:
         for _ in range(8):
             # The name is set before the file exists, so an interrupt at any point can still
@@ -223,7 +223,7 @@ def _write_then_rename(path: Path) -> Iterator[BinaryIO]:
     except FileExistsError:
         raise
     except BaseException:
-        if tmp != path:
+        if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         raise

@@ -169,9 +169,10 @@ constexpr long STREAM_BYTES = 16L << 20;
 // ---- instruction-set levels -------------------------------------------------------------------------
 // The kernels whose speed depends on SIMD are compiled once per level (kernels_isa.inc included by
 // isa_*.cpp, each with its own target and namespace); one table is chosen when the extension
-// loads: the best level the CPU supports (__builtin_cpu_supports), or a lower one forced by
-// LLAMA2PY_ISA. Within one level a decode step, a batch row and a prefill row are bitwise equal;
-// across levels float32 results differ by rounding (FMA vs separate multiply-add), Q8_0 ones not.
+// loads: the best level the CPU supports (__builtin_cpu_supports; CPUID for AVX-VNNI), or a lower
+// one forced by LLAMA2PY_ISA. Within one level a decode step, a batch row and a prefill row are
+// bitwise equal; across levels float32 results differ by rounding (FMA vs separate multiply-add),
+// Q8_0 ones not.
 // avxvnni: AVX2 with the 256-bit vpdpbusd (Intel's cores without AVX-512 since Alder Lake, AMD's
 // Zen 5); on CPUs that have AVX-512 VNNI instead the same source runs with that encoding.
 enum Isa { ISA_GENERIC = 0, ISA_AVX2 = 1, ISA_AVXVNNI = 2, ISA_AVX512 = 3, ISA_AVX512VNNI = 4, ISA_COUNT };
